@@ -1,0 +1,20 @@
+/* threadpool.h - a fixed set of worker threads that run one parallel-for at a time.
+ * The CPU backend owns one pool; kernels split their work into tasks and call run. */
+#ifndef MX_THREADPOOL_H
+#define MX_THREADPOOL_H
+
+#include "../error.h"
+
+typedef struct mx_threadpool mx_threadpool;
+
+/* fn(ctx, task, n_tasks) is called once for every task in [0, n_tasks). */
+typedef void (*mx_task_fn)(void *ctx, int task, int n_tasks);
+
+/* n_threads counts the calling thread too (1 = run everything inline). 0 = online cores. */
+int mx_threadpool_create(int n_threads, mx_threadpool **out, mx_error *err);
+void mx_threadpool_destroy(mx_threadpool *pool);
+int mx_threadpool_size(const mx_threadpool *pool);
+/* Runs all tasks, the caller taking part, and returns when every task is done. */
+void mx_threadpool_run(mx_threadpool *pool, mx_task_fn fn, void *ctx, int n_tasks);
+
+#endif
