@@ -48,4 +48,12 @@ typedef struct mx_st_write_item {
 /* Writes a safetensors file (header padded to 8 bytes, "__metadata__": {"format": "pt"}). */
 int mx_st_write(const char *path, const mx_st_write_item *items, int n, mx_error *err);
 
+/* Produces bytes [offset, offset+len) of item `item`'s data; called in increasing offset order,
+ * item by item, so a generator can stream tensors larger than memory. Returns 0 or an mx_code. */
+typedef int (*mx_st_fill_fn)(void *ctx, int item, size_t offset, void *buf, size_t len, mx_error *err);
+
+/* Like mx_st_write, but items whose data is NULL are produced in chunks by fill. */
+int mx_st_write_stream(const char *path, const mx_st_write_item *items, int n, mx_st_fill_fn fill,
+                       void *ctx, mx_error *err);
+
 #endif
