@@ -7,6 +7,7 @@
 
 #include "config.h"
 #include "error.h"
+#include "safetensors.h"
 #include "tensor.h"
 
 typedef struct mx_checkpoint mx_checkpoint;
@@ -27,6 +28,11 @@ int mx_checkpoint_has(const mx_checkpoint *ck, const char *name);
  * allowed_dtypes (a bit mask of 1u << mx_dtype). Errors name the file and the tensor. */
 int mx_checkpoint_get(mx_checkpoint *ck, const char *name, unsigned allowed_dtypes, int ndim,
                       const int64_t *shape, mx_tensor *out, mx_error *err);
+
+/* The header entry of tensor `name` (dtype, shape, byte range) without mapping it; *shard (may
+ * be NULL) receives the shard file name. MX_ENOTFOUND when the checkpoint lacks the tensor. */
+int mx_checkpoint_entry(const mx_checkpoint *ck, const char *name, const mx_st_entry **entry,
+                        const char **shard, mx_error *err);
 
 #define MX_DTYPES_FLOAT ((1u << MX_DTYPE_BF16) | (1u << MX_DTYPE_F16) | (1u << MX_DTYPE_F32))
 
