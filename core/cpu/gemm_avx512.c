@@ -1,0 +1,290 @@
+/* gemm_avx512.c - AVX-512 kernels of mx_cpu_gemm (compiled with AVX-512 flags; called only
+ * after the run-time check in gemm.c). fp32 FMA only: x is never rounded to bf16, so the
+ * bf16 dot-product instructions are deliberately not used. BF16 -> fp32 is a 16-bit shift. */
+#include <immintrin.h>
+#include <stdint.h>
+
+#include "gemm_kernels.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* 16 weights starting at element i of a row, widened to fp32; lanes outside mask are 0. */
+INLINE __m512 load16(const void *w, mx_dtype dt, size_t i, __mmask16 mask)
+{
+    if (dt == MX_DTYPE_BF16) {
+        __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)w + i);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (dt == MX_DTYPE_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)w + i));
+    return _mm512_maskz_loadu_ps(mask, (const float *)w + i);
+}
+
+INLINE __m512 load16_full(const void *w, mx_dtype dt, size_t i)
+{
+    if (dt == MX_DTYPE_BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    if (dt == MX_DTYPE_F16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i)));
+    return _mm512_loadu_ps((const float *)w + i);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * GEMV (M <= 4): R rows of W at a time, each read once and widened in registers, dotted
+ * with every row of x; R*M independent accumulators hide the FMA latency. */
+INLINE void gemv_block(const mx_gemm_args *a, mx_dtype dt, int n, const int R, const int M)
+{
+    const int K = a->K;
+    const size_t ld = (size_t)K;
+    __m512 acc[8][MX_GEMV_MAX_M];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++)
+            acc[r][m] = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv[MX_GEMV_MAX_M];
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++)
+            xv[m] = _mm512_loadu_ps(a->x + (size_t)m * a->ldx + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 wv = load16_full(a->w, dt, (size_t)(n + r) * ld + k);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++)
+                acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+        }
+    }
+    if (k < K) {
+        __mmask16 mask = (__mmask16)((1u << (K - k)) - 1);
+        __m512 xv[MX_GEMV_MAX_M];
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++)
+            xv[m] = _mm512_maskz_loadu_ps(mask, a->x + (size_t)m * a->ldx + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 wv = load16(a->w, dt, (size_t)(n + r) * ld + k, mask);
+#pragma GCC unroll 4
+            for (int m = 0; m < M; m++)
+                acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int m = 0; m < M; m++)
+            a->y[(size_t)m * a->ldy + n + r] = _mm512_reduce_add_ps(acc[r][m]);
+}
+
+INLINE void gemv_dt(const mx_gemm_args *a, mx_dtype dt, int n0, int n1)
+{
+    int n = n0;
+    switch (a->M) {
+    case 1:
+        for (; n + 8 <= n1; n += 8)
+            gemv_block(a, dt, n, 8, 1);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 1);
+        break;
+    case 2:
+        for (; n + 4 <= n1; n += 4)
+            gemv_block(a, dt, n, 4, 2);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 2);
+        break;
+    case 3:
+        for (; n + 4 <= n1; n += 4)
+            gemv_block(a, dt, n, 4, 3);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 3);
+        break;
+    default:
+        for (; n + 4 <= n1; n += 4)
+            gemv_block(a, dt, n, 4, 4);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 4);
+        break;
+    }
+}
+
+void mx_gemv_avx512(const mx_gemm_args *a, int n0, int n1)
+{
+    if (a->M == 0)
+        return;
+    if (a->wdtype == MX_DTYPE_BF16)
+        gemv_dt(a, MX_DTYPE_BF16, n0, n1);
+    else if (a->wdtype == MX_DTYPE_F16)
+        gemv_dt(a, MX_DTYPE_F16, n0, n1);
+    else
+        gemv_dt(a, MX_DTYPE_F32, n0, n1);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * GEMM: the panel W[n0:n0+nc, k0:k0+kc] is widened and transposed into scratch as strips of
+ * NR = 64 columns, each laid out [kc][64], so the micro-kernel reads 4 vectors per k and
+ * broadcasts x; rows of a partial last strip are zero. */
+#define NR 64
+#define MR 6
+
+/* In-register transpose of a 16x16 fp32 block: r[i] = row i in, r[j] = column j out. */
+INLINE void transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        u[4 * i + 0] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        __m512 w0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+        __m512 w1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+        __m512 w2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+        __m512 w3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_f32x4(w0, w2, 0x88);
+        r[4 + c] = _mm512_shuffle_f32x4(w1, w3, 0x88);
+        r[8 + c] = _mm512_shuffle_f32x4(w0, w2, 0xDD);
+        r[12 + c] = _mm512_shuffle_f32x4(w1, w3, 0xDD);
+    }
+}
+
+INLINE void pack_dt(const mx_gemm_args *a, mx_dtype dt, int n0, int nc, int k0, int kc,
+                    float *dst)
+{
+    const size_t ld = (size_t)a->K;
+    for (int nb = 0; nb < nc; nb += 16) {
+        float *out = dst + (size_t)(nb / NR) * kc * NR + nb % NR;
+        int rows = nc - nb < 16 ? nc - nb : 16;
+        for (int kb = 0; kb < kc; kb += 16) {
+            int cols = kc - kb < 16 ? kc - kb : 16;
+            __mmask16 mask = (__mmask16)((1u << cols) - 1);
+            __m512 r[16];
+            if (cols == 16) {
+#pragma GCC unroll 16
+                for (int i = 0; i < 16; i++)
+                    r[i] = i < rows ? load16_full(a->w, dt, (size_t)(n0 + nb + i) * ld + k0 + kb)
+                                    : _mm512_setzero_ps();
+            } else {
+#pragma GCC unroll 16
+                for (int i = 0; i < 16; i++)
+                    r[i] = i < rows ? load16(a->w, dt, (size_t)(n0 + nb + i) * ld + k0 + kb, mask)
+                                    : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int j = 0; j < cols; j++)
+                _mm512_store_ps(out + (size_t)(kb + j) * NR, r[j]);
+        }
+    }
+    /* Zero the unused columns of a partial last strip so the kernel multiplies zeros. */
+    int tail = nc % NR;
+    if (tail && tail % 16 == 0) {
+        float *out = dst + (size_t)(nc / NR) * kc * NR;
+        for (int k = 0; k < kc; k++)
+            for (int j = tail; j < NR; j += 16)
+                _mm512_store_ps(out + (size_t)k * NR + j, _mm512_setzero_ps());
+    } else if (tail) {
+        float *out = dst + (size_t)(nc / NR) * kc * NR;
+        int from = (tail + 15) / 16 * 16;
+        for (int k = 0; k < kc; k++)
+            for (int j = from; j < NR; j += 16)
+                _mm512_store_ps(out + (size_t)k * NR + j, _mm512_setzero_ps());
+    }
+}
+
+/* y[0:MRr, 0:ncols] (+)= x[0:MRr, 0:kc] . B[kc][64] */
+INLINE void micro(const int MRr, int kc, const float *x, int ldx, const float *b, float *y,
+                  int ldy, int ncols, int accumulate)
+{
+    __m512 acc[MR][4];
+#pragma GCC unroll 6
+    for (int m = 0; m < MRr; m++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            acc[m][j] = _mm512_setzero_ps();
+    for (int k = 0; k < kc; k++) {
+        const float *bk = b + (size_t)k * NR;
+        __m512 b0 = _mm512_load_ps(bk), b1 = _mm512_load_ps(bk + 16);
+        __m512 b2 = _mm512_load_ps(bk + 32), b3 = _mm512_load_ps(bk + 48);
+#pragma GCC unroll 6
+        for (int m = 0; m < MRr; m++) {
+            __m512 xv = _mm512_set1_ps(x[(size_t)m * ldx + k]);
+            acc[m][0] = _mm512_fmadd_ps(xv, b0, acc[m][0]);
+            acc[m][1] = _mm512_fmadd_ps(xv, b1, acc[m][1]);
+            acc[m][2] = _mm512_fmadd_ps(xv, b2, acc[m][2]);
+            acc[m][3] = _mm512_fmadd_ps(xv, b3, acc[m][3]);
+        }
+    }
+    if (ncols == NR) {
+#pragma GCC unroll 6
+        for (int m = 0; m < MRr; m++)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                float *yp = y + (size_t)m * ldy + 16 * j;
+                __m512 v = acc[m][j];
+                if (accumulate)
+                    v = _mm512_add_ps(v, _mm512_loadu_ps(yp));
+                _mm512_storeu_ps(yp, v);
+            }
+    } else {
+#pragma GCC unroll 6
+        for (int m = 0; m < MRr; m++)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                int left = ncols - 16 * j;
+                if (left <= 0)
+                    break;
+                __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+                float *yp = y + (size_t)m * ldy + 16 * j;
+                __m512 v = acc[m][j];
+                if (accumulate)
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, yp));
+                _mm512_mask_storeu_ps(yp, mask, v);
+            }
+    }
+}
+
+static void micro_any(int mr, int kc, const float *x, int ldx, const float *b, float *y, int ldy,
+                      int ncols, int accumulate)
+{
+    switch (mr) {
+    case 6: micro(6, kc, x, ldx, b, y, ldy, ncols, accumulate); break;
+    case 5: micro(5, kc, x, ldx, b, y, ldy, ncols, accumulate); break;
+    case 4: micro(4, kc, x, ldx, b, y, ldy, ncols, accumulate); break;
+    case 3: micro(3, kc, x, ldx, b, y, ldy, ncols, accumulate); break;
+    case 2: micro(2, kc, x, ldx, b, y, ldy, ncols, accumulate); break;
+    default: micro(1, kc, x, ldx, b, y, ldy, ncols, accumulate); break;
+    }
+}
+
+void mx_gemm_avx512(const mx_gemm_args *a, int n0, int n1, float *scratch)
+{
+    const int nc = n1 - n0;
+    for (int k0 = 0; k0 < a->K; k0 += MX_GEMM_KC) {
+        int kc = a->K - k0 < MX_GEMM_KC ? a->K - k0 : MX_GEMM_KC;
+        if (a->wdtype == MX_DTYPE_BF16)
+            pack_dt(a, MX_DTYPE_BF16, n0, nc, k0, kc, scratch);
+        else if (a->wdtype == MX_DTYPE_F16)
+            pack_dt(a, MX_DTYPE_F16, n0, nc, k0, kc, scratch);
+        else
+            pack_dt(a, MX_DTYPE_F32, n0, nc, k0, kc, scratch);
+        for (int m = 0; m < a->M; m += MR) {
+            int mr = a->M - m < MR ? a->M - m : MR;
+            for (int s = 0; s < nc; s += NR) {
+                int ncols = nc - s < NR ? nc - s : NR;
+                micro_any(mr, kc, a->x + (size_t)m * a->ldx + k0, a->ldx,
+                          scratch + (size_t)(s / NR) * kc * NR, a->y + (size_t)m * a->ldy + n0 + s,
+                          a->ldy, ncols, k0 > 0);
+            }
+        }
+    }
+}

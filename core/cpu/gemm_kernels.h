@@ -1,0 +1,46 @@
+/* gemm_kernels.h - the internal contract between the gemm driver (gemm.c: argument checks,
+ * threading, dispatch) and the per-ISA kernels (gemm_avx512.c, gemm_avx2.c, scalar in gemm.c).
+ * Kernels compute a range of output columns for all rows and must not allocate or thread. */
+#ifndef MX_GEMM_KERNELS_H
+#define MX_GEMM_KERNELS_H
+
+#include "../error.h"
+#include "../tensor.h"
+#include "cpu_features.h"
+#include "threadpool.h"
+
+/* One call's operands, already checked by the driver. */
+typedef struct mx_gemm_args {
+    float *y;
+    int ldy;
+    const float *x;
+    int ldx, M, K;
+    const void *w; /* [N, K] row-major in wdtype */
+    mx_dtype wdtype;
+    int N;
+} mx_gemm_args;
+
+/* Up to this many rows of x the "gemv" kernels stream W once, widening it on the fly. */
+#define MX_GEMV_MAX_M 4
+/* Above it, the "gemm" kernels widen a panel of MX_GEMM_NC rows x MX_GEMM_KC columns of W to
+ * fp32 in a scratch buffer (sized for L2) and reuse it across all rows of x. */
+#define MX_GEMM_NC 128
+#define MX_GEMM_KC 256
+#define MX_GEMM_SCRATCH_FLOATS (MX_GEMM_NC * MX_GEMM_KC)
+
+/* Columns [n0, n1) of y for rows [0, M). gemv: M <= MX_GEMV_MAX_M, any range.
+ * gemm: any M, n1 - n0 <= MX_GEMM_NC, scratch of MX_GEMM_SCRATCH_FLOATS 64-byte aligned. */
+void mx_gemv_scalar(const mx_gemm_args *a, int n0, int n1);
+void mx_gemm_scalar(const mx_gemm_args *a, int n0, int n1, float *scratch);
+void mx_gemv_avx2(const mx_gemm_args *a, int n0, int n1);
+void mx_gemm_avx2(const mx_gemm_args *a, int n0, int n1, float *scratch);
+void mx_gemv_avx512(const mx_gemm_args *a, int n0, int n1);
+void mx_gemm_avx512(const mx_gemm_args *a, int n0, int n1, float *scratch);
+
+/* mx_cpu_gemm with the kernel family forced (tests and benchmarks compare every family the
+ * CPU has). Fails with MX_EUNSUPPORTED if this CPU cannot run isa. */
+int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy, const float *x,
+                         int ldx, int M, int K, const void *w, mx_dtype wdtype, int N,
+                         mx_error *err);
+
+#endif

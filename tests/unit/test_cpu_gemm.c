@@ -1,0 +1,205 @@
+/* test_cpu_gemm.c - every gemm kernel family this CPU can run (scalar, AVX2, AVX-512), forced
+ * one at a time, against a double-precision reference computed here on odd shapes, all three
+ * weight dtypes, padded row strides, and bad arguments that must fail cleanly. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "cpu/cpu_features.h"
+#include "cpu/gemm.h"
+#include "cpu/gemm_kernels.h"
+
+static uint64_t rng_next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+static float rng_uniform(uint64_t *s) /* in [-1, 1) */
+{
+    return (float)((rng_next(s) >> 40) * (1.0 / 8388608.0) * 2.0 - 1.0);
+}
+
+/* Independent widening: bf16 by bit shift, f16 decoded from its fields here. */
+static double ref_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static double ref_f16(uint16_t h)
+{
+    int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    double v = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+    return s ? -v : v;
+}
+
+/* Random weights exactly representable in the dtype: bf16 = top half of a float; f16 built
+ * from sign/exponent/mantissa in a moderate range. */
+static void *make_weights(mx_dtype dt, size_t n, uint64_t *s, double *wd)
+{
+    if (dt == MX_DTYPE_F32) {
+        float *w = malloc(n * 4);
+        for (size_t i = 0; i < n; i++)
+            wd[i] = w[i] = rng_uniform(s);
+        return w;
+    }
+    uint16_t *w = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) {
+        if (dt == MX_DTYPE_BF16) {
+            float f = rng_uniform(s);
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            w[i] = (uint16_t)(u >> 16);
+            wd[i] = ref_bf16(w[i]);
+        } else {
+            uint64_t r = rng_next(s);
+            w[i] = (uint16_t)(((r & 1) << 15) | ((10 + (r >> 1) % 6) << 10) | ((r >> 8) & 1023));
+            wd[i] = ref_f16(w[i]);
+        }
+    }
+    return w;
+}
+
+static void check_case(mx_threadpool *pool, mx_cpu_isa isa, mx_dtype dt, int M, int K, int N,
+                       int xpad, int ypad)
+{
+    uint64_t s = 0x9E3779B97F4A7C15ull ^ ((uint64_t)M << 40) ^ ((uint64_t)K << 20) ^ (uint64_t)N;
+    int ldx = K + xpad, ldy = N + ypad;
+    float *x = malloc(sizeof(float) * (size_t)(M ? M : 1) * ldx);
+    float *y = malloc(sizeof(float) * (size_t)(M ? M : 1) * ldy);
+    double *wd = malloc(sizeof(double) * (size_t)N * K);
+    for (size_t i = 0; i < (size_t)M * ldx; i++)
+        x[i] = rng_uniform(&s);
+    for (size_t i = 0; i < (size_t)M * ldy; i++)
+        y[i] = 12345.f; /* sentinel: padding must stay untouched */
+    void *w = make_weights(dt, (size_t)N * K, &s, wd);
+    mx_error err = {0};
+    int rc = mx_cpu_gemm_with_isa(pool, isa, y, ldy, x, ldx, M, K, w, dt, N, &err);
+    if (rc != 0)
+        fail_msg("%s %s M=%d K=%d N=%d: %s", mx_cpu_isa_name(isa), mx_dtype_name(dt), M, K, N,
+                 err.msg);
+    for (int m = 0; m < M; m++) {
+        for (int n = 0; n < N; n++) {
+            double ref = 0, mag = 0;
+            for (int k = 0; k < K; k++) {
+                ref += (double)x[(size_t)m * ldx + k] * wd[(size_t)n * K + k];
+                mag += fabs((double)x[(size_t)m * ldx + k] * wd[(size_t)n * K + k]);
+            }
+            double got = y[(size_t)m * ldy + n];
+            if (fabs(got - ref) > 1e-5 * mag + 1e-30)
+                fail_msg("%s %s M=%d K=%d N=%d: y[%d,%d]=%.9g want %.9g (scale %g)",
+                         mx_cpu_isa_name(isa), mx_dtype_name(dt), M, K, N, m, n, got, ref, mag);
+        }
+        for (int n = N; n < ldy; n++)
+            if (y[(size_t)m * ldy + n] != 12345.f)
+                fail_msg("%s: padding y[%d,%d] was overwritten", mx_cpu_isa_name(isa), m, n);
+    }
+    free(x);
+    free(y);
+    free(wd);
+    free(w);
+}
+
+static void run_shapes(mx_cpu_isa isa, int threads)
+{
+    if (!mx_cpu_isa_supported(isa))
+        skip();
+    mx_threadpool *pool = NULL;
+    mx_error err = {0};
+    assert_int_equal(mx_threadpool_create(threads, &pool, &err), 0);
+    static const int Ms[] = {1, 2, 3, 4, 5, 17, 64, 65};
+    static const int Ks[] = {100, 129, 16, 1};
+    static const int Ns[] = {1, 7, 33, 200};
+    const mx_dtype dts[] = {MX_DTYPE_BF16, MX_DTYPE_F16, MX_DTYPE_F32};
+    for (size_t d = 0; d < 3; d++)
+        for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+                for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+                    check_case(pool, isa, dts[d], Ms[mi], Ks[ki], Ns[ni], (int)(mi % 2) * 3,
+                               (int)(ni % 2) * 5);
+    /* Model-sized K (several K blocks, panel tails) and a wide N with a partial last panel. */
+    for (size_t d = 0; d < 3; d++) {
+        check_case(pool, isa, dts[d], 1, 6144, 33, 0, 0);
+        check_case(pool, isa, dts[d], 3, 6144, 40, 16, 1);
+        check_case(pool, isa, dts[d], 17, 6144, 70, 0, 0);
+        check_case(pool, isa, dts[d], 64, 300, 1000, 1, 1);
+        check_case(pool, isa, dts[d], 65, 129, 1000, 0, 3);
+    }
+    mx_threadpool_destroy(pool);
+}
+
+static void test_scalar(void **state) { (void)state; run_shapes(MX_CPU_ISA_SCALAR, 2); }
+static void test_avx2(void **state) { (void)state; run_shapes(MX_CPU_ISA_AVX2, 2); }
+static void test_avx512(void **state) { (void)state; run_shapes(MX_CPU_ISA_AVX512, 2); }
+static void test_avx512_one_thread(void **state)
+{
+    (void)state;
+    run_shapes(MX_CPU_ISA_AVX512, 1);
+}
+
+static void test_dispatch_picks_best(void **state)
+{
+    (void)state;
+    assert_string_equal(mx_cpu_gemm_isa(), mx_cpu_isa_name(mx_cpu_best_isa()));
+    assert_true(mx_cpu_isa_supported(MX_CPU_ISA_SCALAR));
+    /* The public entry point gives the same answers as the reference too. */
+    float x[3 * 5], y[3 * 2];
+    uint16_t w[2 * 5];
+    for (int i = 0; i < 15; i++)
+        x[i] = (float)(i + 1);
+    for (int i = 0; i < 10; i++)
+        w[i] = 0x3f80; /* bf16 1.0 */
+    w[7] = 0x4000;     /* bf16 2.0 */
+    mx_error err = {0};
+    assert_int_equal(mx_cpu_gemm(NULL, y, 2, x, 5, 3, 5, w, MX_DTYPE_BF16, 2, &err), 0);
+    assert_true(y[0] == 15.f && y[1] == 18.f && y[2] == 40.f && y[3] == 48.f);
+    assert_true(y[4] == 65.f && y[5] == 78.f);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    float x[64] = {0}, y[64] = {0};
+    uint16_t w[64] = {0};
+    mx_error err = {0};
+    assert_int_equal(mx_cpu_gemm(NULL, y, 4, x, 4, -1, 4, w, MX_DTYPE_BF16, 4, &err), MX_EINVAL);
+    assert_non_null(strstr(err.msg, "M=-1"));
+    assert_int_equal(mx_cpu_gemm(NULL, y, 4, x, 4, 1, 0, w, MX_DTYPE_BF16, 4, &err), MX_EINVAL);
+    assert_int_equal(mx_cpu_gemm(NULL, y, 4, x, 4, 1, 4, w, MX_DTYPE_BF16, 0, &err), MX_EINVAL);
+    assert_int_equal(mx_cpu_gemm(NULL, y, 4, x, 3, 1, 4, w, MX_DTYPE_BF16, 4, &err), MX_EINVAL);
+    assert_non_null(strstr(err.msg, "ldx"));
+    assert_int_equal(mx_cpu_gemm(NULL, y, 3, x, 4, 1, 4, w, MX_DTYPE_BF16, 4, &err), MX_EINVAL);
+    assert_int_equal(mx_cpu_gemm(NULL, y, 4, x, 4, 1, 4, w, MX_DTYPE_I32, 4, &err),
+                     MX_EUNSUPPORTED);
+    assert_non_null(strstr(err.msg, "I32"));
+    assert_int_equal(mx_cpu_gemm(NULL, y, 4, x, 4, 1, 4, NULL, MX_DTYPE_BF16, 4, &err), MX_EINVAL);
+    assert_int_equal(mx_cpu_gemm(NULL, NULL, 4, x, 4, 1, 4, w, MX_DTYPE_BF16, 4, &err), MX_EINVAL);
+    assert_int_equal(mx_cpu_gemm_with_isa(NULL, MX_CPU_ISA_COUNT, y, 4, x, 4, 1, 4, w,
+                                          MX_DTYPE_BF16, 4, &err),
+                     MX_EUNSUPPORTED);
+    /* M = 0 is an empty product, not an error, and touches nothing. */
+    assert_int_equal(mx_cpu_gemm(NULL, NULL, 4, NULL, 4, 0, 4, w, MX_DTYPE_BF16, 4, &err), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_scalar),
+        cmocka_unit_test(test_avx2),
+        cmocka_unit_test(test_avx512),
+        cmocka_unit_test(test_avx512_one_thread),
+        cmocka_unit_test(test_dispatch_picks_best),
+        cmocka_unit_test(test_bad_arguments),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
