@@ -55,6 +55,8 @@ static inline char *read_all(const char *path, size_t *len)
         return NULL;
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
+    if (n < 0)
+        abort();
     fseek(f, 0, SEEK_SET);
     char *buf = malloc((size_t)n + 1);
     if (fread(buf, 1, (size_t)n, f) != (size_t)n)
