@@ -1,0 +1,191 @@
+/* health.c - grpc.health.v1.Health (Check, Watch) on top of server.h, with a per-service
+ * status table. Watch handlers wait on a condition variable and wake up on changes, on
+ * cancellation (polled every 100 ms) and on server shutdown. */
+#include "health.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "pb.h"
+#include "server_internal.h"
+
+#define CHECK_METHOD "/grpc.health.v1.Health/Check"
+#define WATCH_METHOD "/grpc.health.v1.Health/Watch"
+
+typedef struct entry {
+    char *service;
+    int status;
+} entry;
+
+struct mx_rpc_health {
+    pthread_mutex_t mu;
+    pthread_cond_t changed;
+    entry *entries;
+    int n_entries;
+    unsigned version;   /* bumped on every change */
+    int shutting_down;
+};
+
+/* The status of service, or SERVICE_UNKNOWN. Caller holds h->mu. */
+static int lookup(const mx_rpc_health *h, const char *service)
+{
+    for (int i = 0; i < h->n_entries; i++)
+        if (strcmp(h->entries[i].service, service) == 0)
+            return h->entries[i].status;
+    return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+}
+
+static int set_locked(mx_rpc_health *h, const char *service, int status, mx_error *err)
+{
+    for (int i = 0; i < h->n_entries; i++) {
+        if (strcmp(h->entries[i].service, service) == 0) {
+            h->entries[i].status = status;
+            return 0;
+        }
+    }
+    entry *e = realloc(h->entries, (size_t)(h->n_entries + 1) * sizeof *e);
+    if (!e)
+        return mx_fail(err, MX_ENOMEM, "health: out of memory");
+    h->entries = e;
+    char *name = strdup(service);
+    if (!name)
+        return mx_fail(err, MX_ENOMEM, "health: out of memory");
+    e[h->n_entries++] = (entry){name, status};
+    return 0;
+}
+
+int mx_rpc_health_set(mx_rpc_server *srv, const char *service, mx_rpc_serving status,
+                      mx_error *err)
+{
+    if (!service || (status != MX_RPC_SERVING && status != MX_RPC_NOT_SERVING))
+        return mx_fail(err, MX_EINVAL, "health: bad service name or status %d", (int)status);
+    mx_rpc_health *h = srv->health;
+    pthread_mutex_lock(&h->mu);
+    int rc = h->shutting_down ? 0 : set_locked(h, service, (int)status, err);
+    h->version++;
+    pthread_cond_broadcast(&h->changed);
+    pthread_mutex_unlock(&h->mu);
+    return rc;
+}
+
+/* Parses the request; on failure sets INVALID_ARGUMENT on the call and returns NULL. */
+static Grpc__Health__V1__HealthCheckRequest *parse(mx_rpc_call *call, const uint8_t *req,
+                                                   size_t len)
+{
+    ProtobufCMessage *m;
+    mx_error err;
+    if (mx_rpc_pb_unpack(&grpc__health__v1__health_check_request__descriptor, req, len, &m,
+                         &err) != 0) {
+        mx_rpc_call_set_error(call, &err);
+        return NULL;
+    }
+    return (Grpc__Health__V1__HealthCheckRequest *)m;
+}
+
+static int send_status(mx_rpc_call *call, int status)
+{
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = status;
+    mx_error err;
+    int rc = mx_rpc_pb_write(call, &resp.base, &err);
+    if (rc != 0 && rc != MX_ECANCELLED)
+        mx_rpc_call_set_error(call, &err);
+    return rc;
+}
+
+static void on_check(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
+{
+    mx_rpc_health *h = user;
+    Grpc__Health__V1__HealthCheckRequest *r = parse(call, req, len);
+    if (!r)
+        return;
+    pthread_mutex_lock(&h->mu);
+    int status = lookup(h, r->service);
+    pthread_mutex_unlock(&h->mu);
+    if (status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN)
+        mx_rpc_call_set_status(call, GRPC_STATUS_NOT_FOUND, "unknown service \"%s\"",
+                               r->service);
+    else
+        send_status(call, status);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+static void on_watch(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
+{
+    mx_rpc_health *h = user;
+    Grpc__Health__V1__HealthCheckRequest *r = parse(call, req, len);
+    if (!r)
+        return;
+    int last_sent = -1;
+    pthread_mutex_lock(&h->mu);
+    for (;;) {
+        int status = lookup(h, r->service);
+        int ending = h->shutting_down;
+        if (status != last_sent) {
+            pthread_mutex_unlock(&h->mu);
+            if (send_status(call, status) != 0)
+                goto out;
+            last_sent = status;
+            pthread_mutex_lock(&h->mu);
+            continue;   /* re-read: it may have changed while we were sending */
+        }
+        if (ending) {
+            mx_rpc_call_set_status(call, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+            break;
+        }
+        if (mx_rpc_call_cancelled(call))
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->changed, &h->mu, &ts);
+    }
+    pthread_mutex_unlock(&h->mu);
+out:
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+int mx_rpc_health_create(mx_rpc_server *srv, mx_rpc_health **out, mx_error *err)
+{
+    mx_rpc_health *h = calloc(1, sizeof *h);
+    if (!h)
+        return mx_fail(err, MX_ENOMEM, "health: out of memory");
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->changed, NULL);
+    *out = h;
+    int rc = set_locked(h, "", MX_RPC_SERVING, err);
+    if (rc == 0)
+        rc = mx_rpc_server_add_unary(srv, CHECK_METHOD, on_check, h, err);
+    if (rc == 0)
+        rc = mx_rpc_server_add_stream(srv, WATCH_METHOD, on_watch, h, err);
+    return rc;
+}
+
+void mx_rpc_health_enter_shutdown(mx_rpc_health *h)
+{
+    pthread_mutex_lock(&h->mu);
+    for (int i = 0; i < h->n_entries; i++)
+        h->entries[i].status = MX_RPC_NOT_SERVING;
+    h->shutting_down = 1;
+    h->version++;
+    pthread_cond_broadcast(&h->changed);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void mx_rpc_health_destroy(mx_rpc_health *h)
+{
+    if (!h)
+        return;
+    for (int i = 0; i < h->n_entries; i++)
+        free(h->entries[i].service);
+    free(h->entries);
+    pthread_mutex_destroy(&h->mu);
+    pthread_cond_destroy(&h->changed);
+    free(h);
+}

@@ -1,0 +1,21 @@
+/* health.h - the standard grpc.health.v1.Health service every mx server carries.
+ * Check answers the current status of a service name ("" = the whole server, SERVING from
+ * start); Watch streams it and every change. Status names are free-form, by convention the
+ * full service name ("mx.v1.Generation"). On shutdown everything turns NOT_SERVING. */
+#ifndef MX_RPC_HEALTH_H
+#define MX_RPC_HEALTH_H
+
+#include "server.h"
+
+/* Values match grpc.health.v1.HealthCheckResponse.ServingStatus. */
+typedef enum {
+    MX_RPC_SERVING = 1,
+    MX_RPC_NOT_SERVING = 2,
+} mx_rpc_serving;
+
+/* Sets (or adds) the status of service; watchers are told. Thread-safe, any time after
+ * create. Returns 0, MX_EINVAL for a bad value, MX_ENOMEM. */
+int mx_rpc_health_set(mx_rpc_server *srv, const char *service, mx_rpc_serving status,
+                      mx_error *err);
+
+#endif

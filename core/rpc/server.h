@@ -1,0 +1,106 @@
+/* server.h - a gRPC server for mx services, over the gRPC C core, with no grpc_op in sight.
+ * A service registers a handler per full method name ("/mx.v1.Generation/Generate"); each
+ * call runs its handler on a worker thread, which reads the request bytes, writes zero or
+ * more messages and sets a final status. Unknown methods get UNIMPLEMENTED at once; the
+ * grpc.health.v1.Health service is built in (see health.h).
+ *
+ * Typical service main:
+ *     mx_rpc_tune_malloc();
+ *     mx_rpc_block_stop_signals(&err);           // before any thread starts (signals.h)
+ *     mx_rpc_server_options o = {.address = "0.0.0.0:50051"};
+ *     mx_rpc_server_create(&o, &srv, &err);
+ *     mx_rpc_server_add_stream(srv, "/mx.v1.Generation/Generate", on_generate, ctx, &err);
+ *     mx_rpc_server_start(srv, &err);
+ *     mx_rpc_wait_stop_signal(-1, &err);         // SIGTERM / SIGINT
+ *     mx_rpc_server_shutdown(srv, 5000);         // let in-flight calls finish for 5 s
+ *     mx_rpc_server_destroy(srv);
+ */
+#ifndef MX_RPC_SERVER_H
+#define MX_RPC_SERVER_H
+
+#include <stdint.h>
+
+#include "../error.h"
+#include "payload.h"
+#include "status.h"
+
+typedef struct mx_rpc_server mx_rpc_server;
+typedef struct mx_rpc_call mx_rpc_call;
+
+/* Zero fields take the default named in the comment. */
+typedef struct mx_rpc_server_options {
+    const char *address;          /* "host:port"; port 0 picks a free port (see _port) */
+    int max_message_bytes;        /* largest request/response accepted; 0 = 256 MiB.
+                                     Bigger requests fail with RESOURCE_EXHAUSTED. */
+    int worker_threads;           /* handlers running at once; 0 = 8 (more calls queue) */
+    int keepalive_time_ms;        /* ping idle connections this often; 0 = 30000 */
+    int keepalive_timeout_ms;     /* drop a connection whose ping is unanswered; 0 = 10000 */
+    int min_client_ping_ms;       /* accept client keepalive pings this often; 0 = 10000 */
+} mx_rpc_server_options;
+
+/* Called on a worker thread for each call of the method. request is valid until the
+ * handler returns. The handler answers with mx_rpc_call_write* and, unless the result is
+ * OK, mx_rpc_call_set_status / _set_error; the status goes out when it returns. */
+typedef void (*mx_rpc_handler)(mx_rpc_call *call, const uint8_t *request, size_t request_len,
+                               void *user);
+
+/* Creates the server and binds the address (nothing is served before _start).
+ * Returns 0, or MX_EINVAL / MX_EUNAVAILABLE (address cannot be bound). */
+int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
+                         mx_error *err);
+
+/* The bound TCP port (useful after binding port 0). */
+int mx_rpc_server_port(const mx_rpc_server *srv);
+
+/* Registers a handler before _start. Unary methods must write exactly one message when
+ * they succeed (it is sent together with the status); streaming methods write any number,
+ * each sent before mx_rpc_call_write returns. method is copied. */
+int mx_rpc_server_add_unary(mx_rpc_server *srv, const char *method, mx_rpc_handler handler,
+                            void *user, mx_error *err);
+int mx_rpc_server_add_stream(mx_rpc_server *srv, const char *method, mx_rpc_handler handler,
+                             void *user, mx_error *err);
+
+/* Starts serving: the poller and worker threads begin. */
+int mx_rpc_server_start(mx_rpc_server *srv, mx_error *err);
+
+/* Graceful shutdown: health turns NOT_SERVING, no new calls are accepted, in-flight calls
+ * may finish for grace_ms, then the rest are cancelled (their handlers see
+ * mx_rpc_call_cancelled) and this returns once every handler has returned. Idempotent. */
+void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms);
+
+/* Shuts down (grace 0) if still running, and frees everything. NULL is fine. */
+void mx_rpc_server_destroy(mx_rpc_server *srv);
+
+/* ---- inside a handler ---- */
+
+/* Sends a message. Streaming: blocks until gRPC has taken it, returns MX_ECANCELLED when
+ * the client is gone (the handler should then return). Unary: stores the single response
+ * (a second write is MX_EINVAL). A payload with release is always released, even on error. */
+int mx_rpc_call_write(mx_rpc_call *call, mx_rpc_payload msg, mx_error *err);
+
+/* Same, copying len bytes of data. */
+int mx_rpc_call_write_copy(mx_rpc_call *call, const void *data, size_t len, mx_error *err);
+
+/* Final status sent when the handler returns (default OK). Last call wins. */
+void mx_rpc_call_set_status(mx_rpc_call *call, grpc_status_code code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Final status from an mx error (mapped by mx_rpc_status_from_code, message kept). */
+void mx_rpc_call_set_error(mx_rpc_call *call, const mx_error *err);
+
+/* Non-zero once the client cancelled, the deadline passed or the server cancelled the call.
+ * Long handlers should poll it between steps and return early. */
+int mx_rpc_call_cancelled(const mx_rpc_call *call);
+
+/* Milliseconds until the client's deadline (INT64_MAX if none, <= 0 when passed). */
+int64_t mx_rpc_call_ms_left(const mx_rpc_call *call);
+
+/* The client's address ("ipv4:127.0.0.1:53412") and the called method; valid during the
+ * handler. */
+const char *mx_rpc_call_peer(const mx_rpc_call *call);
+const char *mx_rpc_call_method(const mx_rpc_call *call);
+
+/* The server the call arrived on (e.g. to set health from a handler). */
+mx_rpc_server *mx_rpc_call_server(const mx_rpc_call *call);
+
+#endif

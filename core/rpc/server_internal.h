@@ -1,0 +1,94 @@
+/* server_internal.h - internal to core/rpc: the server and call structures shared by
+ * server.c (lifecycle, poller, dispatch), server_call.c (handler-side API) and health.c.
+ * Services must include server.h only. */
+#ifndef MX_RPC_SERVER_INTERNAL_H
+#define MX_RPC_SERVER_INTERNAL_H
+
+#include <grpc/grpc.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "server.h"
+
+/* Every operation batch is tagged with one of these; the poller calls done(tag, ok). */
+typedef struct mx_rpc_tag {
+    void (*done)(struct mx_rpc_tag *tag, int ok);
+} mx_rpc_tag;
+
+typedef enum { MX_RPC_KIND_UNARY, MX_RPC_KIND_STREAM } mx_rpc_kind;
+
+typedef struct mx_rpc_method {
+    char *name;
+    mx_rpc_kind kind;
+    mx_rpc_handler handler;
+    void *user;
+} mx_rpc_method;
+
+typedef struct mx_rpc_health mx_rpc_health;
+
+struct mx_rpc_call {
+    mx_rpc_server *srv;
+    grpc_call *call;                 /* NULL while the request slot is waiting */
+    grpc_call_details details;
+    grpc_metadata_array request_md;
+    grpc_byte_buffer *request_buffer;
+    mx_rpc_bytes request;
+    const mx_rpc_method *method;
+    char method_name[256];
+    char *peer;                      /* gpr_malloc'd by gRPC */
+
+    mx_rpc_tag tag_new, tag_recv, tag_close, tag_sync, tag_async_status;
+    int close_cancelled;             /* written by gRPC when RECV_CLOSE_ON_SERVER completes */
+    atomic_int cancelled;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int sync_done, sync_ok;          /* completion of the batch a worker waits for */
+    int refs;                        /* owner path + RECV_CLOSE_ON_SERVER */
+
+    int sent_initial_metadata;
+    int messages_written;
+    grpc_byte_buffer *unary_reply;
+    grpc_status_code status;
+    char status_message[MX_ERROR_MSG_MAX];
+
+    struct mx_rpc_call *next;        /* worker queue */
+};
+
+struct mx_rpc_server {
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    int port;
+    int n_workers;
+
+    mx_rpc_method *methods;
+    int n_methods;
+
+    pthread_t poller;
+    pthread_t *workers;
+    int started, shut_down, grpc_started;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cond;             /* live_calls, shutdown_done and queue changes */
+    int live_calls;                  /* request slots + calls not yet freed */
+    int stopping;                    /* no new request slots */
+    int workers_stop;
+    int shutdown_done;
+    mx_rpc_call *queue_head, *queue_tail;
+    mx_rpc_tag tag_shutdown;
+
+    mx_rpc_health *health;
+};
+
+/* Drops one reference of call; the last one frees it (server.c). */
+void mx_rpc_call_unref(mx_rpc_call *call);
+
+/* Health service plumbing (health.c). */
+int mx_rpc_health_create(mx_rpc_server *srv, mx_rpc_health **out, mx_error *err);
+void mx_rpc_health_enter_shutdown(mx_rpc_health *h);
+void mx_rpc_health_destroy(mx_rpc_health *h);
+
+/* Sends the final status (with the unary reply if any) and waits for it (server_call.c). */
+void mx_rpc_call_send_final(mx_rpc_call *call);
+
+#endif

@@ -1,0 +1,34 @@
+# proto/module.mk - generates C code for the .proto contracts with protoc-c into $(BUILD)/gen
+# and adds the generated objects to libmx.a; also builds the RPC test server used by the
+# Python client tests. Generated files are build outputs: never commit them.
+
+MX_PROTOS := $(sort $(wildcard proto/mx/v1/*.proto proto/mx/internal/v1/*.proto) \
+                    proto/grpc/health/v1/health.proto)
+MX_PROTO_C := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(MX_PROTOS))
+MX_PROTO_H := $(MX_PROTO_C:.c=.h)
+MX_PROTO_OBJS := $(MX_PROTO_C:.c=.o)
+
+CORE_OBJS += $(MX_PROTO_OBJS)
+GEN_SRC += $(MX_PROTO_C)
+
+# protoc-c writes the .c and .h in one run; the .h depends on the .c so one rule covers both.
+$(BUILD)/gen/%.pb-c.c: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c -Iproto --c_out=$(BUILD)/gen $<
+$(BUILD)/gen/%.pb-c.h: $(BUILD)/gen/%.pb-c.c ;
+
+$(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(MX_PROTO_H)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# Anything that may include a generated header waits for generation (order-only, so a proto
+# edit does not rebuild everything; the -MMD .d files track the real includes afterwards).
+MX_PROTO_USERS := $(patsubst %.c,$(BUILD)/%.o,$(CORE_SRC) $(wildcard cli/*.c gateway/*.c \
+    attention-svc/*.c expert-svc/*.c router/*.c bench/*.c tests/rpc/*.c))
+$(MX_PROTO_USERS): | $(MX_PROTO_H)
+$(TEST_BINS) $(BENCH_BINS): | $(MX_PROTO_H)
+
+# The RPC test server driven by tests/suites/rpc_python_client.sh.
+$(BUILD)/tests/rpc/echo_server: $(BUILD)/tests/rpc/echo_server.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+BINS += $(BUILD)/tests/rpc/echo_server
