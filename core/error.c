@@ -21,13 +21,25 @@ int mx_error_prefix(mx_error *err, const char *fmt, ...)
 {
     if (!err)
         return MX_EINTERNAL;
-    char prefix[MX_ERROR_MSG_MAX], old[MX_ERROR_MSG_MAX];
+    char joined[2 * MX_ERROR_MSG_MAX + 2];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(joined, MX_ERROR_MSG_MAX, fmt, ap);
     va_end(ap);
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    if (n < 0)
+        n = 0;
+    if (n > MX_ERROR_MSG_MAX - 1)
+        n = MX_ERROR_MSG_MAX - 1;
+    size_t len = (size_t)n;
+    joined[len++] = ':';
+    joined[len++] = ' ';
+    size_t old = strnlen(err->msg, MX_ERROR_MSG_MAX - 1);
+    memcpy(joined + len, err->msg, old);
+    len += old;
+    if (len > MX_ERROR_MSG_MAX - 1)
+        len = MX_ERROR_MSG_MAX - 1; /* keep the start: it names the outermost context */
+    memcpy(err->msg, joined, len);
+    err->msg[len] = '\0';
     return err->code;
 }
 

@@ -38,6 +38,14 @@ int mx_fail(mx_error *err, mx_code code, const char *fmt, ...)
 /* Prepends "context: " to an error already recorded (e.g. the file name). Returns err->code. */
 int mx_error_prefix(mx_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Returns from the calling function with the code of a failing call. */
+#define MX_TRY(expr)                    \
+    do {                                \
+        int mx_try_rc_ = (expr);        \
+        if (mx_try_rc_)                 \
+            return mx_try_rc_;          \
+    } while (0)
+
 /* Clears err to MX_OK with an empty message. */
 void mx_error_clear(mx_error *err);
 

@@ -1,0 +1,30 @@
+/* cli_util.h - small helpers shared by the CLI commands: parsing id lists and numbers with
+ * errors that name the flag, load-progress printing, and loading a whole model. */
+#ifndef MX_CLI_UTIL_H
+#define MX_CLI_UTIL_H
+
+#include <stdint.h>
+
+#include "core/backend.h"
+#include "core/model.h"
+#include "core/weights.h"
+
+/* "1,2,3" -> malloc'd ids; returns count or -1 with a message on stderr. */
+int cli_parse_ids(const char *flag, const char *text, int32_t **out);
+int cli_parse_int(const char *flag, const char *text, long min, long max, long *out);
+int cli_parse_float(const char *flag, const char *text, double *out);
+
+/* Progress callback for mx_load_plan: a line on stderr every 10% and at the end. */
+void cli_progress(void *ctx, const char *what, uint64_t done, uint64_t total);
+
+/* Loads the whole model from dir onto a backend by name; prints the error and returns
+ * non-zero on failure. Free with cli_unload. */
+typedef struct cli_model {
+    mx_backend *be;
+    mx_weights *w;
+    mx_model *m;
+} cli_model;
+int cli_load(const char *dir, const char *backend, int threads, cli_model *out);
+void cli_unload(cli_model *cm);
+
+#endif

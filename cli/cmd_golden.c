@@ -1,0 +1,306 @@
+/* cmd_golden.c - `mx golden DIR`: runs every case of a golden fixture directory (format in
+ * the fixtures' README) one at a time, then all together as one ragged batch, then the prompts
+ * longer than 100 tokens in chunks of 100; compares each logits row with the reference and
+ * prints one line per case and mode, ending with "N passed, N failed". */
+#include <getopt.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli_util.h"
+#include "commands.h"
+#include "core/safetensors.h"
+
+typedef struct golden_case {
+    char name[64];
+    int prompt_len, steps;
+    const int32_t *prompt, *greedy;
+    const float *logits;   /* expected [steps+1, vocab] */
+    float *got;            /* ours [steps+1, vocab] */
+} golden_case;
+
+typedef struct tolerance {
+    double max_abs, max_rel, min_cosine, min_argmax;
+    int argmax_must_match;
+    int bf16_tier;
+} tolerance;
+
+static int map_case_tensor(mx_st_file *f, const char *casename, const char *suffix, mx_dtype dtype,
+                           int64_t rows, int64_t cols, const void **out, mx_error *err)
+{
+    char name[128];
+    snprintf(name, sizeof name, "%s.%s", casename, suffix);
+    const mx_st_entry *e = mx_st_find(f, name);
+    if (!e)
+        return mx_fail(err, MX_ENOTFOUND, "expected.safetensors has no tensor %s", name);
+    int64_t numel = 1;
+    for (int i = 0; i < e->ndim; i++)
+        numel *= e->shape[i];
+    if (e->dtype != dtype || numel != rows * cols)
+        return mx_fail(err, MX_EFORMAT, "expected.safetensors: %s has the wrong dtype or size", name);
+    mx_tensor t;
+    MX_TRY(mx_st_map(f, e, &t, err));
+    *out = t.data;
+    return 0;
+}
+
+static int load_cases(const char *dir, int vocab, mx_st_file **st, golden_case **cases_out, int *n_out,
+                      tolerance *tol, mx_error *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/cases.json", dir);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    if (!root)
+        return mx_fail(err, MX_EFORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
+    int rc = 0;
+    json_t *cases = json_object_get(root, "cases");
+    json_t *fp32 = json_object_get(json_object_get(root, "tolerances"), "fp32");
+    json_t *bf16 = json_object_get(json_object_get(root, "tolerances"), "bf16");
+    if (!json_is_array(cases) || !json_is_object(fp32) || !json_is_object(bf16)) {
+        json_decref(root);
+        return mx_fail(err, MX_EFORMAT, "%s: needs \"cases\" and \"tolerances\".fp32/.bf16", path);
+    }
+    tol->max_abs = json_number_value(json_object_get(fp32, "max_abs"));
+    tol->max_rel = json_number_value(json_object_get(fp32, "max_rel"));
+    tol->argmax_must_match = json_is_true(json_object_get(fp32, "argmax_must_match"));
+    tol->min_cosine = json_number_value(json_object_get(bf16, "min_cosine"));
+    tol->min_argmax = json_number_value(json_object_get(bf16, "min_argmax_agreement"));
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    rc = mx_st_open(path, st, err);
+    size_t n = json_array_size(cases);
+    golden_case *gc = rc ? NULL : calloc(n ? n : 1, sizeof *gc);
+    if (!rc && !gc)
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n && !rc; i++) {
+        json_t *c = json_array_get(cases, i);
+        const char *name = json_string_value(json_object_get(c, "name"));
+        json_int_t plen = json_integer_value(json_object_get(c, "prompt_len"));
+        json_int_t steps = json_integer_value(json_object_get(c, "steps"));
+        if (!name || plen < 1 || steps < 0 || strlen(name) >= sizeof gc[i].name) {
+            rc = mx_fail(err, MX_EFORMAT, "cases.json: case %zu lacks name/prompt_len/steps", i);
+            break;
+        }
+        strcpy(gc[i].name, name);
+        gc[i].prompt_len = (int)plen;
+        gc[i].steps = (int)steps;
+        const void *p = NULL, *g = NULL, *l = NULL;
+        rc = map_case_tensor(*st, name, "prompt_ids", MX_DTYPE_I32, 1, plen, &p, err);
+        if (!rc) rc = map_case_tensor(*st, name, "greedy_ids", MX_DTYPE_I32, 1, steps + 1, &g, err);
+        if (!rc) rc = map_case_tensor(*st, name, "logits", MX_DTYPE_F32, steps + 1, vocab, &l, err);
+        gc[i].prompt = p;
+        gc[i].greedy = g;
+        gc[i].logits = l;
+        if (!rc && !(gc[i].got = calloc((size_t)(steps + 1) * vocab, sizeof(float))))
+            rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    }
+    json_decref(root);
+    if (rc) {
+        for (size_t i = 0; gc && i < n; i++)
+            free(gc[i].got);
+        free(gc);
+        return rc;
+    }
+    *cases_out = gc;
+    *n_out = (int)n;
+    return 0;
+}
+
+/* Runs cases together: prompts in chunks of `chunk` tokens (0 = whole prompt in one pass),
+ * then decode steps feeding the reference's greedy tokens; fills each case's `got`. */
+static int run_together(mx_model *m, golden_case **cs, int n, int chunk, mx_error *err)
+{
+    const mx_config *cfg = mx_model_config(m);
+    int vocab = cfg->vocab_size, rc = 0, total = 0;
+    for (int i = 0; i < n; i++)
+        total += cs[i]->prompt_len;
+    mx_sequence **seqs = calloc((size_t)n, sizeof *seqs);
+    mx_sequence **bseqs = calloc((size_t)n, sizeof *bseqs);
+    mx_span *spans = calloc((size_t)n, sizeof *spans);
+    int *done = calloc((size_t)n, sizeof *done), *owner = calloc((size_t)n, sizeof *owner);
+    int32_t *tokens = malloc((size_t)total * sizeof *tokens);
+    float *logits = malloc((size_t)n * vocab * sizeof *logits);
+    if (!seqs || !bseqs || !spans || !done || !owner || !tokens || !logits)
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    for (int i = 0; i < n && !rc; i++)
+        rc = mx_sequence_create(m, 0, cfg->num_hidden_layers, &seqs[i], err);
+    /* prefill */
+    for (int pending = n; pending > 0 && !rc;) {
+        mx_batch b = {.seqs = bseqs, .spans = spans};
+        for (int i = 0; i < n; i++) {
+            if (done[i] >= cs[i]->prompt_len)
+                continue;
+            int len = cs[i]->prompt_len - done[i];
+            if (chunk > 0 && len > chunk)
+                len = chunk;
+            memcpy(tokens + b.n_tokens, cs[i]->prompt + done[i], (size_t)len * sizeof *tokens);
+            spans[b.n_seqs] = (mx_span){b.n_tokens, len};
+            bseqs[b.n_seqs] = seqs[i];
+            owner[b.n_seqs++] = i;
+            b.n_tokens += len;
+            done[i] += len;
+        }
+        rc = mx_model_forward(m, &b, tokens, logits, err);
+        for (int s = 0; s < b.n_seqs && !rc; s++) {
+            int i = owner[s];
+            if (done[i] == cs[i]->prompt_len) {
+                memcpy(cs[i]->got, logits + (size_t)s * vocab, (size_t)vocab * sizeof *logits);
+                pending--;
+            }
+        }
+    }
+    /* decode */
+    for (int step = 1; !rc; step++) {
+        mx_batch b = {.seqs = bseqs, .spans = spans};
+        for (int i = 0; i < n; i++) {
+            if (step > cs[i]->steps)
+                continue;
+            tokens[b.n_seqs] = cs[i]->greedy[step - 1];
+            spans[b.n_seqs] = (mx_span){b.n_seqs, 1};
+            bseqs[b.n_seqs] = seqs[i];
+            owner[b.n_seqs++] = i;
+        }
+        if (!b.n_seqs)
+            break;
+        b.n_tokens = b.n_seqs;
+        rc = mx_model_forward(m, &b, tokens, logits, err);
+        for (int s = 0; s < b.n_seqs && !rc; s++)
+            memcpy(cs[owner[s]]->got + (size_t)step * vocab, logits + (size_t)s * vocab, (size_t)vocab * sizeof *logits);
+    }
+    for (int i = 0; seqs && i < n; i++)
+        mx_sequence_free(m, seqs[i]);
+    free(seqs);
+    free(bseqs);
+    free(spans);
+    free(done);
+    free(owner);
+    free(tokens);
+    free(logits);
+    return rc;
+}
+
+/* Compares one case; prints its line; returns 1 if it passes. */
+static int judge(const char *fixture, const char *mode, const golden_case *c, int vocab, const tolerance *tol)
+{
+    int rows = c->steps + 1, agree = 0, first_bad = -1;
+    double max_abs = 0, max_rel = 0, min_cos = 1;
+    for (int r = 0; r < rows; r++) {
+        const float *e = c->logits + (size_t)r * vocab, *g = c->got + (size_t)r * vocab;
+        double row_abs = 0, ref_max = 0, dot = 0, ne = 0, ng = 0;
+        int am = 0;
+        for (int v = 0; v < vocab; v++) {
+            double d = fabs((double)g[v] - e[v]);
+            if (!(d <= row_abs))
+                row_abs = d; /* NaN counts as a failure */
+            ref_max = fmax(ref_max, fabs((double)e[v]));
+            dot += (double)g[v] * e[v];
+            ne += (double)e[v] * e[v];
+            ng += (double)g[v] * g[v];
+            if (g[v] > g[am])
+                am = v;
+        }
+        double rel = ref_max > 0 ? row_abs / ref_max : row_abs, cos = dot / sqrt(ne * ng);
+        if (!(cos >= min_cos))
+            min_cos = cos;
+        if (!(row_abs <= max_abs))
+            max_abs = row_abs;
+        if (!(rel <= max_rel))
+            max_rel = rel;
+        agree += am == c->greedy[r];
+        int bad = tol->bf16_tier ? 0
+                                 : !(row_abs <= tol->max_abs) || !(rel <= tol->max_rel) ||
+                                       (tol->argmax_must_match && am != c->greedy[r]);
+        if (bad && first_bad < 0)
+            first_bad = r;
+    }
+    double agreement = (double)agree / rows;
+    int pass = tol->bf16_tier ? (min_cos >= tol->min_cosine && agreement >= tol->min_argmax) : first_bad < 0;
+    char where[48] = "";
+    if (first_bad >= 0)
+        snprintf(where, sizeof where, " first_bad_row=%d", first_bad);
+    printf("%s %s/%s [%s] max_abs=%.3g max_rel=%.3g min_cosine=%.7f argmax=%d/%d%s\n", pass ? "PASS" : "FAIL",
+           fixture, c->name, mode, max_abs, max_rel, min_cos, agree, rows, where);
+    return pass;
+}
+
+int mx_cmd_golden(int argc, char **argv)
+{
+    const char *backend = "cpu", *tier = NULL;
+    long threads = 0;
+    static const struct option opts[] = {{"backend", required_argument, 0, 'b'},
+                                         {"threads", required_argument, 0, 't'},
+                                         {"tier", required_argument, 0, 'T'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'b')
+            backend = optarg;
+        else if (c == 't' && cli_parse_int("--threads", optarg, 0, 256, &threads) == 0)
+            continue;
+        else if (c == 'T')
+            tier = optarg;
+        else {
+            fprintf(c == 'h' ? stdout : stderr,
+                    "usage: mx golden DIR [--backend cpu|cuda] [--threads N] [--tier fp32|bf16]\n");
+            return c == 'h' ? 0 : 2;
+        }
+    }
+    if (optind != argc - 1 || (tier && strcmp(tier, "fp32") && strcmp(tier, "bf16"))) {
+        fprintf(stderr, "usage: mx golden DIR [--backend cpu|cuda] [--threads N] [--tier fp32|bf16]\n");
+        return 2;
+    }
+    const char *dir = argv[optind];
+    const char *fixture = strrchr(dir, '/') && strrchr(dir, '/')[1] ? strrchr(dir, '/') + 1 : dir;
+    cli_model cm;
+    if (cli_load(dir, backend, (int)threads, &cm))
+        return 1;
+    int vocab = mx_model_config(cm.m)->vocab_size;
+    mx_error err = {0};
+    mx_st_file *st = NULL;
+    golden_case *cases = NULL;
+    int n = 0;
+    tolerance tol = {0};
+    if (load_cases(dir, vocab, &st, &cases, &n, &tol, &err)) {
+        fprintf(stderr, "mx golden: %s\n", err.msg);
+        mx_st_close(st);
+        cli_unload(&cm);
+        return 1;
+    }
+    tol.bf16_tier = tier ? strcmp(tier, "bf16") == 0 : cm.be->act_dtype != MX_DTYPE_F32;
+    int passed = 0, failed = 0;
+    golden_case **group = calloc((size_t)n, sizeof *group);
+    static const struct { const char *name; int together, chunk, min_prompt; } modes[] = {
+        {"single", 0, 0, 0}, {"batch", 1, 0, 0}, {"chunked-100", 0, 100, 101}};
+    for (size_t md = 0; md < sizeof modes / sizeof *modes && group; md++) {
+        int ng = 0;
+        for (int i = 0; i < n; i++)
+            if (cases[i].prompt_len >= modes[md].min_prompt)
+                group[ng++] = &cases[i];
+        for (int start = 0; start < ng; start += modes[md].together ? ng : 1) {
+            int count = modes[md].together ? ng : 1;
+            int rc = run_together(cm.m, group + start, count, modes[md].chunk, &err);
+            for (int i = start; i < start + count; i++) {
+                if (rc) {
+                    printf("FAIL %s/%s [%s] error: %s\n", fixture, group[i]->name, modes[md].name, err.msg);
+                    failed++;
+                } else if (judge(fixture, modes[md].name, group[i], vocab, &tol)) {
+                    passed++;
+                } else {
+                    failed++;
+                }
+            }
+        }
+    }
+    for (int i = 0; i < n; i++)
+        free(cases[i].got);
+    free(cases);
+    free(group);
+    mx_st_close(st);
+    cli_unload(&cm);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed || !passed ? 1 : 0;
+}

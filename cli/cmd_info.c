@@ -1,0 +1,75 @@
+/* cmd_info.c - `mx info --model DIR`: the config and what serving it costs: parameters,
+ * weight bytes (total, per layer kind, per expert), KV bytes per token, lightning state per
+ * sequence. Reads only config.json and the checkpoint headers. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli_util.h"
+#include "commands.h"
+#include "core/checkpoint.h"
+
+static double gib(double bytes)
+{
+    return bytes / (1024.0 * 1024.0 * 1024.0);
+}
+
+int mx_cmd_info(int argc, char **argv)
+{
+    const char *model_dir = NULL;
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c == 'm')
+            model_dir = optarg;
+        else {
+            fprintf(c == 'h' ? stdout : stderr, "usage: mx info --model DIR\n");
+            return c == 'h' ? 0 : 2;
+        }
+    }
+    if (!model_dir || optind != argc) {
+        fprintf(stderr, "usage: mx info --model DIR\n");
+        return 2;
+    }
+    mx_error err = {0};
+    mx_checkpoint *ck = NULL;
+    if (mx_checkpoint_open(model_dir, &ck, &err)) {
+        fprintf(stderr, "mx info: %s\n", err.msg);
+        return 1;
+    }
+    const mx_config *cfg = mx_checkpoint_config(ck);
+    int L = cfg->num_hidden_layers, n_soft = 0;
+    for (int l = 0; l < L; l++)
+        n_soft += cfg->attn_type[l] == MX_ATTN_SOFTMAX;
+    double H = cfg->hidden_size, A = mx_config_attn_width(cfg), KV = mx_config_kv_width(cfg),
+           I = cfg->intermediate_size, E = cfg->num_local_experts, V = cfg->vocab_size;
+    double lightning_params = 3 * A * H + A * H + A + H * A, softmax_params = A * H + 2 * KV * H + H * A;
+    double expert_params = 3 * I * H, params = (double)mx_config_param_count(cfg);
+    double active = (L - n_soft) * lightning_params + n_soft * softmax_params +
+                    L * (2 * H + E * H + cfg->num_experts_per_tok * expert_params);
+    printf("architecture        %s (%s)\n", cfg->architecture, cfg->model_type);
+    printf("hidden / inner      %d / %d (%d heads x %d, %d kv heads, rotary %d)\n", cfg->hidden_size, (int)A,
+           cfg->num_attention_heads, cfg->head_dim, cfg->num_key_value_heads, cfg->rotary_dim);
+    printf("layers              %d (%d lightning, %d softmax)\n", L, L - n_soft, n_soft);
+    printf("experts             %d x %d wide, top-%d\n", cfg->num_local_experts, cfg->intermediate_size,
+           cfg->num_experts_per_tok);
+    printf("vocab               %d\n", cfg->vocab_size);
+    printf("rope_theta          %.0f, rms_norm_eps %g, postnorm %s\n", cfg->rope_theta, cfg->rms_norm_eps,
+           cfg->postnorm ? "true" : "false");
+    printf("alpha/beta          linear %g/%g  full %g/%g  mlp %g/%g\n", cfg->alpha_linear, cfg->beta_linear,
+           cfg->alpha_full, cfg->beta_full, cfg->alpha_mlp, cfg->beta_mlp);
+    printf("parameters          %.0f total, %.0f active per token (without embedding and lm_head)\n", params,
+           active);
+    printf("weights (bf16)      %.2f GiB total; embedding + lm_head %.2f GiB\n", gib(params * 2 + L * E * H * 2),
+           gib(2 * V * H * 2));
+    printf("  per lightning layer attention %.3f GiB, per softmax layer attention %.3f GiB\n",
+           gib(lightning_params * 2), gib(softmax_params * 2));
+    printf("  per expert        %.3f GiB; all experts of one layer %.2f GiB\n", gib(expert_params * 2),
+           gib(E * expert_params * 2));
+    printf("KV cache (bf16)     %.0f bytes per token (%d softmax layers)\n", n_soft * 2 * KV * 2.0, n_soft);
+    printf("lightning state     %.1f MiB per sequence (fp32, %d layers)\n",
+           (L - n_soft) * (double)cfg->num_attention_heads * cfg->head_dim * cfg->head_dim * 4 / 1048576.0, L - n_soft);
+    mx_checkpoint_close(ck);
+    return 0;
+}

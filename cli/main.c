@@ -1,0 +1,39 @@
+/* main.c - the `mx` command: dispatches to a subcommand (see `mx help`). */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command commands[] = {
+    {"generate", mx_cmd_generate, "run a model on prompt ids and print the generated ids"},
+    {"golden", mx_cmd_golden, "check the engine against a golden fixture directory"},
+    {"info", mx_cmd_info, "print a model's config and its parameter/memory budget"},
+    {"make-model", mx_cmd_make_model, "write a random-weight model in the real checkpoint layout"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mx COMMAND [options]   (mx COMMAND --help for its options)\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "mx: unknown command \"%s\"\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

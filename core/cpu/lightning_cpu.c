@@ -1,0 +1,148 @@
+/* lightning_cpu.c - lightning (decayed linear) attention on the CPU, spec section 3.
+ * Per sequence and head: fp32 state S [d_k, d_v]. A one-token span uses the recurrence
+ *   S <- exp(-s) S + k^T v ;  o = q S
+ * and a longer span runs the blocked form in blocks of 256 from whatever state the sequence
+ * has (for a fresh sequence this is the reference prefill; for later chunks it equals the
+ * recurrence mathematically, so chunked prefill matches one-shot prefill). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../config.h"
+#include "cpu_backend.h"
+
+typedef struct {
+    float *o;                 /* [T, heads*d] */
+    const float *qkv;         /* [T, heads*3d] */
+    const mx_span *spans;
+    mx_lightning_state *const *states;
+    const float *decay;
+    int heads, d;
+    int failed;               /* set by a task that could not allocate scratch */
+} lightning_job;
+
+/* One block of m tokens for one head. q/k/v rows are strided by qkv_stride; S is [d, d]. */
+static void lightning_block(const float *q, const float *k, const float *v, size_t qkv_stride, float *o,
+                            size_t o_stride, float *S, int m, int d, float s, float *scores)
+{
+    /* inter-block: o_j = exp(-s (j+1)) * (q_j . S_prev) */
+    for (int j = 0; j < m; j++) {
+        const float *qj = q + j * qkv_stride;
+        float *oj = o + j * o_stride;
+        float qd = expf(-s * (float)(j + 1));
+        for (int b = 0; b < d; b++)
+            oj[b] = 0.f;
+        for (int a = 0; a < d; a++) {
+            float qa = qj[a] * qd;
+            const float *Sa = S + (size_t)a * d;
+            for (int b = 0; b < d; b++)
+                oj[b] += qa * Sa[b];
+        }
+    }
+    /* intra-block: o_j += sum_{i<=j} exp(-s (j-i)) (q_j . k_i) v_i */
+    for (int j = 0; j < m; j++) {
+        const float *qj = q + j * qkv_stride;
+        for (int i = 0; i <= j; i++) {
+            const float *ki = k + i * qkv_stride;
+            float dot = 0.f;
+            for (int a = 0; a < d; a++)
+                dot += qj[a] * ki[a];
+            scores[i] = dot * expf(-s * (float)(j - i));
+        }
+        float *oj = o + j * o_stride;
+        for (int i = 0; i <= j; i++) {
+            const float *vi = v + i * qkv_stride;
+            float w = scores[i];
+            for (int b = 0; b < d; b++)
+                oj[b] += w * vi[b];
+        }
+    }
+    /* state: S = exp(-s m) S + sum_i exp(-s (m-1-i)) k_i^T v_i */
+    float bd = expf(-s * (float)m);
+    for (size_t x = 0; x < (size_t)d * d; x++)
+        S[x] *= bd;
+    for (int i = 0; i < m; i++) {
+        const float *ki = k + i * qkv_stride, *vi = v + i * qkv_stride;
+        float kd = expf(-s * (float)(m - 1 - i));
+        for (int a = 0; a < d; a++) {
+            float ka = ki[a] * kd;
+            float *Sa = S + (size_t)a * d;
+            for (int b = 0; b < d; b++)
+                Sa[b] += ka * vi[b];
+        }
+    }
+}
+
+/* One token: S = lam S + k^T v ; o = q S. */
+static void lightning_step(const float *q, const float *k, const float *v, float *o, float *S, int d,
+                           float lam)
+{
+    for (int b = 0; b < d; b++)
+        o[b] = 0.f;
+    for (int a = 0; a < d; a++) {
+        float *Sa = S + (size_t)a * d;
+        float ka = k[a], qa = q[a];
+        for (int b = 0; b < d; b++) {
+            Sa[b] = lam * Sa[b] + ka * v[b];
+            o[b] += qa * Sa[b];
+        }
+    }
+}
+
+static void lightning_task(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    lightning_job *j = ctx;
+    int span = task / j->heads, h = task % j->heads, d = j->d;
+    const mx_span *sp = &j->spans[span];
+    mx_lightning_state *st = j->states[span];
+    float *S = (float *)st->S.data + (size_t)h * d * d;
+    size_t qkv_stride = (size_t)j->heads * 3 * d, o_stride = (size_t)j->heads * d;
+    const float *q = j->qkv + (size_t)sp->start * qkv_stride + (size_t)h * 3 * d;
+    float *o = j->o + (size_t)sp->start * o_stride + (size_t)h * d;
+    float s = j->decay[h];
+    if (sp->len == 1) {
+        lightning_step(q, q + d, q + 2 * d, o, S, d, expf(-s));
+        return;
+    }
+    float scores[MX_LIGHTNING_BLOCK];
+    for (int b0 = 0; b0 < sp->len; b0 += MX_LIGHTNING_BLOCK) {
+        int m = sp->len - b0 < MX_LIGHTNING_BLOCK ? sp->len - b0 : MX_LIGHTNING_BLOCK;
+        const float *qb = q + (size_t)b0 * qkv_stride;
+        lightning_block(qb, qb + d, qb + 2 * d, qkv_stride, o + (size_t)b0 * o_stride, o_stride, S, m, d, s,
+                        scores);
+    }
+}
+
+int mx_cpu_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_span *spans, int n_spans,
+                     mx_lightning_state *const *states, const float *decay, int heads, int head_dim,
+                     mx_error *err)
+{
+    MX_TRY(mx_cpu_check_act(qkv, "lightning qkv", (int64_t)heads * 3 * head_dim, err));
+    MX_TRY(mx_cpu_check_act(o, "lightning output", (int64_t)heads * head_dim, err));
+    for (int i = 0; i < n_spans; i++) {
+        if (spans[i].len < 1 || spans[i].start < 0 || spans[i].start + spans[i].len > qkv->shape[0])
+            return mx_fail(err, MX_EINVAL, "lightning: span %d [%d, +%d) outside the batch", i, spans[i].start,
+                           spans[i].len);
+        if (!states[i] || mx_tensor_numel(&states[i]->S) != (int64_t)heads * head_dim * head_dim)
+            return mx_fail(err, MX_EINVAL, "lightning: state %d has the wrong size", i);
+    }
+    lightning_job j = {o->data, qkv->data, spans, states, decay, heads, head_dim, 0};
+    mx_threadpool_run(mx_cpu_pool(be), lightning_task, &j, n_spans * heads);
+    for (int i = 0; i < n_spans; i++)
+        states[i]->started = true;
+    return 0;
+}
+
+int mx_cpu_lightning_state_init(mx_backend *be, mx_lightning_state *st, int heads, int head_dim, mx_error *err)
+{
+    int64_t shape[3] = {heads, head_dim, head_dim};
+    st->started = false;
+    return be->alloc(be, &st->S, MX_DTYPE_F32, 3, shape, err);
+}
+
+void mx_cpu_lightning_state_free(mx_backend *be, mx_lightning_state *st)
+{
+    if (st)
+        be->free(be, &st->S);
+}

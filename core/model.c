@@ -1,0 +1,539 @@
+/* model.c - the MiniMax-Text-01 model in data order (spec sections 2-6): embedding, per layer
+ * RMSNorm -> attention -> alpha/beta residual -> RMSNorm -> MoE -> alpha/beta residual, final
+ * norm, lm_head. Only backend ops are called here, so the same code runs on CPU and CUDA. */
+#include "model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct mx_model {
+    mx_config cfg;
+    const mx_weights *w;
+    mx_backend *be;
+    mx_layer_weights *layers; /* [L] device copies of what the plan loaded */
+    mx_tensor embed, final_norm, lm_head;
+    float *decay;             /* [L * heads] lightning decay rates */
+};
+
+/* ---------------------------------------------------------------- decay rates (spec 3.3) */
+
+/* ALiBi slopes for n heads, in double as the reference computes them, then rounded to fp32. */
+static void alibi_slopes(int n, double *out)
+{
+    int p = 1;
+    while (p * 2 <= n)
+        p *= 2;
+    double start = pow(2.0, -pow(2.0, -(log2((double)p) - 3.0)));
+    for (int i = 0; i < p; i++)
+        out[i] = start * pow(start, i);
+    if (p == n)
+        return;
+    /* every other slope of the 2p-head set, the first n - p of them */
+    double start2 = pow(2.0, -pow(2.0, -(log2((double)(2 * p)) - 3.0)));
+    for (int i = 0; i < n - p; i++)
+        out[p + i] = start2 * pow(start2, 2 * i);
+}
+
+void mx_lightning_decay(int heads, int layer, int num_layers, float *decay)
+{
+    double slopes[4096];
+    int n = heads < 4096 ? heads : 4096;
+    alibi_slopes(n, slopes);
+    /* A one-layer model would divide by zero in the released formula; use l/1 there. */
+    double denom = num_layers > 1 ? (double)(num_layers - 1) : 1.0;
+    float factor = (float)(1.0 - (double)layer / denom + 1e-5);
+    for (int h = 0; h < n; h++)
+        decay[h] = (float)slopes[h] * factor;
+}
+
+/* ---------------------------------------------------------------- construction */
+
+static int upload(mx_backend *be, mx_tensor *dst, const mx_tensor *src, mx_error *err)
+{
+    if (!src->data) {
+        memset(dst, 0, sizeof *dst);
+        return 0;
+    }
+    return be->upload_weight(be, dst, src, err);
+}
+
+static void release(mx_backend *be, mx_tensor *t)
+{
+    if (t->data)
+        be->free_weight(be, t);
+}
+
+static void free_layer(mx_backend *be, mx_layer_weights *l, int n_experts)
+{
+    mx_tensor *ts[] = {&l->input_norm, &l->post_norm, &l->qkv,    &l->output_gate, &l->attn_norm,
+                       &l->out_proj,   &l->q_proj,    &l->k_proj, &l->v_proj,      &l->o_proj, &l->router};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+        release(be, ts[i]);
+    if (l->experts) {
+        for (int e = 0; e < n_experts; e++) {
+            release(be, &l->experts[e].w1);
+            release(be, &l->experts[e].w3);
+            release(be, &l->experts[e].w2);
+        }
+        free(l->experts);
+    }
+}
+
+static int upload_layer(mx_backend *be, mx_layer_weights *dst, const mx_layer_weights *src, int n_experts,
+                        mx_error *err)
+{
+    dst->kind = src->kind;
+    dst->has_attention = src->has_attention;
+    const mx_tensor *s[] = {&src->input_norm, &src->post_norm, &src->qkv,    &src->output_gate,
+                            &src->attn_norm,  &src->out_proj,  &src->q_proj, &src->k_proj,
+                            &src->v_proj,     &src->o_proj,    &src->router};
+    mx_tensor *d[] = {&dst->input_norm, &dst->post_norm, &dst->qkv,    &dst->output_gate,
+                      &dst->attn_norm,  &dst->out_proj,  &dst->q_proj, &dst->k_proj,
+                      &dst->v_proj,     &dst->o_proj,    &dst->router};
+    for (size_t i = 0; i < sizeof s / sizeof *s; i++)
+        MX_TRY(upload(be, d[i], s[i], err));
+    if (src->experts) {
+        dst->experts = calloc((size_t)n_experts, sizeof *dst->experts);
+        if (!dst->experts)
+            return mx_fail(err, MX_ENOMEM, "out of memory for expert tables");
+        for (int e = 0; e < n_experts; e++) {
+            if (!src->experts[e].loaded)
+                continue;
+            MX_TRY(upload(be, &dst->experts[e].w1, &src->experts[e].w1, err));
+            MX_TRY(upload(be, &dst->experts[e].w3, &src->experts[e].w3, err));
+            MX_TRY(upload(be, &dst->experts[e].w2, &src->experts[e].w2, err));
+            dst->experts[e].loaded = true;
+        }
+    }
+    return 0;
+}
+
+int mx_model_create(const mx_weights *w, mx_backend *be, mx_model **out, mx_error *err)
+{
+    mx_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return mx_fail(err, MX_ENOMEM, "out of memory creating the model");
+    m->cfg = w->cfg;
+    m->w = w;
+    m->be = be;
+    int L = m->cfg.num_hidden_layers, H = m->cfg.num_attention_heads;
+    m->layers = calloc((size_t)L, sizeof *m->layers);
+    m->decay = malloc((size_t)L * H * sizeof *m->decay);
+    if (!m->layers || !m->decay) {
+        mx_model_free(m);
+        return mx_fail(err, MX_ENOMEM, "out of memory creating the model");
+    }
+    for (int l = 0; l < L; l++)
+        mx_lightning_decay(H, l, L, m->decay + (size_t)l * H);
+    int rc = upload(be, &m->embed, &w->embed, err);
+    if (!rc)
+        rc = upload(be, &m->final_norm, &w->final_norm, err);
+    if (!rc)
+        rc = upload(be, &m->lm_head, &w->lm_head, err);
+    for (int l = 0; l < L && !rc; l++)
+        rc = upload_layer(be, &m->layers[l], &w->layers[l], m->cfg.num_local_experts, err);
+    if (rc) {
+        mx_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void mx_model_free(mx_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+            free_layer(m->be, &m->layers[l], m->cfg.num_local_experts);
+        free(m->layers);
+    }
+    release(m->be, &m->embed);
+    release(m->be, &m->final_norm);
+    release(m->be, &m->lm_head);
+    free(m->decay);
+    free(m);
+}
+
+const mx_config *mx_model_config(const mx_model *m)
+{
+    return &m->cfg;
+}
+
+mx_backend *mx_model_backend(const mx_model *m)
+{
+    return m->be;
+}
+
+const mx_expert_weights *mx_model_expert(const mx_model *m, int layer, int expert)
+{
+    if (layer < 0 || layer >= m->cfg.num_hidden_layers || expert < 0 || expert >= m->cfg.num_local_experts)
+        return NULL;
+    const mx_layer_weights *l = &m->layers[layer];
+    return l->experts && l->experts[expert].loaded ? &l->experts[expert] : NULL;
+}
+
+/* ---------------------------------------------------------------- sequences */
+
+int mx_sequence_create(mx_model *m, int layer_begin, int layer_end, mx_sequence **out, mx_error *err)
+{
+    const mx_config *c = &m->cfg;
+    if (layer_begin < 0 || layer_end > c->num_hidden_layers || layer_begin > layer_end)
+        return mx_fail(err, MX_EINVAL, "sequence layer range [%d, %d) outside the model's %d layers", layer_begin,
+                       layer_end, c->num_hidden_layers);
+    mx_sequence *s = calloc(1, sizeof *s);
+    if (!s)
+        return mx_fail(err, MX_ENOMEM, "out of memory creating a sequence");
+    s->layer_begin = layer_begin;
+    s->layer_end = layer_end;
+    s->lightning = calloc((size_t)c->num_hidden_layers, sizeof *s->lightning);
+    s->kv = calloc((size_t)c->num_hidden_layers, sizeof *s->kv);
+    if (!s->lightning || !s->kv) {
+        mx_sequence_free(m, s);
+        return mx_fail(err, MX_ENOMEM, "out of memory creating a sequence");
+    }
+    for (int l = layer_begin; l < layer_end; l++) {
+        int rc = c->attn_type[l] == MX_ATTN_LIGHTNING
+                     ? m->be->lightning_state_init(m->be, &s->lightning[l], c->num_attention_heads, c->head_dim, err)
+                     : m->be->kv_cache_init(m->be, &s->kv[l], c->num_key_value_heads, c->head_dim, err);
+        if (rc) {
+            mx_sequence_free(m, s);
+            return rc;
+        }
+    }
+    *out = s;
+    return 0;
+}
+
+void mx_sequence_free(mx_model *m, mx_sequence *s)
+{
+    if (!s)
+        return;
+    for (int l = s->layer_begin; l < s->layer_end && s->lightning && s->kv; l++) {
+        if (s->lightning[l].S.data)
+            m->be->lightning_state_free(m->be, &s->lightning[l]);
+        if (s->kv[l].impl)
+            m->be->kv_cache_free(m->be, &s->kv[l]);
+    }
+    free(s->lightning);
+    free(s->kv);
+    free(s);
+}
+
+uint64_t mx_sequence_bytes(const mx_sequence *s)
+{
+    uint64_t bytes = 0;
+    for (int l = s->layer_begin; l < s->layer_end; l++) {
+        if (s->lightning[l].S.data)
+            bytes += mx_tensor_nbytes(&s->lightning[l].S);
+        if (s->kv[l].impl)
+            bytes += (uint64_t)s->kv[l].capacity * s->kv[l].kv_heads * s->kv[l].head_dim * 2 * sizeof(float);
+    }
+    return bytes;
+}
+
+void mx_batch_advance(const mx_batch *b)
+{
+    for (int i = 0; i < b->n_seqs; i++)
+        b->seqs[i]->length += b->spans[i].len;
+}
+
+/* ---------------------------------------------------------------- scratch buffers */
+
+typedef struct layer_scratch {
+    mx_tensor x1, attn, x2, moe;  /* [T, hidden] */
+    mx_tensor wide;               /* [T, 3 * attn_width]: qkv, or q|k|v */
+    mx_tensor o, gate;            /* [T, attn_width] */
+    int32_t *ids;
+    float *weights;
+} layer_scratch;
+
+static void scratch_free(mx_backend *be, layer_scratch *s)
+{
+    mx_tensor *ts[] = {&s->x1, &s->attn, &s->x2, &s->moe, &s->wide, &s->o, &s->gate};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+        if (ts[i]->data)
+            be->free(be, ts[i]);
+    free(s->ids);
+    free(s->weights);
+}
+
+static int alloc2(mx_backend *be, mx_tensor *t, int64_t rows, int64_t cols, mx_error *err)
+{
+    int64_t shape[2] = {rows, cols};
+    return be->alloc(be, t, be->act_dtype, 2, shape, err);
+}
+
+static int scratch_alloc(mx_model *m, int T, layer_scratch *s, mx_error *err)
+{
+    const mx_config *c = &m->cfg;
+    int64_t H = c->hidden_size, A = mx_config_attn_width(c);
+    memset(s, 0, sizeof *s);
+    int rc = alloc2(m->be, &s->x1, T, H, err);
+    if (!rc) rc = alloc2(m->be, &s->attn, T, H, err);
+    if (!rc) rc = alloc2(m->be, &s->x2, T, H, err);
+    if (!rc) rc = alloc2(m->be, &s->moe, T, H, err);
+    if (!rc) rc = alloc2(m->be, &s->wide, T, 3 * A, err);
+    if (!rc) rc = alloc2(m->be, &s->o, T, A, err);
+    if (!rc) rc = alloc2(m->be, &s->gate, T, A, err);
+    if (!rc) {
+        s->ids = malloc((size_t)T * c->num_experts_per_tok * sizeof *s->ids);
+        s->weights = malloc((size_t)T * c->num_experts_per_tok * sizeof *s->weights);
+        if (!s->ids || !s->weights)
+            rc = mx_fail(err, MX_ENOMEM, "out of memory for routing tables");
+    }
+    if (rc)
+        scratch_free(m->be, s);
+    return rc;
+}
+
+/* A [rows, cols] view that starts `offset` elements into t's data. */
+static mx_tensor view2(const mx_tensor *t, size_t offset, int64_t rows, int64_t cols)
+{
+    return mx_tensor_2d((char *)t->data + offset * mx_dtype_size(t->dtype), t->dtype, t->device, rows, cols);
+}
+
+/* ---------------------------------------------------------------- attention blocks */
+
+/* Spec 3.2: qkv = silu(x1 Wqkv^T); decayed linear attention per head; RMSNorm (eps 1e-6) over
+ * all heads; times sigmoid(x1 Wgate^T); out_proj. */
+static int lightning_attention(mx_model *m, int l, const mx_batch *b, layer_scratch *s, mx_error *err)
+{
+    const mx_config *c = &m->cfg;
+    const mx_layer_weights *lw = &m->layers[l];
+    mx_backend *be = m->be;
+    int T = b->n_tokens, A = mx_config_attn_width(c);
+    mx_tensor qkv = view2(&s->wide, 0, T, 3 * (int64_t)A), o = view2(&s->o, 0, T, A),
+              gate = view2(&s->gate, 0, T, A);
+    mx_lightning_state *states_stack[64], **states = states_stack;
+    if (b->n_seqs > 64 && !(states = malloc((size_t)b->n_seqs * sizeof *states)))
+        return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %d sequences", b->n_seqs);
+    for (int i = 0; i < b->n_seqs; i++)
+        states[i] = &b->seqs[i]->lightning[l];
+    int rc = be->matmul(be, &qkv, &s->x1, &lw->qkv, err);
+    if (!rc) rc = be->silu(be, &qkv, err);
+    if (!rc)
+        rc = be->lightning(be, &o, &qkv, b->spans, b->n_seqs, states, m->decay + (size_t)l * c->num_attention_heads,
+                           c->num_attention_heads, c->head_dim, err);
+    if (!rc) rc = be->rmsnorm(be, &o, &o, &lw->attn_norm, MX_LIGHTNING_NORM_EPS, err);
+    if (!rc) rc = be->matmul(be, &gate, &s->x1, &lw->output_gate, err);
+    if (!rc) rc = be->sigmoid_mul(be, &o, &gate, &o, err);
+    if (!rc) rc = be->matmul(be, &s->attn, &o, &lw->out_proj, err);
+    if (states != states_stack)
+        free(states);
+    return rc;
+}
+
+/* Spec 4: q/k/v projections, partial NeoX RoPE, KV cache, causal GQA softmax, o_proj. */
+static int softmax_attention(mx_model *m, int l, const mx_batch *b, layer_scratch *s, mx_error *err)
+{
+    const mx_config *c = &m->cfg;
+    const mx_layer_weights *lw = &m->layers[l];
+    mx_backend *be = m->be;
+    int T = b->n_tokens, A = mx_config_attn_width(c), KV = mx_config_kv_width(c);
+    mx_tensor q = view2(&s->wide, 0, T, A), k = view2(&s->wide, (size_t)T * A, T, KV),
+              v = view2(&s->wide, (size_t)T * (A + KV), T, KV), o = view2(&s->o, 0, T, A);
+    mx_kv_cache *caches_stack[64], **caches = caches_stack;
+    if (b->n_seqs > 64 && !(caches = malloc((size_t)b->n_seqs * sizeof *caches)))
+        return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %d sequences", b->n_seqs);
+    for (int i = 0; i < b->n_seqs; i++)
+        caches[i] = &b->seqs[i]->kv[l];
+    int rc = be->matmul(be, &q, &s->x1, &lw->q_proj, err);
+    if (!rc) rc = be->matmul(be, &k, &s->x1, &lw->k_proj, err);
+    if (!rc) rc = be->matmul(be, &v, &s->x1, &lw->v_proj, err);
+    if (!rc)
+        rc = be->softmax_attention(be, &o, &q, &k, &v, b->spans, b->n_seqs, caches, c->num_attention_heads,
+                                   c->num_key_value_heads, c->head_dim, c->rotary_dim, c->rope_theta, err);
+    if (!rc) rc = be->matmul(be, &s->attn, &o, &lw->o_proj, err);
+    if (caches != caches_stack)
+        free(caches);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- MoE (spec 5) */
+
+int mx_moe_route(mx_model *m, int layer, const mx_tensor *x2, int32_t *ids, float *weights, mx_error *err)
+{
+    const mx_layer_weights *lw = &m->layers[layer];
+    if (!lw->router.data)
+        return mx_fail(err, MX_ENOTFOUND, "router gate of layer %d is not loaded", layer);
+    return m->be->moe_route(m->be, ids, weights, x2, &lw->router, m->cfg.num_experts_per_tok, err);
+}
+
+int mx_expert_forward(mx_backend *be, const mx_expert_weights *ew, const mx_tensor *x, mx_tensor *y,
+                      mx_error *err)
+{
+    int64_t n = x->shape[0], I = ew->w1.shape[0];
+    mx_tensor g = {0}, u = {0};
+    int rc = alloc2(be, &g, n, I, err);
+    if (!rc) rc = alloc2(be, &u, n, I, err);
+    if (!rc) rc = be->matmul(be, &g, x, &ew->w1, err);
+    if (!rc) rc = be->matmul(be, &u, x, &ew->w3, err);
+    if (!rc) rc = be->swiglu(be, &g, &g, &u, err);
+    if (!rc) rc = be->matmul(be, y, &g, &ew->w2, err);
+    if (g.data) be->free(be, &g);
+    if (u.data) be->free(be, &u);
+    return rc;
+}
+
+int mx_moe_local(mx_model *m, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
+                 mx_tensor *out, mx_error *err)
+{
+    mx_backend *be = m->be;
+    int T = (int)x2->shape[0], E = m->cfg.num_local_experts;
+    int32_t *rows = malloc((size_t)(T ? T : 1) * sizeof *rows);
+    float *scale = malloc((size_t)(T ? T : 1) * sizeof *scale);
+    mx_tensor xe = {0}, ye = {0};
+    int rc = (!rows || !scale) ? mx_fail(err, MX_ENOMEM, "out of memory grouping tokens") : 0;
+    if (!rc) rc = alloc2(be, &xe, T, x2->shape[1], err);
+    if (!rc) rc = alloc2(be, &ye, T, x2->shape[1], err);
+    for (int e = 0; e < E && !rc; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int j = 0; j < k; j++)
+                if (ids[t * k + j] == e) {
+                    rows[n] = t;
+                    scale[n++] = weights[t * k + j];
+                }
+        if (!n)
+            continue;
+        const mx_expert_weights *ew = mx_model_expert(m, layer, e);
+        if (!ew) {
+            rc = mx_fail(err, MX_ENOTFOUND, "expert %d of layer %d is not loaded", e, layer);
+            break;
+        }
+        mx_tensor xg = mx_tensor_rows(&xe, 0, n), yg = mx_tensor_rows(&ye, 0, n);
+        rc = be->gather_rows(be, &xg, x2, rows, n, err);
+        if (!rc) rc = mx_expert_forward(be, ew, &xg, &yg, err);
+        if (!rc) rc = be->scatter_add_rows(be, out, &yg, rows, scale, n, err);
+    }
+    if (xe.data) be->free(be, &xe);
+    if (ye.data) be->free(be, &ye);
+    free(rows);
+    free(scale);
+    return rc;
+}
+
+static int local_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
+                         int k, mx_tensor *out, mx_error *err)
+{
+    return mx_moe_local(ctx, layer, x2, ids, weights, k, out, err);
+}
+
+/* ---------------------------------------------------------------- layers */
+
+static int zero_act(mx_backend *be, mx_tensor *t, mx_error *err)
+{
+    /* residual with alpha = beta = 0 would keep NaN; from_host keeps it backend-neutral */
+    size_t n = (size_t)mx_tensor_numel(t);
+    float *zeros = calloc(n ? n : 1, sizeof(float));
+    if (!zeros)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    int rc = be->from_host_f32(be, t, zeros, err);
+    free(zeros);
+    return rc;
+}
+
+static int decoder_layer(mx_model *m, int l, const mx_batch *b, mx_tensor *h, layer_scratch *s,
+                         const mx_moe_executor *moe, mx_error *err)
+{
+    const mx_config *c = &m->cfg;
+    const mx_layer_weights *lw = &m->layers[l];
+    mx_backend *be = m->be;
+    float eps = (float)c->rms_norm_eps;
+    int k = c->num_experts_per_tok;
+    if (!lw->has_attention)
+        return mx_fail(err, MX_ENOTFOUND, "attention weights of layer %d are not loaded", l);
+    for (int i = 0; i < b->n_seqs; i++)
+        if (l < b->seqs[i]->layer_begin || l >= b->seqs[i]->layer_end)
+            return mx_fail(err, MX_EINVAL, "sequence %d holds no state for layer %d", i, l);
+    MX_TRY(be->rmsnorm(be, &s->x1, h, &lw->input_norm, eps, err));
+    MX_TRY(c->attn_type[l] == MX_ATTN_LIGHTNING ? lightning_attention(m, l, b, s, err)
+                                                : softmax_attention(m, l, b, s, err));
+    /* postnorm: the residual is the normalised input x1, not h */
+    MX_TRY(be->residual(be, h, c->postnorm ? &s->x1 : h, (float)mx_config_alpha(c, l), &s->attn,
+                        (float)mx_config_beta(c, l), err));
+    MX_TRY(be->rmsnorm(be, &s->x2, h, &lw->post_norm, eps, err));
+    MX_TRY(mx_moe_route(m, l, &s->x2, s->ids, s->weights, err));
+    MX_TRY(zero_act(be, &s->moe, err));
+    MX_TRY(moe->run(moe->ctx, l, &s->x2, s->ids, s->weights, k, &s->moe, err));
+    return be->residual(be, h, c->postnorm ? &s->x2 : h, (float)c->alpha_mlp, &s->moe, (float)c->beta_mlp, err);
+}
+
+int mx_model_run_layers(mx_model *m, int l0, int l1, const mx_batch *b, mx_tensor *h,
+                        const mx_moe_executor *moe, mx_error *err)
+{
+    if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
+        return mx_fail(err, MX_EINVAL, "layer range [%d, %d) outside the model", l0, l1);
+    if (b->n_tokens < 1 || h->shape[0] != b->n_tokens || h->shape[1] != m->cfg.hidden_size)
+        return mx_fail(err, MX_EINVAL, "hidden states [%lld, %lld] do not match a batch of %d tokens",
+                       (long long)h->shape[0], (long long)h->shape[1], b->n_tokens);
+    int covered = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        if (b->spans[i].start != covered || b->spans[i].len < 1)
+            return mx_fail(err, MX_EINVAL, "batch span %d is not contiguous after the previous one", i);
+        covered += b->spans[i].len;
+    }
+    if (covered != b->n_tokens)
+        return mx_fail(err, MX_EINVAL, "batch spans cover %d tokens, batch has %d", covered, b->n_tokens);
+    mx_moe_executor local = {local_moe_run, m};
+    if (!moe)
+        moe = &local;
+    layer_scratch s;
+    MX_TRY(scratch_alloc(m, b->n_tokens, &s, err));
+    int rc = 0;
+    for (int l = l0; l < l1 && !rc; l++) {
+        rc = decoder_layer(m, l, b, h, &s, moe, err);
+        if (rc)
+            mx_error_prefix(err, "layer %d", l);
+    }
+    scratch_free(m->be, &s);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- embedding and head */
+
+int mx_model_embed(mx_model *m, const int32_t *ids, int n, mx_tensor *h, mx_error *err)
+{
+    if (!m->embed.data)
+        return mx_fail(err, MX_ENOTFOUND, "the embedding is not loaded on this model part");
+    return m->be->embed(m->be, h, ids, n, &m->embed, err);
+}
+
+int mx_model_head(mx_model *m, const mx_tensor *h, const int32_t *rows, int n, float *logits, mx_error *err)
+{
+    if (!m->lm_head.data || !m->final_norm.data)
+        return mx_fail(err, MX_ENOTFOUND, "the final norm and lm_head are not loaded on this model part");
+    mx_backend *be = m->be;
+    mx_tensor last = {0}, out = {0};
+    int rc = alloc2(be, &last, n, m->cfg.hidden_size, err);
+    if (!rc) rc = alloc2(be, &out, n, m->cfg.vocab_size, err);
+    if (!rc) rc = be->gather_rows(be, &last, h, rows, n, err);
+    if (!rc) rc = be->rmsnorm(be, &last, &last, &m->final_norm, (float)m->cfg.rms_norm_eps, err);
+    if (!rc) rc = be->matmul(be, &out, &last, &m->lm_head, err);
+    if (!rc) rc = be->to_host_f32(be, logits, &out, err);
+    if (last.data) be->free(be, &last);
+    if (out.data) be->free(be, &out);
+    return rc;
+}
+
+int mx_model_forward(mx_model *m, const mx_batch *b, const int32_t *tokens, float *logits, mx_error *err)
+{
+    mx_tensor h = {0};
+    int32_t *rows = malloc((size_t)(b->n_seqs ? b->n_seqs : 1) * sizeof *rows);
+    if (!rows)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    for (int i = 0; i < b->n_seqs; i++)
+        rows[i] = b->spans[i].start + b->spans[i].len - 1;
+    int rc = b->n_tokens < 1 ? mx_fail(err, MX_EINVAL, "empty batch") : 0;
+    if (!rc) rc = alloc2(m->be, &h, b->n_tokens, m->cfg.hidden_size, err);
+    if (!rc) rc = mx_model_embed(m, tokens, b->n_tokens, &h, err);
+    if (!rc) rc = mx_model_run_layers(m, 0, m->cfg.num_hidden_layers, b, &h, NULL, err);
+    if (!rc) rc = mx_model_head(m, &h, rows, b->n_seqs, logits, err);
+    if (!rc) mx_batch_advance(b);
+    if (h.data) m->be->free(m->be, &h);
+    free(rows);
+    return rc;
+}
