@@ -16,6 +16,8 @@ $(BUILD)/gen/%.pb-c.c: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c -Iproto --c_out=$(BUILD)/gen $<
 $(BUILD)/gen/%.pb-c.h: $(BUILD)/gen/%.pb-c.c ;
+# Keep the generated sources (make would delete them as intermediate files).
+.SECONDARY: $(MX_PROTO_C) $(MX_PROTO_H)
 
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(MX_PROTO_H)
 	$(CC) $(CFLAGS) -c $< -o $@

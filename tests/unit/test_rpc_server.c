@@ -363,7 +363,7 @@ static void test_fanout(void **state)
     assert_int_equal(start_server(&g, 0), 0);   /* a second peer */
     enum { N = 8 };
     mx_rpc_fanout_call calls[N];
-    char payload[N][8];
+    char payload[N][16];
     for (int i = 0; i < N; i++) {
         snprintf(payload[i], sizeof payload[i], "c%d", i);
         calls[i] = (mx_rpc_fanout_call){i % 2 ? g.ch : f->ch, "/test.Echo/Slow",
