@@ -33,7 +33,7 @@ const mx_st_entry *mx_st_entry_at(const mx_st_file *f, int i);
 const mx_st_entry *mx_st_find(const mx_st_file *f, const char *name);
 
 /* Maps one tensor's bytes read-only and fills a CPU tensor view of it. The mapping lives until
- * mx_st_close. */
+ * mx_st_close. Not thread-safe for one file: map from one thread (reading the views is safe). */
 int mx_st_map(mx_st_file *f, const mx_st_entry *e, mx_tensor *out, mx_error *err);
 
 /* One tensor to write: name, dtype, shape and data (numel * dtype size bytes). */
