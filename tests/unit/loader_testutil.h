@@ -1,4 +1,4 @@
-/* loader_testutil.h - small helpers shared by the test_loader_* tests: temporary directories,
+/* loader_testutil.h - small utilities shared by the test_loader_* tests: temporary directories,
  * writing raw files, reading files whole, and the golden fixture paths (relative to the repo
  * root, where the test runner starts the binaries). Header-only; no test logic here. */
 #ifndef LOADER_TESTUTIL_H
