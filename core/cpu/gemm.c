@@ -139,7 +139,8 @@ int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy,
         break;
     }
     int threads = mx_threadpool_size(pool);
-    if (M <= MX_GEMV_MAX_M || isa == MX_CPU_ISA_SCALAR) {
+    int gemv_max_m = isa == MX_CPU_ISA_AVX512 ? MX_GEMV_MAX_M_AVX512 : MX_GEMV_MAX_M;
+    if (M <= gemv_max_m || isa == MX_CPU_ISA_SCALAR) {
         /* Memory bound: enough tasks to balance, each a multiple of 8 rows of W. */
         int chunk = (N + threads * 8 - 1) / (threads * 8);
         chunk = (chunk + 7) / 8 * 8;

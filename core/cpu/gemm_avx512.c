@@ -34,80 +34,122 @@ INLINE __m512 load16_full(const void *w, mx_dtype dt, size_t i)
 /* ---------------------------------------------------------------------------------------
  * GEMV (M <= 4): R rows of W at a time, each read once and widened in registers, dotted
  * with every row of x; R*M independent accumulators hide the FMA latency. */
-INLINE void gemv_block(const mx_gemm_args *a, mx_dtype dt, int n, const int R, const int M)
+INLINE void gemv_block(const mx_gemm_args *a, mx_dtype dt, int n, const int R, const int M,
+                       int k0, int K)
 {
-    const int K = a->K;
     const size_t ld = (size_t)K;
-    __m512 acc[8][MX_GEMV_MAX_M];
+    __m512 acc[8][MX_GEMV_MAX_M_AVX512];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int m = 0; m < M; m++)
             acc[r][m] = _mm512_setzero_ps();
-    int k = 0;
+    int k = k0;
     for (; k + 16 <= K; k += 16) {
-        __m512 xv[MX_GEMV_MAX_M];
-#pragma GCC unroll 4
-        for (int m = 0; m < M; m++)
-            xv[m] = _mm512_loadu_ps(a->x + (size_t)m * a->ldx + k);
+        /* R weight vectors live in registers; each x vector is loaded once and used R times
+         * (R*M accumulators + R + 1 <= 32 registers). */
+        __m512 wv[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            __m512 wv = load16_full(a->w, dt, (size_t)(n + r) * ld + k);
-#pragma GCC unroll 4
-            for (int m = 0; m < M; m++)
-                acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+        for (int r = 0; r < R; r++)
+            wv[r] = load16_full(a->w, dt, (size_t)(n + r) * ld + k);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_loadu_ps(a->x + (size_t)m * a->ldx + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
         }
     }
     if (k < K) {
         __mmask16 mask = (__mmask16)((1u << (K - k)) - 1);
-        __m512 xv[MX_GEMV_MAX_M];
-#pragma GCC unroll 4
-        for (int m = 0; m < M; m++)
-            xv[m] = _mm512_maskz_loadu_ps(mask, a->x + (size_t)m * a->ldx + k);
+        __m512 wv[8];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            __m512 wv = load16(a->w, dt, (size_t)(n + r) * ld + k, mask);
-#pragma GCC unroll 4
-            for (int m = 0; m < M; m++)
-                acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+        for (int r = 0; r < R; r++)
+            wv[r] = load16(a->w, dt, (size_t)(n + r) * ld + k, mask);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mask, a->x + (size_t)m * a->ldx + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 4
-        for (int m = 0; m < M; m++)
-            a->y[(size_t)m * a->ldy + n + r] = _mm512_reduce_add_ps(acc[r][m]);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            float *yp = a->y + (size_t)m * a->ldy + n + r;
+            *yp = (k0 ? *yp : 0.f) + _mm512_reduce_add_ps(acc[r][m]);
+        }
 }
 
-INLINE void gemv_dt(const mx_gemm_args *a, mx_dtype dt, int n0, int n1)
+/* Columns [n0, n1) over the K range [k0, k1). */
+INLINE void gemv_range(const mx_gemm_args *a, mx_dtype dt, int n0, int n1, int k0, int k1)
 {
     int n = n0;
     switch (a->M) {
     case 1:
         for (; n + 8 <= n1; n += 8)
-            gemv_block(a, dt, n, 8, 1);
+            gemv_block(a, dt, n, 8, 1, k0, k1);
         for (; n < n1; n++)
-            gemv_block(a, dt, n, 1, 1);
+            gemv_block(a, dt, n, 1, 1, k0, k1);
         break;
     case 2:
         for (; n + 4 <= n1; n += 4)
-            gemv_block(a, dt, n, 4, 2);
+            gemv_block(a, dt, n, 4, 2, k0, k1);
         for (; n < n1; n++)
-            gemv_block(a, dt, n, 1, 2);
+            gemv_block(a, dt, n, 1, 2, k0, k1);
         break;
     case 3:
         for (; n + 4 <= n1; n += 4)
-            gemv_block(a, dt, n, 4, 3);
+            gemv_block(a, dt, n, 4, 3, k0, k1);
         for (; n < n1; n++)
-            gemv_block(a, dt, n, 1, 3);
+            gemv_block(a, dt, n, 1, 3, k0, k1);
+        break;
+    case 4:
+        for (; n + 4 <= n1; n += 4)
+            gemv_block(a, dt, n, 4, 4, k0, k1);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 4, k0, k1);
+        break;
+    case 5:
+        for (; n + 4 <= n1; n += 4)
+            gemv_block(a, dt, n, 4, 5, k0, k1);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 5, k0, k1);
+        break;
+    case 6:
+        for (; n + 3 <= n1; n += 3)
+            gemv_block(a, dt, n, 3, 6, k0, k1);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 6, k0, k1);
+        break;
+    case 7:
+        for (; n + 3 <= n1; n += 3)
+            gemv_block(a, dt, n, 3, 7, k0, k1);
+        for (; n < n1; n++)
+            gemv_block(a, dt, n, 1, 7, k0, k1);
         break;
     default:
-        for (; n + 4 <= n1; n += 4)
-            gemv_block(a, dt, n, 4, 4);
+        for (; n + 3 <= n1; n += 3)
+            gemv_block(a, dt, n, 3, 8, k0, k1);
         for (; n < n1; n++)
-            gemv_block(a, dt, n, 1, 4);
+            gemv_block(a, dt, n, 1, 8, k0, k1);
         break;
     }
+}
+
+/* With more than two rows of x, K is cut into blocks whose slice of x (M x GEMV_KB floats)
+ * stays in L1 while every W row of the range passes by; W is still read exactly once. */
+#define GEMV_KB 1024
+INLINE void gemv_dt(const mx_gemm_args *a, mx_dtype dt, int n0, int n1)
+{
+    if (a->M <= 2) {
+        gemv_range(a, dt, n0, n1, 0, a->K);
+        return;
+    }
+    for (int k0 = 0; k0 < a->K; k0 += GEMV_KB)
+        gemv_range(a, dt, n0, n1, k0, a->K - k0 < GEMV_KB ? a->K : k0 + GEMV_KB);
 }
 
 void mx_gemv_avx512(const mx_gemm_args *a, int n0, int n1)

@@ -20,15 +20,17 @@ typedef struct mx_gemm_args {
     int N;
 } mx_gemm_args;
 
-/* Up to this many rows of x the "gemv" kernels stream W once, widening it on the fly. */
+/* Up to this many rows of x the "gemv" kernels stream W once, widening it on the fly
+ * (AVX-512 has the registers for 8 rows of x, AVX2 for 4). */
 #define MX_GEMV_MAX_M 4
+#define MX_GEMV_MAX_M_AVX512 8
 /* Above it, the "gemm" kernels widen a panel of MX_GEMM_NC rows x MX_GEMM_KC columns of W to
  * fp32 in a scratch buffer (sized for L2) and reuse it across all rows of x. */
 #define MX_GEMM_NC 128
 #define MX_GEMM_KC 256
 #define MX_GEMM_SCRATCH_FLOATS (MX_GEMM_NC * MX_GEMM_KC)
 
-/* Columns [n0, n1) of y for rows [0, M). gemv: M <= MX_GEMV_MAX_M, any range.
+/* Columns [n0, n1) of y for rows [0, M). gemv: M <= MX_GEMV_MAX_M(_AVX512), any range.
  * gemm: any M, n1 - n0 <= MX_GEMM_NC, scratch of MX_GEMM_SCRATCH_FLOATS 64-byte aligned. */
 void mx_gemv_scalar(const mx_gemm_args *a, int n0, int n1);
 void mx_gemm_scalar(const mx_gemm_args *a, int n0, int n1, float *scratch);

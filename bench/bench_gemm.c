@@ -1,0 +1,152 @@
+/* bench_gemm.c - GFLOP/s of mx_cpu_gemm (BF16 weights, as stored) next to OpenBLAS sgemm (the
+ * same weights in fp32) on the projection shapes of MiniMax-Text-01 (K = 6144), in one run.
+ * M = 1 is memory bound, so it is also given as a fraction of the measured read bandwidth.
+ * Weights are cycled through enough copies to exceed the last-level cache. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "bench_util.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/gemm_kernels.h"
+
+#define COPY_BYTES ((size_t)768 << 20) /* weights cycled per shape, > any L3 here */
+#define MIN_SECONDS 0.4
+
+typedef struct {
+    mx_threadpool *pool;
+    mx_cpu_isa isa;
+    int M, K, N, copies, fcopies; /* bf16 and fp32 copies of W */
+    float *x, *y;
+    uint16_t **wb; /* bf16 copies */
+    float **wf;    /* fp32 copies */
+} shape_run;
+
+static void run_ours(shape_run *s, int c)
+{
+    mx_error err = {0};
+    if (mx_cpu_gemm_with_isa(s->pool, s->isa, s->y, s->N, s->x, s->K, s->M, s->K, s->wb[c],
+                             MX_DTYPE_BF16, s->N, &err)) {
+        fprintf(stderr, "bench_gemm: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static void run_blas(shape_run *s, int c)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->M, s->N, s->K, 1.f, s->x, s->K,
+                s->wf[c], s->K, 0.f, s->y, s->N);
+}
+
+/* Best time of one call: one warm-up, then calls cycling the copies for MIN_SECONDS. */
+static double time_best(shape_run *s, void (*fn)(shape_run *, int), int copies)
+{
+    fn(s, 0);
+    double best = 1e30, start = bench_now();
+    int calls = 0;
+    do {
+        double t0 = bench_now();
+        fn(s, (calls + 1) % copies);
+        double t = bench_now() - t0;
+        if (t < best)
+            best = t;
+        calls++;
+    } while (bench_now() - start < MIN_SECONDS || calls < 2);
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    /* Optional arguments: threads (0 = all cores), only this M, only this N. */
+    int threads = argc > 1 ? atoi(argv[1]) : 0;
+    int only_m = argc > 2 ? atoi(argv[2]) : 0, only_n = argc > 3 ? atoi(argv[3]) : 0;
+    mx_error err = {0};
+    mx_threadpool *pool = NULL;
+    if (mx_threadpool_create(threads, &pool, &err)) {
+        fprintf(stderr, "bench_gemm: %s\n", err.msg);
+        return 1;
+    }
+    threads = mx_threadpool_size(pool);
+    openblas_set_num_threads(threads);
+    double bw = bench_read_bandwidth(pool, (size_t)1 << 30, 5);
+    const int K = 6144;
+    static const int Ms[] = {1, 8, 64, 512};
+    static const int Ns[] = {1024, 8192, 9216, 24576};
+    printf("GEMM y[M,N] = x[M,K] . W[N,K]^T, K = %d, %d threads, kernels: %s\n", K, threads,
+           mx_cpu_gemm_isa());
+    printf("mx: BF16 weights as stored; OpenBLAS: sgemm on fp32 weights. "
+           "Read bandwidth %.1f GB/s.\n", bw / 1e9);
+    printf("%5s %6s | %10s %10s %7s | %8s %8s | %9s\n", "M", "N", "mx GF/s", "BLAS GF/s",
+           "ratio", "mx GB/s", "of bw", "max err");
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++) {
+            if ((only_m && Ms[mi] != only_m) || (only_n && Ns[ni] != only_n))
+                continue;
+            shape_run s = {pool, mx_cpu_best_isa(), Ms[mi], K, Ns[ni], 0, 0, NULL, NULL, NULL, NULL};
+            size_t wn = (size_t)s.N * K;
+            s.copies = (int)(COPY_BYTES / (wn * 2)) + 1;
+            s.fcopies = (int)(COPY_BYTES / (wn * 4)) + 1;
+            s.x = malloc(sizeof(float) * (size_t)s.M * K);
+            s.y = malloc(sizeof(float) * (size_t)s.M * s.N);
+            float *yref = malloc(sizeof(float) * (size_t)s.M * s.N);
+            s.wb = calloc((size_t)s.copies, sizeof *s.wb);
+            s.wf = calloc((size_t)s.copies, sizeof *s.wf);
+            bench_fill_f32(s.x, (size_t)s.M * K, 1.f, 7);
+            for (int c = 0; c < s.copies; c++) {
+                s.wb[c] = malloc(wn * 2);
+                if (c < s.fcopies)
+                    s.wf[c] = malloc(wn * 4);
+                if (!s.wb[c] || (c < s.fcopies && !s.wf[c])) {
+                    fprintf(stderr, "bench_gemm: out of memory\n");
+                    return 1;
+                }
+                if (c == 0) {
+                    bench_fill_f32(s.wf[0], wn, 0.05f, 11);
+                    for (size_t i = 0; i < wn; i++) {
+                        s.wb[0][i] = mx_f32_to_bf16(s.wf[0][i]);
+                        s.wf[0][i] = mx_bf16_to_f32(s.wb[0][i]); /* same values in both */
+                    }
+                } else {
+                    memcpy(s.wb[c], s.wb[0], wn * 2);
+                    if (c < s.fcopies)
+                        memcpy(s.wf[c], s.wf[0], wn * 4);
+                }
+            }
+            double t_blas = time_best(&s, run_blas, s.fcopies);
+            run_blas(&s, 0);
+            memcpy(yref, s.y, sizeof(float) * (size_t)s.M * s.N);
+            usleep(100000); /* let OpenBLAS's spinning workers go to sleep */
+            double t_ours = time_best(&s, run_ours, s.copies);
+            run_ours(&s, 0); /* the same copy as yref */
+            double maxerr = 0, scale = 0;
+            for (size_t i = 0; i < (size_t)s.M * s.N; i++) {
+                double d = fabs((double)s.y[i] - yref[i]);
+                if (d > maxerr)
+                    maxerr = d;
+                if (fabs(yref[i]) > scale)
+                    scale = fabs(yref[i]);
+            }
+            double flops = 2.0 * s.M * (double)s.N * K;
+            double gb = (double)wn * 2 / t_ours;
+            char frac[16] = "";
+            if (s.M == 1)
+                snprintf(frac, sizeof frac, "%.2f", gb / bw);
+            printf("%5d %6d | %10.1f %10.1f %7.2f | %8.1f %8s | %9.1e\n", s.M, s.N,
+                   flops / t_ours / 1e9, flops / t_blas / 1e9, t_blas / t_ours, gb / 1e9, frac,
+                   scale > 0 ? maxerr / scale : maxerr);
+            fflush(stdout);
+            for (int c = 0; c < s.copies; c++) {
+                free(s.wf[c]);
+                free(s.wb[c]);
+            }
+            free(s.wf);
+            free(s.wb);
+            free(s.x);
+            free(s.y);
+            free(yref);
+        }
+    }
+    mx_threadpool_destroy(pool);
+    return 0;
+}

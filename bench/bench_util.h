@@ -1,0 +1,91 @@
+/* bench_util.h - small shared helpers of the benchmarks: a monotonic clock, a memory-read
+ * bandwidth measurement over both cores (the yardstick for memory-bound kernels) and random
+ * fills. Header-only so every bench_*.c stays one self-contained binary. */
+#ifndef MX_BENCH_UTIL_H
+#define MX_BENCH_UTIL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/cpu/threadpool.h"
+
+static inline double bench_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+    const uint64_t *buf;
+    size_t words;
+    uint64_t sums[256 * 8]; /* one cache line per task, so tasks never share a line */
+} bench_read_job;
+
+/* Sums a slice with 8 independent chains: the loop is limited by memory, not by the adds. */
+static void bench_read_task(void *ctx, int task, int n_tasks)
+{
+    bench_read_job *j = ctx;
+    size_t w0 = j->words * (size_t)task / (size_t)n_tasks & ~(size_t)7;
+    size_t w1 = task + 1 == n_tasks ? j->words : j->words * (size_t)(task + 1) / (size_t)n_tasks & ~(size_t)7;
+    uint64_t s[8] = {0};
+    for (size_t i = w0; i < w1; i += 8)
+        for (int u = 0; u < 8; u++)
+            s[u] += j->buf[i + u];
+    uint64_t t = 0;
+    for (int u = 0; u < 8; u++)
+        t += s[u];
+    j->sums[(size_t)(task % 256) * 8] += t;
+}
+
+/* Best-of-runs read bandwidth in bytes/s of a buffer of `bytes` (make it >> last-level cache),
+ * every pool thread reading its own contiguous slice. Returns 0 if the buffer cannot be had. */
+static inline double bench_read_bandwidth(mx_threadpool *pool, size_t bytes, int runs)
+{
+    bytes &= ~(size_t)63;
+    uint64_t *buf = aligned_alloc(64, bytes);
+    if (!buf)
+        return 0;
+    memset(buf, 1, bytes); /* touch every page before timing */
+    bench_read_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        free(buf);
+        return 0;
+    }
+    j->buf = buf;
+    j->words = bytes / 8;
+    double best = 1e30;
+    int tasks = mx_threadpool_size(pool);
+    for (int r = 0; r < runs; r++) {
+        double t0 = bench_now();
+        mx_threadpool_run(pool, bench_read_task, j, tasks);
+        double t = bench_now() - t0;
+        if (t < best)
+            best = t;
+    }
+    volatile uint64_t sink = j->sums[0];
+    (void)sink;
+    free(j);
+    free(buf);
+    return (double)bytes / best;
+}
+
+static inline uint64_t bench_rng(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Uniform in [-scale, scale). */
+static inline void bench_fill_f32(float *p, size_t n, float scale, uint64_t seed)
+{
+    uint64_t s = seed | 1;
+    for (size_t i = 0; i < n; i++)
+        p[i] = scale * (float)((double)(bench_rng(&s) >> 40) / 8388608.0 - 1.0);
+}
+
+#endif
