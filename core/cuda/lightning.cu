@@ -1,8 +1,10 @@
 /* lightning.cu - lightning (decayed linear) attention on the GPU, exact fp32 path.
- * A sequence whose state has not started runs the blocked prefill of spec 3.5 (block 256,
- * inter-block decay exp(-s(j+1)), fp32 state carried from block to block); every later token
- * runs the recurrence S <- exp(-s) S + k^T v, o = q S (spec 3.4), batched over sequences in one
- * launch with each thread keeping its slice of S in registers. Head dim up to 128. */
+ * A span of several tokens runs the blocked form of spec 3.5 (block 256, inter-block decay
+ * exp(-s(j+1)), fp32 state carried from block to block) from whatever state the sequence has,
+ * like the CPU backend (from a zero state this is the reference prefill; later chunks equal the
+ * recurrence mathematically). One-token spans run the recurrence S <- exp(-s) S + k^T v,
+ * o = q S (spec 3.4), batched over sequences in one launch, each thread keeping its slice of S
+ * in registers. Head dim up to 128. */
 #include "cuda_internal.cuh"
 
 #include <math.h>
@@ -184,7 +186,7 @@ int cuda_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_
         return mx_fail(err, MX_ENOMEM, "lightning: out of memory");
     int n_rec = 0;
     for (int i = 0; i < n_spans; i++)
-        if (states[i]->started)
+        if (spans[i].len == 1)
             jobs[n_rec++] = {(float *)states[i]->S.data, spans[i].start, spans[i].len};
     void *ddecay = NULL, *djobs = NULL;
     int rc = cuda_params_reset(be, (size_t)heads * 4 + (size_t)n_rec * sizeof *jobs, err);
@@ -205,7 +207,7 @@ int cuda_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_
         LAUNCH_CHECK();
     }
     for (int i = 0; i < n_spans; i++) {
-        if (states[i]->started)
+        if (spans[i].len == 1)
             continue;
         float *S = (float *)states[i]->S.data;
         for (int b0 = 0; b0 < spans[i].len; b0 += LIGHTNING_BLOCK) {
