@@ -1,0 +1,180 @@
+/* router.c - the router object: channels to every replica of every shard, the
+ * (layer, expert) -> shard map, replica choice and the counters. The per-layer dispatch
+ * itself is in dispatch.c. Holds no per-request state. */
+#include "router_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static int build_owner_map(mx_router *r, mx_error *err)
+{
+    size_t n = (size_t)r->num_layers * (size_t)r->num_experts;
+    r->owner = malloc(n * sizeof *r->owner);
+    if (!r->owner)
+        return mx_fail(err, MX_ENOMEM, "out of memory building the shard map");
+    for (size_t i = 0; i < n; i++)
+        r->owner[i] = -1;
+    for (int s = 0; s < r->n_shards; s++) {
+        const mx_expert_set *set = &r->shards[s].owns;
+        int rc = mx_expert_set_check(set, r->num_layers, r->num_experts, err);
+        if (rc)
+            return mx_error_prefix(err, "expert shard %d", s);
+        for (int l = 0; l < r->num_layers; l++) {
+            if (!mx_expert_set_has_layer(set, l))
+                continue;
+            for (int i = 0; i < set->n_experts; i++) {
+                int e = set->experts[i], *o = &r->owner[(size_t)l * r->num_experts + e];
+                if (*o >= 0)
+                    return mx_fail(err, MX_EINVAL, "layer %d expert %d is owned by both shard %d and shard %d", l, e,
+                                   *o, s);
+                *o = s;
+            }
+        }
+    }
+    return 0;
+}
+
+static int copy_set(const mx_expert_set *src, mx_expert_set *dst, mx_error *err)
+{
+    *dst = *src;
+    dst->layers = NULL;
+    dst->experts = NULL;
+    if (src->n_layers > 0) {
+        dst->layers = malloc((size_t)src->n_layers * sizeof *dst->layers);
+        if (!dst->layers)
+            return mx_fail(err, MX_ENOMEM, "out of memory copying the shard map");
+        memcpy(dst->layers, src->layers, (size_t)src->n_layers * sizeof *dst->layers);
+    }
+    dst->experts = malloc((size_t)(src->n_experts ? src->n_experts : 1) * sizeof *dst->experts);
+    if (!dst->experts)
+        return mx_fail(err, MX_ENOMEM, "out of memory copying the shard map");
+    memcpy(dst->experts, src->experts, (size_t)src->n_experts * sizeof *dst->experts);
+    return 0;
+}
+
+static int create_shards(mx_router *r, const mx_router_config *cfg, mx_error *err)
+{
+    mx_rpc_channel_options opts = {.max_message_bytes = r->max_message_bytes};
+    r->shards = calloc((size_t)cfg->n_shards, sizeof *r->shards);
+    if (!r->shards)
+        return mx_fail(err, MX_ENOMEM, "out of memory creating the router");
+    r->n_shards = cfg->n_shards;
+    for (int s = 0; s < cfg->n_shards; s++) {
+        const mx_router_shard_config *c = &cfg->shards[s];
+        router_shard *sh = &r->shards[s];
+        if (c->n_replicas <= 0)
+            return mx_fail(err, MX_EINVAL, "expert shard %d has no replicas", s);
+        MX_TRY(copy_set(&c->owns, &sh->owns, err));
+        sh->replicas = calloc((size_t)c->n_replicas, sizeof *sh->replicas);
+        if (!sh->replicas)
+            return mx_fail(err, MX_ENOMEM, "out of memory creating the router");
+        for (int i = 0; i < c->n_replicas; i++) {
+            router_replica *rep = &sh->replicas[i];
+            atomic_init(&rep->in_flight, 0);
+            int rc = mx_rpc_channel_create(c->replicas[i], &opts, &rep->channel, err);
+            if (rc)
+                return mx_error_prefix(err, "expert shard %d replica %s", s, c->replicas[i]);
+            sh->n_replicas = i + 1;
+        }
+        atomic_init(&sh->next, 0);
+    }
+    return 0;
+}
+
+int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,
+                     mx_backend *be, mx_router **out, mx_error *err)
+{
+    *out = NULL;
+    if (!cfg || cfg->n_shards <= 0)
+        return mx_fail(err, MX_EINVAL, "router: the shard map is empty");
+    if (num_layers <= 0 || hidden_size <= 0 || num_experts <= 0)
+        return mx_fail(err, MX_EINVAL, "router: bad model sizes (layers %d, hidden %d, experts %d)", num_layers,
+                       hidden_size, num_experts);
+    mx_router *r = calloc(1, sizeof *r);
+    if (!r)
+        return mx_fail(err, MX_ENOMEM, "out of memory creating the router");
+    r->num_layers = num_layers;
+    r->hidden = hidden_size;
+    r->num_experts = num_experts;
+    r->be = be;
+    r->timeout_ms = cfg->expert_timeout_ms > 0 ? cfg->expert_timeout_ms : 10000;
+    r->max_message_bytes = cfg->max_message_bytes > 0 ? cfg->max_message_bytes : 256 << 20;
+    atomic_init(&r->calls, 0);
+    atomic_init(&r->retries, 0);
+    atomic_init(&r->failures, 0);
+    int rc = create_shards(r, cfg, err);
+    if (!rc)
+        rc = build_owner_map(r, err);
+    if (rc) {
+        mx_router_destroy(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+int mx_router_check_coverage(const mx_router *r, int layer_begin, int layer_end, mx_error *err)
+{
+    if (layer_begin < 0 || layer_end > r->num_layers || layer_begin > layer_end)
+        return mx_fail(err, MX_ERANGE, "router: layer range [%d, %d) is outside the model's %d layers", layer_begin,
+                       layer_end, r->num_layers);
+    for (int l = layer_begin; l < layer_end; l++)
+        for (int e = 0; e < r->num_experts; e++)
+            if (r->owner[(size_t)l * r->num_experts + e] < 0)
+                return mx_fail(err, MX_ENOTFOUND, "router: no expert shard owns layer %d expert %d", l, e);
+    return 0;
+}
+
+/* Fewest calls in flight wins; among equals, start from a rotating position so ties rotate.
+ * avoid (-1 = none) excludes a replica that just failed. */
+int router_pick_replica(router_shard *sh, int avoid)
+{
+    unsigned start = atomic_fetch_add(&sh->next, 1u);
+    int best = -1, best_load = 0;
+    for (int i = 0; i < sh->n_replicas; i++) {
+        int idx = (int)((start + (unsigned)i) % (unsigned)sh->n_replicas);
+        if (idx == avoid)
+            continue;
+        int load = atomic_load(&sh->replicas[idx].in_flight);
+        if (best < 0 || load < best_load) {
+            best = idx;
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+static int executor_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
+                        mx_tensor *out, mx_error *err)
+{
+    return mx_router_run(ctx, layer, x2, ids, weights, k, out, err);
+}
+
+mx_moe_executor mx_router_executor(mx_router *r)
+{
+    mx_moe_executor ex = {executor_run, r};
+    return ex;
+}
+
+void mx_router_get_stats(const mx_router *r, mx_router_stats *out)
+{
+    out->calls = atomic_load(&r->calls);
+    out->retries = atomic_load(&r->retries);
+    out->failures = atomic_load(&r->failures);
+}
+
+void mx_router_destroy(mx_router *r)
+{
+    if (!r)
+        return;
+    for (int s = 0; s < r->n_shards; s++) {
+        router_shard *sh = &r->shards[s];
+        for (int i = 0; i < sh->n_replicas; i++)
+            mx_rpc_channel_destroy(sh->replicas[i].channel);
+        free(sh->replicas);
+        mx_expert_set_free(&sh->owns);
+    }
+    free(r->shards);
+    free(r->owner);
+    free(r);
+}

@@ -1,0 +1,80 @@
+/* router_config.c - reads the "experts" group of an attention-svc config into an
+ * mx_router_config (shard map, replicas, deadline). Parsing only: no channels, no I/O. */
+#include "router.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cfg.h"
+
+static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx_error *err)
+{
+    MX_TRY(mx_expert_set_from_setting(s, &sh->owns, err));
+    const config_setting_t *r = config_setting_get_member(s, "replicas");
+    if (!r)
+        return mx_cfg_fail(err, s, "replicas", "missing (a list of \"host:port\" endpoints is required)");
+    if (!config_setting_is_array(r) && !config_setting_is_list(r))
+        return mx_cfg_fail(err, r, NULL, "expected a list of \"host:port\" strings");
+    int n = config_setting_length(r);
+    if (n == 0)
+        return mx_cfg_fail(err, r, NULL, "must not be empty");
+    sh->replicas = calloc((size_t)n, sizeof *sh->replicas);
+    if (!sh->replicas)
+        return mx_fail(err, MX_ENOMEM, "out of memory reading replicas");
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(r, (unsigned)i);
+        const char *addr = config_setting_type(e) == CONFIG_TYPE_STRING ? config_setting_get_string(e) : NULL;
+        if (!addr || !strchr(addr, ':'))
+            return mx_cfg_fail(err, r, NULL, "element %d: expected a \"host:port\" string", i);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(sh->replicas[j], addr))
+                return mx_cfg_fail(err, r, NULL, "\"%s\" is listed twice", addr);
+        sh->replicas[i] = strdup(addr);
+        if (!sh->replicas[i])
+            return mx_fail(err, MX_ENOMEM, "out of memory reading replicas");
+        sh->n_replicas = i + 1;
+    }
+    return 0;
+}
+
+int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *out, mx_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (!s)
+        return mx_fail(err, MX_EINVAL, "missing `experts` group (the expert shard map)");
+    if (!config_setting_is_group(s))
+        return mx_cfg_fail(err, s, NULL, "expected a group { shards = (...); }");
+    int64_t v;
+    MX_TRY(mx_cfg_int(s, "expert_timeout_ms", 0, 10000, 1, 3600000, &v, err));
+    out->expert_timeout_ms = v;
+    MX_TRY(mx_cfg_int(s, "max_message_mb", 0, 256, 1, 2047, &v, err));
+    out->max_message_bytes = (int)(v << 20);
+    const config_setting_t *shards = config_setting_get_member(s, "shards");
+    if (!shards)
+        return mx_cfg_fail(err, s, "shards", "missing (a list of shard groups is required)");
+    if (!config_setting_is_list(shards))
+        return mx_cfg_fail(err, shards, NULL, "expected a list of groups: ( { experts = [...]; replicas = [...]; }, ... )");
+    int n = config_setting_length(shards);
+    if (n == 0)
+        return mx_cfg_fail(err, shards, NULL, "must not be empty");
+    out->shards = calloc((size_t)n, sizeof *out->shards);
+    if (!out->shards)
+        return mx_fail(err, MX_ENOMEM, "out of memory reading shards");
+    out->n_shards = n;
+    for (int i = 0; i < n; i++)
+        MX_TRY(parse_shard(config_setting_get_elem(shards, (unsigned)i), &out->shards[i], err));
+    return 0;
+}
+
+void mx_router_config_free(mx_router_config *cfg)
+{
+    for (int i = 0; i < cfg->n_shards; i++) {
+        mx_router_shard_config *sh = &cfg->shards[i];
+        mx_expert_set_free(&sh->owns);
+        for (int j = 0; j < sh->n_replicas; j++)
+            free(sh->replicas[j]);
+        free(sh->replicas);
+    }
+    free(cfg->shards);
+    memset(cfg, 0, sizeof *cfg);
+}
