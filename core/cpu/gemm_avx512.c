@@ -35,9 +35,9 @@ INLINE __m512 load16_full(const void *w, mx_dtype dt, size_t i)
  * GEMV (M <= 4): R rows of W at a time, each read once and widened in registers, dotted
  * with every row of x; R*M independent accumulators hide the FMA latency. */
 INLINE void gemv_block(const mx_gemm_args *a, mx_dtype dt, int n, const int R, const int M,
-                       int k0, int K)
+                       int k0, int k1)
 {
-    const size_t ld = (size_t)K;
+    const size_t ld = (size_t)a->K;
     __m512 acc[8][MX_GEMV_MAX_M_AVX512];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -45,7 +45,7 @@ INLINE void gemv_block(const mx_gemm_args *a, mx_dtype dt, int n, const int R, c
         for (int m = 0; m < M; m++)
             acc[r][m] = _mm512_setzero_ps();
     int k = k0;
-    for (; k + 16 <= K; k += 16) {
+    for (; k + 16 <= k1; k += 16) {
         /* R weight vectors live in registers; each x vector is loaded once and used R times
          * (R*M accumulators + R + 1 <= 32 registers). */
         __m512 wv[8];
@@ -60,8 +60,8 @@ INLINE void gemv_block(const mx_gemm_args *a, mx_dtype dt, int n, const int R, c
                 acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
         }
     }
-    if (k < K) {
-        __mmask16 mask = (__mmask16)((1u << (K - k)) - 1);
+    if (k < k1) {
+        __mmask16 mask = (__mmask16)((1u << (k1 - k)) - 1);
         __m512 wv[8];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++)
