@@ -24,7 +24,6 @@ struct mx_rpc_health {
     pthread_cond_t changed;
     entry *entries;
     int n_entries;
-    unsigned version;   /* bumped on every change */
     int shutting_down;
 };
 
@@ -64,7 +63,6 @@ int mx_rpc_health_set(mx_rpc_server *srv, const char *service, mx_rpc_serving st
     mx_rpc_health *h = srv->health;
     pthread_mutex_lock(&h->mu);
     int rc = h->shutting_down ? 0 : set_locked(h, service, (int)status, err);
-    h->version++;
     pthread_cond_broadcast(&h->changed);
     pthread_mutex_unlock(&h->mu);
     return rc;
@@ -173,7 +171,6 @@ void mx_rpc_health_enter_shutdown(mx_rpc_health *h)
     for (int i = 0; i < h->n_entries; i++)
         h->entries[i].status = MX_RPC_NOT_SERVING;
     h->shutting_down = 1;
-    h->version++;
     pthread_cond_broadcast(&h->changed);
     pthread_mutex_unlock(&h->mu);
 }
