@@ -1,4 +1,4 @@
-/* client_internal.h - internal to core/rpc: the channel structure and call helpers shared
+/* client_internal.h - internal to core/rpc: the channel structure and call functions shared
  * by client.c (channels, streams) and fanout.c (unary and parallel unary calls). */
 #ifndef MX_RPC_CLIENT_INTERNAL_H
 #define MX_RPC_CLIENT_INTERNAL_H

@@ -1,4 +1,4 @@
-/* pb.c - protobuf-c pack/unpack helpers for RPC payloads. No state. */
+/* pb.c - protobuf-c packing and unpacking for RPC payloads. No state. */
 #include "pb.h"
 
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* test_rpc_pb.c - protobuf-c contracts through the RPC helpers: round trips of the public and
+/* test_rpc_pb.c - protobuf-c contracts through core/rpc/pb.h: round trips of the public and
  * internal messages (packed little-endian tensors), and fuzzed / truncated bytes that must
  * give MX_EINVAL with the message type named, never a crash (run under ASan by `make asan`). */
 #include <setjmp.h>
