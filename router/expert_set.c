@@ -50,11 +50,11 @@ int mx_expert_set_check(const mx_expert_set *set, int num_layers, int num_expert
 {
     for (int i = 0; i < set->n_layers; i++)
         if (set->layers[i] >= num_layers)
-            return mx_fail(err, MX_ERANGE, "layer %d does not exist (the model has %d layers)", set->layers[i],
+            return mx_fail(err, MX_ERANGE, "`layers`: layer %d does not exist (the model has %d layers)", set->layers[i],
                            num_layers);
     for (int i = 0; i < set->n_experts; i++)
         if (set->experts[i] >= num_experts)
-            return mx_fail(err, MX_ERANGE, "expert %d does not exist (the model has %d experts per layer)",
+            return mx_fail(err, MX_ERANGE, "`experts`: expert %d does not exist (the model has %d experts per layer)",
                            set->experts[i], num_experts);
     return 0;
 }

@@ -1,0 +1,66 @@
+/* svc_config.c - reading the expert-svc config file with libconfig. Unknown keys are errors
+ * (a typo must not silently fall back to a default). Reads only; starts nothing. */
+#include "svc_config.h"
+
+#include <string.h>
+
+#include "router/cfg.h"
+
+static const char *const known_keys[] = {"model_dir", "listen", "backend", "threads", "shard_index",
+                                         "rpc_workers", "shutdown_grace_ms", "layers", "layer_begin",
+                                         "layer_end", "experts"};
+
+static int check_known(const config_setting_t *root, mx_error *err)
+{
+    int n = config_setting_length(root);
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
+        int ok = 0;
+        for (size_t k = 0; k < sizeof known_keys / sizeof *known_keys; k++)
+            ok |= !strcmp(s->name, known_keys[k]);
+        if (!ok)
+            return mx_cfg_fail(err, s, NULL,
+                               "unknown key (known: model_dir, listen, backend, threads, shard_index, rpc_workers, "
+                               "shutdown_grace_ms, layers, layer_begin, layer_end, experts)");
+    }
+    return 0;
+}
+
+int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_error *err)
+{
+    memset(out, 0, sizeof *out);
+    config_init(&out->file);
+    if (config_read_file(&out->file, path) != CONFIG_TRUE) {
+        if (config_error_type(&out->file) == CONFIG_ERR_FILE_IO)
+            return mx_fail(err, MX_EIO, "%s: cannot read the config file", path);
+        return mx_fail(err, MX_EINVAL, "%s:%d: %s", config_error_file(&out->file) ? config_error_file(&out->file) : path,
+                       config_error_line(&out->file), config_error_text(&out->file));
+    }
+    const config_setting_t *root = config_root_setting(&out->file);
+    MX_TRY(check_known(root, err));
+    int64_t v;
+    MX_TRY(mx_cfg_string(root, "model_dir", 1, NULL, &out->model_dir, err));
+    MX_TRY(mx_cfg_string(root, "listen", 1, NULL, &out->listen, err));
+    if (!strchr(out->listen, ':'))
+        return mx_cfg_fail(err, config_setting_get_member(root, "listen"), NULL,
+                           "\"%s\" is not host:port", out->listen);
+    MX_TRY(mx_cfg_string(root, "backend", 0, "cpu", &out->backend, err));
+    if (strcmp(out->backend, "cpu") && strcmp(out->backend, "cuda"))
+        return mx_cfg_fail(err, config_setting_get_member(root, "backend"), NULL,
+                           "\"%s\" is not a backend (\"cpu\" or \"cuda\")", out->backend);
+    MX_TRY(mx_cfg_int(root, "threads", 0, 0, 0, 1024, &v, err));
+    out->threads = (int)v;
+    MX_TRY(mx_cfg_int(root, "shard_index", 0, 0, 0, 1 << 20, &v, err));
+    out->shard_index = (int)v;
+    MX_TRY(mx_cfg_int(root, "rpc_workers", 0, 4, 1, 256, &v, err));
+    out->rpc_workers = (int)v;
+    MX_TRY(mx_cfg_int(root, "shutdown_grace_ms", 0, 5000, 0, 3600000, &v, err));
+    out->shutdown_grace_ms = v;
+    return mx_expert_set_from_setting(root, &out->owns, err);
+}
+
+void mx_expert_svc_config_free(mx_expert_svc_config *c)
+{
+    mx_expert_set_free(&c->owns);
+    config_destroy(&c->file);
+}

@@ -1,0 +1,39 @@
+/* svc_config.h - the expert-svc config file (libconfig syntax). Reads and checks it; every
+ * error names the file, the line and the key. Example:
+ *     model_dir = "/models/minimax-text-01";   # checkpoint directory (required)
+ *     listen = "0.0.0.0:5001";                  # host:port, port 0 = any (required)
+ *     backend = "cpu";                          # "cpu" | "cuda" (default "cpu")
+ *     threads = 0;                              # backend threads, 0 = one per core
+ *     shard_index = 0;                          # reported by Info (default 0)
+ *     rpc_workers = 4;                          # RPC handlers at once (default 4)
+ *     shutdown_grace_ms = 5000;                 # in-flight calls may finish (default 5000)
+ *     layers = [0, 1, 2];                       # or layer_begin = 0; layer_end = 80;
+ *                                               #   (neither = every layer)
+ *     experts = [0, 2];                         # expert ids held in each of those layers
+ */
+#ifndef MX_EXPERT_SVC_CONFIG_H
+#define MX_EXPERT_SVC_CONFIG_H
+
+#include <libconfig.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "router/expert_set.h"
+
+typedef struct mx_expert_svc_config {
+    config_t file;               /* owns the strings below */
+    const char *model_dir;
+    const char *listen;
+    const char *backend;
+    int threads;
+    int shard_index;
+    int rpc_workers;
+    int64_t shutdown_grace_ms;
+    mx_expert_set owns;
+} mx_expert_svc_config;
+
+/* Reads path. *out must be freed with mx_expert_svc_config_free, also after a failure. */
+int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_error *err);
+void mx_expert_svc_config_free(mx_expert_svc_config *c);
+
+#endif
