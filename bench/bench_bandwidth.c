@@ -14,12 +14,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_bandwidth: %s\n", err.msg);
         return 1;
     }
-    printf("Memory read bandwidth (%zu MiB buffer, best of 5)\n", mib);
+    printf("Memory read bandwidth (%zu MiB buffer, best of 8)\n", mib);
     printf("%-10s %12s\n", "threads", "GB/s");
     int sizes[2] = {1, mx_threadpool_size(all)};
     mx_threadpool *pools[2] = {one, all};
     for (int i = 0; i < 2; i++) {
-        double bw = bench_read_bandwidth(pools[i], mib << 20, 5);
+        double bw = bench_read_bandwidth(pools[i], mib << 20, 8);
         if (bw == 0) {
             fprintf(stderr, "bench_bandwidth: cannot allocate %zu MiB\n", mib);
             return 1;

@@ -69,7 +69,7 @@ int main(int argc, char **argv)
     }
     threads = mx_threadpool_size(pool);
     openblas_set_num_threads(threads);
-    double bw = bench_read_bandwidth(pool, (size_t)1 << 30, 5);
+    double bw = bench_read_bandwidth(pool, (size_t)1 << 30, 8);
     const int K = 6144;
     static const int Ms[] = {1, 8, 64, 512};
     static const int Ns[] = {1024, 8192, 9216, 24576};
