@@ -3,6 +3,8 @@
 #ifndef MX_CLI_COMMANDS_H
 #define MX_CLI_COMMANDS_H
 
+int mx_cmd_client(int argc, char **argv);
+int mx_cmd_cluster(int argc, char **argv);
 int mx_cmd_generate(int argc, char **argv);
 int mx_cmd_golden(int argc, char **argv);
 int mx_cmd_info(int argc, char **argv);

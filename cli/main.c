@@ -11,6 +11,8 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"client", mx_cmd_client, "call a gateway's Generate with prompt ids and print the streamed ids"},
+    {"cluster", mx_cmd_cluster, "start gateway, stages and expert shards on loopback"},
     {"generate", mx_cmd_generate, "run a model on prompt ids and print the generated ids"},
     {"golden", mx_cmd_golden, "check the engine against a golden fixture directory"},
     {"info", mx_cmd_info, "print a model's config and its parameter/memory budget"},

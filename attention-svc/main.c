@@ -1,0 +1,95 @@
+/* main.c - the attention-svc process: reads its config file, loads its stage, serves
+ * mx.internal.v1.AttentionStage (plus grpc.health.v1.Health) until SIGTERM/SIGINT.
+ * usage: attention-svc --config FILE.cfg   (schema in stage_config.h) */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rpc/health.h"
+#include "core/rpc/server.h"
+#include "core/rpc/signals.h"
+#include "core/rpc/tune.h"
+#include "stage.h"
+
+typedef int (*stage_method)(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
+
+typedef struct method_binding {
+    stage *s;
+    stage_method fn;
+} method_binding;
+
+static void on_call(mx_rpc_call *call, const uint8_t *request, size_t request_len, void *user)
+{
+    const method_binding *b = user;
+    mx_error err = {0};
+    mx_rpc_payload resp;
+    if (b->fn(b->s, request, request_len, &resp, &err) || mx_rpc_call_write(call, resp, &err))
+        mx_rpc_call_set_error(call, &err);
+}
+
+/* Writes the bound port to path through a temporary file, so a reader never sees half. */
+static int write_port_file(const char *path, int port, mx_error *err)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, path) != 0)
+        return mx_fail(err, MX_EIO, "cannot write the port file %s", path);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--help") == 0) {
+        printf("usage: attention-svc --config FILE.cfg\n");
+        return 0;
+    }
+    if (argc != 3 || strcmp(argv[1], "--config") != 0) {
+        fprintf(stderr, "usage: attention-svc --config FILE.cfg\n");
+        return 2;
+    }
+    mx_error err = {0};
+    mx_rpc_tune_malloc();
+    if (mx_rpc_block_stop_signals(&err)) {
+        fprintf(stderr, "attention-svc: %s\n", err.msg);
+        return 1;
+    }
+    stage_config cfg;
+    stage *s = NULL;
+    mx_rpc_server *srv = NULL;
+    int rc = stage_config_load(argv[2], &cfg, &err);
+    if (!rc)
+        rc = stage_create(&cfg, &s, &err);
+    method_binding run = {s, stage_run_batch}, release = {s, stage_release}, info = {s, stage_info};
+    if (!rc) {
+        mx_rpc_server_options o = {.address = cfg.listen, .max_message_bytes = cfg.max_message_bytes,
+                                   .worker_threads = 4};
+        rc = mx_rpc_server_create(&o, &srv, &err);
+    }
+    if (!rc)
+        rc = mx_rpc_server_add_unary(srv, "/mx.internal.v1.AttentionStage/RunBatch", on_call, &run, &err);
+    if (!rc)
+        rc = mx_rpc_server_add_unary(srv, "/mx.internal.v1.AttentionStage/Release", on_call, &release, &err);
+    if (!rc)
+        rc = mx_rpc_server_add_unary(srv, "/mx.internal.v1.AttentionStage/Info", on_call, &info, &err);
+    if (!rc)
+        rc = mx_rpc_health_set(srv, "mx.internal.v1.AttentionStage", MX_RPC_SERVING, &err);
+    if (!rc)
+        rc = mx_rpc_server_start(srv, &err);
+    if (!rc && cfg.port_file[0])
+        rc = write_port_file(cfg.port_file, mx_rpc_server_port(srv), &err);
+    if (!rc) {
+        fprintf(stderr, "attention-svc: stage %d/%d layers [%d, %d) serving on port %d\n", cfg.index, cfg.count,
+                cfg.layer_begin, cfg.layer_end, mx_rpc_server_port(srv));
+        int sig = mx_rpc_wait_stop_signal(-1, &err);
+        if (sig < 0)
+            rc = sig;
+        mx_rpc_server_shutdown(srv, 2000);
+    }
+    if (rc)
+        fprintf(stderr, "attention-svc: %s\n", err.msg);
+    mx_rpc_server_destroy(srv);
+    stage_destroy(s);
+    stage_config_free(&cfg);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,455 @@
+/* stage.c - the AttentionStage methods: checks a micro-batch against the live sequences,
+ * runs it through this stage's layers (MoE through the router when experts live elsewhere)
+ * and answers hidden states, or on the last stage the sampled tokens: logits never leave
+ * the stage. Must not keep request state beyond the sequence table. */
+#include "stage.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/model.h"
+#include "core/rpc/pb.h"
+#include "core/sampling.h"
+#include "core/weights.h"
+#include "mx/internal/v1/attention_stage.pb-c.h"
+#include "router/router.h"
+#include "seq_table.h"
+
+typedef Mx__Internal__V1__RunBatchRequest RunBatchRequest;
+typedef Mx__Internal__V1__SequenceInput SequenceInput;
+
+struct stage {
+    pthread_mutex_t lock;       /* one batch / release / info at a time */
+    int index, count, layer_begin, layer_end;
+    bool first, last;
+    mx_config cfg;
+    mx_weights *w;
+    mx_backend *be;
+    mx_model *m;
+    mx_router *router;          /* NULL: experts are local */
+    seq_table seqs;
+    float *sample_work;         /* [2 * vocab] */
+};
+
+/* The router's executor, timed, so RunBatch can report expert time apart from attention. */
+typedef struct timed_moe {
+    mx_moe_executor inner;
+    double ms;
+} timed_moe;
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int timed_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
+                         int k, mx_tensor *out, mx_error *err)
+{
+    timed_moe *t = ctx;
+    double t0 = now_ms();
+    int rc = t->inner.run(t->inner.ctx, layer, x2, ids, weights, k, out, err);
+    t->ms += now_ms() - t0;
+    return rc;
+}
+
+int stage_create(const stage_config *c, stage **out, mx_error *err)
+{
+    *out = NULL;
+    stage *s = calloc(1, sizeof *s);
+    if (!s)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    pthread_mutex_init(&s->lock, NULL);
+    s->index = c->index;
+    s->count = c->count;
+    s->first = c->index == 0;
+    s->last = c->index == c->count - 1;
+    s->layer_begin = c->layer_begin;
+    s->layer_end = c->layer_end;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", c->model);
+    int rc = mx_config_load(path, &s->cfg, err);
+    if (!rc && c->layer_end > s->cfg.num_hidden_layers)
+        rc = mx_fail(err, MX_EINVAL, "stage.layer_end %d is past the model's %d layers", c->layer_end,
+                     s->cfg.num_hidden_layers);
+    if (!rc) {
+        mx_load_plan plan = {.layer_begin = c->layer_begin, .layer_end = c->layer_end, .attention = true,
+                             .embed = s->first, .head = s->last, .all_experts = !c->remote_experts};
+        rc = mx_weights_load(c->model, &plan, &s->w, err);
+    }
+    if (!rc)
+        rc = mx_backend_create(c->backend, c->threads, &s->be, err);
+    if (!rc)
+        rc = mx_model_create(s->w, s->be, &s->m, err);
+    if (!rc && c->remote_experts) {
+        rc = mx_router_create(&c->router, s->cfg.num_hidden_layers, s->cfg.hidden_size, s->cfg.num_local_experts,
+                              s->be, &s->router, err);
+        if (!rc)
+            rc = mx_router_check_coverage(s->router, c->layer_begin, c->layer_end, err);
+    }
+    if (!rc)
+        rc = seq_table_init(&s->seqs, s->m, c->layer_begin, c->layer_end, c->max_sequences, err);
+    if (!rc && s->last && !(s->sample_work = malloc((size_t)s->cfg.vocab_size * 2 * sizeof(float))))
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    if (rc) {
+        stage_destroy(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void stage_destroy(stage *s)
+{
+    if (!s)
+        return;
+    if (s->seqs.entries)
+        seq_table_destroy(&s->seqs);
+    mx_router_destroy(s->router);
+    mx_model_free(s->m);
+    if (s->be)
+        s->be->destroy(s->be);
+    mx_weights_free(s->w);
+    free(s->sample_work);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* Checks the request's shape before any state is touched. */
+static int check_batch(const stage *s, const RunBatchRequest *rq, size_t *n_tokens, mx_error *err)
+{
+    if (rq->n_sequences == 0)
+        return mx_fail(err, MX_EINVAL, "RunBatchRequest.sequences is empty");
+    size_t total = 0;
+    for (size_t i = 0; i < rq->n_sequences; i++) {
+        const SequenceInput *q = rq->sequences[i];
+        if (q->num_tokens == 0 || q->num_tokens > (1u << 24))
+            return mx_fail(err, MX_EINVAL, "sequences[%zu].num_tokens %u is not in [1, 2^24]", i, q->num_tokens);
+        if (s->first && q->n_token_ids != q->num_tokens)
+            return mx_fail(err, MX_EINVAL, "sequences[%zu].token_ids has %zu ids but num_tokens is %u", i,
+                           q->n_token_ids, q->num_tokens);
+        for (size_t j = 0; j < q->n_token_ids; j++)
+            if (q->token_ids[j] >= (uint32_t)s->cfg.vocab_size)
+                return mx_fail(err, MX_EINVAL, "sequences[%zu].token_ids[%zu] = %u is outside the vocabulary of %d",
+                               i, j, q->token_ids[j], s->cfg.vocab_size);
+        for (size_t j = 0; j < i; j++)
+            if (rq->sequences[j]->sequence_id == q->sequence_id)
+                return mx_fail(err, MX_EINVAL, "sequences[%zu].sequence_id %llu appears twice in the batch", i,
+                               (unsigned long long)q->sequence_id);
+        if ((uint64_t)q->start_position + q->num_tokens > (uint64_t)INT32_MAX)
+            return mx_fail(err, MX_EINVAL, "sequences[%zu]: start_position + num_tokens overflows", i);
+        total += q->num_tokens;
+    }
+    if (total > (1u << 24))
+        return mx_fail(err, MX_EINVAL, "the batch has %zu tokens, more than 2^24", total);
+    if (!s->first) {
+        const Mx__Internal__V1__Tensor *h = rq->hidden;
+        if (!h)
+            return mx_fail(err, MX_EINVAL, "RunBatchRequest.hidden is required on stage %d (not the first)", s->index);
+        if (h->dtype != MX__INTERNAL__V1__DTYPE__DTYPE_F32)
+            return mx_fail(err, MX_EINVAL, "RunBatchRequest.hidden.dtype must be DTYPE_F32");
+        if (h->rows != total || h->cols != (uint32_t)s->cfg.hidden_size)
+            return mx_fail(err, MX_EINVAL, "RunBatchRequest.hidden is %u x %u but the batch needs %zu x %d", h->rows,
+                           h->cols, total, s->cfg.hidden_size);
+        if (h->data.len != total * (size_t)s->cfg.hidden_size * 4)
+            return mx_fail(err, MX_EINVAL, "RunBatchRequest.hidden.data has %zu bytes, expected %zu", h->data.len,
+                           total * (size_t)s->cfg.hidden_size * 4);
+    }
+    *n_tokens = total;
+    return 0;
+}
+
+static mx_sampling_params to_params(const Mx__Internal__V1__StageSampling *p)
+{
+    mx_sampling_params sp = mx_sampling_defaults();
+    if (!p)
+        return sp;
+    sp.temperature = p->temperature;
+    sp.top_k = p->top_k > (uint32_t)INT32_MAX ? INT32_MAX : (int)p->top_k;
+    sp.top_p = p->top_p == 0.0f ? 1.0f : p->top_p;
+    sp.min_p = p->min_p;
+    sp.repetition_penalty = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
+    sp.seed = p->seed;
+    sp.top_logprobs = p->top_logprobs > MX_MAX_TOP_LOGPROBS ? MX_MAX_TOP_LOGPROBS : (int)p->top_logprobs;
+    return sp;
+}
+
+/* Samples every sequence with sample=true from the head's logits; fills resp->sampled. */
+static int sample_batch(stage *s, const RunBatchRequest *rq, seq_entry **entries, const mx_span *spans,
+                        const mx_tensor *h, Mx__Internal__V1__RunBatchResponse *resp, mx_error *err)
+{
+    int vocab = s->cfg.vocab_size, n = 0;
+    for (size_t i = 0; i < rq->n_sequences; i++)
+        n += rq->sequences[i]->sample;
+    if (n == 0)
+        return 0;
+    int32_t *rows = malloc((size_t)n * sizeof *rows);
+    float *logits = malloc((size_t)n * vocab * sizeof *logits);
+    resp->sampled = calloc((size_t)n, sizeof *resp->sampled);
+    Mx__Internal__V1__SampledToken *toks = calloc((size_t)n, sizeof *toks);
+    if (!rows || !logits || !resp->sampled || !toks) {
+        free(rows);
+        free(logits);
+        free(toks);
+        return mx_fail(err, MX_ENOMEM, "out of memory for %d logits rows", n);
+    }
+    int k = 0;
+    for (size_t i = 0; i < rq->n_sequences; i++)
+        if (rq->sequences[i]->sample)
+            rows[k++] = spans[i].start + spans[i].len - 1;
+    int rc = mx_model_head(s->m, h, rows, n, logits, err);
+    k = 0;
+    for (size_t i = 0; i < rq->n_sequences && !rc; i++) {
+        const SequenceInput *q = rq->sequences[i];
+        if (!q->sample)
+            continue;
+        mx_sampling_params sp = to_params(q->sampling);
+        if ((rc = mx_sampling_validate(&sp, err))) {
+            mx_error_prefix(err, "sequences[%zu].sampling", i);
+            break;
+        }
+        seq_entry *e = entries[i];
+        if (!e->rng_seeded) {
+            mx_rng_seed(&e->rng, sp.seed);
+            e->rng_seeded = true;
+        }
+        if (q->sampling && (rc = seq_entry_append_history(e, q->sampling->extra_seen_token_ids,
+                                                          q->sampling->n_extra_seen_token_ids, err)))
+            break;
+        mx_sample smp;
+        rc = mx_sample_token(logits + (size_t)k * vocab, vocab, &sp, e->history, e->n_history, &e->rng,
+                             s->sample_work, &smp, err);
+        if (rc)
+            break;
+        Mx__Internal__V1__SampledToken *t = &toks[k];
+        mx__internal__v1__sampled_token__init(t);
+        t->sequence_id = q->sequence_id;
+        t->token_id = (uint32_t)smp.token;
+        t->logprob = smp.logprob;
+        t->n_top_token_ids = t->n_top_logprobs = (size_t)smp.n_top;
+        if (smp.n_top > 0) {
+            t->top_token_ids = malloc((size_t)smp.n_top * sizeof *t->top_token_ids);
+            t->top_logprobs = malloc((size_t)smp.n_top * sizeof *t->top_logprobs);
+            if (!t->top_token_ids || !t->top_logprobs) {
+                rc = mx_fail(err, MX_ENOMEM, "out of memory");
+                break;
+            }
+            for (int j = 0; j < smp.n_top; j++) {
+                t->top_token_ids[j] = (uint32_t)smp.top_ids[j];
+                t->top_logprobs[j] = smp.top_logprobs[j];
+            }
+        }
+        resp->sampled[k++] = t;
+        resp->n_sampled = (size_t)k;
+    }
+    free(rows);
+    free(logits);
+    if (rc) {
+        for (int i = 0; i < n; i++) {
+            free(toks[i].top_token_ids);
+            free(toks[i].top_logprobs);
+        }
+        free(toks);
+        free(resp->sampled);
+        resp->sampled = NULL;
+        resp->n_sampled = 0;
+    }
+    return rc;
+}
+
+static void free_sampled(Mx__Internal__V1__RunBatchResponse *resp)
+{
+    if (!resp->sampled)
+        return;
+    for (size_t i = 0; i < resp->n_sampled; i++) {
+        free(resp->sampled[i]->top_token_ids);
+        free(resp->sampled[i]->top_logprobs);
+    }
+    free(resp->sampled[0]);  /* the array of SampledToken structs */
+    free(resp->sampled);
+}
+
+/* Looks up (or, at position 0, creates) every sequence of the batch. On failure the
+ * sequences created here are removed again, so a rejected batch leaves no state. */
+static int resolve_sequences(stage *s, const RunBatchRequest *rq, seq_entry **entries, mx_error *err)
+{
+    size_t n = rq->n_sequences, created = 0;
+    uint64_t *new_ids = malloc(n * sizeof *new_ids);
+    if (!new_ids)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const SequenceInput *q = rq->sequences[i];
+        seq_entry *e = seq_table_find(&s->seqs, q->sequence_id);
+        if (!e && q->start_position != 0)
+            rc = mx_fail(err, MX_ENOTFOUND,
+                         "sequence %llu is not live on stage %d (released, or never started at position 0)",
+                         (unsigned long long)q->sequence_id, s->index);
+        else if (!e && !(rc = seq_table_add(&s->seqs, q->sequence_id, &e, err)))
+            new_ids[created++] = q->sequence_id;
+        else if (e && e->seq->length != (int64_t)q->start_position)
+            rc = mx_fail(err, MX_EINVAL, "sequences[%zu].start_position is %u but sequence %llu holds %lld tokens", i,
+                         q->start_position, (unsigned long long)q->sequence_id, (long long)e->seq->length);
+    }
+    /* seq_table_add may move entries, so pointers are taken once everything exists. */
+    for (size_t i = 0; i < n && !rc; i++)
+        entries[i] = seq_table_find(&s->seqs, rq->sequences[i]->sequence_id);
+    if (rc)
+        for (size_t i = 0; i < created; i++)
+            seq_table_remove(&s->seqs, new_ids[i]);
+    free(new_ids);
+    return rc;
+}
+
+static int run_locked(stage *s, const RunBatchRequest *rq, mx_rpc_payload *out, mx_error *err)
+{
+    double t_start = now_ms();
+    size_t n_tokens = 0;
+    MX_TRY(check_batch(s, rq, &n_tokens, err));
+    size_t n = rq->n_sequences;
+    int hidden = s->cfg.hidden_size, rc = 0;
+    seq_entry **entries = calloc(n, sizeof *entries);
+    mx_sequence **seqs = calloc(n, sizeof *seqs);
+    mx_span *spans = calloc(n, sizeof *spans);
+    int32_t *ids = s->first ? malloc(n_tokens * sizeof *ids) : NULL;
+    float *host = NULL;
+    mx_tensor h = {0};
+    Mx__Internal__V1__RunBatchResponse resp = MX__INTERNAL__V1__RUN_BATCH_RESPONSE__INIT;
+    Mx__Internal__V1__StageTimings tm = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
+    Mx__Internal__V1__Tensor ht = MX__INTERNAL__V1__TENSOR__INIT;
+    if (!entries || !seqs || !spans || (s->first && !ids))
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    if (!rc)
+        rc = resolve_sequences(s, rq, entries, err);
+    int start = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const SequenceInput *q = rq->sequences[i];
+        seqs[i] = entries[i]->seq;
+        spans[i] = (mx_span){start, (int)q->num_tokens};
+        if (s->first)
+            for (uint32_t j = 0; j < q->num_tokens; j++)
+                ids[start + (int)j] = (int32_t)q->token_ids[j];
+        start += (int)q->num_tokens;
+    }
+    if (!rc) {
+        int64_t shape[2] = {(int64_t)n_tokens, hidden};
+        rc = s->be->alloc(s->be, &h, s->be->act_dtype, 2, shape, err);
+    }
+    if (!rc) {
+        if (s->first) {
+            rc = mx_model_embed(s->m, ids, (int)n_tokens, &h, err);
+        } else if (((uintptr_t)rq->hidden->data.data & 3) == 0) {
+            rc = s->be->from_host_f32(s->be, &h, (const float *)rq->hidden->data.data, err);
+        } else if (!(host = malloc(rq->hidden->data.len))) {
+            rc = mx_fail(err, MX_ENOMEM, "out of memory");
+        } else {
+            memcpy(host, rq->hidden->data.data, rq->hidden->data.len);
+            rc = s->be->from_host_f32(s->be, &h, host, err);
+        }
+    }
+    timed_moe tmoe = {{0}, 0};
+    if (s->router)
+        tmoe.inner = mx_router_executor(s->router);
+    mx_moe_executor moe = {timed_moe_run, &tmoe};
+    mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
+    double t_layers = now_ms();
+    if (!rc)
+        rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, s->router ? &moe : NULL, err);
+    if (!rc)
+        rc = s->be->sync(s->be, err);
+    double t_head = now_ms();
+    if (!rc) {
+        mx_batch_advance(&b);
+        if (s->last) {
+            /* The tokens fed are the "seen" tokens of the repetition penalty. */
+            for (size_t i = 0; i < n && !rc; i++)
+                rc = seq_entry_append_history(entries[i], rq->sequences[i]->token_ids,
+                                              rq->sequences[i]->n_token_ids, err);
+            if (!rc)
+                rc = sample_batch(s, rq, entries, spans, &h, &resp, err);
+        } else {
+            free(host);
+            if (!(host = malloc(n_tokens * (size_t)hidden * sizeof *host)))
+                rc = mx_fail(err, MX_ENOMEM, "out of memory for %zu hidden rows", n_tokens);
+            if (!rc)
+                rc = s->be->to_host_f32(s->be, host, &h, err);
+            ht.dtype = MX__INTERNAL__V1__DTYPE__DTYPE_F32;
+            ht.rows = (uint32_t)n_tokens;
+            ht.cols = (uint32_t)hidden;
+            ht.data.data = (uint8_t *)host;
+            ht.data.len = n_tokens * (size_t)hidden * sizeof *host;
+            resp.hidden = &ht;
+        }
+    }
+    if (!rc) {
+        double t_end = now_ms();
+        tm.experts_ms = tmoe.ms;
+        tm.attention_ms = (t_head - t_layers) - tmoe.ms;
+        tm.sampling_ms = s->last ? t_end - t_head : 0;
+        tm.total_ms = t_end - t_start;
+        resp.timings = &tm;
+        resp.batch_id = rq->batch_id;
+        rc = mx_rpc_pb_pack(&resp.base, out, err);
+    }
+    free_sampled(&resp);
+    if (h.data)
+        s->be->free(s->be, &h);
+    free(host);
+    free(ids);
+    free(spans);
+    free(seqs);
+    free(entries);
+    return rc;
+}
+
+int stage_run_batch(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)
+{
+    ProtobufCMessage *msg;
+    MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__run_batch_request__descriptor, req, len, &msg, err));
+    pthread_mutex_lock(&s->lock);
+    int rc = run_locked(s, (const RunBatchRequest *)msg, out, err);
+    pthread_mutex_unlock(&s->lock);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
+}
+
+int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)
+{
+    ProtobufCMessage *msg;
+    MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__release_request__descriptor, req, len, &msg, err));
+    const Mx__Internal__V1__ReleaseRequest *rq = (const Mx__Internal__V1__ReleaseRequest *)msg;
+    Mx__Internal__V1__ReleaseResponse resp = MX__INTERNAL__V1__RELEASE_RESPONSE__INIT;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < rq->n_sequence_ids; i++)
+        resp.released_sequences += (uint32_t)seq_table_remove(&s->seqs, rq->sequence_ids[i]);
+    pthread_mutex_unlock(&s->lock);
+    protobuf_c_message_free_unpacked(msg, NULL);
+    return mx_rpc_pb_pack(&resp.base, out, err);
+}
+
+int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)
+{
+    ProtobufCMessage *msg;
+    MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__stage_info_request__descriptor, req, len, &msg, err));
+    protobuf_c_message_free_unpacked(msg, NULL);
+    Mx__Internal__V1__StageInfoResponse r = MX__INTERNAL__V1__STAGE_INFO_RESPONSE__INIT;
+    pthread_mutex_lock(&s->lock);
+    r.stage_index = (uint32_t)s->index;
+    r.num_stages = (uint32_t)s->count;
+    r.first_layer = (uint32_t)s->layer_begin;
+    r.end_layer = (uint32_t)s->layer_end;
+    r.is_first = s->first;
+    r.is_last = s->last;
+    r.hidden_size = (uint32_t)s->cfg.hidden_size;
+    r.live_sequences = (uint32_t)s->seqs.count;
+    r.max_sequences = (uint32_t)s->seqs.capacity;
+    r.weight_bytes = s->w->bytes_mapped;
+    r.state_bytes = seq_table_state_bytes(&s->seqs);
+    r.backend = (char *)s->be->name;
+    pthread_mutex_unlock(&s->lock);
+    return mx_rpc_pb_pack(&r.base, out, err);
+}

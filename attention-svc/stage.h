@@ -1,0 +1,30 @@
+/* stage.h - one pipeline stage of the cluster: a contiguous layer range of the model, the
+ * per-sequence state of every live sequence, and the AttentionStage RPC methods over them
+ * (protobuf in, protobuf out). Serving, threads and signals are main.c's business. */
+#ifndef MX_ATTN_STAGE_H
+#define MX_ATTN_STAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "core/rpc/payload.h"
+#include "stage_config.h"
+
+typedef struct stage stage;
+
+/* Loads the layers of cfg (attention, norms and gates; embedding on the first stage, final
+ * norm + lm_head on the last; experts only when no "experts" group routes them elsewhere),
+ * and connects the router. cfg is borrowed for the call only. */
+int stage_create(const stage_config *cfg, stage **out, mx_error *err);
+void stage_destroy(stage *s);
+
+/* AttentionStage methods: request bytes in, packed response out (a payload the RPC layer
+ * frees). Failures return an mx_code whose gRPC mapping is the answer: MX_EINVAL for bad
+ * input (named), MX_ENOMEM when the live-sequence cap is hit, MX_ENOTFOUND for an unknown
+ * sequence. Thread-safe: batches run one at a time. */
+int stage_run_batch(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
+int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
+int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
+
+#endif

@@ -1,0 +1,103 @@
+/* stage_config.c - parses the attention-svc libconfig file (schema in stage_config.h). */
+#include "stage_config.h"
+
+#include <libconfig.h>
+#include <stdio.h>
+#include <string.h>
+
+static int get_int(const config_setting_t *g, const char *path, const char *key, int def, bool required,
+                   int *out, mx_error *err)
+{
+    const config_setting_t *s = config_setting_get_member(g, key);
+    if (!s) {
+        if (required)
+            return mx_fail(err, MX_EINVAL, "%s: stage.%s is required", path, key);
+        *out = def;
+        return 0;
+    }
+    if (config_setting_type(s) != CONFIG_TYPE_INT)
+        return mx_fail(err, MX_EINVAL, "%s:%d: stage.%s must be an integer", path, config_setting_source_line(s), key);
+    *out = config_setting_get_int(s);
+    return 0;
+}
+
+static int get_string(const config_setting_t *g, const char *path, const char *key, const char *def,
+                      char *out, size_t cap, mx_error *err)
+{
+    const config_setting_t *s = config_setting_get_member(g, key);
+    if (!s) {
+        if (!def)
+            return mx_fail(err, MX_EINVAL, "%s: stage.%s is required", path, key);
+        snprintf(out, cap, "%s", def);
+        return 0;
+    }
+    const char *v = config_setting_get_string(s);
+    if (!v)
+        return mx_fail(err, MX_EINVAL, "%s:%d: stage.%s must be a string", path, config_setting_source_line(s), key);
+    if (strlen(v) >= cap)
+        return mx_fail(err, MX_EINVAL, "%s:%d: stage.%s is too long", path, config_setting_source_line(s), key);
+    snprintf(out, cap, "%s", v);
+    return 0;
+}
+
+static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
+{
+    const config_setting_t *g = config_lookup(cf, "stage");
+    if (!g || !config_setting_is_group(g))
+        return mx_fail(err, MX_EINVAL, "%s: a `stage = { ... };` group is required", path);
+    int mb;
+    MX_TRY(get_string(g, path, "listen", NULL, c->listen, sizeof c->listen, err));
+    MX_TRY(get_string(g, path, "model", NULL, c->model, sizeof c->model, err));
+    MX_TRY(get_string(g, path, "port_file", "", c->port_file, sizeof c->port_file, err));
+    MX_TRY(get_string(g, path, "backend", "cpu", c->backend, sizeof c->backend, err));
+    MX_TRY(get_int(g, path, "index", 0, true, &c->index, err));
+    MX_TRY(get_int(g, path, "count", 0, true, &c->count, err));
+    MX_TRY(get_int(g, path, "layer_begin", 0, true, &c->layer_begin, err));
+    MX_TRY(get_int(g, path, "layer_end", 0, true, &c->layer_end, err));
+    MX_TRY(get_int(g, path, "max_sequences", 256, false, &c->max_sequences, err));
+    MX_TRY(get_int(g, path, "threads", 0, false, &c->threads, err));
+    MX_TRY(get_int(g, path, "max_message_mb", 256, false, &mb, err));
+    if (c->count < 1 || c->index < 0 || c->index >= c->count)
+        return mx_fail(err, MX_EINVAL, "%s: stage.index %d is not in [0, count=%d)", path, c->index, c->count);
+    if (c->layer_begin < 0 || c->layer_end <= c->layer_begin)
+        return mx_fail(err, MX_EINVAL, "%s: stage.layer_begin/layer_end [%d, %d) is not a non-empty layer range", path,
+                       c->layer_begin, c->layer_end);
+    if (c->max_sequences < 1 || c->max_sequences > 1000000)
+        return mx_fail(err, MX_EINVAL, "%s: stage.max_sequences %d is not in [1, 1000000]", path, c->max_sequences);
+    if (c->threads < 0 || c->threads > 1024)
+        return mx_fail(err, MX_EINVAL, "%s: stage.threads %d is not in [0, 1024]", path, c->threads);
+    if (mb < 1 || mb > 2047)
+        return mx_fail(err, MX_EINVAL, "%s: stage.max_message_mb %d is not in [1, 2047]", path, mb);
+    c->max_message_bytes = mb * 1024 * 1024;
+    const config_setting_t *ex = config_lookup(cf, "experts");
+    if (ex) {
+        c->remote_experts = true;
+        MX_TRY(mx_router_config_from_setting(ex, &c->router, err));
+    }
+    return 0;
+}
+
+int stage_config_load(const char *path, stage_config *c, mx_error *err)
+{
+    memset(c, 0, sizeof *c);
+    config_t cf;
+    config_init(&cf);
+    int rc;
+    if (!config_read_file(&cf, path)) {
+        if (config_error_type(&cf) == CONFIG_ERR_FILE_IO)
+            rc = mx_fail(err, MX_EIO, "%s: cannot read the file", path);
+        else
+            rc = mx_fail(err, MX_EINVAL, "%s:%d: %s", path, config_error_line(&cf), config_error_text(&cf));
+    } else {
+        rc = parse(&cf, path, c, err);
+    }
+    config_destroy(&cf);
+    return rc;
+}
+
+void stage_config_free(stage_config *c)
+{
+    if (c->remote_experts)
+        mx_router_config_free(&c->router);
+    memset(c, 0, sizeof *c);
+}

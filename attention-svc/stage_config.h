@@ -1,0 +1,44 @@
+/* stage_config.h - the libconfig file of an attention-svc process: which layers it serves,
+ * where it listens, its limits, and (group "experts", parsed by router/router.h) where the
+ * expert shards are. Parsing only: nothing is loaded or connected here.
+ *
+ *     stage = {
+ *       listen = "127.0.0.1:50061";   # host:port; port 0 picks a free one
+ *       model = "/models/minimax";    # checkpoint directory (config.json + shards)
+ *       index = 0; count = 2;         # this stage's index in a pipeline of `count`
+ *       layer_begin = 0; layer_end = 4;  # layers [begin, end) held here
+ *       max_sequences = 256;          # live sequences; more -> RESOURCE_EXHAUSTED (default 256)
+ *       backend = "cpu"; threads = 0; # engine backend and its threads (0 = all cores)
+ *       max_message_mb = 256;         # largest RunBatch request/response (default 256)
+ *       port_file = "/tmp/s0.port";   # optional: the bound port is written here once serving
+ *     };
+ *     experts = { ... };              # optional; absent = this stage loads its own experts
+ */
+#ifndef MX_ATTN_STAGE_CONFIG_H
+#define MX_ATTN_STAGE_CONFIG_H
+
+#include <stdbool.h>
+
+#include "core/error.h"
+#include "router/router.h"
+
+typedef struct stage_config {
+    char listen[256];
+    char model[4096];
+    char port_file[4096];     /* "" = none */
+    int index, count;
+    int layer_begin, layer_end;
+    int max_sequences;
+    char backend[16];
+    int threads;
+    int max_message_bytes;
+    bool remote_experts;      /* an "experts" group was given */
+    mx_router_config router;  /* valid when remote_experts */
+} stage_config;
+
+/* Reads and checks the file (ranges against each other; layers against the model later).
+ * Errors name the file, line and key. Free with stage_config_free (also after a failure). */
+int stage_config_load(const char *path, stage_config *out, mx_error *err);
+void stage_config_free(stage_config *c);
+
+#endif

@@ -1,0 +1,53 @@
+/* gw_config.h - the gateway's libconfig file: where it listens, which stages form the
+ * pipeline (in order), and the limits every request is checked against. Parsing only.
+ *
+ *     gateway = {
+ *       listen = "0.0.0.0:50051";         # host:port; port 0 picks a free one
+ *       model = "/models/minimax";        # config.json is read for vocab, eos, layers
+ *       stages = ["10.0.0.1:50061", "10.0.0.2:50061"];   # pipeline order
+ *       num_expert_shards = 2;            # reported by ModelInfo only (default 0)
+ *       model_name = "MiniMax-Text-01";   # reported by ModelInfo (default)
+ *       max_new_tokens_limit = 4096;      # largest max_new_tokens accepted (default 4096)
+ *       max_context_tokens = 32768;       # prompt + output (default min(32768, model's))
+ *       max_batch_sequences = 64;         # sequences per step (default 64)
+ *       max_step_tokens = 512;            # prompt tokens per step, prefill chunking (default 512)
+ *       max_queued = 1024;                # waiting requests; more -> RESOURCE_EXHAUSTED
+ *       max_request_kb = 4096;            # largest request message (default 4 MiB)
+ *       stage_timeout_ms = 60000;         # per RunBatch call (default 60000)
+ *       eos_token_ids = [2];              # optional; default config.json's eos_token_id
+ *       port_file = "/tmp/gw.port";       # optional: bound port written here once serving
+ *     };
+ */
+#ifndef MX_GW_CONFIG_H
+#define MX_GW_CONFIG_H
+
+#include <stdint.h>
+
+#include "core/error.h"
+
+#define GW_MAX_STAGES 64
+#define GW_MAX_EOS 8
+
+typedef struct gw_config {
+    char listen[256];
+    char model[4096];
+    char model_name[128];
+    char port_file[4096];
+    int n_stages;
+    char stages[GW_MAX_STAGES][256];
+    int num_expert_shards;
+    int max_new_tokens_limit;
+    int max_context_tokens;       /* 0 = from the model */
+    int max_batch_sequences;
+    int max_step_tokens;
+    int max_queued;
+    int max_request_bytes;
+    int64_t stage_timeout_ms;
+    int n_eos;                    /* -1 = not given (use the model's) */
+    int eos[GW_MAX_EOS];
+} gw_config;
+
+/* Reads and checks the file; errors name the file, line and key. */
+int gw_config_load(const char *path, gw_config *out, mx_error *err);
+
+#endif

@@ -1,0 +1,85 @@
+/* request.h - one generation request as the gateway tracks it: the validated input, the
+ * tokens produced so far and how it ended. Shared by the RPC handler that streams it out and
+ * the scheduler that drives it; the fields under `mu` are the only ones both touch.
+ * Reference-counted: whoever drops the last reference frees it. */
+#ifndef MX_GW_REQUEST_H
+#define MX_GW_REQUEST_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/error.h"
+#include "mx/v1/generation.pb-c.h"
+
+#define GW_MAX_TOP 20
+
+typedef struct gw_sampling {
+    float temperature, top_p, min_p, repetition_penalty;
+    uint32_t top_k;
+    uint64_t seed;
+    bool want_logprobs;
+    uint32_t top_n;
+} gw_sampling;
+
+typedef struct gw_request {
+    /* ---- set before submission, then read-only ---- */
+    uint64_t seq_id;
+    char request_id[136];
+    uint32_t *prompt;          /* owned */
+    int n_prompt;
+    gw_sampling sampling;
+    int max_new;               /* already capped by the limit and the context */
+    uint32_t *stop_ids;        /* owned; ends generation (FINISH_REASON_STOP) */
+    int n_stop;
+    uint32_t eos[8];           /* empty when ignore_eos */
+    int n_eos;
+    double t_arrival_ms;
+    double deadline_ms;        /* absolute (monotonic ms); 0 = none */
+
+    /* ---- scheduler only ---- */
+    int prefilled;             /* prompt tokens sent to the stages */
+    bool on_stages;            /* some stage may hold state: Release on the way out */
+    double t_scheduled_ms, t_first_ms;
+
+    /* ---- shared, under mu ---- */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int refs;
+    uint32_t *out_ids;         /* [max_new] */
+    float *out_logprob;        /* [max_new] when want_logprobs */
+    uint32_t *top_ids;         /* [max_new * top_n] */
+    float *top_lp;
+    int n_out;
+    bool done;
+    Mx__V1__FinishReason finish;
+    uint32_t matched_stop;
+    bool has_matched_stop;
+    mx_code error_code;
+    char error[512];
+    bool cancelled;            /* set by the handler: client gone or deadline passed */
+    double t_done_ms;
+} gw_request;
+
+/* A request with one reference, out buffers sized for max_new. Takes ownership of prompt
+ * and stop_ids (freed on failure too). */
+int gw_request_new(uint32_t *prompt, int n_prompt, uint32_t *stop_ids, int n_stop, int max_new,
+                   const gw_sampling *sp, gw_request **out, mx_error *err);
+void gw_request_ref(gw_request *r);
+void gw_request_unref(gw_request *r);
+
+/* Scheduler side: appends one sampled token (with its logprobs), decides whether the request
+ * is finished (eos, stop id, max_new) and wakes the handler. Returns true when done. */
+bool gw_request_push(gw_request *r, uint32_t token, float logprob, const uint32_t *top_ids,
+                     const float *top_lp, int n_top, double now_ms);
+
+/* Scheduler side: ends the request with a reason (and an error for FINISH_REASON_ERROR). */
+void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, const char *error,
+                       double now_ms);
+
+/* Handler side: marks the request cancelled (the scheduler drops it before the next step). */
+void gw_request_cancel(gw_request *r);
+
+double gw_now_ms(void);
+
+#endif

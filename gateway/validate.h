@@ -1,0 +1,22 @@
+/* validate.h - turns a public GenerateRequest into a gateway request, rejecting anything the
+ * cluster must not see: every error is MX_EINVAL (INVALID_ARGUMENT) with a message that
+ * names the offending field, or MX_EUNSUPPORTED for features this gateway does not serve.
+ * Pure checking and copying: no I/O. */
+#ifndef MX_GW_VALIDATE_H
+#define MX_GW_VALIDATE_H
+
+#include "mx/v1/generation.pb-c.h"
+#include "request.h"
+
+typedef struct gw_limits {
+    int vocab_size;
+    int max_new_tokens_limit;
+    int max_context_tokens;
+    int n_eos;
+    uint32_t eos[8];
+} gw_limits;
+
+/* A new request (one reference) for rq, with max_new capped to the context. */
+int gw_validate(const gw_limits *lim, const Mx__V1__GenerateRequest *rq, gw_request **out, mx_error *err);
+
+#endif
