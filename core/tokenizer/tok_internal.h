@@ -42,6 +42,8 @@ int pairmap_put(mx_pairmap *m, int32_t a, int32_t b, uint32_t rank, int32_t merg
 static inline int pairmap_get(const mx_pairmap *m, int32_t a, int32_t b, uint32_t *rank,
                               int32_t *merged)
 {
+    if (m->n_slots == 0)
+        return 0;
     uint64_t key = (((uint64_t)(uint32_t)a << 32) | (uint32_t)b) + 1;
     uint64_t h = key * 0x9E3779B97F4A7C15ull;
     size_t mask = m->n_slots - 1, i = (size_t)(h >> 20) & mask;

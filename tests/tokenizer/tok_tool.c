@@ -3,6 +3,7 @@
  *   tok_tool roundtrip TOKENIZER.json CORPUS.jsonl   checks decode(encode(x)) == x (plain and streamed)
  *   tok_tool chat FORMAT CASES.jsonl                  renders each {messages, tools, add_generation_prompt}
  *   tok_tool bench TOKENIZER.json CORPUS.jsonl ROUNDS encode MB/s, single thread
+ *   tok_tool small DIR VOCAB_SIZE                    writes the make-model tokenizer into DIR
  * The reference side of every comparison is JavaScript (tests/tokenizer/ref_*.mjs). */
 #include <jansson.h>
 #include <stdio.h>
@@ -185,6 +186,14 @@ int main(int argc, char **argv)
 {
     if (argc >= 4 && strcmp(argv[1], "chat") == 0)
         return cmd_chat(argv[2], argv[3]);
+    if (argc >= 4 && strcmp(argv[1], "small") == 0) {
+        mx_error err;
+        if (mx_tokenizer_write_small(argv[2], atoi(argv[3]), &err) < 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        return 0;
+    }
     if (argc < 4) {
         fprintf(stderr, "usage: tok_tool encode|roundtrip|bench TOKENIZER.json CORPUS.jsonl [ROUNDS]\n"
                         "       tok_tool chat minimax-text-01|minimax-m1 CASES.jsonl\n");
