@@ -105,6 +105,11 @@ int cuda_gather_rows(mx_backend *be, mx_tensor *out, const mx_tensor *x, const i
 int cuda_scatter_add_rows(mx_backend *be, mx_tensor *out, const mx_tensor *y, const int32_t *rows,
                           const float *scale, int n, mx_error *err);
 
+/* Tensor-core lightning prefill (lightning_tc.cu) for one span; decay on the device. */
+bool lightning_tc_supported(int head_dim);
+int lightning_prefill_tc(mx_backend *be, float *o, const float *qkv, float *S, const float *ddecay,
+                         int heads, int D, int64_t start, int len, mx_error *err);
+
 /* Span checks shared by both attention ops: spans inside [0, T), not overlapping, len >= 1. */
 int cuda_check_spans(const mx_span *spans, int n_spans, int64_t T, mx_error *err);
 

@@ -4,7 +4,8 @@
  * like the CPU backend (from a zero state this is the reference prefill; later chunks equal the
  * recurrence mathematically). One-token spans run the recurrence S <- exp(-s) S + k^T v,
  * o = q S (spec 3.4), batched over sequences in one launch, each thread keeping its slice of S
- * in registers. Head dim up to 128. */
+ * in registers. Head dim up to 128. With bf16_tensor_cores, multi-token spans go to the
+ * tensor-core prefill in lightning_tc.cu instead. */
 #include "cuda_internal.cuh"
 
 #include <math.h>
@@ -210,6 +211,11 @@ int cuda_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_
         if (spans[i].len == 1)
             continue;
         float *S = (float *)states[i]->S.data;
+        if (im->opt.bf16_tensor_cores && lightning_tc_supported(head_dim)) {
+            TRY(lightning_prefill_tc(be, od, qd, S, (const float *)ddecay, heads, head_dim,
+                                     spans[i].start, spans[i].len, err));
+            continue;
+        }
         for (int b0 = 0; b0 < spans[i].len; b0 += LIGHTNING_BLOCK) {
             int m = spans[i].len - b0 < LIGHTNING_BLOCK ? spans[i].len - b0 : LIGHTNING_BLOCK;
             int64_t base = (int64_t)spans[i].start + b0;

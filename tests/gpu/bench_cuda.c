@@ -119,32 +119,50 @@ static int bench_gemm(mx_backend *be, mx_backend *fast, mx_error *err)
     return 0;
 }
 
-static int bench_lightning(mx_backend *be, double hbm, mx_error *err)
+/* Seconds for one 64K-token lightning prefill (64 heads x 128) on `be`, or -1. */
+static double time_lightning_prefill(mx_backend *be, const float *decay, mx_error *err)
 {
     const int H = 64, D = 128, T = 65536;
     mx_tensor qkv = {0}, o = {0};
     mx_lightning_state st = {0};
-    float decay[64];
-    for (int h = 0; h < H; h++)
-        decay[h] = 0.01f * (h + 1);
+    double t = -1;
     if (act(be, &qkv, T, (int64_t)H * 3 * D, err) || act(be, &o, T, (int64_t)H * D, err) ||
         be->lightning_state_init(be, &st, H, D, err))
-        return -1;
+        goto out;
     mx_span sp = {0, T};
     mx_lightning_state *sts[1] = {&st};
     if (be->sync(be, err))
-        return -1;
+        goto out;
     double t0 = now();
     if (be->lightning(be, &o, &qkv, &sp, 1, sts, decay, H, D, err) || be->sync(be, err))
-        return -1;
-    double t = now() - t0;
+        goto out;
+    t = now() - t0;
+out:
+    be->lightning_state_free(be, &st);
+    be->free(be, &qkv), be->free(be, &o);
+    return t;
+}
+
+static int bench_lightning(mx_backend *be, mx_backend *fast, double hbm, mx_error *err)
+{
+    const int H = 64, D = 128, T = 65536;
+    float decay[64];
+    for (int h = 0; h < H; h++)
+        decay[h] = 0.01f * (h + 1);
     /* tensor-core formulation: QK^T, PV (B x B x D each) and QS, K^T V (B x D x D each) per block */
     double flop = (double)T * H * (4.0 * 256 * D + 4.0 * D * D);
     char v[80];
+    double t = time_lightning_prefill(be, decay, err);
+    if (t < 0)
+        return -1;
     snprintf(v, sizeof v, "%.0f tok/s, %.1f%% of bf16 peak", T / t, 100 * flop / t / 1e12 / BF16_PEAK_TFLOPS);
-    row("lightning prefill 64K tok, 64 heads x 128", v, ">= 60% bf16 peak", flop / t / 1e12 >= 0.6 * BF16_PEAK_TFLOPS);
-    be->lightning_state_free(be, &st);
-    be->free(be, &qkv), be->free(be, &o);
+    row("lightning prefill 64K tok, exact fp32", v, "", -1);
+    t = time_lightning_prefill(fast, decay, err); /* warm-up run inside: first call sets smem limits */
+    if (t < 0 || (t = time_lightning_prefill(fast, decay, err)) < 0)
+        return -1;
+    snprintf(v, sizeof v, "%.0f tok/s, %.1f%% of bf16 peak", T / t, 100 * flop / t / 1e12 / BF16_PEAK_TFLOPS);
+    row("lightning prefill 64K tok, bf16 tensor cores", v, ">= 60% bf16 peak",
+        flop / t / 1e12 >= 0.6 * BF16_PEAK_TFLOPS);
 
     /* decode: 64 sequences, one token each; state read + written once per step */
     const int B = 64;
@@ -163,7 +181,7 @@ static int bench_lightning(mx_backend *be, double hbm, mx_error *err)
     }
     if (be->lightning(be, &o1, &q1, spans, B, dp, decay, H, D, err) || be->sync(be, err))
         return -1;
-    t0 = now();
+    double t0 = now();
     for (int it = 0; it < 20; it++)
         if (be->lightning(be, &o1, &q1, spans, B, dp, decay, H, D, err))
             return -1;
@@ -322,7 +340,7 @@ int main(void)
     int rc = 0;
     if (!rc && bench_gemm(be, fast, &err))
         rc = die("gemm", &err);
-    if (!rc && bench_lightning(be, hbm, &err))
+    if (!rc && bench_lightning(be, fast, hbm, &err))
         rc = die("lightning", &err);
     if (!rc && bench_paged_decode(be, hbm, &err))
         rc = die("paged decode", &err);

@@ -19,12 +19,16 @@ fi
 nvidia-smi -L
 
 pass=0 fail=0 skip=0
-if ! make -j"$(nproc)" BUILD="$BUILD" all gpu-bins >"$BUILD.gpu-build.log" 2>&1; then
-    tail -40 "$BUILD.gpu-build.log"
+log=$(mktemp)
+if ! make -j"$(nproc)" BUILD="$BUILD" all gpu-bins >"$log" 2>&1; then
+    tail -40 "$log"
+    rm -f "$log"
     echo "build failed"
     echo "0 passed, 1 failed"
     exit 1
 fi
+
+rm -f "$log"
 
 # 1. every kernel against the CPU backend
 echo "== kernel_check (CUDA vs CPU backend, random inputs)"
