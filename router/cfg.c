@@ -1,4 +1,4 @@
-/* cfg.c - libconfig reading helpers with errors that name file, line and key path.
+/* cfg.c - libconfig reading functions with errors that name file, line and key path.
  * Reads settings only; never keeps pointers into the config beyond what callers borrow. */
 #include "cfg.h"
 

@@ -1,4 +1,4 @@
-/* cfg.h - small helpers over libconfig so every config error names the file, the line and the
+/* cfg.h - small functions over libconfig so every config error names the file, the line and the
  * full key path ("expert.conf:12: `experts.shards.[1].replicas`: ..."). Used by the router's and
  * expert-svc's config readers; reads settings only, keeps nothing. */
 #ifndef MX_ROUTER_CFG_H
