@@ -42,7 +42,9 @@ typedef struct proc {
 
 typedef struct cluster {
     const char *model;
-    int stages, shards, replicas, threads, max_batch;
+    int stages, shards, threads, max_batch;
+    const char *replicas_text;  /* "R" for every shard or "R0,R1,..." per shard */
+    int replicas[64];
     bool allow_replica_loss;
     char dir[1024];
     char bin_dir[PATH_MAX];
@@ -53,7 +55,7 @@ typedef struct cluster {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mx cluster --model DIR --stages S --expert-shards E [--replicas R] [--port P]\n"
+    fprintf(f, "usage: mx cluster --model DIR --stages S --expert-shards E [--replicas R|R0,R1,..] [--port P]\n"
                "         [--threads T] [--max-batch N] [--allow-replica-loss] [--workdir DIR]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
                "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\") and then\n"
@@ -322,6 +324,29 @@ static int start_group(cluster *c, int from, int to)
     return 0;
 }
 
+/* --replicas: one count for every shard, or one per shard ("2,1"). */
+static int parse_replicas(cluster *c)
+{
+    int32_t *ids = NULL;
+    int n = c->replicas_text ? cli_parse_ids("--replicas", c->replicas_text, &ids) : 0;
+    int rc = 0;
+    if (n < 0)
+        rc = -1;
+    else if (n > 1 && n != c->shards) {
+        fprintf(stderr, "mx cluster: --replicas lists %d counts for %d shards\n", n, c->shards);
+        rc = -1;
+    }
+    for (int s = 0; s < c->shards && !rc; s++) {
+        c->replicas[s] = n == 0 ? 1 : ids[n == 1 ? 0 : s];
+        if (c->replicas[s] < 1 || c->replicas[s] > 8) {
+            fprintf(stderr, "mx cluster: --replicas: %d is not in [1, 8]\n", c->replicas[s]);
+            rc = -1;
+        }
+    }
+    free(ids);
+    return rc;
+}
+
 static int bin_dir_of_self(char *out, size_t cap)
 {
     char self[PATH_MAX];
@@ -341,8 +366,9 @@ static int run(cluster *c, int gateway_port)
 {
     /* experts first (stages need their addresses), then stages, then the gateway */
     int ports[MAX_PROCS] = {0};
+    int n_exp = 0;
     for (int s = 0; s < c->shards; s++)
-        for (int r = 0; r < c->replicas; r++)
+        for (int r = 0; r < c->replicas[s]; r++, n_exp++)
             add_proc(c, KIND_EXPERT, s, r);
     for (int s = 0; s < c->stages; s++)
         add_proc(c, KIND_STAGE, s, 0);
@@ -364,7 +390,6 @@ static int run(cluster *c, int gateway_port)
             return 1;
         }
     }
-    int n_exp = c->shards * c->replicas;
     int rc = start_group(c, 0, n_exp);
     if (!rc)
         rc = start_group(c, n_exp, n_exp + c->stages);
@@ -425,7 +450,6 @@ int mx_cmd_cluster(int argc, char **argv)
         fprintf(stderr, "mx cluster: out of memory\n");
         return 1;
     }
-    c->replicas = 1;
     c->max_batch = 64;
     long v, port = 0;
     const char *workdir = NULL;
@@ -443,7 +467,7 @@ int mx_cmd_cluster(int argc, char **argv)
         case 'm': c->model = optarg; break;
         case 's': bad = cli_parse_int("--stages", optarg, 1, 64, &v); c->stages = (int)v; break;
         case 'e': bad = cli_parse_int("--expert-shards", optarg, 1, 64, &v); c->shards = (int)v; break;
-        case 'r': bad = cli_parse_int("--replicas", optarg, 1, 8, &v); c->replicas = (int)v; break;
+        case 'r': c->replicas_text = optarg; break;
         case 'p': bad = cli_parse_int("--port", optarg, 0, 65535, &port); break;
         case 't': bad = cli_parse_int("--threads", optarg, 0, 256, &v); c->threads = (int)v; break;
         case 'b': bad = cli_parse_int("--max-batch", optarg, 1, 4096, &v); c->max_batch = (int)v; break;
@@ -455,6 +479,10 @@ int mx_cmd_cluster(int argc, char **argv)
     }
     if (bad || !c->model || !c->stages || !c->shards || optind != argc) {
         usage(stderr);
+        free(c);
+        return 2;
+    }
+    if (parse_replicas(c)) {
         free(c);
         return 2;
     }
@@ -472,7 +500,7 @@ int mx_cmd_cluster(int argc, char **argv)
         goto out;
     }
     if (c->stages > c->cfg.num_hidden_layers || c->shards > c->cfg.num_local_experts ||
-        c->shards * c->replicas + c->stages + 1 > MAX_PROCS) {
+        c->shards * 8 + c->stages + 1 > MAX_PROCS) {
         fprintf(stderr, "mx cluster: %d stages / %d expert shards do not fit a model of %d layers and %d experts\n",
                 c->stages, c->shards, c->cfg.num_hidden_layers, c->cfg.num_local_experts);
         goto out;
