@@ -256,7 +256,9 @@ static void check_attention_shape(check *k, int heads, int kvh, int hd, int rot,
     for (int i = 0; i < 2; i++)
         OR_FAIL("attention setup", k->cpu->kv_cache_init(k->cpu, &cc[i], kvh, hd, &err) ||
                                        k->gpu->kv_cache_init(k->gpu, &cg[i], kvh, hd, &err));
-    const int steps[4][2] = {{len0, len1}, {1, 1}, {1, 1}, {3, 1}};
+    /* prefill (flash path), decode, decode, then a 17-token continuation (flash tile starting
+     * mid-sequence) batched with a 3-token span (decode path) */
+    const int steps[4][2] = {{len0, len1}, {1, 1}, {1, 1}, {17, 3}};
     for (int s = 0; s < 4; s++) {
         int T = steps[s][0] + steps[s][1];
         mx_span spans[2] = {{0, steps[s][0]}, {steps[s][0], steps[s][1]}};

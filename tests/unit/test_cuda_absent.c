@@ -1,6 +1,7 @@
 /* test_cuda_absent.c - on a machine without a usable GPU (or a build without CUDA), creating the
  * CUDA backend must fail cleanly with MX_EDEVICE and a message saying why; the same holds for
- * the tensor-parallel group and the extras. Skips when a GPU is actually usable. */
+ * the tensor-parallel group and the extras. Skips when a GPU is actually usable. The extras
+ * must also refuse a CPU backend cleanly. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -59,12 +60,36 @@ static void test_tp_create_fails_without_gpu(void **state)
     assert_int_equal(mx_cuda_tp_create(0, NULL, NULL, &tp, &err) < 0, 1);
 }
 
+/* The CUDA extras must refuse a non-CUDA backend with an error, never touch its tensors. */
+static void test_extras_reject_cpu_backend(void **state)
+{
+    (void)state;
+    mx_backend *cpu = NULL;
+    mx_error err = {0};
+    assert_int_equal(mx_backend_cpu_create(1, &cpu, &err), 0);
+    float xs[8] = {0}, os[8] = {0};
+    uint16_t ws[8] = {0};
+    mx_tensor x = mx_tensor_2d(xs, MX_DTYPE_F32, MX_DEVICE_CPU, 2, 4);
+    mx_tensor out = mx_tensor_2d(os, MX_DTYPE_F32, MX_DEVICE_CPU, 2, 4);
+    mx_tensor w = mx_tensor_2d(ws, MX_DTYPE_BF16, MX_DEVICE_CPU, 2, 4), dst = {0};
+    mx_cuda_expert_group g = {0, 2, &w, &w, &w};
+    err.msg[0] = '\0';
+    assert_true(mx_cuda_grouped_swiglu(cpu, &out, &x, &g, 1, &err) < 0);
+    assert_true(strlen(err.msg) > 0);
+    err.msg[0] = '\0';
+    assert_true(mx_cuda_upload_weight_slice(cpu, &dst, &w, 0, 0, 1, &err) < 0);
+    assert_true(strlen(err.msg) > 0);
+    assert_null(dst.data);
+    cpu->destroy(cpu);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_fails_without_gpu),
         cmocka_unit_test(test_bad_options_rejected_or_no_device),
         cmocka_unit_test(test_tp_create_fails_without_gpu),
+        cmocka_unit_test(test_extras_reject_cpu_backend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
