@@ -34,7 +34,7 @@ TEST_BINS = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/tes
 BENCH_BINS = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 LIB := $(BUILD)/libmx.a
 
-.PHONY: all test asan bench clean gpu-test
+.PHONY: all test asan bench clean gpu-test demo
 all: $(BUILD)/bin/mx bins tests-build
 
 # Area fragments: proto/, core/cuda/, services ... (each appends to CORE_OBJS, BINS, LDLIBS).
@@ -81,6 +81,10 @@ asan:
 
 bench: all $(BENCH_BINS)
 	BUILD=$(BUILD) ./bench/run.sh
+
+# The README's main job: a loopback cluster serving a small model, answering gRPC calls.
+demo: all
+	BUILD=$(BUILD) ./deploy/demo.sh
 
 gpu-test:
 	./tests/gpu/run.sh

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 if grep -q avx512f /proc/cpuinfo 2>/dev/null; then
     export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
 fi
-for b in bench_bandwidth bench_gemm bench_layer; do
+for b in bench_bandwidth bench_gemm bench_layer bench_expert_rtt; do
     if [ -x "$BUILD/bench/$b" ]; then
         echo "== $b"
         "$BUILD/bench/$b"
