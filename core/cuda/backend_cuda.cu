@@ -160,17 +160,19 @@ static int shape_bytes(mx_dtype dtype, int ndim, const int64_t *shape, size_t *b
     return 0;
 }
 
-static int device_alloc(size_t bytes, void **out, mx_error *err)
+/* Activations come and go every layer, so they use the stream-ordered allocator: no device-wide
+ * synchronisation on free, and the pool keeps memory cached (release threshold set at create). */
+static int device_alloc(cudaStream_t stream, size_t bytes, void **out, mx_error *err)
 {
     *out = NULL;
     if (bytes == 0)
         return 0;
-    cudaError_t e = cudaMalloc(out, bytes);
+    cudaError_t e = cudaMallocAsync(out, bytes, stream);
     if (e != cudaSuccess) {
         cudaGetLastError();
         *out = NULL;
         return mx_fail(err, e == cudaErrorMemoryAllocation ? MX_ENOMEM : MX_EDEVICE,
-                       "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(e));
+                       "cudaMallocAsync of %zu bytes: %s", bytes, cudaGetErrorString(e));
     }
     return 0;
 }
@@ -183,11 +185,11 @@ static int cuda_alloc(mx_backend *be, mx_tensor *t, mx_dtype dtype, int ndim, co
     TRY(cuda_enter(be, err));
     memset(t, 0, sizeof *t);
     void *p;
-    TRY(device_alloc(bytes, &p, err));
+    TRY(device_alloc(impl_of(be)->stream, bytes, &p, err));
     if (bytes) {
         cudaError_t e = cudaMemsetAsync(p, 0, bytes, impl_of(be)->stream);
         if (e != cudaSuccess) {
-            cudaFree(p);
+            cudaFreeAsync(p, impl_of(be)->stream);
             return mx_fail(err, MX_EDEVICE, "cudaMemsetAsync: %s", cudaGetErrorString(e));
         }
     }
@@ -205,7 +207,8 @@ static void cuda_free(mx_backend *be, mx_tensor *t)
     if (!t || !t->data)
         return;
     cudaSetDevice(impl_of(be)->device);
-    cudaFree(t->data); /* cudaFree waits for queued work that may still use the buffer */
+    /* stream-ordered: released after the queued work that may still use it */
+    cudaFreeAsync(t->data, impl_of(be)->stream);
     t->data = NULL;
 }
 
@@ -371,6 +374,12 @@ extern "C" int mx_backend_cuda_create_ex(const mx_cuda_options *opt_in, mx_backe
                cublasSetMathMode(im->cublas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
         rc = mx_fail(err, MX_EDEVICE, "cuBLAS stream/math-mode setup failed");
     }
+    cudaMemPool_t pool;
+    if (!rc && cudaDeviceGetDefaultMemPool(&pool, opt.device) == cudaSuccess) {
+        uint64_t keep = UINT64_MAX; /* keep freed blocks cached in the pool */
+        cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep);
+    }
+    cudaGetLastError();
     if (rc) {
         cuda_destroy(be);
         return rc;
