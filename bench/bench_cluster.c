@@ -1,0 +1,201 @@
+/* bench_cluster.c - decode throughput (tokens/s) at batch B, either of the single-process
+ * engine (--model DIR: B sequences decoded together with mx_model_forward, greedy sampling
+ * included) or of a running cluster (--addr HOST:PORT: B concurrent Generate streams through
+ * the gateway). Both use B prompts of 4 tokens, so the first step is one batched prefill and
+ * every later step decodes B tokens; only those decode steps are timed.
+ * bench/bench_cluster.sh runs both on the same model and prints the ratio. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_util.h"
+#include "core/config.h"
+#include "core/model.h"
+#include "core/rpc/client.h"
+#include "core/rpc/pb.h"
+#include "core/sampling.h"
+#include "core/weights.h"
+#include "mx/v1/generation.pb-c.h"
+
+#define PROMPT 4
+
+static int local_run(const char *dir, int batch, int steps, int threads)
+{
+    mx_error err = {0};
+    mx_config cfg;
+    mx_weights *w = NULL;
+    mx_backend *be = NULL;
+    mx_model *m = NULL;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = mx_config_load(path, &cfg, &err);
+    mx_load_plan plan;
+    if (!rc) {
+        plan = mx_load_plan_full(&cfg);
+        rc = mx_weights_load(dir, &plan, &w, &err);
+    }
+    if (!rc)
+        rc = mx_backend_create("cpu", threads, &be, &err);
+    if (!rc)
+        rc = mx_model_create(w, be, &m, &err);
+    int V = cfg.vocab_size;
+    mx_sequence **seqs = calloc((size_t)batch, sizeof *seqs);
+    mx_span *spans = calloc((size_t)batch, sizeof *spans);
+    int32_t *tokens = calloc((size_t)batch * PROMPT, sizeof *tokens);
+    float *logits = malloc((size_t)batch * V * sizeof *logits), *work = malloc((size_t)2 * V * sizeof *work);
+    for (int i = 0; i < batch && !rc; i++) {
+        rc = mx_sequence_create(m, 0, cfg.num_hidden_layers, &seqs[i], &err);
+        spans[i] = (mx_span){i * PROMPT, PROMPT};
+        for (int j = 0; j < PROMPT; j++)
+            tokens[i * PROMPT + j] = (i * 7 + j * 13 + 1) % V;
+    }
+    mx_batch b = {batch, seqs, spans, batch * PROMPT};
+    mx_sampling_params sp = mx_sampling_defaults();
+    double t0 = 0, t_first = 0;
+    for (int s = 0; s <= steps && !rc; s++) {
+        if (s == 1)
+            t0 = bench_now();
+        double ts = bench_now();
+        rc = mx_model_forward(m, &b, tokens, logits, &err);
+        for (int i = 0; i < batch && !rc; i++) {
+            mx_sample smp;
+            mx_rng rng;
+            mx_rng_seed(&rng, 0);
+            rc = mx_sample_token(logits + (size_t)i * V, V, &sp, NULL, 0, &rng, work, &smp, &err);
+            tokens[i] = smp.token;
+            spans[i] = (mx_span){i, 1};
+        }
+        b.n_tokens = batch;
+        if (s == 1)
+            t_first = bench_now() - ts;
+    }
+    if (!rc) {
+        double dt = bench_now() - t0;
+        printf("local   batch %d: %d decode steps in %.3f s, %.1f ms/step (first %.1f ms), %.1f tokens/s\n", batch,
+               steps, dt, 1e3 * dt / steps, 1e3 * t_first, batch * steps / dt);
+    } else {
+        fprintf(stderr, "bench_cluster: %s\n", err.msg);
+    }
+    for (int i = 0; i < batch && seqs; i++)
+        if (seqs[i])
+            mx_sequence_free(m, seqs[i]);
+    free(seqs);
+    free(spans);
+    free(tokens);
+    free(logits);
+    free(work);
+    mx_model_free(m);
+    if (be)
+        be->destroy(be);
+    mx_weights_free(w);
+    return rc ? 1 : 0;
+}
+
+typedef struct stream_job {
+    mx_rpc_channel *ch;
+    int index, steps;
+    double t_first, t_last;
+    int n_tokens;
+    int failed;
+} stream_job;
+
+static void *stream_one(void *arg)
+{
+    stream_job *j = arg;
+    Mx__V1__GenerateRequest rq = MX__V1__GENERATE_REQUEST__INIT;
+    Mx__V1__SamplingParams sp = MX__V1__SAMPLING_PARAMS__INIT;
+    uint32_t prompt[PROMPT];
+    for (int k = 0; k < PROMPT; k++)
+        prompt[k] = (uint32_t)(j->index * 7 + k * 13 + 1);
+    rq.prompt_ids = prompt;
+    rq.n_prompt_ids = PROMPT;
+    sp.max_new_tokens = (uint32_t)j->steps + 1;
+    sp.ignore_eos = 1;
+    rq.sampling = &sp;
+    mx_error err = {0};
+    mx_rpc_payload p;
+    mx_rpc_stream *st = NULL;
+    if (mx_rpc_pb_pack(&rq.base, &p, &err) ||
+        mx_rpc_stream_open(j->ch, "/mx.v1.Generation/Generate", p, 600000, &st, &err)) {
+        j->failed = 1;
+        return NULL;
+    }
+    mx_rpc_bytes msg = {0};
+    while (mx_rpc_stream_read(st, &msg) == 1) {
+        ProtobufCMessage *m;
+        if (!mx_rpc_pb_unpack(&mx__v1__generate_response__descriptor, msg.data, msg.len, &m, &err)) {
+            size_t n = ((Mx__V1__GenerateResponse *)m)->n_token_ids;
+            if (n && j->n_tokens == 0)
+                j->t_first = bench_now();
+            if (n)
+                j->t_last = bench_now();
+            j->n_tokens += (int)n;
+            protobuf_c_message_free_unpacked(m, NULL);
+        }
+        mx_rpc_bytes_free(&msg);
+    }
+    if (mx_rpc_stream_status(st)->code != GRPC_STATUS_OK) {
+        fprintf(stderr, "bench_cluster: stream %d: %s\n", j->index, mx_rpc_stream_status(st)->message);
+        j->failed = 1;
+    }
+    mx_rpc_stream_close(st);
+    return NULL;
+}
+
+static int cluster_run(const char *addr, int batch, int steps)
+{
+    mx_error err = {0};
+    mx_rpc_channel *ch;
+    if (mx_rpc_channel_create(addr, NULL, &ch, &err)) {
+        fprintf(stderr, "bench_cluster: %s\n", err.msg);
+        return 1;
+    }
+    stream_job *jobs = calloc((size_t)batch, sizeof *jobs);
+    pthread_t *th = calloc((size_t)batch, sizeof *th);
+    for (int i = 0; i < batch; i++) {
+        jobs[i] = (stream_job){.ch = ch, .index = i, .steps = steps};
+        pthread_create(&th[i], NULL, stream_one, &jobs[i]);
+    }
+    int failed = 0, total = 0;
+    double first = 0, last = 0;
+    for (int i = 0; i < batch; i++) {
+        pthread_join(th[i], NULL);
+        failed |= jobs[i].failed;
+        total += jobs[i].n_tokens - 1;
+        if (jobs[i].t_first > first)
+            first = jobs[i].t_first;
+        if (jobs[i].t_last > last)
+            last = jobs[i].t_last;
+    }
+    if (!failed)
+        printf("cluster batch %d: %d decode tokens in %.3f s, %.1f ms/step, %.1f tokens/s\n", batch, total,
+               last - first, 1e3 * (last - first) / steps, total / (last - first));
+    free(jobs);
+    free(th);
+    mx_rpc_channel_destroy(ch);
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model = NULL, *addr = NULL;
+    int batch = 32, steps = 32, threads = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--model"))
+            model = argv[i + 1];
+        else if (!strcmp(argv[i], "--addr"))
+            addr = argv[i + 1];
+        else if (!strcmp(argv[i], "--batch"))
+            batch = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--steps"))
+            steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads"))
+            threads = atoi(argv[i + 1]);
+    }
+    if ((!model == !addr) || batch < 1 || steps < 1) {
+        fprintf(stderr, "usage: bench_cluster (--model DIR [--threads N] | --addr HOST:PORT) [--batch B] [--steps S]\n");
+        return 2;
+    }
+    return model ? local_run(model, batch, steps, threads) : cluster_run(addr, batch, steps);
+}
