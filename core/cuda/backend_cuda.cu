@@ -26,6 +26,24 @@ static void cuda_destroy(mx_backend *be)
     free(be);
 }
 
+cudaError_t cuda_malloc(void **p, size_t bytes)
+{
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e != cudaErrorMemoryAllocation)
+        return e;
+    cudaGetLastError();
+    int dev;
+    cudaMemPool_t pool;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess)
+        return e;
+    cudaDeviceSynchronize(); /* pending stream-ordered frees land in the pool first */
+    cudaMemPoolTrimTo(pool, 0);
+    e = cudaMalloc(p, bytes);
+    if (e != cudaSuccess)
+        cudaGetLastError();
+    return e;
+}
+
 int cuda_enter(mx_backend *be, mx_error *err)
 {
     CU_TRY(cudaSetDevice(impl_of(be)->device));
@@ -41,7 +59,7 @@ int cuda_scratch(mx_backend *be, size_t bytes, void **out, mx_error *err)
         CU_TRY(cudaFree(im->scratch));
         im->scratch = NULL;
         im->scratch_bytes = 0;
-        if (cudaMalloc(&im->scratch, want) != cudaSuccess) {
+        if (cuda_malloc(&im->scratch, want) != cudaSuccess) {
             cudaGetLastError();
             return mx_fail(err, MX_ENOMEM, "CUDA scratch of %zu bytes: out of device memory", want);
         }
@@ -61,7 +79,7 @@ int cuda_params_reset(mx_backend *be, size_t total, mx_error *err)
         CU_TRY(cudaFree(im->params));
         im->params = NULL;
         im->params_bytes = 0;
-        if (cudaMalloc(&im->params, want) != cudaSuccess) {
+        if (cuda_malloc(&im->params, want) != cudaSuccess) {
             cudaGetLastError();
             return mx_fail(err, MX_ENOMEM, "CUDA params buffer of %zu bytes: out of device memory",
                            want);

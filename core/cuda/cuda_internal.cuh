@@ -53,6 +53,10 @@ static inline cuda_impl *impl_of(mx_backend *be)
             return try_rc_;                                                                       \
     } while (0)
 
+/* cudaMalloc for long-lived buffers (scratch, params, KV pages); when the device is full it
+ * returns the stream-ordered pool's cached free blocks to the driver and tries once more. */
+cudaError_t cuda_malloc(void **p, size_t bytes);
+
 /* Makes the backend's device current for the calling thread (TP drives several devices). */
 int cuda_enter(mx_backend *be, mx_error *err);
 /* Device scratch of at least `bytes` (contents undefined, valid until the next op). */

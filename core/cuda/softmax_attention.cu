@@ -84,7 +84,7 @@ static int kv_reserve(mx_backend *be, mx_kv_cache *kv, int64_t tokens, mx_error 
             return mx_fail(err, MX_ENOMEM, "kv cache: out of memory for the page table");
         pg->host_table = ht;
         float **dt;
-        cudaError_t e = cudaMalloc((void **)&dt, (size_t)cap * sizeof *dt);
+        cudaError_t e = cuda_malloc((void **)&dt, (size_t)cap * sizeof *dt);
         if (e != cudaSuccess) {
             cudaGetLastError();
             return mx_fail(err, MX_ENOMEM, "kv cache page table: %s", cudaGetErrorString(e));
@@ -103,7 +103,7 @@ static int kv_reserve(mx_backend *be, mx_kv_cache *kv, int64_t tokens, mx_error 
     }
     size_t pf = page_floats(kv, pg->page_tokens);
     void *slab;
-    cudaError_t e = cudaMalloc(&slab, (size_t)add * pf * sizeof(float));
+    cudaError_t e = cuda_malloc(&slab, (size_t)add * pf * sizeof(float));
     if (e != cudaSuccess) {
         cudaGetLastError();
         return mx_fail(err, MX_ENOMEM, "kv cache: %d pages of %zu bytes: %s", add, pf * sizeof(float),
