@@ -132,6 +132,48 @@ def test_cancel_and_deadline(cl, generate):
     r.check(live == [0, 0], "deadline releases the sequence on every stage", str(live))
 
 
+def test_stage_direct(cl):
+    """AttentionStage checks its input and its live-sequence cap (max_sequences = 144 here)."""
+    with grpc.insecure_channel(cl.stages[0]) as c0, grpc.insecure_channel(cl.stages[1]) as c1:
+        run0 = c0.unary_unary("/mx.internal.v1.AttentionStage/RunBatch",
+                              request_serializer=stage_pb.RunBatchRequest.SerializeToString,
+                              response_deserializer=stage_pb.RunBatchResponse.FromString)
+        run1 = c1.unary_unary("/mx.internal.v1.AttentionStage/RunBatch",
+                              request_serializer=stage_pb.RunBatchRequest.SerializeToString,
+                              response_deserializer=stage_pb.RunBatchResponse.FromString)
+        cap = 144
+        over = stage_pb.RunBatchRequest(batch_id=1, sequences=[
+            stage_pb.SequenceInput(sequence_id=10 ** 12 + i, start_position=0, token_ids=[1], num_tokens=1)
+            for i in range(cap + 1)])
+        expect_error(run0, over, grpc.StatusCode.RESOURCE_EXHAUSTED, "max_sequences", "stage live-sequence cap")
+        r.check(stage_live(cl.stages[0]) == 0, "a rejected batch leaves no sequence behind")
+        ok = run0(stage_pb.RunBatchRequest(batch_id=2, sequences=over.sequences[:cap]), timeout=30)
+        r.check(ok.hidden.rows == cap and stage_live(cl.stages[0]) == cap, "stage holds exactly max_sequences")
+        expect_error(run0, stage_pb.RunBatchRequest(batch_id=3, sequences=[stage_pb.SequenceInput(
+            sequence_id=10 ** 12 + cap, start_position=0, token_ids=[1], num_tokens=1)]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "max_sequences", "stage full: one more is refused")
+        rel = c0.unary_unary("/mx.internal.v1.AttentionStage/Release",
+                             request_serializer=stage_pb.ReleaseRequest.SerializeToString,
+                             response_deserializer=stage_pb.ReleaseResponse.FromString)
+        got = rel(stage_pb.ReleaseRequest(sequence_ids=[q.sequence_id for q in over.sequences]), timeout=10)
+        r.check(got.released_sequences == cap and stage_live(cl.stages[0]) == 0, "Release frees them all",
+                str(got.released_sequences))
+        expect_error(run0, stage_pb.RunBatchRequest(sequences=[stage_pb.SequenceInput(
+            sequence_id=7, start_position=5, token_ids=[1], num_tokens=1)]), grpc.StatusCode.NOT_FOUND,
+            "not live", "unknown sequence past position 0")
+        bad_hidden = stage_pb.RunBatchRequest(sequences=[stage_pb.SequenceInput(sequence_id=8, num_tokens=2)])
+        bad_hidden.hidden.dtype = 1
+        bad_hidden.hidden.rows = 2
+        bad_hidden.hidden.cols = 3
+        bad_hidden.hidden.data = b"\0" * 24
+        expect_error(run1, bad_hidden, grpc.StatusCode.INVALID_ARGUMENT, "RunBatchRequest.hidden",
+                     "hidden of the wrong shape")
+        expect_error(run0, stage_pb.RunBatchRequest(sequences=[stage_pb.SequenceInput(
+            sequence_id=9, token_ids=[100000], num_tokens=1)]), grpc.StatusCode.INVALID_ARGUMENT,
+            "token_ids[0]", "stage token id >= vocab")
+        r.check(stage_live(cl.stages[0]) == 0 and stage_live(cl.stages[1]) == 0, "no state left by bad batches")
+
+
 def test_replica_kill(cl, generate):
     req = request([9, 8, 7, 6, 5], 120)
     want = [t for m in generate(req, timeout=60) for t in m.token_ids]
@@ -198,6 +240,7 @@ def main():
             for t in (lambda: test_health_and_info(cl, generate, complete, info, vocab),
                       lambda: test_bad_input(cl, ch, generate, complete, vocab),
                       lambda: test_cancel_and_deadline(cl, generate),
+                      lambda: test_stage_direct(cl),
                       lambda: test_replica_kill(cl, generate)):
                 try:
                     t()
