@@ -102,6 +102,8 @@ size_t utf8_valid_prefix(const unsigned char *s, size_t n)
 int utf8_append_lossy(mx_text *out, const unsigned char *s, size_t n, mx_error *err)
 {
     size_t i = 0, run = 0;
+    if (n == 0)
+        return mx_text_append(out, "", 0, err);
     while (i < n) {
         uint32_t cp;
         int k = s[i] < 0x80 ? 1 : utf8_char(s + i, n - i, &cp);
