@@ -60,7 +60,7 @@ static inline int pairmap_get(const mx_pairmap *m, int32_t a, int32_t b, uint32_
     }
 }
 
-/* ---- UTF-8 helpers ---- */
+/* ---- UTF-8 utilities ---- */
 /* Length of the valid UTF-8 character at s (n bytes available): > 0 valid length; 0 if the
  * bytes are a valid but unfinished prefix; < 0 invalid, -k = length of the maximal bad prefix. */
 int utf8_char(const unsigned char *s, size_t n, uint32_t *cp);

@@ -1,4 +1,4 @@
-/* tok_text.c - UTF-8 validation and decoding helpers, the byte-level alphabet, and the
+/* tok_text.c - UTF-8 validation and decoding functions, the byte-level alphabet, and the
  * growable id list / text buffer of the public API. */
 #include "tokenizer/tok_internal.h"
 
