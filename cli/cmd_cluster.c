@@ -432,15 +432,15 @@ static int run(cluster *c, int gateway_port)
     return status;
 }
 
-/* Removes the files this run wrote and the dir it made (kept after a failure, for the logs). */
-static void clean_dir(const cluster *c, bool made_dir)
+/* Removes the temp dir and the files this run wrote in it (kept after a failure, for the
+ * logs, and always kept with --workdir). */
+static void clean_dir(const cluster *c)
 {
     for (int i = 0; i < c->n; i++) {
         unlink(c->p[i].cfg_path);
         unlink(c->p[i].log_path);
     }
-    if (made_dir)
-        rmdir(c->dir);
+    rmdir(c->dir);
 }
 
 int mx_cmd_cluster(int argc, char **argv)
@@ -531,8 +531,8 @@ int mx_cmd_cluster(int argc, char **argv)
     sigaddset(&set, SIGCHLD);
     sigprocmask(SIG_BLOCK, &set, NULL);
     rc = run(c, (int)port);
-    if (rc == 0)
-        clean_dir(c, !workdir);
+    if (rc == 0 && !workdir)
+        clean_dir(c);
     else
         fprintf(stderr, "mx cluster: configs and logs kept in %s\n", c->dir);
 out:
