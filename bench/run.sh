@@ -16,3 +16,8 @@ for b in bench_bandwidth bench_gemm bench_layer bench_expert_rtt; do
         echo
     fi
 done
+echo "== tokenizer encode vs @huggingface/tokenizers"
+BUILD=$BUILD bench/bench_tokenizer.sh
+echo
+echo "== loopback cluster vs single-process engine, batch 32"
+BUILD=$BUILD bench/bench_cluster.sh

@@ -1,5 +1,6 @@
 /* cmd_make_model.c - `mx make-model --preset NAME --out DIR [--seed S]`: writes a random-weight
- * model in the real checkpoint layout (config.json, index, shards). */
+ * model in the real checkpoint layout (config.json, index, shards) with a small byte-level BPE
+ * tokenizer.json and tokenizer_config.json (MiniMax chat template) sized to its vocabulary. */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -7,6 +8,7 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "core/model_writer.h"
+#include "core/tokenizer/tokenizer.h"
 
 static void usage(FILE *f)
 {
@@ -42,7 +44,10 @@ int mx_cmd_make_model(int argc, char **argv)
         return 2;
     }
     mx_error err = {0};
-    if (mx_make_model(preset, out, (uint64_t)seed, &err)) {
+    mx_config cfg;
+    /* the model, then a matching small byte-level BPE tokenizer.json + chat template */
+    if (mx_model_preset_config(preset, &cfg, &err) || mx_make_model(preset, out, (uint64_t)seed, &err) ||
+        mx_tokenizer_write_small(out, cfg.vocab_size, &err)) {
         fprintf(stderr, "mx make-model: %s\n", err.msg);
         return 1;
     }

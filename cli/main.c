@@ -17,6 +17,8 @@ static const command commands[] = {
     {"golden", mx_cmd_golden, "check the engine against a golden fixture directory"},
     {"info", mx_cmd_info, "print a model's config and its parameter/memory budget"},
     {"make-model", mx_cmd_make_model, "write a random-weight model in the real checkpoint layout"},
+    {"tokenize", mx_cmd_tokenize, "text on stdin -> token ids on one line (tokenizer.json)"},
+    {"detokenize", mx_cmd_detokenize, "token ids on stdin -> text"},
 };
 
 static void usage(FILE *f)
