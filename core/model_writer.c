@@ -3,6 +3,7 @@
  * activations stay sane, split by size over three shards and written in chunks.
  * It must not depend on the forward pass; no global state (the PRNG lives in the writer). */
 #include "model_writer.h"
+#include "rng.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -72,47 +73,19 @@ int mx_model_preset_config(const char *name, mx_config *c, mx_error *err)
 
 /* ---- deterministic random numbers: splitmix64 seeds a xoshiro256** stream per tensor ---- */
 
-typedef struct rng {
-    uint64_t s[4];
-} rng;
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static void rng_seed(rng *r, uint64_t seed, const char *name)
+static void rng_seed(mx_rng *r, uint64_t seed, const char *name)
 {
     uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a of the name, so each tensor has its own stream */
     for (const char *p = name; *p; p++)
         h = (h ^ (unsigned char)*p) * 0x100000001b3ull;
-    uint64_t x = seed ^ h;
-    for (int i = 0; i < 4; i++)
-        r->s[i] = splitmix64(&x);
-}
-
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-static uint64_t rng_next(rng *r)
-{
-    uint64_t *s = r->s, out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return out;
+    mx_rng_seed(r, seed ^ h);
 }
 
 /* Approximately standard normal: the sum of four 16-bit uniforms (Irwin-Hall), rescaled to unit
  * variance. One generator call per number keeps multi-GB models quick to write. */
-static float rng_normal(rng *r)
+static float rng_normal(mx_rng *r)
 {
-    uint64_t x = rng_next(r);
+    uint64_t x = mx_rng_next(r);
     float s = 0;
     for (int i = 0; i < 4; i++)
         s += ((float)((x >> (16 * i)) & 0xffff) + 0.5f) * (1.0f / 65536.0f);
@@ -219,7 +192,7 @@ typedef struct fill_ctx {
     const spec *const *order; /* the shard's specs in write order */
     uint64_t seed;
     int item;
-    rng r;
+    mx_rng r;
 } fill_ctx;
 
 static int fill(void *vctx, int item, size_t offset, void *buf, size_t len, mx_error *err)

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "rng.h"
 
 #define MX_MAX_TOP_LOGPROBS 20
 
@@ -24,14 +25,6 @@ typedef struct mx_sampling_params {
 mx_sampling_params mx_sampling_defaults(void);
 /* INVALID_ARGUMENT naming the field for NaN, negative or out-of-range values. */
 int mx_sampling_validate(const mx_sampling_params *p, mx_error *err);
-
-/* xoshiro256** seeded through splitmix64; one per request. */
-typedef struct mx_rng {
-    uint64_t s[4];
-} mx_rng;
-void mx_rng_seed(mx_rng *rng, uint64_t seed);
-uint64_t mx_rng_next(mx_rng *rng);
-double mx_rng_uniform(mx_rng *rng); /* [0, 1) */
 
 typedef struct mx_sample {
     int32_t token;
