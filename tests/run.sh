@@ -25,9 +25,10 @@ for t in "$BUILD"/tests/test_*; do
     name=$(basename "$t")
     out=$(CMOCKA_MESSAGE_OUTPUT=stdout timeout 600 "$t" 2>&1)
     rc=$?
-    p=$(sed -nE 's/^\[  PASSED  \] ([0-9]+) test.*/\1/p' <<<"$out" | tail -1)
-    f=$(sed -nE 's/^\[  FAILED  \] ([0-9]+) test.*/\1/p' <<<"$out" | tail -1)
-    s=$(sed -nE 's/^\[  SKIPPED \] ([0-9]+) test.*/\1/p' <<<"$out" | tail -1)
+    # a binary may run several cmocka groups: add up every group's summary
+    p=$(sed -nE 's/^\[  PASSED  \] ([0-9]+) test.*/\1/p' <<<"$out" | awk '{n += $1} END {print n + 0}')
+    f=$(sed -nE 's/^\[  FAILED  \] ([0-9]+) test.*/\1/p' <<<"$out" | awk '{n += $1} END {print n + 0}')
+    s=$(sed -nE 's/^\[  SKIPPED \] ([0-9]+) test.*/\1/p' <<<"$out" | awk '{n += $1} END {print n + 0}')
     p=${p:-0} f=${f:-0} s=${s:-0}
     if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi   # crashed or timed out
     echo "== $name: $p passed, $f failed, $s skipped"
