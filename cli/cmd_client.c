@@ -1,7 +1,10 @@
-/* cmd_client.c - `mx client`: calls a gateway's Generate with prompt ids and prints the
- * generated ids as they stream in (one line), then the finish reason, token counts and
- * timings on stderr. A thin tool for trying a cluster; it holds no model. */
+/* cmd_client.c - `mx client`: calls a gateway's Generate with prompt ids, prompt text or chat
+ * messages and prints what streams in (ids for an id prompt, text for a text or chat prompt),
+ * then the finish reason, token counts and timings on stderr. A thin tool for trying a
+ * cluster; it holds no model and no tokenizer (the gateway tokenizes). */
 #include <getopt.h>
+#include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,9 +17,13 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mx client --addr HOST:PORT --prompt-ids 1,2,3 [--max-new-tokens N] [--temperature T]\n"
+    fprintf(f, "usage: mx client --addr HOST:PORT (--prompt-ids 1,2,3 | --prompt TEXT | --messages JSON)\n"
+               "         [--tools JSON] [--stop STRING]... [--max-new-tokens N] [--temperature T]\n"
                "         [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]\n"
-               "         [--stop-ids 1,2] [--ignore-eos] [--logprobs N] [--timeout-ms MS]\n");
+               "         [--stop-ids 1,2] [--ignore-eos] [--logprobs N] [--timeout-ms MS]\n"
+               "  --messages takes a JSON array of {\"role\", \"content\", [\"name\"]} (content: a string or\n"
+               "  a list of {\"type\": \"text\", \"text\": ...}); the assistant turn header is appended.\n"
+               "  Text prompts print the streamed text, id prompts the streamed ids.\n");
 }
 
 static const char *finish_name(Mx__V1__FinishReason r)
@@ -25,9 +32,91 @@ static const char *finish_name(Mx__V1__FinishReason r)
     return v ? v->name : "?";
 }
 
+/* The parsed --messages: ChatMessage structs pointing into the JSON (kept alive in `root`). */
+typedef struct chat_input {
+    json_t *root;
+    Mx__V1__ChatMessage *msgs, **ptrs;
+    Mx__V1__ContentParts *parts;
+    Mx__V1__ContentPart *part, **part_ptrs;
+    size_t n;
+} chat_input;
+
+static void chat_free(chat_input *c)
+{
+    json_decref(c->root);
+    free(c->msgs);
+    free(c->ptrs);
+    free(c->parts);
+    free(c->part);
+    free(c->part_ptrs);
+}
+
+static int parse_messages(const char *text, chat_input *c)
+{
+    json_error_t je;
+    memset(c, 0, sizeof *c);
+    c->root = json_loads(text, 0, &je);
+    if (!json_is_array(c->root)) {
+        fprintf(stderr, "mx client: --messages: %s\n", c->root ? "must be a JSON array" : je.text);
+        return -1;
+    }
+    size_t n = json_array_size(c->root), n_parts = 0, i, k;
+    json_t *m, *p;
+    json_array_foreach(c->root, i, m) n_parts += json_array_size(json_object_get(m, "content"));
+    c->n = n;
+    c->msgs = calloc(n + 1, sizeof *c->msgs);
+    c->ptrs = calloc(n + 1, sizeof *c->ptrs);
+    c->parts = calloc(n + 1, sizeof *c->parts);
+    c->part = calloc(n_parts + 1, sizeof *c->part);
+    c->part_ptrs = calloc(n_parts + 1, sizeof *c->part_ptrs);
+    if (!c->msgs || !c->ptrs || !c->parts || !c->part || !c->part_ptrs) {
+        fprintf(stderr, "mx client: out of memory\n");
+        return -1;
+    }
+    size_t used = 0;
+    json_array_foreach(c->root, i, m) {
+        Mx__V1__ChatMessage *cm = &c->msgs[i];
+        mx__v1__chat_message__init(cm);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const char *name = json_string_value(json_object_get(m, "name"));
+        json_t *content = json_object_get(m, "content");
+        if (!role || !(json_is_string(content) || json_is_array(content))) {
+            fprintf(stderr, "mx client: --messages[%zu]: needs a string \"role\" and a string or list \"content\"\n", i);
+            return -1;
+        }
+        cm->role = (char *)role;
+        cm->name = (char *)(name ? name : "");
+        if (json_is_string(content)) {
+            cm->content_case = MX__V1__CHAT_MESSAGE__CONTENT_TEXT;
+            cm->text = (char *)json_string_value(content);
+        } else {
+            Mx__V1__ContentParts *ps = &c->parts[i];
+            mx__v1__content_parts__init(ps);
+            ps->parts = &c->part_ptrs[used];
+            json_array_foreach(content, k, p) {
+                Mx__V1__ContentPart *cp = &c->part[used];
+                mx__v1__content_part__init(cp);
+                const char *type = json_string_value(json_object_get(p, "type"));
+                const char *t = json_string_value(json_object_get(p, "text"));
+                cp->type = (char *)(type ? type : "text");
+                cp->text = (char *)(t ? t : "");
+                c->part_ptrs[used++] = cp;
+                ps->n_parts++;
+            }
+            cm->content_case = MX__V1__CHAT_MESSAGE__CONTENT_PARTS;
+            cm->parts = ps;
+        }
+        c->ptrs[i] = cm;
+    }
+    return 0;
+}
+
 int mx_cmd_client(int argc, char **argv)
 {
-    const char *addr = NULL, *ids_text = NULL, *stop_text = NULL;
+    const char *addr = NULL, *ids_text = NULL, *stop_text = NULL, *prompt_text = NULL, *messages_text = NULL;
+    const char *tools_text = NULL;
+    char *stop_strs[16];
+    size_t n_stop_strs = 0;
     long v, timeout_ms = -1, logprobs = -1;
     double f;
     Mx__V1__SamplingParams sp = MX__V1__SAMPLING_PARAMS__INIT;
@@ -40,6 +129,8 @@ int mx_cmd_client(int argc, char **argv)
         {"seed", required_argument, 0, 's'},           {"stop-ids", required_argument, 0, 'S'},
         {"ignore-eos", no_argument, 0, 'i'},           {"logprobs", required_argument, 0, 'l'},
         {"timeout-ms", required_argument, 0, 'o'},     {"help", no_argument, 0, 'h'},
+        {"prompt", required_argument, 0, 'x'},         {"messages", required_argument, 0, 'm'},
+        {"tools", required_argument, 0, 't'},          {"stop", required_argument, 0, 'z'},
         {0, 0, 0, 0}};
     int c, bad = 0;
     optind = 1;
@@ -48,6 +139,17 @@ int mx_cmd_client(int argc, char **argv)
         case 'a': addr = optarg; break;
         case 'p': ids_text = optarg; break;
         case 'S': stop_text = optarg; break;
+        case 'x': prompt_text = optarg; break;
+        case 'm': messages_text = optarg; break;
+        case 't': tools_text = optarg; break;
+        case 'z':
+            if (n_stop_strs == sizeof stop_strs / sizeof *stop_strs) {
+                fprintf(stderr, "mx client: at most 16 --stop strings\n");
+                bad = 1;
+            } else {
+                stop_strs[n_stop_strs++] = optarg;
+            }
+            break;
         case 'i': sp.ignore_eos = 1; break;
         case 'n': bad = cli_parse_int("--max-new-tokens", optarg, 0, UINT32_MAX, &v); sp.max_new_tokens = (uint32_t)v; break;
         case 'k': bad = cli_parse_int("--top-k", optarg, 0, UINT32_MAX, &v); sp.top_k = (uint32_t)v; break;
@@ -62,22 +164,36 @@ int mx_cmd_client(int argc, char **argv)
         default: bad = 1;
         }
     }
-    if (bad || !addr || !ids_text || optind != argc) {
+    if (bad || !addr || (!!ids_text + !!prompt_text + !!messages_text) != 1 || optind != argc) {
         usage(stderr);
         return 2;
     }
     int32_t *prompt = NULL, *stops = NULL;
-    int n_prompt = cli_parse_ids("--prompt-ids", ids_text, &prompt);
+    chat_input chat = {0};
+    int n_prompt = ids_text ? cli_parse_ids("--prompt-ids", ids_text, &prompt) : 0;
     int n_stops = stop_text ? cli_parse_ids("--stop-ids", stop_text, &stops) : 0;
-    if (n_prompt < 0 || n_stops < 0) {
+    if (n_prompt < 0 || n_stops < 0 || (messages_text && parse_messages(messages_text, &chat))) {
         free(prompt);
         free(stops);
+        chat_free(&chat);
         return 2;
     }
+    bool show_text = !ids_text;
     Mx__V1__GenerateRequest rq = MX__V1__GENERATE_REQUEST__INIT;
     Mx__V1__LogprobsParams lp = MX__V1__LOGPROBS_PARAMS__INIT;
     rq.prompt_ids = (uint32_t *)prompt;  /* ids were parsed as non-negative */
     rq.n_prompt_ids = (size_t)n_prompt;
+    if (prompt_text)
+        rq.prompt = (char *)prompt_text;
+    if (messages_text) {
+        rq.messages = chat.ptrs;
+        rq.n_messages = chat.n;
+        rq.add_generation_prompt = 1;
+    }
+    if (tools_text)
+        rq.tools_json = (char *)tools_text;
+    sp.stop = stop_strs;
+    sp.n_stop = n_stop_strs;
     sp.stop_token_ids = (uint32_t *)stops;
     sp.n_stop_token_ids = (size_t)n_stops;
     rq.sampling = &sp;
@@ -104,7 +220,9 @@ int mx_cmd_client(int argc, char **argv)
         if (rc)
             break;
         const Mx__V1__GenerateResponse *r = (const Mx__V1__GenerateResponse *)m;
-        for (size_t i = 0; i < r->n_token_ids; i++)
+        if (show_text)
+            fputs(r->text, stdout);
+        for (size_t i = 0; !show_text && i < r->n_token_ids; i++)
             printf(printed++ ? " %u" : "%u", r->token_ids[i]);
         fflush(stdout);
         for (size_t i = 0; i < r->n_logprobs; i++) {
@@ -121,6 +239,8 @@ int mx_cmd_client(int argc, char **argv)
             if (r->timings)
                 fprintf(stderr, ", ttft %.1f ms, total %.1f ms", r->timings->time_to_first_token_ms,
                         r->timings->total_ms);
+            if (r->matched_stop[0])
+                fprintf(stderr, ", matched stop \"%s\"", r->matched_stop);
             fprintf(stderr, "%s%s\n", r->error_message[0] ? ": " : "", r->error_message);
         }
         protobuf_c_message_free_unpacked(m, NULL);
@@ -134,5 +254,6 @@ int mx_cmd_client(int argc, char **argv)
     mx_rpc_channel_destroy(ch);
     free(prompt);
     free(stops);
+    chat_free(&chat);
     return rc ? 1 : 0;
 }

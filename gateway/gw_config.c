@@ -52,6 +52,12 @@ static int parse(config_t *cf, const char *path, gw_config *c, mx_error *err)
     MX_TRY(get_string(g, path, "model", NULL, c->model, sizeof c->model, err));
     MX_TRY(get_string(g, path, "model_name", "MiniMax-Text-01", c->model_name, sizeof c->model_name, err));
     MX_TRY(get_string(g, path, "port_file", "", c->port_file, sizeof c->port_file, err));
+    MX_TRY(get_string(g, path, "tokenizer", "", c->tokenizer, sizeof c->tokenizer, err));
+    MX_TRY(get_string(g, path, "chat_format", "auto", c->chat_format, sizeof c->chat_format, err));
+    if (strcmp(c->chat_format, "auto") && strcmp(c->chat_format, "none") && strcmp(c->chat_format, "minimax-text-01") &&
+        strcmp(c->chat_format, "minimax-m1"))
+        return mx_fail(err, MX_EINVAL, "%s: gateway.chat_format = \"%s\" is not one of auto, none, minimax-text-01, "
+                       "minimax-m1", path, c->chat_format);
     const config_setting_t *st = config_setting_get_member(g, "stages");
     if (!st || !(config_setting_is_array(st) || config_setting_is_list(st)) || config_setting_length(st) < 1)
         return mx_fail(err, MX_EINVAL, "%s: gateway.stages must be a non-empty list of \"host:port\" strings", path);

@@ -16,6 +16,10 @@
  *       stage_timeout_ms = 60000;         # per RunBatch call (default 60000)
  *       eos_token_ids = [2];              # optional; default config.json's eos_token_id
  *       port_file = "/tmp/gw.port";       # optional: bound port written here once serving
+ *       tokenizer = "/models/minimax/tokenizer.json";   # default <model>/tokenizer.json; when
+ *                                         # the default is absent, text features are off
+ *       chat_format = "auto";             # "auto" (recognise tokenizer_config.json's
+ *                                         # chat_template), "minimax-text-01", "minimax-m1", "none"
  *     };
  */
 #ifndef MX_GW_CONFIG_H
@@ -33,6 +37,8 @@ typedef struct gw_config {
     char model[4096];
     char model_name[128];
     char port_file[4096];
+    char tokenizer[4096];         /* "" = <model>/tokenizer.json if present */
+    char chat_format[32];
     int n_stages;
     char stages[GW_MAX_STAGES][256];
     int num_expert_shards;

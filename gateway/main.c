@@ -15,6 +15,8 @@
 #include "core/rpc/tune.h"
 #include "gw_config.h"
 #include "scheduler.h"
+#include "text.h"
+#include "tokenize_rpc.h"
 #include "validate.h"
 
 typedef struct gateway {
@@ -22,6 +24,8 @@ typedef struct gateway {
     mx_config model;
     gw_limits lim;
     gw_scheduler *sched;
+    gw_text text;
+    gw_tokenize_ctx tok_ctx;
 } gateway;
 
 /* Packs the tokens [from, to) of r into the repeated fields of a response. The arrays are
@@ -130,7 +134,7 @@ static gw_request *start(gateway *g, mx_rpc_call *call, const uint8_t *req, size
     gw_request *r = NULL;
     int rc = mx_rpc_pb_unpack(&mx__v1__generate_request__descriptor, req, len, &msg, &err);
     if (!rc) {
-        rc = gw_validate(&g->lim, (const Mx__V1__GenerateRequest *)msg, &r, &err);
+        rc = gw_validate(&g->lim, &g->text, (const Mx__V1__GenerateRequest *)msg, &r, &err);
         protobuf_c_message_free_unpacked(msg, NULL);
     }
     if (!rc) {
@@ -149,6 +153,18 @@ static gw_request *start(gateway *g, mx_rpc_call *call, const uint8_t *req, size
     return r;
 }
 
+/* matched_stop: the stop string, or the stop token id in decimal. */
+static const char *matched_stop(const gw_request *r, char buf[16])
+{
+    if (r->matched_stop_str >= 0)
+        return r->stop_strs[r->matched_stop_str];
+    if (r->has_matched_stop)
+        snprintf(buf, 16, "%u", r->matched_stop);
+    else
+        buf[0] = '\0';
+    return buf;
+}
+
 static void end_status(mx_rpc_call *call, const gw_request *r)
 {
     if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR) {
@@ -164,11 +180,15 @@ static void on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void 
     if (!r)
         return;
     int sent = 0;
+    size_t text_sent = 0;
     for (;;) {
         pthread_mutex_lock(&r->mu);
         bool alive = wait_progress(call, r, sent);
         int upto = r->n_out;
         bool done = r->done;
+        /* the text buffer may move when the scheduler appends, so the new part is copied */
+        size_t text_upto = r->text.len;
+        char *piece = alive && r->tok ? strndup(r->text.data + text_sent, text_upto - text_sent) : NULL;
         pthread_mutex_unlock(&r->mu);
         if (!alive)
             break;
@@ -179,23 +199,27 @@ static void on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void 
         char stop_text[16] = "";
         token_slice ts;
         mx_error err = {0};
+        int rc = r->tok && !piece ? mx_fail(&err, MX_ENOMEM, "out of memory") : 0;
+        m.text = piece ? piece : "";
         m.token_ids = r->out_ids + sent;
         m.n_token_ids = (size_t)(upto - sent);
         m.request_id = r->request_id;
-        int rc = slice_logprobs(r, sent, upto, &ts, &m.n_logprobs, &m.logprobs, &err);
+        if (!rc)
+            rc = slice_logprobs(r, sent, upto, &ts, &m.n_logprobs, &m.logprobs, &err);
+        else
+            memset(&ts, 0, sizeof ts);
         if (done) {
             m.finish_reason = r->finish;
             fill_final(r, &u, &t);
             m.usage = &u;
             m.timings = &t;
-            if (r->has_matched_stop)
-                snprintf(stop_text, sizeof stop_text, "%u", r->matched_stop);
-            m.matched_stop = stop_text;
+            m.matched_stop = (char *)matched_stop(r, stop_text);
             m.error_message = r->error;
         }
         if (!rc)
             rc = mx_rpc_pb_write(call, &m.base, &err);
         slice_free(&ts);
+        free(piece);
         if (rc) {
             gw_request_cancel(r);
             if (rc != MX_ECANCELLED)
@@ -203,6 +227,7 @@ static void on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void 
             break;
         }
         sent = upto;
+        text_sent = text_upto;
         if (done) {
             end_status(call, r);
             break;
@@ -230,14 +255,13 @@ static void on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void 
         mx_error err = {0};
         m.token_ids = r->out_ids;
         m.n_token_ids = (size_t)r->n_out;
+        m.text = r->text.data ? r->text.data : "";
         m.request_id = r->request_id;
         m.finish_reason = r->finish;
         fill_final(r, &u, &t);
         m.usage = &u;
         m.timings = &t;
-        if (r->has_matched_stop)
-            snprintf(stop_text, sizeof stop_text, "%u", r->matched_stop);
-        m.matched_stop = stop_text;
+        m.matched_stop = (char *)matched_stop(r, stop_text);
         m.error_message = r->error;
         int rc = slice_logprobs(r, 0, r->n_out, &ts, &m.n_logprobs, &m.logprobs, &err);
         if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR)
@@ -272,17 +296,9 @@ static void on_model_info(mx_rpc_call *call, const uint8_t *req, size_t len, voi
     m.experts_per_token = (uint32_t)g->model.num_experts_per_tok;
     m.num_stages = (uint32_t)g->cfg.n_stages;
     m.num_expert_shards = (uint32_t)g->cfg.num_expert_shards;
+    m.chat_template_available = g->text.chat;
     if (mx_rpc_pb_write(call, &m.base, &err))
         mx_rpc_call_set_error(call, &err);
-}
-
-static void on_unimplemented(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
-{
-    (void)req;
-    (void)len;
-    (void)user;
-    mx_rpc_call_set_status(call, GRPC_STATUS_UNIMPLEMENTED, "%s: this gateway loads no tokenizer",
-                           mx_rpc_call_method(call));
 }
 
 static int setup_limits(gateway *g, mx_error *err)
@@ -340,7 +356,16 @@ int main(int argc, char **argv)
     if (!rc)
         rc = setup_limits(&g, &err);
     if (!rc)
+        rc = gw_text_load(&g.cfg, g.model.vocab_size, &g.text, &err);
+    if (!rc) {
+        g.tok_ctx.text = &g.text;
+        g.tok_ctx.bos_id = g.model.bos_token_id;
+        if (!g.text.tok)
+            fprintf(stderr, "gateway: text features off: %s\n", g.text.no_tok);
+        else if (!g.text.chat)
+            fprintf(stderr, "gateway: chat off: %s\n", g.text.no_chat);
         rc = gw_scheduler_create(&g.cfg, &g.sched, &err);
+    }
     if (!rc) {
         mx_rpc_server_options o = {.address = g.cfg.listen, .max_message_bytes = g.cfg.max_request_bytes,
                                    .worker_threads = g.cfg.max_batch_sequences + 16};
@@ -353,9 +378,9 @@ int main(int argc, char **argv)
     if (!rc)
         rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/ModelInfo", on_model_info, &g, &err);
     if (!rc)
-        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Tokenize", on_unimplemented, &g, &err);
+        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Tokenize", gw_on_tokenize, &g.tok_ctx, &err);
     if (!rc)
-        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Detokenize", on_unimplemented, &g, &err);
+        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Detokenize", gw_on_detokenize, &g.tok_ctx, &err);
     if (!rc)
         rc = mx_rpc_health_set(srv, "mx.v1.Generation", MX_RPC_SERVING, &err);
     if (!rc)
@@ -374,5 +399,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "gateway: %s\n", err.msg);
     mx_rpc_server_destroy(srv);
     gw_scheduler_destroy(g.sched);
+    gw_text_free(&g.text);
     return rc ? 1 : 0;
 }

@@ -48,6 +48,7 @@ int gw_request_new(uint32_t *prompt, int n_prompt, uint32_t *stop_ids, int n_sto
     r->max_new = max_new;
     r->sampling = *sp;
     r->refs = 1;
+    r->matched_stop_str = -1;
     r->t_arrival_ms = gw_now_ms();
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
@@ -77,7 +78,63 @@ void gw_request_unref(gw_request *r)
     free(r->out_logprob);
     free(r->top_ids);
     free(r->top_lp);
+    for (int i = 0; i < r->n_stop_strs; i++)
+        free(r->stop_strs[i]);
+    free(r->stop_strs);
+    mx_stop_matcher_free(r->stops);
+    mx_text_free(&r->text);
+    mx_text_free(&r->piece);
     free(r);
+}
+
+int gw_request_set_text(gw_request *r, const mx_tokenizer *tok, char **stops, int n, mx_error *err)
+{
+    r->tok = tok;
+    r->stop_strs = stops;
+    r->n_stop_strs = n;
+    mx_detok_stream_init(&r->detok, tok, 1);
+    if (n > 0 && mx_stop_matcher_new((const char *const *)stops, (size_t)n, &r->stops, err))
+        return mx_error_prefix(err, "sampling.stop");
+    /* the text is never NULL once text is on, so handlers can always send it */
+    return mx_text_append(&r->text, "", 0, err);
+}
+
+/* Adds one token's text; returns 1 when a stop string completed, < 0 on error. An id the
+ * tokenizer does not define adds no text (as Hugging Face decoding skips it); the model may
+ * sample such ids when its vocabulary is padded past the tokenizer's. Called with mu held. */
+static int add_text(gw_request *r, uint32_t token, mx_error *err)
+{
+    r->piece.len = 0;
+    int rc = mx_detok_stream_push(&r->detok, (int32_t)token, &r->piece, err);
+    if (rc == MX_ERANGE)
+        return 0;
+    if (rc || r->piece.len == 0)
+        return rc;
+    if (!r->stops)
+        return mx_text_append(&r->text, r->piece.data, r->piece.len, err);
+    size_t which = 0;
+    rc = mx_stop_matcher_push(r->stops, r->piece.data, r->piece.len, &r->text, &which, err);
+    if (rc == 1)
+        r->matched_stop_str = (int)which;
+    return rc;
+}
+
+/* End of the stream: bytes of an unfinished character and text held back by the stop
+ * matcher are released (unless a stop string matched). Called with mu held. */
+static void flush_text(gw_request *r)
+{
+    if (!r->tok || r->matched_stop_str >= 0)
+        return;
+    mx_error err = {0};
+    r->piece.len = 0;
+    if (mx_detok_stream_finish(&r->detok, &r->piece, &err) == 0 && r->piece.len) {
+        if (r->stops)
+            mx_stop_matcher_push(r->stops, r->piece.data, r->piece.len, &r->text, NULL, &err);
+        else
+            mx_text_append(&r->text, r->piece.data, r->piece.len, &err);
+    }
+    if (r->stops)
+        mx_stop_matcher_finish(r->stops, &r->text, &err);
 }
 
 static bool in_list(const uint32_t *list, int n, uint32_t v)
@@ -108,9 +165,19 @@ bool gw_request_push(gw_request *r, uint32_t token, float logprob, const uint32_
         }
     }
     r->n_out++;
-    if (in_list(r->eos, r->n_eos, token)) {
+    mx_error err = {0};
+    int matched = r->tok ? add_text(r, token, &err) : 0;
+    if (matched < 0) {
+        r->done = true;
+        r->finish = MX__V1__FINISH_REASON__FINISH_REASON_ERROR;
+        r->error_code = err.code;
+        snprintf(r->error, sizeof r->error, "decoding the output: %.480s", err.msg);
+    } else if (in_list(r->eos, r->n_eos, token)) {
         r->done = true;
         r->finish = MX__V1__FINISH_REASON__FINISH_REASON_EOS;
+    } else if (matched) {
+        r->done = true;
+        r->finish = MX__V1__FINISH_REASON__FINISH_REASON_STOP;
     } else if (in_list(r->stop_ids, r->n_stop, token)) {
         r->done = true;
         r->finish = MX__V1__FINISH_REASON__FINISH_REASON_STOP;
@@ -120,8 +187,10 @@ bool gw_request_push(gw_request *r, uint32_t token, float logprob, const uint32_
         r->done = true;
         r->finish = MX__V1__FINISH_REASON__FINISH_REASON_LENGTH;
     }
-    if (r->done)
+    if (r->done) {
         r->t_done_ms = now_ms;
+        flush_text(r);
+    }
     bool done = r->done;
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -137,6 +206,7 @@ void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, co
         r->error_code = code;
         snprintf(r->error, sizeof r->error, "%s", error ? error : "");
         r->t_done_ms = now_ms;
+        flush_text(r);
     }
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/error.h"
+#include "core/tokenizer/tokenizer.h"
 #include "mx/v1/generation.pb-c.h"
 
 #define GW_MAX_TOP 20
@@ -36,6 +37,9 @@ typedef struct gw_request {
     int n_eos;
     double t_arrival_ms;
     double deadline_ms;        /* absolute (monotonic ms); 0 = none */
+    const mx_tokenizer *tok;   /* not owned; NULL = no text in responses */
+    char **stop_strs;          /* owned; matched on the streamed text (FINISH_REASON_STOP) */
+    int n_stop_strs;
 
     /* ---- scheduler only ---- */
     int prefilled;             /* prompt tokens sent to the stages */
@@ -55,6 +59,14 @@ typedef struct gw_request {
     Mx__V1__FinishReason finish;
     uint32_t matched_stop;
     bool has_matched_stop;
+    int matched_stop_str;      /* index into stop_strs, -1 = none */
+    /* Text of the tokens so far (skip_special), minus what the stop matcher holds back: only
+     * whole UTF-8 characters, and after a stop string exactly the text before it. Ids the
+     * tokenizer does not define add no text. */
+    mx_text text;
+    mx_detok_stream detok;
+    mx_stop_matcher *stops;    /* NULL when there are no stop strings */
+    mx_text piece;             /* scratch for one token's text */
     mx_code error_code;
     char error[512];
     bool cancelled;            /* set by the handler: client gone or deadline passed */
@@ -68,12 +80,16 @@ int gw_request_new(uint32_t *prompt, int n_prompt, uint32_t *stop_ids, int n_sto
 void gw_request_ref(gw_request *r);
 void gw_request_unref(gw_request *r);
 
+/* Before submission: turns on text for r (tok is borrowed and must outlive r) and matching
+ * of the n stop strings (taken over; freed on failure too). Errors name sampling.stop. */
+int gw_request_set_text(gw_request *r, const mx_tokenizer *tok, char **stops, int n, mx_error *err);
+
 /* Scheduler side: appends one sampled token (with its logprobs), decides whether the request
  * is finished (eos, stop id, max_new) and wakes the handler. Returns true when done. */
 bool gw_request_push(gw_request *r, uint32_t token, float logprob, const uint32_t *top_ids,
                      const float *top_lp, int n_top, double now_ms);
 
-/* Scheduler side: ends the request with a reason (and an error for FINISH_REASON_ERROR). */
+/* Scheduler side: ends the request with a reason (flushing text held back) (and an error for FINISH_REASON_ERROR). */
 void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, const char *error,
                        double now_ms);
 

@@ -38,27 +38,100 @@ static int check_sampling(const Mx__V1__SamplingParams *p, gw_sampling *sp, mx_e
     return 0;
 }
 
-int gw_validate(const gw_limits *lim, const Mx__V1__GenerateRequest *rq, gw_request **out, mx_error *err)
+/* The prompt as ids, from whichever of prompt_ids / prompt / messages is set. */
+static int build_prompt(const gw_limits *lim, const gw_text *tx, const Mx__V1__GenerateRequest *rq, uint32_t **out,
+                        int *n_out, mx_error *err)
 {
-    *out = NULL;
-    bool has_text = rq->prompt && rq->prompt[0];
+    bool has_text = rq->prompt && rq->prompt[0], has_tools = rq->tools_json && rq->tools_json[0];
     int kinds = (rq->n_prompt_ids > 0) + has_text + (rq->n_messages > 0);
     if (kinds == 0)
-        return mx_fail(err, MX_EINVAL, "the prompt is empty: set prompt_ids (or prompt / messages)");
+        return mx_fail(err, MX_EINVAL, "the prompt is empty: set one of prompt_ids, prompt and messages");
     if (kinds > 1)
-        return mx_fail(err, MX_EINVAL, "set only one of prompt_ids, prompt and messages");
-    if (kinds && rq->n_prompt_ids == 0)
-        return mx_fail(err, MX_EUNSUPPORTED, "%s needs the tokenizer, which this gateway does not load; send prompt_ids",
-                       has_text ? "prompt" : "messages");
+        return mx_fail(err, MX_EINVAL, "set exactly one of prompt_ids, prompt and messages (got %s%s%s)",
+                       rq->n_prompt_ids ? "prompt_ids " : "", has_text ? "prompt " : "",
+                       rq->n_messages ? "messages" : "");
+    if (has_tools && rq->n_messages == 0)
+        return mx_fail(err, MX_EINVAL, "tools_json: only used with messages");
+    mx_tok_ids ids = {0};
+    const char *field = rq->n_prompt_ids ? "prompt_ids" : has_text ? "prompt" : "messages";
+    if (rq->n_prompt_ids) {
+        for (size_t i = 0; i < rq->n_prompt_ids; i++)
+            if (rq->prompt_ids[i] >= (uint32_t)lim->vocab_size)
+                return mx_fail(err, MX_EINVAL, "prompt_ids[%zu] = %u is outside the vocabulary (vocab_size %d)", i,
+                               rq->prompt_ids[i], lim->vocab_size);
+        for (size_t i = 0; i < rq->n_prompt_ids; i++)
+            if (mx_tok_ids_push(&ids, (int32_t)rq->prompt_ids[i], err)) {
+                mx_tok_ids_free(&ids);
+                return err->code;
+            }
+    } else {
+        int rc = has_text ? gw_text_encode_plain(tx, "prompt", rq->prompt, &ids, err)
+                          : gw_text_encode_chat(tx, rq->messages, rq->n_messages, rq->tools_json,
+                                                rq->add_generation_prompt, &ids, NULL, err);
+        if (rc) {
+            mx_tok_ids_free(&ids);
+            return rc;
+        }
+        if (ids.len == 0) {
+            mx_tok_ids_free(&ids);
+            return mx_fail(err, MX_EINVAL, "%s encodes to no tokens", field);
+        }
+    }
+    if (ids.len >= (size_t)lim->max_context_tokens) {
+        mx_tok_ids_free(&ids);
+        return mx_fail(err, MX_EINVAL, "%s has %zu tokens; the context limit is %d (prompt + output)", field,
+                       ids.len, lim->max_context_tokens);
+    }
+    /* int32 and uint32 share a representation for these non-negative ids */
+    *out = (uint32_t *)ids.ids;
+    *n_out = (int)ids.len;
+    return 0;
+}
+
+/* sampling.stop: checked, then copied (the request owns the copies). */
+static int copy_stops(const gw_text *tx, const Mx__V1__SamplingParams *p, char ***out, mx_error *err)
+{
+    *out = NULL;
+    if (!p || p->n_stop == 0)
+        return 0;
+    MX_TRY(gw_text_require(tx, "sampling.stop (stop strings)", false, err));
+    if (p->n_stop > GW_MAX_STOP_STRINGS)
+        return mx_fail(err, MX_EINVAL, "sampling.stop has %zu strings; at most %d", p->n_stop, GW_MAX_STOP_STRINGS);
+    for (size_t i = 0; i < p->n_stop; i++) {
+        size_t len = strlen(p->stop[i]);
+        if (len == 0)
+            return mx_fail(err, MX_EINVAL, "sampling.stop[%zu] is empty", i);
+        if (len > GW_MAX_STOP_BYTES)
+            return mx_fail(err, MX_EINVAL, "sampling.stop[%zu] is %zu bytes long; at most %d", i, len,
+                           GW_MAX_STOP_BYTES);
+    }
+    char **s = calloc(p->n_stop, sizeof *s);
+    for (size_t i = 0; s && i < p->n_stop; i++)
+        if (!(s[i] = strdup(p->stop[i]))) {
+            for (size_t j = 0; j < i; j++)
+                free(s[j]);
+            free(s);
+            s = NULL;
+        }
+    if (!s)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    *out = s;
+    return 0;
+}
+
+static void free_stops(char **s, size_t n)
+{
+    for (size_t i = 0; s && i < n; i++)
+        free(s[i]);
+    free(s);
+}
+
+int gw_validate(const gw_limits *lim, const gw_text *tx, const Mx__V1__GenerateRequest *rq, gw_request **out,
+                mx_error *err)
+{
+    *out = NULL;
     if (strlen(rq->request_id) > 128)
         return mx_fail(err, MX_EINVAL, "request_id is %zu bytes long; at most 128", strlen(rq->request_id));
-    for (size_t i = 0; i < rq->n_prompt_ids; i++)
-        if (rq->prompt_ids[i] >= (uint32_t)lim->vocab_size)
-            return mx_fail(err, MX_EINVAL, "prompt_ids[%zu] = %u is outside the vocabulary (vocab_size %d)", i,
-                           rq->prompt_ids[i], lim->vocab_size);
-    if (rq->n_prompt_ids >= (size_t)lim->max_context_tokens)
-        return mx_fail(err, MX_EINVAL, "prompt_ids has %zu tokens; the context limit is %d (prompt + output)",
-                       rq->n_prompt_ids, lim->max_context_tokens);
     gw_sampling sp;
     MX_TRY(check_sampling(rq->sampling, &sp, err));
     const Mx__V1__SamplingParams *p = rq->sampling;
@@ -66,13 +139,6 @@ int gw_validate(const gw_limits *lim, const Mx__V1__GenerateRequest *rq, gw_requ
     if (max_new > (uint32_t)lim->max_new_tokens_limit)
         return mx_fail(err, MX_EINVAL, "sampling.max_new_tokens = %u is over the limit of %d", max_new,
                        lim->max_new_tokens_limit);
-    if (max_new == 0)
-        max_new = (uint32_t)lim->max_new_tokens_limit;
-    if (max_new > (uint32_t)(lim->max_context_tokens - (int)rq->n_prompt_ids))
-        max_new = (uint32_t)(lim->max_context_tokens - (int)rq->n_prompt_ids);
-    if (p && p->n_stop > 0)
-        return mx_fail(err, MX_EUNSUPPORTED, "sampling.stop (stop strings) needs the tokenizer, which this gateway "
-                                             "does not load; use sampling.stop_token_ids");
     if (p)
         for (size_t i = 0; i < p->n_stop_token_ids; i++)
             if (p->stop_token_ids[i] >= (uint32_t)lim->vocab_size)
@@ -84,19 +150,41 @@ int gw_validate(const gw_limits *lim, const Mx__V1__GenerateRequest *rq, gw_requ
         sp.want_logprobs = rq->logprobs->enabled || rq->logprobs->top_n > 0;
         sp.top_n = rq->logprobs->top_n > GW_MAX_TOP ? GW_MAX_TOP : rq->logprobs->top_n;
     }
-    uint32_t *prompt = malloc(rq->n_prompt_ids * sizeof *prompt);
+    char **stops;
+    MX_TRY(copy_stops(tx, p, &stops, err));
+    size_t n_stops = stops ? p->n_stop : 0;
+    uint32_t *prompt = NULL;
+    int n_prompt = 0;
+    int rc = build_prompt(lim, tx, rq, &prompt, &n_prompt, err);
+    if (rc) {
+        free_stops(stops, n_stops);
+        return rc;
+    }
+    if (max_new == 0)
+        max_new = (uint32_t)lim->max_new_tokens_limit;
+    if (max_new > (uint32_t)(lim->max_context_tokens - n_prompt))
+        max_new = (uint32_t)(lim->max_context_tokens - n_prompt);
     size_t n_stop = p ? p->n_stop_token_ids : 0;
     uint32_t *stop = malloc((n_stop ? n_stop : 1) * sizeof *stop);
-    if (!prompt || !stop) {
+    if (!stop) {
         free(prompt);
-        free(stop);
+        free_stops(stops, n_stops);
         return mx_fail(err, MX_ENOMEM, "out of memory");
     }
-    memcpy(prompt, rq->prompt_ids, rq->n_prompt_ids * sizeof *prompt);
     if (n_stop)
         memcpy(stop, p->stop_token_ids, n_stop * sizeof *stop);
     gw_request *r;
-    MX_TRY(gw_request_new(prompt, (int)rq->n_prompt_ids, stop, (int)n_stop, (int)max_new, &sp, &r, err));
+    rc = gw_request_new(prompt, n_prompt, stop, (int)n_stop, (int)max_new, &sp, &r, err);
+    if (rc) {
+        free_stops(stops, n_stops);
+        return rc;
+    }
+    if (tx->tok && gw_request_set_text(r, tx->tok, stops, (int)n_stops, err)) {
+        gw_request_unref(r); /* it owns stops now */
+        return err->code;
+    }
+    if (!tx->tok)
+        free_stops(stops, n_stops); /* always NULL: stop strings need the tokenizer */
     if (!(p && p->ignore_eos)) {
         r->n_eos = lim->n_eos;
         memcpy(r->eos, lim->eos, sizeof r->eos);
