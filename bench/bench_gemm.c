@@ -1,7 +1,9 @@
 /* bench_gemm.c - GFLOP/s of mx_cpu_gemm (BF16 weights, as stored) next to OpenBLAS sgemm (the
  * same weights in fp32) on the projection shapes of MiniMax-Text-01 (K = 6144), in one run.
  * M = 1 is memory bound, so it is also given as a fraction of the measured read bandwidth.
- * Weights are cycled through enough copies to exceed the last-level cache. */
+ * Weights are cycled through enough copies to exceed the last-level cache. A second table
+ * covers the small M (2..16 rows: MoE experts at batched decode) with no BLAS comparison:
+ * from memory on all threads, and from cache on one thread (the kernel's compute rate). */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -56,9 +58,76 @@ static double time_best(shape_run *s, void (*fn)(shape_run *, int), int copies)
     return best;
 }
 
+/* Best seconds of one call of mx_cpu_gemm on M x K x N, cycling `copies` copies of W. */
+static double time_small(mx_threadpool *pool, int M, int K, int N, int copies)
+{
+    size_t wn = (size_t)N * K;
+    shape_run s = {pool, mx_cpu_best_isa(), M, K, N, copies, 0, NULL, NULL, NULL, NULL};
+    s.x = malloc(sizeof(float) * (size_t)M * K);
+    s.y = malloc(sizeof(float) * (size_t)M * N);
+    s.wb = calloc((size_t)copies, sizeof *s.wb);
+    float *wf = malloc(wn * 4);
+    if (!s.x || !s.y || !s.wb || !wf) {
+        fprintf(stderr, "bench_gemm: out of memory\n");
+        exit(1);
+    }
+    bench_fill_f32(s.x, (size_t)M * K, 1.f, 7);
+    bench_fill_f32(wf, wn, 0.05f, 11);
+    for (int c = 0; c < copies; c++) {
+        s.wb[c] = malloc(wn * 2);
+        if (!s.wb[c]) {
+            fprintf(stderr, "bench_gemm: out of memory\n");
+            exit(1);
+        }
+        for (size_t i = 0; i < wn; i++)
+            s.wb[c][i] = mx_f32_to_bf16(wf[i]);
+    }
+    double t = time_best(&s, run_ours, copies);
+    for (int c = 0; c < copies; c++)
+        free(s.wb[c]);
+    free(s.wb);
+    free(wf);
+    free(s.x);
+    free(s.y);
+    return t;
+}
+
+/* Small M: from memory (K = 6144, N = 4096, all threads; GB/s of W and fraction of bandwidth)
+ * and from cache (K = 1024, N = 512: 1 MiB of W that stays in L2, one thread). */
+static void small_m_table(mx_threadpool *pool, int threads, double bw, int only_m, int only_n)
+{
+    static const int Ms[] = {1, 2, 3, 4, 6, 8, 12, 16};
+    if (only_n)
+        return;
+    mx_threadpool *one = NULL;
+    mx_error err = {0};
+    if (mx_threadpool_create(1, &one, &err)) {
+        fprintf(stderr, "bench_gemm: %s\n", err.msg);
+        exit(1);
+    }
+    printf("\nSmall M, BF16 weights. From memory: K = 6144, N = 4096, %d threads. "
+           "From cache: K = 1024, N = 512, 1 thread.\n", threads);
+    printf("%5s | %10s %8s %8s | %12s\n", "M", "mem GF/s", "GB/s", "of bw", "cache GF/s");
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+        int M = Ms[mi];
+        if (only_m > 0 && M != only_m)
+            continue;
+        int K = 6144, N = 4096;
+        int copies = (int)(COPY_BYTES / ((size_t)N * K * 2)) + 1;
+        double tm = time_small(pool, M, K, N, copies);
+        double tc = time_small(one, M, 1024, 512, 1);
+        double gb = (double)N * K * 2 / tm;
+        printf("%5d | %10.1f %8.1f %8.2f | %12.1f\n", M, 2.0 * M * N * K / tm / 1e9, gb / 1e9,
+               gb / bw, 2.0 * M * 512 * 1024 / tc / 1e9);
+        fflush(stdout);
+    }
+    mx_threadpool_destroy(one);
+}
+
 int main(int argc, char **argv)
 {
-    /* Optional arguments: threads (0 = all cores), only this M, only this N. */
+    /* Optional arguments: threads (0 = all cores), only this M (-1: only the small-M table),
+     * only this N. */
     int threads = argc > 1 ? atoi(argv[1]) : 0;
     int only_m = argc > 2 ? atoi(argv[2]) : 0, only_n = argc > 3 ? atoi(argv[3]) : 0;
     mx_error err = {0};
@@ -81,7 +150,7 @@ int main(int argc, char **argv)
            "ratio", "mx GB/s", "of bw", "max err");
     for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
         for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++) {
-            if ((only_m && Ms[mi] != only_m) || (only_n && Ns[ni] != only_n))
+            if (only_m < 0 || (only_m && Ms[mi] != only_m) || (only_n && Ns[ni] != only_n))
                 continue;
             shape_run s = {pool, mx_cpu_best_isa(), Ms[mi], K, Ns[ni], 0, 0, NULL, NULL, NULL, NULL};
             size_t wn = (size_t)s.N * K;
@@ -147,6 +216,7 @@ int main(int argc, char **argv)
             free(yref);
         }
     }
+    small_m_table(pool, threads, bw, only_m, only_n);
     mx_threadpool_destroy(pool);
     return 0;
 }

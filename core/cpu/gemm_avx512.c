@@ -152,12 +152,144 @@ INLINE void gemv_dt(const mx_gemm_args *a, mx_dtype dt, int n0, int n1)
         gemv_range(a, dt, n0, n1, k0, a->K - k0 < GEMV_KB ? a->K : k0 + GEMV_KB);
 }
 
+/* ---------------------------------------------------------------------------------------
+ * BF16 GEMV with 64-byte weight loads. One 512-bit load holds 32 bf16 weights w[k..k+31];
+ * as 16 dwords, lane i holds w[k+2i] in its low half and w[k+2i+1] in its high half, so
+ *   even = v << 16            (lane i = w[k+2i] as fp32)
+ *   odd  = v & 0xFFFF0000     (lane i = w[k+2i+1] as fp32)
+ * widen 32 weights in 2 cheap uops (vs. 2 x (vpmovzxwd + vpslld) for 2 x 16 weights), and the
+ * full-width loads are what it takes to reach the memory's read rate (32-byte loads cap well
+ * below it). The weights come out even/odd permuted, so x is permuted the same way once per
+ * K block into xs: for each 32-wide group g and row m, 16 even-indexed then 16 odd-indexed
+ * floats. The dot products are the same sums in another order, still fp32 FMA on unrounded x.
+ * The last K % 32 columns go through the 16-wide path above. */
+/* Keeps v in a register: without it GCC folds the x load into every one of the R FMAs that
+ * use it, and the loads, not the FMAs, become the limit. */
+INLINE void in_register(__m512 *v) { __asm__("" : "+v"(*v)); }
+
+#define SPLIT_FLOATS 8192 /* xs on the stack: 32 KiB, so x's slice stays in L1 */
+
+INLINE void split_x(const mx_gemm_args *a, int k0, int groups, float *xs)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int g = 0; g < groups; g++)
+        for (int m = 0; m < a->M; m++) {
+            const float *x = a->x + (size_t)m * a->ldx + k0 + 32 * g;
+            __m512 lo = _mm512_loadu_ps(x), hi = _mm512_loadu_ps(x + 16);
+            float *d = xs + ((size_t)g * a->M + m) * 32;
+            _mm512_store_ps(d, _mm512_permutex2var_ps(lo, ev, hi));
+            _mm512_store_ps(d + 16, _mm512_permutex2var_ps(lo, od, hi));
+        }
+}
+
+/* Rows [n, n+R) of y over the K range [k0, k0 + 32*groups + tail): R*M accumulators;
+ * registers: R*M + 2R (raw and widened weights) + x + mask <= 32. */
+INLINE void gemv_bf16_block(const mx_gemm_args *a, int n, const int R, const int M, int k0,
+                            int groups, int tail, const float *xs)
+{
+    const uint16_t *w = (const uint16_t *)a->w + (size_t)n * a->K + k0;
+    const size_t ld = (size_t)a->K;
+    const __m512i hi_half = _mm512_set1_epi32((int)0xFFFF0000u);
+    __m512 acc[8][MX_GEMV_MAX_M_AVX512];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++)
+            acc[r][m] = _mm512_setzero_ps();
+    for (int g = 0; g < groups; g++) {
+        const float *xg = xs + (size_t)g * M * 32;
+        __m512i raw[8];
+        __m512 wv[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            raw[r] = _mm512_loadu_si512((const void *)(w + r * ld + 32 * g));
+            wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(raw[r], 16));
+        }
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_load_ps(xg + m * 32);
+            in_register(&xv);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            wv[r] = _mm512_castsi512_ps(_mm512_and_si512(raw[r], hi_half));
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_load_ps(xg + m * 32 + 16);
+            in_register(&xv);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+        }
+    }
+    for (int k = 32 * groups; k < 32 * groups + tail; k += 16) {
+        int left = 32 * groups + tail - k;
+        __mmask16 mask = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __m512 wv[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            wv[r] = load16(w + r * ld, MX_DTYPE_BF16, (size_t)k, mask);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mask, a->x + (size_t)m * a->ldx + k0 + k);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++)
+                acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int m = 0; m < M; m++) {
+            float *yp = a->y + (size_t)m * a->ldy + n + r;
+            *yp = (k0 ? *yp : 0.f) + _mm512_reduce_add_ps(acc[r][m]);
+        }
+}
+
+/* R rows per pass, then single rows for the remainder. R is the most rows whose R*M
+ * accumulators and 2R weight vectors fit the 32 registers (more rows = more independent
+ * reads in flight for M = 1, fewer x loads per FMA for larger M). */
+#define GEMV_BF16_ROWS(R, M)                                                                  \
+    do {                                                                                      \
+        for (; n + (R) <= n1; n += (R))                                                       \
+            gemv_bf16_block(a, n, (R), (M), k0, groups, tail, xs);                            \
+        for (; n < n1; n++)                                                                   \
+            gemv_bf16_block(a, n, 1, (M), k0, groups, tail, xs);                              \
+    } while (0)
+
+static void gemv_bf16(const mx_gemm_args *a, int n0, int n1)
+{
+    float xs[SPLIT_FLOATS] __attribute__((aligned(64)));
+    /* K block: x's split slice fills at most xs (the whole K for M = 1 on this model). */
+    const int kb = SPLIT_FLOATS / a->M / 32 * 32;
+    for (int k0 = 0; k0 < a->K; k0 += kb) {
+        int kc = a->K - k0 < kb ? a->K - k0 : kb;
+        int groups = kc / 32, tail = kc % 32;
+        split_x(a, k0, groups, xs);
+        int n = n0;
+        switch (a->M) {
+        case 1: GEMV_BF16_ROWS(8, 1); break;
+        case 2: GEMV_BF16_ROWS(6, 2); break;
+        case 3: GEMV_BF16_ROWS(5, 3); break;
+        case 4: GEMV_BF16_ROWS(4, 4); break;
+        case 5: GEMV_BF16_ROWS(4, 5); break;
+        case 6: GEMV_BF16_ROWS(3, 6); break;
+        case 7: GEMV_BF16_ROWS(3, 7); break;
+        default: GEMV_BF16_ROWS(2, 8); break;
+        }
+    }
+}
+
 void mx_gemv_avx512(const mx_gemm_args *a, int n0, int n1)
 {
     if (a->M == 0)
         return;
     if (a->wdtype == MX_DTYPE_BF16)
-        gemv_dt(a, MX_DTYPE_BF16, n0, n1);
+        gemv_bf16(a, n0, n1);
     else if (a->wdtype == MX_DTYPE_F16)
         gemv_dt(a, MX_DTYPE_F16, n0, n1);
     else

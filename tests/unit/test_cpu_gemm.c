@@ -132,6 +132,12 @@ static void run_shapes(mx_cpu_isa isa, int threads)
         check_case(pool, isa, dts[d], 1, 6144, 33, 0, 0);
         check_case(pool, isa, dts[d], 3, 6144, 40, 16, 1);
         check_case(pool, isa, dts[d], 17, 6144, 70, 0, 0);
+        /* Every row count of the streaming kernels, K blocks with 32-wide groups and tails of
+         * 1..31 columns (the BF16 path splits x into even/odd halves per 32 columns). */
+        check_case(pool, isa, dts[d], 6, 1117, 23, 2, 0);
+        check_case(pool, isa, dts[d], 7, 3000, 19, 0, 2);
+        check_case(pool, isa, dts[d], 8, 6144, 37, 1, 1);
+        check_case(pool, isa, dts[d], 2, 8250, 13, 0, 0);
         check_case(pool, isa, dts[d], 64, 300, 1000, 1, 1);
         check_case(pool, isa, dts[d], 65, 129, 1000, 0, 3);
     }
