@@ -175,6 +175,10 @@ INLINE void in_register(__m512 *v) { __asm__("" : "+v"(*v)); }
  * 4 / 8: whole rows, no prefetch 22 / 23 / 20 / 12; whole rows (M <= 2) or x-limited blocks +
  * prefetch 19 / 17 / 16 / 18; 4 KiB windows + prefetch 25 / 24 / 22 / 20. */
 #define GEMV_WINDOW_BYTES 4096
+/* M <= 2 reads whole rows (x's split K fits xs) with no software prefetch: R = 6..8 long
+ * streams suit the hardware prefetcher, and in the layer benchmark the windows cost M = 1 time.
+ * Prefetching the next group's rows may touch past the end of W: prefetches never fault. */
+#define GEMV_WHOLE_ROWS_MAX_M 2
 
 INLINE void split_x(const mx_gemm_args *a, int k0, int groups, float *xs)
 {
@@ -211,7 +215,8 @@ INLINE void gemv_bf16_block(const mx_gemm_args *a, int n, const int R, const int
         __m512 wv[8];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            _mm_prefetch((const char *)(w + next_group + r * ld + 32 * g), _MM_HINT_T0);
+            if (M > GEMV_WHOLE_ROWS_MAX_M)
+                _mm_prefetch((const char *)(w + next_group + r * ld + 32 * g), _MM_HINT_T0);
             raw[r] = _mm512_loadu_si512((const void *)(w + r * ld + 32 * g));
             wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(raw[r], 16));
         }
@@ -277,7 +282,7 @@ static void gemv_bf16(const mx_gemm_args *a, int n0, int n1)
     /* rows per pass for each M (must match the switch below) */
     static const int rows_of_m[MX_GEMV_MAX_M_AVX512 + 1] = {0, 8, 6, 5, 4, 4, 3, 3, 2};
     int kb = SPLIT_FLOATS / a->M;
-    if (kb > GEMV_WINDOW_BYTES / 2 / rows_of_m[a->M])
+    if (a->M > GEMV_WHOLE_ROWS_MAX_M && kb > GEMV_WINDOW_BYTES / 2 / rows_of_m[a->M])
         kb = GEMV_WINDOW_BYTES / 2 / rows_of_m[a->M];
     kb = kb / 32 * 32;
     for (int k0 = 0; k0 < a->K; k0 += kb) {
