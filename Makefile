@@ -34,7 +34,7 @@ TEST_BINS = $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/tes
 BENCH_BINS = $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/bench_*.c))
 LIB := $(BUILD)/libmx.a
 
-.PHONY: all test asan bench clean gpu-test demo
+.PHONY: all test asan bench clean gpu-test demo fuzz
 all: $(BUILD)/bin/mx bins tests-build
 
 # Area fragments: proto/, core/cuda/, services ... (each appends to CORE_OBJS, BINS, LDLIBS).
@@ -81,6 +81,11 @@ asan:
 
 bench: all $(BENCH_BINS)
 	BUILD=$(BUILD) ./bench/run.sh
+
+# libFuzzer targets (checkpoint loader, config, tokenizer), FUZZ_SECONDS each.
+FUZZ_SECONDS ?= 30
+fuzz:
+	./tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 # The README's main job: a loopback cluster serving a small model, answering gRPC calls.
 demo: all
