@@ -1,6 +1,7 @@
 /* main.c - the attention-svc process: reads its config file, loads its stage, serves
  * mx.internal.v1.AttentionStage (plus grpc.health.v1.Health) until SIGTERM/SIGINT.
  * usage: attention-svc --config FILE.cfg   (schema in stage_config.h) */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,18 @@ static void on_call(mx_rpc_call *call, const uint8_t *request, size_t request_le
     mx_error err = {0};
     mx_rpc_payload resp;
     if (b->fn(b->s, request, request_len, &resp, &err) || mx_rpc_call_write(call, resp, &err))
+        mx_rpc_call_set_error(call, &err);
+}
+
+/* RunBatch: a forwarded batch gets what is left of our caller's deadline for the next stage. */
+static void on_run_batch(mx_rpc_call *call, const uint8_t *request, size_t request_len, void *user)
+{
+    stage *s = user;
+    mx_error err = {0};
+    mx_rpc_payload resp;
+    int64_t left = mx_rpc_call_ms_left(call);
+    int64_t timeout_ms = left == INT64_MAX ? -1 : left > 0 ? left : 1;
+    if (stage_run_batch(s, request, request_len, timeout_ms, &resp, &err) || mx_rpc_call_write(call, resp, &err))
         mx_rpc_call_set_error(call, &err);
 }
 
@@ -60,14 +73,14 @@ int main(int argc, char **argv)
     int rc = stage_config_load(argv[2], &cfg, &err);
     if (!rc)
         rc = stage_create(&cfg, &s, &err);
-    method_binding run = {s, stage_run_batch}, release = {s, stage_release}, info = {s, stage_info};
+    method_binding release = {s, stage_release}, info = {s, stage_info};
     if (!rc) {
         mx_rpc_server_options o = {.address = cfg.listen, .max_message_bytes = cfg.max_message_bytes,
-                                   .worker_threads = 4};
+                                   .worker_threads = cfg.worker_threads};
         rc = mx_rpc_server_create(&o, &srv, &err);
     }
     if (!rc)
-        rc = mx_rpc_server_add_unary(srv, "/mx.internal.v1.AttentionStage/RunBatch", on_call, &run, &err);
+        rc = mx_rpc_server_add_unary(srv, "/mx.internal.v1.AttentionStage/RunBatch", on_run_batch, s, &err);
     if (!rc)
         rc = mx_rpc_server_add_unary(srv, "/mx.internal.v1.AttentionStage/Release", on_call, &release, &err);
     if (!rc)
@@ -79,8 +92,9 @@ int main(int argc, char **argv)
     if (!rc && cfg.port_file[0])
         rc = write_port_file(cfg.port_file, mx_rpc_server_port(srv), &err);
     if (!rc) {
-        fprintf(stderr, "attention-svc: stage %d/%d layers [%d, %d) serving on port %d\n", cfg.index, cfg.count,
-                cfg.layer_begin, cfg.layer_end, mx_rpc_server_port(srv));
+        fprintf(stderr, "attention-svc: stage %d/%d layers [%d, %d) serving on port %d%s%s\n", cfg.index, cfg.count,
+                cfg.layer_begin, cfg.layer_end, mx_rpc_server_port(srv), cfg.next[0] ? ", next stage " : "",
+                cfg.next);
         int sig = mx_rpc_wait_stop_signal(-1, &err);
         if (sig < 0)
             rc = sig;

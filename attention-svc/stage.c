@@ -1,7 +1,10 @@
 /* stage.c - the AttentionStage methods: checks a micro-batch against the live sequences,
  * runs it through this stage's layers (MoE through the router when experts live elsewhere)
  * and answers hidden states, or on the last stage the sampled tokens: logits never leave
- * the stage. Must not keep request state beyond the sequence table. */
+ * the stage. With a next stage configured and a request asking to be forwarded, the hidden
+ * states go on to the next stage from here (outside the compute lock, so the next
+ * micro-batch can run meanwhile) and its answer is ours. Must not keep request state beyond
+ * the sequence table. */
 #include "stage.h"
 
 #include <pthread.h>
@@ -11,6 +14,7 @@
 #include <time.h>
 
 #include "core/model.h"
+#include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "core/sampling.h"
 #include "core/weights.h"
@@ -20,6 +24,11 @@
 
 typedef Mx__Internal__V1__RunBatchRequest RunBatchRequest;
 typedef Mx__Internal__V1__SequenceInput SequenceInput;
+typedef Mx__Internal__V1__RunBatchResponse RunBatchResponse;
+typedef Mx__Internal__V1__StageTimings StageTimings;
+
+#define RUN_BATCH "/mx.internal.v1.AttentionStage/RunBatch"
+#define INFO "/mx.internal.v1.AttentionStage/Info"
 
 struct stage {
     pthread_mutex_t lock;       /* one batch / release / info at a time */
@@ -32,6 +41,13 @@ struct stage {
     mx_router *router;          /* NULL: experts are local */
     seq_table seqs;
     float *sample_work;         /* [2 * vocab] */
+    char next_addr[256];        /* "" = no next stage */
+    mx_rpc_channel *next;       /* NULL = no next stage */
+    /* Under stats_mu (never held together with lock): */
+    pthread_mutex_t stats_mu;
+    bool next_checked;          /* the next stage answered Info with index + 1 */
+    int in_flight, max_in_flight;
+    uint64_t batches_run;
 };
 
 /* The router's executor, timed, so RunBatch can report expert time apart from attention. */
@@ -64,6 +80,7 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     if (!s)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->stats_mu, NULL);
     s->index = c->index;
     s->count = c->count;
     s->first = c->index == 0;
@@ -93,6 +110,11 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     }
     if (!rc)
         rc = seq_table_init(&s->seqs, s->m, c->layer_begin, c->layer_end, c->max_sequences, err);
+    if (!rc && c->next[0]) {
+        snprintf(s->next_addr, sizeof s->next_addr, "%s", c->next);
+        mx_rpc_channel_options co = {.max_message_bytes = c->max_message_bytes};
+        rc = mx_rpc_channel_create(c->next, &co, &s->next, err);
+    }
     if (!rc && s->last && !(s->sample_work = malloc((size_t)s->cfg.vocab_size * 2 * sizeof(float))))
         rc = mx_fail(err, MX_ENOMEM, "out of memory");
     if (rc) {
@@ -115,6 +137,8 @@ void stage_destroy(stage *s)
         s->be->destroy(s->be);
     mx_weights_free(s->w);
     free(s->sample_work);
+    mx_rpc_channel_destroy(s->next);
+    pthread_mutex_destroy(&s->stats_mu);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -305,7 +329,10 @@ static int resolve_sequences(stage *s, const RunBatchRequest *rq, seq_entry **en
     return rc;
 }
 
-static int run_locked(stage *s, const RunBatchRequest *rq, mx_rpc_payload *out, mx_error *err)
+/* Runs the batch through this stage's layers. Packs into *out either the response, or
+ * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
+static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
+                      mx_error *err)
 {
     double t_start = now_ms();
     size_t n_tokens = 0;
@@ -391,9 +418,18 @@ static int run_locked(stage *s, const RunBatchRequest *rq, mx_rpc_payload *out, 
         tm.attention_ms = (t_head - t_layers) - tmoe.ms;
         tm.sampling_ms = s->last ? t_end - t_head : 0;
         tm.total_ms = t_end - t_start;
+        *mine = tm;
         resp.timings = &tm;
         resp.batch_id = rq->batch_id;
-        rc = mx_rpc_pb_pack(&resp.base, out, err);
+        resp.stages_run = 1;
+        if (fwd) {
+            RunBatchRequest next = *rq;  /* shallow: same sequences, our hidden states */
+            next.hidden = &ht;
+            next.forward = true;
+            rc = mx_rpc_pb_pack(&next.base, out, err);
+        } else {
+            rc = mx_rpc_pb_pack(&resp.base, out, err);
+        }
     }
     free_sampled(&resp);
     if (h.data)
@@ -406,14 +442,119 @@ static int run_locked(stage *s, const RunBatchRequest *rq, mx_rpc_payload *out, 
     return rc;
 }
 
-int stage_run_batch(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)
+/* Once per process: the next stage must be stage index + 1 of the same pipeline, with the same
+ * hidden size; a miswired `next` is reported instead of computing garbage. */
+static int check_next(stage *s, int64_t timeout_ms, mx_error *err)
 {
+    pthread_mutex_lock(&s->stats_mu);
+    bool done = s->next_checked;
+    pthread_mutex_unlock(&s->stats_mu);
+    if (done)
+        return 0;
+    Mx__Internal__V1__StageInfoRequest rq = MX__INTERNAL__V1__STAGE_INFO_REQUEST__INIT;
+    mx_rpc_payload p;
+    MX_TRY(mx_rpc_pb_pack(&rq.base, &p, err));
+    mx_rpc_result res = {0};
+    char what[400];
+    snprintf(what, sizeof what, "stage %d: next stage %s Info", s->index, s->next_addr);
+    int rc = mx_rpc_unary(s->next, INFO, p, timeout_ms, &res);
+    ProtobufCMessage *m = NULL;
+    if (rc)
+        mx_rpc_status_to_error(&res.status, what, err);
+    else
+        rc = mx_rpc_pb_unpack(&mx__internal__v1__stage_info_response__descriptor, res.response.data,
+                              res.response.len, &m, err);
+    mx_rpc_result_free(&res);
+    if (rc)
+        return rc;
+    const Mx__Internal__V1__StageInfoResponse *info = (const Mx__Internal__V1__StageInfoResponse *)m;
+    if (info->stage_index != (uint32_t)s->index + 1 || info->num_stages != (uint32_t)s->count ||
+        info->hidden_size != (uint32_t)s->cfg.hidden_size)
+        rc = mx_fail(err, MX_EINVAL,
+                     "stage %d: stage.next %s is stage %u of %u with hidden size %u, expected stage %d of %d with %d",
+                     s->index, s->next_addr, info->stage_index, info->num_stages, info->hidden_size, s->index + 1,
+                     s->count, s->cfg.hidden_size);
+    protobuf_c_message_free_unpacked(m, NULL);
+    if (!rc) {
+        pthread_mutex_lock(&s->stats_mu);
+        s->next_checked = true;
+        pthread_mutex_unlock(&s->stats_mu);
+    }
+    return rc;
+}
+
+/* Sends the packed request to the next stage and turns its answer into ours: stages_run one
+ * more, our attention/expert time added. Errors name this stage and the next. */
+static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const StageTimings *mine, double t_start,
+                   mx_rpc_payload *out, mx_error *err)
+{
+    int rc = check_next(s, timeout_ms, err);
+    if (rc) {
+        if (next_rq.release)
+            next_rq.release(next_rq.release_ctx);
+        return rc;
+    }
+    mx_rpc_result res = {0};
+    ProtobufCMessage *m = NULL;
+    rc = mx_rpc_unary(s->next, RUN_BATCH, next_rq, timeout_ms, &res);
+    if (rc) {
+        char what[400];
+        snprintf(what, sizeof what, "stage %d: next stage %s RunBatch", s->index, s->next_addr);
+        mx_rpc_status_to_error(&res.status, what, err);
+    } else {
+        rc = mx_rpc_pb_unpack(&mx__internal__v1__run_batch_response__descriptor, res.response.data,
+                              res.response.len, &m, err);
+        if (rc)
+            mx_error_prefix(err, "stage %d: next stage %s answered", s->index, s->next_addr);
+    }
+    mx_rpc_result_free(&res);
+    if (rc)
+        return rc;
+    RunBatchResponse *resp = (RunBatchResponse *)m;
+    resp->stages_run = (resp->stages_run ? resp->stages_run : 1) + 1;
+    StageTimings tm = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
+    if (resp->timings)
+        tm = *resp->timings;
+    tm.attention_ms += mine->attention_ms;
+    tm.experts_ms += mine->experts_ms;
+    tm.total_ms = now_ms() - t_start;
+    StageTimings *theirs = resp->timings;
+    resp->timings = &tm;
+    rc = mx_rpc_pb_pack(&resp->base, out, err);
+    resp->timings = theirs;
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
+}
+
+static void count_in_flight(stage *s, int delta, bool ok)
+{
+    pthread_mutex_lock(&s->stats_mu);
+    s->in_flight += delta;
+    if (s->in_flight > s->max_in_flight)
+        s->max_in_flight = s->in_flight;
+    if (ok)
+        s->batches_run++;
+    pthread_mutex_unlock(&s->stats_mu);
+}
+
+int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms, mx_rpc_payload *out,
+                    mx_error *err)
+{
+    double t_start = now_ms();
     ProtobufCMessage *msg;
     MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__run_batch_request__descriptor, req, len, &msg, err));
+    const RunBatchRequest *rq = (const RunBatchRequest *)msg;
+    bool fwd = rq->forward && s->next;
+    count_in_flight(s, 1, false);
+    StageTimings mine = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
+    mx_rpc_payload mid;
     pthread_mutex_lock(&s->lock);
-    int rc = run_locked(s, (const RunBatchRequest *)msg, out, err);
+    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, err);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
+    if (!rc && fwd)
+        rc = forward(s, mid, timeout_ms, &mine, t_start, out, err);
+    count_in_flight(s, -1, rc == 0);
     return rc;
 }
 
@@ -451,5 +592,11 @@ int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx
     r.state_bytes = seq_table_state_bytes(&s->seqs);
     r.backend = (char *)s->be->name;
     pthread_mutex_unlock(&s->lock);
+    r.next = s->next_addr;
+    pthread_mutex_lock(&s->stats_mu);
+    r.batches_in_flight = (uint32_t)s->in_flight;
+    r.max_batches_in_flight = (uint32_t)s->max_in_flight;
+    r.batches_run = s->batches_run;
+    pthread_mutex_unlock(&s->stats_mu);
     return mx_rpc_pb_pack(&r.base, out, err);
 }

@@ -22,8 +22,11 @@ void stage_destroy(stage *s);
 /* AttentionStage methods: request bytes in, packed response out (a payload the RPC layer
  * frees). Failures return an mx_code whose gRPC mapping is the answer: MX_EINVAL for bad
  * input (named), MX_ENOMEM when the live-sequence cap is hit, MX_ENOTFOUND for an unknown
- * sequence. Thread-safe: batches run one at a time. */
-int stage_run_batch(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
+ * sequence. Thread-safe: batches compute one at a time, but a batch waiting for the next
+ * stage does not block the next one. timeout_ms bounds the call to the next stage (< 0 =
+ * none); a failure there comes back with this stage and the next one named, its code kept. */
+int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms, mx_rpc_payload *resp,
+                    mx_error *err);
 int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 

@@ -50,6 +50,7 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(get_string(g, path, "model", NULL, c->model, sizeof c->model, err));
     MX_TRY(get_string(g, path, "port_file", "", c->port_file, sizeof c->port_file, err));
     MX_TRY(get_string(g, path, "backend", "cpu", c->backend, sizeof c->backend, err));
+    MX_TRY(get_string(g, path, "next", "", c->next, sizeof c->next, err));
     MX_TRY(get_int(g, path, "index", 0, true, &c->index, err));
     MX_TRY(get_int(g, path, "count", 0, true, &c->count, err));
     MX_TRY(get_int(g, path, "layer_begin", 0, true, &c->layer_begin, err));
@@ -59,6 +60,14 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(get_int(g, path, "max_message_mb", 256, false, &mb, err));
     if (c->count < 1 || c->index < 0 || c->index >= c->count)
         return mx_fail(err, MX_EINVAL, "%s: stage.index %d is not in [0, count=%d)", path, c->index, c->count);
+    MX_TRY(get_int(g, path, "worker_threads", c->count + 4, false, &c->worker_threads, err));
+    if (c->worker_threads < 2 || c->worker_threads > 1024)
+        return mx_fail(err, MX_EINVAL, "%s: stage.worker_threads %d is not in [2, 1024]", path, c->worker_threads);
+    if (c->next[0] && c->index == c->count - 1)
+        return mx_fail(err, MX_EINVAL, "%s: stage.next is set but stage %d is the last of %d (it has no next stage)",
+                       path, c->index, c->count);
+    if (c->next[0] && !strchr(c->next, ':'))
+        return mx_fail(err, MX_EINVAL, "%s: stage.next = \"%s\" is not a \"host:port\" address", path, c->next);
     if (c->layer_begin < 0 || c->layer_end <= c->layer_begin)
         return mx_fail(err, MX_EINVAL, "%s: stage.layer_begin/layer_end [%d, %d) is not a non-empty layer range", path,
                        c->layer_begin, c->layer_end);

@@ -11,6 +11,10 @@
  *       backend = "cpu"; threads = 0; # engine backend and its threads (0 = all cores)
  *       max_message_mb = 256;         # largest RunBatch request/response (default 256)
  *       port_file = "/tmp/s0.port";   # optional: the bound port is written here once serving
+ *       next = "10.0.0.2:50061";      # optional: the next stage; a RunBatch asking to be
+ *                                     # forwarded goes on there (absent on the last stage)
+ *       worker_threads = 6;           # RPC handlers at once (default count + 4): one per
+ *                                     # micro-batch in flight plus Info/Release/health
  *     };
  *     experts = { ... };              # optional; absent = this stage loads its own experts
  */
@@ -26,12 +30,14 @@ typedef struct stage_config {
     char listen[256];
     char model[4096];
     char port_file[4096];     /* "" = none */
+    char next[256];           /* "" = no next stage */
     int index, count;
     int layer_begin, layer_end;
     int max_sequences;
     char backend[16];
     int threads;
     int max_message_bytes;
+    int worker_threads;
     bool remote_experts;      /* an "experts" group was given */
     mx_router_config router;  /* valid when remote_experts */
 } stage_config;

@@ -43,6 +43,7 @@ typedef struct proc {
 typedef struct cluster {
     const char *model;
     int stages, shards, threads, max_batch;
+    int pipeline_depth;         /* 0 = the gateway's default (number of stages) */
     const char *replicas_text;  /* "R" for every shard or "R0,R1,..." per shard */
     int replicas[64];
     bool allow_replica_loss;
@@ -56,10 +57,13 @@ typedef struct cluster {
 static void usage(FILE *f)
 {
     fprintf(f, "usage: mx cluster --model DIR --stages S --expert-shards E [--replicas R|R0,R1,..] [--port P]\n"
-               "         [--threads T] [--max-batch N] [--allow-replica-loss] [--workdir DIR]\n"
+               "         [--threads T] [--max-batch N] [--pipeline-depth D] [--allow-replica-loss]\n"
+               "         [--workdir DIR]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
                "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\") and then\n"
-               "\"gateway listening on 127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n");
+               "\"gateway listening on 127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n"
+               "Stages are chained (each forwards to the next); the gateway keeps up to D micro-batches\n"
+               "in the pipeline (default S; 1 = one at a time).\n");
 }
 
 /* Reserves n distinct free loopback ports by binding them all at once, then closes them.
@@ -134,9 +138,16 @@ static int write_stage_cfg(const cluster *c, const proc *p)
     fprintf(f, "# attention stage %d of %d (written by mx cluster)\n", p->index, c->stages);
     fprintf(f,
             "stage = {\n  listen = \"127.0.0.1:%d\";\n  model = \"%s\";\n  index = %d;\n  count = %d;\n"
-            "  layer_begin = %d;\n  layer_end = %d;\n  max_sequences = %d;\n  threads = %d;\n};\n",
+            "  layer_begin = %d;\n  layer_end = %d;\n  max_sequences = %d;\n  threads = %d;\n",
             p->port, c->model, p->index, c->stages, p->index * L / c->stages, (p->index + 1) * L / c->stages,
             c->max_batch * 2 + 16, c->threads);
+    /* chained: hidden states go straight to the next stage; the port is already reserved */
+    for (int i = 0; i < c->n; i++)
+        if (c->p[i].kind == KIND_STAGE && c->p[i].index == p->index + 1)
+            fprintf(f, "  next = \"127.0.0.1:%d\";\n", c->p[i].port);
+    if (c->pipeline_depth > c->stages)  /* one handler per batch in flight, plus control calls */
+        fprintf(f, "  worker_threads = %d;\n", c->pipeline_depth + 4);
+    fprintf(f, "};\n");
     fprintf(f, "experts = {\n  shards = (\n");
     for (int s = 0; s < c->shards; s++) {
         int e0 = s * ne / c->shards, e1 = (s + 1) * ne / c->shards;
@@ -160,8 +171,8 @@ static int write_gateway_cfg(const cluster *c, const proc *p)
     if (!f)
         return -1;
     fprintf(f, "# gateway (written by mx cluster)\ngateway = {\n  listen = \"127.0.0.1:%d\";\n  model = \"%s\";\n"
-               "  num_expert_shards = %d;\n  max_batch_sequences = %d;\n  stages = [",
-            p->port, c->model, c->shards, c->max_batch);
+               "  num_expert_shards = %d;\n  max_batch_sequences = %d;\n  pipeline_depth = %d;\n  stages = [",
+            p->port, c->model, c->shards, c->max_batch, c->pipeline_depth ? c->pipeline_depth : c->stages);
     int k = 0;
     for (int i = 0; i < c->n; i++)
         if (c->p[i].kind == KIND_STAGE)
@@ -458,7 +469,8 @@ int mx_cmd_cluster(int argc, char **argv)
         {"expert-shards", required_argument, 0, 'e'}, {"replicas", required_argument, 0, 'r'},
         {"port", required_argument, 0, 'p'},      {"threads", required_argument, 0, 't'},
         {"max-batch", required_argument, 0, 'b'}, {"allow-replica-loss", no_argument, 0, 'a'},
-        {"workdir", required_argument, 0, 'w'},   {"help", no_argument, 0, 'h'},
+        {"workdir", required_argument, 0, 'w'},   {"pipeline-depth", required_argument, 0, 'd'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch, bad = 0;
     optind = 1;
@@ -471,6 +483,7 @@ int mx_cmd_cluster(int argc, char **argv)
         case 'p': bad = cli_parse_int("--port", optarg, 0, 65535, &port); break;
         case 't': bad = cli_parse_int("--threads", optarg, 0, 256, &v); c->threads = (int)v; break;
         case 'b': bad = cli_parse_int("--max-batch", optarg, 1, 4096, &v); c->max_batch = (int)v; break;
+        case 'd': bad = cli_parse_int("--pipeline-depth", optarg, 1, 64, &v); c->pipeline_depth = (int)v; break;
         case 'a': c->allow_replica_loss = true; break;
         case 'w': workdir = optarg; break;
         case 'h': usage(stdout); free(c); return 0;

@@ -10,10 +10,13 @@
  *       max_new_tokens_limit = 4096;      # largest max_new_tokens accepted (default 4096)
  *       max_context_tokens = 32768;       # prompt + output (default min(32768, model's))
  *       max_batch_sequences = 64;         # sequences per step (default 64)
- *       max_step_tokens = 512;            # prompt tokens per step, prefill chunking (default 512)
+ *       max_step_tokens = 512;            # prompt tokens per micro-batch, prefill chunking (default 512)
+ *       pipeline_depth = 2;               # micro-batches in the pipeline at once (default: the
+ *                                         # number of stages; 1 = one batch at a time)
  *       max_queued = 1024;                # waiting requests; more -> RESOURCE_EXHAUSTED
  *       max_request_kb = 4096;            # largest request message (default 4 MiB)
- *       stage_timeout_ms = 60000;         # per RunBatch call (default 60000)
+ *       stage_timeout_ms = 60000;         # per RunBatch call, which on chained stages covers
+ *                                         # the whole chain (default 60000)
  *       eos_token_ids = [2];              # optional; default config.json's eos_token_id
  *       port_file = "/tmp/gw.port";       # optional: bound port written here once serving
  *       tokenizer = "/models/minimax/tokenizer.json";   # default <model>/tokenizer.json; when
@@ -46,6 +49,7 @@ typedef struct gw_config {
     int max_context_tokens;       /* 0 = from the model */
     int max_batch_sequences;
     int max_step_tokens;
+    int pipeline_depth;
     int max_queued;
     int max_request_bytes;
     int64_t stage_timeout_ms;

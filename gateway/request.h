@@ -44,6 +44,9 @@ typedef struct gw_request {
     /* ---- scheduler only ---- */
     int prefilled;             /* prompt tokens sent to the stages */
     bool on_stages;            /* some stage may hold state: Release on the way out */
+    bool in_flight;            /* part of a micro-batch in the pipeline: not eligible, not
+                                  released, until that batch comes back */
+    uint64_t ready_seq;        /* when it last became eligible (older goes first) */
     double t_scheduled_ms, t_first_ms;
 
     /* ---- shared, under mu ---- */

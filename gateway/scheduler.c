@@ -1,7 +1,10 @@
-/* scheduler.c - the step loop behind scheduler.h. One step = one RunBatch per stage, in
- * order, with stage i's hidden states relayed to stage i+1; the last stage answers sampled
- * tokens. Prompt chunks share the per-step token budget (max_step_tokens) so that long
- * prompts do not stall the decoding requests; decode tokens always run. */
+/* scheduler.c - the loop behind scheduler.h. Up to pipeline_depth micro-batches are in the
+ * pipeline at once, each carried by its own flight thread (a blocking RunBatch to stage 0,
+ * which chains through the others); the scheduler thread alone builds batches, delivers
+ * their tokens and changes the running set. A request is in at most one flight; when its
+ * flight lands it becomes eligible again, oldest-eligible first. A batch takes about
+ * 1/depth of the running requests so the stages have work to overlap; prompt chunks share
+ * the per-batch token budget (max_step_tokens) so long prompts do not stall decoding. */
 #include "scheduler.h"
 
 #include <stdio.h>
@@ -12,30 +15,43 @@
 
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
-#include "mx/internal/v1/attention_stage.pb-c.h"
+#include "micro_batch.h"
 
-#define RUN_BATCH "/mx.internal.v1.AttentionStage/RunBatch"
 #define RELEASE "/mx.internal.v1.AttentionStage/Release"
+
+typedef enum { FLIGHT_IDLE, FLIGHT_SENT, FLIGHT_LANDED } flight_state;
+
+typedef struct flight {
+    gw_scheduler *s;
+    pthread_t thread;
+    bool started, quit;
+    pthread_cond_t cv;        /* with s->mu: the flight thread waits for FLIGHT_SENT */
+    flight_state state;       /* under s->mu */
+    gw_micro_batch batch;     /* the scheduler's while IDLE/LANDED, the flight thread's while SENT */
+} flight;
 
 struct gw_scheduler {
     gw_config cfg;
     mx_rpc_channel *stages[GW_MAX_STAGES];
     pthread_t thread;
     bool thread_started;
-    pthread_mutex_t mu;       /* guards queue, n_queued, stop, next_id */
-    pthread_cond_t cv;
+    pthread_mutex_t mu;       /* guards queue, n_queued, stop, next_id, flight states */
+    pthread_cond_t cv;        /* scheduler waits: new request, flight landed, stop */
     gw_request **queue;       /* [max_queued], FIFO in [0, n_queued) */
     int n_queued;
     bool stop;
-    uint64_t next_id, next_batch;
-    gw_request **running;     /* [max_batch_sequences], thread only */
+    uint64_t next_id, next_batch, next_ready;
+    gw_request **running;     /* [max_batch_sequences], scheduler thread only */
     int n_running;
+    gw_request **pick;        /* [max_batch_sequences], scratch for choosing a batch */
+    int depth, n_flying;      /* n_flying: flights SENT or LANDED (scheduler thread only) */
+    flight *flights;          /* [depth] */
 };
 
-typedef Mx__Internal__V1__SequenceInput SequenceInput;
-
-/* Frees the state of n sequences on every stage. Failures are only logged: a stage that
- * cannot be reached has lost the state anyway, and the sequence id is never reused. */
+/* Frees the state of n sequences on every stage at once (control traffic goes to each stage
+ * directly, not along the chain, so one unreachable stage does not keep the others from
+ * freeing). Failures are only logged: a stage that cannot be reached has lost the state
+ * anyway, and the sequence id is never reused. */
 static void release_on_stages(gw_scheduler *s, const uint64_t *ids, int n)
 {
     if (n == 0)
@@ -43,29 +59,40 @@ static void release_on_stages(gw_scheduler *s, const uint64_t *ids, int n)
     Mx__Internal__V1__ReleaseRequest rq = MX__INTERNAL__V1__RELEASE_REQUEST__INIT;
     rq.n_sequence_ids = (size_t)n;
     rq.sequence_ids = (uint64_t *)ids;
-    for (int i = 0; i < s->cfg.n_stages; i++) {
-        mx_error err = {0};
-        mx_rpc_payload p;
-        if (mx_rpc_pb_pack(&rq.base, &p, &err)) {
+    mx_rpc_fanout_call calls[GW_MAX_STAGES];
+    memset(calls, 0, sizeof calls);
+    mx_error err = {0};
+    int k = 0;
+    for (; k < s->cfg.n_stages; k++) {
+        calls[k].channel = s->stages[k];
+        calls[k].method = RELEASE;
+        if (mx_rpc_pb_pack(&rq.base, &calls[k].request, &err)) {
             fprintf(stderr, "gateway: release: %s\n", err.msg);
-            return;
+            break;
         }
-        mx_rpc_result res = {0};
-        if (mx_rpc_unary(s->stages[i], RELEASE, p, 5000, &res)) {
-            mx_rpc_status_to_error(&res.status, "release", &err);
-            fprintf(stderr, "gateway: stage %d (%s): %s\n", i, s->cfg.stages[i], err.msg);
-        }
-        mx_rpc_result_free(&res);
+    }
+    if (k == s->cfg.n_stages && mx_rpc_fanout(calls, k, 5000, &err))
+        fprintf(stderr, "gateway: release: %s\n", err.msg);
+    for (int i = 0; i < k; i++) {
+        if (k < s->cfg.n_stages && calls[i].request.release)
+            calls[i].request.release(calls[i].request.release_ctx);
+        mx_rpc_result_free(&calls[i].result);
     }
 }
 
-/* Removes running requests that are done (or must end now) and releases their state. */
+/* Removes running requests that are done (or must end now) and releases their state.
+ * Requests in flight stay: their batch may still reach a stage, so they are dealt with
+ * after it lands. */
 static void retire(gw_scheduler *s, double now)
 {
     uint64_t *ids = malloc((size_t)(s->n_running ? s->n_running : 1) * sizeof *ids);
     int n_ids = 0, keep = 0;
     for (int i = 0; i < s->n_running; i++) {
         gw_request *r = s->running[i];
+        if (r->in_flight) {
+            s->running[keep++] = r;
+            continue;
+        }
         pthread_mutex_lock(&r->mu);
         bool cancelled = r->cancelled, done = r->done;
         pthread_mutex_unlock(&r->mu);
@@ -88,157 +115,150 @@ static void retire(gw_scheduler *s, double now)
     free(ids);
 }
 
-/* Moves queued requests into the running set while there is room. Returns false if the
- * scheduler is stopping. Blocks while there is nothing to do. */
-static bool admit(gw_scheduler *s)
+/* Moves queued requests into the running set while there is room (s->mu held). */
+static void admit_locked(gw_scheduler *s)
 {
-    pthread_mutex_lock(&s->mu);
-    while (!s->stop && s->n_running == 0 && s->n_queued == 0)
-        pthread_cond_wait(&s->cv, &s->mu);
     int take = s->cfg.max_batch_sequences - s->n_running;
     if (take > s->n_queued)
         take = s->n_queued;
     double now = gw_now_ms();
     for (int i = 0; i < take; i++) {
-        s->running[s->n_running++] = s->queue[i];
-        s->queue[i]->t_scheduled_ms = now;
+        gw_request *r = s->queue[i];
+        r->t_scheduled_ms = now;
+        r->ready_seq = ++s->next_ready;
+        s->running[s->n_running++] = r;
     }
     memmove(s->queue, s->queue + take, (size_t)(s->n_queued - take) * sizeof *s->queue);
     s->n_queued -= take;
-    bool go = !s->stop;
-    pthread_mutex_unlock(&s->mu);
-    return go;
 }
 
-/* One step over the running requests. */
-static void step(gw_scheduler *s)
+static int n_eligible(const gw_scheduler *s)
 {
-    int n = s->n_running, budget = s->cfg.max_step_tokens, n_in = 0;
-    SequenceInput *inputs = calloc((size_t)n, sizeof *inputs);
-    SequenceInput **inptrs = calloc((size_t)n, sizeof *inptrs);
-    Mx__Internal__V1__StageSampling *samp = calloc((size_t)n, sizeof *samp);
-    gw_request **members = calloc((size_t)n, sizeof *members);
-    uint64_t *ids = calloc((size_t)n, sizeof *ids);
-    mx_error err = {0};
-    int rc = 0;
-    if (!inputs || !inptrs || !samp || !members || !ids)
-        rc = mx_fail(&err, MX_ENOMEM, "out of memory building a step");
-    for (int i = 0; i < n && !rc; i++) {
-        gw_request *r = s->running[i];
-        SequenceInput *q = &inputs[n_in];
-        mx__internal__v1__sequence_input__init(q);
-        Mx__Internal__V1__StageSampling *sp = &samp[n_in];
-        mx__internal__v1__stage_sampling__init(sp);
-        q->sequence_id = r->seq_id;
-        if (r->prefilled < r->n_prompt) {
-            if (budget <= 0)
-                continue;
-            int chunk = r->n_prompt - r->prefilled;
-            if (chunk > budget)
-                chunk = budget;
-            budget -= chunk;
-            q->start_position = (uint32_t)r->prefilled;
-            q->token_ids = r->prompt + r->prefilled;
-            q->n_token_ids = (size_t)chunk;
-            q->num_tokens = (uint32_t)chunk;
-            q->sample = r->prefilled + chunk == r->n_prompt;
-        } else {
-            q->start_position = (uint32_t)(r->n_prompt + r->n_out - 1);
-            q->token_ids = &r->out_ids[r->n_out - 1];
-            q->n_token_ids = 1;
-            q->num_tokens = 1;
-            q->sample = true;
-            budget--;
-        }
-        sp->temperature = r->sampling.temperature;
-        sp->top_k = r->sampling.top_k;
-        sp->top_p = r->sampling.top_p;
-        sp->min_p = r->sampling.min_p;
-        sp->repetition_penalty = r->sampling.repetition_penalty;
-        sp->seed = r->sampling.seed;
-        sp->step = (uint32_t)r->n_out;
-        sp->top_logprobs = r->sampling.top_n;
-        sp->want_logprobs = r->sampling.want_logprobs;
-        q->sampling = sp;
-        inptrs[n_in] = q;
-        members[n_in++] = r;
-    }
-    Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
-    rq.batch_id = ++s->next_batch;
-    rq.sequences = inptrs;
-    rq.n_sequences = (size_t)n_in;
-    Mx__Internal__V1__RunBatchResponse *resp = NULL;
-    for (int i = 0; i < n_in; i++)
-        members[i]->on_stages = true;
-    for (int st = 0; st < s->cfg.n_stages && !rc && n_in > 0; st++) {
-        rq.hidden = resp ? resp->hidden : NULL;
-        mx_rpc_payload p;
-        rc = mx_rpc_pb_pack(&rq.base, &p, &err);
-        if (resp)
-            protobuf_c_message_free_unpacked(&resp->base, NULL);
-        resp = NULL;
-        if (rc)
+    int n = 0;
+    for (int i = 0; i < s->n_running; i++)
+        n += !s->running[i]->in_flight;
+    return n;
+}
+
+static int by_ready(const void *a, const void *b)
+{
+    uint64_t x = (*(gw_request *const *)a)->ready_seq, y = (*(gw_request *const *)b)->ready_seq;
+    return x < y ? -1 : x > y;
+}
+
+static flight *idle_flight(gw_scheduler *s)
+{
+    for (int i = 0; i < s->depth; i++)
+        if (s->flights[i].state == FLIGHT_IDLE)
+            return &s->flights[i];
+    return NULL;
+}
+
+/* Fills f with the longest-waiting eligible requests, about 1/depth of the running set, and
+ * sends it. Returns false when no request could go. */
+static bool launch(gw_scheduler *s, flight *f)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_running; i++)
+        if (!s->running[i]->in_flight)
+            s->pick[n++] = s->running[i];
+    qsort(s->pick, (size_t)n, sizeof *s->pick, by_ready);
+    int target = (s->n_running + s->depth - 1) / s->depth, budget = s->cfg.max_step_tokens;
+    gw_micro_batch *b = &f->batch;
+    for (int i = 0; i < n && b->n < target; i++)
+        gw_micro_batch_add(b, s->pick[i], &budget);
+    if (b->n == 0)
+        return false;
+    b->batch_id = ++s->next_batch;
+    pthread_mutex_lock(&s->mu);
+    f->state = FLIGHT_SENT;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&s->mu);
+    s->n_flying++;
+    return true;
+}
+
+static void *flight_main(void *arg)
+{
+    flight *f = arg;
+    gw_scheduler *s = f->s;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (f->state != FLIGHT_SENT && !f->quit)
+            pthread_cond_wait(&f->cv, &s->mu);
+        if (f->state != FLIGHT_SENT)
             break;
-        mx_rpc_result res = {0};
-        rc = mx_rpc_unary(s->stages[st], RUN_BATCH, p, s->cfg.stage_timeout_ms, &res);
-        if (rc) {
-            char what[300];
-            snprintf(what, sizeof what, "stage %d (%s) RunBatch", st, s->cfg.stages[st]);
-            mx_rpc_status_to_error(&res.status, what, &err);
-        } else {
-            rc = mx_rpc_pb_unpack(&mx__internal__v1__run_batch_response__descriptor, res.response.data,
-                                  res.response.len, (ProtobufCMessage **)&resp, &err);
-        }
-        mx_rpc_result_free(&res);
-        if (!rc && st < s->cfg.n_stages - 1 && !resp->hidden)
-            rc = mx_fail(&err, MX_EINTERNAL, "stage %d (%s) answered no hidden states", st, s->cfg.stages[st]);
+        pthread_mutex_unlock(&s->mu);
+        gw_micro_batch_run(&f->batch, &s->cfg, s->stages);
+        pthread_mutex_lock(&s->mu);
+        f->state = FLIGHT_LANDED;
+        pthread_cond_signal(&s->cv);
     }
-    double now = gw_now_ms();
-    for (int i = 0; i < n_in && !rc; i++) {
-        gw_request *r = members[i];
-        SequenceInput *q = inptrs[i];
-        if (!q->sample) {
-            r->prefilled += (int)q->num_tokens;
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* Whether the scheduler has something to do now (s->mu held). */
+static bool has_work_locked(gw_scheduler *s)
+{
+    for (int i = 0; i < s->depth; i++)
+        if (s->flights[i].state == FLIGHT_LANDED)
+            return true;
+    if (s->n_flying >= s->depth)
+        return false;
+    return n_eligible(s) > 0 || (s->n_queued > 0 && s->n_running < s->cfg.max_batch_sequences);
+}
+
+static bool any_landed_locked(const gw_scheduler *s)
+{
+    for (int i = 0; i < s->depth; i++)
+        if (s->flights[i].state == FLIGHT_LANDED)
+            return true;
+    return false;
+}
+
+/* Delivers every landed flight; its requests become eligible again, after those that were
+ * already waiting (s->mu held; dropped while delivering). */
+static void land_locked(gw_scheduler *s)
+{
+    for (int i = 0; i < s->depth; i++) {
+        flight *f = &s->flights[i];
+        if (f->state != FLIGHT_LANDED)
             continue;
-        }
-        const Mx__Internal__V1__SampledToken *t = NULL;
-        for (size_t j = 0; j < resp->n_sampled && !t; j++)
-            if (resp->sampled[j]->sequence_id == r->seq_id)
-                t = resp->sampled[j];
-        if (!t) {
-            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_EINTERNAL,
-                              "the last stage returned no token for this sequence", now);
-            continue;
-        }
-        if (r->prefilled < r->n_prompt)
-            r->prefilled = r->n_prompt;
-        if (r->n_out == 0)
-            r->t_first_ms = now;
-        int n_top = (int)(t->n_top_token_ids < t->n_top_logprobs ? t->n_top_token_ids : t->n_top_logprobs);
-        gw_request_push(r, t->token_id, t->logprob, t->top_token_ids, t->top_logprobs, n_top, now);
+        pthread_mutex_unlock(&s->mu);
+        for (int j = 0; j < f->batch.n; j++)
+            f->batch.members[j]->ready_seq = ++s->next_ready;
+        gw_micro_batch_deliver(&f->batch, gw_now_ms());
+        pthread_mutex_lock(&s->mu);
+        f->state = FLIGHT_IDLE;
+        s->n_flying--;
     }
-    if (rc) {
-        fprintf(stderr, "gateway: step %llu failed: %s\n", (unsigned long long)rq.batch_id, err.msg);
-        for (int i = 0; i < n_in; i++)
-            gw_request_finish(members[i], MX__V1__FINISH_REASON__FINISH_REASON_ERROR, err.code, err.msg, now);
-    }
-    if (resp)
-        protobuf_c_message_free_unpacked(&resp->base, NULL);
-    free(inputs);
-    free(inptrs);
-    free(samp);
-    free(members);
-    free(ids);
 }
 
 static void *loop(void *arg)
 {
     gw_scheduler *s = arg;
-    while (admit(s)) {
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        while (!s->stop && !has_work_locked(s))
+            pthread_cond_wait(&s->cv, &s->mu);
+        /* stopping: nothing new goes out, but the flights in the air are waited for */
+        while (s->stop && s->n_flying > 0 && !any_landed_locked(s))
+            pthread_cond_wait(&s->cv, &s->mu);
+        bool stopping = s->stop;
+        if (!stopping)
+            admit_locked(s);
+        land_locked(s);
+        pthread_mutex_unlock(&s->mu);
+        if (stopping) {
+            if (s->n_flying == 0)
+                break;
+            continue;
+        }
         retire(s, gw_now_ms());
-        if (s->n_running > 0)
-            step(s);
-        retire(s, gw_now_ms());
+        flight *f;
+        while ((f = idle_flight(s)) && launch(s, f))
+            ;
     }
     return NULL;
 }
@@ -250,15 +270,29 @@ int gw_scheduler_create(const gw_config *cfg, gw_scheduler **out, mx_error *err)
     if (!s)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    s->depth = cfg->pipeline_depth > 0 ? cfg->pipeline_depth : cfg->n_stages;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->next_id = ((uint64_t)time(NULL) << 24) ^ ((uint64_t)getpid() << 8);
     s->queue = calloc((size_t)cfg->max_queued, sizeof *s->queue);
     s->running = calloc((size_t)cfg->max_batch_sequences, sizeof *s->running);
-    int rc = (!s->queue || !s->running) ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
+    s->pick = calloc((size_t)cfg->max_batch_sequences, sizeof *s->pick);
+    s->flights = calloc((size_t)s->depth, sizeof *s->flights);
+    int rc = (!s->queue || !s->running || !s->pick || !s->flights) ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
     mx_rpc_channel_options co = {.max_message_bytes = 1 << 30};
     for (int i = 0; i < cfg->n_stages && !rc; i++)
         rc = mx_rpc_channel_create(cfg->stages[i], &co, &s->stages[i], err);
+    for (int i = 0; s->flights && i < s->depth; i++) {
+        s->flights[i].s = s;
+        pthread_cond_init(&s->flights[i].cv, NULL);
+    }
+    for (int i = 0; s->flights && i < s->depth && !rc; i++) {
+        flight *f = &s->flights[i];
+        rc = gw_micro_batch_init(&f->batch, cfg->max_batch_sequences, err);
+        if (!rc && pthread_create(&f->thread, NULL, flight_main, f))
+            rc = mx_fail(err, MX_ENOMEM, "cannot start flight thread %d", i);
+        f->started = !rc;
+    }
     if (!rc) {
         if (pthread_create(&s->thread, NULL, loop, s))
             rc = mx_fail(err, MX_ENOMEM, "cannot start the scheduler thread");
@@ -283,6 +317,18 @@ void gw_scheduler_destroy(gw_scheduler *s)
     pthread_mutex_unlock(&s->mu);
     if (s->thread_started)
         pthread_join(s->thread, NULL);
+    /* every flight has landed and been delivered: stop the flight threads */
+    for (int i = 0; s->flights && i < s->depth; i++) {
+        flight *f = &s->flights[i];
+        pthread_mutex_lock(&s->mu);
+        f->quit = true;
+        pthread_cond_signal(&f->cv);
+        pthread_mutex_unlock(&s->mu);
+        if (f->started)
+            pthread_join(f->thread, NULL);
+        gw_micro_batch_free(&f->batch);
+        pthread_cond_destroy(&f->cv);
+    }
     double now = gw_now_ms();
     for (int i = 0; i < s->n_queued; i++) {
         gw_request_finish(s->queue[i], MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_EUNAVAILABLE,
@@ -300,6 +346,8 @@ void gw_scheduler_destroy(gw_scheduler *s)
     pthread_cond_destroy(&s->cv);
     free(s->queue);
     free(s->running);
+    free(s->pick);
+    free(s->flights);
     free(s);
 }
 

@@ -1,0 +1,182 @@
+/* micro_batch.c - building, running and delivering one micro-batch (micro_batch.h). The
+ * run is a loop over stages that normally makes one call: stage 0 with forward set answers
+ * for the whole chain (stages_run = all); a stage without `next` answers its hidden states
+ * and the loop relays them to the stage after it. */
+#include "micro_batch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/rpc/pb.h"
+
+#define RUN_BATCH "/mx.internal.v1.AttentionStage/RunBatch"
+
+typedef Mx__Internal__V1__SequenceInput SequenceInput;
+
+int gw_micro_batch_init(gw_micro_batch *b, int cap, mx_error *err)
+{
+    memset(b, 0, sizeof *b);
+    b->cap = cap;
+    b->members = calloc((size_t)cap, sizeof *b->members);
+    b->inputs = calloc((size_t)cap, sizeof *b->inputs);
+    b->inptrs = calloc((size_t)cap, sizeof *b->inptrs);
+    b->samp = calloc((size_t)cap, sizeof *b->samp);
+    if (!b->members || !b->inputs || !b->inptrs || !b->samp) {
+        gw_micro_batch_free(b);
+        return mx_fail(err, MX_ENOMEM, "out of memory for a micro-batch of %d sequences", cap);
+    }
+    return 0;
+}
+
+void gw_micro_batch_free(gw_micro_batch *b)
+{
+    for (int i = 0; i < b->n; i++)
+        gw_request_unref(b->members[i]);
+    if (b->resp)
+        protobuf_c_message_free_unpacked(&b->resp->base, NULL);
+    free(b->members);
+    free(b->inputs);
+    free(b->inptrs);
+    free(b->samp);
+    memset(b, 0, sizeof *b);
+}
+
+bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget)
+{
+    if (b->n >= b->cap)
+        return false;
+    SequenceInput *q = &b->inputs[b->n];
+    mx__internal__v1__sequence_input__init(q);
+    Mx__Internal__V1__StageSampling *sp = &b->samp[b->n];
+    mx__internal__v1__stage_sampling__init(sp);
+    q->sequence_id = r->seq_id;
+    if (r->prefilled < r->n_prompt) {
+        if (*budget <= 0)
+            return false;
+        int chunk = r->n_prompt - r->prefilled;
+        if (chunk > *budget)
+            chunk = *budget;
+        *budget -= chunk;
+        q->start_position = (uint32_t)r->prefilled;
+        q->token_ids = r->prompt + r->prefilled;
+        q->n_token_ids = (size_t)chunk;
+        q->num_tokens = (uint32_t)chunk;
+        q->sample = r->prefilled + chunk == r->n_prompt;
+    } else {
+        q->start_position = (uint32_t)(r->n_prompt + r->n_out - 1);
+        q->token_ids = &r->out_ids[r->n_out - 1];
+        q->n_token_ids = 1;
+        q->num_tokens = 1;
+        q->sample = true;
+        (*budget)--;
+    }
+    sp->temperature = r->sampling.temperature;
+    sp->top_k = r->sampling.top_k;
+    sp->top_p = r->sampling.top_p;
+    sp->min_p = r->sampling.min_p;
+    sp->repetition_penalty = r->sampling.repetition_penalty;
+    sp->seed = r->sampling.seed;
+    sp->step = (uint32_t)r->n_out;
+    sp->top_logprobs = r->sampling.top_n;
+    sp->want_logprobs = r->sampling.want_logprobs;
+    q->sampling = sp;
+    b->inptrs[b->n] = q;
+    b->members[b->n++] = r;
+    gw_request_ref(r);
+    r->in_flight = true;
+    r->on_stages = true;
+    return true;
+}
+
+void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel *const *stages)
+{
+    Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
+    rq.batch_id = b->batch_id;
+    rq.sequences = b->inptrs;
+    rq.n_sequences = (size_t)b->n;
+    rq.forward = true;
+    Mx__Internal__V1__RunBatchResponse *resp = NULL;
+    mx_error *err = &b->err;
+    int rc = 0, st = 0;
+    while (st < cfg->n_stages && !rc) {
+        rq.hidden = resp ? resp->hidden : NULL;
+        mx_rpc_payload p;
+        rc = mx_rpc_pb_pack(&rq.base, &p, err);
+        if (resp)
+            protobuf_c_message_free_unpacked(&resp->base, NULL);
+        resp = NULL;
+        if (rc)
+            break;
+        mx_rpc_result res = {0};
+        rc = mx_rpc_unary(stages[st], RUN_BATCH, p, cfg->stage_timeout_ms, &res);
+        if (rc) {
+            char what[300];
+            snprintf(what, sizeof what, "stage %d (%s) RunBatch", st, cfg->stages[st]);
+            mx_rpc_status_to_error(&res.status, what, err);
+        } else {
+            rc = mx_rpc_pb_unpack(&mx__internal__v1__run_batch_response__descriptor, res.response.data,
+                                  res.response.len, (ProtobufCMessage **)&resp, err);
+        }
+        mx_rpc_result_free(&res);
+        if (rc)
+            break;
+        int ran = resp->stages_run ? (int)resp->stages_run : 1;
+        if (ran > cfg->n_stages - st)
+            rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) ran the batch through %d stages but only %d remain "
+                         "(check stage.next against gateway.stages)", st, cfg->stages[st], ran, cfg->n_stages - st);
+        else if (st + ran < cfg->n_stages && !resp->hidden)
+            rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) answered no hidden states", st + ran - 1,
+                         cfg->stages[st]);
+        st += ran;
+    }
+    if (rc && resp) {
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        resp = NULL;
+    }
+    b->rc = rc;
+    b->resp = resp;
+}
+
+void gw_micro_batch_deliver(gw_micro_batch *b, double now)
+{
+    const Mx__Internal__V1__RunBatchResponse *resp = b->resp;
+    for (int i = 0; i < b->n; i++) {
+        gw_request *r = b->members[i];
+        const SequenceInput *q = b->inptrs[i];
+        r->in_flight = false;
+        if (b->rc) {
+            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_ERROR, b->err.code, b->err.msg, now);
+            continue;
+        }
+        if (!q->sample) {
+            r->prefilled += (int)q->num_tokens;
+            continue;
+        }
+        const Mx__Internal__V1__SampledToken *t = NULL;
+        for (size_t j = 0; j < resp->n_sampled && !t; j++)
+            if (resp->sampled[j]->sequence_id == r->seq_id)
+                t = resp->sampled[j];
+        if (!t) {
+            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_EINTERNAL,
+                              "the last stage returned no token for this sequence", now);
+            continue;
+        }
+        if (r->prefilled < r->n_prompt)
+            r->prefilled = r->n_prompt;
+        if (r->n_out == 0)
+            r->t_first_ms = now;
+        int n_top = (int)(t->n_top_token_ids < t->n_top_logprobs ? t->n_top_token_ids : t->n_top_logprobs);
+        gw_request_push(r, t->token_id, t->logprob, t->top_token_ids, t->top_logprobs, n_top, now);
+    }
+    if (b->rc)
+        fprintf(stderr, "gateway: micro-batch %llu failed: %s\n", (unsigned long long)b->batch_id, b->err.msg);
+    for (int i = 0; i < b->n; i++)
+        gw_request_unref(b->members[i]);
+    if (b->resp)
+        protobuf_c_message_free_unpacked(&b->resp->base, NULL);
+    b->resp = NULL;
+    b->n = 0;
+    b->rc = 0;
+    memset(&b->err, 0, sizeof b->err);
+}

@@ -1,0 +1,43 @@
+/* micro_batch.h - one micro-batch of the gateway's pipeline: the slices of some running
+ * requests (a prompt chunk or one decode token each), sent as a RunBatch to the first stage
+ * (chained stages carry it to the last; stages without a `next` get the hidden states relayed
+ * from here), and the sampled tokens handed back to the requests. No scheduling policy:
+ * which requests go in, and when, is scheduler.c's business. */
+#ifndef MX_GW_MICRO_BATCH_H
+#define MX_GW_MICRO_BATCH_H
+
+#include "core/rpc/client.h"
+#include "gw_config.h"
+#include "mx/internal/v1/attention_stage.pb-c.h"
+#include "request.h"
+
+typedef struct gw_micro_batch {
+    int cap, n;
+    uint64_t batch_id;
+    gw_request **members;                       /* [cap], each with a reference held */
+    Mx__Internal__V1__SequenceInput *inputs;    /* [cap] */
+    Mx__Internal__V1__SequenceInput **inptrs;   /* [cap] */
+    Mx__Internal__V1__StageSampling *samp;      /* [cap] */
+    /* result of gw_micro_batch_run */
+    int rc;
+    mx_error err;
+    Mx__Internal__V1__RunBatchResponse *resp;
+} gw_micro_batch;
+
+int gw_micro_batch_init(gw_micro_batch *b, int cap, mx_error *err);
+void gw_micro_batch_free(gw_micro_batch *b);
+
+/* Adds r's next slice: the rest of its prompt up to *budget tokens (nothing when *budget is
+ * 0: returns false), or its last sampled token. Decode tokens always go in and still count
+ * against *budget. Takes a reference and marks r in flight and on the stages. */
+bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget);
+
+/* Runs the batch through the pipeline (blocking); fills rc/err/resp. Only reads the
+ * members, which the scheduler leaves alone while the batch is in flight. */
+void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel *const *stages);
+
+/* Hands the sampled tokens (or the error) to the members, clears their in-flight mark,
+ * drops the batch's references and empties it for reuse. */
+void gw_micro_batch_deliver(gw_micro_batch *b, double now_ms);
+
+#endif
