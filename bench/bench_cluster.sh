@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# bench_cluster.sh - decode tokens/s of a loopback cluster (gateway, 2 stages, 2 expert
+# bench_cluster.sh - decode tokens/s of a loopback cluster (gateway, 2 chained stages, 2 expert
 # shards) against the single-process engine on the same model at batch 32, and their ratio.
-# PIPELINE_DEPTH=D passes --pipeline-depth D to `mx cluster` (default: its own, the number of
-# stages). Uses the "medium" preset of `mx make-model` (hidden 1024, 8 layers, 16 experts of 2048,
+# The cluster runs twice: with pipeline_depth 1 (one micro-batch at a time: the right setting
+# when every process shares this machine's cores; the ratio line with the target) and with
+# PIPELINE_DEPTH micro-batches in flight (default 2, the gateway's default for 2 stages; on
+# one machine this splits the batch and multiplies weight reads, so it is reported apart).
+# Uses the "medium" preset of `mx make-model` (hidden 1024, 8 layers, 16 experts of 2048,
 # top-2, vocab 8192; 1.7 GB), written once to $MX_BENCH_MODEL (default a temp dir, removed).
 set -eu
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
-BATCH=${BATCH:-32} STEPS=${STEPS:-16} THREADS=${THREADS:-2}
-depth_args=()
-[ -n "${PIPELINE_DEPTH:-}" ] && depth_args=(--pipeline-depth "$PIPELINE_DEPTH")
+BATCH=${BATCH:-32} STEPS=${STEPS:-16} THREADS=${THREADS:-2} PIPELINE_DEPTH=${PIPELINE_DEPTH:-2}
 model=${MX_BENCH_MODEL:-}
 made=""
 if [ -z "$model" ]; then
@@ -17,8 +18,14 @@ if [ -z "$model" ]; then
     made=$(dirname "$model")
 fi
 tmp=$(mktemp -d)
+cl=""
+stop_cluster() {
+    [ -n "$cl" ] && kill -TERM "$cl" 2>/dev/null && wait "$cl" 2>/dev/null
+    cl=""
+    return 0
+}
 cleanup() {
-    [ -n "${cl:-}" ] && kill -TERM "$cl" 2>/dev/null && wait "$cl" 2>/dev/null
+    stop_cluster
     rm -rf "$tmp"
     [ -n "$made" ] && rm -rf "$made"
     return 0
@@ -27,14 +34,25 @@ trap cleanup EXIT
 [ -f "$model/config.json" ] || "$BUILD/bin/mx" make-model --preset medium --out "$model" >/dev/null
 local_line=$("$BUILD/bench/bench_cluster" --model "$model" --batch "$BATCH" --steps "$STEPS" --threads "$THREADS")
 echo "$local_line"
-"$BUILD/bin/mx" cluster --model "$model" --stages 2 --expert-shards 2 --threads "$THREADS" \
-    "${depth_args[@]}" >"$tmp/out" 2>"$tmp/err" &
-cl=$!
-for _ in $(seq 1 1200); do grep -q "gateway listening" "$tmp/out" && break; sleep 0.1; done
-gw=$(sed -n 's/gateway listening on //p' "$tmp/out")
-[ -n "$gw" ] || { cat "$tmp/err"; exit 1; }
-cluster_line=$("$BUILD/bench/bench_cluster" --addr "$gw" --batch "$BATCH" --steps "$STEPS")
-echo "$cluster_line"
 l=$(sed -nE 's/.* ([0-9.]+) tokens\/s$/\1/p' <<<"$local_line")
-c=$(sed -nE 's/.* ([0-9.]+) tokens\/s$/\1/p' <<<"$cluster_line")
-awk -v l="$l" -v c="$c" 'BEGIN { printf "cluster / single-process decode throughput: %.2f (target >= 0.85)\n", c / l }'
+
+# run_cluster DEPTH: prints the cluster's bench line, tagged with the depth
+run_cluster() {
+    "$BUILD/bin/mx" cluster --model "$model" --stages 2 --expert-shards 2 --threads "$THREADS" \
+        --pipeline-depth "$1" >"$tmp/out" 2>"$tmp/err" &
+    cl=$!
+    for _ in $(seq 1 1200); do grep -q "gateway listening" "$tmp/out" && break; sleep 0.1; done
+    gw=$(sed -n 's/gateway listening on //p' "$tmp/out")
+    [ -n "$gw" ] || { cat "$tmp/err" >&2; exit 1; }
+    line=$("$BUILD/bench/bench_cluster" --addr "$gw" --batch "$BATCH" --steps "$STEPS")
+    stop_cluster
+    echo "$line (pipeline_depth $1)"
+}
+serial_line=$(run_cluster 1)
+echo "$serial_line"
+piped_line=$(run_cluster "$PIPELINE_DEPTH")
+echo "$piped_line"
+c1=$(sed -nE 's/.* ([0-9.]+) tokens\/s .*$/\1/p' <<<"$serial_line")
+cp=$(sed -nE 's/.* ([0-9.]+) tokens\/s .*$/\1/p' <<<"$piped_line")
+awk -v l="$l" -v c="$cp" -v d="$PIPELINE_DEPTH" 'BEGIN { printf "cluster (pipeline_depth %d) / single-process: %.2f (one machine: the stages share its cores)\n", d, c / l }'
+awk -v l="$l" -v c="$c1" 'BEGIN { printf "cluster / single-process decode throughput: %.2f (target >= 0.85)\n", c / l }'

@@ -388,8 +388,8 @@ int main(int argc, char **argv)
     if (!rc && g.cfg.port_file[0])
         rc = write_port_file(g.cfg.port_file, mx_rpc_server_port(srv), &err);
     if (!rc) {
-        fprintf(stderr, "gateway: %d stages, serving mx.v1.Generation on port %d\n", g.cfg.n_stages,
-                mx_rpc_server_port(srv));
+        fprintf(stderr, "gateway: %d stages, pipeline_depth %d, serving mx.v1.Generation on port %d\n",
+                g.cfg.n_stages, g.cfg.pipeline_depth, mx_rpc_server_port(srv));
         int sig = mx_rpc_wait_stop_signal(-1, &err);
         if (sig < 0)
             rc = sig;
