@@ -2,8 +2,9 @@
  * same weights in fp32) on the projection shapes of MiniMax-Text-01 (K = 6144), in one run.
  * M = 1 is memory bound, so it is also given as a fraction of the measured read bandwidth.
  * Weights are cycled through enough copies to exceed the last-level cache. A second table
- * covers the small M (2..16 rows: MoE experts at batched decode) with no BLAS comparison:
- * from memory on all threads, and from cache on one thread (the kernel's compute rate). */
+ * covers the small M (2..32 rows: MoE experts and attention at batched decode) with no BLAS
+ * comparison: from memory on all threads, and from cache on one thread (the kernel's compute
+ * rate), each also with the streaming and the packed kernel forced. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +20,7 @@
 typedef struct {
     mx_threadpool *pool;
     mx_cpu_isa isa;
+    mx_gemm_path path;
     int M, K, N, copies, fcopies; /* bf16 and fp32 copies of W */
     float *x, *y;
     uint16_t **wb; /* bf16 copies */
@@ -28,8 +30,8 @@ typedef struct {
 static void run_ours(shape_run *s, int c)
 {
     mx_error err = {0};
-    if (mx_cpu_gemm_with_isa(s->pool, s->isa, s->y, s->N, s->x, s->K, s->M, s->K, s->wb[c],
-                             MX_DTYPE_BF16, s->N, &err)) {
+    if (mx_cpu_gemm_with_path(s->pool, s->isa, s->path, s->y, s->N, s->x, s->K, s->M, s->K,
+                              s->wb[c], MX_DTYPE_BF16, s->N, &err)) {
         fprintf(stderr, "bench_gemm: %s\n", err.msg);
         exit(1);
     }
@@ -58,20 +60,22 @@ static double time_best(shape_run *s, void (*fn)(shape_run *, int), int copies)
     return best;
 }
 
-/* Best seconds of one call of mx_cpu_gemm on M x K x N, cycling `copies` copies of W. */
-static double time_small(mx_threadpool *pool, int M, int K, int N, int copies)
+/* Copies of one random BF16 W[N, K] (cycled so that they come from memory), x and y for up to
+ * max_m rows. */
+static shape_run small_setup(mx_threadpool *pool, int max_m, int K, int N, int copies)
 {
     size_t wn = (size_t)N * K;
-    shape_run s = {pool, mx_cpu_best_isa(), M, K, N, copies, 0, NULL, NULL, NULL, NULL};
-    s.x = malloc(sizeof(float) * (size_t)M * K);
-    s.y = malloc(sizeof(float) * (size_t)M * N);
+    shape_run s = {pool, mx_cpu_best_isa(), MX_GEMM_PATH_AUTO, max_m, K, N, copies, 0,
+                   NULL, NULL, NULL, NULL};
+    s.x = malloc(sizeof(float) * (size_t)max_m * K);
+    s.y = malloc(sizeof(float) * (size_t)max_m * N);
     s.wb = calloc((size_t)copies, sizeof *s.wb);
     float *wf = malloc(wn * 4);
     if (!s.x || !s.y || !s.wb || !wf) {
         fprintf(stderr, "bench_gemm: out of memory\n");
         exit(1);
     }
-    bench_fill_f32(s.x, (size_t)M * K, 1.f, 7);
+    bench_fill_f32(s.x, (size_t)max_m * K, 1.f, 7);
     bench_fill_f32(wf, wn, 0.05f, 11);
     for (int c = 0; c < copies; c++) {
         s.wb[c] = malloc(wn * 2);
@@ -82,21 +86,45 @@ static double time_small(mx_threadpool *pool, int M, int K, int N, int copies)
         for (size_t i = 0; i < wn; i++)
             s.wb[c][i] = mx_f32_to_bf16(wf[i]);
     }
-    double t = time_best(&s, run_ours, copies);
-    for (int c = 0; c < copies; c++)
-        free(s.wb[c]);
-    free(s.wb);
     free(wf);
-    free(s.x);
-    free(s.y);
-    return t;
+    return s;
 }
 
-/* Small M: from memory (K = 6144, N = 4096, all threads; GB/s of W and fraction of bandwidth)
- * and from cache (K = 1024, N = 512: 1 MiB of W that stays in L2, one thread). */
+static void small_free(shape_run *s)
+{
+    for (int c = 0; c < s->copies; c++)
+        free(s->wb[c]);
+    free(s->wb);
+    free(s->x);
+    free(s->y);
+}
+
+/* Best seconds of one call on M rows of s through path; 0 if the path cannot take M. */
+static double time_path(shape_run *s, int M, mx_gemm_path path)
+{
+    if (path == MX_GEMM_PATH_STREAM && M > mx_gemv_max_m(s->isa, MX_DTYPE_BF16))
+        return 0;
+    s->M = M;
+    s->path = path;
+    return time_best(s, run_ours, s->copies);
+}
+
+static void print_gflops(int M, int K, int N, double t)
+{
+    if (t > 0)
+        printf(" %9.1f", 2.0 * M * N * K / t / 1e9);
+    else
+        printf(" %9s", "-");
+}
+
+/* Small M: from memory (K = 6144, N = 4096, all threads; GB/s of W and fraction of bandwidth
+ * of the automatic choice) and from cache (K = 1024, N = 512: 1 MiB of W that stays in L2,
+ * one thread), each also through the streaming and the packed kernel forced (GFLOP/s), which
+ * shows where the automatic choice should switch. */
 static void small_m_table(mx_threadpool *pool, int threads, double bw, int only_m, int only_n)
 {
-    static const int Ms[] = {1, 2, 3, 4, 6, 8, 12, 16};
+    static const int Ms[] = {1, 2, 3, 4, 6, 8, 9, 10, 12, 14, 16, 20, 24, 28, 32};
+    const int max_m = 32, K = 6144, N = 4096;
     if (only_n)
         return;
     mx_threadpool *one = NULL;
@@ -105,22 +133,30 @@ static void small_m_table(mx_threadpool *pool, int threads, double bw, int only_
         fprintf(stderr, "bench_gemm: %s\n", err.msg);
         exit(1);
     }
-    printf("\nSmall M, BF16 weights. From memory: K = 6144, N = 4096, %d threads. "
-           "From cache: K = 1024, N = 512, 1 thread.\n", threads);
-    printf("%5s | %10s %8s %8s | %12s\n", "M", "mem GF/s", "GB/s", "of bw", "cache GF/s");
+    shape_run mem = small_setup(pool, max_m, K, N, (int)(COPY_BYTES / ((size_t)N * K * 2)) + 1);
+    shape_run cache = small_setup(one, max_m, 1024, 512, 1);
+    printf("\nSmall M, BF16 weights, GFLOP/s. From memory: K = %d, N = %d, %d threads. "
+           "From cache: K = 1024, N = 512, 1 thread.\n", K, N, threads);
+    printf("%5s | %9s %7s %6s %9s %9s | %9s %9s %9s\n", "M", "mem", "GB/s", "of bw", "stream",
+           "packed", "cache", "stream", "packed");
     for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
         int M = Ms[mi];
         if (only_m > 0 && M != only_m)
             continue;
-        int K = 6144, N = 4096;
-        int copies = (int)(COPY_BYTES / ((size_t)N * K * 2)) + 1;
-        double tm = time_small(pool, M, K, N, copies);
-        double tc = time_small(one, M, 1024, 512, 1);
+        double tm = time_path(&mem, M, MX_GEMM_PATH_AUTO);
         double gb = (double)N * K * 2 / tm;
-        printf("%5d | %10.1f %8.1f %8.2f | %12.1f\n", M, 2.0 * M * N * K / tm / 1e9, gb / 1e9,
-               gb / bw, 2.0 * M * 512 * 1024 / tc / 1e9);
+        printf("%5d | %9.1f %7.1f %6.2f", M, 2.0 * M * N * K / tm / 1e9, gb / 1e9, gb / bw);
+        print_gflops(M, K, N, time_path(&mem, M, MX_GEMM_PATH_STREAM));
+        print_gflops(M, K, N, time_path(&mem, M, MX_GEMM_PATH_PACKED));
+        printf(" |");
+        print_gflops(M, 1024, 512, time_path(&cache, M, MX_GEMM_PATH_AUTO));
+        print_gflops(M, 1024, 512, time_path(&cache, M, MX_GEMM_PATH_STREAM));
+        print_gflops(M, 1024, 512, time_path(&cache, M, MX_GEMM_PATH_PACKED));
+        printf("\n");
         fflush(stdout);
     }
+    small_free(&mem);
+    small_free(&cache);
     mx_threadpool_destroy(one);
 }
 
@@ -152,7 +188,8 @@ int main(int argc, char **argv)
         for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++) {
             if (only_m < 0 || (only_m && Ms[mi] != only_m) || (only_n && Ns[ni] != only_n))
                 continue;
-            shape_run s = {pool, mx_cpu_best_isa(), Ms[mi], K, Ns[ni], 0, 0, NULL, NULL, NULL, NULL};
+            shape_run s = {pool, mx_cpu_best_isa(), MX_GEMM_PATH_AUTO, Ms[mi], K, Ns[ni], 0, 0,
+                           NULL, NULL, NULL, NULL};
             size_t wn = (size_t)s.N * K;
             s.copies = (int)(COPY_BYTES / (wn * 2)) + 1;
             s.fcopies = (int)(COPY_BYTES / (wn * 4)) + 1;

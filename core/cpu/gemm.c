@@ -104,9 +104,26 @@ static void gemm_task(void *ctx, int task, int n_tasks)
     atomic_store(&j->slot_busy[s], 0);
 }
 
-int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy, const float *x,
-                         int ldx, int M, int K, const void *w, mx_dtype wdtype, int N,
-                         mx_error *err)
+int mx_gemv_max_m(mx_cpu_isa isa, mx_dtype wdtype)
+{
+    if (isa == MX_CPU_ISA_AVX512)
+        return wdtype == MX_DTYPE_BF16 ? MX_GEMV_MAX_M_AVX512_BF16 : MX_GEMV_MAX_M_AVX512;
+    if (isa == MX_CPU_ISA_AVX2)
+        return MX_GEMV_MAX_M;
+    return INT32_MAX; /* the scalar "gemm" is its gemv */
+}
+
+/* Up to which M the automatic choice streams W. */
+static int gemv_auto_m(mx_cpu_isa isa, mx_dtype wdtype)
+{
+    if (isa == MX_CPU_ISA_AVX512 && wdtype == MX_DTYPE_BF16)
+        return MX_GEMV_AUTO_M_AVX512_BF16;
+    return mx_gemv_max_m(isa, wdtype);
+}
+
+int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path, float *y,
+                          int ldy, const float *x, int ldx, int M, int K, const void *w,
+                          mx_dtype wdtype, int N, mx_error *err)
 {
     if (M < 0 || K <= 0 || N <= 0)
         return mx_fail(err, MX_EINVAL, "gemm: bad shape M=%d K=%d N=%d", M, K, N);
@@ -139,8 +156,14 @@ int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy,
         break;
     }
     int threads = mx_threadpool_size(pool);
-    int gemv_max_m = isa == MX_CPU_ISA_AVX512 ? MX_GEMV_MAX_M_AVX512 : MX_GEMV_MAX_M;
-    if (M <= gemv_max_m || isa == MX_CPU_ISA_SCALAR) {
+    if (path != MX_GEMM_PATH_AUTO && path != MX_GEMM_PATH_STREAM && path != MX_GEMM_PATH_PACKED)
+        return mx_fail(err, MX_EINVAL, "gemm: unknown kernel path %d", (int)path);
+    if (path == MX_GEMM_PATH_STREAM && M > mx_gemv_max_m(isa, wdtype))
+        return mx_fail(err, MX_EINVAL, "gemm: the %s streaming kernel takes at most %d rows, "
+                       "not M=%d", mx_cpu_isa_name(isa), mx_gemv_max_m(isa, wdtype), M);
+    int stream = path == MX_GEMM_PATH_STREAM ||
+                 (path == MX_GEMM_PATH_AUTO && M <= gemv_auto_m(isa, wdtype));
+    if (stream) {
         /* Memory bound: enough tasks to balance, each a multiple of 8 rows of W. */
         int chunk = (N + threads * 8 - 1) / (threads * 8);
         chunk = (chunk + 7) / 8 * 8;
@@ -162,6 +185,14 @@ int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy,
     free(j.scratch);
     free(j.slot_busy);
     return 0;
+}
+
+int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy, const float *x,
+                         int ldx, int M, int K, const void *w, mx_dtype wdtype, int N,
+                         mx_error *err)
+{
+    return mx_cpu_gemm_with_path(pool, isa, MX_GEMM_PATH_AUTO, y, ldy, x, ldx, M, K, w, wdtype, N,
+                                 err);
 }
 
 int mx_cpu_gemm(mx_threadpool *pool, float *y, int ldy, const float *x, int ldx, int M, int K,

@@ -168,6 +168,7 @@ INLINE void gemv_dt(const mx_gemm_args *a, mx_dtype dt, int n0, int n1)
 INLINE void in_register(__m512 *v) { __asm__("" : "+v"(*v)); }
 
 #define SPLIT_FLOATS 8192 /* xs on the stack: 32 KiB, so x's slice stays in L1 */
+_Static_assert(SPLIT_FLOATS / MX_GEMV_MAX_M_AVX512_BF16 >= 64, "K blocks of >= 2 groups");
 /* Memory: rows are read in K blocks, so one pass of a row group over a block touches R short
  * segments (R * kb * 2 bytes = GEMV_WINDOW_BYTES), too short for the hardware prefetcher to
  * ramp up on. So every load also prefetches the same offset of the next row group into L1,
@@ -194,28 +195,30 @@ INLINE void split_x(const mx_gemm_args *a, int k0, int groups, float *xs)
         }
 }
 
-/* Rows [n, n+R) of y over the K range [k0, k0 + 32*groups + tail): R*M accumulators;
- * registers: R*M + 2R (raw and widened weights) + x + mask <= 32. */
-INLINE void gemv_bf16_block(const mx_gemm_args *a, int n, const int R, const int M, int k0,
-                            int groups, int tail, const float *xs)
+/* Rows [n, n+R) of W against rows [m0, m0+M) of x over the K range [k0, k0 + 32*groups + tail):
+ * R*M accumulators; registers: R*M + 2R (raw and widened weights) + x + mask <= 32. xs holds
+ * the split x of all a->M rows (a->M * 32 floats per group). prefetch: also fetch the next
+ * row group's window (only the first pass over a window reads W from memory). */
+INLINE void gemv_bf16_block(const mx_gemm_args *a, int n, const int R, const int M, int m0,
+                            int k0, int groups, int tail, const float *xs, const int prefetch)
 {
     const uint16_t *w = (const uint16_t *)a->w + (size_t)n * a->K + k0;
     const size_t ld = (size_t)a->K;
     const __m512i hi_half = _mm512_set1_epi32((int)0xFFFF0000u);
     const size_t next_group = (size_t)R * ld; /* prefetched while this group is computed */
-    __m512 acc[8][MX_GEMV_MAX_M_AVX512];
+    __m512 acc[8][MX_GEMV_PASS_M];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
         for (int m = 0; m < M; m++)
             acc[r][m] = _mm512_setzero_ps();
     for (int g = 0; g < groups; g++) {
-        const float *xg = xs + (size_t)g * M * 32;
+        const float *xg = xs + ((size_t)g * a->M + m0) * 32;
         __m512i raw[8];
         __m512 wv[8];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
-            if (M > GEMV_WHOLE_ROWS_MAX_M)
+            if (prefetch)
                 _mm_prefetch((const char *)(w + next_group + r * ld + 32 * g), _MM_HINT_T0);
             raw[r] = _mm512_loadu_si512((const void *)(w + r * ld + 32 * g));
             wv[r] = _mm512_castsi512_ps(_mm512_slli_epi32(raw[r], 16));
@@ -249,7 +252,7 @@ INLINE void gemv_bf16_block(const mx_gemm_args *a, int n, const int R, const int
             wv[r] = load16(w + r * ld, MX_DTYPE_BF16, (size_t)k, mask);
 #pragma GCC unroll 8
         for (int m = 0; m < M; m++) {
-            __m512 xv = _mm512_maskz_loadu_ps(mask, a->x + (size_t)m * a->ldx + k0 + k);
+            __m512 xv = _mm512_maskz_loadu_ps(mask, a->x + (size_t)(m0 + m) * a->ldx + k0 + k);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++)
                 acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
@@ -259,38 +262,59 @@ INLINE void gemv_bf16_block(const mx_gemm_args *a, int n, const int R, const int
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
         for (int m = 0; m < M; m++) {
-            float *yp = a->y + (size_t)m * a->ldy + n + r;
+            float *yp = a->y + (size_t)(m0 + m) * a->ldy + n + r;
             *yp = (k0 ? *yp : 0.f) + _mm512_reduce_add_ps(acc[r][m]);
         }
 }
 
-/* R rows per pass, then single rows for the remainder. R is the most rows whose R*M
+/* One window (rows [n, n+R) x the K block) against every row of x. More than
+ * MX_GEMV_PASS_M rows of x go in passes of P or P-1 rows (P = the first pass's size): the
+ * first pass reads the window from memory (and prefetches the next one), the later ones find
+ * it in L1, so W still crosses the memory bus once. */
+INLINE void gemv_bf16_group(const mx_gemm_args *a, int n, const int R, const int P, int passes,
+                            int k0, int groups, int tail, const float *xs)
+{
+    gemv_bf16_block(a, n, R, P, 0, k0, groups, tail, xs, a->M > GEMV_WHOLE_ROWS_MAX_M);
+    for (int m0 = P, left = passes - 1; left > 0; left--) {
+        int mp = (a->M - m0 + left - 1) / left; /* P or P - 1 */
+        if (mp == P)
+            gemv_bf16_block(a, n, R, P, m0, k0, groups, tail, xs, 0);
+        else
+            gemv_bf16_block(a, n, R, P > 1 ? P - 1 : 1, m0, k0, groups, tail, xs, 0);
+        m0 += mp;
+    }
+}
+
+/* R rows per window, then single rows for the remainder. R is the most rows whose R*P
  * accumulators and 2R weight vectors fit the 32 registers (more rows = more independent
  * reads in flight for M = 1, fewer x loads per FMA for larger M). */
-#define GEMV_BF16_ROWS(R, M)                                                                  \
+#define GEMV_BF16_ROWS(R, P)                                                                  \
     do {                                                                                      \
         for (; n + (R) <= n1; n += (R))                                                       \
-            gemv_bf16_block(a, n, (R), (M), k0, groups, tail, xs);                            \
+            gemv_bf16_group(a, n, (R), (P), passes, k0, groups, tail, xs);                            \
         for (; n < n1; n++)                                                                   \
-            gemv_bf16_block(a, n, 1, (M), k0, groups, tail, xs);                              \
+            gemv_bf16_group(a, n, 1, (P), passes, k0, groups, tail, xs);                              \
     } while (0)
 
 static void gemv_bf16(const mx_gemm_args *a, int n0, int n1)
 {
     float xs[SPLIT_FLOATS] __attribute__((aligned(64)));
+    /* Rows of x per pass: at most MX_GEMV_PASS_M, the passes as even as they come. */
+    const int passes = (a->M + MX_GEMV_PASS_M - 1) / MX_GEMV_PASS_M;
+    const int P = (a->M + passes - 1) / passes;
+    /* rows of W per window for each pass size P (must match the switch below) */
+    static const int rows_of_p[MX_GEMV_PASS_M + 1] = {0, 8, 6, 5, 4, 4, 3, 3, 2};
     /* K block: x's split slice fills at most xs (the whole K for M = 1 on this model). */
-    /* rows per pass for each M (must match the switch below) */
-    static const int rows_of_m[MX_GEMV_MAX_M_AVX512 + 1] = {0, 8, 6, 5, 4, 4, 3, 3, 2};
     int kb = SPLIT_FLOATS / a->M;
-    if (a->M > GEMV_WHOLE_ROWS_MAX_M && kb > GEMV_WINDOW_BYTES / 2 / rows_of_m[a->M])
-        kb = GEMV_WINDOW_BYTES / 2 / rows_of_m[a->M];
+    if (a->M > GEMV_WHOLE_ROWS_MAX_M && kb > GEMV_WINDOW_BYTES / 2 / rows_of_p[P])
+        kb = GEMV_WINDOW_BYTES / 2 / rows_of_p[P];
     kb = kb / 32 * 32;
     for (int k0 = 0; k0 < a->K; k0 += kb) {
         int kc = a->K - k0 < kb ? a->K - k0 : kb;
         int groups = kc / 32, tail = kc % 32;
         split_x(a, k0, groups, xs);
         int n = n0;
-        switch (a->M) {
+        switch (P) {
         case 1: GEMV_BF16_ROWS(8, 1); break;
         case 2: GEMV_BF16_ROWS(6, 2); break;
         case 3: GEMV_BF16_ROWS(5, 3); break;

@@ -21,16 +21,23 @@ typedef struct mx_gemm_args {
 } mx_gemm_args;
 
 /* Up to this many rows of x the "gemv" kernels stream W once, widening it on the fly
- * (AVX-512 has the registers for 8 rows of x, AVX2 for 4). */
+ * (AVX-512 has the registers for 8 rows of x, AVX2 for 4). The AVX-512 BF16 kernel takes
+ * more rows in passes of at most MX_GEMV_PASS_M over each window of W it has in L1. */
 #define MX_GEMV_MAX_M 4
 #define MX_GEMV_MAX_M_AVX512 8
+#define MX_GEMV_PASS_M 8
+#define MX_GEMV_MAX_M_AVX512_BF16 32
+/* ... but mx_cpu_gemm streams only up to this M; above it the packed kernel is faster
+ * (crossover measured with bench_gemm's small-M table). */
+#define MX_GEMV_AUTO_M_AVX512_BF16 16
 /* Above it, the "gemm" kernels widen a panel of MX_GEMM_NC rows x MX_GEMM_KC columns of W to
  * fp32 in a scratch buffer (sized for L2) and reuse it across all rows of x. */
 #define MX_GEMM_NC 128
 #define MX_GEMM_KC 256
 #define MX_GEMM_SCRATCH_FLOATS (MX_GEMM_NC * MX_GEMM_KC)
 
-/* Columns [n0, n1) of y for rows [0, M). gemv: M <= MX_GEMV_MAX_M(_AVX512), any range.
+/* Columns [n0, n1) of y for rows [0, M). gemv: M <= MX_GEMV_MAX_M(_AVX512, _AVX512_BF16 for
+ * BF16 weights), any range.
  * gemm: any M, n1 - n0 <= MX_GEMM_NC, scratch of MX_GEMM_SCRATCH_FLOATS 64-byte aligned. */
 void mx_gemv_scalar(const mx_gemm_args *a, int n0, int n1);
 void mx_gemm_scalar(const mx_gemm_args *a, int n0, int n1, float *scratch);
@@ -38,6 +45,18 @@ void mx_gemv_avx2(const mx_gemm_args *a, int n0, int n1);
 void mx_gemm_avx2(const mx_gemm_args *a, int n0, int n1, float *scratch);
 void mx_gemv_avx512(const mx_gemm_args *a, int n0, int n1);
 void mx_gemm_avx512(const mx_gemm_args *a, int n0, int n1, float *scratch);
+
+/* Which of the two kernels of a family runs: chosen by M, or forced (tests, benchmarks). */
+typedef enum { MX_GEMM_PATH_AUTO, MX_GEMM_PATH_STREAM, MX_GEMM_PATH_PACKED } mx_gemm_path;
+
+/* Most rows of x the family's streaming kernel can take for this weight dtype. */
+int mx_gemv_max_m(mx_cpu_isa isa, mx_dtype wdtype);
+
+/* mx_cpu_gemm_with_isa with the path forced; MX_GEMM_PATH_STREAM fails with MX_EINVAL above
+ * mx_gemv_max_m rows. */
+int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path, float *y,
+                          int ldy, const float *x, int ldx, int M, int K, const void *w,
+                          mx_dtype wdtype, int N, mx_error *err);
 
 /* mx_cpu_gemm with the kernel family forced (tests and benchmarks compare every family the
  * CPU has). Fails with MX_EUNSUPPORTED if this CPU cannot run isa. */

@@ -1,6 +1,7 @@
 /* test_cpu_gemm.c - every gemm kernel family this CPU can run (scalar, AVX2, AVX-512), forced
- * one at a time, against a double-precision reference computed here on odd shapes, all three
- * weight dtypes, padded row strides, and bad arguments that must fail cleanly. */
+ * one at a time (and each family's streaming and packed kernel forced at every small M),
+ * against a double-precision reference computed here on odd shapes, all three weight dtypes,
+ * padded row strides, and bad arguments that must fail cleanly. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -70,8 +71,8 @@ static void *make_weights(mx_dtype dt, size_t n, uint64_t *s, double *wd)
     return w;
 }
 
-static void check_case(mx_threadpool *pool, mx_cpu_isa isa, mx_dtype dt, int M, int K, int N,
-                       int xpad, int ypad)
+static void check_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path, mx_dtype dt,
+                       int M, int K, int N, int xpad, int ypad)
 {
     uint64_t s = 0x9E3779B97F4A7C15ull ^ ((uint64_t)M << 40) ^ ((uint64_t)K << 20) ^ (uint64_t)N;
     int ldx = K + xpad, ldy = N + ypad;
@@ -84,10 +85,10 @@ static void check_case(mx_threadpool *pool, mx_cpu_isa isa, mx_dtype dt, int M, 
         y[i] = 12345.f; /* sentinel: padding must stay untouched */
     void *w = make_weights(dt, (size_t)N * K, &s, wd);
     mx_error err = {0};
-    int rc = mx_cpu_gemm_with_isa(pool, isa, y, ldy, x, ldx, M, K, w, dt, N, &err);
+    int rc = mx_cpu_gemm_with_path(pool, isa, path, y, ldy, x, ldx, M, K, w, dt, N, &err);
     if (rc != 0)
-        fail_msg("%s %s M=%d K=%d N=%d: %s", mx_cpu_isa_name(isa), mx_dtype_name(dt), M, K, N,
-                 err.msg);
+        fail_msg("%s %s path %d M=%d K=%d N=%d: %s", mx_cpu_isa_name(isa), mx_dtype_name(dt),
+                 (int)path, M, K, N, err.msg);
     for (int m = 0; m < M; m++) {
         for (int n = 0; n < N; n++) {
             double ref = 0, mag = 0;
@@ -97,8 +98,9 @@ static void check_case(mx_threadpool *pool, mx_cpu_isa isa, mx_dtype dt, int M, 
             }
             double got = y[(size_t)m * ldy + n];
             if (fabs(got - ref) > 1e-5 * mag + 1e-30)
-                fail_msg("%s %s M=%d K=%d N=%d: y[%d,%d]=%.9g want %.9g (scale %g)",
-                         mx_cpu_isa_name(isa), mx_dtype_name(dt), M, K, N, m, n, got, ref, mag);
+                fail_msg("%s %s path %d M=%d K=%d N=%d: y[%d,%d]=%.9g want %.9g (scale %g)",
+                         mx_cpu_isa_name(isa), mx_dtype_name(dt), (int)path, M, K, N, m, n, got,
+                         ref, mag);
         }
         for (int n = N; n < ldy; n++)
             if (y[(size_t)m * ldy + n] != 12345.f)
@@ -110,6 +112,48 @@ static void check_case(mx_threadpool *pool, mx_cpu_isa isa, mx_dtype dt, int M, 
     free(w);
 }
 
+static void check_case(mx_threadpool *pool, mx_cpu_isa isa, mx_dtype dt, int M, int K, int N,
+                       int xpad, int ypad)
+{
+    check_path(pool, isa, MX_GEMM_PATH_AUTO, dt, M, K, N, xpad, ypad);
+}
+
+/* Both kernels of the family forced at every M the streaming one takes (up to 32): the
+ * automatic choice by M must never pick a kernel that is wrong for that M. K = 1117: several
+ * K blocks for M >= 8, 32-wide groups and a tail; N = 23: full row groups of every size plus
+ * single remainder rows; then model-sized K where the BF16 kernel runs x in several passes. */
+static void run_paths(mx_cpu_isa isa, int threads)
+{
+    if (!mx_cpu_isa_supported(isa))
+        skip();
+    mx_threadpool *pool = NULL;
+    mx_error err = {0};
+    assert_int_equal(mx_threadpool_create(threads, &pool, &err), 0);
+    const mx_dtype dts[] = {MX_DTYPE_BF16, MX_DTYPE_F16, MX_DTYPE_F32};
+    for (size_t d = 0; d < 3; d++) {
+        int max_m = mx_gemv_max_m(isa, dts[d]);
+        for (int M = 1; M <= 32; M++) {
+            if (M <= max_m)
+                check_path(pool, isa, MX_GEMM_PATH_STREAM, dts[d], M, 1117, 23, M % 3, M % 2);
+            check_path(pool, isa, MX_GEMM_PATH_PACKED, dts[d], M, 1117, 23, M % 2, M % 3);
+        }
+        if (max_m < 32) {
+            /* Above its limit the streaming kernel is refused, not run out of bounds. */
+            float x[33], y[33];
+            uint16_t w[33] = {0};
+            assert_int_equal(mx_cpu_gemm_with_path(pool, isa, MX_GEMM_PATH_STREAM, y, 1, x, 1,
+                                                   max_m + 1, 1, w, dts[d], 1, &err),
+                             MX_EINVAL);
+            assert_non_null(strstr(err.msg, "at most"));
+        }
+    }
+    static const int big_ms[] = {9, 13, 16, 17, 25, 32};
+    for (size_t i = 0; i < sizeof big_ms / sizeof *big_ms; i++)
+        if (big_ms[i] <= mx_gemv_max_m(isa, MX_DTYPE_BF16))
+            check_path(pool, isa, MX_GEMM_PATH_STREAM, MX_DTYPE_BF16, big_ms[i], 6144, 37, 1, 0);
+    mx_threadpool_destroy(pool);
+}
+
 static void run_shapes(mx_cpu_isa isa, int threads)
 {
     if (!mx_cpu_isa_supported(isa))
@@ -117,7 +161,7 @@ static void run_shapes(mx_cpu_isa isa, int threads)
     mx_threadpool *pool = NULL;
     mx_error err = {0};
     assert_int_equal(mx_threadpool_create(threads, &pool, &err), 0);
-    static const int Ms[] = {1, 2, 3, 4, 5, 17, 64, 65};
+    static const int Ms[] = {1, 2, 3, 4, 5, 9, 16, 17, 64, 65};
     static const int Ks[] = {100, 129, 16, 1};
     static const int Ns[] = {1, 7, 33, 200};
     const mx_dtype dts[] = {MX_DTYPE_BF16, MX_DTYPE_F16, MX_DTYPE_F32};
@@ -152,6 +196,10 @@ static void test_avx512_one_thread(void **state)
     (void)state;
     run_shapes(MX_CPU_ISA_AVX512, 1);
 }
+
+static void test_paths_scalar(void **state) { (void)state; run_paths(MX_CPU_ISA_SCALAR, 2); }
+static void test_paths_avx2(void **state) { (void)state; run_paths(MX_CPU_ISA_AVX2, 2); }
+static void test_paths_avx512(void **state) { (void)state; run_paths(MX_CPU_ISA_AVX512, 2); }
 
 static void test_dispatch_picks_best(void **state)
 {
@@ -193,6 +241,10 @@ static void test_bad_arguments(void **state)
     assert_int_equal(mx_cpu_gemm_with_isa(NULL, MX_CPU_ISA_COUNT, y, 4, x, 4, 1, 4, w,
                                           MX_DTYPE_BF16, 4, &err),
                      MX_EUNSUPPORTED);
+    assert_int_equal(mx_cpu_gemm_with_path(NULL, MX_CPU_ISA_SCALAR, (mx_gemm_path)7, y, 4, x, 4,
+                                           1, 4, w, MX_DTYPE_BF16, 4, &err),
+                     MX_EINVAL);
+    assert_non_null(strstr(err.msg, "path"));
     /* M = 0 is an empty product, not an error, and touches nothing. */
     assert_int_equal(mx_cpu_gemm(NULL, NULL, 4, NULL, 4, 0, 4, w, MX_DTYPE_BF16, 4, &err), 0);
 }
@@ -204,6 +256,9 @@ int main(void)
         cmocka_unit_test(test_avx2),
         cmocka_unit_test(test_avx512),
         cmocka_unit_test(test_avx512_one_thread),
+        cmocka_unit_test(test_paths_scalar),
+        cmocka_unit_test(test_paths_avx2),
+        cmocka_unit_test(test_paths_avx512),
         cmocka_unit_test(test_dispatch_picks_best),
         cmocka_unit_test(test_bad_arguments),
     };
