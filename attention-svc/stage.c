@@ -43,7 +43,7 @@ struct stage {
     float *sample_work;         /* [2 * vocab] */
     char next_addr[256];        /* "" = no next stage */
     mx_rpc_channel *next;       /* NULL = no next stage */
-    /* Under stats_mu (never held together with lock): */
+    /* Under stats_mu (taken after lock when both are held, never the other way): */
     pthread_mutex_t stats_mu;
     bool next_checked;          /* the next stage answered Info with index + 1 */
     int in_flight, max_in_flight;
@@ -545,10 +545,11 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__run_batch_request__descriptor, req, len, &msg, err));
     const RunBatchRequest *rq = (const RunBatchRequest *)msg;
     bool fwd = rq->forward && s->next;
-    count_in_flight(s, 1, false);
     StageTimings mine = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
     mx_rpc_payload mid;
     pthread_mutex_lock(&s->lock);
+    /* counted from the start of our compute: two at once means one was past it (downstream) */
+    count_in_flight(s, 1, false);
     int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, err);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);

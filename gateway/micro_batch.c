@@ -126,8 +126,8 @@ void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel 
             rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) ran the batch through %d stages but only %d remain "
                          "(check stage.next against gateway.stages)", st, cfg->stages[st], ran, cfg->n_stages - st);
         else if (st + ran < cfg->n_stages && !resp->hidden)
-            rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) answered no hidden states", st + ran - 1,
-                         cfg->stages[st]);
+            rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) answered no hidden states for stage %d", st,
+                         cfg->stages[st], st + ran);
         st += ran;
     }
     if (rc && resp) {
