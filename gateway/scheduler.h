@@ -1,8 +1,9 @@
-/* scheduler.h - the gateway's continuous-batching loop: one thread that, step after step,
- * packs every running request into a micro-batch (prompt chunks and single decode tokens of
- * different requests together), drives it through the pipeline stages in order, hands the
- * sampled tokens to the requests, and releases the stage state of requests that finished
- * or were cancelled. New requests join between steps. It never talks to clients. */
+/* scheduler.h - the gateway's continuous-batching loop: a thread that packs running requests
+ * into micro-batches (prompt chunks and single decode tokens of different requests together),
+ * keeps up to gateway.pipeline_depth of them in the pipeline at once (each sent to stage 0,
+ * which chains through the others), hands the sampled tokens of each to its requests as it
+ * comes back, and releases the stage state of requests that finished or were cancelled.
+ * New requests join between micro-batches. It never talks to clients. */
 #ifndef MX_GW_SCHEDULER_H
 #define MX_GW_SCHEDULER_H
 
