@@ -148,10 +148,13 @@ static int by_ready(const void *a, const void *b)
 
 static flight *idle_flight(gw_scheduler *s)
 {
-    for (int i = 0; i < s->depth; i++)
+    flight *f = NULL;
+    pthread_mutex_lock(&s->mu);  /* flight threads change the state of the others */
+    for (int i = 0; i < s->depth && !f; i++)
         if (s->flights[i].state == FLIGHT_IDLE)
-            return &s->flights[i];
-    return NULL;
+            f = &s->flights[i];
+    pthread_mutex_unlock(&s->mu);
+    return f;
 }
 
 /* Fills f with the longest-waiting eligible requests, about 1/depth of the running set, and
