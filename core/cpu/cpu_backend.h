@@ -4,10 +4,12 @@
 #define MX_CPU_BACKEND_H
 
 #include "../backend.h"
+#include "block_cache.h"
 #include "threadpool.h"
 
 typedef struct mx_cpu_impl {
     mx_threadpool *pool;
+    mx_block_cache buffers; /* activation buffers, reused across layers and calls */
 } mx_cpu_impl;
 
 static inline mx_threadpool *mx_cpu_pool(mx_backend *be)
