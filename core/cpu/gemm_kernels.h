@@ -35,9 +35,11 @@ typedef struct mx_gemm_args {
 /* Above it, the "gemm" kernels widen a panel of MX_GEMM_NC rows x MX_GEMM_KC columns of W to
  * fp32 in a scratch buffer (sized for L2) and reuse it across all rows of x. NC 256 rather
  * than 128 halves how often x is re-read per output column (2 threads, K = 6144, AVX-512,
- * GFLOP/s 128 -> 256: M = 64: 197-224 -> 226-233; M = 512: 237-277 -> 250-300). */
+ * GFLOP/s 128 -> 256: M = 64: 197-224 -> 226-233; M = 512: 237-277 -> 250-300); KC 384 rather
+ * than 256 cuts y's read-modify-write passes by a third (N = 8192: M = 64:
+ * 229-232 -> 232-239; M = 512: 267-297 -> 302-305). NC 512 was slower at M = 64. */
 #define MX_GEMM_NC 256
-#define MX_GEMM_KC 256
+#define MX_GEMM_KC 384
 #define MX_GEMM_SCRATCH_FLOATS (MX_GEMM_NC * MX_GEMM_KC)
 
 /* Columns [n0, n1) of y for rows [0, M). gemv: M <= MX_GEMV_MAX_M(_AVX512, _AVX512_BF16 for
