@@ -167,7 +167,9 @@ static const char *matched_stop(const gw_request *r, char buf[16])
 
 static void end_status(mx_rpc_call *call, const gw_request *r)
 {
-    if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR) {
+    /* A request the gateway ends at its deadline must fail as DEADLINE_EXCEEDED even when the
+     * gateway notices first: the client's own timer may fire a moment later than ours. */
+    if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR || r->error_code == MX_ETIMEOUT) {
         mx_error e = {r->error_code ? r->error_code : MX_EINTERNAL, ""};
         snprintf(e.msg, sizeof e.msg, "%s", r->error);
         mx_rpc_call_set_error(call, &e);

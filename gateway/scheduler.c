@@ -97,7 +97,8 @@ static void retire(gw_scheduler *s, double now)
         bool cancelled = r->cancelled, done = r->done;
         pthread_mutex_unlock(&r->mu);
         if (!done && (cancelled || (r->deadline_ms > 0 && now >= r->deadline_ms))) {
-            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_CANCELLED, MX_ECANCELLED,
+            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_CANCELLED,
+                              cancelled ? MX_ECANCELLED : MX_ETIMEOUT,
                               cancelled ? "cancelled by the client" : "deadline exceeded", now);
             done = true;
         }
