@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh - the README's main job: writes a small random-weight model, starts a loopback
-# cluster (gateway, 2 attention stages, 2 expert shards, the second with 2 replicas), sends a
-# streaming Generate call with `mx client` and health + Generate calls from Python grpcio,
-# then stops the cluster. Run through `make demo`.
+# cluster (gateway, 2 attention stages, 2 expert shards, the second with 2 replicas), sends
+# streaming Generate calls with `mx client` (token ids, then chat messages) and health +
+# Generate calls from Python grpcio, then stops the cluster. Run through `make demo`.
 set -euo pipefail
 BUILD=${BUILD:-build}
 MX="$BUILD/bin/mx"
@@ -32,5 +32,9 @@ echo "== mx client: Generate (streaming), greedy, 12 tokens"
 echo "== the same model in one process (must print the same ids)"
 "$MX" generate --model "$work/model" --prompt-ids 1,2,3,4,5 --max-new-tokens 12 2>/dev/null
 
+echo "== mx client: chat messages in (MiniMax-Text-01 template), streamed text out (random weights: gibberish)"
+"$MX" client --addr "$addr" --max-new-tokens 16 \
+    --messages '[{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello!"}]'
+echo
 echo "== Python grpcio: Health/Check and Generate"
 /usr/bin/python3 tests/cluster/demo_client.py --addr "$addr" --proto-dir proto
