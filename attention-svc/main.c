@@ -40,17 +40,6 @@ static void on_run_batch(mx_rpc_call *call, const uint8_t *request, size_t reque
         mx_rpc_call_set_error(call, &err);
 }
 
-/* Writes the bound port to path through a temporary file, so a reader never sees half. */
-static int write_port_file(const char *path, int port, mx_error *err)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, path) != 0)
-        return mx_fail(err, MX_EIO, "cannot write the port file %s", path);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--help") == 0) {
@@ -90,7 +79,7 @@ int main(int argc, char **argv)
     if (!rc)
         rc = mx_rpc_server_start(srv, &err);
     if (!rc && cfg.port_file[0])
-        rc = write_port_file(cfg.port_file, mx_rpc_server_port(srv), &err);
+        rc = mx_rpc_server_write_port_file(srv, cfg.port_file, &err);
     if (!rc) {
         fprintf(stderr, "attention-svc: stage %d/%d layers [%d, %d) serving on port %d%s%s\n", cfg.index, cfg.count,
                 cfg.layer_begin, cfg.layer_end, mx_rpc_server_port(srv), cfg.next[0] ? ", next stage " : "",

@@ -325,16 +325,6 @@ static int setup_limits(gateway *g, mx_error *err)
     return 0;
 }
 
-static int write_port_file(const char *path, int port, mx_error *err)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f || fprintf(f, "%d\n", port) < 0 || fclose(f) != 0 || rename(tmp, path) != 0)
-        return mx_fail(err, MX_EIO, "cannot write the port file %s", path);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--help") == 0) {
@@ -388,7 +378,7 @@ int main(int argc, char **argv)
     if (!rc)
         rc = mx_rpc_server_start(srv, &err);
     if (!rc && g.cfg.port_file[0])
-        rc = write_port_file(g.cfg.port_file, mx_rpc_server_port(srv), &err);
+        rc = mx_rpc_server_write_port_file(srv, g.cfg.port_file, &err);
     if (!rc) {
         fprintf(stderr, "gateway: %d stages, pipeline_depth %d, serving mx.v1.Generation on port %d\n",
                 g.cfg.n_stages, g.cfg.pipeline_depth, mx_rpc_server_port(srv));

@@ -425,3 +425,18 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
     free(srv);
     grpc_shutdown();
 }
+
+int mx_rpc_server_write_port_file(const mx_rpc_server *srv, const char *path, mx_error *err)
+{
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        return mx_fail(err, MX_EINVAL, "port file path is too long: %s", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return mx_fail(err, MX_EIO, "cannot write the port file %s", path);
+    int bad = fprintf(f, "%d\n", mx_rpc_server_port(srv)) < 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0)
+        return mx_fail(err, MX_EIO, "cannot write the port file %s", path);
+    return 0;
+}

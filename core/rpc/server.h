@@ -71,6 +71,11 @@ void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms);
 /* Shuts down (grace 0) if still running, and frees everything. NULL is fine. */
 void mx_rpc_server_destroy(mx_rpc_server *srv);
 
+/* Writes the server's bound port (a line with the number) to path, through a temporary file
+ * and a rename so a reader polling for it never sees half a number. For launchers that bind
+ * port 0 and need to learn the port. */
+int mx_rpc_server_write_port_file(const mx_rpc_server *srv, const char *path, mx_error *err);
+
 /* ---- inside a handler ---- */
 
 /* Sends a message. Streaming: blocks until gRPC has taken it, returns MX_ECANCELLED when
