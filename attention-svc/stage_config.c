@@ -1,6 +1,8 @@
 /* stage_config.c - parses the attention-svc libconfig file (schema in stage_config.h). */
 #include "stage_config.h"
 
+#include "router/cfg.h"
+
 #include <libconfig.h>
 #include <stdio.h>
 #include <string.h>
@@ -91,15 +93,9 @@ int stage_config_load(const char *path, stage_config *c, mx_error *err)
     memset(c, 0, sizeof *c);
     config_t cf;
     config_init(&cf);
-    int rc;
-    if (!config_read_file(&cf, path)) {
-        if (config_error_type(&cf) == CONFIG_ERR_FILE_IO)
-            rc = mx_fail(err, MX_EIO, "%s: cannot read the file", path);
-        else
-            rc = mx_fail(err, MX_EINVAL, "%s:%d: %s", path, config_error_line(&cf), config_error_text(&cf));
-    } else {
+    int rc = mx_cfg_read_file(&cf, path, err);
+    if (!rc)
         rc = parse(&cf, path, c, err);
-    }
     config_destroy(&cf);
     return rc;
 }

@@ -30,12 +30,7 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
 {
     memset(out, 0, sizeof *out);
     config_init(&out->file);
-    if (config_read_file(&out->file, path) != CONFIG_TRUE) {
-        if (config_error_type(&out->file) == CONFIG_ERR_FILE_IO)
-            return mx_fail(err, MX_EIO, "%s: cannot read the config file", path);
-        return mx_fail(err, MX_EINVAL, "%s:%d: %s", config_error_file(&out->file) ? config_error_file(&out->file) : path,
-                       config_error_line(&out->file), config_error_text(&out->file));
-    }
+    MX_TRY(mx_cfg_read_file(&out->file, path, err));
     const config_setting_t *root = config_root_setting(&out->file);
     MX_TRY(check_known(root, err));
     int64_t v;

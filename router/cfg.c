@@ -138,3 +138,13 @@ int mx_cfg_int_list(const config_setting_t *g, const char *name, int required, i
     *n = len;
     return 0;
 }
+
+int mx_cfg_read_file(config_t *cf, const char *path, mx_error *err)
+{
+    if (config_read_file(cf, path) == CONFIG_TRUE)
+        return 0;
+    if (config_error_type(cf) == CONFIG_ERR_FILE_IO)
+        return mx_fail(err, MX_EIO, "%s: cannot read the file", path);
+    const char *file = config_error_file(cf);
+    return mx_fail(err, MX_EINVAL, "%s:%d: %s", file ? file : path, config_error_line(cf), config_error_text(cf));
+}

@@ -1,6 +1,6 @@
 /* cfg.h - small functions over libconfig so every config error names the file, the line and the
- * full key path ("expert.conf:12: `experts.shards.[1].replicas`: ..."). Used by the router's and
- * expert-svc's config readers; reads settings only, keeps nothing. */
+ * full key path ("expert.conf:12: `experts.shards.[1].replicas`: ..."). Used by the config readers
+ * of the router and the three services; reads settings only, keeps nothing. */
 #ifndef MX_ROUTER_CFG_H
 #define MX_ROUTER_CFG_H
 
@@ -8,6 +8,10 @@
 #include <stdint.h>
 
 #include "error.h"
+
+/* Reads and parses a libconfig file into cf (config_init'ed by the caller, who destroys it).
+ * MX_EIO "path: cannot read the file" or MX_EINVAL "path:line: <libconfig's message>". */
+int mx_cfg_read_file(config_t *cf, const char *path, mx_error *err);
 
 /* Fails with code MX_EINVAL and "file:line: `path`: <message>" where path is s's full key path
  * (plus "." member when member != NULL, e.g. a missing key of group s). */
