@@ -1,7 +1,8 @@
 /* bench_gemm.c - GFLOP/s of mx_cpu_gemm (BF16 weights, as stored) next to OpenBLAS sgemm (the
  * same weights in fp32) on the projection shapes of MiniMax-Text-01 (K = 6144), in one run.
- * M = 1 is memory bound, so it is also given as a fraction of the measured read bandwidth.
- * Weights are cycled through enough copies to exceed the last-level cache. A second table
+ * M = 1 is memory bound, so it is also given as a fraction of the read bandwidth measured
+ * next to it. Timing rounds alternate between mx and OpenBLAS, because this VM's speed drifts
+ * within a minute and two numbers taken far apart are not comparable. Weights are cycled through enough copies to exceed the last-level cache. A second table
  * covers the small M (2..32 rows: MoE experts and attention at batched decode) with no BLAS
  * comparison: from memory on all threads, and from cache on one thread (the kernel's compute
  * rate), each also with the streaming and the packed kernel forced. */
@@ -15,7 +16,8 @@
 #include "core/cpu/gemm_kernels.h"
 
 #define COPY_BYTES ((size_t)768 << 20) /* weights cycled per shape, > any L3 here */
-#define MIN_SECONDS 0.4
+#define MIN_SECONDS 0.15 /* per timing round */
+#define ROUNDS 3
 
 typedef struct {
     mx_threadpool *pool;
@@ -121,7 +123,8 @@ static void print_gflops(int M, int K, int N, double t)
  * of the automatic choice) and from cache (K = 1024, N = 512: 1 MiB of W that stays in L2,
  * one thread), each also through the streaming and the packed kernel forced (GFLOP/s), which
  * shows where the automatic choice should switch. */
-static void small_m_table(mx_threadpool *pool, int threads, double bw, int only_m, int only_n)
+static void small_m_table(mx_threadpool *pool, int threads, bench_reader *reader, int only_m,
+                          int only_n)
 {
     static const int Ms[] = {1, 2, 3, 4, 6, 8, 9, 10, 12, 14, 16, 20, 24, 28, 32};
     const int max_m = 32, K = 6144, N = 4096;
@@ -143,6 +146,7 @@ static void small_m_table(mx_threadpool *pool, int threads, double bw, int only_
         int M = Ms[mi];
         if (only_m > 0 && M != only_m)
             continue;
+        double bw = bench_reader_measure(reader, pool, 4); /* right next to the timing */
         double tm = time_path(&mem, M, MX_GEMM_PATH_AUTO);
         double gb = (double)N * K * 2 / tm;
         printf("%5d | %9.1f %7.1f %6.2f", M, 2.0 * M * N * K / tm / 1e9, gb / 1e9, gb / bw);
@@ -174,14 +178,19 @@ int main(int argc, char **argv)
     }
     threads = mx_threadpool_size(pool);
     openblas_set_num_threads(threads);
-    double bw = bench_read_bandwidth(pool, (size_t)1 << 30, 8);
+    bench_reader reader_store, *reader = &reader_store;
+    if (bench_reader_init(reader, (size_t)512 << 20)) {
+        fprintf(stderr, "bench_gemm: out of memory\n");
+        return 1;
+    }
+    double bw = bench_reader_measure(reader, pool, 8);
     const int K = 6144;
     static const int Ms[] = {1, 8, 64, 512};
     static const int Ns[] = {1024, 8192, 9216, 24576};
     printf("GEMM y[M,N] = x[M,K] . W[N,K]^T, K = %d, %d threads, kernels: %s\n", K, threads,
            mx_cpu_gemm_isa());
     printf("mx: BF16 weights as stored; OpenBLAS: sgemm on fp32 weights. "
-           "Read bandwidth %.1f GB/s.\n", bw / 1e9);
+           "Read bandwidth at start %.1f GB/s.\n", bw / 1e9);
     printf("%5s %6s | %10s %10s %7s | %8s %8s | %9s\n", "M", "N", "mx GF/s", "BLAS GF/s",
            "ratio", "mx GB/s", "of bw", "max err");
     for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
@@ -219,11 +228,21 @@ int main(int argc, char **argv)
                         memcpy(s.wf[c], s.wf[0], wn * 4);
                 }
             }
-            double t_blas = time_best(&s, run_blas, s.fcopies);
+            /* Rounds alternate between the two, so that both see the same drift of this VM;
+             * each keeps its best time. M = 1 is also paired with the bandwidth read just
+             * before each of its rounds. */
+            double t_blas = 1e30, t_ours = 1e30, of_bw[ROUNDS];
+            for (int r = 0; r < ROUNDS; r++) {
+                double tb = time_best(&s, run_blas, s.fcopies);
+                t_blas = tb < t_blas ? tb : t_blas;
+                usleep(100000); /* let OpenBLAS's spinning workers go to sleep */
+                double bw_now = s.M == 1 ? bench_reader_measure(reader, pool, 4) : 1;
+                double to = time_best(&s, run_ours, s.copies);
+                t_ours = to < t_ours ? to : t_ours;
+                of_bw[r] = (double)wn * 2 / to / bw_now;
+            }
             run_blas(&s, 0);
             memcpy(yref, s.y, sizeof(float) * (size_t)s.M * s.N);
-            usleep(100000); /* let OpenBLAS's spinning workers go to sleep */
-            double t_ours = time_best(&s, run_ours, s.copies);
             run_ours(&s, 0); /* the same copy as yref */
             double maxerr = 0, scale = 0;
             for (size_t i = 0; i < (size_t)s.M * s.N; i++) {
@@ -237,7 +256,7 @@ int main(int argc, char **argv)
             double gb = (double)wn * 2 / t_ours;
             char frac[16] = "";
             if (s.M == 1)
-                snprintf(frac, sizeof frac, "%.2f", gb / bw);
+                snprintf(frac, sizeof frac, "%.2f", bench_median(of_bw, ROUNDS));
             printf("%5d %6d | %10.1f %10.1f %7.2f | %8.1f %8s | %9.1e\n", s.M, s.N,
                    flops / t_ours / 1e9, flops / t_blas / 1e9, t_blas / t_ours, gb / 1e9, frac,
                    scale > 0 ? maxerr / scale : maxerr);
@@ -253,7 +272,8 @@ int main(int argc, char **argv)
             free(yref);
         }
     }
-    small_m_table(pool, threads, bw, only_m, only_n);
+    small_m_table(pool, threads, reader, only_m, only_n);
+    bench_reader_free(reader);
     mx_threadpool_destroy(pool);
     return 0;
 }

@@ -2,7 +2,8 @@
  * attention, MoE top-2 of 32 experts of 9216) decoding batch 1 and 16 on the CPU backend,
  * through mx_model_run_layers. Weights are random BF16 made in memory (never written to disk);
  * experts share NBUF distinct buffers, each larger than the last-level cache, so every expert
- * read still comes from memory. Reports weight bytes read per second vs measured bandwidth. */
+ * read still comes from memory. Reports weight bytes read per second vs the read bandwidth
+ * measured next to each step. */
 #include <stdio.h>
 
 #include "bench_util.h"
@@ -10,6 +11,7 @@
 #include "core/model_writer.h"
 
 #define NBUF 4
+#define STEPS 8 /* timed decode steps per batch size, after one warm-up step */
 
 /* Counts the distinct experts the router picks, then runs them with the model's own. */
 typedef struct {
@@ -97,20 +99,22 @@ int main(void)
     if (mx_backend_cpu_create(0, &be, &err) || mx_model_create(&w, be, &m, &err))
         die("model", &err);
     mx_threadpool *pool = NULL;
+    bench_reader reader;
     if (mx_threadpool_create(0, &pool, &err))
         die("pool", &err);
-    double bw = bench_read_bandwidth(pool, (size_t)1 << 30, 8);
-    mx_threadpool_destroy(pool);
+    if (bench_reader_init(&reader, (size_t)512 << 20))
+        die("bandwidth buffer", NULL);
 
     double attn_bytes = 2.0 * ((double)L->qkv.shape[0] * H + (double)A * H + (double)H * A) +
                         4.0 * E * H;
     double expert_bytes = 2.0 * 3.0 * I * H;
     printf("One MiniMax-Text-01 layer (lightning + MoE top-%d of %d), BF16 weights, CPU backend\n",
            c->num_experts_per_tok, E);
-    printf("Read bandwidth %.1f GB/s. Attention+router %.0f MB, each expert %.0f MB.\n", bw / 1e9,
-           attn_bytes / 1e6, expert_bytes / 1e6);
-    printf("%6s %10s %10s %12s %10s %8s\n", "batch", "ms/step", "experts", "GB read", "GB/s",
-           "of bw");
+    printf("Attention+router %.0f MB, each expert %.0f MB. Each step is paired with a read-\n"
+           "bandwidth measurement just before it; 'of bw' is the median of the %d pairs' ratios.\n",
+           attn_bytes / 1e6, expert_bytes / 1e6, STEPS);
+    printf("%6s %10s %10s %12s %10s %13s %8s\n", "batch", "ms/step", "experts", "GB read",
+           "GB/s", "bw GB/s", "of bw");
     static const int batches[] = {1, 16};
     for (size_t bi = 0; bi < 2; bi++) {
         int T = batches[bi];
@@ -129,11 +133,12 @@ int main(void)
         float *hx = malloc(sizeof(float) * (size_t)T * H);
         counting_moe cm = {m, E, 0};
         mx_moe_executor ex = {counting_run, &cm};
-        double best = 1e30, best_bytes = 0;
-        for (int it = 0; it < 4; it++) {
+        double best = 1e30, best_bytes = 0, ratios[STEPS], bw_lo = 1e30, bw_hi = 0;
+        for (int it = 0; it <= STEPS; it++) {
             bench_fill_f32(hx, (size_t)T * H, 1.f, 77 + (uint64_t)it);
             if (be->from_host_f32(be, &h, hx, &err))
                 die("input", &err);
+            double bw = bench_reader_measure(&reader, pool, 2);
             long before = cm.distinct;
             double t0 = bench_now();
             if (mx_model_run_layers(m, 0, 1, &batch, &h, &ex, &err) || be->sync(be, &err))
@@ -141,14 +146,21 @@ int main(void)
             double t = bench_now() - t0;
             mx_batch_advance(&batch);
             double bytes = attn_bytes + expert_bytes * (double)(cm.distinct - before);
-            if (it > 0 && t < best) { /* the first step also faults pages in */
+            if (it == 0) /* the first step also faults pages in */
+                continue;
+            ratios[it - 1] = bytes / t / bw;
+            bw_lo = bw < bw_lo ? bw : bw_lo;
+            bw_hi = bw > bw_hi ? bw : bw_hi;
+            if (t < best) {
                 best = t;
                 best_bytes = bytes;
             }
         }
-        printf("%6d %10.1f %10.1f %12.2f %10.1f %8.2f\n", T, best * 1e3,
+        char bw_range[32];
+        snprintf(bw_range, sizeof bw_range, "%.1f-%.1f", bw_lo / 1e9, bw_hi / 1e9);
+        printf("%6d %10.1f %10.1f %12.2f %10.1f %13s %8.2f\n", T, best * 1e3,
                (best_bytes - attn_bytes) / expert_bytes, best_bytes / 1e9,
-               best_bytes / best / 1e9, best_bytes / best / bw);
+               best_bytes / best / 1e9, bw_range, bench_median(ratios, STEPS));
         fflush(stdout);
         be->free(be, &h);
         free(hx);
@@ -159,6 +171,8 @@ int main(void)
     }
     mx_model_free(m);
     be->destroy(be);
+    bench_reader_free(&reader);
+    mx_threadpool_destroy(pool);
     for (int b = 0; b < NBUF; b++) {
         free(bufs[b].w1.data);
         free(bufs[b].w3.data);
