@@ -173,18 +173,22 @@ int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path
     } else {
         j.chunk = MX_GEMM_NC;
         j.n_slots = threads;
+        /* The panels come from the pool, kept between calls: a fresh 0.8 MB block per call
+         * is mapped and faulted in page by page (glibc serves blocks this size with mmap). */
         size_t bytes = (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
-        j.scratch = aligned_alloc(64, bytes);
+        j.scratch = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
         j.slot_busy = calloc((size_t)threads, sizeof *j.slot_busy);
         if (!j.scratch || !j.slot_busy) {
-            free(j.scratch);
+            if (!pool)
+                free(j.scratch);
             free(j.slot_busy);
             return mx_fail(err, MX_ENOMEM, "gemm: out of memory for %zu bytes of scratch", bytes);
         }
     }
     int tasks = (N + j.chunk - 1) / j.chunk;
     mx_threadpool_run(pool, gemm_task, &j, tasks);
-    free(j.scratch);
+    if (!pool)
+        free(j.scratch);
     free(j.slot_busy);
     return 0;
 }

@@ -48,6 +48,8 @@ struct mx_threadpool {
     atomic_int next_task;
     atomic_int workers_busy;
     atomic_int caller_sleeping;
+    void *scratch; /* mx_threadpool_scratch's buffer */
+    size_t scratch_bytes;
 };
 
 static long now_ns(void)
@@ -155,8 +157,23 @@ void mx_threadpool_destroy(mx_threadpool *p)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->work_cv);
     pthread_cond_destroy(&p->done_cv);
+    free(p->scratch);
     free(p->threads);
     free(p);
+}
+
+void *mx_threadpool_scratch(mx_threadpool *p, size_t bytes)
+{
+    if (p->scratch_bytes >= bytes)
+        return p->scratch;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *buf = aligned_alloc(64, rounded);
+    if (!buf)
+        return NULL;
+    free(p->scratch);
+    p->scratch = buf;
+    p->scratch_bytes = rounded;
+    return buf;
 }
 
 int mx_threadpool_size(const mx_threadpool *p)

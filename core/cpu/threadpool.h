@@ -3,6 +3,8 @@
 #ifndef MX_THREADPOOL_H
 #define MX_THREADPOOL_H
 
+#include <stddef.h>
+
 #include "../error.h"
 
 typedef struct mx_threadpool mx_threadpool;
@@ -16,5 +18,10 @@ void mx_threadpool_destroy(mx_threadpool *pool);
 int mx_threadpool_size(const mx_threadpool *pool);
 /* Runs all tasks, the caller taking part, and returns when every task is done. */
 void mx_threadpool_run(mx_threadpool *pool, mx_task_fn fn, void *ctx, int n_tasks);
+/* A 64-byte aligned buffer of at least `bytes` that the pool owns and keeps between calls, so
+ * kernels that need a scratch area per run do not map and fault in fresh pages each time
+ * (large blocks bypass malloc's free lists). Valid until the next call or destroy; only the
+ * thread that calls run may use it to hand out. NULL if out of memory. */
+void *mx_threadpool_scratch(mx_threadpool *pool, size_t bytes);
 
 #endif
