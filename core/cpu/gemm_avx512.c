@@ -172,21 +172,23 @@ INLINE void in_register(__m512 *v) { __asm__("" : "+v"(*v)); }
  * 0.97-1.02). */
 #define SPLIT_FLOATS 12288
 _Static_assert(SPLIT_FLOATS / MX_GEMV_MAX_M_AVX512_BF16 >= 64, "K blocks of >= 2 groups");
-/* Memory: rows are read in K blocks, so one pass of a row group over a block touches R short
- * segments (R * kb * 2 bytes = GEMV_WINDOW_BYTES), too short for the hardware prefetcher to
- * ramp up on. So every load also prefetches the same offset of the next row group into L1,
- * one window ahead. Measured (K = 6144, N = 4096, 2 threads, GB/s of weights), for M = 1 / 2 /
- * 4 / 8: whole rows, no prefetch 22 / 23 / 20 / 12; whole rows (M <= 2) or x-limited blocks +
- * prefetch 19 / 17 / 16 / 18; 4 KiB windows + prefetch 25 / 24 / 22 / 20. */
+/* Memory, M > GEMV_WHOLE_ROWS_MAX_M: rows are read in K windows of GEMV_WINDOW_BYTES per
+ * row group, so that x's slice for up to 8 rows stays in L1; windows are too short for the
+ * hardware prefetcher to ramp up on, so every load also prefetches the same offset of the next
+ * row group into L1, one window ahead. Measured (K = 6144, N = 4096, 2 threads, GB/s of
+ * weights), for M = 1 / 2 / 4 / 8: whole rows, no prefetch 22 / 23 / 20 / 12; x-limited
+ * blocks + prefetch 19 / 17 / 16 / 18; 4 KiB windows + prefetch 25 / 24 / 22 / 20. */
 #define GEMV_WINDOW_BYTES 4096
-/* M <= 2 reads whole rows (x's split K fits xs): R = 6..8 long streams, each load also
- * prefetching GEMV_AHEAD weights further along its own row into L1. The hardware prefetcher
- * alone stops at every 4 KiB page of each of the R streams and ramps up again. Measured
- * (M = 1, K = 6144, N = 4096, 2 threads, fraction of the read bandwidth): no prefetch
- * 0.72-0.85; ahead 256 0.91-0.97, 384 0.80-0.98, 512 0.89-0.96, 1024 0.84-0.94; prefetching
- * into L2 only (T1) 0.81-0.93; non-temporal 0.36-0.47. In the layer benchmark the windows
- * cost M = 1 time. Prefetches may touch past the end of W: prefetches never fault. */
-#define GEMV_WHOLE_ROWS_MAX_M 2
+/* M <= GEMV_WHOLE_ROWS_MAX_M reads whole rows, or K blocks as long as xs allows (M = 6:
+ * 2048), as R = 3..8 long streams, each load also prefetching GEMV_AHEAD weights further
+ * along its own row into L1: the hardware prefetcher alone stops at every 4 KiB page of each
+ * stream and ramps up again. Measured (M = 1, K = 6144, N = 4096, 2 threads, fraction of the
+ * read bandwidth): no prefetch 0.72-0.85; ahead 256 0.91-0.97, 384 0.80-0.98, 512 0.89-0.96,
+ * 1024 0.84-0.94; prefetching into L2 only (T1) 0.81-0.93; non-temporal 0.36-0.47. For M = 3
+ * / 4 / 6 / 8 against 4 KiB windows: 0.83-0.85 vs 0.72, 0.79-0.81 vs 0.76, 0.67-0.80 vs 0.69,
+ * 0.53-0.57 vs 0.59-0.64 (fewer horizontal sums, but x no longer in L1 at M = 8).
+ * Prefetches may touch past the end of W: prefetches never fault. */
+#define GEMV_WHOLE_ROWS_MAX_M 6
 #define GEMV_AHEAD 256
 enum { GEMV_PREFETCH_NONE, GEMV_PREFETCH_NEXT_WINDOW, GEMV_PREFETCH_AHEAD };
 

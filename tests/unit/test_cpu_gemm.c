@@ -151,6 +151,16 @@ static void run_paths(mx_cpu_isa isa, int threads)
     for (size_t i = 0; i < sizeof big_ms / sizeof *big_ms; i++)
         if (big_ms[i] <= mx_gemv_max_m(isa, MX_DTYPE_BF16))
             check_path(pool, isa, MX_GEMM_PATH_STREAM, MX_DTYPE_BF16, big_ms[i], 6144, 37, 1, 0);
+    /* Few rows of x read W in whole rows, or in equal K blocks when x's slice outgrows the
+     * kernel's buffer: K = 9216 (the experts' down projection) and K = 13000 (blocks of
+     * unequal last length, and a tail of 8). */
+    static const int row_ms[] = {1, 2, 5, 6};
+    for (size_t i = 0; i < sizeof row_ms / sizeof *row_ms; i++) {
+        if (row_ms[i] > mx_gemv_max_m(isa, MX_DTYPE_BF16))
+            continue;
+        check_path(pool, isa, MX_GEMM_PATH_STREAM, MX_DTYPE_BF16, row_ms[i], 9216, 19, 0, 1);
+        check_path(pool, isa, MX_GEMM_PATH_STREAM, MX_DTYPE_BF16, row_ms[i], 13000, 11, 1, 0);
+    }
     mx_threadpool_destroy(pool);
 }
 
