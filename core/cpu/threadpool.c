@@ -17,6 +17,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -69,6 +70,16 @@ static void run_tasks(mx_threadpool *p)
     }
 }
 
+/* Between checks a spinner pauses, and after the first few microseconds also yields, so a
+ * runnable thread of this or another process (the cluster's services share cores) gets the
+ * core rather than waiting out the spin. */
+static void spin_pause(unsigned i)
+{
+    cpu_relax();
+    if (i > 1024)
+        sched_yield();
+}
+
 /* Spins until *word != value or spin_ns pass; returns whether it changed. */
 static int spin_until_changed_ulong(atomic_ulong *word, unsigned long value, long spin_ns)
 {
@@ -78,7 +89,7 @@ static int spin_until_changed_ulong(atomic_ulong *word, unsigned long value, lon
     for (unsigned i = 1;; i++) {
         if (atomic_load_explicit(word, memory_order_acquire) != value)
             return 1;
-        cpu_relax();
+        spin_pause(i);
         if ((i & 63) == 0 && now_ns() > deadline)
             return 0;
     }
@@ -186,7 +197,7 @@ static void wait_for_workers(mx_threadpool *p)
 {
     long deadline = p->spin_ns > 0 ? now_ns() + p->spin_ns : 0;
     for (unsigned i = 1; atomic_load_explicit(&p->workers_busy, memory_order_acquire) > 0; i++) {
-        cpu_relax();
+        spin_pause(i);
         if ((i & 63) == 0 && now_ns() > deadline)
             break;
     }
