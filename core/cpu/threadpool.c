@@ -1,24 +1,34 @@
-/* threadpool.c - workers wait for a generation number; each run hands out task indices
- * through an atomic counter, so uneven tasks balance themselves.
+/* threadpool.c - a fork-join pool whose runs hand out task indices through one atomic
+ * "ticket" word, so uneven tasks balance themselves and a run ends when its tasks are done,
+ * not when every worker has checked in.
  *
- * Waiting spins briefly before it sleeps: a decode step is a few dozen parallel ops each
- * milliseconds long with short serial gaps, and waking a sleeping thread through a condition
- * variable costs 90-100 us per run on this VM (measured: 2 threads, empty tasks), a few per
- * cent of a batch-1 layer step. A spinning worker picks the next run up in about a
- * microsecond. The spin is bounded (spin_ns), so an idle pool sleeps, and it is off when the
- * pool has more threads than the machine has cores, where a spinner would take a core from a
- * thread with work.
+ * The ticket packs the run's generation, its task count and the next unclaimed index. A
+ * thread claims a task with one fetch_add; the value it gets back says which run the index
+ * belongs to and whether it is in range, so a worker that wakes late (after the run it was
+ * woken for) either claims a real task of the current run or nothing. A claimed task keeps its
+ * run from completing, and the caller writes the next run's fn/ctx only after completion, so
+ * a thread that has claimed a task reads that run's fn/ctx. Not waiting for workers matters
+ * when pools share cores (the expert shards of a one-machine cluster): a worker that is not
+ * scheduled no longer holds up every run of its pool (measured: expert round trip at batch
+ * 32, 2 shards x 2 threads on 2 cores, 1.6-3.1 ms over local compute -> 0.5-1.3 ms).
  *
- * Sleeping and waking are ordered Dekker-style: a sleeper first counts itself in `sleepers`
- * and then re-reads `generation`; a runner first bumps `generation` and then reads
- * `sleepers` (all seq_cst). At least one of the two sees the other's write, and a worker
- * counted as a sleeper holds the mutex until cond_wait releases it, so no wake-up is lost.
- * The caller's wait for the workers (`workers_busy`, `caller_sleeping`) works the same way. */
+ * Waiting spins briefly before it sleeps: a decode step is a few dozen parallel ops with short
+ * serial gaps, and waking a sleeping thread through a condition variable costs 90-100 us per
+ * run on this VM (2 threads, empty tasks), a few per cent of a batch-1 layer step. The spin
+ * is bounded (spin_ns) and yields after the first microseconds, so an idle pool sleeps and a
+ * runnable thread elsewhere gets the core; it is off when the pool has more threads than the
+ * machine has cores.
+ *
+ * Sleeping and waking are ordered Dekker-style: a sleeper first counts itself and then
+ * re-reads the word it waits on; a waker first changes the word and then reads the count (all
+ * seq_cst). At least one of the two sees the other's write, and a sleeper holds the mutex
+ * until cond_wait releases it, so no wake-up is lost. */
 #include "threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,20 +46,36 @@ static inline void cpu_relax(void) {}
  * better in the layer benchmark, and no better or worse in the cluster one). */
 #define SPIN_NS 50000L
 
+/* Ticket layout: generation in the top 16 bits (it may wrap: a worker that misses exactly
+ * 65536 runs just waits for the next one), task count in the next 24, next index in the low
+ * 24. Runs of more tasks go in slices of at most MAX_SLICE. The index can pass the count by
+ * at most one per thread per run, so MAX_SLICE leaves room below 2^24. */
+#define NEXT_BITS 24
+#define COUNT_BITS 24
+#define MAX_SLICE ((1 << 23) - 1)
+
+static inline uint64_t ticket_make(uint64_t gen, uint64_t count)
+{
+    return (gen << (NEXT_BITS + COUNT_BITS)) | (count << NEXT_BITS);
+}
+static inline uint64_t ticket_gen(uint64_t t) { return t >> (NEXT_BITS + COUNT_BITS); }
+static inline int ticket_count(uint64_t t) { return (int)((t >> NEXT_BITS) & ((1u << COUNT_BITS) - 1)); }
+static inline int ticket_next(uint64_t t) { return (int)(t & ((1u << NEXT_BITS) - 1)); }
+
 struct mx_threadpool {
     int n_threads;
     long spin_ns; /* 0 = sleep at once */
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t work_cv, done_cv;
-    atomic_ulong generation;
+    _Atomic uint64_t ticket;
     atomic_int sleepers;
     atomic_int stopping;
+    /* the current run, written by the caller before it publishes the ticket */
     mx_task_fn fn;
     void *ctx;
-    int n_tasks;
-    atomic_int next_task;
-    atomic_int workers_busy;
+    int base, total; /* this slice's first task and the whole run's count */
+    atomic_int tasks_done;
     atomic_int caller_sleeping;
     void *scratch; /* mx_threadpool_scratch's buffer */
     size_t scratch_bytes;
@@ -62,16 +88,6 @@ static long now_ns(void)
     return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-static void run_tasks(mx_threadpool *p)
-{
-    for (;;) {
-        int t = atomic_fetch_add(&p->next_task, 1);
-        if (t >= p->n_tasks)
-            break;
-        p->fn(p->ctx, t, p->n_tasks);
-    }
-}
-
 /* Between checks a spinner pauses, and after the first few microseconds also yields, so a
  * runnable thread of this or another process (the cluster's services share cores) gets the
  * core rather than waiting out the spin. */
@@ -82,43 +98,55 @@ static void spin_pause(unsigned i)
         sched_yield();
 }
 
-/* Spins until *word != value or spin_ns pass; returns whether it changed. */
-static int spin_until_changed_ulong(atomic_ulong *word, unsigned long value, long spin_ns)
+/* Claims and runs tasks of the current slice until none is left; returns the generation of
+ * the ticket it last saw. */
+static uint64_t run_tasks(mx_threadpool *p)
 {
-    if (spin_ns <= 0)
-        return 0;
-    long deadline = now_ns() + spin_ns;
-    for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(word, memory_order_acquire) != value)
-            return 1;
-        spin_pause(i);
-        if ((i & 63) == 0 && now_ns() > deadline)
-            return 0;
+    for (;;) {
+        uint64_t t = atomic_fetch_add(&p->ticket, 1);
+        int i = ticket_next(t);
+        if (i >= ticket_count(t))
+            return ticket_gen(t);
+        p->fn(p->ctx, p->base + i, p->total);
+        if (atomic_fetch_add(&p->tasks_done, 1) + 1 == ticket_count(t) &&
+            atomic_load(&p->caller_sleeping)) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
+}
+
+/* Waits until the ticket's generation differs from seen (or the pool stops). */
+static void wait_for_run(mx_threadpool *p, uint64_t seen)
+{
+    if (p->spin_ns > 0) {
+        long deadline = now_ns() + p->spin_ns;
+        for (unsigned i = 1;; i++) {
+            if (ticket_gen(atomic_load_explicit(&p->ticket, memory_order_acquire)) != seen)
+                return;
+            spin_pause(i);
+            if ((i & 63) == 0 && now_ns() > deadline)
+                break;
+        }
+    }
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add(&p->sleepers, 1);
+    while (ticket_gen(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stopping))
+        pthread_cond_wait(&p->work_cv, &p->mu);
+    atomic_fetch_sub(&p->sleepers, 1);
+    pthread_mutex_unlock(&p->mu);
 }
 
 static void *worker_main(void *arg)
 {
     mx_threadpool *p = arg;
-    unsigned long seen = 0;
+    uint64_t seen = ticket_gen(atomic_load(&p->ticket));
     for (;;) {
-        if (!spin_until_changed_ulong(&p->generation, seen, p->spin_ns)) {
-            pthread_mutex_lock(&p->mu);
-            atomic_fetch_add(&p->sleepers, 1);
-            while (atomic_load(&p->generation) == seen && !atomic_load(&p->stopping))
-                pthread_cond_wait(&p->work_cv, &p->mu);
-            atomic_fetch_sub(&p->sleepers, 1);
-            pthread_mutex_unlock(&p->mu);
-        }
+        wait_for_run(p, seen);
         if (atomic_load(&p->stopping))
             break;
-        seen = atomic_load(&p->generation);
-        run_tasks(p);
-        if (atomic_fetch_sub(&p->workers_busy, 1) == 1 && atomic_load(&p->caller_sleeping)) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_signal(&p->done_cv);
-            pthread_mutex_unlock(&p->mu);
-        }
+        seen = run_tasks(p);
     }
     return NULL;
 }
@@ -162,7 +190,9 @@ void mx_threadpool_destroy(mx_threadpool *p)
         return;
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->stopping, 1);
-    atomic_fetch_add(&p->generation, 1); /* ends the spinners' wait too */
+    /* a new generation with no tasks ends the spinners' wait too */
+    uint64_t gen = ticket_gen(atomic_load(&p->ticket)) + 1;
+    atomic_store(&p->ticket, ticket_make(gen & 0xFFFF, 0));
     pthread_cond_broadcast(&p->work_cv);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++)
@@ -173,6 +203,11 @@ void mx_threadpool_destroy(mx_threadpool *p)
     free(p->scratch);
     free(p->threads);
     free(p);
+}
+
+int mx_threadpool_size(const mx_threadpool *p)
+{
+    return p ? p->n_threads : 1;
 }
 
 void *mx_threadpool_scratch(mx_threadpool *p, size_t bytes)
@@ -189,25 +224,21 @@ void *mx_threadpool_scratch(mx_threadpool *p, size_t bytes)
     return buf;
 }
 
-int mx_threadpool_size(const mx_threadpool *p)
-{
-    return p ? p->n_threads : 1;
-}
-
-/* Waits until every worker has finished this run's tasks: spins, then sleeps. */
-static void wait_for_workers(mx_threadpool *p)
+/* Waits until all `count` tasks of the current slice are done: spins, then sleeps. */
+static void wait_for_tasks(mx_threadpool *p, int count)
 {
     long deadline = p->spin_ns > 0 ? now_ns() + p->spin_ns : 0;
-    for (unsigned i = 1; atomic_load_explicit(&p->workers_busy, memory_order_acquire) > 0; i++) {
+    for (unsigned i = 1; atomic_load_explicit(&p->tasks_done, memory_order_acquire) < count;
+         i++) {
         spin_pause(i);
         if ((i & 63) == 0 && now_ns() > deadline)
             break;
     }
-    if (atomic_load(&p->workers_busy) == 0)
+    if (atomic_load(&p->tasks_done) >= count)
         return;
     pthread_mutex_lock(&p->mu);
     atomic_store(&p->caller_sleeping, 1);
-    while (atomic_load(&p->workers_busy) > 0)
+    while (atomic_load(&p->tasks_done) < count)
         pthread_cond_wait(&p->done_cv, &p->mu);
     atomic_store(&p->caller_sleeping, 0);
     pthread_mutex_unlock(&p->mu);
@@ -222,19 +253,22 @@ void mx_threadpool_run(mx_threadpool *p, mx_task_fn fn, void *ctx, int n_tasks)
             fn(ctx, t, n_tasks);
         return;
     }
-    /* Every worker has left the previous run (wait_for_workers), so these plain writes are
-     * published by the generation bump below. */
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store(&p->next_task, 0);
-    atomic_store(&p->workers_busy, p->n_threads - 1);
-    atomic_fetch_add(&p->generation, 1);
-    if (atomic_load(&p->sleepers) > 0) {
-        pthread_mutex_lock(&p->mu);
-        pthread_cond_broadcast(&p->work_cv);
-        pthread_mutex_unlock(&p->mu);
+    for (int base = 0; base < n_tasks; base += MAX_SLICE) {
+        int count = n_tasks - base < MAX_SLICE ? n_tasks - base : MAX_SLICE;
+        /* Every task of the previous slice is done, so no thread reads these now. */
+        p->fn = fn;
+        p->ctx = ctx;
+        p->base = base;
+        p->total = n_tasks;
+        atomic_store(&p->tasks_done, 0);
+        uint64_t gen = (ticket_gen(atomic_load(&p->ticket)) + 1) & 0xFFFF;
+        atomic_store(&p->ticket, ticket_make(gen, (uint64_t)count));
+        if (atomic_load(&p->sleepers) > 0) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_broadcast(&p->work_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
+        run_tasks(p);
+        wait_for_tasks(p, count);
     }
-    run_tasks(p);
-    wait_for_workers(p);
 }
