@@ -28,9 +28,9 @@ typedef struct mx_gemm_args {
 #define MX_GEMV_PASS_M 8
 #define MX_GEMV_MAX_M_AVX512_BF16 32
 /* ... but mx_cpu_gemm streams only up to this M; above it the packed kernel is faster
- * (bench_gemm's small-M table, Zen 4, GFLOP/s stream vs packed, from memory on 2 threads / from
- * L2 on 1: M = 16: 141-170 vs 77-119 / 106 vs 89; M = 20: 149-169 vs 101-135 / 96 vs 93;
- * M = 24: 131-149 vs 135-155 / 86 vs 105). */
+ * (bench_gemm's small-M table on a 2-vCPU AVX-512 Xeon, GFLOP/s stream vs packed, from memory
+ * on 2 threads / from L2 on 1: M = 16: 141-170 vs 77-119 / 106 vs 89; M = 20: 149-169 vs
+ * 101-135 / 96 vs 93; M = 24: 131-149 vs 135-155 / 86 vs 105). */
 #define MX_GEMV_AUTO_M_AVX512_BF16 20
 /* Above it, the "gemm" kernels widen a panel of MX_GEMM_NC rows x MX_GEMM_KC columns of W to
  * fp32 in a scratch buffer (sized for L2) and reuse it across all rows of x. NC 256 rather
