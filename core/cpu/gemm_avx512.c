@@ -179,6 +179,9 @@ _Static_assert(SPLIT_FLOATS / MX_GEMV_MAX_M_AVX512_BF16 >= 64, "K blocks of >= 2
  * weights), for M = 1 / 2 / 4 / 8: whole rows, no prefetch 22 / 23 / 20 / 12; x-limited
  * blocks + prefetch 19 / 17 / 16 / 18; 4 KiB windows + prefetch 25 / 24 / 22 / 20. */
 #define GEMV_WINDOW_BYTES 4096
+/* ... and x's slice for all M rows at most 32 KiB: at 48 KiB (all of L1) M = 16 fell from
+ * 140-178 to 73-75 GFLOP/s. */
+#define GEMV_WINDOW_X_FLOATS 8192
 /* M <= GEMV_WHOLE_ROWS_MAX_M reads whole rows, or K blocks as long as xs allows (M = 6:
  * 2048), as R = 3..8 long streams, each load also prefetching GEMV_AHEAD weights further
  * along its own row into L1: the hardware prefetcher alone stops at every 4 KiB page of each
@@ -324,8 +327,13 @@ static void gemv_bf16(const mx_gemm_args *a, int n0, int n1)
      * Whole-row reads split a longer K into equal blocks, not a full one and a stub whose
      * short segments are hard on the prefetchers. */
     int kb = SPLIT_FLOATS / a->M;
-    if (a->M > GEMV_WHOLE_ROWS_MAX_M && kb > GEMV_WINDOW_BYTES / 2 / rows_of_p[P])
-        kb = GEMV_WINDOW_BYTES / 2 / rows_of_p[P];
+    if (a->M > GEMV_WHOLE_ROWS_MAX_M) {
+        /* windows: x's slice must leave L1 room for the window and the next one */
+        if (kb > GEMV_WINDOW_X_FLOATS / a->M)
+            kb = GEMV_WINDOW_X_FLOATS / a->M;
+        if (kb > GEMV_WINDOW_BYTES / 2 / rows_of_p[P])
+            kb = GEMV_WINDOW_BYTES / 2 / rows_of_p[P];
+    }
     kb = kb / 32 * 32;
     if (a->M <= GEMV_WHOLE_ROWS_MAX_M && a->K > kb) {
         int blocks = (a->K + kb - 1) / kb;
