@@ -15,6 +15,7 @@
 #include "cpu/threadpool.h"
 
 #define MAX_TASKS 300
+#define BIG_TASKS ((1 << 23) + 1000) /* just over one slice of the pool's ticket */
 
 typedef struct {
     atomic_int hits[MAX_TASKS];
@@ -105,6 +106,44 @@ static void destroy_idle_and_sleeping(void **state)
     mx_threadpool_destroy(NULL);
 }
 
+/* A run larger than one ticket slice (2^23 - 1 tasks) is handed out in several, with the task
+ * indices and the count the caller asked for. */
+typedef struct {
+    atomic_uchar *hits;
+    atomic_int wrong_count;
+} big_job;
+
+static void big_task(void *ctx, int task, int n_tasks)
+{
+    big_job *j = ctx;
+    if (n_tasks != BIG_TASKS || task < 0 || task >= BIG_TASKS) {
+        atomic_fetch_add(&j->wrong_count, 1);
+        return;
+    }
+    atomic_fetch_add(&j->hits[task], 1);
+}
+
+static void more_tasks_than_a_slice(void **state)
+{
+    (void)state;
+    mx_error err = {0};
+    mx_threadpool *pool = NULL;
+    assert_int_equal(mx_threadpool_create(2, &pool, &err), 0);
+    big_job j = {calloc(BIG_TASKS, sizeof *j.hits), 0};
+    assert_non_null(j.hits);
+    mx_threadpool_run(pool, big_task, &j, BIG_TASKS);
+    assert_int_equal(atomic_load(&j.wrong_count), 0);
+    int missed = 0, twice = 0;
+    for (int t = 0; t < BIG_TASKS; t++) {
+        missed += atomic_load(&j.hits[t]) == 0;
+        twice += atomic_load(&j.hits[t]) > 1;
+    }
+    assert_int_equal(missed, 0);
+    assert_int_equal(twice, 0);
+    free(j.hits);
+    mx_threadpool_destroy(pool);
+}
+
 static void bad_thread_count(void **state)
 {
     (void)state;
@@ -122,6 +161,7 @@ int main(void)
         cmocka_unit_test(more_threads_than_cores),
         cmocka_unit_test(one_thread_runs_inline),
         cmocka_unit_test(destroy_idle_and_sleeping),
+        cmocka_unit_test(more_tasks_than_a_slice),
         cmocka_unit_test(bad_thread_count),
     };
     return cmocka_run_group_tests_name("cpu_threadpool", tests, NULL, NULL);
