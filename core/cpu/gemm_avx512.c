@@ -182,6 +182,7 @@ _Static_assert(SPLIT_FLOATS / MX_GEMV_MAX_M_AVX512_BF16 >= 64, "K blocks of >= 2
 /* ... and x's slice for all M rows at most 32 KiB: at 48 KiB (all of L1) M = 16 fell from
  * 140-178 to 73-75 GFLOP/s. */
 #define GEMV_WINDOW_X_FLOATS 8192
+_Static_assert(GEMV_WINDOW_X_FLOATS / MX_GEMV_MAX_M_AVX512_BF16 >= 64, "windows of >= 2 groups");
 /* M <= GEMV_WHOLE_ROWS_MAX_M reads whole rows, or K blocks as long as xs allows (M = 6:
  * 2048), as R = 3..8 long streams, each load also prefetching GEMV_AHEAD weights further
  * along its own row into L1: the hardware prefetcher alone stops at every 4 KiB page of each
