@@ -11,9 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "core/model.h"
+#include "core/clock.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "core/sampling.h"
@@ -56,20 +56,13 @@ typedef struct timed_moe {
     double ms;
 } timed_moe;
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static int timed_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
                          int k, mx_tensor *out, mx_error *err)
 {
     timed_moe *t = ctx;
-    double t0 = now_ms();
+    double t0 = mx_now_ms();
     int rc = t->inner.run(t->inner.ctx, layer, x2, ids, weights, k, out, err);
-    t->ms += now_ms() - t0;
+    t->ms += mx_now_ms() - t0;
     return rc;
 }
 
@@ -334,7 +327,7 @@ static int resolve_sequences(stage *s, const RunBatchRequest *rq, seq_entry **en
 static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
                       mx_error *err)
 {
-    double t_start = now_ms();
+    double t_start = mx_now_ms();
     size_t n_tokens = 0;
     MX_TRY(check_batch(s, rq, &n_tokens, err));
     size_t n = rq->n_sequences;
@@ -383,12 +376,12 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         tmoe.inner = mx_router_executor(s->router);
     mx_moe_executor moe = {timed_moe_run, &tmoe};
     mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
-    double t_layers = now_ms();
+    double t_layers = mx_now_ms();
     if (!rc)
         rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, s->router ? &moe : NULL, err);
     if (!rc)
         rc = s->be->sync(s->be, err);
-    double t_head = now_ms();
+    double t_head = mx_now_ms();
     if (!rc) {
         mx_batch_advance(&b);
         if (s->last) {
@@ -413,7 +406,7 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         }
     }
     if (!rc) {
-        double t_end = now_ms();
+        double t_end = mx_now_ms();
         tm.experts_ms = tmoe.ms;
         tm.attention_ms = (t_head - t_layers) - tmoe.ms;
         tm.sampling_ms = s->last ? t_end - t_head : 0;
@@ -517,7 +510,7 @@ static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const S
         tm = *resp->timings;
     tm.attention_ms += mine->attention_ms;
     tm.experts_ms += mine->experts_ms;
-    tm.total_ms = now_ms() - t_start;
+    tm.total_ms = mx_now_ms() - t_start;
     StageTimings *theirs = resp->timings;
     resp->timings = &tm;
     rc = mx_rpc_pb_pack(&resp->base, out, err);
@@ -540,7 +533,7 @@ static void count_in_flight(stage *s, int delta, bool ok)
 int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms, mx_rpc_payload *out,
                     mx_error *err)
 {
-    double t_start = now_ms();
+    double t_start = mx_now_ms();
     ProtobufCMessage *msg;
     MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__run_batch_request__descriptor, req, len, &msg, err));
     const RunBatchRequest *rq = (const RunBatchRequest *)msg;

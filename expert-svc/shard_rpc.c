@@ -7,8 +7,8 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
 #include "router/expert_rpc.h"
 #include "rpc/health.h"
@@ -19,13 +19,6 @@
 #endif
 
 typedef Mx__Internal__V1__RunExpertsRequest run_request;
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 /* Checks the request against the shard; fills err with the offending field. */
 static int validate(const mx_expert_shard *s, const run_request *rq, mx_error *err)
@@ -124,7 +117,7 @@ static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len
     mx_error err = {0};
     ProtobufCMessage *msg = NULL;
     float *y = NULL;
-    double t0 = now_ms();
+    double t0 = mx_now_ms();
     int rc = mx_rpc_pb_unpack(&mx__internal__v1__run_experts_request__descriptor, request, len, &msg, &err);
     const run_request *rq = (const run_request *)msg;
     if (!rc)
@@ -145,7 +138,7 @@ static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len
         t.data.len = rq->hidden->data.len;
         Mx__Internal__V1__RunExpertsResponse resp = MX__INTERNAL__V1__RUN_EXPERTS_RESPONSE__INIT;
         resp.hidden = &t;
-        resp.compute_ms = now_ms() - t0;
+        resp.compute_ms = mx_now_ms() - t0;
         /* packed once into a buffer the RPC layer sends without another copy */
         rc = mx_rpc_pb_write(call, &resp.base, &err);
     }

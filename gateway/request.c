@@ -5,14 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-double gw_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+#include "core/clock.h"
 
 int gw_request_new(uint32_t *prompt, int n_prompt, uint32_t *stop_ids, int n_stop, int max_new,
                    const gw_sampling *sp, gw_request **out, mx_error *err)
@@ -49,7 +43,7 @@ int gw_request_new(uint32_t *prompt, int n_prompt, uint32_t *stop_ids, int n_sto
     r->sampling = *sp;
     r->refs = 1;
     r->matched_stop_str = -1;
-    r->t_arrival_ms = gw_now_ms();
+    r->t_arrival_ms = mx_now_ms();
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv, NULL);
     *out = r;

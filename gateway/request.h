@@ -99,6 +99,4 @@ void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, co
 /* Handler side: marks the request cancelled (the scheduler drops it before the next step). */
 void gw_request_cancel(gw_request *r);
 
-double gw_now_ms(void);
-
 #endif

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "micro_batch.h"
@@ -122,7 +123,7 @@ static void admit_locked(gw_scheduler *s)
     int take = s->cfg.max_batch_sequences - s->n_running;
     if (take > s->n_queued)
         take = s->n_queued;
-    double now = gw_now_ms();
+    double now = mx_now_ms();
     for (int i = 0; i < take; i++) {
         gw_request *r = s->queue[i];
         r->t_scheduled_ms = now;
@@ -232,7 +233,7 @@ static void land_locked(gw_scheduler *s)
         pthread_mutex_unlock(&s->mu);
         for (int j = 0; j < f->batch.n; j++)
             f->batch.members[j]->ready_seq = ++s->next_ready;
-        gw_micro_batch_deliver(&f->batch, gw_now_ms());
+        gw_micro_batch_deliver(&f->batch, mx_now_ms());
         pthread_mutex_lock(&s->mu);
         f->state = FLIGHT_IDLE;
         s->n_flying--;
@@ -259,7 +260,7 @@ static void *loop(void *arg)
                 break;
             continue;
         }
-        retire(s, gw_now_ms());
+        retire(s, mx_now_ms());
         flight *f;
         while ((f = idle_flight(s)) && launch(s, f))
             ;
@@ -333,7 +334,7 @@ void gw_scheduler_destroy(gw_scheduler *s)
         gw_micro_batch_free(&f->batch);
         pthread_cond_destroy(&f->cv);
     }
-    double now = gw_now_ms();
+    double now = mx_now_ms();
     for (int i = 0; i < s->n_queued; i++) {
         gw_request_finish(s->queue[i], MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_EUNAVAILABLE,
                           "the gateway is shutting down", now);
