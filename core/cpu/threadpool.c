@@ -30,8 +30,9 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "../clock.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -81,21 +82,28 @@ struct mx_threadpool {
     size_t scratch_bytes;
 };
 
-static long now_ns(void)
+/* A bounded spin: `while (!condition && spin_more(&s))`. Between checks it pauses, and after
+ * the first few microseconds also yields, so a runnable thread of this or another process
+ * (the cluster's services share cores) gets the core rather than waiting out the spin. */
+typedef struct {
+    int64_t deadline; /* 0: do not spin */
+    unsigned checks;
+} spinner;
+
+static spinner spin_start(long spin_ns)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+    return (spinner){spin_ns > 0 ? mx_now_ns() + spin_ns : 0, 0};
 }
 
-/* Between checks a spinner pauses, and after the first few microseconds also yields, so a
- * runnable thread of this or another process (the cluster's services share cores) gets the
- * core rather than waiting out the spin. */
-static void spin_pause(unsigned i)
+static int spin_more(spinner *s)
 {
+    if (s->deadline == 0)
+        return 0;
+    s->checks++;
     cpu_relax();
-    if (i > 1024)
+    if (s->checks > 1024)
         sched_yield();
+    return (s->checks & 63) != 0 || mx_now_ns() <= s->deadline; /* read the clock now and then */
 }
 
 /* Claims and runs tasks of the current slice until none is left; returns the generation of
@@ -120,16 +128,12 @@ static uint64_t run_tasks(mx_threadpool *p)
 /* Waits until the ticket's generation differs from seen (or the pool stops). */
 static void wait_for_run(mx_threadpool *p, uint64_t seen)
 {
-    if (p->spin_ns > 0) {
-        long deadline = now_ns() + p->spin_ns;
-        for (unsigned i = 1;; i++) {
-            if (ticket_gen(atomic_load_explicit(&p->ticket, memory_order_acquire)) != seen)
-                return;
-            spin_pause(i);
-            if ((i & 63) == 0 && now_ns() > deadline)
-                break;
-        }
+    spinner s = spin_start(p->spin_ns);
+    while (ticket_gen(atomic_load_explicit(&p->ticket, memory_order_acquire)) == seen &&
+           spin_more(&s)) {
     }
+    if (ticket_gen(atomic_load(&p->ticket)) != seen)
+        return;
     pthread_mutex_lock(&p->mu);
     atomic_fetch_add(&p->sleepers, 1);
     while (ticket_gen(atomic_load(&p->ticket)) == seen && !atomic_load(&p->stopping))
@@ -227,12 +231,8 @@ void *mx_threadpool_scratch(mx_threadpool *p, size_t bytes)
 /* Waits until all `count` tasks of the current slice are done: spins, then sleeps. */
 static void wait_for_tasks(mx_threadpool *p, int count)
 {
-    long deadline = p->spin_ns > 0 ? now_ns() + p->spin_ns : 0;
-    for (unsigned i = 1; atomic_load_explicit(&p->tasks_done, memory_order_acquire) < count;
-         i++) {
-        spin_pause(i);
-        if ((i & 63) == 0 && now_ns() > deadline)
-            break;
+    spinner s = spin_start(p->spin_ns);
+    while (atomic_load_explicit(&p->tasks_done, memory_order_acquire) < count && spin_more(&s)) {
     }
     if (atomic_load(&p->tasks_done) >= count)
         return;
