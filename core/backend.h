@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "kv_cache.h"
 #include "tensor.h"
 
 /* One sequence's tokens inside a packed batch: rows [start, start+len). */
@@ -24,10 +25,12 @@ typedef struct mx_lightning_state {
     bool started;    /* false until the first token; a zero state either way */
 } mx_lightning_state;
 
-/* Per-sequence KV cache of one softmax layer (post-RoPE K and V). The layout is the
- * backend's business (contiguous on CPU, paged on CUDA); len is tokens stored. */
+/* Per-sequence KV cache of one softmax layer (post-RoPE K and V): a page table of
+ * MX_KV_PAGE_TOKENS-token pages in the format of core/kv_cache.h, taken from the backend's KV
+ * budget. len is tokens stored, capacity tokens the pages hold. Growing never copies. */
 typedef struct mx_kv_cache {
     int kv_heads, head_dim;
+    mx_kv_dtype dtype;
     int64_t len, capacity;
     void *impl;
 } mx_kv_cache;
@@ -96,8 +99,17 @@ struct mx_backend {
                              const mx_tensor *v, const mx_span *spans, int n_spans,
                              mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
                              int rotary_dim, double rope_theta, mx_error *err);
+    /* An empty cache in the backend's KV dtype; pages come from the KV budget as tokens are
+     * appended. softmax_attention fails with MX_ENOMEM ("KV budget ...") when the budget is
+     * spent, leaving the cache as it was. */
     int (*kv_cache_init)(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
+    /* Returns the cache's pages to the budget. */
     void (*kv_cache_free)(mx_backend *be, mx_kv_cache *kv);
+    /* Sets the KV dtype and budget; only while no cache exists (MX_EINVAL otherwise). Until
+     * called, a backend uses {MX_KV_BF16, default budget}. */
+    int (*kv_configure)(mx_backend *be, const mx_kv_options *opt, mx_error *err);
+    /* Current dtype, page size, budget and bytes in use. */
+    void (*kv_usage)(mx_backend *be, mx_kv_usage *out);
 
     /* ---- MoE ---- */
     /* Router: p = softmax(x . gate^T) over experts in fp32, top-k (largest first, ties to the

@@ -10,6 +10,9 @@
 typedef struct mx_cpu_impl {
     mx_threadpool *pool;
     mx_block_cache buffers; /* activation buffers, reused across layers and calls */
+    mx_kv_options kv;       /* KV dtype and resolved budget */
+    uint64_t kv_used_bytes; /* pages held by live caches */
+    int kv_caches;          /* live caches (kv_configure only while 0) */
 } mx_cpu_impl;
 
 static inline mx_threadpool *mx_cpu_pool(mx_backend *be)
@@ -33,5 +36,7 @@ int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const m
                              int rotary_dim, double rope_theta, mx_error *err);
 int mx_cpu_kv_cache_init(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
 void mx_cpu_kv_cache_free(mx_backend *be, mx_kv_cache *kv);
+int mx_cpu_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err);
+void mx_cpu_kv_usage(mx_backend *be, mx_kv_usage *out);
 
 #endif

@@ -37,6 +37,25 @@ void mx_cpu_kv_cache_free(mx_backend *be, mx_kv_cache *kv)
     kv->len = kv->capacity = 0;
 }
 
+/* Placeholder until the paged cache lands: records the options, the budget is not enforced. */
+int mx_cpu_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err)
+{
+    mx_cpu_impl *impl = be->impl;
+    if (impl->kv_caches)
+        return mx_fail(err, MX_EINVAL, "kv_configure: %d KV caches exist", impl->kv_caches);
+    impl->kv = *opt;
+    return 0;
+}
+
+void mx_cpu_kv_usage(mx_backend *be, mx_kv_usage *out)
+{
+    mx_cpu_impl *impl = be->impl;
+    out->dtype = impl->kv.dtype;
+    out->page_tokens = MX_KV_PAGE_TOKENS;
+    out->budget_bytes = impl->kv.budget_bytes;
+    out->used_bytes = impl->kv_used_bytes;
+}
+
 static int kv_reserve(mx_kv_cache *kv, int64_t need, mx_error *err)
 {
     if (need <= kv->capacity)

@@ -24,6 +24,9 @@ struct cuda_impl {
     size_t scratch_bytes;
     void *params;           /* device copies of an op's host arrays (ids, spans, scales) */
     size_t params_bytes, params_used;
+    mx_kv_options kv;       /* KV dtype and resolved budget */
+    uint64_t kv_used_bytes; /* pages held by live caches */
+    int kv_caches;          /* live caches (kv_configure only while 0) */
 };
 
 static inline cuda_impl *impl_of(mx_backend *be)
@@ -102,6 +105,8 @@ int cuda_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const mx_
                            int rotary_dim, double rope_theta, mx_error *err);
 int cuda_kv_cache_init(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
 void cuda_kv_cache_free(mx_backend *be, mx_kv_cache *kv);
+int cuda_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err);
+void cuda_kv_usage(mx_backend *be, mx_kv_usage *out);
 int cuda_moe_route(mx_backend *be, int32_t *ids, float *weights, const mx_tensor *x,
                    const mx_tensor *gate, int k, mx_error *err);
 int cuda_gather_rows(mx_backend *be, mx_tensor *out, const mx_tensor *x, const int32_t *rows, int n,

@@ -64,6 +64,25 @@ void cuda_kv_cache_free(mx_backend *be, mx_kv_cache *kv)
     kv->len = kv->capacity = 0;
 }
 
+/* Placeholder until the CUDA cache takes every dtype: records the options only. */
+int cuda_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err)
+{
+    cuda_impl *im = impl_of(be);
+    if (im->kv_caches)
+        return mx_fail(err, MX_EINVAL, "kv_configure: %d KV caches exist", im->kv_caches);
+    im->kv = *opt;
+    return 0;
+}
+
+void cuda_kv_usage(mx_backend *be, mx_kv_usage *out)
+{
+    cuda_impl *im = impl_of(be);
+    out->dtype = im->kv.dtype;
+    out->page_tokens = MX_KV_PAGE_TOKENS;
+    out->budget_bytes = im->kv.budget_bytes;
+    out->used_bytes = im->kv_used_bytes;
+}
+
 /* Makes room for `tokens` tokens in total; new pages come from one new slab. */
 static int kv_reserve(mx_backend *be, mx_kv_cache *kv, int64_t tokens, mx_error *err)
 {
