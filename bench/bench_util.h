@@ -1,6 +1,7 @@
 /* bench_util.h - small shared helpers of the benchmarks: a monotonic clock, a memory-read
- * bandwidth measurement over both cores (the yardstick for memory-bound kernels) and random
- * fills. Header-only so every bench_*.c stays one self-contained binary. */
+ * bandwidth measurement over both cores (the yardstick for memory-bound kernels), an fp32 FMA
+ * peak measurement (the yardstick for compute-bound ones) and random fills. Header-only so
+ * every bench_*.c stays one self-contained binary. */
 #ifndef MX_BENCH_UTIL_H
 #define MX_BENCH_UTIL_H
 
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/cpu/cpu_features.h"
 #include "core/cpu/threadpool.h"
 
 static inline double bench_now(void)
@@ -172,6 +174,135 @@ static inline double bench_read_bandwidth(mx_threadpool *pool, size_t bytes, int
     double bw = bench_reader_measure(&r, pool, runs);
     bench_reader_free(&r);
     return bw;
+}
+
+/* ---- fp32 FMA peak ----
+ * Each task runs BENCH_FMA_CHAINS independent multiply-add chains in registers: FMA latency
+ * is 4 cycles on current x86 and two ports issue one each per cycle, so at least 8 chains
+ * are needed to keep both ports busy; 16 (12 for the 16-register AVX2 file) leave margin.
+ * s = s * a + b with a just below 1 stays finite however long it runs. Like the read loops
+ * these use target attributes rather than a *_avx512.c file: every benchmark is one source
+ * file linked against libmx, and the loop only runs after the run-time check below. */
+typedef struct {
+    long iters;
+    float sums[256 * 16]; /* one cache line per task */
+} bench_fma_job;
+
+#define BENCH_FMA_CHAINS 16
+#define BENCH_FMA_CHAINS_AVX2 12
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,fma"))) static void bench_fma_task_avx512(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    bench_fma_job *j = ctx;
+    __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-6f), s[BENCH_FMA_CHAINS];
+    for (int r = 0; r < BENCH_FMA_CHAINS; r++)
+        s[r] = _mm512_set1_ps((float)r);
+    for (long i = 0; i < j->iters; i++) {
+#pragma GCC unroll 16
+        for (int r = 0; r < BENCH_FMA_CHAINS; r++)
+            s[r] = _mm512_fmadd_ps(s[r], a, b);
+    }
+    for (int r = 1; r < BENCH_FMA_CHAINS; r++)
+        s[0] = _mm512_add_ps(s[0], s[r]);
+    j->sums[(size_t)(task % 256) * 16] += _mm512_reduce_add_ps(s[0]);
+}
+
+__attribute__((target("avx2,fma"))) static void bench_fma_task_avx2(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    bench_fma_job *j = ctx;
+    __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-6f), s[BENCH_FMA_CHAINS_AVX2];
+    for (int r = 0; r < BENCH_FMA_CHAINS_AVX2; r++)
+        s[r] = _mm256_set1_ps((float)r);
+    for (long i = 0; i < j->iters; i++) {
+#pragma GCC unroll 12
+        for (int r = 0; r < BENCH_FMA_CHAINS_AVX2; r++)
+            s[r] = _mm256_fmadd_ps(s[r], a, b);
+    }
+    for (int r = 1; r < BENCH_FMA_CHAINS_AVX2; r++)
+        s[0] = _mm256_add_ps(s[0], s[r]);
+    float t[8];
+    _mm256_storeu_ps(t, s[0]);
+    j->sums[(size_t)(task % 256) * 16] += t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#endif
+
+/* Portable: 4-lane multiply then add (two flops, no fused instruction guaranteed). */
+typedef float bench_v4f __attribute__((vector_size(16)));
+static void bench_fma_task_scalar(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    bench_fma_job *j = ctx;
+    bench_v4f a = {0.999999f, 0.999999f, 0.999999f, 0.999999f}, b = {1e-6f, 1e-6f, 1e-6f, 1e-6f};
+    bench_v4f s[BENCH_FMA_CHAINS];
+    for (int r = 0; r < BENCH_FMA_CHAINS; r++)
+        s[r] = (bench_v4f){(float)r, (float)r, (float)r, (float)r};
+    for (long i = 0; i < j->iters; i++) {
+#pragma GCC unroll 16
+        for (int r = 0; r < BENCH_FMA_CHAINS; r++)
+            s[r] = s[r] * a + b;
+    }
+    for (int r = 1; r < BENCH_FMA_CHAINS; r++)
+        s[0] += s[r];
+    j->sums[(size_t)(task % 256) * 16] += s[0][0] + s[0][1] + s[0][2] + s[0][3];
+}
+
+/* The FMA loop of the widest ISA this CPU runs: its kernel and flops per iteration. */
+static inline mx_task_fn bench_fma_kernel(mx_cpu_isa *isa, double *flops_per_iter)
+{
+    *isa = mx_cpu_best_isa();
+#if defined(__x86_64__)
+    if (*isa == MX_CPU_ISA_AVX512) {
+        *flops_per_iter = 2.0 * 16 * BENCH_FMA_CHAINS;
+        return bench_fma_task_avx512;
+    }
+    if (*isa == MX_CPU_ISA_AVX2) {
+        *flops_per_iter = 2.0 * 8 * BENCH_FMA_CHAINS_AVX2;
+        return bench_fma_task_avx2;
+    }
+#endif
+    *isa = MX_CPU_ISA_SCALAR;
+    *flops_per_iter = 2.0 * 4 * BENCH_FMA_CHAINS;
+    return bench_fma_task_scalar;
+}
+
+/* "avx512", "avx2" or "scalar": the ISA the FMA peak is measured with. */
+static inline const char *bench_fma_isa_name(void)
+{
+    mx_cpu_isa isa;
+    double f;
+    bench_fma_kernel(&isa, &f);
+    return mx_cpu_isa_name(isa);
+}
+
+/* fp32 peak in flop/s over every thread of the pool: the best of `runs` rounds, each round
+ * 4 tasks per thread of about 2 M iterations (a few ms each), so a thread that the shared
+ * machine delays leaves its tasks to the others, as it would in the kernels measured against
+ * this. Take it right next to the timing it is compared with: the clock drifts. */
+static inline double bench_fma_peak(mx_threadpool *pool, int runs)
+{
+    mx_cpu_isa isa;
+    double flops_per_iter;
+    mx_task_fn fn = bench_fma_kernel(&isa, &flops_per_iter);
+    static const long iters = 1L << 21;
+    int tasks = 4 * mx_threadpool_size(pool);
+    bench_fma_job *j = calloc(1, sizeof *j);
+    if (!j)
+        return 0;
+    j->iters = iters;
+    double best = 1e30;
+    for (int i = 0; i < runs; i++) {
+        double t0 = bench_now();
+        mx_threadpool_run(pool, fn, j, tasks);
+        double t = bench_now() - t0;
+        best = t < best ? t : best;
+    }
+    volatile float sink = j->sums[0];
+    (void)sink;
+    free(j);
+    return (double)tasks * (double)iters * flops_per_iter / best;
 }
 
 static int bench_cmp_double(const void *a, const void *b)

@@ -1,0 +1,319 @@
+/* bench_attention.c - the CPU backend's softmax attention op (be->softmax_attention, 2 threads)
+ * on the real model's GQA group (8 query heads sharing 1 KV head, head_dim 128): causal prefill
+ * GFLOP/s against the fp32 FMA peak measured next to each timing, and decode step time at a
+ * short and a long context against the KV bytes read over the memory bandwidth read next to it.
+ * With bf16 KV (the default) and f32 KV. BENCH_LONG=1 adds the 256K-token sizes (minutes). */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench_util.h"
+#include "core/backend.h"
+#include "core/kv_cache.h"
+
+#define MAX_SIZES 16
+
+typedef struct {
+    int threads, heads, kv_heads, d, rotary;
+    int sizes[MAX_SIZES], n_sizes;
+    int decode_short, decode_long; /* contexts of the decode comparison; 0 = no decode */
+    int decode_steps;
+    mx_kv_dtype dtypes[2];
+    int n_dtypes;
+    mx_threadpool *pool; /* the yardsticks' threads, as many as the backend's */
+    bench_reader reader;
+} bench;
+
+static void die(const char *what, const mx_error *err)
+{
+    fprintf(stderr, "bench_attention: %s: %s\n", what, err ? err->msg : "out of memory");
+    exit(1);
+}
+
+/* Attention flops of a causal prefill of n tokens: QK^T and PV, 2 flops per multiply-add,
+ * over the n(n+1)/2 visible (query, key) pairs of every query head. */
+static double prefill_flops(const bench *b, double n)
+{
+    return 4.0 * b->d * b->heads * n * (n + 1) / 2;
+}
+
+/* A CPU backend whose KV dtype is set before any cache exists (kv_configure's contract). */
+static mx_backend *make_backend(const bench *b, mx_kv_dtype dt)
+{
+    mx_error err = {0};
+    mx_backend *be = NULL;
+    if (mx_backend_cpu_create(b->threads, &be, &err))
+        die("backend", &err);
+    mx_kv_options opt = {dt, 0};
+    if (be->kv_configure(be, &opt, &err))
+        die("kv_configure", &err);
+    return be;
+}
+
+static void alloc_act(mx_backend *be, mx_tensor *t, int64_t rows, int64_t cols)
+{
+    mx_error err = {0};
+    int64_t shape[2] = {rows, cols};
+    if (be->alloc(be, t, be->act_dtype, 2, shape, &err))
+        die("alloc", &err);
+}
+
+/* Fresh random values (uniform in [-1, 1)) in t through a host buffer of at least t's size. */
+static void fill_act(mx_backend *be, mx_tensor *t, float *host, uint64_t seed)
+{
+    mx_error err = {0};
+    bench_fill_f32(host, (size_t)(t->shape[0] * t->shape[1]), 1.f, seed);
+    if (be->from_host_f32(be, t, host, &err))
+        die("upload", &err);
+}
+
+/* The token-by-token tensors of one attention call: q, k, v in, o out. */
+typedef struct {
+    mx_tensor q, k, v, o;
+} qkvo;
+
+static void qkvo_alloc(mx_backend *be, const bench *b, qkvo *t, int n)
+{
+    alloc_act(be, &t->q, n, (int64_t)b->heads * b->d);
+    alloc_act(be, &t->o, n, (int64_t)b->heads * b->d);
+    alloc_act(be, &t->k, n, (int64_t)b->kv_heads * b->d);
+    alloc_act(be, &t->v, n, (int64_t)b->kv_heads * b->d);
+}
+
+static void qkvo_free(mx_backend *be, qkvo *t)
+{
+    be->free(be, &t->q);
+    be->free(be, &t->k);
+    be->free(be, &t->v);
+    be->free(be, &t->o);
+}
+
+/* Appends n = t->q.shape[0] tokens to kv and attends; returns the seconds the op took. */
+static double attend(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, float *host, uint64_t seed)
+{
+    mx_error err = {0};
+    int n = (int)t->q.shape[0];
+    fill_act(be, &t->q, host, seed);
+    fill_act(be, &t->k, host, seed + 1);
+    fill_act(be, &t->v, host, seed + 2);
+    mx_span span = {0, n};
+    mx_kv_cache *caches[1] = {kv};
+    double t0 = bench_now();
+    if (be->softmax_attention(be, &t->o, &t->q, &t->k, &t->v, &span, 1, caches, b->heads, b->kv_heads, b->d,
+                              b->rotary, 1e7, &err) ||
+        be->sync(be, &err))
+        die("softmax_attention", &err);
+    return bench_now() - t0;
+}
+
+/* Prefill of every size: each timing between two FMA-peak readings, the ratio against their
+ * mean. Leaves the cache of the last size filled in *kept (for the long decode). */
+static void run_prefill(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *kept)
+{
+    printf("\nKV %s: causal prefill, one sequence, all n tokens in one call\n", mx_kv_dtype_name(dt));
+    printf("%8s %5s %10s %9s %9s %15s %8s %s\n", "n", "runs", "ms", "GFLOP", "GFLOP/s", "peak GFLOP/s", "of peak",
+           "target");
+    for (int si = 0; si < b->n_sizes; si++) {
+        int n = b->sizes[si];
+        int runs = n <= 16384 ? 3 : 1; /* the long ones take tens of seconds each */
+        qkvo t;
+        qkvo_alloc(be, b, &t, n);
+        float *host = malloc(sizeof(float) * (size_t)n * b->heads * b->d);
+        if (!host)
+            die("host buffer", NULL);
+        double flops = prefill_flops(b, n), best = 1e30, ratios[3], lo = 1e30, hi = 0;
+        for (int r = 0; r < runs; r++) {
+            mx_error err = {0};
+            mx_kv_cache kv;
+            if (be->kv_cache_init(be, &kv, b->kv_heads, b->d, &err))
+                die("kv_cache_init", &err);
+            double p0 = bench_fma_peak(b->pool, 3);
+            double s = attend(be, b, &t, &kv, host, 1000 + (uint64_t)r);
+            double p1 = bench_fma_peak(b->pool, 3);
+            ratios[r] = flops / s / (0.5 * (p0 + p1));
+            lo = p0 < lo ? p0 : lo;
+            lo = p1 < lo ? p1 : lo;
+            hi = p0 > hi ? p0 : hi;
+            hi = p1 > hi ? p1 : hi;
+            best = s < best ? s : best;
+            if (si == b->n_sizes - 1 && r == runs - 1)
+                *kept = kv;
+            else
+                be->kv_cache_free(be, &kv);
+        }
+        double ratio = bench_median(ratios, runs);
+        char range[48];
+        snprintf(range, sizeof range, "%.0f-%.0f", lo / 1e9, hi / 1e9);
+        printf("%8d %5d %10.1f %9.1f %9.1f %15s %8.3f %s\n", n, runs, best * 1e3, flops / 1e9, flops / best / 1e9,
+               range, ratio, n >= 16384 ? ">= 0.5" : "");
+        /* one line per size for scripts: bench_long_context.sh projects prefill times with it */
+        printf("result prefill n=%d kv=%s gflops=%.2f of_peak=%.4f\n", n, mx_kv_dtype_name(dt), flops / best / 1e9,
+               ratio);
+        fflush(stdout);
+        free(host);
+        qkvo_free(be, &t);
+    }
+}
+
+/* Decode steps alternating between a short and a long cache of the same backend, each step
+ * after a read-bandwidth reading (which also evicts the caches from the last-level cache, so
+ * each step reads its KV from memory as a long context must). The extra time of the long step
+ * is compared with its KV bytes over 0.8 x that bandwidth, pair by pair. */
+static void run_decode(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *long_kv)
+{
+    mx_error err = {0};
+    int steps = b->decode_steps;
+    mx_kv_cache short_kv;
+    if (be->kv_cache_init(be, &short_kv, b->kv_heads, b->d, &err))
+        die("kv_cache_init", &err);
+    qkvo pre;
+    qkvo_alloc(be, b, &pre, b->decode_short);
+    float *host = malloc(sizeof(float) * (size_t)b->decode_short * b->heads * b->d);
+    if (!host)
+        die("host buffer", NULL);
+    attend(be, b, &pre, &short_kv, host, 7);
+    qkvo_free(be, &pre);
+    qkvo t;
+    qkvo_alloc(be, b, &t, 1);
+    double *ts = malloc(sizeof(double) * 5 * (size_t)steps);
+    if (!ts)
+        die("step times", NULL);
+    double *tl = ts + steps, *bw = ts + 2 * steps, *ratio = ts + 3 * steps, *extra = ts + 4 * steps;
+    for (int i = -1; i < steps; i++) { /* step -1 warms up both */
+        double bw0 = bench_reader_measure(&b->reader, b->pool, 1);
+        double s = attend(be, b, &t, &short_kv, host, 50 + 3 * (uint64_t)(i + 1));
+        double bw1 = bench_reader_measure(&b->reader, b->pool, 1);
+        double l = attend(be, b, &t, long_kv, host, 5000 + 3 * (uint64_t)(i + 1));
+        if (i < 0)
+            continue;
+        /* the pages the step read: every token so far, its own included, in whole pages */
+        double bytes = (double)mx_kv_bytes_for_tokens(dt, b->kv_heads, b->d, 1, long_kv->len);
+        ts[i] = s;
+        tl[i] = l;
+        bw[i] = 0.5 * (bw0 + bw1);
+        extra[i] = l - s;
+        ratio[i] = (l - s) / (bytes / (0.8 * bw1));
+    }
+    double bytes = (double)mx_kv_bytes_for_tokens(dt, b->kv_heads, b->d, 1, long_kv->len);
+    double ms_s = bench_median(ts, steps) * 1e3, ms_l = bench_median(tl, steps) * 1e3;
+    double bw_m = bench_median(bw, steps), ex = bench_median(extra, steps);
+    printf("\nKV %s: decode, one sequence, %d steps alternating %d and %lld tokens of context, each after a\n"
+           "bandwidth reading; bound = KV bytes at the long context / (0.8 x bandwidth read just before)\n",
+           mx_kv_dtype_name(dt), steps, b->decode_short, (long long)long_kv->len);
+    printf("%12s %12s %10s %10s %10s %10s %12s %12s\n", "ms short", "ms long", "extra ms", "KV MB", "bw GB/s",
+           "bound ms", "extra/bound", "of bw");
+    printf("%12.3f %12.3f %10.3f %10.1f %10.1f %10.3f %12.2f %12.2f   target: extra/bound <= 1\n", ms_s, ms_l,
+           ex * 1e3, bytes / 1e6, bw_m / 1e9, bytes / (0.8 * bw_m) * 1e3, bench_median(ratio, steps),
+           bytes / ex / bw_m);
+    printf("result decode ctx=%lld kv=%s extra_ms=%.4f bound_ms=%.4f\n", (long long)long_kv->len,
+           mx_kv_dtype_name(dt), ex * 1e3, bytes / (0.8 * bw_m) * 1e3);
+    fflush(stdout);
+    free(ts);
+    free(host);
+    qkvo_free(be, &t);
+    be->kv_cache_free(be, &short_kv);
+}
+
+static int parse_sizes(const char *s, int *out)
+{
+    int n = 0;
+    for (const char *p = s; *p && n < MAX_SIZES;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > (1 << 24))
+            return -1;
+        if (*end == 'K' || *end == 'k')
+            v *= 1024, end++;
+        out[n++] = (int)v;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return n;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench_attention [--sizes 4K,16K,64K] [--kv-dtype bf16|f32|all] [--heads 8] [--kv-heads 1]\n"
+                    "         [--head-dim 128] [--threads 2] [--decode-steps 8] [--no-decode]\n"
+                    "BENCH_LONG=1 adds 256K to the sizes (and decodes at 256K).\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    bench b = {.threads = 2, .heads = 8, .kv_heads = 1, .d = 128, .decode_short = 1024, .decode_steps = 8};
+    const char *long_env = getenv("BENCH_LONG");
+    int is_long = long_env && strcmp(long_env, "1") == 0;
+    b.n_sizes = parse_sizes(is_long ? "4K,16K,64K,256K" : "4K,16K,64K", b.sizes);
+    const char *dtypes = "all";
+    int decode = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--no-decode") == 0) {
+            decode = 0;
+            continue;
+        }
+        if (!v)
+            usage();
+        i++;
+        if (strcmp(a, "--sizes") == 0) {
+            if ((b.n_sizes = parse_sizes(v, b.sizes)) <= 0)
+                usage();
+        } else if (strcmp(a, "--kv-dtype") == 0) {
+            dtypes = v;
+        } else if (strcmp(a, "--heads") == 0) {
+            b.heads = atoi(v);
+        } else if (strcmp(a, "--kv-heads") == 0) {
+            b.kv_heads = atoi(v);
+        } else if (strcmp(a, "--head-dim") == 0) {
+            b.d = atoi(v);
+        } else if (strcmp(a, "--threads") == 0) {
+            b.threads = atoi(v);
+        } else if (strcmp(a, "--decode-steps") == 0) {
+            b.decode_steps = atoi(v);
+        } else {
+            usage();
+        }
+    }
+    if (b.heads < 1 || b.kv_heads < 1 || b.heads % b.kv_heads || b.d < 2 || b.d % 2 || b.threads < 1 ||
+        b.decode_steps < 1)
+        usage();
+    b.rotary = b.d / 2; /* the real model rotates 64 of 128 dims */
+    if (strcmp(dtypes, "all") == 0) {
+        b.dtypes[0] = MX_KV_BF16;
+        b.dtypes[1] = MX_KV_F32;
+        b.n_dtypes = 2;
+    } else {
+        mx_error err = {0};
+        if (mx_kv_dtype_parse(dtypes, "--kv-dtype", &b.dtypes[0], &err))
+            die("arguments", &err);
+        b.n_dtypes = 1;
+    }
+    if (decode)
+        b.decode_long = b.sizes[b.n_sizes - 1];
+    mx_error err = {0};
+    if (mx_threadpool_create(b.threads, &b.pool, &err))
+        die("pool", &err);
+    if (decode && bench_reader_init(&b.reader, (size_t)512 << 20))
+        die("bandwidth buffer", NULL);
+
+    printf("Softmax attention op (be->softmax_attention), CPU backend, %d threads, kernel ISA %s\n", b.threads,
+           mx_cpu_isa_name(mx_cpu_best_isa()));
+    printf("%d query heads sharing %d KV head(s), head_dim %d, rotary %d. Attention flops = 4 x head_dim x heads x\n"
+           "n(n+1)/2 (QK^T and PV, causal). 'of peak' = GFLOP/s over the fp32 FMA peak (%s, %d threads) measured\n"
+           "just before and just after each timing (median over runs); 'peak' shows the readings' range.\n",
+           b.heads, b.kv_heads, b.d, b.rotary, bench_fma_isa_name(), b.threads);
+    for (int di = 0; di < b.n_dtypes; di++) {
+        mx_backend *be = make_backend(&b, b.dtypes[di]);
+        mx_kv_cache kept = {0};
+        run_prefill(&b, be, b.dtypes[di], &kept);
+        if (decode)
+            run_decode(&b, be, b.dtypes[di], &kept);
+        be->kv_cache_free(be, &kept);
+        be->destroy(be);
+    }
+    if (decode)
+        bench_reader_free(&b.reader);
+    mx_threadpool_destroy(b.pool);
+    return 0;
+}
