@@ -28,6 +28,11 @@ static const preset presets[] = {
     {"small", 256, 8, 32, 2, 16, 16, 8, 8, 2, 512, 2048},
     {"medium", 1024, 16, 64, 4, 32, 8, 4, 16, 2, 2048, 8192},
     {"layer", 6144, 64, 128, 8, 64, 1, 0, 32, 2, 9216, 1024},
+    /* Benchmark models (bench/), made by name but not listed: "long" has the real 7:1 layer
+     * pattern and GQA group of 8 at a small width, for long-context prefill and the cluster;
+     * "llamacmp" is all softmax attention, the shape of a llama.cpp comparison model. */
+    {"long", 512, 8, 64, 1, 32, 8, 8, 4, 2, 512, 4096},
+    {"llamacmp", 512, 8, 64, 2, 64, 4, 1, 8, 2, 512, 32000},
 };
 static const char *const preset_names[] = {"tiny", "small", "medium", "layer", NULL};
 
