@@ -4,6 +4,8 @@
 
 #include "commands.h"
 
+int mx_cmd_plan(int argc, char **argv); /* cmd_plan.c */
+
 typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -16,6 +18,7 @@ static const command commands[] = {
     {"generate", mx_cmd_generate, "run a model on prompt ids and print the generated ids"},
     {"golden", mx_cmd_golden, "check the engine against a golden fixture directory"},
     {"info", mx_cmd_info, "print a model's config and its parameter/memory budget"},
+    {"plan", mx_cmd_plan, "size a layout of stages and expert shards against device memory at a context"},
     {"make-model", mx_cmd_make_model, "write a random-weight model in the real checkpoint layout"},
     {"tokenize", mx_cmd_tokenize, "text on stdin -> token ids on one line (tokenizer.json)"},
     {"detokenize", mx_cmd_detokenize, "token ids on stdin -> text"},
