@@ -1,13 +1,15 @@
-/* cmd_info.c - `mx info --model DIR`: the config and what serving it costs: parameters,
- * weight bytes (total, per layer kind, per expert), KV bytes per token, lightning state per
- * sequence. Reads only config.json and the checkpoint headers. */
+/* cmd_info.c - `mx info --model DIR [--kv-dtype T]`: the config and what serving it costs:
+ * parameters, weight bytes (total, per layer kind, per expert), KV bytes per token in the
+ * chosen KV dtype's page format, lightning state per sequence. Reads only config.json, so a
+ * directory without weights (deploy/models/...) works. */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "cli_util.h"
 #include "commands.h"
-#include "core/checkpoint.h"
+#include "core/config.h"
+#include "core/kv_cache.h"
 
 static double gib(double bytes)
 {
@@ -17,28 +19,38 @@ static double gib(double bytes)
 int mx_cmd_info(int argc, char **argv)
 {
     const char *model_dir = NULL;
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    mx_kv_dtype kv_dtype = MX_KV_BF16;
+    mx_error err = {0};
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"kv-dtype", required_argument, 0, 'k'},
+                                         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    static const char usage[] = "usage: mx info --model DIR [--kv-dtype bf16|f32|fp8_e4m3|int8]\n";
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c == 'm')
+        if (c == 'm') {
             model_dir = optarg;
-        else {
-            fprintf(c == 'h' ? stdout : stderr, "usage: mx info --model DIR\n");
+        } else if (c == 'k') {
+            if (mx_kv_dtype_parse(optarg, "--kv-dtype", &kv_dtype, &err)) {
+                fprintf(stderr, "mx info: %s\n", err.msg);
+                return 2;
+            }
+        } else {
+            fputs(usage, c == 'h' ? stdout : stderr);
             return c == 'h' ? 0 : 2;
         }
     }
     if (!model_dir || optind != argc) {
-        fprintf(stderr, "usage: mx info --model DIR\n");
+        fputs(usage, stderr);
         return 2;
     }
-    mx_error err = {0};
-    mx_checkpoint *ck = NULL;
-    if (mx_checkpoint_open(model_dir, &ck, &err)) {
+    char path[4096];
+    mx_config config;
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    if (mx_config_load(path, &config, &err)) {
         fprintf(stderr, "mx info: %s\n", err.msg);
         return 1;
     }
-    const mx_config *cfg = mx_checkpoint_config(ck);
+    const mx_config *cfg = &config;
     int L = cfg->num_hidden_layers, n_soft = 0;
     for (int l = 0; l < L; l++)
         n_soft += cfg->attn_type[l] == MX_ATTN_SOFTMAX;
@@ -67,9 +79,14 @@ int mx_cmd_info(int argc, char **argv)
            gib(lightning_params * 2), gib(softmax_params * 2));
     printf("  per expert        %.3f GiB; all experts of one layer %.2f GiB\n", gib(expert_params * 2),
            gib(E * expert_params * 2));
-    printf("KV cache (bf16)     %.0f bytes per token (%d softmax layers)\n", n_soft * 2 * KV * 2.0, n_soft);
+    uint64_t page = mx_kv_page_bytes(kv_dtype, cfg->num_key_value_heads, cfg->head_dim);
+    printf("KV cache (%s)%*s%llu bytes per token (%d softmax layers, %d-token pages of %llu bytes per layer);\n"
+           "                    %.2f GiB per 1M tokens\n",
+           mx_kv_dtype_name(kv_dtype), (int)(9 - strlen(mx_kv_dtype_name(kv_dtype))), "",
+           (unsigned long long)(n_soft * page / MX_KV_PAGE_TOKENS), n_soft, MX_KV_PAGE_TOKENS,
+           (unsigned long long)page, gib((double)mx_kv_bytes_for_tokens(kv_dtype, cfg->num_key_value_heads,
+                                                                       cfg->head_dim, n_soft, 1 << 20)));
     printf("lightning state     %.1f MiB per sequence (fp32, %d layers)\n",
            (L - n_soft) * (double)cfg->num_attention_heads * cfg->head_dim * cfg->head_dim * 4 / 1048576.0, L - n_soft);
-    mx_checkpoint_close(ck);
     return 0;
 }
