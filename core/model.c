@@ -229,7 +229,8 @@ uint64_t mx_sequence_bytes(const mx_sequence *s)
         if (s->lightning[l].S.data)
             bytes += mx_tensor_nbytes(&s->lightning[l].S);
         if (s->kv[l].impl)
-            bytes += (uint64_t)s->kv[l].capacity * s->kv[l].kv_heads * s->kv[l].head_dim * 2 * sizeof(float);
+            bytes += (uint64_t)mx_kv_pages_for_tokens(s->kv[l].capacity) *
+                     mx_kv_page_bytes(s->kv[l].dtype, s->kv[l].kv_heads, s->kv[l].head_dim);
     }
     return bytes;
 }

@@ -1,12 +1,13 @@
 /* cpu_backend.c - the CPU backend's op table: memory, dense elementwise ops, projections
  * (through mx_cpu_gemm, BF16 weights read in place) and the MoE router. Activations are F32.
- * Attention ops live in lightning_cpu.c and softmax_attention_cpu.c. */
+ * Attention ops live in lightning_cpu.c, flash_attention_cpu.c and kv_pages_cpu.c. */
 #include "cpu_backend.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_cpu.h"
 #include "gemm.h"
 
 int mx_cpu_check_act(const mx_tensor *t, const char *what, int64_t cols, mx_error *err)
@@ -28,6 +29,7 @@ static void cpu_destroy(mx_backend *be)
     mx_cpu_impl *impl = be->impl;
     if (impl) {
         mx_threadpool_destroy(impl->pool);
+        mx_kv_pool_destroy(impl->kv_pool);
         mx_block_cache_destroy(&impl->buffers);
         free(impl);
     }
@@ -343,7 +345,10 @@ int mx_backend_cpu_create(int n_threads, mx_backend **out, mx_error *err)
         return mx_fail(err, MX_ENOMEM, "out of memory creating the CPU backend");
     }
     int rc = mx_threadpool_create(n_threads, &impl->pool, err);
+    if (!rc)
+        rc = mx_kv_pool_create(&impl->kv_pool, err);
     if (rc) {
+        mx_threadpool_destroy(impl->pool);
         free(be);
         free(impl);
         return rc;

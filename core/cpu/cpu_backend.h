@@ -10,9 +10,7 @@
 typedef struct mx_cpu_impl {
     mx_threadpool *pool;
     mx_block_cache buffers; /* activation buffers, reused across layers and calls */
-    mx_kv_options kv;       /* KV dtype and resolved budget */
-    uint64_t kv_used_bytes; /* pages held by live caches */
-    int kv_caches;          /* live caches (kv_configure only while 0) */
+    struct mx_kv_pool *kv_pool; /* KV pages, budget and dtype (kv_pages_cpu.c) */
 } mx_cpu_impl;
 
 static inline mx_threadpool *mx_cpu_pool(mx_backend *be)

@@ -1,0 +1,105 @@
+/* attention_cpu.h - internals of the CPU softmax attention: the KV page pool and page tables
+ * (kv_pages_cpu.c), the flash-attention driver (flash_attention_cpu.c) and the per-ISA tile
+ * kernels it calls (flash_attention_avx512.c, flash_attention_avx2.c, scalar in the driver).
+ * Not for the model code, which sees only core/backend.h. */
+#ifndef MX_ATTENTION_CPU_H
+#define MX_ATTENTION_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backend.h"
+#include "cpu_features.h"
+
+/* ---- KV pages (kv_pages_cpu.c) ---- */
+
+/* One backend's page pool: the budget, byte accounting and free lists. Thread-safe. */
+typedef struct mx_kv_pool mx_kv_pool;
+
+int mx_kv_pool_create(mx_kv_pool **out, mx_error *err);
+/* Frees every slab; caches must have been freed first. */
+void mx_kv_pool_destroy(mx_kv_pool *p);
+/* kv_configure / kv_usage of the backend (see core/backend.h). */
+int mx_kv_pool_configure(mx_kv_pool *p, const mx_kv_options *opt, mx_error *err);
+void mx_kv_pool_usage(mx_kv_pool *p, mx_kv_usage *out);
+int mx_kv_pool_cache_init(mx_kv_pool *p, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
+void mx_kv_pool_cache_free(mx_kv_pool *p, mx_kv_cache *kv);
+
+/* Makes caches[i] able to hold add[i] more tokens than kv->len, for every i, or changes
+ * nothing: MX_ENOMEM "KV budget ..." when the pages do not fit in the budget. */
+int mx_kv_reserve(mx_kv_pool *p, mx_kv_cache *const *caches, const int64_t *add, int n, mx_error *err);
+
+/* Stores n tokens' K and V rows (post-RoPE, [kv_heads * head_dim] each, rows `stride` floats
+ * apart) at positions [pos, pos + n) of one page; the positions must be reserved and lie in one
+ * page. Does not change kv->len. */
+void mx_kv_write_page(mx_kv_cache *kv, int64_t pos, int n, const float *k, const float *v, size_t stride);
+
+/* Page `i` of a cache. */
+void *mx_kv_page(const mx_kv_cache *kv, int64_t i);
+/* Element pointers of head h's K or V block in a page ([MX_KV_PAGE_TOKENS][head_dim]) and its
+ * scale (8-bit types; 1 otherwise). */
+const void *mx_kv_page_k(const mx_kv_cache *kv, const void *page, int h);
+const void *mx_kv_page_v(const mx_kv_cache *kv, const void *page, int h);
+float mx_kv_page_k_scale(const mx_kv_cache *kv, const void *page, int h);
+float mx_kv_page_v_scale(const mx_kv_cache *kv, const void *page, int h);
+
+/* Scalar element conversions (exact formats; tests and the scalar path use them). */
+uint16_t mx_kv_f32_to_bf16(float x);   /* round to nearest even */
+float mx_kv_bf16_to_f32(uint16_t b);
+uint8_t mx_kv_f32_to_fp8(float x);     /* e4m3fn, RNE, saturating at 448 */
+float mx_kv_fp8_to_f32(uint8_t b);
+/* The 256 fp8 e4m3 values, indexed by byte. */
+extern const float *const mx_kv_fp8_table;
+/* Largest magnitude an 8-bit element stores: 127 (int8), 448 (fp8). */
+float mx_kv_dtype_max(mx_kv_dtype t);
+
+/* ---- flash attention (flash_attention_cpu.c + kernels) ---- */
+
+/* Tokens per key tile: one page. */
+#define MX_FA_KEY_TILE MX_KV_PAGE_TOKENS
+
+/* Tile kernels of one ISA family. Rows are query rows already scaled by log2(e)/sqrt(d), so
+ * the softmax is computed with exp2. */
+typedef struct mx_fa_kernels {
+    mx_cpu_isa isa;
+    /* s[m][MX_FA_KEY_TILE] = q[m][d] . kt[d][MX_FA_KEY_TILE] (kt: the key tile transposed). */
+    void (*qk)(const float *q, int m, int d, const float *kt, float *s);
+    /* Online softmax update of each row i over its first nvalid[i] scores: new running max
+     * mx[i], corr[i] = exp2(old max - new max) (0 if there was none, 1 if the row sees no key
+     * here), l[i] = l[i] * corr[i] + sum p; s[i][] becomes p (0 beyond nvalid[i]). */
+    void (*softmax)(float *s, int m, const int *nvalid, float *mx, float *l, float *corr);
+    /* acc[i][] = acc[i][] * corr[i] + sum_{j < nk} p[i][j] v[j][] (v rows d floats apart). */
+    void (*pv)(float *acc, const float *corr, const float *p, int m, int nk, const float *v, int d);
+    /* dst[t][a] = element (t, a) of a [n][d] block of a page in dtype t, times scale. */
+    void (*decode)(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst);
+} mx_fa_kernels;
+
+extern const mx_fa_kernels mx_fa_kernels_scalar;
+extern const mx_fa_kernels mx_fa_kernels_avx2;
+extern const mx_fa_kernels mx_fa_kernels_avx512;
+
+/* exp2(x) for x <= 0 by a degree-6 polynomial (relative error ~2e-7); 0 below -125. */
+static inline float mx_fa_exp2(float x)
+{
+    if (!(x >= -125.f))
+        return 0.f;
+    float n = __builtin_floorf(x + 0.5f), f = x - n;
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    union { float f; int32_t i; } u = {p};
+    u.i += (int32_t)n << 23;
+    return u.f;
+}
+
+/* softmax_attention with the kernels of `isa` (MX_EUNSUPPORTED if the CPU lacks it). */
+int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, mx_tensor *q,
+                                 const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
+                                 mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
+                                 int rotary_dim, double rope_theta, mx_error *err);
+
+#endif

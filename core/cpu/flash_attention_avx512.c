@@ -1,0 +1,195 @@
+/* flash_attention_avx512.c - AVX-512 tile kernels of the CPU flash attention (contract in
+ * attention_cpu.h; compiled with AVX-512 flags, called only after the run-time check in
+ * flash_attention_cpu.c, head_dim a multiple of 16). fp32 FMA throughout; exp2 is a degree-6
+ * polynomial with vscalefps, so no libm call per score. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "attention_cpu.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define T MX_FA_KEY_TILE
+
+/* rows x 64 keys: RB rows share each 4-vector load of a key row of kt (RB = 6: 24 accumulators). */
+INLINE void qk_rows(const float *q, int d, const float *kt, float *s, const int RB)
+{
+    __m512 acc[6][4];
+#pragma GCC unroll 6
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            acc[r][c] = _mm512_setzero_ps();
+    for (int a = 0; a < d; a++) {
+        const float *k = kt + (size_t)a * T;
+        __m512 k0 = _mm512_load_ps(k), k1 = _mm512_load_ps(k + 16), k2 = _mm512_load_ps(k + 32),
+               k3 = _mm512_load_ps(k + 48);
+#pragma GCC unroll 6
+        for (int r = 0; r < RB; r++) {
+            __m512 b = _mm512_set1_ps(q[(size_t)r * d + a]);
+            acc[r][0] = _mm512_fmadd_ps(b, k0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(b, k1, acc[r][1]);
+            acc[r][2] = _mm512_fmadd_ps(b, k2, acc[r][2]);
+            acc[r][3] = _mm512_fmadd_ps(b, k3, acc[r][3]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            _mm512_store_ps(s + (size_t)r * T + 16 * c, acc[r][c]);
+}
+
+static void qk_avx512(const float *q, int m, int d, const float *kt, float *s)
+{
+    int i = 0;
+    for (; i + 6 <= m; i += 6)
+        qk_rows(q + (size_t)i * d, d, kt, s + (size_t)i * T, 6);
+    switch (m - i) {
+    case 5: qk_rows(q + (size_t)i * d, d, kt, s + (size_t)i * T, 5); break;
+    case 4: qk_rows(q + (size_t)i * d, d, kt, s + (size_t)i * T, 4); break;
+    case 3: qk_rows(q + (size_t)i * d, d, kt, s + (size_t)i * T, 3); break;
+    case 2: qk_rows(q + (size_t)i * d, d, kt, s + (size_t)i * T, 2); break;
+    case 1: qk_rows(q + (size_t)i * d, d, kt, s + (size_t)i * T, 1); break;
+    default: break;
+    }
+}
+
+/* 2^x for x in [-125, 0]: x = n + f with |f| <= 1/2, 2^f by the polynomial, scaled by 2^n. */
+INLINE __m512 exp2v(__m512 x)
+{
+    x = _mm512_max_ps(x, _mm512_set1_ps(-125.f));
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static void softmax_avx512(float *s, int m, const int *nvalid, float *mx, float *l, float *corr)
+{
+    const __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < m; i++) {
+        float *r = s + (size_t)i * T;
+        int n = nvalid[i];
+        if (n <= 0) {
+            corr[i] = 1.f;
+            memset(r, 0, T * sizeof *r);
+            continue;
+        }
+        __mmask16 mk[4];
+        __m512 v[4], vmax = ninf;
+        for (int c = 0; c < 4; c++) {
+            int nc = n - 16 * c;
+            nc = nc < 0 ? 0 : nc > 16 ? 16 : nc;
+            mk[c] = (__mmask16)((1u << nc) - 1);
+            v[c] = _mm512_mask_load_ps(ninf, mk[c], r + 16 * c);
+            vmax = _mm512_max_ps(vmax, v[c]);
+        }
+        float rmax = _mm512_reduce_max_ps(vmax);
+        float mnew = rmax > mx[i] ? rmax : mx[i];
+        corr[i] = mx[i] == -INFINITY ? 0.f : mx_fa_exp2(mx[i] - mnew);
+        __m512 vm = _mm512_set1_ps(mnew), sum = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++) {
+            __m512 p = _mm512_maskz_mov_ps(mk[c], exp2v(_mm512_sub_ps(v[c], vm)));
+            sum = _mm512_add_ps(sum, p);
+            _mm512_store_ps(r + 16 * c, p);
+        }
+        l[i] = l[i] * corr[i] + _mm512_reduce_add_ps(sum);
+        mx[i] = mnew;
+    }
+}
+
+/* RB rows x CB vectors of acc: scaled by corr, then nk keys of p . v accumulated. */
+INLINE void pv_rows(float *acc, const float *corr, const float *p, int nk, const float *v, int d, const int RB,
+                    const int CB)
+{
+    __m512 o[8][8];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++) {
+        __m512 cr = _mm512_set1_ps(corr[r]);
+#pragma GCC unroll 8
+        for (int c = 0; c < CB; c++)
+            o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * d + 16 * c), cr);
+    }
+    for (int j = 0; j < nk; j++) {
+        __m512 b[8];
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; r++)
+            b[r] = _mm512_set1_ps(p[(size_t)r * T + j]);
+        const float *vj = v + (size_t)j * d;
+#pragma GCC unroll 8
+        for (int c = 0; c < CB; c++) {
+            __m512 vv = _mm512_loadu_ps(vj + 16 * c);
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; r++)
+                o[r][c] = _mm512_fmadd_ps(b[r], vv, o[r][c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < CB; c++)
+            _mm512_storeu_ps(acc + (size_t)r * d + 16 * c, o[r][c]);
+}
+
+/* Rows [0, m) in blocks of RB, columns [c0, c0 + 16 CB). */
+#define PV_COLUMNS(RB, CB)                                                                             \
+    do {                                                                                               \
+        int i = 0;                                                                                     \
+        for (; i + (RB) <= m; i += (RB))                                                               \
+            pv_rows(acc + (size_t)i * d + c0, corr + i, p + (size_t)i * T, nk, v + c0, d, (RB), (CB)); \
+        for (; i < m; i++)                                                                             \
+            pv_rows(acc + (size_t)i * d + c0, corr + i, p + (size_t)i * T, nk, v + c0, d, 1, (CB));    \
+    } while (0)
+
+static void pv_avx512(float *acc, const float *corr, const float *p, int m, int nk, const float *v, int d)
+{
+    int c0 = 0;
+    for (; c0 + 128 <= d; c0 += 128)
+        PV_COLUMNS(3, 8);
+    if (c0 + 64 <= d) {
+        PV_COLUMNS(6, 4);
+        c0 += 64;
+    }
+    if (c0 + 32 <= d) {
+        PV_COLUMNS(8, 2);
+        c0 += 32;
+    }
+    if (c0 + 16 <= d)
+        PV_COLUMNS(8, 1);
+}
+
+static void decode_avx512(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst)
+{
+    size_t count = (size_t)n * d;
+    __m512 sc = _mm512_set1_ps(scale);
+    if (t == MX_KV_F32) {
+        memcpy(dst, src, count * sizeof(float));
+    } else if (t == MX_KV_BF16) {
+        const uint16_t *b = src;
+        for (size_t e = 0; e < count; e += 16) {
+            __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + e)));
+            _mm512_storeu_ps(dst + e, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+        }
+    } else if (t == MX_KV_INT8) {
+        const int8_t *b = src;
+        for (size_t e = 0; e < count; e += 16) {
+            __m512i w = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + e)));
+            _mm512_storeu_ps(dst + e, _mm512_mul_ps(_mm512_cvtepi32_ps(w), sc));
+        }
+    } else {
+        const uint8_t *b = src;
+        for (size_t e = 0; e < count; e += 16) {
+            __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + e)));
+            _mm512_storeu_ps(dst + e, _mm512_mul_ps(_mm512_i32gather_ps(idx, mx_kv_fp8_table, 4), sc));
+        }
+    }
+}
+
+const mx_fa_kernels mx_fa_kernels_avx512 = {MX_CPU_ISA_AVX512, qk_avx512, softmax_avx512, pv_avx512, decode_avx512};
