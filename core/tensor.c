@@ -6,7 +6,7 @@
 static const struct { const char *name; size_t size; } dtype_info[MX_DTYPE_COUNT] = {
     [MX_DTYPE_F32] = {"F32", 4}, [MX_DTYPE_BF16] = {"BF16", 2}, [MX_DTYPE_F16] = {"F16", 2},
     [MX_DTYPE_F64] = {"F64", 8}, [MX_DTYPE_I32] = {"I32", 4},   [MX_DTYPE_I64] = {"I64", 8},
-    [MX_DTYPE_U8] = {"U8", 1},
+    [MX_DTYPE_U8] = {"U8", 1},   [MX_DTYPE_I8] = {"I8", 1},
 };
 
 size_t mx_dtype_size(mx_dtype dtype)
@@ -58,6 +58,8 @@ mx_tensor mx_tensor_rows(const mx_tensor *t, int64_t row0, int64_t n)
     for (int i = 1; i < t->ndim; i++)
         row_elems *= t->shape[i];
     v.data = (char *)t->data + (size_t)(row0 * row_elems) * mx_dtype_size(t->dtype);
+    if (t->scale)
+        v.scale = t->scale + row0;
     v.shape[0] = n;
     return v;
 }

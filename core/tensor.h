@@ -16,6 +16,8 @@ typedef enum {
     MX_DTYPE_I32,
     MX_DTYPE_I64,
     MX_DTYPE_U8,
+    /* Weight-only int8, symmetric, one fp32 scale per row (mx_tensor.scale): w = q * scale. */
+    MX_DTYPE_I8,
     MX_DTYPE_COUNT
 } mx_dtype;
 
@@ -29,10 +31,15 @@ typedef struct mx_tensor {
     mx_device device;
     int ndim;
     int64_t shape[MX_MAX_DIMS];
+    /* MX_DTYPE_I8 only: shape[0] fp32 scales, one per row (dimension 0); NULL otherwise. A
+     * view as data is: whoever allocated data owns it. Kept in the tensor rather than in a
+     * separate quantized-weight type so that weights flow through the model, the backends'
+     * upload and matmul unchanged. */
+    const float *scale;
 } mx_tensor;
 
 size_t mx_dtype_size(mx_dtype dtype);
-/* Safetensors spelling: "F32", "BF16", "F16", "F64", "I32", "I64", "U8". */
+/* Safetensors spelling: "F32", "BF16", "F16", "F64", "I32", "I64", "U8", "I8". */
 const char *mx_dtype_name(mx_dtype dtype);
 /* Returns 0 and sets *out for a known safetensors dtype name, -1 otherwise. */
 int mx_dtype_from_name(const char *name, mx_dtype *out);

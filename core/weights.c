@@ -1,9 +1,12 @@
 /* weights.c - binds the tensors a load plan asks for, by their checkpoint names, with shapes
  * derived from the config. First every wanted tensor is listed (so the total is known for
- * progress), then each is mapped. It must not copy or convert weights. */
+ * progress), then each is mapped. It converts nothing, except that a plan may ask for int8
+ * experts: those are quantized once here into one block the weights own. */
 #include "weights.h"
 
 #include <stdarg.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +139,51 @@ static int map_all(mx_weights *w, const request_list *rl, const mx_load_plan *p,
     return 0;
 }
 
+/* Replaces every loaded expert matrix by an int8 copy in one owned block. The bf16 pages each
+ * copy was made from are handed back to the kernel (the mapping stays valid and would fault
+ * them in again), so a shard's memory holds the int8 copy, not both. */
+static int quantize_experts(mx_weights *w, const mx_load_plan *p, mx_error *err)
+{
+    const int E = w->cfg.num_local_experts;
+    uint64_t total = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        char *mem = w->quantized;
+        for (int l = p->layer_begin; l < p->layer_end; l++) {
+            mx_expert_weights *ex = w->layers[l].experts;
+            for (int e = 0; ex && e < E; e++) {
+                if (!ex[e].loaded)
+                    continue;
+                mx_tensor *ts[3] = {&ex[e].w1, &ex[e].w3, &ex[e].w2};
+                for (int i = 0; i < 3; i++) {
+                    uint64_t bytes = mx_quantized_i8_bytes(ts[i]->shape[0], ts[i]->shape[1]);
+                    if (pass == 0) {
+                        total += bytes;
+                        continue;
+                    }
+                    mx_tensor q;
+                    MX_TRY(mx_quantize_i8(ts[i], mem, p->quantize_threads, &q, err));
+                    long page = sysconf(_SC_PAGESIZE);
+                    uintptr_t b = ((uintptr_t)ts[i]->data + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+                    uintptr_t end = ((uintptr_t)ts[i]->data + mx_tensor_nbytes(ts[i])) / (uintptr_t)page * (uintptr_t)page;
+                    if (end > b)
+                        (void)madvise((void *)b, end - b, MADV_DONTNEED); /* advice only */
+                    *ts[i] = q;
+                    mem += bytes;
+                }
+            }
+        }
+        if (pass == 0) {
+            if (!total)
+                return 0;
+            if (!(w->quantized = aligned_alloc(64, (size_t)total)))
+                return mx_fail(err, MX_ENOMEM, "out of memory for %.1f MiB of int8 experts",
+                               (double)total / (1 << 20));
+            w->bytes_quantized = total;
+        }
+    }
+    return 0;
+}
+
 int mx_weights_load(const char *dir, const mx_load_plan *plan, mx_weights **out, mx_error *err)
 {
     *out = NULL;
@@ -163,6 +211,8 @@ int mx_weights_load(const char *dir, const mx_load_plan *plan, mx_weights **out,
         w->layers[l].kind = (mx_attn_kind)w->cfg.attn_type[l];
     if ((rc = plan_all(w, plan, &rl, err)) || (rc = map_all(w, &rl, plan, err)))
         goto fail;
+    if (plan->expert_format == MX_WEIGHTS_INT8 && (rc = quantize_experts(w, plan, err)))
+        goto fail;
     free(rl.r);
     *out = w;
     return 0;
@@ -180,6 +230,7 @@ void mx_weights_free(mx_weights *w)
         for (int l = 0; l < w->cfg.num_hidden_layers; l++)
             free(w->layers[l].experts);
     free(w->layers);
+    free(w->quantized);
     mx_checkpoint_close(w->ckpt);
     free(w);
 }

@@ -1,7 +1,8 @@
 /* weights.h - the model's weights as named tensors, bound from a checkpoint by a load plan.
  * A plan names the layer range, whether attention/norm/gate tensors, the embedding and the
  * head are needed, and which experts of which layers; nothing else is mapped. Every tensor's
- * shape is checked against the config. Tensors are CPU views into the checkpoint's mappings. */
+ * shape is checked against the config. Tensors are CPU views into the checkpoint's mappings,
+ * except experts a plan asks for in int8: those are quantized copies the weights own. */
 #ifndef MX_WEIGHTS_H
 #define MX_WEIGHTS_H
 
@@ -10,6 +11,7 @@
 
 #include "checkpoint.h"
 #include "config.h"
+#include "quantize.h"
 #include "tensor.h"
 
 typedef struct mx_expert_weights {
@@ -43,6 +45,10 @@ typedef struct mx_load_plan {
     bool head;                   /* model.norm + lm_head */
     bool all_experts;            /* every expert of the layer range */
     const uint8_t *expert_mask;  /* else, if non-NULL: [num_layers * num_experts], 1 = load */
+    /* Expert weights (w1, w3, w2) as stored (default) or quantized to int8 once here, with
+     * quantize_threads threads (0 = one per core); attention, router, embedding and head stay as stored. */
+    mx_weight_format expert_format;
+    int quantize_threads;
     mx_progress_fn progress;
     void *progress_ctx;
 } mx_load_plan;
@@ -56,6 +62,8 @@ typedef struct mx_weights {
     mx_tensor lm_head;           /* [vocab, hidden] */
     mx_layer_weights *layers;    /* [num_hidden_layers]; only the plan's range is filled */
     uint64_t bytes_mapped;
+    void *quantized;             /* owned: the int8 experts and their scales, or NULL */
+    uint64_t bytes_quantized;
 } mx_weights;
 
 /* A plan for the whole model (every layer, every expert, embedding and head). */

@@ -134,6 +134,9 @@ static int cpu_matmul(mx_backend *be, mx_tensor *y, const mx_tensor *x, const mx
     if (y->shape[0] < M)
         return mx_fail(err, MX_EINVAL, "matmul: output has %lld rows, need %lld", (long long)y->shape[0],
                        (long long)M);
+    if (w->dtype == MX_DTYPE_I8) /* experts quantized at load: int8 rows + per-row scales */
+        return mx_cpu_gemm_i8(mx_cpu_pool(be), y->data, (int)N, x->data, (int)K, (int)M, (int)K,
+                              w->data, w->scale, (int)N, err);
     return mx_cpu_gemm(mx_cpu_pool(be), y->data, (int)N, x->data, (int)K, (int)M, (int)K, w->data,
                        w->dtype, (int)N, err);
 }

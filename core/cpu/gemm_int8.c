@@ -1,0 +1,147 @@
+/* gemm_int8.c - mx_cpu_gemm_i8: int8-weight matrix multiply (weights quantized at load, one
+ * fp32 scale per output row). Checks arguments, picks the kernel family and path at run time,
+ * splits output columns over the thread pool as mx_cpu_gemm does; holds the scalar kernel. */
+#include "gemm.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "gemm_kernels.h"
+
+/* Up to this M the AVX-512 family streams int8 rows; above it the packed kernel (fp32
+ * panels reused across rows of x) is faster. Measured with bench_gemm on the 2-vCPU AVX-512
+ * machine (K = 6144, N = 4096): see the int8 rows of bench_gemm's output. */
+#define MX_GEMM_I8_AUTO_M_AVX512 16
+
+/* ---- scalar: the portable fallback and the readable statement of the math ---- */
+
+void mx_gemv_i8_scalar(const mx_gemm_i8_args *a, int n0, int n1)
+{
+    for (int n = n0; n < n1; n++) {
+        const int8_t *q = a->q + (size_t)n * a->K;
+        for (int m = 0; m < a->M; m++) {
+            const float *x = a->x + (size_t)m * a->ldx;
+            /* Four partial sums, as the bf16 scalar kernel: shorter chains, smaller error. */
+            float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+            int k = 0;
+            for (; k + 4 <= a->K; k += 4) {
+                s0 += x[k] * (float)q[k];
+                s1 += x[k + 1] * (float)q[k + 1];
+                s2 += x[k + 2] * (float)q[k + 2];
+                s3 += x[k + 3] * (float)q[k + 3];
+            }
+            for (; k < a->K; k++)
+                s0 += x[k] * (float)q[k];
+            a->y[(size_t)m * a->ldy + n] = a->scale[n] * ((s0 + s1) + (s2 + s3));
+        }
+    }
+}
+
+/* ---- dispatch and threading ---- */
+
+typedef void (*gemv_i8_fn)(const mx_gemm_i8_args *a, int n0, int n1);
+typedef void (*gemm_i8_fn)(const mx_gemm_i8_args *a, int n0, int n1, float *scratch);
+
+typedef struct {
+    mx_gemm_i8_args args;
+    gemv_i8_fn gemv;
+    gemm_i8_fn gemm;
+    int chunk;
+    float *scratch; /* n_slots panels of MX_GEMM_SCRATCH_FLOATS, or NULL: streaming */
+    atomic_int *slot_busy;
+    int n_slots;
+} gemm_i8_job;
+
+static int claim_slot(gemm_i8_job *j)
+{
+    for (;;)
+        for (int s = 0; s < j->n_slots; s++)
+            if (atomic_load_explicit(&j->slot_busy[s], memory_order_relaxed) == 0 &&
+                atomic_exchange(&j->slot_busy[s], 1) == 0)
+                return s;
+}
+
+static void gemm_i8_task(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    gemm_i8_job *j = ctx;
+    int n0 = task * j->chunk;
+    int n1 = n0 + j->chunk < j->args.N ? n0 + j->chunk : j->args.N;
+    if (!j->scratch) {
+        j->gemv(&j->args, n0, n1);
+        return;
+    }
+    int s = claim_slot(j);
+    j->gemm(&j->args, n0, n1, j->scratch + (size_t)s * MX_GEMM_SCRATCH_FLOATS);
+    atomic_store(&j->slot_busy[s], 0);
+}
+
+int mx_cpu_gemm_i8_with(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_i8_path path, float *y,
+                        int ldy, const float *x, int ldx, int M, int K, const int8_t *q,
+                        const float *scale, int N, mx_error *err)
+{
+    if (M < 0 || K <= 0 || N <= 0)
+        return mx_fail(err, MX_EINVAL, "gemm int8: bad shape M=%d K=%d N=%d", M, K, N);
+    if (ldx < K || ldy < N)
+        return mx_fail(err, MX_EINVAL, "gemm int8: row stride ldx=%d < K=%d or ldy=%d < N=%d", ldx,
+                       K, ldy, N);
+    if (path != MX_GEMM_I8_AUTO && path != MX_GEMM_I8_STREAM && path != MX_GEMM_I8_PACKED)
+        return mx_fail(err, MX_EINVAL, "gemm int8: unknown kernel path %d", (int)path);
+    if (M == 0)
+        return 0;
+    if (!y || !x || !q || !scale)
+        return mx_fail(err, MX_EINVAL, "gemm int8: NULL %s",
+                       !y ? "y" : !x ? "x" : !q ? "weights" : "scales");
+    if (!mx_cpu_isa_supported(isa))
+        return mx_fail(err, MX_EUNSUPPORTED, "gemm int8: this CPU cannot run %s kernels",
+                       mx_cpu_isa_name(isa));
+    gemm_i8_job j = {.args = {y, ldy, x, ldx, M, K, q, scale, N}};
+    int packed = 0;
+    switch (isa) {
+    case MX_CPU_ISA_AVX512:
+        j.gemv = mx_gemv_i8_avx512;
+        j.gemm = mx_gemm_i8_avx512;
+        packed = path == MX_GEMM_I8_PACKED ||
+                 (path == MX_GEMM_I8_AUTO && M > MX_GEMM_I8_AUTO_M_AVX512);
+        break;
+    case MX_CPU_ISA_AVX2:
+        j.gemv = mx_gemv_i8_avx2;
+        break;
+    default:
+        j.gemv = mx_gemv_i8_scalar;
+        break;
+    }
+    int threads = mx_threadpool_size(pool);
+    if (!packed) {
+        /* Memory bound: many small tasks (32 per thread, multiples of 8 rows), as for bf16. */
+        int chunk = (N + threads * 32 - 1) / (threads * 32);
+        chunk = (chunk + 7) / 8 * 8;
+        j.chunk = chunk < 8 ? 8 : chunk;
+    } else {
+        j.chunk = MX_GEMM_NC;
+        j.n_slots = threads;
+        size_t bytes = (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
+        j.scratch = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
+        j.slot_busy = calloc((size_t)threads, sizeof *j.slot_busy);
+        if (!j.scratch || !j.slot_busy) {
+            if (!pool)
+                free(j.scratch);
+            free(j.slot_busy);
+            return mx_fail(err, MX_ENOMEM, "gemm int8: out of memory for %zu bytes of scratch",
+                           bytes);
+        }
+    }
+    mx_threadpool_run(pool, gemm_i8_task, &j, (N + j.chunk - 1) / j.chunk);
+    if (!pool)
+        free(j.scratch);
+    free(j.slot_busy);
+    return 0;
+}
+
+int mx_cpu_gemm_i8(mx_threadpool *pool, float *y, int ldy, const float *x, int ldx, int M, int K,
+                   const int8_t *q, const float *scale, int N, mx_error *err)
+{
+    return mx_cpu_gemm_i8_with(pool, mx_cpu_best_isa(), MX_GEMM_I8_AUTO, y, ldy, x, ldx, M, K, q,
+                               scale, N, err);
+}
