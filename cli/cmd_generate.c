@@ -13,13 +13,45 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: mx generate --model DIR --prompt-ids 1,2,3 [--max-new-tokens N] [--temperature T]\n"
                "         [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]\n"
-               "         [--logprobs N] [--eos ID] [--backend cpu|cuda] [--threads N]\n");
+               "         [--logprobs N] [--eos ID] [--backend cpu|cuda] [--threads N]\n"
+               "         [--expert-dtype bf16|int8]\n");
+}
+
+/* cli_load, with the experts quantized to int8 at load when asked (attention, router,
+ * embedding and head stay as stored). */
+static int load_model(const char *dir, const char *backend, int threads, mx_weight_format experts,
+                      cli_model *cm)
+{
+    if (experts == MX_WEIGHTS_AS_STORED)
+        return cli_load(dir, backend, threads, cm);
+    memset(cm, 0, sizeof *cm);
+    mx_error err = {0};
+    mx_config cfg;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = mx_config_load(path, &cfg, &err);
+    if (!rc) {
+        mx_load_plan plan = mx_load_plan_full(&cfg);
+        plan.expert_format = experts;
+        plan.quantize_threads = threads;
+        rc = mx_weights_load(dir, &plan, &cm->w, &err);
+    }
+    if (!rc)
+        rc = mx_backend_create(backend, threads, &cm->be, &err);
+    if (!rc)
+        rc = mx_model_create(cm->w, cm->be, &cm->m, &err);
+    if (rc) {
+        fprintf(stderr, "mx: %s\n", err.msg);
+        cli_unload(cm);
+    }
+    return rc;
 }
 
 int mx_cmd_generate(int argc, char **argv)
 {
     const char *model_dir = NULL, *ids_text = NULL, *backend = "cpu";
     long max_new = 16, threads = 0, eos = -1, v;
+    mx_weight_format experts = MX_WEIGHTS_AS_STORED;
     double f;
     mx_sampling_params sp = mx_sampling_defaults();
     static const struct option opts[] = {
@@ -30,6 +62,7 @@ int mx_cmd_generate(int argc, char **argv)
         {"seed", required_argument, 0, 's'},           {"logprobs", required_argument, 0, 'l'},
         {"eos", required_argument, 0, 'e'},            {"backend", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'},        {"help", no_argument, 0, 'h'},
+        {"expert-dtype", required_argument, 0, 'x'},
         {0, 0, 0, 0}};
     int c, bad = 0;
     optind = 1;
@@ -38,6 +71,10 @@ int mx_cmd_generate(int argc, char **argv)
         case 'm': model_dir = optarg; break;
         case 'p': ids_text = optarg; break;
         case 'b': backend = optarg; break;
+        case 'x':
+            if ((bad = mx_weight_format_from_name(optarg, &experts) != 0))
+                fprintf(stderr, "mx generate: --expert-dtype: \"%s\" is not bf16 or int8\n", optarg);
+            break;
         case 'n': bad = cli_parse_int("--max-new-tokens", optarg, 0, 1 << 24, &max_new); break;
         case 't': bad = cli_parse_int("--threads", optarg, 0, 256, &threads); break;
         case 'e': bad = cli_parse_int("--eos", optarg, -1, INT32_MAX, &eos); break;
@@ -70,7 +107,7 @@ int mx_cmd_generate(int argc, char **argv)
         return 2;
     }
     cli_model cm;
-    if (cli_load(model_dir, backend, (int)threads, &cm)) {
+    if (load_model(model_dir, backend, (int)threads, experts, &cm)) {
         free(prompt);
         return 1;
     }

@@ -20,7 +20,8 @@ static int usage(FILE *f)
 static int serve(const mx_expert_svc_config *c, mx_error *err)
 {
     mx_expert_shard_options so = {.model_dir = c->model_dir, .backend = c->backend, .threads = c->threads,
-                                  .shard_index = c->shard_index, .owns = &c->owns};
+                                  .shard_index = c->shard_index, .owns = &c->owns,
+                                  .expert_dtype = c->expert_dtype};
     mx_expert_shard *shard = NULL;
     MX_TRY(mx_expert_shard_load(&so, &shard, err));
     mx_rpc_server_options o = {.address = c->listen, .worker_threads = c->rpc_workers};

@@ -44,7 +44,8 @@ int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **
         mx_expert_shard_free(s);
         return mx_fail(err, MX_EINVAL, "expert shard: the expert set selects no expert of the model");
     }
-    mx_load_plan plan = {.layer_begin = lo, .layer_end = hi, .expert_mask = s->mask};
+    mx_load_plan plan = {.layer_begin = lo, .layer_end = hi, .expert_mask = s->mask,
+                         .expert_format = opts->expert_dtype, .quantize_threads = opts->threads};
     rc = mx_weights_load(opts->model_dir, &plan, &s->weights, err);
     if (!rc)
         rc = mx_backend_create(opts->backend ? opts->backend : "cpu", opts->threads, &s->be, err);
@@ -61,6 +62,8 @@ int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **
             if (!ew)
                 continue;
             s->weight_bytes += mx_tensor_nbytes(&ew->w1) + mx_tensor_nbytes(&ew->w2) + mx_tensor_nbytes(&ew->w3);
+            if (ew->w1.scale) /* int8: one fp32 scale per row */
+                s->weight_bytes += sizeof(float) * (uint64_t)(ew->w1.shape[0] + ew->w2.shape[0] + ew->w3.shape[0]);
             s->weight_dtype = ew->w1.dtype;
         }
     *out = s;

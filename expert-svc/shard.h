@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "quantize.h"
 #include "router/expert_set.h"
 #include "rpc/server.h"
 
@@ -19,6 +20,7 @@ typedef struct mx_expert_shard_options {
     int threads;                 /* backend threads; 0 = one per core */
     int shard_index;             /* reported by Info */
     const mx_expert_set *owns;   /* borrowed during load only */
+    mx_weight_format expert_dtype; /* as stored (default) or int8, quantized at load */
 } mx_expert_shard_options;
 
 /* Loads only the owned experts (no attention, embedding or head) and binds them to a new

@@ -8,7 +8,7 @@
 
 static const char *const known_keys[] = {"model_dir", "listen", "backend", "threads", "shard_index",
                                          "rpc_workers", "shutdown_grace_ms", "layers", "layer_begin",
-                                         "layer_end", "experts"};
+                                         "layer_end", "experts", "expert_dtype"};
 
 static int check_known(const config_setting_t *root, mx_error *err)
 {
@@ -21,7 +21,7 @@ static int check_known(const config_setting_t *root, mx_error *err)
         if (!ok)
             return mx_cfg_fail(err, s, NULL,
                                "unknown key (known: model_dir, listen, backend, threads, shard_index, rpc_workers, "
-                               "shutdown_grace_ms, layers, layer_begin, layer_end, experts)");
+                               "shutdown_grace_ms, layers, layer_begin, layer_end, experts, expert_dtype)");
     }
     return 0;
 }
@@ -51,6 +51,14 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
     out->rpc_workers = (int)v;
     MX_TRY(mx_cfg_int(root, "shutdown_grace_ms", 0, 5000, 0, 3600000, &v, err));
     out->shutdown_grace_ms = v;
+    const char *dt;
+    MX_TRY(mx_cfg_string(root, "expert_dtype", 0, "bf16", &dt, err));
+    if (mx_weight_format_from_name(dt, &out->expert_dtype))
+        return mx_cfg_fail(err, config_setting_get_member(root, "expert_dtype"), NULL,
+                           "\"%s\" is not an expert dtype (\"bf16\" or \"int8\")", dt);
+    if (out->expert_dtype == MX_WEIGHTS_INT8 && strcmp(out->backend, "cpu"))
+        return mx_cfg_fail(err, config_setting_get_member(root, "expert_dtype"), NULL,
+                           "int8 experts need backend = \"cpu\"");
     return mx_expert_set_from_setting(root, &out->owns, err);
 }
 

@@ -10,6 +10,8 @@
  *     layers = [0, 1, 2];                       # or layer_begin = 0; layer_end = 80;
  *                                               #   (neither = every layer)
  *     experts = [0, 2];                         # expert ids held in each of those layers
+ *     expert_dtype = "bf16";                    # "bf16" (as stored, default) | "int8"
+ *                                               #   (quantized at load, per-row scales; cpu)
  */
 #ifndef MX_EXPERT_SVC_CONFIG_H
 #define MX_EXPERT_SVC_CONFIG_H
@@ -18,6 +20,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "quantize.h"
 #include "router/expert_set.h"
 
 typedef struct mx_expert_svc_config {
@@ -29,6 +32,7 @@ typedef struct mx_expert_svc_config {
     int shard_index;
     int rpc_workers;
     int64_t shutdown_grace_ms;
+    mx_weight_format expert_dtype;
     mx_expert_set owns;
 } mx_expert_svc_config;
 

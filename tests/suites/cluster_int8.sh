@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# cluster_int8.sh - int8 experts through a real loopback cluster: two expert-svc shards with
+# expert_dtype = "int8", one attention stage and a gateway, started here as processes (ports
+# picked by the services, read from their logs) and stopped by pid. The greedy ids streamed by
+# `mx client` must equal `mx generate --expert-dtype int8` in one process, and the shards must
+# hold int8 weights (half the bf16 bytes, plus per-row scales). Run from the repo root.
+set -u
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/../.."
+MX="$BUILD/bin/mx"
+pass=0 fail=0
+tmp=$(mktemp -d)
+pids=()
+stop_all() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    pids=()
+}
+trap 'stop_all; rm -rf "$tmp"' EXIT
+ok() { echo "ok   $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+
+# wait_port LOG: the port a service printed once serving (bounded: 10 s), or nothing.
+wait_port() {
+    for _ in $(seq 100); do
+        p=$(sed -nE 's/.*port ([0-9]+).*/\1/p' "$1" | head -1)
+        [ -n "$p" ] && { echo "$p"; return; }
+        sleep 0.1
+    done
+}
+
+# run_fixture DIR EXPERTS_A EXPERTS_B INT8_MIB PROMPTS...
+run_fixture() {
+    local fx=$1 ea=$2 eb=$3 mib=$4 name
+    shift 4
+    name=$(basename "$fx")
+    local shard_ports=()
+    for i in 0 1; do
+        local ex=$ea
+        [ $i -eq 1 ] && ex=$eb
+        printf 'model_dir = "%s";\nlisten = "127.0.0.1:0";\nthreads = 1;\nshard_index = %d;\nexperts = [%s];\nexpert_dtype = "int8";\n' \
+            "$fx" $i "$ex" > "$tmp/$name-e$i.cfg"
+        "$BUILD/bin/expert-svc" --config "$tmp/$name-e$i.cfg" 2> "$tmp/$name-e$i.log" &
+        pids+=($!)
+        shard_ports+=("$(wait_port "$tmp/$name-e$i.log")")
+    done
+    if [ -z "${shard_ports[0]}" ] || [ -z "${shard_ports[1]}" ]; then
+        bad "$name: expert shards did not start: $(cat "$tmp/$name-e0.log" "$tmp/$name-e1.log")"
+        stop_all
+        return
+    fi
+    if grep -q "(${mib} MiB of weights)" "$tmp/$name-e0.log"; then
+        ok "$name: shard 0 holds int8 experts ($mib MiB)"
+    else
+        bad "$name: shard 0 weights: $(cat "$tmp/$name-e0.log")"
+    fi
+    local layers
+    layers=$(sed -nE 's/.*"num_hidden_layers": *([0-9]+).*/\1/p' "$fx/config.json")
+    cat > "$tmp/$name-stage.cfg" <<EOF
+stage = { listen = "127.0.0.1:0"; model = "$fx"; index = 0; count = 1;
+          layer_begin = 0; layer_end = $layers; max_sequences = 16; threads = 1; };
+experts = { shards = ( { experts = [$ea]; replicas = ["127.0.0.1:${shard_ports[0]}"]; },
+                       { experts = [$eb]; replicas = ["127.0.0.1:${shard_ports[1]}"]; } ); };
+EOF
+    "$BUILD/bin/attention-svc" --config "$tmp/$name-stage.cfg" 2> "$tmp/$name-stage.log" &
+    pids+=($!)
+    local sp
+    sp=$(wait_port "$tmp/$name-stage.log")
+    cat > "$tmp/$name-gw.cfg" <<EOF
+gateway = { listen = "127.0.0.1:0"; model = "$fx"; stages = ["127.0.0.1:$sp"];
+            num_expert_shards = 2; max_step_tokens = 512; };
+EOF
+    "$BUILD/bin/gateway" --config "$tmp/$name-gw.cfg" 2> "$tmp/$name-gw.log" &
+    pids+=($!)
+    local gp
+    gp=$(wait_port "$tmp/$name-gw.log")
+    if [ -z "$sp" ] || [ -z "$gp" ]; then
+        bad "$name: stage/gateway did not start: $(cat "$tmp/$name-stage.log" "$tmp/$name-gw.log")"
+        stop_all
+        return
+    fi
+    for prompt in "$@"; do
+        local want got
+        want=$(timeout 120 "$MX" generate --model "$fx" --expert-dtype int8 --threads 1 \
+            --prompt-ids "$prompt" --max-new-tokens 8 --temperature 0 2>/dev/null)
+        got=$(timeout 120 "$MX" client --addr "127.0.0.1:$gp" --prompt-ids "$prompt" \
+            --max-new-tokens 8 --temperature 0 --ignore-eos 2>/dev/null | tr -s ' \n' ' ' | sed 's/ *$//')
+        want=$(tr -s ' \n' ' ' <<<"$want" | sed 's/ *$//')
+        if [ -n "$want" ] && [ "$want" = "$got" ]; then
+            ok "$name: prompt ${prompt:0:20}...: cluster = local ($got)"
+        else
+            bad "$name: prompt ${prompt:0:20}...: local '$want' cluster '$got'"
+        fi
+    done
+    stop_all
+}
+
+long_prompt=$(seq -s, 3 2 301) # 150 tokens
+run_fixture ../shared/golden/tiny "0, 1" "2, 3" 1.5 "1,2,3,4,5" "$long_prompt"
+run_fixture ../shared/golden/small "0, 1, 2, 3" "4, 5, 6, 7" 1.6 "7" "$long_prompt"
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
