@@ -15,6 +15,7 @@ static void cuda_destroy(mx_backend *be)
         cudaSetDevice(im->device);
         if (im->stream)
             cudaStreamSynchronize(im->stream);
+        cuda_kv_pool_destroy(im);
         cudaFree(im->scratch);
         cudaFree(im->params);
         if (im->cublas)
@@ -351,11 +352,10 @@ extern "C" int mx_backend_cuda_create_ex(const mx_cuda_options *opt_in, mx_backe
     if (opt_in)
         opt = *opt_in;
     if (opt.kv_page_tokens == 0)
-        opt.kv_page_tokens = 64;
-    if (opt.kv_page_tokens < 16 || opt.kv_page_tokens > 1024 ||
-        (opt.kv_page_tokens & (opt.kv_page_tokens - 1)))
-        return mx_fail(err, MX_EINVAL, "kv_page_tokens %d: must be a power of two in 16..1024",
-                       opt.kv_page_tokens);
+        opt.kv_page_tokens = MX_KV_PAGE_TOKENS;
+    if (opt.kv_page_tokens != MX_KV_PAGE_TOKENS) /* the page format is shared by every backend */
+        return mx_fail(err, MX_EINVAL, "kv_page_tokens %d: KV pages hold %d tokens on every backend",
+                       opt.kv_page_tokens, MX_KV_PAGE_TOKENS);
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess) {

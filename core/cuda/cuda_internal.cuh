@@ -13,6 +13,8 @@ extern "C" {
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+struct kv_pool;
+
 /* The backend's private state. One stream: every op is queued on it in call order, so buffers
  * reused from one op to the next (scratch, params) are never read and written at once. */
 struct cuda_impl {
@@ -24,9 +26,10 @@ struct cuda_impl {
     size_t scratch_bytes;
     void *params;           /* device copies of an op's host arrays (ids, spans, scales) */
     size_t params_bytes, params_used;
-    mx_kv_options kv;       /* KV dtype and resolved budget */
+    mx_kv_options kv;       /* KV dtype and budget (0 until resolved at configure or first use) */
     uint64_t kv_used_bytes; /* pages held by live caches */
     int kv_caches;          /* live caches (kv_configure only while 0) */
+    struct kv_pool *kv_pool; /* device page blocks and free lists (softmax_attention.cu) */
 };
 
 static inline cuda_impl *impl_of(mx_backend *be)
@@ -107,6 +110,8 @@ int cuda_kv_cache_init(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_d
 void cuda_kv_cache_free(mx_backend *be, mx_kv_cache *kv);
 int cuda_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err);
 void cuda_kv_usage(mx_backend *be, mx_kv_usage *out);
+/* Frees the KV page pool's device blocks (backend destruction; no cache may be in use). */
+void cuda_kv_pool_destroy(cuda_impl *im);
 int cuda_moe_route(mx_backend *be, int32_t *ids, float *weights, const mx_tensor *x,
                    const mx_tensor *gate, int k, mx_error *err);
 int cuda_gather_rows(mx_backend *be, mx_tensor *out, const mx_tensor *x, const int32_t *rows, int n,

@@ -16,7 +16,8 @@ typedef struct mx_cuda_options {
      * 1: matmul and lightning prefill round activations to bf16 and use tensor cores with fp32
      * accumulation (fast; golden bf16 tier only). Activations stay F32 in memory either way. */
     int bf16_tensor_cores;
-    int kv_page_tokens;    /* tokens per KV-cache page (power of two, 16..1024); 0 = 64 */
+    int kv_page_tokens;    /* 0 or MX_KV_PAGE_TOKENS (kept for callers that set it; pages have
+                              one size everywhere, see core/kv_cache.h) */
 } mx_cuda_options;
 
 /* Like mx_backend_cuda_create with explicit options (opt NULL = defaults on device 0). */
