@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# run.sh - runs the benchmarks (memory bandwidth, gemm vs OpenBLAS, one-layer decode) and
-# prints their tables; `make bench` calls it with $BUILD set. Takes a few minutes on 2 cores.
+# run.sh - runs the benchmarks (memory bandwidth, gemm vs OpenBLAS, one-layer decode, softmax
+# attention, long-context prefill, the llama.cpp comparison, long prompts through the cluster)
+# and prints their tables; `make bench` calls it with $BUILD set. Takes about half an hour on 2
+# cores; BENCH_LONG=1 adds the 256K-token sizes (an hour or more).
 set -eu
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
@@ -9,13 +11,22 @@ cd "$(dirname "$0")/.."
 if grep -q avx512f /proc/cpuinfo 2>/dev/null; then
     export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
 fi
-for b in bench_bandwidth bench_gemm bench_layer bench_expert_rtt; do
+for b in bench_bandwidth bench_gemm bench_layer bench_expert_rtt bench_attention; do
     if [ -x "$BUILD/bench/$b" ]; then
         echo "== $b"
         "$BUILD/bench/$b"
         echo
     fi
 done
+echo "== bench_prefill: long-context prefill, 7:1 lightning/softmax model"
+"$BUILD/bench/bench_prefill" --preset long
+echo
+echo "== bench_prefill: the llama.cpp comparison model, 16,384-token prefill"
+"$BUILD/bench/bench_prefill" --preset llamacmp
+echo
+echo "== long prompts through a loopback cluster"
+BUILD=$BUILD bench/bench_long_context.sh
+echo
 echo "== tokenizer encode vs @huggingface/tokenizers"
 BUILD=$BUILD bench/bench_tokenizer.sh
 echo

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# bench_long_context.sh - long prompts through a loopback cluster (`mx cluster`: gateway, 2
+# attention stages, 2 expert shards) on the "long" preset (the real 7:1 lightning/softmax
+# pattern at width 512): (a) time to first token of a BENCH_PROMPT_TOKENS-token prompt (default
+# 65,536) and each stage's peak RSS against weights + KV pages x 1.1 + 1 GiB, with the time
+# projected to 1,048,576 tokens from the measured softmax-attention rate; (b) inter-token latency
+# of 8 short streams next to a long prefill (BENCH_ITL_PROMPT_TOKENS, default 32,768; 262,144
+# with BENCH_LONG=1) against the same streams alone. The client is bench/long_context.py (grpcio).
+# BENCH_PROMPT_TOKENS=1048576 runs the full 1M-token prompt (hours on 2 cores).
+set -eu
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/.."
+if [ "${BENCH_LONG:-0}" = 1 ]; then itl_default=262144; else itl_default=32768; fi
+PROMPT=${BENCH_PROMPT_TOKENS:-65536}
+ITL_PROMPT=${BENCH_ITL_PROMPT_TOKENS:-$itl_default}
+THREADS=${THREADS:-2}
+model=${MX_BENCH_LONG_MODEL:-}
+made=""
+if [ -z "$model" ]; then
+    made=$(mktemp -d)
+    model=$made/long
+fi
+cleanup() {
+    [ -n "$made" ] && rm -rf "$made"
+    return 0
+}
+trap cleanup EXIT
+[ -f "$model/config.json" ] || "$BUILD/bin/mx" make-model --preset long --out "$model" >/dev/null
+# The softmax-attention rate of this model in chunks of 512 tokens (the gateway's default
+# max_step_tokens), for the projection to 1M tokens; BENCH_ATTN_GFLOPS skips the measurement.
+rate=${BENCH_ATTN_GFLOPS:-}
+if [ -z "$rate" ]; then
+    line=$("$BUILD/bench/bench_prefill" --model "$model" --sizes 16K --chunk 512 --threads "$THREADS" | grep '^result')
+    rate=$(sed -nE 's/.* attn_gflops=([0-9.]+).*/\1/p' <<<"$line")
+    echo "softmax attention of this model, 16K-token prefill in chunks of 512 (single process): $rate GFLOP/s"
+fi
+BUILD=$BUILD /usr/bin/python3 bench/long_context.py --model "$model" --prompt-tokens "$PROMPT" \
+    --itl-prompt-tokens "$ITL_PROMPT" --threads "$THREADS" --attn-gflops "${rate:-0}" --project-tokens 1048576
