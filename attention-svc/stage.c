@@ -40,6 +40,7 @@ struct stage {
     mx_model *m;
     mx_router *router;          /* NULL: experts are local */
     seq_table seqs;
+    int softmax_layers;         /* KV-caching layers in [layer_begin, layer_end) */
     float *sample_work;         /* [2 * vocab] */
     char next_addr[256];        /* "" = no next stage */
     mx_rpc_channel *next;       /* NULL = no next stage */
@@ -93,6 +94,15 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     }
     if (!rc)
         rc = mx_backend_create(c->backend, c->threads, &s->be, err);
+    if (!rc) {
+        /* before any sequence exists: the backend takes every KV page from this budget */
+        mx_kv_options ko = {.dtype = c->kv_dtype, .budget_bytes = c->kv_cache_bytes};
+        rc = s->be->kv_configure(s->be, &ko, err);
+        if (rc)
+            mx_error_prefix(err, "stage.kv_dtype / stage.kv_cache_bytes");
+    }
+    for (int l = c->layer_begin; !rc && l < c->layer_end; l++)
+        s->softmax_layers += s->cfg.attn_type[l] == MX_ATTN_SOFTMAX;
     if (!rc)
         rc = mx_model_create(s->w, s->be, &s->m, err);
     if (!rc && c->remote_experts) {
@@ -322,14 +332,162 @@ static int resolve_sequences(stage *s, const RunBatchRequest *rq, seq_entry **en
     return rc;
 }
 
+/* The sequences of a batch whose new tokens' KV pages do not fit this stage's budget are
+ * left out before any state is touched (the backend would fail the whole batch half-way
+ * through the layers otherwise, with every sequence's lightning state already advanced);
+ * the rest run as a sub-batch and the refused ids go back in the response. */
+typedef struct kv_filter {
+    RunBatchRequest sub;           /* the batch without the refused sequences */
+    SequenceInput **kept;
+    Mx__Internal__V1__Tensor hidden;
+    uint8_t *rows;                 /* the kept rows of the hidden states (not the first stage) */
+    uint64_t *refused;             /* ids, in batch order */
+    size_t n_refused;
+    char msg[MX_ERROR_MSG_MAX];
+} kv_filter;
+
+static void kv_filter_free(kv_filter *f)
+{
+    free(f->kept);
+    free(f->rows);
+    free(f->refused);
+    memset(f, 0, sizeof *f);
+}
+
+static uint64_t kv_bytes(const stage *s, mx_kv_dtype t, int64_t tokens)
+{
+    return mx_kv_bytes_for_tokens(t, s->cfg.num_key_value_heads, s->cfg.head_dim, s->softmax_layers, tokens);
+}
+
+/* The numbers a KV refusal names: budget, use, per-token bytes and what fits one sequence. */
+static void kv_describe(const stage *s, const mx_kv_usage *u, char *buf, size_t cap)
+{
+    uint64_t page = mx_kv_page_bytes(u->dtype, s->cfg.num_key_value_heads, s->cfg.head_dim);
+    snprintf(buf, cap, "%llu of %llu bytes in use, %s, %d softmax layers, %llu bytes per token: at most %lld "
+             "tokens fit one sequence on this stage", (unsigned long long)u->used_bytes,
+             (unsigned long long)u->budget_bytes, mx_kv_dtype_name(u->dtype), s->softmax_layers,
+             (unsigned long long)(page * (uint64_t)s->softmax_layers / MX_KV_PAGE_TOKENS),
+             (long long)mx_kv_tokens_fit(u->dtype, s->cfg.num_key_value_heads, s->cfg.head_dim, s->softmax_layers,
+                                         u->budget_bytes));
+}
+
+/* Decides which sequences fit (in batch order, first come first served) and builds f->sub
+ * when some do not. Returns MX_ENOMEM (RESOURCE_EXHAUSTED) when none fits. */
+static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error *err)
+{
+    mx_kv_usage u;
+    s->be->kv_usage(s->be, &u);
+    if (u.budget_bytes == 0 || s->softmax_layers == 0)
+        return 0;
+    size_t n = rq->n_sequences;
+    uint64_t left = u.used_bytes < u.budget_bytes ? u.budget_bytes - u.used_bytes : 0;
+    bool *out = calloc(n, sizeof *out);
+    if (!out)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    size_t first = n;
+    uint64_t first_need = 0;
+    int64_t first_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const SequenceInput *q = rq->sequences[i];
+        seq_entry *e = seq_table_find(&s->seqs, q->sequence_id);
+        int64_t len = e ? e->seq->length : 0;
+        uint64_t need = kv_bytes(s, u.dtype, len + q->num_tokens) - kv_bytes(s, u.dtype, len);
+        if (need <= left) {
+            left -= need;
+            continue;
+        }
+        out[i] = true;
+        f->n_refused++;
+        if (first == n) {
+            first = i;
+            first_need = need;
+            first_len = len;
+        }
+    }
+    int rc = 0;
+    if (f->n_refused) {
+        char nums[300];
+        kv_describe(s, &u, nums, sizeof nums);
+        const SequenceInput *q = rq->sequences[first];
+        snprintf(f->msg, sizeof f->msg, "stage %d (layers [%d, %d)): KV budget: %zu of %zu sequences do not fit; "
+                 "sequence %llu needs %llu more bytes for tokens [%lld, %lld) (%s)", s->index, s->layer_begin,
+                 s->layer_end, f->n_refused, n, (unsigned long long)q->sequence_id, (unsigned long long)first_need,
+                 (long long)first_len, (long long)first_len + q->num_tokens, nums);
+        if (f->n_refused == n)
+            rc = mx_fail(err, MX_ENOMEM, "%s", f->msg);
+    }
+    if (rc || !f->n_refused) {
+        free(out);
+        return rc;
+    }
+    size_t kept = n - f->n_refused, hidden_row = (size_t)s->cfg.hidden_size * 4;
+    f->kept = malloc(kept * sizeof *f->kept);
+    f->refused = malloc(f->n_refused * sizeof *f->refused);
+    size_t rows = 0;
+    for (size_t i = 0; i < n; i++)
+        rows += out[i] ? 0 : rq->sequences[i]->num_tokens;
+    if (!s->first)
+        f->rows = malloc(rows * hidden_row + 1);
+    if (!f->kept || !f->refused || (!s->first && !f->rows)) {
+        free(out);
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    }
+    size_t k = 0, r = 0, row = 0, at = 0;
+    for (size_t i = 0; i < n; i++) {
+        const SequenceInput *q = rq->sequences[i];
+        if (out[i]) {
+            f->refused[r++] = q->sequence_id;
+        } else {
+            f->kept[k++] = rq->sequences[i];
+            if (f->rows)
+                memcpy(f->rows + at * hidden_row, rq->hidden->data.data + row * hidden_row,
+                       q->num_tokens * hidden_row);
+            at += q->num_tokens;
+        }
+        row += q->num_tokens;
+    }
+    free(out);
+    f->sub = *rq;
+    f->sub.sequences = f->kept;
+    f->sub.n_sequences = kept;
+    if (f->rows) {
+        f->hidden = *rq->hidden;
+        f->hidden.rows = (uint32_t)rows;
+        f->hidden.data.data = f->rows;
+        f->hidden.data.len = rows * hidden_row;
+        f->sub.hidden = &f->hidden;
+    }
+    return 0;
+}
+
+/* A KV failure inside the layers (the pre-check above should have prevented it): the stage
+ * and its numbers named, still RESOURCE_EXHAUSTED. */
+static void kv_name_failure(stage *s, mx_error *err)
+{
+    if (err->code != MX_ENOMEM || strncmp(err->msg, "KV budget", 9) != 0)
+        return;
+    mx_kv_usage u;
+    s->be->kv_usage(s->be, &u);
+    char nums[300], msg[MX_ERROR_MSG_MAX + 400];
+    kv_describe(s, &u, nums, sizeof nums);
+    snprintf(msg, sizeof msg, "stage %d (layers [%d, %d)): %s (%s)", s->index, s->layer_begin, s->layer_end,
+             err->msg, nums);
+    snprintf(err->msg, sizeof err->msg, "%.*s", (int)sizeof err->msg - 1, msg);
+}
+
 /* Runs the batch through this stage's layers. Packs into *out either the response, or
  * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
 static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
-                      mx_error *err)
+                      kv_filter *kvf, mx_error *err)
 {
     double t_start = mx_now_ms();
     size_t n_tokens = 0;
     MX_TRY(check_batch(s, rq, &n_tokens, err));
+    MX_TRY(kv_admit(s, rq, kvf, err));
+    if (kvf->n_refused) {
+        rq = &kvf->sub;
+        MX_TRY(check_batch(s, rq, &n_tokens, err));
+    }
     size_t n = rq->n_sequences;
     int hidden = s->cfg.hidden_size, rc = 0;
     seq_entry **entries = calloc(n, sizeof *entries);
@@ -377,8 +535,8 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
     mx_moe_executor moe = {timed_moe_run, &tmoe};
     mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
     double t_layers = mx_now_ms();
-    if (!rc)
-        rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, s->router ? &moe : NULL, err);
+    if (!rc && (rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, s->router ? &moe : NULL, err)))
+        kv_name_failure(s, err);
     if (!rc)
         rc = s->be->sync(s->be, err);
     double t_head = mx_now_ms();
@@ -415,6 +573,9 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         resp.timings = &tm;
         resp.batch_id = rq->batch_id;
         resp.stages_run = 1;
+        resp.n_kv_refused_sequence_ids = kvf->n_refused;
+        resp.kv_refused_sequence_ids = kvf->refused;
+        resp.kv_refused_message = kvf->msg;
         if (fwd) {
             RunBatchRequest next = *rq;  /* shallow: same sequences, our hidden states */
             next.hidden = &ht;
@@ -479,7 +640,7 @@ static int check_next(stage *s, int64_t timeout_ms, mx_error *err)
 /* Sends the packed request to the next stage and turns its answer into ours: stages_run one
  * more, our attention/expert time added. Errors name this stage and the next. */
 static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const StageTimings *mine, double t_start,
-                   mx_rpc_payload *out, mx_error *err)
+                   const kv_filter *kvf, mx_rpc_payload *out, mx_error *err)
 {
     int rc = check_next(s, timeout_ms, err);
     if (rc) {
@@ -513,8 +674,29 @@ static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const S
     tm.total_ms = mx_now_ms() - t_start;
     StageTimings *theirs = resp->timings;
     resp->timings = &tm;
+    /* sequences we refused go back with those refused further down */
+    uint64_t *their_ids = resp->kv_refused_sequence_ids, *ids = NULL;
+    size_t their_n = resp->n_kv_refused_sequence_ids;
+    char *their_msg = resp->kv_refused_message, msg[2 * MX_ERROR_MSG_MAX + 2];
+    if (kvf->n_refused) {
+        if (!(ids = malloc((kvf->n_refused + their_n) * sizeof *ids))) {
+            protobuf_c_message_free_unpacked(m, NULL);
+            return mx_fail(err, MX_ENOMEM, "out of memory");
+        }
+        memcpy(ids, kvf->refused, kvf->n_refused * sizeof *ids);
+        if (their_n)
+            memcpy(ids + kvf->n_refused, their_ids, their_n * sizeof *ids);
+        snprintf(msg, sizeof msg, "%s%s%s", kvf->msg, their_n ? "; " : "", their_n ? their_msg : "");
+        resp->kv_refused_sequence_ids = ids;
+        resp->n_kv_refused_sequence_ids = kvf->n_refused + their_n;
+        resp->kv_refused_message = msg;
+    }
     rc = mx_rpc_pb_pack(&resp->base, out, err);
     resp->timings = theirs;
+    resp->kv_refused_sequence_ids = their_ids;
+    resp->n_kv_refused_sequence_ids = their_n;
+    resp->kv_refused_message = their_msg;
+    free(ids);
     protobuf_c_message_free_unpacked(m, NULL);
     return rc;
 }
@@ -540,14 +722,17 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     bool fwd = rq->forward && s->next;
     StageTimings mine = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
     mx_rpc_payload mid;
+    kv_filter kvf;
+    memset(&kvf, 0, sizeof kvf);
     pthread_mutex_lock(&s->lock);
     /* counted from the start of our compute: two at once means one was past it (downstream) */
     count_in_flight(s, 1, false);
-    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, err);
+    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, err);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
     if (!rc && fwd)
-        rc = forward(s, mid, timeout_ms, &mine, t_start, out, err);
+        rc = forward(s, mid, timeout_ms, &mine, t_start, &kvf, out, err);
+    kv_filter_free(&kvf);
     count_in_flight(s, -1, rc == 0);
     return rc;
 }
@@ -585,6 +770,19 @@ int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx
     r.weight_bytes = s->w->bytes_mapped;
     r.state_bytes = seq_table_state_bytes(&s->seqs);
     r.backend = (char *)s->be->name;
+    mx_kv_usage u;
+    s->be->kv_usage(s->be, &u);
+    r.kv_dtype = (char *)mx_kv_dtype_name(u.dtype);
+    r.kv_budget_bytes = u.budget_bytes;
+    r.kv_used_bytes = u.used_bytes;
+    r.softmax_layers = (uint32_t)s->softmax_layers;
+    r.kv_page_tokens = MX_KV_PAGE_TOKENS;
+    r.kv_bytes_per_token = mx_kv_page_bytes(u.dtype, s->cfg.num_key_value_heads, s->cfg.head_dim) *
+                           (uint64_t)s->softmax_layers / MX_KV_PAGE_TOKENS;
+    /* no budget or no softmax layer: no limit (INT64_MAX, as mx_kv_tokens_fit says) */
+    r.kv_tokens_fit = u.budget_bytes == 0 ? (uint64_t)INT64_MAX
+                      : (uint64_t)mx_kv_tokens_fit(u.dtype, s->cfg.num_key_value_heads, s->cfg.head_dim,
+                                                   s->softmax_layers, u.budget_bytes);
     pthread_mutex_unlock(&s->lock);
     r.next = s->next_addr;
     pthread_mutex_lock(&s->stats_mu);

@@ -3,9 +3,13 @@
 
 #include "router/cfg.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <libconfig.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static int get_int(const config_setting_t *g, const char *path, const char *key, int def, bool required,
                    int *out, mx_error *err)
@@ -42,6 +46,69 @@ static int get_string(const config_setting_t *g, const char *path, const char *k
     return 0;
 }
 
+int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
+{
+    static const char *const units[] = {"", "K", "M", "G", "T"};
+    const char *p = text;
+    while (isspace((unsigned char)*p))
+        p++;
+    if (!isdigit((unsigned char)*p))
+        return mx_fail(err, MX_EINVAL, "%s = \"%s\" is not a byte count (e.g. 1073741824, \"512MiB\", \"8G\")",
+                       what, text);
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (errno)
+        return mx_fail(err, MX_EINVAL, "%s = \"%s\" is too large", what, text);
+    while (isspace((unsigned char)*end))
+        end++;
+    /* the unit: K, M, G or T, optionally followed by "iB"; binary either way */
+    int shift = -1;
+    char u[8] = "";
+    size_t n = strlen(end);
+    while (n > 0 && isspace((unsigned char)end[n - 1]))
+        n--;
+    if (n < sizeof u) {
+        memcpy(u, end, n);
+        u[n] = 0;
+        for (int i = 0; i < 5 && shift < 0; i++) {
+            char with_ib[8];
+            snprintf(with_ib, sizeof with_ib, "%siB", units[i]);
+            if (strcasecmp(u, units[i]) == 0 || (i > 0 && strcasecmp(u, with_ib) == 0))
+                shift = 10 * i;
+        }
+    }
+    if (shift < 0)
+        return mx_fail(err, MX_EINVAL, "%s = \"%s\": unknown unit \"%.*s\" (use K, KiB, M, MiB, G, GiB, T or TiB; "
+                       "all binary)", what, text, (int)n, end);
+    if (shift && v > (UINT64_MAX >> shift))
+        return mx_fail(err, MX_EINVAL, "%s = \"%s\" is too large", what, text);
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+/* stage.kv_cache_bytes: an integer (int or int64) or a string with a unit. */
+static int get_bytes(const config_setting_t *g, const char *path, const char *key, uint64_t *out, mx_error *err)
+{
+    const config_setting_t *s = config_setting_get_member(g, key);
+    *out = 0;
+    if (!s)
+        return 0;
+    char what[4200];
+    snprintf(what, sizeof what, "%s:%d: stage.%s", path, config_setting_source_line(s), key);
+    int t = config_setting_type(s);
+    if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+        long long v = config_setting_get_int64(s);
+        if (v < 0)
+            return mx_fail(err, MX_EINVAL, "%s = %lld must not be negative", what, v);
+        *out = (uint64_t)v;
+        return 0;
+    }
+    if (t == CONFIG_TYPE_STRING)
+        return stage_parse_bytes(config_setting_get_string(s), what, out, err);
+    return mx_fail(err, MX_EINVAL, "%s must be an integer or a string such as \"8GiB\"", what);
+}
+
 static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
 {
     const config_setting_t *g = config_lookup(cf, "stage");
@@ -60,6 +127,11 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(get_int(g, path, "max_sequences", 256, false, &c->max_sequences, err));
     MX_TRY(get_int(g, path, "threads", 0, false, &c->threads, err));
     MX_TRY(get_int(g, path, "max_message_mb", 256, false, &mb, err));
+    char kv_dtype[32];
+    MX_TRY(get_string(g, path, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
+    if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))
+        return mx_error_prefix(err, "%s", path);
+    MX_TRY(get_bytes(g, path, "kv_cache_bytes", &c->kv_cache_bytes, err));
     if (c->count < 1 || c->index < 0 || c->index >= c->count)
         return mx_fail(err, MX_EINVAL, "%s: stage.index %d is not in [0, count=%d)", path, c->index, c->count);
     MX_TRY(get_int(g, path, "worker_threads", c->count + 4, false, &c->worker_threads, err));

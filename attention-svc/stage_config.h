@@ -15,6 +15,11 @@
  *                                     # forwarded goes on there (absent on the last stage)
  *       worker_threads = 6;           # RPC handlers at once (default count + 4): one per
  *                                     # micro-batch in flight plus Info/Release/health
+ *       kv_dtype = "bf16";            # KV cache element type: bf16 (default), f32, fp8_e4m3, int8
+ *       kv_cache_bytes = "8GiB";      # KV budget of all live sequences on this stage: bytes as
+ *                                     # an integer, or a string with a binary unit (K/KiB, M/MiB,
+ *                                     # G/GiB, T/TiB); default 0 = the backend's default
+ *                                     # (CPU: half of MemAvailable at start)
  *     };
  *     experts = { ... };              # optional; absent = this stage loads its own experts
  */
@@ -24,6 +29,7 @@
 #include <stdbool.h>
 
 #include "core/error.h"
+#include "core/kv_cache.h"
 #include "router/router.h"
 
 typedef struct stage_config {
@@ -38,6 +44,8 @@ typedef struct stage_config {
     int threads;
     int max_message_bytes;
     int worker_threads;
+    mx_kv_dtype kv_dtype;
+    uint64_t kv_cache_bytes;  /* 0 = the backend's default */
     bool remote_experts;      /* an "experts" group was given */
     mx_router_config router;  /* valid when remote_experts */
 } stage_config;
@@ -46,5 +54,9 @@ typedef struct stage_config {
  * Errors name the file, line and key. Free with stage_config_free (also after a failure). */
 int stage_config_load(const char *path, stage_config *out, mx_error *err);
 void stage_config_free(stage_config *c);
+
+/* "1073741824", "512M", "512MiB", "8G", "8GiB", "64K" (binary units, 1M = 2^20) -> bytes.
+ * MX_EINVAL naming `what` for anything else (negative, fractional, overflowing, "MB"). */
+int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err);
 
 #endif

@@ -21,6 +21,7 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "core/config.h"
+#include "core/kv_cache.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -45,6 +46,8 @@ typedef struct cluster {
     int stages, shards, threads, max_batch;
     int pipeline_depth;         /* 0 = the gateway's default (number of stages) */
     const char *replicas_text;  /* "R" for every shard or "R0,R1,..." per shard */
+    const char *kv_dtype;       /* NULL = the stages' default (bf16) */
+    unsigned long long kv_cache_bytes; /* per stage; 0 = the stages' default */
     int replicas[64];
     bool allow_replica_loss;
     char dir[1024];
@@ -58,12 +61,13 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: mx cluster --model DIR --stages S --expert-shards E [--replicas R|R0,R1,..] [--port P]\n"
                "         [--threads T] [--max-batch N] [--pipeline-depth D] [--allow-replica-loss]\n"
-               "         [--workdir DIR]\n"
+               "         [--workdir DIR] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--kv-cache-bytes N[K|M|G]]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
                "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\") and then\n"
                "\"gateway listening on 127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n"
                "Stages are chained (each forwards to the next); the gateway keeps up to D micro-batches\n"
-               "in the pipeline (default S; 1 = one at a time).\n");
+               "in the pipeline (default S; 1 = one at a time). --kv-dtype and --kv-cache-bytes set every\n"
+               "stage's KV cache element type and budget (binary units; default: half of free memory).\n");
 }
 
 /* Reserves n distinct free loopback ports by binding them all at once, then closes them.
@@ -147,6 +151,10 @@ static int write_stage_cfg(const cluster *c, const proc *p)
             fprintf(f, "  next = \"127.0.0.1:%d\";\n", c->p[i].port);
     if (c->pipeline_depth > c->stages)  /* one handler per batch in flight, plus control calls */
         fprintf(f, "  worker_threads = %d;\n", c->pipeline_depth + 4);
+    if (c->kv_dtype)
+        fprintf(f, "  kv_dtype = \"%s\";\n", c->kv_dtype);
+    if (c->kv_cache_bytes)
+        fprintf(f, "  kv_cache_bytes = %lluL;\n", c->kv_cache_bytes);
     fprintf(f, "};\n");
     fprintf(f, "experts = {\n  shards = (\n");
     for (int s = 0; s < c->shards; s++) {
@@ -358,6 +366,28 @@ static int parse_replicas(cluster *c)
     return rc;
 }
 
+/* --kv-cache-bytes: bytes, or a count with a binary unit (K/KiB, M/MiB, G/GiB, T/TiB). */
+static int parse_bytes(const char *text, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(text, &end, 10);
+    int shift = -1;
+    const char *units = "KMGT";
+    if (end == text || text[0] == '-' || errno)
+        shift = -1;
+    else if (!*end)
+        shift = 0;
+    else if (strchr(units, *end) && (!end[1] || strcmp(end + 1, "iB") == 0))
+        shift = 10 * (int)(strchr(units, *end) - units + 1);
+    if (shift < 0 || (shift && v > (~0ull >> shift))) {
+        fprintf(stderr, "mx cluster: --kv-cache-bytes %s: expected bytes, e.g. 1073741824, 512M or 8GiB\n", text);
+        return -1;
+    }
+    *out = v << shift;
+    return 0;
+}
+
 static int bin_dir_of_self(char *out, size_t cap)
 {
     char self[PATH_MAX];
@@ -470,6 +500,7 @@ int mx_cmd_cluster(int argc, char **argv)
         {"port", required_argument, 0, 'p'},      {"threads", required_argument, 0, 't'},
         {"max-batch", required_argument, 0, 'b'}, {"allow-replica-loss", no_argument, 0, 'a'},
         {"workdir", required_argument, 0, 'w'},   {"pipeline-depth", required_argument, 0, 'd'},
+        {"kv-dtype", required_argument, 0, 'k'},  {"kv-cache-bytes", required_argument, 0, 'c'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch, bad = 0;
@@ -486,6 +517,15 @@ int mx_cmd_cluster(int argc, char **argv)
         case 'd': bad = cli_parse_int("--pipeline-depth", optarg, 1, 64, &v); c->pipeline_depth = (int)v; break;
         case 'a': c->allow_replica_loss = true; break;
         case 'w': workdir = optarg; break;
+        case 'k': {
+            mx_kv_dtype t;
+            mx_error e = {0};
+            if ((bad = mx_kv_dtype_parse(optarg, "--kv-dtype", &t, &e) != 0))
+                fprintf(stderr, "mx cluster: %s\n", e.msg);
+            c->kv_dtype = optarg;
+            break;
+        }
+        case 'c': bad = parse_bytes(optarg, &c->kv_cache_bytes) != 0; break;
         case 'h': usage(stdout); free(c); return 0;
         default: bad = 1;
         }

@@ -82,7 +82,8 @@ static int parse(config_t *cf, const char *path, gw_config *c, mx_error *err)
     MX_TRY(get_int(g, path, "max_step_tokens", 512, 1, 1 << 24, &c->max_step_tokens, err));
     MX_TRY(get_int(g, path, "pipeline_depth", c->n_stages, 1, 64, &c->pipeline_depth, err));
     MX_TRY(get_int(g, path, "max_queued", 1024, 1, 1 << 24, &c->max_queued, err));
-    MX_TRY(get_int(g, path, "max_request_kb", 4096, 1, 1 << 20, &kb, err));
+    MX_TRY(get_int(g, path, "max_request_kb", 32768, 1, (1 << 21) - 1, &kb, err));
+    MX_TRY(get_int(g, path, "kv_max_overtakes", 64, 0, 1 << 20, &c->kv_max_overtakes, err));
     MX_TRY(get_int(g, path, "stage_timeout_ms", 60000, 1, 1 << 30, &timeout, err));
     c->max_request_bytes = kb * 1024;
     c->stage_timeout_ms = timeout;

@@ -8,13 +8,20 @@
  *       num_expert_shards = 2;            # reported by ModelInfo only (default 0)
  *       model_name = "MiniMax-Text-01";   # reported by ModelInfo (default)
  *       max_new_tokens_limit = 4096;      # largest max_new_tokens accepted (default 4096)
- *       max_context_tokens = 32768;       # prompt + output (default min(32768, model's))
+ *       max_context_tokens = 32768;       # prompt + output (default: the model's
+ *                                         # max_position_embeddings); capped by the longest
+ *                                         # sequence whose KV cache fits every stage (Info)
  *       max_batch_sequences = 64;         # sequences per step (default 64)
  *       max_step_tokens = 512;            # prompt tokens per micro-batch, prefill chunking (default 512)
  *       pipeline_depth = 2;               # micro-batches in the pipeline at once (default: the
  *                                         # number of stages; 1 = one batch at a time)
  *       max_queued = 1024;                # waiting requests; more -> RESOURCE_EXHAUSTED
- *       max_request_kb = 4096;            # largest request message (default 4 MiB)
+ *       max_request_kb = 32768;           # largest request message (default 32 MiB: a
+ *                                         # GenerateRequest of 4,194,304 prompt ids as packed
+ *                                         # varints is 12-16 MiB); larger -> RESOURCE_EXHAUSTED
+ *       kv_max_overtakes = 64;            # a request waiting for KV room lets at most this many
+ *                                         # later (smaller) requests be admitted before it;
+ *                                         # then admission waits for it (default 64)
  *       stage_timeout_ms = 60000;         # per RunBatch call, which on chained stages covers
  *                                         # the whole chain (default 60000)
  *       eos_token_ids = [2];              # optional; default config.json's eos_token_id
@@ -52,6 +59,7 @@ typedef struct gw_config {
     int pipeline_depth;
     int max_queued;
     int max_request_bytes;
+    int kv_max_overtakes;
     int64_t stage_timeout_ms;
     int n_eos;                    /* -1 = not given (use the model's) */
     int eos[GW_MAX_EOS];

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/config.h"
 #include "core/rpc/health.h"
 #include "core/rpc/pb.h"
@@ -134,7 +135,9 @@ static gw_request *start(gateway *g, mx_rpc_call *call, const uint8_t *req, size
     gw_request *r = NULL;
     int rc = mx_rpc_pb_unpack(&mx__v1__generate_request__descriptor, req, len, &msg, &err);
     if (!rc) {
-        rc = gw_validate(&g->lim, &g->text, (const Mx__V1__GenerateRequest *)msg, &r, &err);
+        gw_limits lim = g->lim;
+        lim.max_context_tokens = (int)gw_scheduler_max_context(g->sched, lim.model_context_tokens);
+        rc = gw_validate(&lim, &g->text, (const Mx__V1__GenerateRequest *)msg, &r, &err);
         protobuf_c_message_free_unpacked(msg, NULL);
     }
     if (!rc) {
@@ -288,7 +291,7 @@ static void on_model_info(mx_rpc_call *call, const uint8_t *req, size_t len, voi
     Mx__V1__ModelInfoResponse m = MX__V1__MODEL_INFO_RESPONSE__INIT;
     m.model_name = g->cfg.model_name;
     m.vocab_size = (uint32_t)g->model.vocab_size;
-    m.max_context_tokens = (uint32_t)g->lim.max_context_tokens;
+    m.max_context_tokens = (uint32_t)gw_scheduler_max_context(g->sched, g->lim.model_context_tokens);
     m.max_new_tokens_limit = (uint32_t)g->lim.max_new_tokens_limit;
     m.eos_token_ids = g->lim.eos;
     m.n_eos_token_ids = (size_t)g->lim.n_eos;
@@ -303,6 +306,31 @@ static void on_model_info(mx_rpc_call *call, const uint8_t *req, size_t len, voi
         mx_rpc_call_set_error(call, &err);
 }
 
+/* The stages' KV numbers, before serving: asks until every stage answers (they may still be
+ * loading), logging every 5 s, or until a stop signal (returned as 1). */
+static int wait_for_stages(gateway *g, mx_error *err)
+{
+    double last_log = -1e9;
+    for (int tries = 0;; tries++) {
+        mx_error e = {0};
+        if (!gw_scheduler_refresh_kv(g->sched, 2000, &e))
+            break;
+        double now = mx_now_ms();
+        if (now - last_log >= 5000) {
+            fprintf(stderr, "gateway: waiting for the stages (%s)\n", e.msg);
+            last_log = now;
+        }
+        int sig = mx_rpc_wait_stop_signal(tries < 20 ? 100 : 500, err);
+        if (sig)
+            return sig < 0 ? sig : 1;
+    }
+    int64_t fit = gw_scheduler_max_context(g->sched, INT64_MAX);
+    if (fit < g->lim.model_context_tokens)
+        fprintf(stderr, "gateway: the stages' KV budgets fit %lld tokens per sequence: max_context_tokens %lld "
+                "(of %d)\n", (long long)fit, (long long)fit, g->lim.model_context_tokens);
+    return 0;
+}
+
 static int setup_limits(gateway *g, mx_error *err)
 {
     char path[4200];
@@ -310,9 +338,14 @@ static int setup_limits(gateway *g, mx_error *err)
     MX_TRY(mx_config_load(path, &g->model, err));
     g->lim.vocab_size = g->model.vocab_size;
     g->lim.max_new_tokens_limit = g->cfg.max_new_tokens_limit;
-    int64_t ctx = g->cfg.max_context_tokens ? g->cfg.max_context_tokens : 32768;
-    if (ctx > g->model.max_position_embeddings && g->model.max_position_embeddings > 0)
-        ctx = g->model.max_position_embeddings;
+    /* the model's positions unless configured lower; the stages' KV budgets cap it further
+     * per request (gw_scheduler_max_context) */
+    int64_t ctx = g->model.max_position_embeddings > 0 ? g->model.max_position_embeddings : 32768;
+    if (g->cfg.max_context_tokens && g->cfg.max_context_tokens < ctx)
+        ctx = g->cfg.max_context_tokens;
+    if (ctx > INT32_MAX)
+        ctx = INT32_MAX;
+    g->lim.model_context_tokens = (int)ctx;
     g->lim.max_context_tokens = (int)ctx;
     if (g->cfg.n_eos >= 0) {
         g->lim.n_eos = g->cfg.n_eos;
@@ -356,30 +389,37 @@ int main(int argc, char **argv)
             fprintf(stderr, "gateway: text features off: %s\n", g.text.no_tok);
         else if (!g.text.chat)
             fprintf(stderr, "gateway: chat off: %s\n", g.text.no_chat);
-        rc = gw_scheduler_create(&g.cfg, &g.sched, &err);
+        rc = gw_scheduler_create(&g.cfg, &g.model, &g.sched, &err);
     }
+    bool stopped = false;
     if (!rc) {
+        rc = wait_for_stages(&g, &err);
+        stopped = rc == 1;
+        if (stopped)
+            rc = 0;
+    }
+    if (!rc && !stopped) {
         mx_rpc_server_options o = {.address = g.cfg.listen, .max_message_bytes = g.cfg.max_request_bytes,
                                    .worker_threads = g.cfg.max_batch_sequences + 16};
         rc = mx_rpc_server_create(&o, &srv, &err);
     }
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_server_add_stream(srv, "/mx.v1.Generation/Generate", on_generate, &g, &err);
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Complete", on_complete, &g, &err);
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/ModelInfo", on_model_info, &g, &err);
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Tokenize", gw_on_tokenize, &g.tok_ctx, &err);
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Detokenize", gw_on_detokenize, &g.tok_ctx, &err);
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_health_set(srv, "mx.v1.Generation", MX_RPC_SERVING, &err);
-    if (!rc)
+    if (!rc && srv)
         rc = mx_rpc_server_start(srv, &err);
-    if (!rc && g.cfg.port_file[0])
+    if (!rc && srv && g.cfg.port_file[0])
         rc = mx_rpc_server_write_port_file(srv, g.cfg.port_file, &err);
-    if (!rc) {
+    if (!rc && srv) {
         fprintf(stderr, "gateway: %d stages, pipeline_depth %d, serving mx.v1.Generation on port %d\n",
                 g.cfg.n_stages, g.cfg.pipeline_depth, mx_rpc_server_port(srv));
         int sig = mx_rpc_wait_stop_signal(-1, &err);

@@ -22,7 +22,9 @@ int gw_micro_batch_init(gw_micro_batch *b, int cap, mx_error *err)
     b->inputs = calloc((size_t)cap, sizeof *b->inputs);
     b->inptrs = calloc((size_t)cap, sizeof *b->inptrs);
     b->samp = calloc((size_t)cap, sizeof *b->samp);
-    if (!b->members || !b->inputs || !b->inptrs || !b->samp) {
+    b->relay = calloc((size_t)cap, sizeof *b->relay);
+    b->refused = calloc((size_t)cap, sizeof *b->refused);
+    if (!b->members || !b->inputs || !b->inptrs || !b->samp || !b->relay || !b->refused) {
         gw_micro_batch_free(b);
         return mx_fail(err, MX_ENOMEM, "out of memory for a micro-batch of %d sequences", cap);
     }
@@ -39,6 +41,8 @@ void gw_micro_batch_free(gw_micro_batch *b)
     free(b->inputs);
     free(b->inptrs);
     free(b->samp);
+    free(b->relay);
+    free(b->refused);
     memset(b, 0, sizeof *b);
 }
 
@@ -89,6 +93,34 @@ bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget)
     return true;
 }
 
+static bool is_refused(const gw_micro_batch *b, uint64_t id)
+{
+    for (int i = 0; i < b->n_refused; i++)
+        if (b->refused[i] == id)
+            return true;
+    return false;
+}
+
+/* Notes the sequences a stage's KV budget refused and leaves them out of rq for the stages
+ * after it (a chained stage has already done so for the stages after it). */
+static void take_refusals(gw_micro_batch *b, const Mx__Internal__V1__RunBatchResponse *resp,
+                          Mx__Internal__V1__RunBatchRequest *rq)
+{
+    if (resp->n_kv_refused_sequence_ids == 0)
+        return;
+    for (size_t i = 0; i < resp->n_kv_refused_sequence_ids && b->n_refused < b->cap; i++)
+        b->refused[b->n_refused++] = resp->kv_refused_sequence_ids[i];
+    size_t used = strlen(b->refused_msg);
+    snprintf(b->refused_msg + used, sizeof b->refused_msg - used, "%s%s", used ? "; " : "",
+             resp->kv_refused_message);
+    size_t k = 0;
+    for (size_t i = 0; i < rq->n_sequences; i++)
+        if (!is_refused(b, rq->sequences[i]->sequence_id))
+            b->relay[k++] = rq->sequences[i];
+    rq->sequences = b->relay;
+    rq->n_sequences = k;
+}
+
 void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel *const *stages)
 {
     Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
@@ -128,7 +160,11 @@ void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel 
         else if (st + ran < cfg->n_stages && !resp->hidden)
             rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) answered no hidden states for stage %d", st,
                          cfg->stages[st], st + ran);
+        if (!rc)
+            take_refusals(b, resp, &rq);
         st += ran;
+        if (!rc && rq.n_sequences == 0) /* every sequence refused: nothing goes on */
+            break;
     }
     if (rc && resp) {
         protobuf_c_message_free_unpacked(&resp->base, NULL);
@@ -149,12 +185,19 @@ void gw_micro_batch_deliver(gw_micro_batch *b, double now)
             gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_ERROR, b->err.code, b->err.msg, now);
             continue;
         }
+        if (is_refused(b, r->seq_id)) {
+            char msg[MX_ERROR_MSG_MAX];
+            snprintf(msg, sizeof msg, "a stage's KV cache is full (it serves other clients too): %.440s",
+                     b->refused_msg);
+            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_ENOMEM, msg, now);
+            continue;
+        }
         if (!q->sample) {
             r->prefilled += (int)q->num_tokens;
             continue;
         }
         const Mx__Internal__V1__SampledToken *t = NULL;
-        for (size_t j = 0; j < resp->n_sampled && !t; j++)
+        for (size_t j = 0; resp && j < resp->n_sampled && !t; j++)
             if (resp->sampled[j]->sequence_id == r->seq_id)
                 t = resp->sampled[j];
         if (!t) {
@@ -178,5 +221,7 @@ void gw_micro_batch_deliver(gw_micro_batch *b, double now)
     b->resp = NULL;
     b->n = 0;
     b->rc = 0;
+    b->n_refused = 0;
+    b->refused_msg[0] = '\0';
     memset(&b->err, 0, sizeof b->err);
 }

@@ -18,10 +18,14 @@ typedef struct gw_micro_batch {
     Mx__Internal__V1__SequenceInput *inputs;    /* [cap] */
     Mx__Internal__V1__SequenceInput **inptrs;   /* [cap] */
     Mx__Internal__V1__StageSampling *samp;      /* [cap] */
+    Mx__Internal__V1__SequenceInput **relay;    /* [cap] scratch: what goes on after a refusal */
     /* result of gw_micro_batch_run */
     int rc;
     mx_error err;
     Mx__Internal__V1__RunBatchResponse *resp;
+    uint64_t *refused;                          /* [cap] sequences a stage's KV budget refused */
+    int n_refused;
+    char refused_msg[MX_ERROR_MSG_MAX];
 } gw_micro_batch;
 
 int gw_micro_batch_init(gw_micro_batch *b, int cap, mx_error *err);
@@ -36,7 +40,8 @@ bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget);
  * members, which the scheduler leaves alone while the batch is in flight. */
 void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel *const *stages);
 
-/* Hands the sampled tokens (or the error) to the members, clears their in-flight mark,
+/* Hands the sampled tokens (or the error) to the members (those a stage's KV budget refused
+ * end with RESOURCE_EXHAUSTED), clears their in-flight mark,
  * drops the batch's references and empties it for reuse. */
 void gw_micro_batch_deliver(gw_micro_batch *b, double now_ms);
 

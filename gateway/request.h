@@ -47,6 +47,9 @@ typedef struct gw_request {
     bool in_flight;            /* part of a micro-batch in the pipeline: not eligible, not
                                   released, until that batch comes back */
     uint64_t ready_seq;        /* when it last became eligible (older goes first) */
+    int64_t kv_tokens;         /* tokens whose KV bytes it reserves on every stage (prompt +
+                                  max_new) while running; 0 = none */
+    int kv_overtaken;          /* while queued: requests admitted past it (kv_budget) */
     double t_scheduled_ms, t_first_ms;
 
     /* ---- shared, under mu ---- */

@@ -3,8 +3,11 @@
  * which chains through the others); the scheduler thread alone builds batches, delivers
  * their tokens and changes the running set. A request is in at most one flight; when its
  * flight lands it becomes eligible again, oldest-eligible first. A batch takes about
- * 1/depth of the running requests so the stages have work to overlap; prompt chunks share
- * the per-batch token budget (max_step_tokens) so long prompts do not stall decoding. */
+ * 1/depth of the running requests so the stages have work to overlap. Within a batch decode
+ * tokens go first (one each) and prompt chunks share what is left of the per-batch token
+ * budget (max_step_tokens), so a long prompt is prefilled over many steps while short
+ * requests keep decoding. Admission reserves each request's whole KV footprint on every
+ * stage (kv_budget.h) and keeps requests queued while it would not fit. */
 #include "scheduler.h"
 
 #include <stdio.h>
@@ -16,6 +19,7 @@
 #include "core/clock.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
+#include "kv_budget.h"
 #include "micro_batch.h"
 
 #define RELEASE "/mx.internal.v1.AttentionStage/Release"
@@ -47,6 +51,13 @@ struct gw_scheduler {
     gw_request **pick;        /* [max_batch_sequences], scratch for choosing a batch */
     int depth, n_flying;      /* n_flying: flights SENT or LANDED (scheduler thread only) */
     flight *flights;          /* [depth] */
+    /* Under mu: the stages' KV numbers and the running requests' reservations. */
+    gw_kv kv;
+    bool kv_known;            /* a refresh succeeded: admission may start */
+    bool admit_pending;       /* something changed that may let a queued request in */
+    /* Scheduler thread only. */
+    bool refresh_wanted;      /* a stage refused or failed a batch: re-read its numbers */
+    double last_refresh_ms;
 };
 
 /* Frees the state of n sequences on every stage at once (control traffic goes to each stage
@@ -109,7 +120,19 @@ static void retire(gw_scheduler *s, double now)
         }
         if (r->on_stages && ids)
             ids[n_ids++] = r->seq_id;
+        if (r->kv_tokens) {
+            pthread_mutex_lock(&s->mu);
+            gw_kv_reserve(&s->kv, r->kv_tokens, -1);
+            s->admit_pending = true;
+            pthread_mutex_unlock(&s->mu);
+            r->kv_tokens = 0;
+        }
         gw_request_unref(r);
+    }
+    if (keep != s->n_running) {
+        pthread_mutex_lock(&s->mu);
+        s->admit_pending = true; /* room in the running set */
+        pthread_mutex_unlock(&s->mu);
     }
     s->n_running = keep;
     if (ids)
@@ -117,21 +140,50 @@ static void retire(gw_scheduler *s, double now)
     free(ids);
 }
 
-/* Moves queued requests into the running set while there is room (s->mu held). */
+/* Moves queued requests into the running set (s->mu held). A request goes in when the
+ * running set has room and its KV reservation (prompt + max_new tokens, on every stage) fits
+ * next to those of the running requests. Order: first come, first served, except that a
+ * request that does not fit yet does not block the smaller ones behind it, which go ahead
+ * while they fit; each one that does counts as an overtake of every request it passed, and
+ * once a waiting request has been overtaken gateway.kv_max_overtakes times no one passes it
+ * any more, so the running requests drain until it fits (it always fits on empty stages:
+ * submit refused it otherwise). Queued requests whose client left or whose deadline passed
+ * end here. */
 static void admit_locked(gw_scheduler *s)
 {
-    int take = s->cfg.max_batch_sequences - s->n_running;
-    if (take > s->n_queued)
-        take = s->n_queued;
     double now = mx_now_ms();
-    for (int i = 0; i < take; i++) {
+    int keep = 0;
+    bool blocked = !s->kv_known;
+    for (int i = 0; i < s->n_queued; i++) {
         gw_request *r = s->queue[i];
-        r->t_scheduled_ms = now;
-        r->ready_seq = ++s->next_ready;
-        s->running[s->n_running++] = r;
+        pthread_mutex_lock(&r->mu);
+        bool cancelled = r->cancelled;
+        pthread_mutex_unlock(&r->mu);
+        if (cancelled || (r->deadline_ms > 0 && now >= r->deadline_ms)) {
+            gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_CANCELLED,
+                              cancelled ? MX_ECANCELLED : MX_ETIMEOUT,
+                              cancelled ? "cancelled by the client" : "deadline exceeded", now);
+            gw_request_unref(r);
+            continue;
+        }
+        int64_t tokens = (int64_t)r->n_prompt + r->max_new;
+        if (!blocked && s->n_running < s->cfg.max_batch_sequences && gw_kv_fits_now(&s->kv, tokens)) {
+            gw_kv_reserve(&s->kv, tokens, +1);
+            r->kv_tokens = tokens;
+            r->t_scheduled_ms = now;
+            r->ready_seq = ++s->next_ready;
+            s->running[s->n_running++] = r;
+            for (int j = 0; j < keep; j++)
+                if (++s->queue[j]->kv_overtaken >= s->cfg.kv_max_overtakes)
+                    blocked = true;
+            continue;
+        }
+        if (r->kv_overtaken >= s->cfg.kv_max_overtakes)
+            blocked = true;
+        s->queue[keep++] = r;
     }
-    memmove(s->queue, s->queue + take, (size_t)(s->n_queued - take) * sizeof *s->queue);
-    s->n_queued -= take;
+    s->n_queued = keep;
+    s->admit_pending = false;
 }
 
 static int n_eligible(const gw_scheduler *s)
@@ -159,8 +211,21 @@ static flight *idle_flight(gw_scheduler *s)
     return f;
 }
 
+static int by_prompt_left(const void *a, const void *b)
+{
+    const gw_request *x = *(gw_request *const *)a, *y = *(gw_request *const *)b;
+    int lx = x->n_prompt - x->prefilled, ly = y->n_prompt - y->prefilled;
+    return lx < ly ? -1 : lx > ly ? 1 : (x->ready_seq > y->ready_seq) - (x->ready_seq < y->ready_seq);
+}
+
 /* Fills f with the longest-waiting eligible requests, about 1/depth of the running set, and
- * sends it. Returns false when no request could go. */
+ * sends it. Decode tokens go first (one token of the step budget each); when a prompt waits,
+ * decodes leave it at least one seat. The prompts then share what is left of
+ * max_step_tokens: shortest remainder first, each taking at most an equal share of what is
+ * left, so a short prompt finishes in one step and no prompt takes more than its share; when
+ * decodes used up the budget the oldest prompt still gets max_step_tokens / 8 (at least 1),
+ * so prefill never starves behind a large decode batch. Returns false when no request
+ * could go. */
 static bool launch(gw_scheduler *s, flight *f)
 {
     int n = 0;
@@ -170,8 +235,31 @@ static bool launch(gw_scheduler *s, flight *f)
     qsort(s->pick, (size_t)n, sizeof *s->pick, by_ready);
     int target = (s->n_running + s->depth - 1) / s->depth, budget = s->cfg.max_step_tokens;
     gw_micro_batch *b = &f->batch;
-    for (int i = 0; i < n && b->n < target; i++)
-        gw_micro_batch_add(b, s->pick[i], &budget);
+    int n_prefill = 0;
+    for (int i = 0; i < n; i++)
+        n_prefill += s->pick[i]->prefilled < s->pick[i]->n_prompt;
+    int decode_seats = n_prefill ? target - 1 : target, k = 0;
+    for (int i = 0; i < n; i++) {
+        gw_request *r = s->pick[i];
+        if (r->prefilled < r->n_prompt)
+            s->pick[k++] = r; /* prompts, still oldest first */
+        else if (b->n < decode_seats)
+            gw_micro_batch_add(b, r, &budget);
+    }
+    n_prefill = k < target - b->n ? k : target - b->n;
+    if (n_prefill < 0)
+        n_prefill = 0;
+    int left = budget, floor = s->cfg.max_step_tokens / 8 > 0 ? s->cfg.max_step_tokens / 8 : 1;
+    if (n_prefill > 0 && left < floor) {
+        left = floor;
+        n_prefill = 1;
+    }
+    qsort(s->pick, (size_t)n_prefill, sizeof *s->pick, by_prompt_left);
+    for (int i = 0; i < n_prefill && left > 0; i++) {
+        int share = left / (n_prefill - i), give = share > 0 ? share : 1, part = give;
+        if (gw_micro_batch_add(b, s->pick[i], &part))
+            left -= give - part;
+    }
     if (b->n == 0)
         return false;
     b->batch_id = ++s->next_batch;
@@ -209,9 +297,11 @@ static bool has_work_locked(gw_scheduler *s)
     for (int i = 0; i < s->depth; i++)
         if (s->flights[i].state == FLIGHT_LANDED)
             return true;
+    if (s->n_queued > 0 && s->admit_pending)
+        return true;
     if (s->n_flying >= s->depth)
         return false;
-    return n_eligible(s) > 0 || (s->n_queued > 0 && s->n_running < s->cfg.max_batch_sequences);
+    return n_eligible(s) > 0;
 }
 
 static bool any_landed_locked(const gw_scheduler *s)
@@ -233,6 +323,8 @@ static void land_locked(gw_scheduler *s)
         pthread_mutex_unlock(&s->mu);
         for (int j = 0; j < f->batch.n; j++)
             f->batch.members[j]->ready_seq = ++s->next_ready;
+        if (f->batch.rc || f->batch.n_refused)
+            s->refresh_wanted = true;
         gw_micro_batch_deliver(&f->batch, mx_now_ms());
         pthread_mutex_lock(&s->mu);
         f->state = FLIGHT_IDLE;
@@ -245,8 +337,23 @@ static void *loop(void *arg)
     gw_scheduler *s = arg;
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        while (!s->stop && !has_work_locked(s))
-            pthread_cond_wait(&s->cv, &s->mu);
+        while (!s->stop && !has_work_locked(s)) {
+            if (s->n_queued == 0) {
+                pthread_cond_wait(&s->cv, &s->mu);
+                continue;
+            }
+            /* requests wait in the queue: look at them now and then for cancellations and
+             * deadlines, which nothing signals */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &ts))
+                s->admit_pending = true;
+        }
         /* stopping: nothing new goes out, but the flights in the air are waited for */
         while (s->stop && s->n_flying > 0 && !any_landed_locked(s))
             pthread_cond_wait(&s->cv, &s->mu);
@@ -261,6 +368,14 @@ static void *loop(void *arg)
             continue;
         }
         retire(s, mx_now_ms());
+        double now = mx_now_ms();
+        if (s->refresh_wanted && now - s->last_refresh_ms >= 1000) {
+            mx_error err = {0};
+            s->refresh_wanted = false;
+            s->last_refresh_ms = now;
+            if (gw_scheduler_refresh_kv(s, 2000, &err))
+                fprintf(stderr, "gateway: refreshing the stages' KV numbers: %s\n", err.msg);
+        }
         flight *f;
         while ((f = idle_flight(s)) && launch(s, f))
             ;
@@ -268,13 +383,47 @@ static void *loop(void *arg)
     return NULL;
 }
 
-int gw_scheduler_create(const gw_config *cfg, gw_scheduler **out, mx_error *err)
+int gw_scheduler_refresh_kv(gw_scheduler *s, int64_t timeout_ms, mx_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    gw_kv kv = s->kv;
+    pthread_mutex_unlock(&s->mu);
+    MX_TRY(gw_kv_fetch(&kv, s->stages, &s->cfg, timeout_ms, err));
+    pthread_mutex_lock(&s->mu);
+    /* The numbers may have changed (a stage restarted with another budget): the running
+     * requests' reservations are counted again with them. Only the scheduler thread changes
+     * the running set, and it is either this caller or not started on requests yet. */
+    for (int i = 0; i < kv.n_stages; i++)
+        kv.st[i].reserved_bytes = 0;
+    s->kv = kv;
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->kv_tokens)
+            gw_kv_reserve(&s->kv, s->running[i]->kv_tokens, +1);
+    s->kv_known = true;
+    s->admit_pending = true;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int64_t gw_scheduler_max_context(gw_scheduler *s, int64_t context_limit)
+{
+    pthread_mutex_lock(&s->mu);
+    int64_t fit = gw_kv_tokens_fit(&s->kv, NULL);
+    pthread_mutex_unlock(&s->mu);
+    return fit < context_limit ? fit : context_limit;
+}
+
+int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_scheduler **out, mx_error *err)
 {
     *out = NULL;
     gw_scheduler *s = calloc(1, sizeof *s);
     if (!s)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    s->kv.n_stages = cfg->n_stages;
+    s->kv.kv_heads = model->num_key_value_heads;
+    s->kv.head_dim = model->head_dim;
     s->depth = cfg->pipeline_depth > 0 ? cfg->pipeline_depth : cfg->n_stages;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -366,9 +515,15 @@ int gw_scheduler_submit(gw_scheduler *s, gw_request *r, mx_error *err)
         return stopping ? mx_fail(err, MX_EUNAVAILABLE, "the gateway is shutting down")
                         : mx_fail(err, MX_ENOMEM, "%d requests are already waiting (gateway.max_queued)", queued);
     }
+    int rc = gw_kv_check_ever(&s->kv, (int64_t)r->n_prompt + r->max_new, err);
+    if (rc) {
+        pthread_mutex_unlock(&s->mu);
+        return rc;
+    }
     r->seq_id = ++s->next_id;
     gw_request_ref(r);
     s->queue[s->n_queued++] = r;
+    s->admit_pending = true;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     return 0;

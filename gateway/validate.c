@@ -77,10 +77,11 @@ static int build_prompt(const gw_limits *lim, const gw_text *tx, const Mx__V1__G
             return mx_fail(err, MX_EINVAL, "%s encodes to no tokens", field);
         }
     }
-    if (ids.len >= (size_t)lim->max_context_tokens) {
+    if (ids.len >= (size_t)lim->model_context_tokens) {
+        size_t n = ids.len; /* freeing clears it */
         mx_tok_ids_free(&ids);
-        return mx_fail(err, MX_EINVAL, "%s has %zu tokens; the context limit is %d (prompt + output)", field,
-                       ids.len, lim->max_context_tokens);
+        return mx_fail(err, MX_EINVAL, "%s has %zu tokens; the context limit is %d (prompt + output)", field, n,
+                       lim->model_context_tokens);
     }
     /* int32 and uint32 share a representation for these non-negative ids */
     *out = (uint32_t *)ids.ids;
@@ -160,10 +161,14 @@ int gw_validate(const gw_limits *lim, const gw_text *tx, const Mx__V1__GenerateR
         free_stops(stops, n_stops);
         return rc;
     }
-    if (max_new == 0)
+    if (max_new == 0) {
+        int64_t room = (int64_t)lim->max_context_tokens - n_prompt;
         max_new = (uint32_t)lim->max_new_tokens_limit;
-    if (max_new > (uint32_t)(lim->max_context_tokens - n_prompt))
-        max_new = (uint32_t)(lim->max_context_tokens - n_prompt);
+        if (max_new > room)
+            max_new = room > 1 ? (uint32_t)room : 1;
+    }
+    if (max_new > (uint32_t)(lim->model_context_tokens - n_prompt))
+        max_new = (uint32_t)(lim->model_context_tokens - n_prompt);
     size_t n_stop = p ? p->n_stop_token_ids : 0;
     uint32_t *stop = malloc((n_stop ? n_stop : 1) * sizeof *stop);
     if (!stop) {
