@@ -101,7 +101,7 @@ def test_bad_input(cl, ch, generate, complete, vocab):
     expect_error(generate, request([1], 4, top_p=-0.5), INV, "sampling.top_p", "negative top_p")
     expect_error(complete, request([1], 4, top_p=float("nan")), INV, "sampling.top_p", "NaN top_p (Complete)")
     expect_error(generate, request([1], 10 ** 7), INV, "sampling.max_new_tokens", "max_new_tokens over the limit")
-    big = gen.GenerateRequest(prompt_ids=[1], request_id="x" * (5 << 20))
+    big = gen.GenerateRequest(prompt_ids=[1], request_id="x" * (33 << 20))  # over the 32 MiB default
     expect_error(generate, big, grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max", "message over the size limit")
     raw = ch.unary_stream("/mx.v1.Generation/Generate")  # bytes in, bytes out
     expect_error(raw, b"\x0a\xff\xff\xff\xff\x0f\x01", INV, "malformed", "malformed protobuf")
