@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# golden_int8.sh - `mx golden --expert-dtype int8 --tier int8-experts` on the fixtures: experts
+# quantized to int8 at load (per-row scales), everything else fp32, every case alone, batched
+# and chunked, held to the int8-experts tier (cmd_golden.c). `long` (a 32K prompt) runs last.
+# Also checks that the tier is not vacuous: the same int8 run fails the fp32 tier.
+set -u
+BUILD=${BUILD:-build}
+GOLDEN=${MX_GOLDEN_DIR:-../shared/golden}
+pass=0 fail=0
+for fx in tiny small long; do
+    dir="$GOLDEN/$fx"
+    if [ ! -f "$dir/cases.json" ]; then
+        echo "FAIL $fx: no fixture at $dir"
+        fail=$((fail + 1))
+        continue
+    fi
+    out=$(timeout 900 "$BUILD/bin/mx" golden "$dir" --expert-dtype int8 --tier int8-experts 2>&1)
+    rc=$?
+    echo "$out" | grep -vE '^loading'
+    last=$(echo "$out" | tail -1)
+    p=$(sed -nE 's/^([0-9]+) passed, ([0-9]+) failed.*/\1/p' <<<"$last")
+    f=$(sed -nE 's/^([0-9]+) passed, ([0-9]+) failed.*/\2/p' <<<"$last")
+    if [ -z "$p" ]; then p=0; f=1; fi
+    if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    pass=$((pass + p)); fail=$((fail + f))
+done
+# int8 experts move the logits far beyond the fp32 tolerance: the runner must say so.
+if timeout 120 "$BUILD/bin/mx" golden "$GOLDEN/tiny" --expert-dtype int8 --tier fp32 > /dev/null 2>&1; then
+    echo "FAIL tiny: int8 experts passed the fp32 tier (are the experts really quantized?)"
+    fail=$((fail + 1))
+else
+    echo "ok   tiny: int8 experts fail the fp32 tier, as they must"
+    pass=$((pass + 1))
+fi
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
