@@ -3,6 +3,7 @@
 #ifndef MX_CLI_UTIL_H
 #define MX_CLI_UTIL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/backend.h"
@@ -11,6 +12,14 @@
 
 /* "1,2,3" -> malloc'd ids; returns count or -1 with a message on stderr. */
 int cli_parse_ids(const char *flag, const char *text, int32_t **out);
+/* Token ids from FILE ("-" = stdin): decimal ids separated by whitespace and/or single
+ * commas, any length (no fixed buffers). Returns the count and malloc'd ids, or -1 with a
+ * message on stderr naming the flag, the file and the bad id's line, column, byte offset
+ * and index. */
+int cli_parse_ids_file(const char *flag, const char *path, int32_t **out);
+/* The whole of FILE ("-" = stdin), NUL-terminated, in *out (malloc'd) with its length; -1
+ * with a message naming the flag and the file on failure. */
+int cli_read_file(const char *flag, const char *path, char **out, size_t *len);
 int cli_parse_int(const char *flag, const char *text, long min, long max, long *out);
 int cli_parse_float(const char *flag, const char *text, double *out);
 

@@ -17,13 +17,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mx client --addr HOST:PORT (--prompt-ids 1,2,3 | --prompt TEXT | --messages JSON)\n"
+    fprintf(f, "usage: mx client --addr HOST:PORT (--prompt-ids 1,2,3 | --prompt-ids-file FILE | --prompt TEXT |\n"
+               "         --prompt-file FILE | --messages JSON)\n"
                "         [--tools JSON] [--stop STRING]... [--max-new-tokens N] [--temperature T]\n"
                "         [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]\n"
                "         [--stop-ids 1,2] [--ignore-eos] [--logprobs N] [--timeout-ms MS]\n"
                "  --messages takes a JSON array of {\"role\", \"content\", [\"name\"]} (content: a string or\n"
                "  a list of {\"type\": \"text\", \"text\": ...}); the assistant turn header is appended.\n"
-               "  Text prompts print the streamed text, id prompts the streamed ids.\n");
+               "  Text prompts print the streamed text, id prompts the streamed ids. FILE may be - (stdin):\n"
+               "  --prompt-ids-file holds ids separated by commas and/or whitespace, --prompt-file text the\n"
+               "  gateway tokenizes.\n");
 }
 
 static const char *finish_name(Mx__V1__FinishReason r)
@@ -114,7 +117,7 @@ static int parse_messages(const char *text, chat_input *c)
 int mx_cmd_client(int argc, char **argv)
 {
     const char *addr = NULL, *ids_text = NULL, *stop_text = NULL, *prompt_text = NULL, *messages_text = NULL;
-    const char *tools_text = NULL;
+    const char *tools_text = NULL, *ids_file = NULL, *prompt_file = NULL;
     char *stop_strs[16];
     size_t n_stop_strs = 0;
     long v, timeout_ms = -1, logprobs = -1;
@@ -131,6 +134,7 @@ int mx_cmd_client(int argc, char **argv)
         {"timeout-ms", required_argument, 0, 'o'},     {"help", no_argument, 0, 'h'},
         {"prompt", required_argument, 0, 'x'},         {"messages", required_argument, 0, 'm'},
         {"tools", required_argument, 0, 't'},          {"stop", required_argument, 0, 'z'},
+        {"prompt-ids-file", required_argument, 0, 'I'}, {"prompt-file", required_argument, 0, 'F'},
         {0, 0, 0, 0}};
     int c, bad = 0;
     optind = 1;
@@ -140,6 +144,8 @@ int mx_cmd_client(int argc, char **argv)
         case 'p': ids_text = optarg; break;
         case 'S': stop_text = optarg; break;
         case 'x': prompt_text = optarg; break;
+        case 'I': ids_file = optarg; break;
+        case 'F': prompt_file = optarg; break;
         case 'm': messages_text = optarg; break;
         case 't': tools_text = optarg; break;
         case 'z':
@@ -164,21 +170,37 @@ int mx_cmd_client(int argc, char **argv)
         default: bad = 1;
         }
     }
-    if (bad || !addr || (!!ids_text + !!prompt_text + !!messages_text) != 1 || optind != argc) {
+    if (bad || !addr || (!!ids_text + !!ids_file + !!prompt_text + !!prompt_file + !!messages_text) != 1 ||
+        optind != argc) {
         usage(stderr);
         return 2;
     }
     int32_t *prompt = NULL, *stops = NULL;
+    char *file_text = NULL; /* --prompt-file's contents, sent as the text prompt */
+    size_t file_len = 0;
     chat_input chat = {0};
-    int n_prompt = ids_text ? cli_parse_ids("--prompt-ids", ids_text, &prompt) : 0;
+    int n_prompt = ids_text ? cli_parse_ids("--prompt-ids", ids_text, &prompt)
+                 : ids_file ? cli_parse_ids_file("--prompt-ids-file", ids_file, &prompt) : 0;
     int n_stops = stop_text ? cli_parse_ids("--stop-ids", stop_text, &stops) : 0;
-    if (n_prompt < 0 || n_stops < 0 || (messages_text && parse_messages(messages_text, &chat))) {
+    if (n_prompt < 0 || n_stops < 0 || (messages_text && parse_messages(messages_text, &chat)) ||
+        (prompt_file && cli_read_file("--prompt-file", prompt_file, &file_text, &file_len))) {
         free(prompt);
         free(stops);
         chat_free(&chat);
         return 2;
     }
-    bool show_text = !ids_text;
+    if (prompt_file && strlen(file_text) != file_len) {
+        fprintf(stderr, "mx client: --prompt-file %s: holds a NUL byte at offset %zu (text prompts are UTF-8 text)\n",
+                prompt_file, strlen(file_text));
+        free(prompt);
+        free(stops);
+        free(file_text);
+        chat_free(&chat);
+        return 2;
+    }
+    if (prompt_file)
+        prompt_text = file_text;
+    bool show_text = !ids_text && !ids_file;
     Mx__V1__GenerateRequest rq = MX__V1__GENERATE_REQUEST__INIT;
     Mx__V1__LogprobsParams lp = MX__V1__LOGPROBS_PARAMS__INIT;
     rq.prompt_ids = (uint32_t *)prompt;  /* ids were parsed as non-negative */
@@ -254,6 +276,7 @@ int mx_cmd_client(int argc, char **argv)
     mx_rpc_channel_destroy(ch);
     free(prompt);
     free(stops);
+    free(file_text);
     chat_free(&chat);
     return rc ? 1 : 0;
 }

@@ -4,14 +4,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli_util.h"
 #include "commands.h"
 #include "core/sampling.h"
+#include "core/tokenizer/tokenizer.h"
+
+/* Default rows of one prefill forward call (see the prefill loop). */
+#define PREFILL_CHUNK 2048
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mx generate --model DIR --prompt-ids 1,2,3 [--max-new-tokens N] [--temperature T]\n"
+    fprintf(f, "usage: mx generate --model DIR (--prompt-ids 1,2,3 | --prompt-ids-file FILE | --prompt-file FILE)\n"
+               "         [--kv-dtype bf16|f32|fp8_e4m3|int8] [--prefill-chunk N] [--max-new-tokens N] [--temperature T]\n"
                "         [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]\n"
                "         [--logprobs N] [--eos ID] [--backend cpu|cuda] [--threads N]\n"
                "         [--expert-dtype bf16|int8]\n");
@@ -47,10 +53,44 @@ static int load_model(const char *dir, const char *backend, int threads, mx_weig
     return rc;
 }
 
+/* --prompt-file: the text encoded with the model's DIR/tokenizer.json the way the gateway
+ * encodes a text prompt (special-token text stays text). Returns the count or -1. */
+static int prompt_from_text(const char *model_dir, const char *path, int32_t **out)
+{
+    char tok_path[4200], *text = NULL;
+    size_t len = 0;
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
+    if (access(tok_path, F_OK) != 0) {
+        fprintf(stderr, "mx generate: --prompt-file needs the model's tokenizer, and %s does not exist "
+                        "(give ids with --prompt-ids-file)\n", tok_path);
+        return -1;
+    }
+    if (cli_read_file("--prompt-file", path, &text, &len))
+        return -1;
+    mx_error err = {0};
+    mx_tokenizer *t = NULL;
+    mx_tok_ids ids = {0};
+    int rc = mx_tokenizer_load(tok_path, &t, &err);
+    if (!rc)
+        rc = mx_tokenizer_encode(t, text, len, 0, &ids, &err);
+    if (!rc && ids.len > INT32_MAX)
+        rc = mx_fail(&err, MX_ENOMEM, "%zu tokens: too many", ids.len);
+    mx_tokenizer_free(t);
+    free(text);
+    if (rc) {
+        fprintf(stderr, "mx generate: --prompt-file %s: %s\n", path, err.msg);
+        mx_tok_ids_free(&ids);
+        return -1;
+    }
+    *out = ids.ids;
+    return (int)ids.len;
+}
+
 int mx_cmd_generate(int argc, char **argv)
 {
     const char *model_dir = NULL, *ids_text = NULL, *backend = "cpu";
-    long max_new = 16, threads = 0, eos = -1, v;
+    const char *ids_file = NULL, *text_file = NULL, *kv_name = NULL; /* FILE may be "-" (stdin) */
+    long max_new = 16, threads = 0, eos = -1, v, chunk = PREFILL_CHUNK;
     mx_weight_format experts = MX_WEIGHTS_AS_STORED;
     double f;
     mx_sampling_params sp = mx_sampling_defaults();
@@ -62,6 +102,8 @@ int mx_cmd_generate(int argc, char **argv)
         {"seed", required_argument, 0, 's'},           {"logprobs", required_argument, 0, 'l'},
         {"eos", required_argument, 0, 'e'},            {"backend", required_argument, 0, 'b'},
         {"threads", required_argument, 0, 't'},        {"help", no_argument, 0, 'h'},
+        {"prompt-ids-file", required_argument, 0, 'i'}, {"prompt-file", required_argument, 0, 'f'},
+        {"kv-dtype", required_argument, 0, 'v'},         {"prefill-chunk", required_argument, 0, 'C'},
         {"expert-dtype", required_argument, 0, 'x'},
         {0, 0, 0, 0}};
     int c, bad = 0;
@@ -70,6 +112,10 @@ int mx_cmd_generate(int argc, char **argv)
         switch (c) {
         case 'm': model_dir = optarg; break;
         case 'p': ids_text = optarg; break;
+        case 'i': ids_file = optarg; break;
+        case 'f': text_file = optarg; break;
+        case 'v': kv_name = optarg; break;
+        case 'C': bad = cli_parse_int("--prefill-chunk", optarg, 1, 1 << 24, &chunk); break;
         case 'b': backend = optarg; break;
         case 'x':
             if ((bad = mx_weight_format_from_name(optarg, &experts) != 0))
@@ -90,22 +136,27 @@ int mx_cmd_generate(int argc, char **argv)
         }
     }
     mx_error err = {0};
-    if (bad || !model_dir || !ids_text || optind != argc) {
+    if (bad || !model_dir || (!!ids_text + !!ids_file + !!text_file) != 1 || optind != argc) {
         usage(stderr);
         return 2;
     }
-    if (mx_sampling_validate(&sp, &err)) {
+    mx_kv_options kv_opt = {MX_KV_BF16, 0};
+    if (mx_sampling_validate(&sp, &err) || (kv_name && mx_kv_dtype_parse(kv_name, "--kv-dtype", &kv_opt.dtype, &err))) {
         fprintf(stderr, "mx generate: %s\n", err.msg);
         return 2;
     }
     int32_t *prompt = NULL;
-    int n_prompt = cli_parse_ids("--prompt-ids", ids_text, &prompt);
+    const char *prompt_flag = ids_text ? "--prompt-ids" : ids_file ? "--prompt-ids-file" : "--prompt-file";
+    int n_prompt = ids_text ? cli_parse_ids("--prompt-ids", ids_text, &prompt)
+                 : ids_file ? cli_parse_ids_file("--prompt-ids-file", ids_file, &prompt)
+                            : prompt_from_text(model_dir, text_file, &prompt);
     if (n_prompt < 1) {
         if (n_prompt == 0)
-            fprintf(stderr, "mx generate: --prompt-ids is empty\n");
+            fprintf(stderr, "mx generate: %s gives an empty prompt\n", prompt_flag);
         free(prompt);
         return 2;
     }
+    fprintf(stderr, "prompt: %d tokens\n", n_prompt);
     cli_model cm;
     if (load_model(model_dir, backend, (int)threads, experts, &cm)) {
         free(prompt);
@@ -118,6 +169,8 @@ int mx_cmd_generate(int argc, char **argv)
     mx_sequence *seq = NULL;
     if (!history || !logits || !work)
         rc = mx_fail(&err, MX_ENOMEM, "out of memory");
+    if (!rc && kv_name) /* before the sequence: the KV dtype is fixed once a cache exists */
+        rc = cm.be->kv_configure(cm.be, &kv_opt, &err);
     if (!rc)
         rc = mx_sequence_create(cm.m, 0, cfg->num_hidden_layers, &seq, &err);
     for (int i = 0; i < n_prompt && !rc; i++)
@@ -130,6 +183,16 @@ int mx_cmd_generate(int argc, char **argv)
         memcpy(history, prompt, (size_t)n_prompt * sizeof *history);
     const int32_t *feed = prompt;
     int n_feed = n_prompt;
+    /* Long prompts go in chunks, so the activation workspace stays at `chunk` rows whatever
+     * the prompt length (chunked prefill gives the one-shot logits); the last chunk is the
+     * first step below. */
+    while (!rc && max_new > 0 && n_feed > chunk) {
+        mx_span span = {0, (int)chunk};
+        mx_batch b = {1, &seq, &span, (int)chunk};
+        rc = mx_model_forward(cm.m, &b, feed, logits, &err);
+        feed += chunk;
+        n_feed -= (int)chunk;
+    }
     for (long step = 0; step < max_new && !rc; step++) {
         mx_span span = {0, n_feed};
         mx_batch b = {1, &seq, &span, n_feed};
