@@ -87,7 +87,7 @@ static void print_table(const mx_config *c, const mx_plan *p)
         printf("warning   context %lld > max_position_embeddings %lld\n", (long long)o->context_tokens,
                (long long)c->max_position_embeddings);
     printf("\n%-5s %-9s %4s %4s %10s %10s %8s %10s %9s %10s %9s %12s %4s\n", "stage", "layers", "soft", "lin",
-           "weight GiB", "work GiB", "KV B/tok", "KV GiB/seq", "state MiB", "free GiB", "seqs fit", "max context",
+           "weight GiB", "work GiB", "KV B/tok", "KV GiB/seq", "state MiB", "room GiB", "seqs fit", "max context",
            "fits");
     for (int s = 0; s < p->n_stages; s++) {
         const mx_plan_stage *st = &p->stages[s];
@@ -100,6 +100,8 @@ static void print_table(const mx_config *c, const mx_plan *p)
                (unsigned long long)st->kv_bytes_per_token, gib((double)st->kv_bytes_per_seq),
                st->state_bytes_per_seq / 1048576.0, gib((double)st->free_bytes), a, b, st->fits ? "yes" : "NO");
     }
+    printf("(room = pod - reserve - weights - workspace, for KV and lightning state; max context: the longest\n"
+           " sequence when the stage holds `batch` of them)\n");
     printf("\n%-5s %-9s %10s %10s %10s %4s\n", "shard", "experts", "weight GiB", "work GiB", "free GiB", "fits");
     for (int i = 0; i < p->n_shards; i++) {
         const mx_plan_shard *sh = &p->shards[i];
@@ -111,9 +113,10 @@ static void print_table(const mx_config *c, const mx_plan *p)
     fmt_count(a, sizeof a, p->seqs_fit);
     fmt_count(b, sizeof b, p->max_context_tokens);
     printf("\n");
+    const char *beyond = p->max_context_tokens > c->max_position_embeddings ? " (beyond max_position_embeddings)" : "";
     if (p->fits) {
-        printf("fits: %s sequence(s) of %lld tokens at once; longest context at batch %d: %s tokens\n", a,
-               (long long)o->context_tokens, o->batch, b);
+        printf("fits: %s sequence(s) of %lld tokens at once; longest context at batch %d: %s tokens%s\n", a,
+               (long long)o->context_tokens, o->batch, b, beyond);
         return;
     }
     if (!p->stages_fit) {
