@@ -1,7 +1,6 @@
-/* plan.h - memory planning for a deployment: how S attention pipeline stages and E expert
- * shards of a model fit device memory at a context length, from config.json alone. Pure
- * arithmetic over mx_config and core/kv_cache.h (no weights, no backend), so `mx plan` and
- * the unit tests share it. */
+/* plan.h - how S attention stages and E expert shards of a model fit device memory at a
+ * context length, from config.json alone: pure arithmetic over mx_config and core/kv_cache.h
+ * (no weights, no backend), shared by `mx plan` and its unit test. */
 #ifndef MX_PLAN_H
 #define MX_PLAN_H
 
