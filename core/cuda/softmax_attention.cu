@@ -425,11 +425,6 @@ template <> struct kv_t<MX_KV_INT8> {
     }
 };
 
-/* x stored with scale s (a zero scale means every value so far was zero). */
-template <int DT> __device__ __forceinline__ typename kv_t<DT>::E quant(float x, float s)
-{
-    return kv_t<DT>::enc(s > 0.0f ? x / s : 0.0f);
-}
 
 /* One query row: its row in q/o, its sequence's page table and its absolute position. */
 struct tok_info {
@@ -542,16 +537,19 @@ kv_append_kernel(const kv_chunk *chunks, const float *krot, const float *v, int 
         }
         __syncthreads();
         const float ok = sc[0], sk = sc[1], ov = sc[2], sv = sc[3];
+        /* the same arithmetic as the CPU backend (core/cpu/kv_pages_cpu.c), so both store the
+         * same bytes for the same inputs: earlier tokens x*old/new, new ones x * (1/scale) */
         if (sk > ok)
             for (int i = threadIdx.x; i < n_old; i += blockDim.x)
-                kd[i] = quant<DT>(T::dec(kd[i]) * ok, sk);
+                kd[i] = T::enc(T::dec(kd[i]) * ok / sk);
         if (sv > ov)
             for (int i = threadIdx.x; i < n_old; i += blockDim.x)
-                vd[i] = quant<DT>(T::dec(vd[i]) * ov, sv);
+                vd[i] = T::enc(T::dec(vd[i]) * ov / sv);
+        const float ik = sk > 0.0f ? 1.0f / sk : 0.0f, iv = sv > 0.0f ? 1.0f / sv : 0.0f;
         for (int i = threadIdx.x; i < n_new; i += blockDim.x) {
             int64_t src = (int64_t)(c.row0 + i / hd) * rs + (int64_t)h * hd + i % hd;
-            kd[n_old + i] = quant<DT>(krot[src], sk);
-            vd[n_old + i] = quant<DT>(v[src], sv);
+            kd[n_old + i] = T::enc(krot[src] * ik);
+            vd[n_old + i] = T::enc(v[src] * iv);
         }
     } else {
         (void)n_old;

@@ -1,8 +1,9 @@
 /* bench_cuda.c - kernel benchmarks of the CUDA backend, printed as one summary table against
  * the targets: dense GEMM vs cuBLAS, lightning prefill at 64K tokens vs bf16 tensor-core peak,
- * lightning and paged-KV decode vs measured HBM bandwidth (device-to-device copy), grouped
- * expert SwiGLU vs one cuBLAS call per expert at decode batch sizes. Inputs are zeros or
- * constants: the kernels' speed does not depend on values. Skips without a GPU. */
+ * lightning decode and paged-KV decode at 32K context in every KV dtype vs measured HBM
+ * bandwidth (device-to-device copy), grouped expert SwiGLU vs one cuBLAS call per expert at
+ * decode batch sizes. Inputs are zeros or constants: the kernels' speed does not depend on
+ * values. Skips without a GPU. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
@@ -198,36 +199,66 @@ static int bench_lightning(mx_backend *be, mx_backend *fast, double hbm, mx_erro
     return 0;
 }
 
-static int bench_paged_decode(mx_backend *be, double hbm, mx_error *err)
+/* Softmax attention prefill of 4K tokens, 64 query heads over 8 KV heads of 128, KV dtype dt. */
+static int bench_attention_prefill(mx_backend *be, mx_kv_dtype dt, mx_error *err)
 {
-    const int H = 64, KV = 8, D = 128, B = 8, CTX = 4096;
+    const int H = 64, KV = 8, D = 128, CTX = 4096;
+    mx_kv_options kvo = {dt, 0};
+    mx_kv_cache c = {0}, *cp = &c;
+    mx_tensor q = {0}, k = {0}, v = {0}, o = {0};
+    mx_span s = {0, CTX};
+    if (be->kv_configure(be, &kvo, err) || act(be, &q, CTX, (int64_t)H * D, err) ||
+        act(be, &k, CTX, (int64_t)KV * D, err) || act(be, &v, CTX, (int64_t)KV * D, err) ||
+        act(be, &o, CTX, (int64_t)H * D, err))
+        return -1;
+    double t = 0;
+    for (int rep = 0; rep < 2; rep++) { /* the first run allocates pages and sets smem limits */
+        if (be->kv_cache_init(be, &c, KV, D, err) || be->sync(be, err))
+            return -1;
+        double t0 = now();
+        if (be->softmax_attention(be, &o, &q, &k, &v, &s, 1, &cp, H, KV, D, 64, 1e7, err) || be->sync(be, err))
+            return -1;
+        t = now() - t0;
+        be->kv_cache_free(be, &c);
+    }
+    char name[64], val[80];
+    snprintf(name, sizeof name, "softmax attention prefill 4K tok, 64/8 (%s KV)", mx_kv_dtype_name(dt));
+    snprintf(val, sizeof val, "%.0f tok/s (exact fp32 SIMT)", CTX / t);
+    row(name, val, "", -1);
+    be->free(be, &q), be->free(be, &k), be->free(be, &v), be->free(be, &o);
+    return 0;
+}
+
+/* Paged-KV decode at a long context in KV dtype dt: B sequences of CTX tokens, then batched
+ * one-token steps with 64 query heads over 8 KV heads of 128 (split-K: B x 64 blocks alone would
+ * not fill the GPU). The caches are filled by prefills with one query head per KV head: a cache
+ * holds only K and V, so the fill's query heads do not matter and it runs 8x faster. Bytes: every
+ * stored K/V element (and 8-bit scale) read once per step, in the dtype's page format. */
+static int bench_paged_decode(mx_backend *be, mx_kv_dtype dt, double hbm, mx_error *err)
+{
+    const int H = 64, KV = 8, D = 128, B = 8, CTX = 32768;
+    mx_kv_options kvo = {dt, 0};
     mx_kv_cache *c = calloc(B, sizeof *c);
     mx_kv_cache **cp = calloc(B, sizeof *cp);
     mx_span *sp = calloc(B, sizeof *sp);
-    if (!c || !cp || !sp)
+    if (!c || !cp || !sp || be->kv_configure(be, &kvo, err))
         return -1;
     for (int i = 0; i < B; i++) {
         if (be->kv_cache_init(be, &c[i], KV, D, err))
             return -1;
         cp[i] = &c[i];
     }
-    /* prefill each sequence to CTX tokens, one sequence per call */
     mx_tensor q = {0}, k = {0}, v = {0}, o = {0};
-    if (act(be, &q, CTX, (int64_t)H * D, err) || act(be, &k, CTX, (int64_t)KV * D, err) ||
-        act(be, &v, CTX, (int64_t)KV * D, err) || act(be, &o, CTX, (int64_t)H * D, err))
+    if (act(be, &q, CTX, (int64_t)KV * D, err) || act(be, &k, CTX, (int64_t)KV * D, err) ||
+        act(be, &v, CTX, (int64_t)KV * D, err) || act(be, &o, CTX, (int64_t)KV * D, err))
         return -1;
-    double t0 = now();
     for (int i = 0; i < B; i++) {
         mx_span s = {0, CTX};
-        if (be->softmax_attention(be, &o, &q, &k, &v, &s, 1, &cp[i], H, KV, D, 64, 1e7, err))
+        if (be->softmax_attention(be, &o, &q, &k, &v, &s, 1, &cp[i], KV, KV, D, 64, 1e7, err))
             return -1;
     }
     if (be->sync(be, err))
         return -1;
-    double tp = (now() - t0) / B;
-    char val[80];
-    snprintf(val, sizeof val, "%.0f tok/s (exact fp32 SIMT)", CTX / tp);
-    row("softmax attention prefill 4K tok, 64/8 heads", val, "", -1);
     for (int i = 0; i < B; i++)
         sp[i] = (mx_span){i, 1};
     mx_tensor q1 = {0}, k1 = {0}, v1 = {0}, o1 = {0};
@@ -237,16 +268,20 @@ static int bench_paged_decode(mx_backend *be, double hbm, mx_error *err)
     if (be->softmax_attention(be, &o1, &q1, &k1, &v1, sp, B, cp, H, KV, D, 64, 1e7, err) || be->sync(be, err))
         return -1;
     const int iters = 20;
-    t0 = now();
+    double t0 = now();
     for (int it = 0; it < iters; it++)
         if (be->softmax_attention(be, &o1, &q1, &k1, &v1, sp, B, cp, H, KV, D, 64, 1e7, err))
             return -1;
     if (be->sync(be, err))
         return -1;
     double t = (now() - t0) / iters;
-    double bytes = (double)B * (CTX + 1 + iters / 2) * KV * D * 4 * 2;
-    snprintf(val, sizeof val, "%.0f GB/s, %.0f%% of HBM", bytes / t / 1e9, 100 * bytes / t / 1e9 / hbm);
-    row("paged-KV decode, 8 seqs x 4K ctx (F32 KV)", val, ">= 80% HBM", bytes / t / 1e9 >= 0.8 * hbm);
+    double per_token = (double)mx_kv_page_bytes(dt, KV, D) / MX_KV_PAGE_TOKENS;
+    double bytes = (double)B * (CTX + 1 + iters / 2) * per_token;
+    char name[64], val[80];
+    snprintf(name, sizeof name, "paged-KV decode, 8 seqs x 32K ctx (%s KV)", mx_kv_dtype_name(dt));
+    snprintf(val, sizeof val, "%.0f GB/s, %.0f%% of HBM, %.0f us", bytes / t / 1e9, 100 * bytes / t / 1e9 / hbm,
+             t * 1e6);
+    row(name, val, ">= 80% HBM", bytes / t / 1e9 >= 0.8 * hbm);
     for (int i = 0; i < B; i++)
         be->kv_cache_free(be, &c[i]);
     be->free(be, &q), be->free(be, &k), be->free(be, &v), be->free(be, &o);
@@ -342,8 +377,12 @@ int main(void)
         rc = die("gemm", &err);
     if (!rc && bench_lightning(be, fast, hbm, &err))
         rc = die("lightning", &err);
-    if (!rc && bench_paged_decode(be, hbm, &err))
-        rc = die("paged decode", &err);
+    if (!rc && bench_attention_prefill(be, MX_KV_BF16, &err))
+        rc = die("attention prefill", &err);
+    const mx_kv_dtype kv_dts[4] = {MX_KV_BF16, MX_KV_F32, MX_KV_FP8_E4M3, MX_KV_INT8};
+    for (int i = 0; i < 4 && !rc; i++)
+        if (bench_paged_decode(be, kv_dts[i], hbm, &err))
+            rc = die("paged decode", &err);
     if (!rc && bench_grouped(be, &err))
         rc = die("grouped swiglu", &err);
     fast->destroy(fast);

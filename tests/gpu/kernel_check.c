@@ -1,7 +1,8 @@
 /* kernel_check.c - runs every op of the CUDA backend and the CPU backend on the same random
  * inputs and compares the results (max abs error, error relative to the largest reference
- * value), plus the CUDA extras (grouped expert SwiGLU, sliced weight upload, tensor-parallel
- * all-reduce/RMSNorm with TP=1, bf16 tensor-core mode). The CPU backend is the reference.
+ * value), softmax attention in every KV dtype and the KV budget, plus the CUDA extras (grouped
+ * expert SwiGLU, sliced weight upload, tensor-parallel all-reduce/RMSNorm with TP=1, bf16
+ * tensor-core mode). The CPU backend is the reference.
  * Prints one PASS/FAIL line per check and "N passed, N failed" last; skips without a GPU. */
 #include <math.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 
 typedef struct check {
     mx_backend *cpu, *gpu;
+    mx_backend *cpu32; /* CPU backend with exact f32 KV: the reference for quantized KV */
     int pass, fail;
     uint64_t rng;
 } check;
@@ -244,35 +246,120 @@ out:
     }
 }
 
-/* Softmax attention: prefill two sequences crossing page boundaries, then decode steps;
- * o and the RoPE'd q compared. */
-static void check_attention_shape(check *k, int heads, int kvh, int hd, int rot, int len0, int len1)
+/* Sets the KV dtype (default budget) of the CPU reference and the GPU backend; no cache may
+ * exist on either. */
+static int kv_set(check *k, mx_kv_dtype dt, mx_error *err)
+{
+    mx_kv_options opt = {dt, 0};
+    return k->cpu->kv_configure(k->cpu, &opt, err) || k->gpu->kv_configure(k->gpu, &opt, err);
+}
+
+/* Like pair_new for a [rows, heads*hd] tensor whose head h is scaled by mag[h]: 8-bit pages keep
+ * one scale per head, so heads of different magnitude catch a scale read from the wrong head. */
+static int pair_new_heads(check *k, pair *p, int64_t rows, int heads, int hd, const float *mag,
+                          mx_error *err)
+{
+    if (pair_new(k, p, rows, (int64_t)heads * hd, 1.0f, err))
+        return -1;
+    float *h = p->c.data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < (int64_t)heads * hd; c++)
+            h[r * heads * hd + c] *= mag[c / hd];
+    return k->gpu->from_host_f32(k->gpu, &p->g, h, err);
+}
+
+/* Tolerances (max error over the largest reference value) of CUDA attention with KV dtype t.
+ * same_tol: against the CPU backend with the same dtype. Both store the same bytes for the same
+ * RoPE'd k (same rounding, same scale rule and requantization), but RoPE'd k differs between the
+ * two in the last bits (cosf/sinf and inv_freq rounding, ~1e-4 relative at positions of a few
+ * thousand), which moves a few elements by one step of the element type: bf16 2^-8, int8 one
+ * step of amax/127, fp8 2^-3 relative; one such k element shifts a logit by at most
+ * step*|q|/sqrt(d), so the outputs stay within the bounds below (fp8 the loosest: 3 mantissa
+ * bits). q_tol for the exact f32 path (summation order only).
+ * f32_tol: against the CPU backend with exact f32 KV: the element type's own rounding error
+ * (bf16 2^-9 relative; int8 half a step of amax/127; fp8 2^-4 relative), twice where a token
+ * was requantized when its page's scale grew, carried into the weighted average of V (fp8: two
+ * half steps, 2^-3). The CPU backend measured against itself on these inputs: bf16 <= 4.1e-3,
+ * int8 <= 9.2e-3, fp8 <= 4.7e-2, so the bounds leave 2-3x room. */
+static double same_tol(mx_kv_dtype t)
+{
+    return t == MX_KV_F32 ? 1e-4 : t == MX_KV_BF16 ? 2e-3 : t == MX_KV_INT8 ? 1e-2 : 5e-2;
+}
+
+static double f32_tol(mx_kv_dtype t)
+{
+    return t == MX_KV_F32 ? 1e-4 : t == MX_KV_BF16 ? 1e-2 : t == MX_KV_INT8 ? 3e-2 : 1.25e-1;
+}
+
+/* Softmax attention with KV dtype dt: prefill two sequences crossing page boundaries, decode
+ * steps (one with k/v three times larger, so every 8-bit page-head's scale grows and its earlier
+ * tokens are requantized), then a continuation; o and the RoPE'd q compared with the CPU backend
+ * in the same dtype, and (8-bit and bf16 KV) o with the CPU backend in exact f32 KV. */
+static void check_attention_shape(check *k, mx_kv_dtype dt, int heads, int kvh, int hd, int rot, int len0,
+                                  int len1)
 {
     mx_error err = {0};
-    char name[112];
-    mx_kv_cache cc[2] = {0}, cg[2] = {0};
-    mx_kv_cache *pc[2] = {&cc[0], &cc[1]}, *pg[2] = {&cg[0], &cg[1]};
-    pair q = {0}, kk = {0}, v = {0}, o = {0};
+    char name[128];
+    const char *dn = mx_kv_dtype_name(dt);
+    mx_kv_cache cc[2] = {0}, cg[2] = {0}, c32[2] = {0};
+    mx_kv_cache *pc[2] = {&cc[0], &cc[1]}, *pg[2] = {&cg[0], &cg[1]}, *p32[2] = {&c32[0], &c32[1]};
+    pair q = {0}, kk = {0}, v = {0}, o = {0}, q32 = {0}, o32 = {0};
+    float kmag[16], vmag[16], *got = NULL;
+    for (int h = 0; h < kvh && h < 16; h++) {
+        kmag[h] = 1.0f + 0.5f * (float)(h % 3);
+        vmag[h] = h % 2 ? 2.0f : 0.5f;
+    }
+    int vs_f32 = dt != MX_KV_F32;
+    OR_FAIL("attention setup", kvh > 16 || kv_set(k, dt, &err));
     for (int i = 0; i < 2; i++)
         OR_FAIL("attention setup", k->cpu->kv_cache_init(k->cpu, &cc[i], kvh, hd, &err) ||
-                                       k->gpu->kv_cache_init(k->gpu, &cg[i], kvh, hd, &err));
-    /* prefill (flash path), decode, decode, then a 17-token continuation (flash tile starting
-     * mid-sequence) batched with a 3-token span (decode path) */
+                                       k->gpu->kv_cache_init(k->gpu, &cg[i], kvh, hd, &err) ||
+                                       (vs_f32 && k->cpu32->kv_cache_init(k->cpu32, &c32[i], kvh, hd, &err)));
+    if (cg[0].dtype != dt) {
+        printf("attention %s: CUDA cache dtype %s  FAIL\n", dn, mx_kv_dtype_name(cg[0].dtype));
+        k->fail++;
+    }
+    /* prefill (flash path), decode, decode with larger k/v, then a 17-token continuation (flash
+     * tile starting mid-sequence, mid-page) batched with a 3-token span (decode path) */
     const int steps[4][2] = {{len0, len1}, {1, 1}, {1, 1}, {17, 3}};
+    const float step_mag[4] = {1.0f, 1.0f, 3.0f, 1.0f};
     for (int s = 0; s < 4; s++) {
         int T = steps[s][0] + steps[s][1];
         mx_span spans[2] = {{0, steps[s][0]}, {steps[s][0], steps[s][1]}};
-        snprintf(name, sizeof name, "attention h%d/%d d%d r%d step %d (%d+%d)", heads, kvh, hd, rot, s,
-                 steps[s][0], steps[s][1]);
+        float km[16], vm[16];
+        for (int h = 0; h < kvh; h++)
+            km[h] = kmag[h] * step_mag[s], vm[h] = vmag[h] * step_mag[s];
+        snprintf(name, sizeof name, "attention %s h%d/%d d%d r%d step %d (%d+%d)", dn, heads, kvh, hd, rot,
+                 s, steps[s][0], steps[s][1]);
         OR_FAIL(name, pair_new(k, &q, T, (int64_t)heads * hd, 1.0f, &err) ||
-                          pair_new(k, &kk, T, (int64_t)kvh * hd, 1.0f, &err) ||
-                          pair_new(k, &v, T, (int64_t)kvh * hd, 1.0f, &err) ||
+                          pair_new_heads(k, &kk, T, kvh, hd, km, &err) ||
+                          pair_new_heads(k, &v, T, kvh, hd, vm, &err) ||
                           pair_new(k, &o, T, (int64_t)heads * hd, 0, &err));
+        if (vs_f32) { /* the f32 reference gets the same q (a copy: RoPE is applied in place) */
+            int64_t sq[2] = {T, (int64_t)heads * hd};
+            OR_FAIL(name, k->cpu32->alloc(k->cpu32, &q32.c, MX_DTYPE_F32, 2, sq, &err) ||
+                              k->cpu32->alloc(k->cpu32, &o32.c, MX_DTYPE_F32, 2, sq, &err));
+            memcpy(q32.c.data, q.c.data, (size_t)T * heads * hd * sizeof(float));
+            OR_FAIL(name, k->cpu32->softmax_attention(k->cpu32, &o32.c, &q32.c, &kk.c, &v.c, spans, 2, p32,
+                                                      heads, kvh, hd, rot, 1e7, &err));
+        }
         OR_FAIL(name, k->cpu->softmax_attention(k->cpu, &o.c, &q.c, &kk.c, &v.c, spans, 2, pc, heads, kvh,
                                                 hd, rot, 1e7, &err) ||
                           k->gpu->softmax_attention(k->gpu, &o.g, &q.g, &kk.g, &v.g, spans, 2, pg, heads,
                                                     kvh, hd, rot, 1e7, &err));
-        pair_check(k, name, &o, 1e-4);
+        pair_check(k, name, &o, same_tol(dt));
+        if (vs_f32) {
+            size_t n = (size_t)T * heads * hd;
+            got = malloc(n * sizeof *got);
+            char n2[160];
+            snprintf(n2, sizeof n2, "%s vs f32 KV", name);
+            if (k->gpu->to_host_f32(k->gpu, got, &o.g, &err))
+                failed(k, n2, &err);
+            else
+                verdict(k, n2, o32.c.data, got, n, f32_tol(dt));
+            free(got), got = NULL;
+            k->cpu32->free(k->cpu32, &q32.c), k->cpu32->free(k->cpu32, &o32.c);
+        }
         strncat(name, " q after RoPE", sizeof name - strlen(name) - 1);
         pair_check(k, name, &q, 1e-5);
         pair_free(k, &q), pair_free(k, &kk), pair_free(k, &v), pair_free(k, &o);
@@ -282,12 +369,120 @@ static void check_attention_shape(check *k, int heads, int kvh, int hd, int rot,
                (long long)cg[1].len, (long long)cc[0].len, (long long)cc[1].len);
         k->fail++;
     }
+    {
+        /* pages held: whole pages of the dtype's format for both sequences */
+        mx_kv_usage u;
+        k->gpu->kv_usage(k->gpu, &u);
+        uint64_t want = (uint64_t)(mx_kv_pages_for_tokens(cg[0].len) + mx_kv_pages_for_tokens(cg[1].len)) *
+                        mx_kv_page_bytes(dt, kvh, hd);
+        int ok = u.used_bytes == want && u.dtype == dt && u.page_tokens == MX_KV_PAGE_TOKENS;
+        snprintf(name, sizeof name, "attention %s KV usage", dn);
+        printf("%-44s used %llu bytes, expected %llu  %s\n", name, (unsigned long long)u.used_bytes,
+               (unsigned long long)want, ok ? "PASS" : "FAIL");
+        ok ? k->pass++ : k->fail++;
+    }
+out:
+    free(got);
+    pair_free(k, &q), pair_free(k, &kk), pair_free(k, &v), pair_free(k, &o);
+    if (k->cpu32)
+        k->cpu32->free(k->cpu32, &q32.c), k->cpu32->free(k->cpu32, &o32.c);
+    for (int i = 0; i < 2; i++) {
+        k->cpu->kv_cache_free(k->cpu, &cc[i]);
+        k->gpu->kv_cache_free(k->gpu, &cg[i]);
+        if (vs_f32)
+            k->cpu32->kv_cache_free(k->cpu32, &c32[i]);
+    }
+}
+
+/* The KV budget: a call that needs more pages than the budget has left fails with MX_ENOMEM
+ * ("KV budget ...") and leaves both caches and the bytes in use as they were (the next calls
+ * match the CPU backend, which never saw the failed call); a batch that ends exactly at the
+ * budget succeeds; kv_configure is refused while caches exist; freeing returns every byte. */
+static void check_kv_budget(check *k, mx_kv_dtype dt)
+{
+    mx_error err = {0};
+    char name[112];
+    enum { H = 4, KVH = 2, D = 32, ROT = 16 };
+    const uint64_t page = mx_kv_page_bytes(dt, KVH, D);
+    const char *dn = mx_kv_dtype_name(dt);
+    mx_kv_cache cc[2] = {0}, cg[2] = {0};
+    mx_kv_cache *pc[2] = {&cc[0], &cc[1]}, *pg[2] = {&cg[0], &cg[1]};
+    pair q = {0}, kk = {0}, v = {0}, o = {0};
+    mx_kv_options small = {dt, 4 * page}, ref = {dt, 0};
+    mx_kv_usage u;
+    OR_FAIL("kv budget setup", k->gpu->kv_configure(k->gpu, &small, &err) ||
+                                   k->cpu->kv_configure(k->cpu, &ref, &err));
+    k->gpu->kv_usage(k->gpu, &u);
+    snprintf(name, sizeof name, "kv budget %s: usage after configure", dn);
+    {
+        int ok = u.budget_bytes == 4 * page && u.used_bytes == 0 && u.dtype == dt;
+        printf("%-44s budget %llu used %llu  %s\n", name, (unsigned long long)u.budget_bytes,
+               (unsigned long long)u.used_bytes, ok ? "PASS" : "FAIL");
+        ok ? k->pass++ : k->fail++;
+    }
+    for (int i = 0; i < 2; i++)
+        OR_FAIL("kv budget setup", k->cpu->kv_cache_init(k->cpu, &cc[i], KVH, D, &err) ||
+                                       k->gpu->kv_cache_init(k->gpu, &cg[i], KVH, D, &err));
+    {
+        int rc = k->gpu->kv_configure(k->gpu, &ref, &err);
+        snprintf(name, sizeof name, "kv budget %s: configure refused with caches", dn);
+        printf("%-44s %s\n", name, rc == MX_EINVAL ? "PASS" : "FAIL");
+        rc == MX_EINVAL ? k->pass++ : k->fail++;
+    }
+    /* steps: {tokens of seq 0, seq 1, expect failure}; pages after: 2+1, fail (needs 2, 1 left),
+     * 2+1 (decode within the pages), 3+1 = the whole budget */
+    const int steps[4][3] = {{100, 60, 0}, {30, 10, 1}, {1, 1, 0}, {28, 1, 0}};
+    for (int s = 0; s < 4; s++) {
+        int T = steps[s][0] + steps[s][1];
+        mx_span spans[2] = {{0, steps[s][0]}, {steps[s][0], steps[s][1]}};
+        snprintf(name, sizeof name, "kv budget %s step %d (%d+%d)%s", dn, s, steps[s][0], steps[s][1],
+                 steps[s][2] ? " refused" : "");
+        OR_FAIL(name, pair_new(k, &q, T, H * D, 1.0f, &err) || pair_new(k, &kk, T, KVH * D, 1.0f, &err) ||
+                          pair_new(k, &v, T, KVH * D, 1.0f, &err) || pair_new(k, &o, T, H * D, 0, &err));
+        if (steps[s][2]) {
+            mx_kv_usage before, after;
+            int64_t l0 = cg[0].len, l1 = cg[1].len;
+            k->gpu->kv_usage(k->gpu, &before);
+            int rc = k->gpu->softmax_attention(k->gpu, &o.g, &q.g, &kk.g, &v.g, spans, 2, pg, H, KVH, D, ROT,
+                                               1e7, &err);
+            k->gpu->kv_usage(k->gpu, &after);
+            int ok = rc == MX_ENOMEM && strncmp(err.msg, "KV budget", 9) == 0 && cg[0].len == l0 &&
+                     cg[1].len == l1 && after.used_bytes == before.used_bytes;
+            printf("%-44s rc %d, lens %lld/%lld, used %llu -> %llu: %s  %s\n", name, rc, (long long)cg[0].len,
+                   (long long)cg[1].len, (unsigned long long)before.used_bytes,
+                   (unsigned long long)after.used_bytes, rc ? err.msg : "accepted", ok ? "PASS" : "FAIL");
+            ok ? k->pass++ : k->fail++;
+        } else {
+            OR_FAIL(name, k->cpu->softmax_attention(k->cpu, &o.c, &q.c, &kk.c, &v.c, spans, 2, pc, H, KVH, D,
+                                                    ROT, 1e7, &err) ||
+                              k->gpu->softmax_attention(k->gpu, &o.g, &q.g, &kk.g, &v.g, spans, 2, pg, H, KVH,
+                                                        D, ROT, 1e7, &err));
+            pair_check(k, name, &o, same_tol(dt));
+        }
+        pair_free(k, &q), pair_free(k, &kk), pair_free(k, &v), pair_free(k, &o);
+    }
+    k->gpu->kv_usage(k->gpu, &u);
+    snprintf(name, sizeof name, "kv budget %s: whole budget in use", dn);
+    printf("%-44s used %llu of %llu  %s\n", name, (unsigned long long)u.used_bytes,
+           (unsigned long long)u.budget_bytes, u.used_bytes == 4 * page ? "PASS" : "FAIL");
+    u.used_bytes == 4 * page ? k->pass++ : k->fail++;
+    k->gpu->kv_cache_free(k->gpu, &cg[0]);
+    k->gpu->kv_usage(k->gpu, &u);
+    snprintf(name, sizeof name, "kv budget %s: free returns pages", dn);
+    printf("%-44s used %llu after freeing 3 pages  %s\n", name, (unsigned long long)u.used_bytes,
+           u.used_bytes == page ? "PASS" : "FAIL");
+    u.used_bytes == page ? k->pass++ : k->fail++;
 out:
     pair_free(k, &q), pair_free(k, &kk), pair_free(k, &v), pair_free(k, &o);
     for (int i = 0; i < 2; i++) {
         k->cpu->kv_cache_free(k->cpu, &cc[i]);
         k->gpu->kv_cache_free(k->gpu, &cg[i]);
     }
+    k->gpu->kv_usage(k->gpu, &u);
+    snprintf(name, sizeof name, "kv budget %s: all bytes back", dn);
+    printf("%-44s used %llu  %s\n", name, (unsigned long long)u.used_bytes, u.used_bytes == 0 ? "PASS" : "FAIL");
+    u.used_bytes == 0 ? k->pass++ : k->fail++;
+    kv_set(k, MX_KV_BF16, &err);
 }
 
 static void check_moe(check *k)
@@ -496,7 +691,9 @@ int main(void)
         printf("0 passed, 0 failed, 1 skipped\n");
         return 0;
     }
-    if (mx_backend_cpu_create(0, &k.cpu, &err)) {
+    mx_kv_options f32kv = {MX_KV_F32, 0};
+    if (mx_backend_cpu_create(0, &k.cpu, &err) || mx_backend_cpu_create(0, &k.cpu32, &err) ||
+        k.cpu32->kv_configure(k.cpu32, &f32kv, &err)) {
         printf("CPU backend: %s\n0 passed, 1 failed\n", err.msg);
         return 1;
     }
@@ -504,14 +701,34 @@ int main(void)
     check_lightning_shape(&k, 4, 32, 1e-4);
     check_lightning_shape(&k, 2, 128, 1e-4);
     check_lightning_shape(&k, 3, 40, 1e-4);
-    check_attention_shape(&k, 4, 2, 32, 16, 300, 70);
-    check_attention_shape(&k, 8, 1, 128, 64, 1500, 5);
-    check_attention_shape(&k, 6, 3, 24, 24, 65, 64);
+    {
+        /* before any cache: the default dtype and a resolved (non-zero) budget */
+        mx_kv_usage u;
+        k.gpu->kv_usage(k.gpu, &u);
+        int ok = u.dtype == MX_KV_BF16 && u.budget_bytes > 0 && u.used_bytes == 0 &&
+                 u.page_tokens == MX_KV_PAGE_TOKENS;
+        printf("%-44s %s, budget %llu  %s\n", "kv_usage default", mx_kv_dtype_name(u.dtype),
+               (unsigned long long)u.budget_bytes, ok ? "PASS" : "FAIL");
+        ok ? k.pass++ : k.fail++;
+    }
+    /* exact f32 KV first (the golden fp32 tier relies on it), then every other dtype; the 5000-token
+     * shape decodes with the key range split over many blocks (split-K) */
+    check_attention_shape(&k, MX_KV_F32, 4, 2, 32, 16, 300, 70);
+    check_attention_shape(&k, MX_KV_F32, 8, 1, 128, 64, 1500, 5);
+    check_attention_shape(&k, MX_KV_F32, 6, 3, 24, 24, 65, 64);
+    const mx_kv_dtype dts[4] = {MX_KV_F32, MX_KV_BF16, MX_KV_FP8_E4M3, MX_KV_INT8};
+    for (int i = 0; i < 4; i++) {
+        if (dts[i] != MX_KV_F32)
+            check_attention_shape(&k, dts[i], 4, 2, 32, 16, 300, 70);
+        check_attention_shape(&k, dts[i], 8, 2, 128, 64, 5000, 3);
+        check_kv_budget(&k, dts[i]);
+    }
     check_moe(&k);
     check_grouped(&k);
     check_tp(&k);
     check_bf16_mode(&k);
     k.cpu->destroy(k.cpu);
+    k.cpu32->destroy(k.cpu32);
     k.gpu->destroy(k.gpu);
     printf("%d passed, %d failed\n", k.pass, k.fail);
     return k.fail ? 1 : 0;
