@@ -39,7 +39,8 @@ def main():
     cases = json.load(open(os.path.join(fixture, "cases.json")))["cases"]
     exp = u.read_safetensors(os.path.join(fixture, "expected.safetensors"))
     vocab = json.load(open(os.path.join(fixture, "config.json")))["vocab_size"]
-    cl = u.Cluster(fixture, stages=2, shards=2, replicas="2,1")
+    # the fp32 tier: an f32 KV cache on the stages (their default, bf16, is the kv tier's)
+    cl = u.Cluster(fixture, stages=2, shards=2, replicas="2,1", extra=["--kv-dtype", "f32"])
     try:
         jobs = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
