@@ -5,7 +5,8 @@
  * within a minute and two numbers taken far apart are not comparable. Weights are cycled through enough copies to exceed the last-level cache. A second table
  * covers the small M (2..32 rows: MoE experts and attention at batched decode) with no BLAS
  * comparison: from memory on all threads, and from cache on one thread (the kernel's compute
- * rate), each also with the streaming and the packed kernel forced. */
+ * rate), each also with the streaming and the packed kernel forced. A third table sets int8
+ * weights (quantized per row at load, as int8 experts are) against the bf16 path. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 #include "bench_util.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/gemm_kernels.h"
+#include "core/quantize.h"
 
 #define COPY_BYTES ((size_t)768 << 20) /* weights cycled per shape, > any L3 here */
 #define MIN_SECONDS 0.15 /* per timing round */
@@ -164,10 +166,97 @@ static void small_m_table(mx_threadpool *pool, int threads, bench_reader *reader
     mx_threadpool_destroy(one);
 }
 
+/* int8 weights (quantized per row, as int8 experts are) against the bf16 path on the experts'
+ * up/gate shape (K = 6144, N = 9216), from memory on all threads: rounds alternate between
+ * bf16 and int8 so both see the same drift; each keeps its best time. GB/s counts each
+ * path's own weight bytes (int8: + one fp32 scale per row); 'int8/bf16' is the speed ratio.
+ * The stream/packed columns force the int8 kernels (where the automatic switch belongs). */
+typedef struct {
+    shape_run *s;
+    int8_t **q;
+    float *scale;
+    mx_gemm_i8_path path;
+} i8_run;
+
+static i8_run *i8_cur; /* the run time_best's callback works on (set around each timing) */
+
+static void run_i8(shape_run *s, int c)
+{
+    mx_error err = {0};
+    if (mx_cpu_gemm_i8_with(s->pool, s->isa, i8_cur->path, s->y, s->N, s->x, s->K, s->M, s->K,
+                            i8_cur->q[c], i8_cur->scale, s->N, &err)) {
+        fprintf(stderr, "bench_gemm: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+static double time_i8(i8_run *r, int M, mx_gemm_i8_path path)
+{
+    r->s->M = M;
+    r->path = path;
+    i8_cur = r;
+    return time_best(r->s, run_i8, r->s->copies);
+}
+
+static void int8_table(mx_threadpool *pool, int threads, bench_reader *reader)
+{
+    static const int Ms[] = {1, 2, 4, 8, 16, 20, 24, 32, 64, 512};
+    const int max_m = 512, K = 6144, N = 9216;
+    int copies = (int)(COPY_BYTES / ((size_t)N * K * 2)) + 1;
+    shape_run s = small_setup(pool, max_m, K, N, copies);
+    i8_run r = {&s, calloc((size_t)copies, sizeof(int8_t *)), NULL, MX_GEMM_I8_AUTO};
+    mx_tensor src = mx_tensor_2d(s.wb[0], MX_DTYPE_BF16, MX_DEVICE_CPU, N, K), qt;
+    void *mem = aligned_alloc(64, (size_t)mx_quantized_i8_bytes(N, K));
+    mx_error err = {0};
+    if (!r.q || !mem || mx_quantize_i8(&src, mem, threads, &qt, &err)) {
+        fprintf(stderr, "bench_gemm: quantize: %s\n", err.msg);
+        exit(1);
+    }
+    r.scale = (float *)qt.scale;
+    r.q[0] = qt.data;
+    for (int c = 1; c < copies; c++) {
+        r.q[c] = malloc((size_t)N * K);
+        if (!r.q[c]) {
+            fprintf(stderr, "bench_gemm: out of memory\n");
+            exit(1);
+        }
+        memcpy(r.q[c], r.q[0], (size_t)N * K);
+    }
+    printf("\nint8 vs bf16 weights, K = %d, N = %d, %d threads, from memory; GFLOP/s unless "
+           "noted.\n", K, N, threads);
+    printf("%5s | %9s %7s | %9s %7s %6s | %9s | %9s %9s\n", "M", "bf16", "GB/s", "int8", "GB/s",
+           "of bw", "int8/bf16", "i8 stream", "i8 packed");
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+        int M = Ms[mi];
+        double tb = 1e30, ti = 1e30, bw = 0;
+        for (int round = 0; round < ROUNDS; round++) {
+            double b = bench_reader_measure(reader, pool, 2);
+            bw = b > bw ? b : bw;
+            double t = time_path(&s, M, MX_GEMM_PATH_AUTO);
+            tb = t < tb ? t : tb;
+            t = time_i8(&r, M, MX_GEMM_I8_AUTO);
+            ti = t < ti ? t : ti;
+        }
+        double flops = 2.0 * M * (double)N * K;
+        double gb_b = (double)N * K * 2 / tb, gb_i = ((double)N * K + 4.0 * N) / ti;
+        printf("%5d | %9.1f %7.1f | %9.1f %7.1f %6.2f | %8.2fx |", M, flops / tb / 1e9, gb_b / 1e9,
+               flops / ti / 1e9, gb_i / 1e9, gb_i / bw, tb / ti);
+        print_gflops(M, K, N, time_i8(&r, M, MX_GEMM_I8_STREAM));
+        print_gflops(M, K, N, time_i8(&r, M, MX_GEMM_I8_PACKED));
+        printf("\n");
+        fflush(stdout);
+    }
+    for (int c = 1; c < copies; c++)
+        free(r.q[c]);
+    free(r.q);
+    free(mem);
+    small_free(&s);
+}
+
 int main(int argc, char **argv)
 {
-    /* Optional arguments: threads (0 = all cores), only this M (-1: only the small-M table),
-     * only this N. */
+    /* Optional arguments: threads (0 = all cores), only this M (-1: only the small-M table,
+     * -2: only the int8 table), only this N. */
     int threads = argc > 1 ? atoi(argv[1]) : 0;
     int only_m = argc > 2 ? atoi(argv[2]) : 0, only_n = argc > 3 ? atoi(argv[3]) : 0;
     mx_error err = {0};
@@ -184,6 +273,12 @@ int main(int argc, char **argv)
         return 1;
     }
     double bw = bench_reader_measure(reader, pool, 8);
+    if (only_m == -2) { /* only the int8 table */
+        int8_table(pool, threads, reader);
+        bench_reader_free(reader);
+        mx_threadpool_destroy(pool);
+        return 0;
+    }
     const int K = 6144;
     static const int Ms[] = {1, 8, 64, 512};
     static const int Ns[] = {1024, 8192, 9216, 24576};
@@ -273,6 +368,8 @@ int main(int argc, char **argv)
         }
     }
     small_m_table(pool, threads, reader, only_m, only_n);
+    if (only_m <= 0 && !only_n)
+        int8_table(pool, threads, reader);
     bench_reader_free(reader);
     mx_threadpool_destroy(pool);
     return 0;

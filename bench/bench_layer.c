@@ -1,6 +1,7 @@
 /* bench_layer.c - one full-width MiniMax-Text-01 layer (hidden 6144, 64 heads x 128, lightning
  * attention, MoE top-2 of 32 experts of 9216) decoding batch 1 and 16 on the CPU backend,
- * through mx_model_run_layers. Weights are random BF16 made in memory (never written to disk);
+ * through mx_model_run_layers, with BF16 experts and with the same experts quantized to int8
+ * (per-row scales), alternating. Weights are random BF16 made in memory (never written to disk);
  * experts share NBUF distinct buffers, each larger than the last-level cache, so every expert
  * read still comes from memory. Reports weight bytes read per second vs the read bandwidth
  * measured next to each step. */
@@ -9,6 +10,7 @@
 #include "bench_util.h"
 #include "core/model.h"
 #include "core/model_writer.h"
+#include "core/quantize.h"
 
 #define NBUF 4
 #define STEPS 8 /* timed decode steps per batch size, after one warm-up step */
@@ -94,9 +96,33 @@ int main(void)
     w.plan.attention = true;
     w.plan.all_experts = true;
 
+    /* The same layer with int8 experts: every expert buffer quantized once (per-row scales),
+     * the attention weights shared with the bf16 layer. */
+    mx_weights w8 = w;
+    mx_layer_weights *L8 = calloc(1, sizeof *L8);
+    *L8 = *L;
+    w8.layers = L8;
+    mx_expert_weights bufs8[NBUF];
+    void *qmem[NBUF][3];
+    for (int b = 0; b < NBUF; b++) {
+        const mx_tensor *src[3] = {&bufs[b].w1, &bufs[b].w3, &bufs[b].w2};
+        mx_tensor *dst[3] = {&bufs8[b].w1, &bufs8[b].w3, &bufs8[b].w2};
+        for (int i = 0; i < 3; i++) {
+            qmem[b][i] = aligned_alloc(64, (size_t)mx_quantized_i8_bytes(src[i]->shape[0], src[i]->shape[1]));
+            if (!qmem[b][i] || mx_quantize_i8(src[i], qmem[b][i], 0, dst[i], &err))
+                die("quantize experts", &err);
+        }
+    }
+    L8->experts = calloc((size_t)E, sizeof *L8->experts);
+    for (int e = 0; e < E; e++) {
+        L8->experts[e] = bufs8[e % NBUF];
+        L8->experts[e].loaded = true;
+    }
+
     mx_backend *be = NULL;
-    mx_model *m = NULL;
-    if (mx_backend_cpu_create(0, &be, &err) || mx_model_create(&w, be, &m, &err))
+    mx_model *models[2] = {NULL, NULL};
+    if (mx_backend_cpu_create(0, &be, &err) || mx_model_create(&w, be, &models[0], &err) ||
+        mx_model_create(&w8, be, &models[1], &err))
         die("model", &err);
     mx_threadpool *pool = NULL;
     bench_reader reader;
@@ -107,69 +133,90 @@ int main(void)
 
     double attn_bytes = 2.0 * ((double)L->qkv.shape[0] * H + (double)A * H + (double)H * A) +
                         4.0 * E * H;
-    double expert_bytes = 2.0 * 3.0 * I * H;
-    printf("One MiniMax-Text-01 layer (lightning + MoE top-%d of %d), BF16 weights, CPU backend\n",
-           c->num_experts_per_tok, E);
-    printf("Attention+router %.0f MB, each expert %.0f MB. Each step is paired with a read-\n"
-           "bandwidth measurement just before it; 'of bw' is the median of the %d pairs' ratios.\n",
-           attn_bytes / 1e6, expert_bytes / 1e6, STEPS);
-    printf("%6s %10s %10s %12s %10s %13s %8s\n", "batch", "ms/step", "experts", "GB read",
-           "GB/s", "bw GB/s", "of bw");
+    /* bytes one expert reads: bf16, or int8 plus one fp32 scale per row */
+    const double expert_bytes[2] = {2.0 * 3.0 * I * H, 3.0 * I * H + 4.0 * (2.0 * I + H)};
+    static const char *const names[2] = {"bf16", "int8"};
+    printf("One MiniMax-Text-01 layer (lightning + MoE top-%d of %d), BF16 attention, BF16 or int8\n"
+           "experts, CPU backend\n", c->num_experts_per_tok, E);
+    printf("Attention+router %.0f MB, each expert %.0f MB (bf16) / %.0f MB (int8). Each step is\n"
+           "paired with a read-bandwidth measurement just before it; 'of bw' is the median of the\n"
+           "%d pairs' ratios. bf16 and int8 steps alternate; 'int8/bf16' is the ratio of the best\n"
+           "steps' tokens per second.\n",
+           attn_bytes / 1e6, expert_bytes[0] / 1e6, expert_bytes[1] / 1e6, STEPS);
+    printf("%6s %8s %10s %10s %12s %10s %13s %8s %10s\n", "batch", "experts", "ms/step",
+           "experts", "GB read", "GB/s", "bw GB/s", "of bw", "int8/bf16");
     static const int batches[] = {1, 16};
     for (size_t bi = 0; bi < 2; bi++) {
         int T = batches[bi];
-        mx_sequence **seqs = calloc((size_t)T, sizeof *seqs);
+        mx_sequence **seqs[2];
         mx_span *spans = calloc((size_t)T, sizeof *spans);
-        for (int i = 0; i < T; i++) {
-            if (mx_sequence_create(m, 0, 1, &seqs[i], &err))
-                die("sequence", &err);
-            spans[i] = (mx_span){i, 1};
+        for (int v = 0; v < 2; v++) {
+            seqs[v] = calloc((size_t)T, sizeof *seqs[v]);
+            for (int i = 0; i < T; i++)
+                if (mx_sequence_create(models[v], 0, 1, &seqs[v][i], &err))
+                    die("sequence", &err);
         }
-        mx_batch batch = {T, seqs, spans, T};
+        for (int i = 0; i < T; i++)
+            spans[i] = (mx_span){i, 1};
         mx_tensor h;
         int64_t shape[2] = {T, H};
         if (be->alloc(be, &h, be->act_dtype, 2, shape, &err))
             die("alloc", &err);
         float *hx = malloc(sizeof(float) * (size_t)T * H);
-        counting_moe cm = {m, E, 0};
-        mx_moe_executor ex = {counting_run, &cm};
-        double best = 1e30, best_bytes = 0, ratios[STEPS], bw_lo = 1e30, bw_hi = 0;
+        double best[2] = {1e30, 1e30}, best_bytes[2] = {0, 0}, ratios[2][STEPS];
+        double bw_lo[2] = {1e30, 1e30}, bw_hi[2] = {0, 0};
         for (int it = 0; it <= STEPS; it++) {
-            bench_fill_f32(hx, (size_t)T * H, 1.f, 77 + (uint64_t)it);
-            if (be->from_host_f32(be, &h, hx, &err))
-                die("input", &err);
-            double bw = bench_reader_measure(&reader, pool, 2);
-            long before = cm.distinct;
-            double t0 = bench_now();
-            if (mx_model_run_layers(m, 0, 1, &batch, &h, &ex, &err) || be->sync(be, &err))
-                die("run_layers", &err);
-            double t = bench_now() - t0;
-            mx_batch_advance(&batch);
-            double bytes = attn_bytes + expert_bytes * (double)(cm.distinct - before);
-            if (it == 0) /* the first step also faults pages in */
-                continue;
-            ratios[it - 1] = bytes / t / bw;
-            bw_lo = bw < bw_lo ? bw : bw_lo;
-            bw_hi = bw > bw_hi ? bw : bw_hi;
-            if (t < best) {
-                best = t;
-                best_bytes = bytes;
+            for (int v = 0; v < 2; v++) {
+                mx_batch batch = {T, seqs[v], spans, T};
+                counting_moe cm = {models[v], E, 0};
+                mx_moe_executor ex = {counting_run, &cm};
+                bench_fill_f32(hx, (size_t)T * H, 1.f, 77 + (uint64_t)it);
+                if (be->from_host_f32(be, &h, hx, &err))
+                    die("input", &err);
+                double bw = bench_reader_measure(&reader, pool, 2);
+                double t0 = bench_now();
+                if (mx_model_run_layers(models[v], 0, 1, &batch, &h, &ex, &err) || be->sync(be, &err))
+                    die("run_layers", &err);
+                double t = bench_now() - t0;
+                mx_batch_advance(&batch);
+                double bytes = attn_bytes + expert_bytes[v] * (double)cm.distinct;
+                if (it == 0) /* the first step also faults pages in */
+                    continue;
+                ratios[v][it - 1] = bytes / t / bw;
+                bw_lo[v] = bw < bw_lo[v] ? bw : bw_lo[v];
+                bw_hi[v] = bw > bw_hi[v] ? bw : bw_hi[v];
+                if (t < best[v]) {
+                    best[v] = t;
+                    best_bytes[v] = bytes;
+                }
             }
         }
-        char bw_range[32];
-        snprintf(bw_range, sizeof bw_range, "%.1f-%.1f", bw_lo / 1e9, bw_hi / 1e9);
-        printf("%6d %10.1f %10.1f %12.2f %10.1f %13s %8.2f\n", T, best * 1e3,
-               (best_bytes - attn_bytes) / expert_bytes, best_bytes / 1e9,
-               best_bytes / best / 1e9, bw_range, bench_median(ratios, STEPS));
+        for (int v = 0; v < 2; v++) {
+            char bw_range[32], speedup[16] = "";
+            snprintf(bw_range, sizeof bw_range, "%.1f-%.1f", bw_lo[v] / 1e9, bw_hi[v] / 1e9);
+            if (v == 1)
+                snprintf(speedup, sizeof speedup, "%.2fx", best[0] / best[1]);
+            printf("%6d %8s %10.1f %10.1f %12.2f %10.1f %13s %8.2f %10s\n", T, names[v],
+                   best[v] * 1e3, (best_bytes[v] - attn_bytes) / expert_bytes[v], best_bytes[v] / 1e9,
+                   best_bytes[v] / best[v] / 1e9, bw_range, bench_median(ratios[v], STEPS), speedup);
+        }
         fflush(stdout);
         be->free(be, &h);
         free(hx);
-        for (int i = 0; i < T; i++)
-            mx_sequence_free(m, seqs[i]);
-        free(seqs);
+        for (int v = 0; v < 2; v++) {
+            for (int i = 0; i < T; i++)
+                mx_sequence_free(models[v], seqs[v][i]);
+            free(seqs[v]);
+        }
         free(spans);
     }
-    mx_model_free(m);
+    mx_model_free(models[1]);
+    free(L8->experts);
+    free(L8);
+    for (int b = 0; b < NBUF; b++)
+        for (int i = 0; i < 3; i++)
+            free(qmem[b][i]);
+    mx_model_free(models[0]);
     be->destroy(be);
     bench_reader_free(&reader);
     mx_threadpool_destroy(pool);

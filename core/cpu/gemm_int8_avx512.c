@@ -120,9 +120,14 @@ INLINE void i8_group(const mx_gemm_i8_args *a, int n, const int R, const int P, 
             i8_group(a, n, 1, (P), passes, k0, k1, whole_rows);                               \
     } while (0)
 
-/* x's slice of one K block stays in 32 KiB of L1; up to 8 rows of x (one pass) rows are read
- * whole (or in equal K blocks) with prefetch ahead; with more rows W goes by in windows of
- * I8_WINDOW_BYTES per row group, read from memory by the first pass, from L1 by the others. */
+/* Up to I8_WHOLE_ROWS_MAX_M rows of x, W's rows are read whole (or in equal K blocks when x's
+ * slice would pass I8_WHOLE_X_FLOATS, 48 KiB: the experts' K = 6144 stays whole up to M = 2)
+ * as long streams with prefetch ahead: short blocks restart the hardware prefetcher (M = 2 with
+ * 32 KiB blocks of x: 0.76 of the read bandwidth). With more rows, x's slice stays in 32 KiB
+ * of L1 and W goes by in windows of I8_WINDOW_BYTES per row group, read from memory by the
+ * first pass over x, from L1 by the others. */
+#define I8_WHOLE_ROWS_MAX_M 6
+#define I8_WHOLE_X_FLOATS 12288
 #define I8_X_FLOATS 8192
 #define I8_WINDOW_BYTES 4096
 
@@ -133,8 +138,8 @@ void mx_gemv_i8_avx512(const mx_gemm_i8_args *a, int n0, int n1)
     const int passes = (a->M + 7) / 8;
     const int P = (a->M + passes - 1) / passes;
     static const int rows_of_p[9] = {0, 8, 6, 5, 4, 4, 3, 3, 3};
-    const int whole_rows = passes == 1;
-    int kb = I8_X_FLOATS / a->M;
+    const int whole_rows = a->M <= I8_WHOLE_ROWS_MAX_M;
+    int kb = (whole_rows ? I8_WHOLE_X_FLOATS : I8_X_FLOATS) / a->M;
     if (!whole_rows && kb > I8_WINDOW_BYTES / rows_of_p[P])
         kb = I8_WINDOW_BYTES / rows_of_p[P];
     kb = kb < 64 ? 64 : kb / 64 * 64;
