@@ -383,9 +383,25 @@ static int kv_reserve_all(mx_backend *be, mx_kv_cache *const *caches, const mx_s
 
 /* ---------------------------------------------------------------------------------------------
  * Element types. dec/enc convert one stored element; for the 8-bit types the stored value is
- * element * scale with scale = (largest |x| the page-head has held) / qmax, so a page-head's scale
- * only grows and is the same however its tokens were batched.
+ * element * scale. A page-head's first chunk sets scale = (largest |x|) / qmax; a later chunk
+ * that needs more doubles the scale until it is enough, so requantizing the earlier tokens
+ * multiplies them by a power of two (one rounding each time, a bounded drift) - the CPU
+ * backend's rule, so both backends store the same bytes for the same inputs.
  * ------------------------------------------------------------------------------------------- */
+
+/* The scale of a page-head holding `old` (0: nothing yet or only zeros) after a chunk at slot
+ * `off0` whose values need `need` = amax / qmax. */
+__device__ __forceinline__ float grown_scale(float old, float need, int off0)
+{
+    if (!(need > old))
+        return old;
+    if (old > 0.0f && off0 > 0) {
+        while (old < need)
+            old *= 2.0f; /* stops at +inf at the latest */
+        return old;
+    }
+    return need;
+}
 
 template <int DT> struct kv_t;
 template <> struct kv_t<MX_KV_F32> {
@@ -529,8 +545,7 @@ kv_append_kernel(const kv_chunk *chunks, const float *krot, const float *v, int 
             }
             float *scales = (float *)(c.page + soff);
             float ok = c.off0 ? scales[h] : 0.0f, ov = c.off0 ? scales[kv_heads + h] : 0.0f;
-            /* max(old amax, new amax) / qmax: division is monotone, so this is exact */
-            float nk = fmaxf(ok, mk / T::qmax), nv = fmaxf(ov, mv / T::qmax);
+            float nk = grown_scale(ok, mk / T::qmax, c.off0), nv = grown_scale(ov, mv / T::qmax, c.off0);
             sc[0] = ok, sc[1] = nk, sc[2] = ov, sc[3] = nv;
             scales[h] = nk; /* only this thread touches the scales of (page, h) */
             scales[kv_heads + h] = nv;
@@ -538,13 +553,14 @@ kv_append_kernel(const kv_chunk *chunks, const float *krot, const float *v, int 
         __syncthreads();
         const float ok = sc[0], sk = sc[1], ov = sc[2], sv = sc[3];
         /* the same arithmetic as the CPU backend (core/cpu/kv_pages_cpu.c), so both store the
-         * same bytes for the same inputs: earlier tokens x*old/new, new ones x * (1/scale) */
-        if (sk > ok)
+         * same bytes for the same inputs: earlier tokens times old/new (a power of two), new
+         * ones x * (1/scale); a zero old scale means the earlier tokens are zeros already */
+        if (sk > ok && ok > 0.0f)
             for (int i = threadIdx.x; i < n_old; i += blockDim.x)
-                kd[i] = T::enc(T::dec(kd[i]) * ok / sk);
-        if (sv > ov)
+                kd[i] = T::enc(T::dec(kd[i]) * (ok / sk));
+        if (sv > ov && ov > 0.0f)
             for (int i = threadIdx.x; i < n_old; i += blockDim.x)
-                vd[i] = T::enc(T::dec(vd[i]) * ov / sv);
+                vd[i] = T::enc(T::dec(vd[i]) * (ov / sv));
         const float ik = sk > 0.0f ? 1.0f / sk : 0.0f, iv = sv > 0.0f ? 1.0f / sv : 0.0f;
         for (int i = threadIdx.x; i < n_new; i += blockDim.x) {
             int64_t src = (int64_t)(c.row0 + i / hd) * rs + (int64_t)h * hd + i % hd;
