@@ -99,6 +99,21 @@ EOF
     stop_all
 }
 
+# expert_dtype in expert-svc's config: a bad value and int8 on the cuda backend are refused,
+# naming the file, line and key.
+printf 'model_dir = "../shared/golden/tiny";\nlisten = "127.0.0.1:0";\nexperts = [0];\nexpert_dtype = "int4";\n' > "$tmp/bad_dtype.cfg"
+printf 'model_dir = "../shared/golden/tiny";\nlisten = "127.0.0.1:0";\nbackend = "cuda";\nexperts = [0];\nexpert_dtype = "int8";\n' > "$tmp/cuda_int8.cfg"
+for c in "bad_dtype:4: \`expert_dtype\`: \"int4\" is not an expert dtype" "cuda_int8:5: \`expert_dtype\`: int8 experts need backend = \"cpu\""; do
+    f=${c%%:*}
+    if out=$(timeout 20 "$BUILD/bin/expert-svc" --config "$tmp/$f.cfg" 2>&1); then
+        bad "config $f: exited 0"
+    elif grep -qF -- "$tmp/$f.cfg${c#$f}" <<<"$out"; then
+        ok "config $f refused"
+    else
+        bad "config $f: '$out' lacks '$c'"
+    fi
+done
+
 long_prompt=$(seq -s, 3 2 301) # 150 tokens
 run_fixture ../shared/golden/tiny "0, 1" "2, 3" 1.5 "1,2,3,4,5" "$long_prompt"
 run_fixture ../shared/golden/small "0, 1, 2, 3" "4, 5, 6, 7" 1.6 "7" "$long_prompt"
