@@ -1,8 +1,8 @@
 /* kernel_check.c - runs every op of the CUDA backend and the CPU backend on the same random
  * inputs and compares the results (max abs error, error relative to the largest reference
  * value), softmax attention in every KV dtype and the KV budget, plus the CUDA extras (grouped
- * expert SwiGLU, sliced weight upload, tensor-parallel all-reduce/RMSNorm with TP=1, bf16
- * tensor-core mode). The CPU backend is the reference.
+ * expert SwiGLU, int8 grouped expert GEMM, sliced weight upload, tensor-parallel
+ * all-reduce/RMSNorm with TP=1, bf16 tensor-core mode). The CPU backend is the reference.
  * Prints one PASS/FAIL line per check and "N passed, N failed" last; skips without a GPU. */
 #include <math.h>
 #include <stdio.h>
@@ -10,7 +10,9 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cuda/expert_int8.h"
 #include "cuda/mx_cuda.h"
+#include "quantize.h"
 
 typedef struct check {
     mx_backend *cpu, *gpu;
@@ -556,6 +558,56 @@ out:
         wpair_free(k, &w1[g]), wpair_free(k, &w3[g]), wpair_free(k, &w2[g]);
 }
 
+/* int8 weight-only experts: the GPU grouped int8 GEMM against the CPU backend's int8 path on
+ * the same quantized weights (groups of 1, 5 and 20 rows; K a multiple of 16 and not). */
+static void check_int8_experts(check *k)
+{
+    enum { G = 3, N = 200, T = 26 };
+    const int rows[G] = {1, 5, 20};
+    static const int Ks[2] = {320, 300};
+    for (int ki = 0; ki < 2; ki++) {
+        mx_error err = {0};
+        const int K = Ks[ki];
+        pair x = {0}, y = {0};
+        uint16_t *wb[G] = {0};
+        void *qm[G] = {0};
+        mx_tensor qh[G], qd[G];
+        memset(qd, 0, sizeof qd);
+        mx_cuda_i8_group groups[G];
+        char name[64];
+        snprintf(name, sizeof name, "gemm_i8_grouped K=%d (1,5,20 rows)", K);
+        OR_FAIL(name, pair_new(k, &x, T, K, 1.0f, &err) || pair_new(k, &y, T, N, 0, &err));
+        int row0 = 0;
+        for (int g = 0; g < G; g++) {
+            wb[g] = malloc((size_t)N * K * 2);
+            qm[g] = aligned_alloc(64, (size_t)mx_quantized_i8_bytes(N, K));
+            if (!wb[g] || !qm[g]) {
+                mx_fail(&err, MX_ENOMEM, "out of memory");
+                failed(k, name, &err);
+                goto out;
+            }
+            for (int64_t i = 0; i < (int64_t)N * K; i++)
+                wb[g][i] = mx_f32_to_bf16(0.1f * frand(k));
+            mx_tensor src = mx_tensor_2d(wb[g], MX_DTYPE_BF16, MX_DEVICE_CPU, N, K);
+            OR_FAIL(name, mx_quantize_i8(&src, qm[g], 1, &qh[g], &err) ||
+                              mx_cuda_upload_i8(k->gpu, &qd[g], &qh[g], &err));
+            mx_tensor xg = mx_tensor_rows(&x.c, row0, rows[g]), yg = mx_tensor_rows(&y.c, row0, rows[g]);
+            OR_FAIL(name, k->cpu->matmul(k->cpu, &yg, &xg, &qh[g], &err));
+            groups[g] = (mx_cuda_i8_group){row0, rows[g], &qd[g]};
+            row0 += rows[g];
+        }
+        OR_FAIL(name, mx_cuda_gemm_i8_grouped(k->gpu, &y.g, &x.g, groups, G, &err));
+        pair_check(k, name, &y, 1e-5);
+    out:
+        pair_free(k, &x), pair_free(k, &y);
+        for (int g = 0; g < G; g++) {
+            mx_cuda_free_i8(k->gpu, &qd[g]);
+            free(qm[g]);
+            free(wb[g]);
+        }
+    }
+}
+
 /* Row-parallel sharding: the sum of two column-slice matmuls equals the full matmul; TP=1
  * all-reduce leaves data alone; tp_rmsnorm equals rmsnorm. */
 static void check_tp(check *k)
@@ -725,6 +777,7 @@ int main(void)
     }
     check_moe(&k);
     check_grouped(&k);
+    check_int8_experts(&k);
     check_tp(&k);
     check_bf16_mode(&k);
     k.cpu->destroy(k.cpu);
