@@ -8,8 +8,8 @@ the page format of core/kv_cache.h recomputed here from config.json.
    stages' budgets fit); a prompt of MX_LONG_PROMPT_TOKENS (default 40000) tokens is served
    with the engine's tokens, while short requests sent during its prefill complete before its
    first token (prefill is chunked under max_step_tokens); all KV is returned afterwards.
-2. kv_cache_bytes = 1 MiB per stage (4096 tokens of the tiny model): ModelInfo says 4096; a
-   request over it fails at once with RESOURCE_EXHAUSTED naming the 4096 tokens (also one of
+2. kv_cache_bytes = 256 KiB per stage (16 pages, 1024 tokens of the tiny model): ModelInfo
+   says 1024; a request over it fails at once with RESOURCE_EXHAUSTED naming them (also one of
    4,194,304 prompt ids, an 8 MiB message the old 4 MiB limit refused); two requests that
    each fit but not together both complete with the engine's tokens, the second one after
    the first, and a short one sent meanwhile goes ahead of it; a stage whose KV another
@@ -34,8 +34,9 @@ import cluster_util as u
 gen, stage_pb, _ = u.load_stubs()
 r = u.Results()
 
-# ASan builds run several times slower: a shorter long prompt keeps the suite near a minute
-LONG = int(os.environ.get("MX_LONG_PROMPT_TOKENS", "8000" if "asan" in u.BUILD else "40000"))
+# ASan builds run 5-10 times slower: a shorter long prompt and fewer decode steps there
+ASAN = "asan" in u.BUILD
+LONG = int(os.environ.get("MX_LONG_PROMPT_TOKENS", "3000" if ASAN else "40000"))
 PAGE_TOKENS = 64
 
 
@@ -184,15 +185,17 @@ def test_long_prompt(fixture, cfg):
             long_prompt = prompt_ids(LONG, 1)
             short_prompt = prompt_ids(5, 2)
             want_long = engine_tokens(fixture, long_prompt, 4)
-            want_short = engine_tokens(fixture, short_prompt, 8)
+            want_short = engine_tokens(fixture, short_prompt, 2)
             r.check(LONG + 4 <= ctx, "the long prompt fits the default budget", "%d > %d" % (LONG + 4, ctx))
             big = Timed(complete, request(long_prompt, 4), timeout=600)
-            shorts, used = [], [0] * len(cl.stages)
-            deadline = time.time() + 600
+            used, end = [0] * len(cl.stages), time.time() + 60
+            while big.th.is_alive() and not all(used) and time.time() < end:
+                used = [max(x, stage_info(a).kv_used_bytes) for x, a in zip(used, cl.stages)]
+                time.sleep(0.01)
+            shorts, deadline = [], time.time() + 600
             # short requests one after the other while the long one is in flight
             while big.th.is_alive() and len(shorts) < 50 and time.time() < deadline:
-                shorts.append(Timed(complete, request(short_prompt, 8), timeout=120).join())
-                used = [max(x, stage_info(a).kv_used_bytes) for x, a in zip(used, cl.stages)]
+                shorts.append(Timed(complete, request(short_prompt, 2), timeout=120).join())
             big.join(600)
             r.check(all(b > 0 for b in used), "KV pages in use on every stage during the long prefill", str(used))
             r.check(big.tokens() == want_long, "%d-token prompt: greedy tokens equal mx generate" % LONG,
@@ -231,20 +234,20 @@ def release_stub(ch):
 
 
 def test_small_budget(fixture, cfg):
-    budget = 1 << 20
-    cl = u.Cluster(fixture, stages=2, shards=2, replicas="1,1", extra=["--kv-cache-bytes", "1M"])
+    budget = 256 << 10
+    cl = u.Cluster(fixture, stages=2, shards=2, replicas="1,1", extra=["--kv-cache-bytes", "256K"])
     layers = stage_softmax_layers(cfg, 2)
     fit = min(tokens_fit(cfg, "bf16", n, budget) for n in layers if n)
     try:
         with grpc.insecure_channel(cl.gateway, options=[("grpc.max_send_message_length", 64 << 20)]) as ch:
             generate, complete, info = u.generation_stubs(ch, gen)
-            r.check(check_info(cl, info, cfg, "bf16", "kv_cache_bytes 1M") == fit, "1 MiB fits %d tokens" % fit)
+            r.check(check_info(cl, info, cfg, "bf16", "kv_cache_bytes 256K") == fit, "256 KiB fits %d tokens" % fit)
             short_prompt = prompt_ids(5, 3)
-            want_short = engine_tokens(fixture, short_prompt, 200)
+            want_short = engine_tokens(fixture, short_prompt, 100)
 
             # -- too large for the budget: refused at once, while a short request streams
-            runner = Timed(complete, request(short_prompt, 200))
-            for prompt_len, n, what in ((1000, 4000, "prompt + max_new_tokens"), (fit + 100, 0, "prompt alone")):
+            runner = Timed(complete, request(short_prompt, 100))
+            for prompt_len, n, what in ((300, 1000, "prompt + max_new_tokens"), (fit + 100, 0, "prompt alone")):
                 total = prompt_len + (n if n else 1)
                 t0 = time.time()
                 try:
@@ -270,9 +273,11 @@ def test_small_budget(fixture, cfg):
                     str(runner.tokens())[:200])
 
             # -- two requests that fit alone but not together: the second waits, a short one passes it
-            pa, pb = prompt_ids(1000, 5), prompt_ids(1000, 6)
-            n_new = 1600
-            need = kv_bytes(cfg, "bf16", 1, 1000 + n_new)
+            # 650 tokens each (11 pages of 64 on a 16-page stage); long enough a decode that A
+            # still runs when C comes
+            n_new = 150 if ASAN else 500
+            pa, pb = prompt_ids(650 - n_new, 5), prompt_ids(650 - n_new, 6)
+            need = kv_bytes(cfg, "bf16", 1, 650)
             r.check(need <= budget < 2 * need, "A and B (%d bytes each) fit alone, not together" % need)
             want_a, want_b = engine_tokens(fixture, pa, n_new), engine_tokens(fixture, pb, n_new)
             want_c = engine_tokens(fixture, short_prompt, 10)
@@ -304,7 +309,7 @@ def test_small_budget(fixture, cfg):
             want_runner = engine_tokens(fixture, short_prompt, 50)
             with grpc.insecure_channel(cl.stages[0]) as c0:
                 run0, rel0 = run_batch_stub(c0), release_stub(c0)
-                held = 3000
+                held = 700  # 11 pages: 5 left
                 run0(stage_pb.RunBatchRequest(batch_id=1, sequences=[stage_pb.SequenceInput(
                     sequence_id=10 ** 15, start_position=0, token_ids=prompt_ids(held, 7), num_tokens=held)]),
                     timeout=60)
@@ -314,7 +319,7 @@ def test_small_budget(fixture, cfg):
                 runner = Timed(complete, request(short_prompt, 50))
                 time.sleep(0.1)
                 try:
-                    complete(request(prompt_ids(1500, 8), 10), timeout=60)
+                    complete(request(prompt_ids(400, 8), 10), timeout=60)  # 7 pages
                     r.check(False, "a stage's KV is full", "no error")
                 except grpc.RpcError as e:
                     r.check(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "stage 0" in (e.details() or "")
