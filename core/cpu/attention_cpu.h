@@ -92,7 +92,7 @@ static inline float mx_fa_exp2(float x)
     p = p * f + 6.931472028550421e-1f;
     p = p * f + 1.0f;
     union { float f; int32_t i; } u = {p};
-    u.i += (int32_t)n << 23;
+    u.i += (int32_t)((uint32_t)(int32_t)n << 23); /* unsigned: n < 0 */
     return u.f;
 }
 
