@@ -121,13 +121,15 @@ INLINE void i8_group(const mx_gemm_i8_args *a, int n, const int R, const int P, 
     } while (0)
 
 /* Up to I8_WHOLE_ROWS_MAX_M rows of x, W's rows are read whole (or in equal K blocks when x's
- * slice would pass I8_WHOLE_X_FLOATS, 48 KiB: the experts' K = 6144 stays whole up to M = 2)
- * as long streams with prefetch ahead: short blocks restart the hardware prefetcher (M = 2 with
- * 32 KiB blocks of x: 0.76 of the read bandwidth). With more rows, x's slice stays in 32 KiB
- * of L1 and W goes by in windows of I8_WINDOW_BYTES per row group, read from memory by the
- * first pass over x, from L1 by the others. */
+ * slice would pass I8_WHOLE_X_FLOATS, 128 KiB, in L2) as long streams with prefetch ahead:
+ * short blocks restart the hardware prefetcher, and an int8 row is half as long as a bf16 one.
+ * bench_gemm's int8 table (K = 6144, N = 9216, 2 threads, GB/s of int8 weights), x budget
+ * 32 KiB -> 48 KiB -> 128 KiB: M = 2: 12.3 -> 12.8-26 -> 26-27; M = 4: 8.8 -> 8.9 -> 10.7-20.9.
+ * Whole rows at M = 8 ran 4.4 GB/s against 6.0 in windows. With more rows, x's slice stays in
+ * 32 KiB of L1 and W goes by in windows of I8_WINDOW_BYTES per row group, read from memory by
+ * the first pass over x, from L1 by the others. */
 #define I8_WHOLE_ROWS_MAX_M 6
-#define I8_WHOLE_X_FLOATS 12288
+#define I8_WHOLE_X_FLOATS 32768
 #define I8_X_FLOATS 8192
 #define I8_WINDOW_BYTES 4096
 

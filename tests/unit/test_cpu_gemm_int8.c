@@ -187,6 +187,8 @@ static void run_isa(mx_cpu_isa isa, int threads)
     check_gemm(pool, isa, MX_GEMM_I8_STREAM, 1, 9216, 19, 0, 1);
     check_gemm(pool, isa, MX_GEMM_I8_STREAM, 3, 6144, 37, 2, 0);
     check_gemm(pool, isa, MX_GEMM_I8_STREAM, 13, 6144, 17, 0, 0);
+    check_gemm(pool, isa, MX_GEMM_I8_STREAM, 6, 13000, 11, 1, 0); /* equal K blocks, a tail */
+    check_gemm(pool, isa, MX_GEMM_I8_STREAM, 8, 6144, 9, 0, 1);
     check_gemm(pool, isa, MX_GEMM_I8_PACKED, 17, 6144, 70, 0, 0);
     check_gemm(pool, isa, MX_GEMM_I8_AUTO, 5, 1, 9, 0, 0);
     check_gemm(pool, isa, MX_GEMM_I8_AUTO, 2, 15, 1, 1, 1);
