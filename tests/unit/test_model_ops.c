@@ -139,6 +139,8 @@ static void softmax_attention_matches_formula(void **state)
     /* prefill 250 tokens, then 50 single-token steps: positions must continue */
     mx_kv_cache kv;
     mx_error err = {0};
+    mx_kv_options f32_kv = {MX_KV_F32, 0}; /* the formula is checked at fp32 precision */
+    assert_int_equal(be->kv_configure(be, &f32_kv, &err), 0);
     assert_int_equal(be->kv_cache_init(be, &kv, KVH, d, &err), 0);
     mx_kv_cache *caches[1] = {&kv};
     for (int t0 = 0; t0 < n;) {
