@@ -347,6 +347,14 @@ static int setup_limits(gateway *g, mx_error *err)
         ctx = INT32_MAX;
     g->lim.model_context_tokens = (int)ctx;
     g->lim.max_context_tokens = (int)ctx;
+    /* A step's rows (prompt chunks under max_step_tokens plus one per decode) travel between
+     * stages as f32 hidden states, which stage.max_message_mb (256 by default) must hold. */
+    uint64_t step_mib = ((uint64_t)g->cfg.max_step_tokens + (uint64_t)g->cfg.max_batch_sequences) *
+                        (uint64_t)g->model.hidden_size * 4 / (1u << 20) + 1;
+    if (step_mib > 255)
+        fprintf(stderr, "gateway: a step of max_step_tokens = %d (+ %d decodes) carries up to %llu MiB of hidden "
+                "states between stages: their stage.max_message_mb must be above that (default 256)\n",
+                g->cfg.max_step_tokens, g->cfg.max_batch_sequences, (unsigned long long)step_mib);
     if (g->cfg.n_eos >= 0) {
         g->lim.n_eos = g->cfg.n_eos;
         for (int i = 0; i < g->cfg.n_eos; i++)
