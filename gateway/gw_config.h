@@ -21,7 +21,8 @@
  *                                         # varints is 12-16 MiB); larger -> RESOURCE_EXHAUSTED
  *       kv_max_overtakes = 64;            # a request waiting for KV room lets at most this many
  *                                         # later (smaller) requests be admitted before it;
- *                                         # then admission waits for it (default 64)
+ *                                         # then admission waits for it (default 64;
+ *                                         # 0 = strict first come, first served)
  *       stage_timeout_ms = 60000;         # per RunBatch call, which on chained stages covers
  *                                         # the whole chain (default 60000)
  *       eos_token_ids = [2];              # optional; default config.json's eos_token_id

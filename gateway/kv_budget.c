@@ -122,3 +122,26 @@ void gw_kv_reserve(gw_kv *kv, int64_t tokens, int sign)
             st->reserved_bytes = st->reserved_bytes > b ? st->reserved_bytes - b : 0;
     }
 }
+
+int gw_kv_admit(gw_kv *kv, gw_request *const *queue, int n, int room, int max_overtakes, bool *take)
+{
+    int admitted = 0;
+    bool blocked = false;
+    for (int i = 0; i < n; i++) {
+        gw_request *r = queue[i];
+        int64_t tokens = (int64_t)r->n_prompt + r->max_new;
+        take[i] = !blocked && admitted < room && gw_kv_fits_now(kv, tokens);
+        if (!take[i]) {
+            if (r->kv_overtaken >= max_overtakes)
+                blocked = true;
+            continue;
+        }
+        gw_kv_reserve(kv, tokens, +1);
+        r->kv_tokens = tokens;
+        admitted++;
+        for (int j = 0; j < i; j++)
+            if (!take[j] && ++queue[j]->kv_overtaken >= max_overtakes)
+                blocked = true;
+    }
+    return admitted;
+}

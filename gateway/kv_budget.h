@@ -13,6 +13,7 @@
 #include "core/kv_cache.h"
 #include "core/rpc/client.h"
 #include "gw_config.h"
+#include "request.h"
 
 typedef struct gw_stage_kv {
     int softmax_layers;
@@ -49,5 +50,15 @@ int gw_kv_check_ever(const gw_kv *kv, int64_t tokens, mx_error *err);
 
 /* Adds (sign = +1) or removes (-1) the reservation of a `tokens`-token sequence. */
 void gw_kv_reserve(gw_kv *kv, int64_t tokens, int sign);
+
+/* Admission order over the n queued requests (oldest first), at most `room` admitted: a
+ * request goes in when its reservation (prompt + max_new tokens) fits next to those already
+ * made. One that does not fit yet does not block the smaller ones behind it, which go ahead
+ * while they fit; each one that does counts as an overtake of every request it passed
+ * (r->kv_overtaken), and once a waiting request has been overtaken max_overtakes times no
+ * one passes it any more, so the running requests drain until it fits (it fits on empty
+ * stages: gw_kv_check_ever turned it away otherwise). Sets take[i], reserves the admitted
+ * requests' KV (r->kv_tokens) and returns how many were admitted. */
+int gw_kv_admit(gw_kv *kv, gw_request *const *queue, int n, int room, int max_overtakes, bool *take);
 
 #endif

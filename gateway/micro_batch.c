@@ -93,6 +93,42 @@ bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget)
     return true;
 }
 
+static int by_prompt_left(const void *a, const void *b)
+{
+    const gw_request *x = *(gw_request *const *)a, *y = *(gw_request *const *)b;
+    int lx = x->n_prompt - x->prefilled, ly = y->n_prompt - y->prefilled;
+    return lx < ly ? -1 : lx > ly ? 1 : (x->ready_seq > y->ready_seq) - (x->ready_seq < y->ready_seq);
+}
+
+void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target, int max_step_tokens)
+{
+    int budget = max_step_tokens, n_prefill = 0;
+    for (int i = 0; i < n; i++)
+        n_prefill += pick[i]->prefilled < pick[i]->n_prompt;
+    int decode_seats = n_prefill ? target - 1 : target, k = 0;
+    for (int i = 0; i < n; i++) {
+        gw_request *r = pick[i];
+        if (r->prefilled < r->n_prompt)
+            pick[k++] = r; /* prompts, still oldest first */
+        else if (b->n < decode_seats)
+            gw_micro_batch_add(b, r, &budget);
+    }
+    n_prefill = k < target - b->n ? k : target - b->n;
+    if (n_prefill < 0)
+        n_prefill = 0;
+    int left = budget, floor = max_step_tokens / 8 > 0 ? max_step_tokens / 8 : 1;
+    if (n_prefill > 0 && left < floor) {
+        left = floor;
+        n_prefill = 1;
+    }
+    qsort(pick, (size_t)n_prefill, sizeof *pick, by_prompt_left);
+    for (int i = 0; i < n_prefill && left > 0; i++) {
+        int share = left / (n_prefill - i), give = share > 0 ? share : 1, part = give;
+        if (gw_micro_batch_add(b, pick[i], &part))
+            left -= give - part;
+    }
+}
+
 static bool is_refused(const gw_micro_batch *b, uint64_t id)
 {
     for (int i = 0; i < b->n_refused; i++)

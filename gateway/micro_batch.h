@@ -1,8 +1,9 @@
 /* micro_batch.h - one micro-batch of the gateway's pipeline: the slices of some running
  * requests (a prompt chunk or one decode token each), sent as a RunBatch to the first stage
  * (chained stages carry it to the last; stages without a `next` get the hidden states relayed
- * from here), and the sampled tokens handed back to the requests. No scheduling policy:
- * which requests go in, and when, is scheduler.c's business. */
+ * from here), and the sampled tokens handed back to the requests. Which requests are
+ * eligible, and when, is scheduler.c's business; how one step's token budget is shared
+ * among them is gw_micro_batch_fill's. */
 #ifndef MX_GW_MICRO_BATCH_H
 #define MX_GW_MICRO_BATCH_H
 
@@ -35,6 +36,15 @@ void gw_micro_batch_free(gw_micro_batch *b);
  * 0: returns false), or its last sampled token. Decode tokens always go in and still count
  * against *budget. Takes a reference and marks r in flight and on the stages. */
 bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget);
+
+/* Fills b for one step from the n eligible requests (oldest first; the array is reordered),
+ * at most `target` of them. Decode tokens go first (one token of max_step_tokens each);
+ * when a prompt waits, decodes leave it at least one seat. The prompts then share what is
+ * left of max_step_tokens: shortest remainder first, each taking at most an equal share of
+ * what is left, so a short prompt finishes in one step and a long one never takes more than
+ * its share; when decodes used up the budget the oldest prompt still gets max_step_tokens / 8
+ * (at least 1), so prefill never starves behind a large decode batch. */
+void gw_micro_batch_fill(gw_micro_batch *b, gw_request **eligible, int n, int target, int max_step_tokens);
 
 /* Runs the batch through the pipeline (blocking); fills rc/err/resp. Only reads the
  * members, which the scheduler leaves alone while the batch is in flight. */

@@ -49,6 +49,7 @@ struct gw_scheduler {
     gw_request **running;     /* [max_batch_sequences], scheduler thread only */
     int n_running;
     gw_request **pick;        /* [max_batch_sequences], scratch for choosing a batch */
+    bool *admit_take;         /* [max_queued], scratch for admission */
     int depth, n_flying;      /* n_flying: flights SENT or LANDED (scheduler thread only) */
     flight *flights;          /* [depth] */
     /* Under mu: the stages' KV numbers and the running requests' reservations. */
@@ -140,20 +141,14 @@ static void retire(gw_scheduler *s, double now)
     free(ids);
 }
 
-/* Moves queued requests into the running set (s->mu held). A request goes in when the
- * running set has room and its KV reservation (prompt + max_new tokens, on every stage) fits
- * next to those of the running requests. Order: first come, first served, except that a
- * request that does not fit yet does not block the smaller ones behind it, which go ahead
- * while they fit; each one that does counts as an overtake of every request it passed, and
- * once a waiting request has been overtaken gateway.kv_max_overtakes times no one passes it
- * any more, so the running requests drain until it fits (it always fits on empty stages:
- * submit refused it otherwise). Queued requests whose client left or whose deadline passed
- * end here. */
+/* Moves queued requests into the running set (s->mu held) while it has room, in the order
+ * of gw_kv_admit: first come, first served, except that a request waiting for KV room lets
+ * smaller ones pass it, up to gateway.kv_max_overtakes of them. Queued requests whose
+ * client left or whose deadline passed end here. */
 static void admit_locked(gw_scheduler *s)
 {
     double now = mx_now_ms();
     int keep = 0;
-    bool blocked = !s->kv_known;
     for (int i = 0; i < s->n_queued; i++) {
         gw_request *r = s->queue[i];
         pthread_mutex_lock(&r->mu);
@@ -166,24 +161,26 @@ static void admit_locked(gw_scheduler *s)
             gw_request_unref(r);
             continue;
         }
-        int64_t tokens = (int64_t)r->n_prompt + r->max_new;
-        if (!blocked && s->n_running < s->cfg.max_batch_sequences && gw_kv_fits_now(&s->kv, tokens)) {
-            gw_kv_reserve(&s->kv, tokens, +1);
-            r->kv_tokens = tokens;
-            r->t_scheduled_ms = now;
-            r->ready_seq = ++s->next_ready;
-            s->running[s->n_running++] = r;
-            for (int j = 0; j < keep; j++)
-                if (++s->queue[j]->kv_overtaken >= s->cfg.kv_max_overtakes)
-                    blocked = true;
-            continue;
-        }
-        if (r->kv_overtaken >= s->cfg.kv_max_overtakes)
-            blocked = true;
         s->queue[keep++] = r;
     }
     s->n_queued = keep;
     s->admit_pending = false;
+    if (!s->kv_known || keep == 0)
+        return;
+    gw_kv_admit(&s->kv, s->queue, s->n_queued, s->cfg.max_batch_sequences - s->n_running,
+                s->cfg.kv_max_overtakes, s->admit_take);
+    keep = 0;
+    for (int i = 0; i < s->n_queued; i++) {
+        gw_request *r = s->queue[i];
+        if (!s->admit_take[i]) {
+            s->queue[keep++] = r;
+            continue;
+        }
+        r->t_scheduled_ms = now;
+        r->ready_seq = ++s->next_ready;
+        s->running[s->n_running++] = r;
+    }
+    s->n_queued = keep;
 }
 
 static int n_eligible(const gw_scheduler *s)
@@ -211,21 +208,9 @@ static flight *idle_flight(gw_scheduler *s)
     return f;
 }
 
-static int by_prompt_left(const void *a, const void *b)
-{
-    const gw_request *x = *(gw_request *const *)a, *y = *(gw_request *const *)b;
-    int lx = x->n_prompt - x->prefilled, ly = y->n_prompt - y->prefilled;
-    return lx < ly ? -1 : lx > ly ? 1 : (x->ready_seq > y->ready_seq) - (x->ready_seq < y->ready_seq);
-}
-
-/* Fills f with the longest-waiting eligible requests, about 1/depth of the running set, and
- * sends it. Decode tokens go first (one token of the step budget each); when a prompt waits,
- * decodes leave it at least one seat. The prompts then share what is left of
- * max_step_tokens: shortest remainder first, each taking at most an equal share of what is
- * left, so a short prompt finishes in one step and no prompt takes more than its share; when
- * decodes used up the budget the oldest prompt still gets max_step_tokens / 8 (at least 1),
- * so prefill never starves behind a large decode batch. Returns false when no request
- * could go. */
+/* Fills f with the longest-waiting eligible requests, about 1/depth of the running set (see
+ * gw_micro_batch_fill for how decodes and prompt chunks share the step), and sends it.
+ * Returns false when no request could go. */
 static bool launch(gw_scheduler *s, flight *f)
 {
     int n = 0;
@@ -233,33 +218,9 @@ static bool launch(gw_scheduler *s, flight *f)
         if (!s->running[i]->in_flight)
             s->pick[n++] = s->running[i];
     qsort(s->pick, (size_t)n, sizeof *s->pick, by_ready);
-    int target = (s->n_running + s->depth - 1) / s->depth, budget = s->cfg.max_step_tokens;
+    int target = (s->n_running + s->depth - 1) / s->depth;
     gw_micro_batch *b = &f->batch;
-    int n_prefill = 0;
-    for (int i = 0; i < n; i++)
-        n_prefill += s->pick[i]->prefilled < s->pick[i]->n_prompt;
-    int decode_seats = n_prefill ? target - 1 : target, k = 0;
-    for (int i = 0; i < n; i++) {
-        gw_request *r = s->pick[i];
-        if (r->prefilled < r->n_prompt)
-            s->pick[k++] = r; /* prompts, still oldest first */
-        else if (b->n < decode_seats)
-            gw_micro_batch_add(b, r, &budget);
-    }
-    n_prefill = k < target - b->n ? k : target - b->n;
-    if (n_prefill < 0)
-        n_prefill = 0;
-    int left = budget, floor = s->cfg.max_step_tokens / 8 > 0 ? s->cfg.max_step_tokens / 8 : 1;
-    if (n_prefill > 0 && left < floor) {
-        left = floor;
-        n_prefill = 1;
-    }
-    qsort(s->pick, (size_t)n_prefill, sizeof *s->pick, by_prompt_left);
-    for (int i = 0; i < n_prefill && left > 0; i++) {
-        int share = left / (n_prefill - i), give = share > 0 ? share : 1, part = give;
-        if (gw_micro_batch_add(b, s->pick[i], &part))
-            left -= give - part;
-    }
+    gw_micro_batch_fill(b, s->pick, n, target, s->cfg.max_step_tokens);
     if (b->n == 0)
         return false;
     b->batch_id = ++s->next_batch;
@@ -431,8 +392,10 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_schedul
     s->queue = calloc((size_t)cfg->max_queued, sizeof *s->queue);
     s->running = calloc((size_t)cfg->max_batch_sequences, sizeof *s->running);
     s->pick = calloc((size_t)cfg->max_batch_sequences, sizeof *s->pick);
+    s->admit_take = calloc((size_t)cfg->max_queued, sizeof *s->admit_take);
     s->flights = calloc((size_t)s->depth, sizeof *s->flights);
-    int rc = (!s->queue || !s->running || !s->pick || !s->flights) ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
+    int rc = (!s->queue || !s->running || !s->pick || !s->admit_take || !s->flights)
+                 ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
     mx_rpc_channel_options co = {.max_message_bytes = 1 << 30};
     for (int i = 0; i < cfg->n_stages && !rc; i++)
         rc = mx_rpc_channel_create(cfg->stages[i], &co, &s->stages[i], err);
@@ -501,6 +464,7 @@ void gw_scheduler_destroy(gw_scheduler *s)
     free(s->queue);
     free(s->running);
     free(s->pick);
+    free(s->admit_take);
     free(s->flights);
     free(s);
 }

@@ -1,0 +1,164 @@
+/* test_gateway_step.c - the gateway's two scheduling policies on hand-built requests, without
+ * threads or stages: admission under the KV budget (first come first served, smaller requests
+ * passing one that waits for KV room up to kv_max_overtakes times, the running-set room) and
+ * the sharing of one step's token budget (decodes first, prompt chunks in equal shares of what
+ * is left, a floor so prefill never starves). Expected values are worked by hand. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gateway/kv_budget.h"
+#include "gateway/micro_batch.h"
+
+/* A request of n_prompt prompt tokens and max_new; `decoding` makes it one whose prompt is
+ * done and which has sampled a token (its next slice is a single decode token). */
+static gw_request *req(int n_prompt, int max_new, bool decoding)
+{
+    uint32_t *prompt = calloc((size_t)n_prompt, sizeof *prompt), *stop = malloc(sizeof *stop);
+    gw_sampling sp = {.top_p = 1, .repetition_penalty = 1};
+    gw_request *r;
+    mx_error err = {0};
+    assert_int_equal(gw_request_new(prompt, n_prompt, stop, 0, max_new, &sp, &r, &err), 0);
+    if (decoding) {
+        r->prefilled = n_prompt;
+        r->out_ids[0] = 7;
+        r->n_out = 1;
+    }
+    return r;
+}
+
+/* One stage of the tiny fixture's geometry with 16 bf16 pages (256 KiB, 1024 tokens). */
+static gw_kv one_stage(void)
+{
+    gw_kv kv;
+    memset(&kv, 0, sizeof kv);
+    kv.n_stages = 1;
+    kv.kv_heads = 2;
+    kv.head_dim = 32;
+    kv.st[0] = (gw_stage_kv){.softmax_layers = 1, .dtype = MX_KV_BF16, .budget_bytes = 16 * 16384,
+                             .tokens_fit = 1024};
+    return kv;
+}
+
+static void test_admit_order(void **state)
+{
+    (void)state;
+    gw_kv kv = one_stage();
+    /* A and B: 600 + 50 = 650 tokens = 11 pages each; C: 15 tokens = 1 page */
+    gw_request *a = req(600, 50, false), *b = req(600, 50, false), *c = req(5, 10, false), *d = req(5, 10, false);
+    gw_request *q[4] = {a, b, c, d};
+    bool take[4];
+    assert_int_equal(gw_kv_admit(&kv, q, 3, 10, 2, take), 2);
+    assert_true(take[0] && !take[1] && take[2]);
+    assert_int_equal(b->kv_overtaken, 1);
+    assert_int_equal(a->kv_tokens, 650);
+    assert_int_equal(kv.st[0].reserved_bytes, 12 * 16384);
+    /* B still waits; D passes it (second overtake = the limit of 2) */
+    gw_request *q2[2] = {b, d};
+    assert_int_equal(gw_kv_admit(&kv, q2, 2, 10, 2, take), 1);
+    assert_true(!take[0] && take[1]);
+    assert_int_equal(b->kv_overtaken, 2);
+    /* now no one passes B, though a 1-page request would fit */
+    gw_request *e = req(5, 10, false), *q3[2] = {b, e};
+    assert_int_equal(gw_kv_admit(&kv, q3, 2, 10, 2, take), 0);
+    assert_true(!take[0] && !take[1]);
+    /* A and C end: B fits (11 + 1 pages of D), then E behind it */
+    gw_kv_reserve(&kv, a->kv_tokens, -1);
+    gw_kv_reserve(&kv, c->kv_tokens, -1);
+    assert_int_equal(gw_kv_admit(&kv, q3, 2, 10, 2, take), 2);
+    assert_int_equal(kv.st[0].reserved_bytes, 13 * 16384);
+    /* room: only as many as the running set has seats for */
+    gw_kv empty = one_stage();
+    gw_request *f = req(5, 10, false), *g = req(5, 10, false), *q4[2] = {f, g};
+    assert_int_equal(gw_kv_admit(&empty, q4, 2, 1, 2, take), 1);
+    assert_true(take[0] && !take[1]);
+    /* kv_max_overtakes = 0: strict first come, first served */
+    gw_kv full = one_stage();
+    gw_kv_reserve(&full, 650, +1);
+    gw_request *h = req(600, 50, false), *i = req(5, 10, false), *q5[2] = {h, i};
+    assert_int_equal(gw_kv_admit(&full, q5, 2, 10, 0, take), 0);
+    gw_request *all[] = {a, b, c, d, e, f, g, h, i};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++)
+        gw_request_unref(all[k]);
+}
+
+/* The slice sizes of b's members, in batch order. */
+static void slices(const gw_micro_batch *b, int *out)
+{
+    for (int i = 0; i < b->n; i++)
+        out[i] = (int)b->inputs[i].num_tokens;
+}
+
+static void test_step_shares(void **state)
+{
+    (void)state;
+    gw_micro_batch b;
+    mx_error err = {0};
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    int got[16];
+
+    /* prompts first in age, decodes later: decodes still go first; the 100-token prompt
+     * finishes, the long one takes the rest (512 - 3 - 100) */
+    gw_request *long1 = req(1000, 4, false), *short1 = req(100, 4, false);
+    gw_request *d1 = req(3, 4, true), *d2 = req(3, 4, true), *d3 = req(3, 4, true);
+    gw_request *pick[8] = {long1, short1, d1, d2, d3};
+    gw_micro_batch_fill(&b, pick, 5, 10, 512);
+    assert_int_equal(b.n, 5);
+    slices(&b, got);
+    assert_true(b.members[0] == d1 && b.members[1] == d2 && b.members[2] == d3);
+    assert_true(got[0] == 1 && got[1] == 1 && got[2] == 1);
+    assert_true(b.members[3] == short1 && got[3] == 100);
+    assert_true(b.members[4] == long1 && got[4] == 409);
+    gw_micro_batch_free(&b);
+
+    /* three long prompts: equal shares 170 / 171 / 171 of 512 */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *p1 = req(1000, 4, false), *p2 = req(1000, 4, false), *p3 = req(1000, 4, false);
+    gw_request *pick2[3] = {p1, p2, p3};
+    gw_micro_batch_fill(&b, pick2, 3, 10, 512);
+    slices(&b, got);
+    assert_int_equal(b.n, 3);
+    assert_true(got[0] == 170 && got[1] == 171 && got[2] == 171);
+    gw_micro_batch_free(&b);
+
+    /* target 2 with three decoders and a prompt: the prompt keeps a seat */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *pick3[4] = {d1, d2, d3, p1};
+    p1->prefilled = 0;
+    gw_micro_batch_fill(&b, pick3, 4, 2, 512);
+    slices(&b, got);
+    assert_int_equal(b.n, 2);
+    assert_true(b.members[0] == d1 && got[0] == 1 && b.members[1] == p1 && got[1] == 511);
+    gw_micro_batch_free(&b);
+
+    /* decodes use up a budget of 4: the oldest prompt still gets max(1, 4 / 8) = 1 token */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *dd[6];
+    gw_request *pick4[8];
+    for (int i = 0; i < 6; i++)
+        pick4[i] = dd[i] = req(2, 4, true);
+    pick4[6] = p2;
+    pick4[7] = p3;
+    gw_micro_batch_fill(&b, pick4, 8, 10, 4);
+    slices(&b, got);
+    assert_int_equal(b.n, 7);
+    assert_true(b.members[6] == p2 && got[6] == 1);
+    gw_micro_batch_free(&b);
+    gw_request *all[] = {long1, short1, d1, d2, d3, p1, p2, p3, dd[0], dd[1], dd[2], dd[3], dd[4], dd[5]};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++)
+        gw_request_unref(all[k]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_admit_order),
+        cmocka_unit_test(test_step_shares),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
