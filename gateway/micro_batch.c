@@ -250,6 +250,9 @@ void gw_micro_batch_deliver(gw_micro_batch *b, double now)
     }
     if (b->rc)
         fprintf(stderr, "gateway: micro-batch %llu failed: %s\n", (unsigned long long)b->batch_id, b->err.msg);
+    else if (b->n_refused)
+        fprintf(stderr, "gateway: micro-batch %llu: %d of %d sequences refused: %s\n", (unsigned long long)b->batch_id,
+                b->n_refused, b->n, b->refused_msg);
     for (int i = 0; i < b->n; i++)
         gw_request_unref(b->members[i]);
     if (b->resp)
