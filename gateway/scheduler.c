@@ -56,6 +56,7 @@ struct gw_scheduler {
     gw_kv kv;
     bool kv_known;            /* a refresh succeeded: admission may start */
     bool admit_pending;       /* something changed that may let a queued request in */
+    double last_admit_ms;
     /* Scheduler thread only. */
     bool refresh_wanted;      /* a stage refused or failed a batch: re-read its numbers */
     double last_refresh_ms;
@@ -148,6 +149,10 @@ static void retire(gw_scheduler *s, double now)
 static void admit_locked(gw_scheduler *s)
 {
     double now = mx_now_ms();
+    /* nothing changed: the queue is looked at again for cancellations every 100 ms */
+    if (!s->admit_pending && now - s->last_admit_ms < 100)
+        return;
+    s->last_admit_ms = now;
     int keep = 0;
     for (int i = 0; i < s->n_queued; i++) {
         gw_request *r = s->queue[i];
