@@ -307,6 +307,19 @@ def test_small_budget(fixture, cfg):
                         "C done %.3f s after B started" % (c_done - b_start))
             r.check(wait_released(cl) == [(0, 0), (0, 0)], "all KV released after the waits")
 
+            # -- a request waiting for KV room ends at its deadline; the one running is unaffected
+            a = Timed(complete, request(pa, n_new))
+            time.sleep(0.2)
+            late = Timed(complete, request(pb, n_new), timeout=0.5).join()
+            a.join()
+            r.check(late.err is not None and late.err.code() == grpc.StatusCode.DEADLINE_EXCEEDED,
+                    "a request waiting for KV room ends at its deadline",
+                    "%s" % (late.tokens() if late.err is None else late.err.code()))
+            r.check(a.tokens() == want_a, "the running request completes meanwhile", str(a.tokens())[:100])
+            r.check(wait_released(cl) == [(0, 0), (0, 0)], "all KV released after the deadline")
+            got = [t for m in generate(request(short_prompt, 10), timeout=60) for t in m.token_ids]
+            r.check(got == want_c, "the gateway admits again after the deadline", str(got))
+
             # -- another client holds stage 0's KV: the stage refuses, the gateway fails that request only.
             # The short request alongside needs 4 pages (5 + 195 tokens): 11 + 4 of 16 leave the
             # 7-page request no room whichever comes first.
