@@ -79,8 +79,11 @@ static int setup(void **state)
     if (mx_config_load(FIXTURE "/config.json", &cfg, &err))
         return -1;
     mx_load_plan plan = mx_load_plan_full(&cfg);
+    /* the fp32 tier needs an exact cache: f32 KV (the default bf16 moves the logits ~1e-3) */
+    const mx_kv_options f32_kv = {.dtype = MX_KV_F32};
     if (mx_weights_load(FIXTURE, &plan, &wd->w, &err) || mx_backend_cpu_create(1, &wd->be, &err) ||
-        mx_model_create(wd->w, wd->be, &wd->m, &err) || mx_st_open(FIXTURE "/expected.safetensors", &wd->expected, &err))
+        wd->be->kv_configure(wd->be, &f32_kv, &err) || mx_model_create(wd->w, wd->be, &wd->m, &err) ||
+        mx_st_open(FIXTURE "/expected.safetensors", &wd->expected, &err))
         return -1;
     json_error_t jerr;
     json_t *root = json_load_file(FIXTURE "/cases.json", 0, &jerr);
