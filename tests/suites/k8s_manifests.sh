@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# k8s_manifests.sh - the Kubernetes deployment without a cluster: `kubectl kustomize` renders
+# every overlay in deploy/k8s/overlays, and tests/k8s/check_manifests.mjs validates each
+# rendered object against the Kubernetes API schemas (npm kubernetes-models, pinned in
+# tests/k8s/package-lock.json, installed with `npm ci` into tests/.cache) and checks the
+# cross-references (selectors, ports, config files and addresses, layer and expert coverage
+# against the model's config.json, images vs GPUs, pod security, network policies), feeding
+# every embedded config to the service's own --check-config. Without kubectl, node or the npm
+# registry the suite reports itself skipped, not passed.
+set -u
+BUILD=${BUILD:-build}
+cd "$(dirname "$0")/../.."
+CACHE=tests/.cache/k8s-node
+skip() { echo "SKIP: $1"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
+
+for b in mx gateway attention-svc expert-svc; do
+    [ -x "$BUILD/bin/$b" ] || { echo "missing $BUILD/bin/$b (run make)"; echo "0 passed, 1 failed"; exit 1; }
+done
+command -v kubectl >/dev/null || skip "kubectl not on PATH (Debian has no kubectl package; install it from the Kubernetes release channel to run this suite)"
+command -v node >/dev/null && command -v npm >/dev/null || skip "node/npm not on PATH"
+mkdir -p "$CACHE"
+if ! cmp -s tests/k8s/package-lock.json "$CACHE/package-lock.json" || [ ! -d "$CACHE/node_modules" ]; then
+    cp tests/k8s/package.json tests/k8s/package-lock.json "$CACHE/"
+    (cd "$CACHE" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) >/dev/null 2>&1 ||
+        { rm -f "$CACHE/package-lock.json"; skip "npm ci failed (npm registry unreachable?)"; }
+fi
+cp tests/k8s/*.mjs "$CACHE/"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+pass=0 fail=0
+
+# The model each overlay serves: its config.json. cpu-small's Job runs `mx make-model --preset
+# tiny`, so the shape comes from the same command; h200 serves the released MiniMax-Text-01.
+"$BUILD/bin/mx" make-model --preset tiny --out "$work/tiny" --seed 7 >/dev/null ||
+    { echo "mx make-model failed"; echo "0 passed, 1 failed"; exit 1; }
+model_config() {
+    case $1 in
+        cpu-small) echo "$work/tiny/config.json" ;;
+        h200) echo deploy/models/MiniMax-Text-01/config.json ;;
+        *) echo "" ;;
+    esac
+}
+
+for dir in deploy/k8s/overlays/*/; do
+    overlay=$(basename "$dir")
+    cfg=$(model_config "$overlay")
+    if [ -z "$cfg" ]; then
+        echo "FAIL $overlay: no model config.json known for this overlay (add it to model_config)"; fail=$((fail + 1)); continue
+    fi
+    if ! timeout 60 kubectl kustomize "$dir" >"$work/$overlay.yaml" 2>"$work/$overlay.err"; then
+        echo "FAIL $overlay/render: $(tail -3 "$work/$overlay.err")"; fail=$((fail + 1)); continue
+    fi
+    pass=$((pass + 1))
+    echo "ok   $overlay/render $(grep -c '^kind:' "$work/$overlay.yaml") objects"
+    timeout 120 node "$CACHE/check_manifests.mjs" "$work/$overlay.yaml" "$cfg" deploy/Containerfile proto "$BUILD/bin" \
+        "$overlay" >"$work/$overlay.out" 2>&1
+    rc=$?
+    grep -v -E '^[0-9]+ passed, [0-9]+ failed' "$work/$overlay.out"
+    last=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$work/$overlay.out" | tail -1)
+    if [ -z "$last" ]; then
+        echo "FAIL $overlay/checks: no result (exit $rc)"; fail=$((fail + 1)); continue
+    fi
+    set -- $last
+    pass=$((pass + $1)); fail=$((fail + $3))
+    if [ $rc -ne 0 ] && [ "$3" -eq 0 ]; then fail=$((fail + 1)); fi
+done
+
+# The checks must be able to fail: a broken copy of cpu-small (stage 1 no longer ends at the
+# model's last layer, and the gateway's Service loses its named target port) must be caught.
+mkdir -p "$work/broken"
+cp -r deploy/k8s/base deploy/k8s/overlays "$work/broken/"
+mkdir -p "$work/broken/k8s" && mv "$work/broken/base" "$work/broken/overlays" "$work/broken/k8s/"
+sed -i 's/layer_begin = 4; layer_end = 8;/layer_begin = 4; layer_end = 7;/' "$work/broken/k8s/overlays/cpu-small/stages/1/attention-svc.cfg"
+sed -i 's/targetPort: grpc,/targetPort: grpc-x,/' "$work/broken/k8s/base/gateway.yaml"
+if kubectl kustomize "$work/broken/k8s/overlays/cpu-small" >"$work/broken.yaml" 2>/dev/null &&
+    ! node "$CACHE/check_manifests.mjs" "$work/broken.yaml" "$work/tiny/config.json" deploy/Containerfile proto "$BUILD/bin" \
+        broken >"$work/broken.out" 2>&1 &&
+    grep -q 'FAIL broken/pipeline.*stages end at layer 7' "$work/broken.out" &&
+    grep -q 'FAIL broken/ports.*grpc-x' "$work/broken.out"; then
+    pass=$((pass + 1)); echo "ok   broken-overlay: a layer gap and a dangling targetPort are reported"
+else
+    fail=$((fail + 1)); echo "FAIL broken-overlay: the checks did not report the planted errors"; cat "$work/broken.out" 2>/dev/null | tail -15
+fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
