@@ -46,8 +46,21 @@ int main(int argc, char **argv)
         printf("usage: attention-svc --config FILE.cfg\n");
         return 0;
     }
+    /* --check-config FILE: reads and checks the file, loads and starts nothing (deployment tests) */
+    if (argc == 3 && strcmp(argv[1], "--check-config") == 0) {
+        mx_error cerr = {0};
+        stage_config cc;
+        int crc = stage_config_load(argv[2], &cc, &cerr);
+        stage_config_free(&cc);
+        if (crc) {
+            fprintf(stderr, "attention-svc: %s\n", cerr.msg);
+            return 1;
+        }
+        printf("attention-svc: %s: config OK\n", argv[2]);
+        return 0;
+    }
     if (argc != 3 || strcmp(argv[1], "--config") != 0) {
-        fprintf(stderr, "usage: attention-svc --config FILE.cfg\n");
+        fprintf(stderr, "usage: attention-svc --config FILE.cfg | --check-config FILE.cfg\n");
         return 2;
     }
     mx_error err = {0};

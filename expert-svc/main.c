@@ -12,7 +12,7 @@
 
 static int usage(FILE *f)
 {
-    fprintf(f, "usage: expert-svc --config FILE\n"
+    fprintf(f, "usage: expert-svc --config FILE | --check-config FILE\n"
                "Serves some experts of some MoE layers as mx.internal.v1.ExpertShard (see svc_config.h).\n");
     return f == stdout ? 0 : 2;
 }
@@ -49,6 +49,18 @@ int main(int argc, char **argv)
 {
     mx_error err = {0};
     const char *path = NULL;
+    /* --check-config FILE: reads and checks the file, loads and starts nothing (deployment tests) */
+    if (argc == 3 && !strcmp(argv[1], "--check-config")) {
+        mx_expert_svc_config cc;
+        int crc = mx_expert_svc_config_load(argv[2], &cc, &err);
+        mx_expert_svc_config_free(&cc);
+        if (crc) {
+            fprintf(stderr, "expert-svc: %s\n", err.msg);
+            return 1;
+        }
+        printf("expert-svc: %s: config OK\n", argv[2]);
+        return 0;
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--config") && i + 1 < argc)
             path = argv[++i];

@@ -372,8 +372,19 @@ int main(int argc, char **argv)
         printf("usage: gateway --config FILE.cfg\n");
         return 0;
     }
+    /* --check-config FILE: reads and checks the file, starts nothing (deployment tests) */
+    if (argc == 3 && strcmp(argv[1], "--check-config") == 0) {
+        mx_error cerr = {0};
+        gw_config cc;
+        if (gw_config_load(argv[2], &cc, &cerr)) {
+            fprintf(stderr, "gateway: %s\n", cerr.msg);
+            return 1;
+        }
+        printf("gateway: %s: config OK\n", argv[2]);
+        return 0;
+    }
     if (argc != 3 || strcmp(argv[1], "--config") != 0) {
-        fprintf(stderr, "usage: gateway --config FILE.cfg\n");
+        fprintf(stderr, "usage: gateway --config FILE.cfg | --check-config FILE.cfg\n");
         return 2;
     }
     mx_error err = {0};
