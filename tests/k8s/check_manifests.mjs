@@ -29,7 +29,7 @@ function check(name, errors, detail) {
 const MX_USER = 65532;
 const IMAGE_SERVICE = { gateway: "gateway", "attention-svc": "attention-svc", "expert-svc": "expert-svc" };
 const COMPONENT_OF = { gateway: "gateway", "attention-svc": "attention-stage", "expert-svc": "expert-shard" };
-const SERVICE_GRACE_S = { gateway: 2, "attention-svc": 2 };   // shutdown grace hard-coded in their main.c today
+const SERVICE_GRACE_S = { gateway: 2, "attention-svc": 2, "expert-svc": 5 };   // default drain on SIGTERM
 const H200_BYTES = 141e9;
 
 // ---- inputs ---------------------------------------------------------------------------------
@@ -415,7 +415,11 @@ function range(a, b) { const r = []; for (let i = a; i < b; i++) r.push(i); retu
         const sleep = m.c.lifecycle?.preStop?.exec?.command;
         const sleepS = sleep && /sleep$/.test(sleep[0]) ? Number(sleep[1]) : (m.c.lifecycle?.preStop?.sleep?.seconds ?? 0);
         if (!(sleepS >= 3)) errs.push(`${id}: no preStop sleep before SIGTERM`);
-        const grace = m.service === "expert-svc" ? (m.cfg.shutdown_grace_ms ?? 5000) / 1000 : SERVICE_GRACE_S[m.service];
+        // the drain on SIGTERM: drain_ms where the service has it (older expert-svc spelling:
+        // shutdown_grace_ms), else the default
+        const drainMs = m.service === "expert-svc" ? m.cfg.drain_ms ?? m.cfg.shutdown_grace_ms
+            : m.service === "gateway" ? m.cfg.gateway?.drain_ms : m.cfg.stage?.drain_ms;
+        const grace = drainMs !== undefined ? drainMs / 1000 : SERVICE_GRACE_S[m.service];
         const tgp = m.w.spec.template.spec.terminationGracePeriodSeconds ?? 30;
         if (tgp < sleepS + grace + 2) errs.push(`${id}: terminationGracePeriodSeconds ${tgp} < preStop ${sleepS} + shutdown grace ${grace} + 2`);
         const b = budget(m.c.startupProbe || {});
