@@ -1,15 +1,19 @@
-# attention-svc/module.mk - the attention-svc binary (a pipeline stage). Its sources are not
-# part of libmx: they link against it.
-ATTN_SRC := $(wildcard attention-svc/*.c)
-ATTN_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(ATTN_SRC))
+# attention-svc/module.mk - a pipeline stage: libattention-svc.a (everything but main.c: the
+# stage, its RPC handlers, the sequence table, the config) and the attention-svc binary.
+# Unit tests tests/unit/test_stage_*.c link libattention-svc.a (and libexpert-svc.a, to serve
+# expert shards in-process).
+ATTN_LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out attention-svc/main.c,$(wildcard attention-svc/*.c)))
+ATTN_LIBA := $(BUILD)/libattention-svc.a
 
-$(BUILD)/bin/attention-svc: $(ATTN_OBJS) $(LIB)
+$(ATTN_LIBA): $(ATTN_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/attention-svc: $(BUILD)/attention-svc/main.o $(ATTN_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 BINS += $(BUILD)/bin/attention-svc
 
-# Unit tests of the stage's pieces (tests/unit/test_stage_*.c) link its objects but main.o.
-ATTN_LIB_OBJS := $(filter-out $(BUILD)/attention-svc/main.o,$(ATTN_OBJS))
-$(BUILD)/tests/test_stage_%: tests/unit/test_stage_%.c $(ATTN_LIB_OBJS) $(LIB)
+$(BUILD)/tests/test_stage_%: tests/unit/test_stage_%.c $(ATTN_LIBA) $(BUILD)/libexpert-svc.a $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(ATTN_LIB_OBJS) $(LIB) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(ATTN_LIBA) $(BUILD)/libexpert-svc.a $(LIB) $(LDLIBS) -lcmocka

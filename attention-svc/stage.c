@@ -14,6 +14,7 @@
 
 #include "core/model.h"
 #include "core/clock.h"
+#include "core/protocol.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "core/sampling.h"
@@ -27,8 +28,8 @@ typedef Mx__Internal__V1__SequenceInput SequenceInput;
 typedef Mx__Internal__V1__RunBatchResponse RunBatchResponse;
 typedef Mx__Internal__V1__StageTimings StageTimings;
 
-#define RUN_BATCH "/mx.internal.v1.AttentionStage/RunBatch"
-#define INFO "/mx.internal.v1.AttentionStage/Info"
+#define RUN_BATCH MX_STAGE_RUN_BATCH_METHOD
+#define INFO MX_STAGE_INFO_METHOD
 
 struct stage {
     pthread_mutex_t lock;       /* one batch / release / info at a time */

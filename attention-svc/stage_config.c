@@ -1,7 +1,10 @@
-/* stage_config.c - parses the attention-svc libconfig file (schema in stage_config.h). */
+/* stage_config.c - parses the attention-svc libconfig file (schema in stage_config.h) through
+ * the shared config-file layer (cfg_file.h): errors name file, line and key; unknown keys are errors. */
 #include "stage_config.h"
 
-#include "router/cfg.h"
+#include "cfg_file.h"
+
+#include <stdint.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -11,40 +14,20 @@
 #include <string.h>
 #include <strings.h>
 
-static int get_int(const config_setting_t *g, const char *path, const char *key, int def, bool required,
-                   int *out, mx_error *err)
+/* An int member of the stage group (absent: def, or an error when required); ranges are
+ * checked by parse() against the other keys. */
+static int get_int(const config_setting_t *g, const char *key, int def, bool required, int *out, mx_error *err)
 {
-    const config_setting_t *s = config_setting_get_member(g, key);
-    if (!s) {
-        if (required)
-            return mx_fail(err, MX_EINVAL, "%s: stage.%s is required", path, key);
-        *out = def;
-        return 0;
-    }
-    if (config_setting_type(s) != CONFIG_TYPE_INT)
-        return mx_fail(err, MX_EINVAL, "%s:%d: stage.%s must be an integer", path, config_setting_source_line(s), key);
-    *out = config_setting_get_int(s);
+    int64_t v;
+    MX_TRY(mx_cfg_int(g, key, required, def, INT32_MIN, INT32_MAX, &v, err));
+    *out = (int)v;
     return 0;
 }
 
-static int get_string(const config_setting_t *g, const char *path, const char *key, const char *def,
-                      char *out, size_t cap, mx_error *err)
-{
-    const config_setting_t *s = config_setting_get_member(g, key);
-    if (!s) {
-        if (!def)
-            return mx_fail(err, MX_EINVAL, "%s: stage.%s is required", path, key);
-        snprintf(out, cap, "%s", def);
-        return 0;
-    }
-    const char *v = config_setting_get_string(s);
-    if (!v)
-        return mx_fail(err, MX_EINVAL, "%s:%d: stage.%s must be a string", path, config_setting_source_line(s), key);
-    if (strlen(v) >= cap)
-        return mx_fail(err, MX_EINVAL, "%s:%d: stage.%s is too long", path, config_setting_source_line(s), key);
-    snprintf(out, cap, "%s", v);
-    return 0;
-}
+static const char *const known_root[] = {"stage", "experts"};
+static const char *const known_keys[] = {
+    "listen", "model", "port_file", "backend", "next", "index", "count", "layer_begin", "layer_end",
+    "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms"};
 
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
@@ -111,35 +94,43 @@ static int get_bytes(const config_setting_t *g, const char *path, const char *ke
 
 static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
 {
-    const config_setting_t *g = config_lookup(cf, "stage");
-    if (!g || !config_setting_is_group(g))
-        return mx_fail(err, MX_EINVAL, "%s: a `stage = { ... };` group is required", path);
+    const config_setting_t *root = config_root_setting(cf), *g;
+    MX_TRY(mx_cfg_check_keys(root, known_root, sizeof known_root / sizeof *known_root, err));
+    MX_TRY(mx_cfg_group(root, "stage", 1, &g, err));
+    MX_TRY(mx_cfg_check_keys(g, known_keys, sizeof known_keys / sizeof *known_keys, err));
     int mb;
-    MX_TRY(get_string(g, path, "listen", NULL, c->listen, sizeof c->listen, err));
-    MX_TRY(get_string(g, path, "model", NULL, c->model, sizeof c->model, err));
-    MX_TRY(get_string(g, path, "port_file", "", c->port_file, sizeof c->port_file, err));
-    MX_TRY(get_string(g, path, "backend", "cpu", c->backend, sizeof c->backend, err));
-    MX_TRY(get_string(g, path, "next", "", c->next, sizeof c->next, err));
-    MX_TRY(get_int(g, path, "index", 0, true, &c->index, err));
-    MX_TRY(get_int(g, path, "count", 0, true, &c->count, err));
-    MX_TRY(get_int(g, path, "layer_begin", 0, true, &c->layer_begin, err));
-    MX_TRY(get_int(g, path, "layer_end", 0, true, &c->layer_end, err));
-    MX_TRY(get_int(g, path, "max_sequences", 256, false, &c->max_sequences, err));
-    MX_TRY(get_int(g, path, "threads", 0, false, &c->threads, err));
-    MX_TRY(get_int(g, path, "max_message_mb", 256, false, &mb, err));
+    MX_TRY(mx_cfg_string_buf(g, "listen", NULL, c->listen, sizeof c->listen, err));
+    MX_TRY(mx_cfg_string_buf(g, "model", NULL, c->model, sizeof c->model, err));
+    MX_TRY(mx_cfg_string_buf(g, "port_file", "", c->port_file, sizeof c->port_file, err));
+    MX_TRY(mx_cfg_string_buf(g, "backend", "cpu", c->backend, sizeof c->backend, err));
+    MX_TRY(mx_cfg_string_buf(g, "next", "", c->next, sizeof c->next, err));
+    MX_TRY(get_int(g, "index", 0, true, &c->index, err));
+    MX_TRY(get_int(g, "count", 0, true, &c->count, err));
+    MX_TRY(get_int(g, "layer_begin", 0, true, &c->layer_begin, err));
+    MX_TRY(get_int(g, "layer_end", 0, true, &c->layer_end, err));
+    MX_TRY(get_int(g, "max_sequences", 256, false, &c->max_sequences, err));
+    MX_TRY(get_int(g, "threads", 0, false, &c->threads, err));
+    MX_TRY(get_int(g, "max_message_mb", 256, false, &mb, err));
+    int64_t drain;
+    MX_TRY(mx_cfg_int(g, "drain_ms", 0, STAGE_DEFAULT_DRAIN_MS, 0, 3600000, &drain, err));
+    c->drain_ms = drain;
     char kv_dtype[32];
-    MX_TRY(get_string(g, path, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
+    MX_TRY(mx_cfg_string_buf(g, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
     if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))
         return mx_error_prefix(err, "%s", path);
     MX_TRY(get_bytes(g, path, "kv_cache_bytes", &c->kv_cache_bytes, err));
     if (c->count < 1 || c->index < 0 || c->index >= c->count)
         return mx_fail(err, MX_EINVAL, "%s: stage.index %d is not in [0, count=%d)", path, c->index, c->count);
-    MX_TRY(get_int(g, path, "worker_threads", c->count + 4, false, &c->worker_threads, err));
+    MX_TRY(get_int(g, "worker_threads", c->count + 4, false, &c->worker_threads, err));
     if (c->worker_threads < 2 || c->worker_threads > 1024)
         return mx_fail(err, MX_EINVAL, "%s: stage.worker_threads %d is not in [2, 1024]", path, c->worker_threads);
     if (c->next[0] && c->index == c->count - 1)
         return mx_fail(err, MX_EINVAL, "%s: stage.next is set but stage %d is the last of %d (it has no next stage)",
                        path, c->index, c->count);
+    /* hidden states flow forward only: every stage but the last hands its batch to the next */
+    if (!c->next[0] && c->index < c->count - 1)
+        return mx_fail(err, MX_EINVAL, "%s: stage.next is required: stage %d of %d is not the last", path, c->index,
+                       c->count);
     if (c->next[0] && !strchr(c->next, ':'))
         return mx_fail(err, MX_EINVAL, "%s: stage.next = \"%s\" is not a \"host:port\" address", path, c->next);
     if (c->layer_begin < 0 || c->layer_end <= c->layer_begin)

@@ -1,6 +1,6 @@
 /* stage_config.h - the libconfig file of an attention-svc process: which layers it serves,
  * where it listens, its limits, and (group "experts", parsed by router/router.h) where the
- * expert shards are. Parsing only: nothing is loaded or connected here.
+ * expert shards are. Parsing only: nothing is loaded or connected here. Unknown keys are errors.
  *
  *     stage = {
  *       listen = "127.0.0.1:50061";   # host:port; port 0 picks a free one
@@ -11,8 +11,10 @@
  *       backend = "cpu"; threads = 0; # engine backend and its threads (0 = all cores)
  *       max_message_mb = 256;         # largest RunBatch request/response (default 256)
  *       port_file = "/tmp/s0.port";   # optional: the bound port is written here once serving
- *       next = "10.0.0.2:50061";      # optional: the next stage; a RunBatch asking to be
- *                                     # forwarded goes on there (absent on the last stage)
+ *       next = "10.0.0.2:50061";      # the next stage, where every RunBatch goes on: required
+ *                                     # on every stage but the last, absent on the last
+ *       drain_ms = 2000;              # on SIGTERM: health NOT_SERVING, no new calls, calls in
+ *                                     # flight may finish for this long (default 2000)
  *       worker_threads = 6;           # RPC handlers at once (default count + 4): one per
  *                                     # micro-batch in flight plus Info/Release/health
  *       kv_dtype = "bf16";            # KV cache element type: bf16 (default), f32, fp8_e4m3, int8
@@ -26,7 +28,10 @@
 #ifndef MX_ATTN_STAGE_CONFIG_H
 #define MX_ATTN_STAGE_CONFIG_H
 
+#define STAGE_DEFAULT_DRAIN_MS 2000
+
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "core/error.h"
 #include "core/kv_cache.h"
@@ -36,7 +41,8 @@ typedef struct stage_config {
     char listen[256];
     char model[4096];
     char port_file[4096];     /* "" = none */
-    char next[256];           /* "" = no next stage */
+    char next[256];           /* "" on the last stage only */
+    int64_t drain_ms;         /* graceful drain on SIGTERM */
     int index, count;
     int layer_begin, layer_end;
     int max_sequences;

@@ -1,11 +1,22 @@
-# expert-svc/module.mk - the expert shard service. The shard (loading + RPC handlers) goes
-# into libmx.a so tests can serve shards in-process; main.c makes the expert-svc binary.
+# expert-svc/module.mk - the expert shard service: libexpert-svc.a (everything but main.c: the
+# shard, its RPC handlers, the config) and the expert-svc binary. Tests and benchmarks that
+# serve shards in-process (tests/unit/test_router_*.c, bench_expert_rtt) link libexpert-svc.a.
+EXPERT_LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out expert-svc/main.c,$(wildcard expert-svc/*.c)))
+EXPERT_LIBA := $(BUILD)/libexpert-svc.a
 
-EXPERT_SVC_LIB_SRC := $(filter-out expert-svc/main.c,$(wildcard expert-svc/*.c))
-CORE_OBJS += $(patsubst %.c,$(BUILD)/%.o,$(EXPERT_SVC_LIB_SRC))
+$(EXPERT_LIBA): $(EXPERT_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/expert-svc: $(BUILD)/expert-svc/main.o $(LIB)
+$(BUILD)/bin/expert-svc: $(BUILD)/expert-svc/main.o $(EXPERT_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-
 BINS += $(BUILD)/bin/expert-svc
+
+$(BUILD)/tests/test_router_%: tests/unit/test_router_%.c $(EXPERT_LIBA) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(EXPERT_LIBA) $(LIB) $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/bench_expert_rtt: bench/bench_expert_rtt.c $(EXPERT_LIBA) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(EXPERT_LIBA) $(LIB) $(LDLIBS)

@@ -1,7 +1,7 @@
 /* shard.h - an expert shard: some experts of some MoE layers loaded on a backend, served as
  * the ExpertShard gRPC service (RunExperts, Info). Stateless between calls. Compiled into
- * libmx.a (see module.mk) so tests can serve shards in-process; main.c only adds the
- * process around it (config file, signals). */
+ * libexpert-svc.a (see module.mk) so tests can serve shards in-process; main.c only adds the
+ * process around it (the service skeleton, core/rpc/service.h). */
 #ifndef MX_EXPERT_SHARD_H
 #define MX_EXPERT_SHARD_H
 
@@ -9,7 +9,7 @@
 
 #include "error.h"
 #include "quantize.h"
-#include "router/expert_set.h"
+#include "expert_set.h"
 #include "rpc/server.h"
 
 typedef struct mx_expert_shard mx_expert_shard;
@@ -27,8 +27,8 @@ typedef struct mx_expert_shard_options {
  * backend. Fails naming the layer/expert when the set does not fit the model. */
 int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **out, mx_error *err);
 
-/* Registers ExpertShard.RunExperts and .Info on srv (before mx_rpc_server_start) and marks
- * the service SERVING in grpc.health. The shard must outlive the server. */
+/* Registers ExpertShard.RunExperts and .Info on srv (before mx_rpc_server_start), attaching
+ * grpc.health if it is not yet, and marks the service SERVING there. The shard must outlive the server. */
 int mx_expert_shard_serve(mx_expert_shard *s, mx_rpc_server *srv, mx_error *err);
 
 /* Bytes of expert weights held; number of (layer, expert) pairs held. */

@@ -10,7 +10,7 @@
 
 #include "core/clock.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
-#include "router/expert_rpc.h"
+#include "protocol.h"
 #include "rpc/health.h"
 #include "rpc/pb.h"
 
@@ -205,6 +205,7 @@ static void on_info(mx_rpc_call *call, const uint8_t *request, size_t len, void 
 
 int mx_expert_shard_serve(mx_expert_shard *s, mx_rpc_server *srv, mx_error *err)
 {
+    MX_TRY(mx_rpc_health_attach(srv, err));
     MX_TRY(mx_rpc_server_add_unary(srv, MX_EXPERT_RUN_METHOD, on_run_experts, s, err));
     MX_TRY(mx_rpc_server_add_unary(srv, MX_EXPERT_INFO_METHOD, on_info, s, err));
     return mx_rpc_health_set(srv, MX_EXPERT_SERVICE, MX_RPC_SERVING, err);

@@ -4,27 +4,11 @@
 
 #include <string.h>
 
-#include "router/cfg.h"
+#include "cfg_file.h"
 
 static const char *const known_keys[] = {"model_dir", "listen", "backend", "threads", "shard_index",
-                                         "rpc_workers", "shutdown_grace_ms", "layers", "layer_begin",
-                                         "layer_end", "experts", "expert_dtype"};
-
-static int check_known(const config_setting_t *root, mx_error *err)
-{
-    int n = config_setting_length(root);
-    for (int i = 0; i < n; i++) {
-        const config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
-        int ok = 0;
-        for (size_t k = 0; k < sizeof known_keys / sizeof *known_keys; k++)
-            ok |= !strcmp(s->name, known_keys[k]);
-        if (!ok)
-            return mx_cfg_fail(err, s, NULL,
-                               "unknown key (known: model_dir, listen, backend, threads, shard_index, rpc_workers, "
-                               "shutdown_grace_ms, layers, layer_begin, layer_end, experts, expert_dtype)");
-    }
-    return 0;
-}
+                                         "rpc_workers", "drain_ms", "shutdown_grace_ms", "layers",
+                                         "layer_begin", "layer_end", "experts", "expert_dtype"};
 
 int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_error *err)
 {
@@ -32,7 +16,7 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
     config_init(&out->file);
     MX_TRY(mx_cfg_read_file(&out->file, path, err));
     const config_setting_t *root = config_root_setting(&out->file);
-    MX_TRY(check_known(root, err));
+    MX_TRY(mx_cfg_check_keys(root, known_keys, sizeof known_keys / sizeof *known_keys, err));
     int64_t v;
     MX_TRY(mx_cfg_string(root, "model_dir", 1, NULL, &out->model_dir, err));
     MX_TRY(mx_cfg_string(root, "listen", 1, NULL, &out->listen, err));
@@ -49,8 +33,12 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
     out->shard_index = (int)v;
     MX_TRY(mx_cfg_int(root, "rpc_workers", 0, 4, 1, 256, &v, err));
     out->rpc_workers = (int)v;
-    MX_TRY(mx_cfg_int(root, "shutdown_grace_ms", 0, 5000, 0, 3600000, &v, err));
-    out->shutdown_grace_ms = v;
+    if (config_setting_get_member(root, "drain_ms") && config_setting_get_member(root, "shutdown_grace_ms"))
+        return mx_cfg_fail(err, config_setting_get_member(root, "shutdown_grace_ms"), NULL,
+                           "is the older spelling of drain_ms: give one of them");
+    MX_TRY(mx_cfg_int(root, config_setting_get_member(root, "drain_ms") ? "drain_ms" : "shutdown_grace_ms", 0,
+                      5000, 0, 3600000, &v, err));
+    out->drain_ms = v;
     const char *dt;
     MX_TRY(mx_cfg_string(root, "expert_dtype", 0, "bf16", &dt, err));
     if (mx_weight_format_from_name(dt, &out->expert_dtype))

@@ -1,12 +1,15 @@
 /* svc_config.h - the expert-svc config file (libconfig syntax). Reads and checks it; every
- * error names the file, the line and the key. Example:
+ * error names the file, the line and the key; unknown keys are errors. Example:
  *     model_dir = "/models/minimax-text-01";   # checkpoint directory (required)
  *     listen = "0.0.0.0:5001";                  # host:port, port 0 = any (required)
  *     backend = "cpu";                          # "cpu" | "cuda" (default "cpu")
  *     threads = 0;                              # backend threads, 0 = one per core
  *     shard_index = 0;                          # reported by Info (default 0)
  *     rpc_workers = 4;                          # RPC handlers at once (default 4)
- *     shutdown_grace_ms = 5000;                 # in-flight calls may finish (default 5000)
+ *     drain_ms = 5000;                          # on SIGTERM: health NOT_SERVING, no new calls,
+ *                                               #   calls in flight may finish for this long
+ *                                               #   (default 5000; shutdown_grace_ms is the
+ *                                               #   older spelling of the same key)
  *     layers = [0, 1, 2];                       # or layer_begin = 0; layer_end = 80;
  *                                               #   (neither = every layer)
  *     experts = [0, 2];                         # expert ids held in each of those layers
@@ -21,7 +24,7 @@
 
 #include "error.h"
 #include "quantize.h"
-#include "router/expert_set.h"
+#include "expert_set.h"
 
 typedef struct mx_expert_svc_config {
     config_t file;               /* owns the strings below */
@@ -31,7 +34,7 @@ typedef struct mx_expert_svc_config {
     int threads;
     int shard_index;
     int rpc_workers;
-    int64_t shutdown_grace_ms;
+    int64_t drain_ms;
     mx_weight_format expert_dtype;
     mx_expert_set owns;
 } mx_expert_svc_config;

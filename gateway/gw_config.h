@@ -1,5 +1,6 @@
 /* gw_config.h - the gateway's libconfig file: where it listens, which stages form the
- * pipeline (in order), and the limits every request is checked against. Parsing only.
+ * pipeline (in order), and the limits every request is checked against. Parsing only;
+ * unknown keys are errors.
  *
  *     gateway = {
  *       listen = "0.0.0.0:50051";         # host:port; port 0 picks a free one
@@ -26,6 +27,9 @@
  *       stage_timeout_ms = 60000;         # per RunBatch call, which on chained stages covers
  *                                         # the whole chain (default 60000)
  *       eos_token_ids = [2];              # optional; default config.json's eos_token_id
+ *       drain_ms = 2000;                  # on SIGTERM: health NOT_SERVING, no new calls, calls in
+ *                                         # flight may finish for this long, then are cancelled
+ *                                         # (default 2000)
  *       port_file = "/tmp/gw.port";       # optional: bound port written here once serving
  *       tokenizer = "/models/minimax/tokenizer.json";   # default <model>/tokenizer.json; when
  *                                         # the default is absent, text features are off
@@ -42,6 +46,7 @@
 
 #define GW_MAX_STAGES 64
 #define GW_MAX_EOS 8
+#define GW_DEFAULT_DRAIN_MS 2000
 
 typedef struct gw_config {
     char listen[256];
@@ -62,6 +67,7 @@ typedef struct gw_config {
     int max_request_bytes;
     int kv_max_overtakes;
     int64_t stage_timeout_ms;
+    int64_t drain_ms;             /* graceful drain on SIGTERM */
     int n_eos;                    /* -1 = not given (use the model's) */
     int eos[GW_MAX_EOS];
 } gw_config;

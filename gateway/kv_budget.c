@@ -7,10 +7,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/protocol.h"
 #include "core/rpc/pb.h"
 #include "mx/internal/v1/attention_stage.pb-c.h"
 
-#define INFO "/mx.internal.v1.AttentionStage/Info"
+#define INFO MX_STAGE_INFO_METHOD
 
 int gw_kv_fetch(gw_kv *kv, mx_rpc_channel *const *stages, const gw_config *cfg, int64_t timeout_ms, mx_error *err)
 {

@@ -1,7 +1,8 @@
-/* main.c - the gateway process: serves the public mx.v1.Generation API (and grpc health),
- * validates every request, hands it to the scheduler and streams the tokens back as they
- * come. The only service clients talk to; it holds no model weights.
- * usage: gateway --config FILE.cfg   (schema in gw_config.h) */
+/* main.c - the gateway process: `gateway --config FILE.cfg` (or --check-config; schema in
+ * gw_config.h). The service skeleton (core/rpc/service.h) runs it; this file loads what the
+ * handlers need (model config, limits, tokenizer, scheduler), waits for the stages' KV numbers
+ * and hands generation_rpc.h's handlers to the skeleton. The only service clients talk to; it
+ * holds no model weights. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,11 +10,10 @@
 
 #include "core/clock.h"
 #include "core/config.h"
-#include "core/rpc/health.h"
-#include "core/rpc/pb.h"
-#include "core/rpc/server.h"
+#include "core/protocol.h"
+#include "core/rpc/service.h"
 #include "core/rpc/signals.h"
-#include "core/rpc/tune.h"
+#include "generation_rpc.h"
 #include "gw_config.h"
 #include "scheduler.h"
 #include "text.h"
@@ -27,284 +27,8 @@ typedef struct gateway {
     gw_scheduler *sched;
     gw_text text;
     gw_tokenize_ctx tok_ctx;
+    gw_generation_ctx gen_ctx;
 } gateway;
-
-/* Packs the tokens [from, to) of r into the repeated fields of a response. The arrays are
- * views into r or into `lp`, which the caller frees. */
-typedef struct token_slice {
-    Mx__V1__PositionLogprobs *pos;
-    Mx__V1__PositionLogprobs **pos_ptrs;
-    Mx__V1__TokenLogprob *lps;
-    Mx__V1__TokenLogprob **top_ptrs;
-} token_slice;
-
-static void slice_free(token_slice *s)
-{
-    free(s->pos);
-    free(s->pos_ptrs);
-    free(s->lps);
-    free(s->top_ptrs);
-}
-
-static int slice_logprobs(const gw_request *r, int from, int to, token_slice *s, size_t *n_out,
-                          Mx__V1__PositionLogprobs ***out, mx_error *err)
-{
-    memset(s, 0, sizeof *s);
-    *n_out = 0;
-    *out = NULL;
-    if (!r->out_logprob || to <= from)
-        return 0;
-    size_t n = (size_t)(to - from), tn = r->sampling.top_n;
-    s->pos = calloc(n, sizeof *s->pos);
-    s->pos_ptrs = calloc(n, sizeof *s->pos_ptrs);
-    s->lps = calloc(n * (1 + tn), sizeof *s->lps);
-    s->top_ptrs = calloc(n * (tn ? tn : 1), sizeof *s->top_ptrs);
-    if (!s->pos || !s->pos_ptrs || !s->lps || !s->top_ptrs) {
-        slice_free(s);
-        return mx_fail(err, MX_ENOMEM, "out of memory");
-    }
-    for (size_t i = 0; i < n; i++) {
-        size_t t = (size_t)from + i;
-        Mx__V1__TokenLogprob *chosen = &s->lps[i * (1 + tn)];
-        mx__v1__token_logprob__init(chosen);
-        chosen->token_id = r->out_ids[t];
-        chosen->logprob = r->out_logprob[t];
-        mx__v1__position_logprobs__init(&s->pos[i]);
-        s->pos[i].chosen = chosen;
-        for (size_t j = 0; j < tn; j++) {
-            Mx__V1__TokenLogprob *alt = &s->lps[i * (1 + tn) + 1 + j];
-            mx__v1__token_logprob__init(alt);
-            alt->token_id = r->top_ids[t * tn + j];
-            alt->logprob = r->top_lp[t * tn + j];
-            s->top_ptrs[i * tn + j] = alt;
-        }
-        s->pos[i].n_top = tn;
-        s->pos[i].top = tn ? &s->top_ptrs[i * tn] : NULL;
-        s->pos_ptrs[i] = &s->pos[i];
-    }
-    *n_out = n;
-    *out = s->pos_ptrs;
-    return 0;
-}
-
-static void fill_final(const gw_request *r, Mx__V1__Usage *u, Mx__V1__Timings *t)
-{
-    u->prompt_tokens = (uint32_t)r->n_prompt;
-    u->completion_tokens = (uint32_t)r->n_out;
-    double sched = r->t_scheduled_ms > 0 ? r->t_scheduled_ms : r->t_done_ms;
-    double first = r->t_first_ms > 0 ? r->t_first_ms : r->t_done_ms;
-    t->queue_ms = sched - r->t_arrival_ms;
-    t->prefill_ms = first - sched;
-    t->decode_ms = r->t_done_ms - first;
-    t->time_to_first_token_ms = first - r->t_arrival_ms;
-    t->total_ms = r->t_done_ms - r->t_arrival_ms;
-}
-
-/* Waits until r has tokens beyond `sent` or is done; polls the call for cancellation.
- * Returns false (and marks r cancelled) if the client went away. Called with r->mu held. */
-static bool wait_progress(mx_rpc_call *call, gw_request *r, int sent)
-{
-    while (!r->done && r->n_out == sent) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        if (!r->done && mx_rpc_call_cancelled(call)) {
-            r->cancelled = true;
-            return false;
-        }
-    }
-    return true;
-}
-
-static void set_request_id(gw_request *r)
-{
-    if (!r->request_id[0])
-        snprintf(r->request_id, sizeof r->request_id, "req-%016" PRIx64, r->seq_id);
-}
-
-/* Unpacks, validates and submits; on failure the call's status is set and NULL returned. */
-static gw_request *start(gateway *g, mx_rpc_call *call, const uint8_t *req, size_t len)
-{
-    mx_error err = {0};
-    ProtobufCMessage *msg;
-    gw_request *r = NULL;
-    int rc = mx_rpc_pb_unpack(&mx__v1__generate_request__descriptor, req, len, &msg, &err);
-    if (!rc) {
-        gw_limits lim = g->lim;
-        lim.max_context_tokens = (int)gw_scheduler_max_context(g->sched, lim.model_context_tokens);
-        rc = gw_validate(&lim, &g->text, (const Mx__V1__GenerateRequest *)msg, &r, &err);
-        protobuf_c_message_free_unpacked(msg, NULL);
-    }
-    if (!rc) {
-        int64_t left = mx_rpc_call_ms_left(call);
-        if (left != INT64_MAX)
-            r->deadline_ms = r->t_arrival_ms + (double)left;
-        rc = gw_scheduler_submit(g->sched, r, &err);
-    }
-    if (rc) {
-        if (r)
-            gw_request_unref(r);
-        mx_rpc_call_set_error(call, &err);
-        return NULL;
-    }
-    set_request_id(r);
-    return r;
-}
-
-/* matched_stop: the stop string, or the stop token id in decimal. */
-static const char *matched_stop(const gw_request *r, char buf[16])
-{
-    if (r->matched_stop_str >= 0)
-        return r->stop_strs[r->matched_stop_str];
-    if (r->has_matched_stop)
-        snprintf(buf, 16, "%u", r->matched_stop);
-    else
-        buf[0] = '\0';
-    return buf;
-}
-
-static void end_status(mx_rpc_call *call, const gw_request *r)
-{
-    /* A request the gateway ends at its deadline must fail as DEADLINE_EXCEEDED even when the
-     * gateway notices first: the client's own timer may fire a moment later than ours. */
-    if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR || r->error_code == MX_ETIMEOUT) {
-        mx_error e = {r->error_code ? r->error_code : MX_EINTERNAL, ""};
-        snprintf(e.msg, sizeof e.msg, "%s", r->error);
-        mx_rpc_call_set_error(call, &e);
-    }
-}
-
-static void on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
-{
-    gw_request *r = start(user, call, req, len);
-    if (!r)
-        return;
-    int sent = 0;
-    size_t text_sent = 0;
-    for (;;) {
-        pthread_mutex_lock(&r->mu);
-        bool alive = wait_progress(call, r, sent);
-        int upto = r->n_out;
-        bool done = r->done;
-        /* the text buffer may move when the scheduler appends, so the new part is copied */
-        size_t text_upto = r->text.len;
-        char *piece = alive && r->tok ? strndup(r->text.data + text_sent, text_upto - text_sent) : NULL;
-        pthread_mutex_unlock(&r->mu);
-        if (!alive)
-            break;
-        /* Tokens below upto are written once and never change, so they are read unlocked. */
-        Mx__V1__GenerateResponse m = MX__V1__GENERATE_RESPONSE__INIT;
-        Mx__V1__Usage u = MX__V1__USAGE__INIT;
-        Mx__V1__Timings t = MX__V1__TIMINGS__INIT;
-        char stop_text[16] = "";
-        token_slice ts;
-        mx_error err = {0};
-        int rc = r->tok && !piece ? mx_fail(&err, MX_ENOMEM, "out of memory") : 0;
-        m.text = piece ? piece : "";
-        m.token_ids = r->out_ids + sent;
-        m.n_token_ids = (size_t)(upto - sent);
-        m.request_id = r->request_id;
-        if (!rc)
-            rc = slice_logprobs(r, sent, upto, &ts, &m.n_logprobs, &m.logprobs, &err);
-        else
-            memset(&ts, 0, sizeof ts);
-        if (done) {
-            m.finish_reason = r->finish;
-            fill_final(r, &u, &t);
-            m.usage = &u;
-            m.timings = &t;
-            m.matched_stop = (char *)matched_stop(r, stop_text);
-            m.error_message = r->error;
-        }
-        if (!rc)
-            rc = mx_rpc_pb_write(call, &m.base, &err);
-        slice_free(&ts);
-        free(piece);
-        if (rc) {
-            gw_request_cancel(r);
-            if (rc != MX_ECANCELLED)
-                mx_rpc_call_set_error(call, &err);
-            break;
-        }
-        sent = upto;
-        text_sent = text_upto;
-        if (done) {
-            end_status(call, r);
-            break;
-        }
-    }
-    gw_request_unref(r);
-}
-
-static void on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
-{
-    gw_request *r = start(user, call, req, len);
-    if (!r)
-        return;
-    pthread_mutex_lock(&r->mu);
-    bool alive = true;
-    while (alive && !r->done)
-        alive = wait_progress(call, r, r->n_out);
-    pthread_mutex_unlock(&r->mu);
-    if (alive) {
-        Mx__V1__CompleteResponse m = MX__V1__COMPLETE_RESPONSE__INIT;
-        Mx__V1__Usage u = MX__V1__USAGE__INIT;
-        Mx__V1__Timings t = MX__V1__TIMINGS__INIT;
-        char stop_text[16] = "";
-        token_slice ts;
-        mx_error err = {0};
-        m.token_ids = r->out_ids;
-        m.n_token_ids = (size_t)r->n_out;
-        m.text = r->text.data ? r->text.data : "";
-        m.request_id = r->request_id;
-        m.finish_reason = r->finish;
-        fill_final(r, &u, &t);
-        m.usage = &u;
-        m.timings = &t;
-        m.matched_stop = (char *)matched_stop(r, stop_text);
-        m.error_message = r->error;
-        int rc = slice_logprobs(r, 0, r->n_out, &ts, &m.n_logprobs, &m.logprobs, &err);
-        if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR)
-            end_status(call, r);
-        else if (rc || mx_rpc_pb_write(call, &m.base, &err))
-            mx_rpc_call_set_error(call, &err);
-        slice_free(&ts);
-    }
-    gw_request_unref(r);
-}
-
-static void on_model_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
-{
-    gateway *g = user;
-    mx_error err = {0};
-    ProtobufCMessage *msg;
-    if (mx_rpc_pb_unpack(&mx__v1__model_info_request__descriptor, req, len, &msg, &err)) {
-        mx_rpc_call_set_error(call, &err);
-        return;
-    }
-    protobuf_c_message_free_unpacked(msg, NULL);
-    Mx__V1__ModelInfoResponse m = MX__V1__MODEL_INFO_RESPONSE__INIT;
-    m.model_name = g->cfg.model_name;
-    m.vocab_size = (uint32_t)g->model.vocab_size;
-    m.max_context_tokens = (uint32_t)gw_scheduler_max_context(g->sched, g->lim.model_context_tokens);
-    m.max_new_tokens_limit = (uint32_t)g->lim.max_new_tokens_limit;
-    m.eos_token_ids = g->lim.eos;
-    m.n_eos_token_ids = (size_t)g->lim.n_eos;
-    m.bos_token_id = g->model.bos_token_id >= 0 ? (uint32_t)g->model.bos_token_id : 0;
-    m.num_layers = (uint32_t)g->model.num_hidden_layers;
-    m.num_experts = (uint32_t)g->model.num_local_experts;
-    m.experts_per_token = (uint32_t)g->model.num_experts_per_tok;
-    m.num_stages = (uint32_t)g->cfg.n_stages;
-    m.num_expert_shards = (uint32_t)g->cfg.num_expert_shards;
-    m.chat_template_available = g->text.chat;
-    if (mx_rpc_pb_write(call, &m.base, &err))
-        mx_rpc_call_set_error(call, &err);
-}
 
 /* The stages' KV numbers, before serving: asks until every stage answers (they may still be
  * loading), logging every 5 s, or until a stop signal (returned as 1). */
@@ -366,90 +90,77 @@ static int setup_limits(gateway *g, mx_error *err)
     return 0;
 }
 
+static int load_config(const char *path, void *config, mx_error *err) { return gw_config_load(path, config, err); }
+static void free_config(void *config) { (void)config; }
+
+static void close_gateway(void *state)
+{
+    gateway *g = state;
+    gw_scheduler_destroy(g->sched);
+    gw_text_free(&g->text);
+    free(g);
+}
+
+/* Loads the model's config, the tokenizer and the scheduler, then waits for the stages. */
+static int open_gateway(const void *config, void **state, mx_error *err)
+{
+    gateway *g = calloc(1, sizeof *g);
+    if (!g)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    *state = g;
+    g->cfg = *(const gw_config *)config;
+    MX_TRY(setup_limits(g, err));
+    MX_TRY(gw_text_load(&g->cfg, g->model.vocab_size, &g->text, err));
+    g->tok_ctx.text = &g->text;
+    g->tok_ctx.bos_id = g->model.bos_token_id;
+    if (!g->text.tok)
+        fprintf(stderr, "gateway: text features off: %s\n", g->text.no_tok);
+    else if (!g->text.chat)
+        fprintf(stderr, "gateway: chat off: %s\n", g->text.no_chat);
+    MX_TRY(gw_scheduler_create(&g->cfg, &g->model, &g->sched, err));
+    g->gen_ctx = (gw_generation_ctx){&g->cfg, &g->model, &g->lim, g->sched, &g->text};
+    int rc = wait_for_stages(g, err);
+    return rc == 1 ? MX_ECANCELLED : rc;
+}
+
+static void listen_on(const void *config, const void *state, mx_service_listen *l)
+{
+    (void)config;
+    const gateway *g = state;
+    l->server = (mx_rpc_server_options){.address = g->cfg.listen, .max_message_bytes = g->cfg.max_request_bytes,
+                                        .worker_threads = g->cfg.max_batch_sequences + 16};
+    l->health_service = MX_GENERATION_SERVICE;
+    l->port_file = g->cfg.port_file;
+    l->drain_ms = g->cfg.drain_ms;
+}
+
+static int add_methods(void *state, mx_rpc_server *srv, mx_error *err)
+{
+    gateway *g = state;
+    return gw_add_methods(&g->gen_ctx, &g->tok_ctx, srv, err);
+}
+
+static void ready_line(const void *config, const void *state, int port, char *buf, size_t cap)
+{
+    (void)config;
+    const gateway *g = state;
+    snprintf(buf, cap, "%d stages, pipeline_depth %d, serving mx.v1.Generation on port %d", g->cfg.n_stages,
+             g->cfg.pipeline_depth, port);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc == 2 && strcmp(argv[1], "--help") == 0) {
-        printf("usage: gateway --config FILE.cfg\n");
-        return 0;
-    }
-    /* --check-config FILE: reads and checks the file, starts nothing (deployment tests) */
-    if (argc == 3 && strcmp(argv[1], "--check-config") == 0) {
-        mx_error cerr = {0};
-        gw_config cc;
-        if (gw_config_load(argv[2], &cc, &cerr)) {
-            fprintf(stderr, "gateway: %s\n", cerr.msg);
-            return 1;
-        }
-        printf("gateway: %s: config OK\n", argv[2]);
-        return 0;
-    }
-    if (argc != 3 || strcmp(argv[1], "--config") != 0) {
-        fprintf(stderr, "usage: gateway --config FILE.cfg | --check-config FILE.cfg\n");
-        return 2;
-    }
-    mx_error err = {0};
-    mx_rpc_tune_malloc();
-    if (mx_rpc_block_stop_signals(&err)) {
-        fprintf(stderr, "gateway: %s\n", err.msg);
-        return 1;
-    }
-    gateway g;
-    memset(&g, 0, sizeof g);
-    mx_rpc_server *srv = NULL;
-    int rc = gw_config_load(argv[2], &g.cfg, &err);
-    if (!rc)
-        rc = setup_limits(&g, &err);
-    if (!rc)
-        rc = gw_text_load(&g.cfg, g.model.vocab_size, &g.text, &err);
-    if (!rc) {
-        g.tok_ctx.text = &g.text;
-        g.tok_ctx.bos_id = g.model.bos_token_id;
-        if (!g.text.tok)
-            fprintf(stderr, "gateway: text features off: %s\n", g.text.no_tok);
-        else if (!g.text.chat)
-            fprintf(stderr, "gateway: chat off: %s\n", g.text.no_chat);
-        rc = gw_scheduler_create(&g.cfg, &g.model, &g.sched, &err);
-    }
-    bool stopped = false;
-    if (!rc) {
-        rc = wait_for_stages(&g, &err);
-        stopped = rc == 1;
-        if (stopped)
-            rc = 0;
-    }
-    if (!rc && !stopped) {
-        mx_rpc_server_options o = {.address = g.cfg.listen, .max_message_bytes = g.cfg.max_request_bytes,
-                                   .worker_threads = g.cfg.max_batch_sequences + 16};
-        rc = mx_rpc_server_create(&o, &srv, &err);
-    }
-    if (!rc && srv)
-        rc = mx_rpc_server_add_stream(srv, "/mx.v1.Generation/Generate", on_generate, &g, &err);
-    if (!rc && srv)
-        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Complete", on_complete, &g, &err);
-    if (!rc && srv)
-        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/ModelInfo", on_model_info, &g, &err);
-    if (!rc && srv)
-        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Tokenize", gw_on_tokenize, &g.tok_ctx, &err);
-    if (!rc && srv)
-        rc = mx_rpc_server_add_unary(srv, "/mx.v1.Generation/Detokenize", gw_on_detokenize, &g.tok_ctx, &err);
-    if (!rc && srv)
-        rc = mx_rpc_health_set(srv, "mx.v1.Generation", MX_RPC_SERVING, &err);
-    if (!rc && srv)
-        rc = mx_rpc_server_start(srv, &err);
-    if (!rc && srv && g.cfg.port_file[0])
-        rc = mx_rpc_server_write_port_file(srv, g.cfg.port_file, &err);
-    if (!rc && srv) {
-        fprintf(stderr, "gateway: %d stages, pipeline_depth %d, serving mx.v1.Generation on port %d\n",
-                g.cfg.n_stages, g.cfg.pipeline_depth, mx_rpc_server_port(srv));
-        int sig = mx_rpc_wait_stop_signal(-1, &err);
-        if (sig < 0)
-            rc = sig;
-        mx_rpc_server_shutdown(srv, 2000);
-    }
-    if (rc)
-        fprintf(stderr, "gateway: %s\n", err.msg);
-    mx_rpc_server_destroy(srv);
-    gw_scheduler_destroy(g.sched);
-    gw_text_free(&g.text);
-    return rc ? 1 : 0;
+    static const mx_service_def def = {
+        .name = "gateway",
+        .about = "Serves the public mx.v1.Generation API over a pipeline of attention stages (config: gw_config.h).",
+        .config_size = sizeof(gw_config),
+        .config_load = load_config,
+        .config_free = free_config,
+        .open = open_gateway,
+        .close = close_gateway,
+        .listen = listen_on,
+        .add_methods = add_methods,
+        .ready_line = ready_line,
+    };
+    return mx_service_main(&def, argc, argv);
 }

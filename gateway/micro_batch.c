@@ -1,16 +1,15 @@
 /* micro_batch.c - building, running and delivering one micro-batch (micro_batch.h). The
- * run is a loop over stages that normally makes one call: stage 0 with forward set answers
- * for the whole chain (stages_run = all); a stage without `next` answers its hidden states
- * and the loop relays them to the stage after it. */
+ * run is one call: stage 0 answers for the whole chain (each stage forwards to its `next`),
+ * so hidden states only ever travel forward. */
 #include "micro_batch.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/protocol.h"
 #include "core/rpc/pb.h"
 
-#define RUN_BATCH "/mx.internal.v1.AttentionStage/RunBatch"
 
 typedef Mx__Internal__V1__SequenceInput SequenceInput;
 
@@ -22,9 +21,8 @@ int gw_micro_batch_init(gw_micro_batch *b, int cap, mx_error *err)
     b->inputs = calloc((size_t)cap, sizeof *b->inputs);
     b->inptrs = calloc((size_t)cap, sizeof *b->inptrs);
     b->samp = calloc((size_t)cap, sizeof *b->samp);
-    b->relay = calloc((size_t)cap, sizeof *b->relay);
     b->refused = calloc((size_t)cap, sizeof *b->refused);
-    if (!b->members || !b->inputs || !b->inptrs || !b->samp || !b->relay || !b->refused) {
+    if (!b->members || !b->inputs || !b->inptrs || !b->samp || !b->refused) {
         gw_micro_batch_free(b);
         return mx_fail(err, MX_ENOMEM, "out of memory for a micro-batch of %d sequences", cap);
     }
@@ -41,7 +39,6 @@ void gw_micro_batch_free(gw_micro_batch *b)
     free(b->inputs);
     free(b->inptrs);
     free(b->samp);
-    free(b->relay);
     free(b->refused);
     memset(b, 0, sizeof *b);
 }
@@ -137,10 +134,8 @@ static bool is_refused(const gw_micro_batch *b, uint64_t id)
     return false;
 }
 
-/* Notes the sequences a stage's KV budget refused and leaves them out of rq for the stages
- * after it (a chained stage has already done so for the stages after it). */
-static void take_refusals(gw_micro_batch *b, const Mx__Internal__V1__RunBatchResponse *resp,
-                          Mx__Internal__V1__RunBatchRequest *rq)
+/* Notes the sequences a stage's KV budget refused (the stages after it already left them out). */
+static void take_refusals(gw_micro_batch *b, const Mx__Internal__V1__RunBatchResponse *resp)
 {
     if (resp->n_kv_refused_sequence_ids == 0)
         return;
@@ -149,12 +144,6 @@ static void take_refusals(gw_micro_batch *b, const Mx__Internal__V1__RunBatchRes
     size_t used = strlen(b->refused_msg);
     snprintf(b->refused_msg + used, sizeof b->refused_msg - used, "%s%s", used ? "; " : "",
              resp->kv_refused_message);
-    size_t k = 0;
-    for (size_t i = 0; i < rq->n_sequences; i++)
-        if (!is_refused(b, rq->sequences[i]->sequence_id))
-            b->relay[k++] = rq->sequences[i];
-    rq->sequences = b->relay;
-    rq->n_sequences = k;
 }
 
 void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel *const *stages)
@@ -166,42 +155,29 @@ void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel 
     rq.forward = true;
     Mx__Internal__V1__RunBatchResponse *resp = NULL;
     mx_error *err = &b->err;
-    int rc = 0, st = 0;
-    while (st < cfg->n_stages && !rc) {
-        rq.hidden = resp ? resp->hidden : NULL;
-        mx_rpc_payload p;
-        rc = mx_rpc_pb_pack(&rq.base, &p, err);
-        if (resp)
-            protobuf_c_message_free_unpacked(&resp->base, NULL);
-        resp = NULL;
-        if (rc)
-            break;
+    mx_rpc_payload p;
+    int rc = mx_rpc_pb_pack(&rq.base, &p, err);
+    if (!rc) {
         mx_rpc_result res = {0};
-        rc = mx_rpc_unary(stages[st], RUN_BATCH, p, cfg->stage_timeout_ms, &res);
+        rc = mx_rpc_unary(stages[0], MX_STAGE_RUN_BATCH_METHOD, p, cfg->stage_timeout_ms, &res);
         if (rc) {
             char what[300];
-            snprintf(what, sizeof what, "stage %d (%s) RunBatch", st, cfg->stages[st]);
+            snprintf(what, sizeof what, "stage 0 (%s) RunBatch", cfg->stages[0]);
             mx_rpc_status_to_error(&res.status, what, err);
         } else {
             rc = mx_rpc_pb_unpack(&mx__internal__v1__run_batch_response__descriptor, res.response.data,
                                   res.response.len, (ProtobufCMessage **)&resp, err);
         }
         mx_rpc_result_free(&res);
-        if (rc)
-            break;
-        int ran = resp->stages_run ? (int)resp->stages_run : 1;
-        if (ran > cfg->n_stages - st)
-            rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) ran the batch through %d stages but only %d remain "
-                         "(check stage.next against gateway.stages)", st, cfg->stages[st], ran, cfg->n_stages - st);
-        else if (st + ran < cfg->n_stages && !resp->hidden)
-            rc = mx_fail(err, MX_EINTERNAL, "stage %d (%s) answered no hidden states for stage %d", st,
-                         cfg->stages[st], st + ran);
-        if (!rc)
-            take_refusals(b, resp, &rq);
-        st += ran;
-        if (!rc && rq.n_sequences == 0) /* every sequence refused: nothing goes on */
-            break;
     }
+    /* Every stage but the last has a `next` (stage_config.h), so stage 0 answers for the whole
+     * chain; fewer stages means a stage was started without its `next`. */
+    int ran = !rc && resp->stages_run ? (int)resp->stages_run : 1;
+    if (!rc && ran != cfg->n_stages)
+        rc = mx_fail(err, MX_EINTERNAL, "stage 0 (%s) ran the batch through %d of %d stages (check stage.next "
+                     "against gateway.stages)", cfg->stages[0], ran, cfg->n_stages);
+    if (!rc)
+        take_refusals(b, resp);
     if (rc && resp) {
         protobuf_c_message_free_unpacked(&resp->base, NULL);
         resp = NULL;

@@ -1,7 +1,7 @@
 /* micro_batch.h - one micro-batch of the gateway's pipeline: the slices of some running
  * requests (a prompt chunk or one decode token each), sent as a RunBatch to the first stage
- * (chained stages carry it to the last; stages without a `next` get the hidden states relayed
- * from here), and the sampled tokens handed back to the requests. Which requests are
+ * (each stage forwards it to its `next`, so the hidden states never come back here), and the
+ * sampled tokens handed back to the requests. Which requests are
  * eligible, and when, is scheduler.c's business; how one step's token budget is shared
  * among them is gw_micro_batch_fill's. */
 #ifndef MX_GW_MICRO_BATCH_H
@@ -19,7 +19,6 @@ typedef struct gw_micro_batch {
     Mx__Internal__V1__SequenceInput *inputs;    /* [cap] */
     Mx__Internal__V1__SequenceInput **inptrs;   /* [cap] */
     Mx__Internal__V1__StageSampling *samp;      /* [cap] */
-    Mx__Internal__V1__SequenceInput **relay;    /* [cap] scratch: what goes on after a refusal */
     /* result of gw_micro_batch_run */
     int rc;
     mx_error err;

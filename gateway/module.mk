@@ -1,15 +1,18 @@
-# gateway/module.mk - the gateway binary (public mx.v1.Generation API + scheduler). Its
-# sources are not part of libmx: they link against it.
-GW_SRC := $(wildcard gateway/*.c)
-GW_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(GW_SRC))
+# gateway/module.mk - the gateway: libgateway.a (everything but main.c: API handlers,
+# validation, scheduler, micro-batches, KV admission, text) and the gateway binary (main.c).
+# Unit tests tests/unit/test_gateway_*.c link libgateway.a.
+GW_LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out gateway/main.c,$(wildcard gateway/*.c)))
+GW_LIBA := $(BUILD)/libgateway.a
 
-$(BUILD)/bin/gateway: $(GW_OBJS) $(LIB)
+$(GW_LIBA): $(GW_LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/gateway: $(BUILD)/gateway/main.o $(GW_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 BINS += $(BUILD)/bin/gateway
 
-# Unit tests of the gateway's pieces (tests/unit/test_gateway_*.c) link its objects but main.o.
-GW_LIB_OBJS := $(filter-out $(BUILD)/gateway/main.o,$(GW_OBJS))
-$(BUILD)/tests/test_gateway_%: tests/unit/test_gateway_%.c $(GW_LIB_OBJS) $(LIB)
+$(BUILD)/tests/test_gateway_%: tests/unit/test_gateway_%.c $(GW_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(GW_LIB_OBJS) $(LIB) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(GW_LIBA) $(LIB) $(LDLIBS) -lcmocka

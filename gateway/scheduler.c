@@ -17,12 +17,13 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/protocol.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "kv_budget.h"
 #include "micro_batch.h"
 
-#define RELEASE "/mx.internal.v1.AttentionStage/Release"
+#define RELEASE MX_STAGE_RELEASE_METHOD
 
 typedef enum { FLIGHT_IDLE, FLIGHT_SENT, FLIGHT_LANDED } flight_state;
 

@@ -8,9 +8,28 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "expert_rpc.h"
+#include "protocol.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
 #include "rpc/status.h"
+
+/* Fewest calls in flight wins; among equals, start from a rotating position so ties rotate.
+ * avoid (-1 = none) excludes a replica that just failed. */
+static int router_pick_replica(router_shard *sh, int avoid)
+{
+    unsigned start = atomic_fetch_add(&sh->next, 1u);
+    int best = -1, best_load = 0;
+    for (int i = 0; i < sh->n_replicas; i++) {
+        int idx = (int)((start + (unsigned)i) % (unsigned)sh->n_replicas);
+        if (idx == avoid)
+            continue;
+        int load = atomic_load(&sh->replicas[idx].in_flight);
+        if (best < 0 || load < best_load) {
+            best = idx;
+            best_load = load;
+        }
+    }
+    return best;
+}
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "tensors travel as little-endian f32: a big-endian host would need byte swaps here"

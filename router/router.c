@@ -1,6 +1,6 @@
 /* router.c - the router object: channels to every replica of every shard, the
- * (layer, expert) -> shard map, replica choice and the counters. The per-layer dispatch
- * itself is in dispatch.c. Holds no per-request state. */
+ * (layer, expert) -> shard map and the counters. The per-layer dispatch and replica choice
+ * are in dispatch.c (which calls nothing here). Holds no per-request state. */
 #include "router_internal.h"
 
 #include <stdlib.h>
@@ -123,25 +123,6 @@ int mx_router_check_coverage(const mx_router *r, int layer_begin, int layer_end,
             if (r->owner[(size_t)l * r->num_experts + e] < 0)
                 return mx_fail(err, MX_ENOTFOUND, "router: no expert shard owns layer %d expert %d", l, e);
     return 0;
-}
-
-/* Fewest calls in flight wins; among equals, start from a rotating position so ties rotate.
- * avoid (-1 = none) excludes a replica that just failed. */
-int router_pick_replica(router_shard *sh, int avoid)
-{
-    unsigned start = atomic_fetch_add(&sh->next, 1u);
-    int best = -1, best_load = 0;
-    for (int i = 0; i < sh->n_replicas; i++) {
-        int idx = (int)((start + (unsigned)i) % (unsigned)sh->n_replicas);
-        if (idx == avoid)
-            continue;
-        int load = atomic_load(&sh->replicas[idx].in_flight);
-        if (best < 0 || load < best_load) {
-            best = idx;
-            best_load = load;
-        }
-    }
-    return best;
 }
 
 static int executor_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,

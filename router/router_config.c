@@ -5,10 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cfg.h"
+#include "cfg_file.h"
 
 static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx_error *err)
 {
+    static const char *const known[] = {"layers", "layer_begin", "layer_end", "experts", "replicas"};
+    if (config_setting_is_group(s))
+        MX_TRY(mx_cfg_check_keys(s, known, sizeof known / sizeof *known, err));
     MX_TRY(mx_expert_set_from_setting(s, &sh->owns, err));
     const config_setting_t *r = config_setting_get_member(s, "replicas");
     if (!r)
@@ -44,6 +47,8 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
         return mx_fail(err, MX_EINVAL, "missing `experts` group (the expert shard map)");
     if (!config_setting_is_group(s))
         return mx_cfg_fail(err, s, NULL, "expected a group { shards = (...); }");
+    static const char *const known[] = {"expert_timeout_ms", "max_message_mb", "shards"};
+    MX_TRY(mx_cfg_check_keys(s, known, sizeof known / sizeof *known, err));
     int64_t v;
     MX_TRY(mx_cfg_int(s, "expert_timeout_ms", 0, 10000, 1, 3600000, &v, err));
     out->expert_timeout_ms = v;

@@ -1,5 +1,5 @@
-/* router_internal.h - the router's private state, shared by router.c (setup, replica choice)
- * and dispatch.c (one layer's fan-out and combine). Not for use outside router/. */
+/* router_internal.h - the router's private state, shared by router.c (setup, counters)
+ * and dispatch.c (replica choice, one layer's fan-out and combine). Not for use outside router/. */
 #ifndef MX_ROUTER_INTERNAL_H
 #define MX_ROUTER_INTERNAL_H
 
@@ -30,9 +30,5 @@ struct mx_router {
     mx_backend *be;             /* borrowed; for x2/out not on the CPU */
     atomic_ullong calls, retries, failures;
 };
-
-/* Index of the replica to call next (fewest in flight, ties rotate), skipping avoid (-1 =
- * none); -1 when no other replica exists. */
-int router_pick_replica(router_shard *sh, int avoid);
 
 #endif

@@ -1,5 +1,5 @@
 /* health.c - grpc.health.v1.Health (Check, Watch) on top of server.h, with a per-service
- * status table. Watch handlers wait on a condition variable and wake up on changes, on
+ * status table, attached to a server as an add-on (server.c does not know it). Watch handlers wait on a condition variable and wake up on changes, on
  * cancellation (polled every 100 ms) and on server shutdown. */
 #include "health.h"
 
@@ -61,6 +61,8 @@ int mx_rpc_health_set(mx_rpc_server *srv, const char *service, mx_rpc_serving st
     if (!service || (status != MX_RPC_SERVING && status != MX_RPC_NOT_SERVING))
         return mx_fail(err, MX_EINVAL, "health: bad service name or status %d", (int)status);
     mx_rpc_health *h = srv->health;
+    if (!h)
+        return mx_fail(err, MX_EINVAL, "health: not attached to this server (mx_rpc_health_attach)");
     pthread_mutex_lock(&h->mu);
     int rc = h->shutting_down ? 0 : set_locked(h, service, (int)status, err);
     pthread_cond_broadcast(&h->changed);
@@ -149,24 +151,9 @@ out:
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
-int mx_rpc_health_create(mx_rpc_server *srv, mx_rpc_health **out, mx_error *err)
+static void health_enter_shutdown(void *ctx)
 {
-    mx_rpc_health *h = calloc(1, sizeof *h);
-    if (!h)
-        return mx_fail(err, MX_ENOMEM, "health: out of memory");
-    pthread_mutex_init(&h->mu, NULL);
-    pthread_cond_init(&h->changed, NULL);
-    *out = h;
-    int rc = set_locked(h, "", MX_RPC_SERVING, err);
-    if (rc == 0)
-        rc = mx_rpc_server_add_unary(srv, CHECK_METHOD, on_check, h, err);
-    if (rc == 0)
-        rc = mx_rpc_server_add_stream(srv, WATCH_METHOD, on_watch, h, err);
-    return rc;
-}
-
-void mx_rpc_health_enter_shutdown(mx_rpc_health *h)
-{
+    mx_rpc_health *h = ctx;
     pthread_mutex_lock(&h->mu);
     for (int i = 0; i < h->n_entries; i++)
         h->entries[i].status = MX_RPC_NOT_SERVING;
@@ -175,14 +162,37 @@ void mx_rpc_health_enter_shutdown(mx_rpc_health *h)
     pthread_mutex_unlock(&h->mu);
 }
 
-void mx_rpc_health_destroy(mx_rpc_health *h)
+static void health_destroy(void *ctx)
 {
-    if (!h)
-        return;
+    mx_rpc_health *h = ctx;
     for (int i = 0; i < h->n_entries; i++)
         free(h->entries[i].service);
     free(h->entries);
     pthread_mutex_destroy(&h->mu);
     pthread_cond_destroy(&h->changed);
     free(h);
+}
+
+int mx_rpc_health_attach(mx_rpc_server *srv, mx_error *err)
+{
+    if (srv->health)
+        return 0;
+    mx_rpc_health *h = calloc(1, sizeof *h);
+    if (!h)
+        return mx_fail(err, MX_ENOMEM, "health: out of memory");
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_cond_init(&h->changed, NULL);
+    int rc = set_locked(h, "", MX_RPC_SERVING, err);
+    /* the hook owns h from here: the server frees it even if a later step fails */
+    if (rc == 0)
+        rc = mx_rpc_server_add_hook(srv, (mx_rpc_server_hook){health_enter_shutdown, health_destroy, h}, err);
+    else
+        health_destroy(h);
+    if (rc == 0) {
+        srv->health = h;
+        rc = mx_rpc_server_add_unary(srv, CHECK_METHOD, on_check, h, err);
+    }
+    if (rc == 0)
+        rc = mx_rpc_server_add_stream(srv, WATCH_METHOD, on_watch, h, err);
+    return rc;
 }

@@ -13,8 +13,12 @@ typedef enum {
     MX_RPC_NOT_SERVING = 2,
 } mx_rpc_serving;
 
+/* Adds the Health service to srv (before _start): Check and Watch, "" SERVING, everything
+ * NOT_SERVING once a shutdown begins. Idempotent. Returns 0, MX_EINVAL after start, MX_ENOMEM. */
+int mx_rpc_health_attach(mx_rpc_server *srv, mx_error *err);
+
 /* Sets (or adds) the status of service; watchers are told. Thread-safe, any time after
- * create. Returns 0, MX_EINVAL for a bad value, MX_ENOMEM. */
+ * attach. Returns 0, MX_EINVAL for a bad value or no health attached, MX_ENOMEM. */
 int mx_rpc_health_set(mx_rpc_server *srv, const char *service, mx_rpc_serving status,
                       mx_error *err);
 

@@ -287,15 +287,19 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
         mx_rpc_server_destroy(srv);
         return mx_fail(err, MX_EUNAVAILABLE, "rpc server: cannot listen on %s", opts->address);
     }
-    if (mx_rpc_health_create(srv, &srv->health, err) != 0) {
-        mx_rpc_server_destroy(srv);
-        return err ? err->code : MX_ENOMEM;
-    }
     *out = srv;
     return 0;
 }
 
 int mx_rpc_server_port(const mx_rpc_server *srv) { return srv->port; }
+
+int mx_rpc_server_add_hook(mx_rpc_server *srv, mx_rpc_server_hook hook, mx_error *err)
+{
+    if (srv->started || srv->n_hooks == MX_RPC_MAX_HOOKS)
+        return mx_fail(err, MX_EINVAL, "rpc server: hook added after start or too many hooks");
+    srv->hooks[srv->n_hooks++] = hook;
+    return 0;
+}
 
 static int add_method(mx_rpc_server *srv, const char *method, mx_rpc_kind kind,
                       mx_rpc_handler handler, void *user, mx_error *err)
@@ -359,7 +363,9 @@ void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms)
     if (!srv->started || srv->shut_down)
         return;
     srv->shut_down = 1;
-    mx_rpc_health_enter_shutdown(srv->health);
+    for (int i = 0; i < srv->n_hooks; i++)
+        if (srv->hooks[i].on_shutdown)
+            srv->hooks[i].on_shutdown(srv->hooks[i].ctx);
     pthread_mutex_lock(&srv->mu);
     srv->stopping = 1;
     pthread_mutex_unlock(&srv->mu);
@@ -415,7 +421,9 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
         grpc_server_destroy(srv->server);
     if (srv->cq)
         grpc_completion_queue_destroy(srv->cq);
-    mx_rpc_health_destroy(srv->health);
+    for (int i = 0; i < srv->n_hooks; i++)
+        if (srv->hooks[i].on_destroy)
+            srv->hooks[i].on_destroy(srv->hooks[i].ctx);
     for (int i = 0; i < srv->n_methods; i++)
         free(srv->methods[i].name);
     free(srv->methods);

@@ -1,6 +1,7 @@
 /* server_internal.h - internal to core/rpc: the server and call structures shared by
  * server.c (lifecycle, poller, dispatch), server_call.c (handler-side API) and health.c.
- * Services must include server.h only. */
+ * Services must include server.h only. server.c knows nothing of health: add-ons such as
+ * health.c attach through hooks the server calls at shutdown and destroy. */
 #ifndef MX_RPC_SERVER_INTERNAL_H
 #define MX_RPC_SERVER_INTERNAL_H
 
@@ -25,6 +26,16 @@ typedef struct mx_rpc_method {
 } mx_rpc_method;
 
 typedef struct mx_rpc_health mx_rpc_health;
+
+/* An add-on's lifecycle callbacks: on_shutdown when a graceful shutdown begins (before new
+ * calls stop), on_destroy when the server is freed. Either may be NULL. */
+typedef struct mx_rpc_server_hook {
+    void (*on_shutdown)(void *ctx);
+    void (*on_destroy)(void *ctx);
+    void *ctx;
+} mx_rpc_server_hook;
+
+#define MX_RPC_MAX_HOOKS 4
 
 struct mx_rpc_call {
     mx_rpc_server *srv;
@@ -77,16 +88,16 @@ struct mx_rpc_server {
     mx_rpc_call *queue_head, *queue_tail;
     mx_rpc_tag tag_shutdown;
 
-    mx_rpc_health *health;
+    mx_rpc_server_hook hooks[MX_RPC_MAX_HOOKS];
+    int n_hooks;
+    mx_rpc_health *health;           /* set by health.c (mx_rpc_health_attach); opaque here */
 };
 
 /* Drops one reference of call; the last one frees it (server.c). */
 void mx_rpc_call_unref(mx_rpc_call *call);
 
-/* Health service plumbing (health.c). */
-int mx_rpc_health_create(mx_rpc_server *srv, mx_rpc_health **out, mx_error *err);
-void mx_rpc_health_enter_shutdown(mx_rpc_health *h);
-void mx_rpc_health_destroy(mx_rpc_health *h);
+/* Adds a lifecycle hook before _start (server.c). MX_EINVAL when full or started. */
+int mx_rpc_server_add_hook(mx_rpc_server *srv, mx_rpc_server_hook hook, mx_error *err);
 
 /* Sends the final status (with the unary reply if any) and waits for it (server_call.c). */
 void mx_rpc_call_send_final(mx_rpc_call *call);

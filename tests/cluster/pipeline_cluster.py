@@ -151,7 +151,7 @@ def test_bad_configs(fixture):
                        'layer_begin = 0; layer_end = 4; next = "nowhere"; };\n' % fixture,
                        "stage.next = \"nowhere\" is not a \"host:port\"", "a stage.next without a port is refused")
     run_expect_refusal("gateway", 'gateway = { listen = "127.0.0.1:0"; model = "%s"; stages = ["127.0.0.1:1"];\n'
-                       'pipeline_depth = 0; };\n' % fixture, "gateway.pipeline_depth = 0 is not in [1, 64]",
+                       'pipeline_depth = 0; };\n' % fixture, "`gateway.pipeline_depth`: 0 is out of range [1, 64]",
                        "gateway.pipeline_depth 0 is refused")
 
 

@@ -98,7 +98,7 @@ int main(void)
     mx_rpc_server_options o = {.address = "127.0.0.1:0", .max_message_bytes = 1 << 20,
                                .worker_threads = 4};
     mx_rpc_server *srv;
-    if (mx_rpc_server_create(&o, &srv, &err) != 0 ||
+    if (mx_rpc_server_create(&o, &srv, &err) != 0 || mx_rpc_health_attach(srv, &err) != 0 ||
         mx_rpc_server_add_unary(srv, "/mx.test.Echo/Echo", on_echo, NULL, &err) != 0 ||
         mx_rpc_server_add_stream(srv, "/mx.test.Echo/Chunks", on_chunks, NULL, &err) != 0 ||
         mx_rpc_server_add_unary(srv, "/mx.test.Echo/SetHealth", on_set_health, NULL, &err) != 0 ||

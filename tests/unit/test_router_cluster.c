@@ -17,7 +17,7 @@
 
 #include "expert-svc/shard.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
-#include "router/expert_rpc.h"
+#include "protocol.h"
 #include "router/router.h"
 #include "rpc/client.h"
 #include "safetensors.h"

@@ -124,7 +124,7 @@ static int start_server(fixture *f, int max_message_bytes)
 {
     mx_error err;
     mx_rpc_server_options o = {.address = "127.0.0.1:0", .max_message_bytes = max_message_bytes};
-    if (mx_rpc_server_create(&o, &f->srv, &err) != 0)
+    if (mx_rpc_server_create(&o, &f->srv, &err) != 0 || mx_rpc_health_attach(f->srv, &err) != 0)
         return -1;
     mx_rpc_server_add_unary(f->srv, "/test.Echo/Echo", h_echo, f, &err);
     mx_rpc_server_add_stream(f->srv, "/test.Echo/Count", h_count, f, &err);

@@ -1,10 +1,12 @@
-/* cfg.h - small functions over libconfig so every config error names the file, the line and the
- * full key path ("expert.conf:12: `experts.shards.[1].replicas`: ..."). Used by the config readers
- * of the router and the three services; reads settings only, keeps nothing. */
-#ifndef MX_ROUTER_CFG_H
-#define MX_ROUTER_CFG_H
+/* cfg_file.h - the config-file layer of every service (libconfig files given with --config; not
+ * the model's config.json, see config.h): every error names the file, the line and the full key
+ * path ("expert.conf:12: `experts.shards.[1].replicas`: ..."), and unknown keys are errors.
+ * Used by the three services' config readers and the router's; reads settings only, keeps nothing. */
+#ifndef MX_CFG_FILE_H
+#define MX_CFG_FILE_H
 
 #include <libconfig.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -31,5 +33,18 @@ int mx_cfg_string(const config_setting_t *g, const char *name, int required, con
  * (sorted, duplicates rejected). Absent: *n = -1, *out = NULL, returns 0 (unless required). */
 int mx_cfg_int_list(const config_setting_t *g, const char *name, int required, int64_t lo, int64_t hi,
                     int **out, int *n, mx_error *err);
+
+/* Reads the string member name of group g into buf (cap bytes, NUL included). Absent: def is
+ * copied (def == NULL makes the key required). Too long for buf is an error naming the key. */
+int mx_cfg_string_buf(const config_setting_t *g, const char *name, const char *def, char *buf, size_t cap,
+                      mx_error *err);
+
+/* The member group name of g. Absent: *out = NULL, and an error when required. */
+int mx_cfg_group(const config_setting_t *g, const char *name, int required, const config_setting_t **out,
+                 mx_error *err);
+
+/* Fails naming the first member of g whose name is not in known[0..n) ("unknown key (known:
+ * a, b, c)"), so a typo never falls back silently to a default. */
+int mx_cfg_check_keys(const config_setting_t *g, const char *const *known, size_t n, mx_error *err);
 
 #endif

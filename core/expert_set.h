@@ -7,8 +7,8 @@
  *     layer_begin = 0; layer_end = 8;   # a half-open range [begin, end); or neither = every layer
  *     experts = [0, 2];                 # expert ids (required, non-empty)
  */
-#ifndef MX_ROUTER_EXPERT_SET_H
-#define MX_ROUTER_EXPERT_SET_H
+#ifndef MX_EXPERT_SET_H
+#define MX_EXPERT_SET_H
 
 #include <libconfig.h>
 #include <stdbool.h>

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cfg.h"
+#include "cfg_file.h"
 
 /* Upper bound on ids accepted while parsing; real bounds come from the model later. */
 #define MAX_ID 1000000

@@ -1,6 +1,6 @@
-/* cfg.c - libconfig reading functions with errors that name file, line and key path.
+/* cfg_file.c - libconfig reading functions with errors that name file, line and key path.
  * Reads settings only; never keeps pointers into the config beyond what callers borrow. */
-#include "cfg.h"
+#include "cfg_file.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -147,4 +147,60 @@ int mx_cfg_read_file(config_t *cf, const char *path, mx_error *err)
         return mx_fail(err, MX_EIO, "%s: cannot read the file", path);
     const char *file = config_error_file(cf);
     return mx_fail(err, MX_EINVAL, "%s:%d: %s", file ? file : path, config_error_line(cf), config_error_text(cf));
+}
+
+int mx_cfg_string_buf(const config_setting_t *g, const char *name, const char *def, char *buf, size_t cap,
+                      mx_error *err)
+{
+    /* unlike mx_cfg_string, an optional key may be set to "" (e.g. port_file = "") */
+    const config_setting_t *s = config_setting_get_member(g, name);
+    if (!s && !def)
+        return mx_cfg_fail(err, g, name, "missing (a string is required)");
+    if (s && config_setting_type(s) != CONFIG_TYPE_STRING)
+        return mx_cfg_fail(err, s, NULL, "expected a string");
+    const char *v = s ? config_setting_get_string(s) : def;
+    if (!def && !*v)
+        return mx_cfg_fail(err, s, NULL, "must not be empty");
+    if (strlen(v) >= cap)
+        return mx_cfg_fail(err, config_setting_get_member(g, name), NULL, "must be shorter than %zu bytes", cap);
+    snprintf(buf, cap, "%s", v);
+    return 0;
+}
+
+int mx_cfg_group(const config_setting_t *g, const char *name, int required, const config_setting_t **out,
+                 mx_error *err)
+{
+    *out = config_setting_get_member(g, name);
+    if (!*out) {
+        if (required)
+            return mx_cfg_fail(err, g, name, "missing (a group `%s = { ... };` is required)", name);
+        return 0;
+    }
+    if (!config_setting_is_group(*out))
+        return mx_cfg_fail(err, *out, NULL, "expected a group `%s = { ... };`", name);
+    return 0;
+}
+
+int mx_cfg_check_keys(const config_setting_t *g, const char *const *known, size_t n, mx_error *err)
+{
+    int len = config_setting_length(g);
+    for (int i = 0; i < len; i++) {
+        const config_setting_t *s = config_setting_get_elem(g, (unsigned)i);
+        int ok = 0;
+        for (size_t k = 0; k < n && !ok; k++)
+            ok = s->name && !strcmp(s->name, known[k]);
+        if (ok)
+            continue;
+        char list[1024];
+        size_t used = 0;
+        list[0] = 0;
+        for (size_t k = 0; k < n && used < sizeof list; k++) {
+            int w = snprintf(list + used, sizeof list - used, "%s%s", k ? ", " : "", known[k]);
+            if (w < 0)
+                break;
+            used += (size_t)w;
+        }
+        return mx_cfg_fail(err, s, NULL, "unknown key (known: %s)", list);
+    }
+    return 0;
 }

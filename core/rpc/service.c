@@ -1,0 +1,111 @@
+/* service.c - the service skeleton (service.h): one start-up and one shutdown for every mx
+ * service process. Knows no service: everything specific comes through mx_service_def. */
+#include "service.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "health.h"
+#include "signals.h"
+#include "tune.h"
+
+static int usage(const mx_service_def *d, FILE *f)
+{
+    fprintf(f, "usage: %s --config FILE | --check-config FILE\n%s\n"
+               "  --config FILE        serve with this config\n"
+               "  --check-config FILE  read and check the config (unknown keys included), load nothing;\n"
+               "                       exit 0 when it is valid, 2 with the error otherwise\n",
+            d->name, d->about);
+    return f == stdout ? 0 : 2;
+}
+
+/* Serves until a stop signal, then drains. The server is destroyed here. */
+static int serve(const mx_service_def *d, const void *config, void *state, mx_error *err)
+{
+    mx_service_listen l = {0};
+    d->listen(config, state, &l);
+    mx_rpc_server *srv = NULL;
+    int rc = mx_rpc_server_create(&l.server, &srv, err);
+    if (!rc)
+        rc = mx_rpc_health_attach(srv, err);
+    if (!rc)
+        rc = d->add_methods(state, srv, err);
+    if (!rc)
+        rc = mx_rpc_server_start(srv, err);
+    if (!rc && l.health_service)
+        rc = mx_rpc_health_set(srv, l.health_service, MX_RPC_SERVING, err);
+    if (!rc && l.port_file && l.port_file[0])
+        rc = mx_rpc_server_write_port_file(srv, l.port_file, err);
+    if (!rc) {
+        char line[512] = "";
+        d->ready_line(config, state, mx_rpc_server_port(srv), line, sizeof line);
+        fprintf(stderr, "%s: %s\n", d->name, line);
+        int sig = mx_rpc_wait_stop_signal(-1, err);
+        if (sig < 0)
+            rc = sig;
+        else
+            fprintf(stderr, "%s: signal %d, draining (up to %lld ms)\n", d->name, sig, (long long)l.drain_ms);
+        mx_rpc_server_shutdown(srv, l.drain_ms);
+    }
+    mx_rpc_server_destroy(srv);
+    return rc;
+}
+
+int mx_service_main(const mx_service_def *d, int argc, char **argv)
+{
+    const char *path = NULL;
+    int check = 0;
+    for (int i = 1; i < argc; i++) {
+        if ((!strcmp(argv[i], "--config") || !strcmp(argv[i], "--check-config")) && i + 1 < argc && !path) {
+            check = !strcmp(argv[i], "--check-config");
+            path = argv[++i];
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            return usage(d, stdout);
+        } else {
+            return usage(d, stderr);
+        }
+    }
+    if (!path)
+        return usage(d, stderr);
+    mx_error err = {0};
+    if (!check) {
+        mx_rpc_tune_malloc();
+        /* before any thread exists, so every thread inherits the mask */
+        if (mx_rpc_block_stop_signals(&err)) {
+            fprintf(stderr, "%s: %s\n", d->name, err.msg);
+            return 1;
+        }
+    }
+    void *config = calloc(1, d->config_size);
+    if (!config) {
+        fprintf(stderr, "%s: out of memory\n", d->name);
+        return 1;
+    }
+    int rc = d->config_load(path, config, &err);
+    if (rc || check) {
+        if (rc)
+            fprintf(stderr, "%s: %s\n", d->name, err.msg);
+        else
+            printf("%s: %s: config OK\n", d->name, path);
+        d->config_free(config);
+        free(config);
+        return rc ? 2 : 0;
+    }
+    void *state = NULL;
+    rc = d->open(config, &state, &err);
+    if (rc == MX_ECANCELLED) {
+        rc = 0; /* stopped while waiting for peers: a clean exit */
+    } else if (!rc) {
+        rc = serve(d, config, state, &err);
+    }
+    if (state)
+        d->close(state);
+    d->config_free(config);
+    free(config);
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", d->name, err.msg);
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,50 @@
+/* service.h - the one skeleton every mx service process runs: command line (--config,
+ * --check-config, --help), malloc tuning, stop signals, config, loading, server + health,
+ * port file, readiness, and a graceful drain on SIGTERM/SIGINT. A service supplies its config
+ * reader and a few callbacks; its main() is one call to mx_service_main.
+ *
+ * Start-up: parse args -> tune malloc, block stop signals (before any thread) -> load the
+ * config (--check-config stops here: exit 0, or 2 with the error) -> open (load the model;
+ * may wait for peers) -> create the server, attach health, register methods -> start ->
+ * health_service SERVING -> port file -> "ready" line on stderr -> wait for a stop signal.
+ * Drain: health NOT_SERVING everywhere, no new calls, calls in flight may finish for
+ * drain_ms, then the rest are cancelled; close; exit 0. Any failure: "<name>: <error>", exit 1.
+ * This is the process's main: the only code in core/ that writes to stderr. */
+#ifndef MX_RPC_SERVICE_H
+#define MX_RPC_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../error.h"
+#include "server.h"
+
+/* Where and how the service listens, read from its config by the `listen` callback. */
+typedef struct mx_service_listen {
+    mx_rpc_server_options server;  /* address, limits, workers */
+    const char *health_service;    /* set SERVING once started (e.g. MX_STAGE_SERVICE) */
+    const char *port_file;         /* NULL or "" = none */
+    int64_t drain_ms;              /* graceful drain on a stop signal */
+} mx_service_listen;
+
+typedef struct mx_service_def {
+    const char *name;              /* "gateway": usage, log prefix */
+    const char *about;             /* one line for --help */
+    size_t config_size;            /* the config struct the skeleton stores for the callbacks */
+    /* Reads and fully checks the file (unknown keys included) without loading the model.
+     * config_free is called after load, also after a failed load. */
+    int (*config_load)(const char *path, void *config, mx_error *err);
+    void (*config_free)(void *config);
+    /* Loads what the service serves. MX_ECANCELLED = a stop signal came while waiting (exit 0). */
+    int (*open)(const void *config, void **state, mx_error *err);
+    void (*close)(void *state);
+    void (*listen)(const void *config, const void *state, mx_service_listen *out);
+    int (*add_methods)(void *state, mx_rpc_server *srv, mx_error *err);
+    /* The "serving" line's text after "<name>: " (port is the bound port). */
+    void (*ready_line)(const void *config, const void *state, int port, char *buf, size_t cap);
+} mx_service_def;
+
+/* Runs the service; returns the process exit code (0, 1 failure, 2 usage / bad config). */
+int mx_service_main(const mx_service_def *def, int argc, char **argv);
+
+#endif
