@@ -207,11 +207,9 @@ function resolve(addr, fromNs) {
     if (!m) return { error: `${addr}: not host:port` };
     const port = Number(m[2]);
     let parts = m[1].split(".");
-    const tail = parts.slice(-4).join(".");
     for (const suffix of [["svc", "cluster", "local"], ["svc"]]) {
         if (parts.length > suffix.length + 1 && parts.slice(-suffix.length).join(".") === suffix.join(".")) { parts = parts.slice(0, -suffix.length); break; }
     }
-    void tail;
     const candidates = [];
     if (parts.length === 1) candidates.push({ svc: parts[0], ns: fromNs });
     if (parts.length === 2) { candidates.push({ svc: parts[0], ns: parts[1] }, { pod: parts[0], svc: parts[1], ns: fromNs }); }
