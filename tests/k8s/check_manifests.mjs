@@ -29,7 +29,7 @@ function check(name, errors, detail) {
 const MX_USER = 65532;
 const IMAGE_SERVICE = { gateway: "gateway", "attention-svc": "attention-svc", "expert-svc": "expert-svc" };
 const COMPONENT_OF = { gateway: "gateway", "attention-svc": "attention-stage", "expert-svc": "expert-shard" };
-const SERVICE_GRACE_S = { gateway: 2, "attention-svc": 2, "expert-svc": 5 };   // default drain on SIGTERM
+const SERVICE_GRACE_S = { gateway: 2, "attention-svc": 2, "expert-svc": 5 };   // drain_ms defaults (s)
 const H200_BYTES = 141e9;
 
 // ---- inputs ---------------------------------------------------------------------------------
