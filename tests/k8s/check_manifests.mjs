@@ -59,6 +59,39 @@ for (const f of fs.readdirSync(protoDir, { recursive: true })) {
 
 // ---- 1. schemas -----------------------------------------------------------------------------
 const groups = { v1: core, "apps/v1": apps, "batch/v1": batch, "policy/v1": policy, "networking.k8s.io/v1": networking };
+// The schemas' validators accept unknown fields (a misspelt `readinesProbe` would be dropped
+// by the API server without a word), so field names are also checked against the models'
+// type declarations: each interface's properties, following the property types.
+const nodeModules = path.join(path.dirname(new URL(import.meta.url).pathname), "node_modules");
+const dtsCache = new Map();
+function dtsInterface(file) {
+    if (dtsCache.has(file)) return dtsCache.get(file);
+    const text = fs.readFileSync(file, "utf8");
+    const imports = {};
+    for (const m of text.matchAll(/^import \{ (\w+) \} from "([^"]+)";/gm))
+        imports[m[1]] = m[2].startsWith(".") ? path.join(path.dirname(file), m[2].replace(/\.js$/, ".d.ts"))
+            : path.join(nodeModules, `${m[2]}.d.ts`);
+    const body = /^export interface \w+[^{]*\{\n([\s\S]*?)^\}/m.exec(text);
+    const props = body ? {} : null;
+    if (body) for (const m of body[1].matchAll(/^ {4}"([^"]+)"\??: (.+?);?$/gm)) {
+        const t = /^(?:Array<)?(\w+)>?$/.exec(m[2]);
+        props[m[1]] = t && imports[t[1]] ? imports[t[1]] : null;
+    }
+    dtsCache.set(file, props);
+    return props;
+}
+function unknownFields(value, file, where, errs) {
+    if (value === null || typeof value !== "object" || !file || !fs.existsSync(file)) return;
+    const props = dtsInterface(file);
+    if (!props) return;   // a type alias (Quantity, IntOrString...)
+    for (const item of Array.isArray(value) ? value : [value]) {
+        if (item === null || typeof item !== "object") continue;
+        for (const [k, v] of Object.entries(item)) {
+            if (!(k in props)) errs.push(`${where}.${k}: no such field`);
+            else unknownFields(v, props[k], `${where}.${k}`, errs);
+        }
+    }
+}
 {
     const errs = [], seen = new Set();
     for (const o of docs) {
@@ -66,10 +99,13 @@ const groups = { v1: core, "apps/v1": apps, "batch/v1": batch, "policy/v1": poli
         const id = `${o.kind}/${o.metadata?.name}`;
         if (!cls) { errs.push(`${id}: no schema for ${o.apiVersion} ${o.kind}`); continue; }
         try { new cls(o).validate(); } catch (e) { errs.push(`${id}: ${e.message}`); }
+        const dts = path.join(nodeModules, "kubernetes-models", o.apiVersion, `${o.kind}.d.ts`);
+        if (!fs.existsSync(dts)) errs.push(`${id}: no type declarations at ${dts}`);
+        else unknownFields(o, dts, id, errs);
         if (seen.has(id)) errs.push(`${id} rendered twice`);
         seen.add(id);
     }
-    check("schema", errs, `${docs.length} objects valid against the Kubernetes API schemas`);
+    check("schema", errs, `${docs.length} objects valid against the Kubernetes API schemas, no unknown fields`);
 }
 
 // ---- the model of the deployment ------------------------------------------------------------
