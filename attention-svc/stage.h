@@ -1,6 +1,7 @@
 /* stage.h - one pipeline stage of the cluster: a contiguous layer range of the model, the
  * per-sequence state of every live sequence, and the AttentionStage RPC methods over them
- * (protobuf in, protobuf out). Serving, threads and signals are main.c's business. */
+ * (protobuf in, protobuf out). Binding them to a server is stage_rpc.c's business; the
+ * process around it (signals, drain) is the service skeleton's (core/rpc/service.h). */
 #ifndef MX_ATTN_STAGE_H
 #define MX_ATTN_STAGE_H
 

@@ -101,6 +101,13 @@ static void close_gateway(void *state)
     free(g);
 }
 
+/* The scheduler's errors that have no caller: the process prints them. */
+static void log_line(void *ctx, const char *line)
+{
+    (void)ctx;
+    fprintf(stderr, "%s\n", line);
+}
+
 /* Loads the model's config, the tokenizer and the scheduler, then waits for the stages. */
 static int open_gateway(const void *config, void **state, mx_error *err)
 {
@@ -117,7 +124,7 @@ static int open_gateway(const void *config, void **state, mx_error *err)
         fprintf(stderr, "gateway: text features off: %s\n", g->text.no_tok);
     else if (!g->text.chat)
         fprintf(stderr, "gateway: chat off: %s\n", g->text.no_chat);
-    MX_TRY(gw_scheduler_create(&g->cfg, &g->model, &g->sched, err));
+    MX_TRY(gw_scheduler_create(&g->cfg, &g->model, (gw_log){log_line, NULL}, &g->sched, err));
     g->gen_ctx = (gw_generation_ctx){&g->cfg, &g->model, &g->lim, g->sched, &g->text};
     int rc = wait_for_stages(g, err);
     return rc == 1 ? MX_ECANCELLED : rc;

@@ -224,11 +224,6 @@ void gw_micro_batch_deliver(gw_micro_batch *b, double now)
         int n_top = (int)(t->n_top_token_ids < t->n_top_logprobs ? t->n_top_token_ids : t->n_top_logprobs);
         gw_request_push(r, t->token_id, t->logprob, t->top_token_ids, t->top_logprobs, n_top, now);
     }
-    if (b->rc)
-        fprintf(stderr, "gateway: micro-batch %llu failed: %s\n", (unsigned long long)b->batch_id, b->err.msg);
-    else if (b->n_refused)
-        fprintf(stderr, "gateway: micro-batch %llu: %d of %d sequences refused: %s\n", (unsigned long long)b->batch_id,
-                b->n_refused, b->n, b->refused_msg);
     for (int i = 0; i < b->n; i++)
         gw_request_unref(b->members[i]);
     if (b->resp)

@@ -10,6 +10,7 @@
  * stage (kv_budget.h) and keeps requests queued while it would not fit. */
 #include "scheduler.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,7 @@ typedef struct flight {
 
 struct gw_scheduler {
     gw_config cfg;
+    gw_log log;               /* errors with no caller (scheduler.h) */
     mx_rpc_channel *stages[GW_MAX_STAGES];
     pthread_t thread;
     bool thread_started;
@@ -63,6 +65,19 @@ struct gw_scheduler {
     double last_refresh_ms;
 };
 
+/* Hands one line to the log sink (scheduler.h); the scheduler itself never prints. */
+__attribute__((format(printf, 2, 3))) static void report(const gw_scheduler *s, const char *fmt, ...)
+{
+    if (!s->log.fn)
+        return;
+    char line[MX_ERROR_MSG_MAX + 128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    s->log.fn(s->log.ctx, line);
+}
+
 /* Frees the state of n sequences on every stage at once (control traffic goes to each stage
  * directly, not along the chain, so one unreachable stage does not keep the others from
  * freeing). Failures are only logged: a stage that cannot be reached has lost the state
@@ -82,12 +97,12 @@ static void release_on_stages(gw_scheduler *s, const uint64_t *ids, int n)
         calls[k].channel = s->stages[k];
         calls[k].method = RELEASE;
         if (mx_rpc_pb_pack(&rq.base, &calls[k].request, &err)) {
-            fprintf(stderr, "gateway: release: %s\n", err.msg);
+            report(s, "gateway: release: %s", err.msg);
             break;
         }
     }
     if (k == s->cfg.n_stages && mx_rpc_fanout(calls, k, 5000, &err))
-        fprintf(stderr, "gateway: release: %s\n", err.msg);
+        report(s, "gateway: release: %s", err.msg);
     for (int i = 0; i < k; i++) {
         if (k < s->cfg.n_stages && calls[i].request.release)
             calls[i].request.release(calls[i].request.release_ctx);
@@ -292,6 +307,12 @@ static void land_locked(gw_scheduler *s)
             f->batch.members[j]->ready_seq = ++s->next_ready;
         if (f->batch.rc || f->batch.n_refused)
             s->refresh_wanted = true;
+        if (f->batch.rc)
+            report(s, "gateway: micro-batch %llu failed: %s", (unsigned long long)f->batch.batch_id,
+                   f->batch.err.msg);
+        else if (f->batch.n_refused)
+            report(s, "gateway: micro-batch %llu: %d of %d sequences refused: %s",
+                   (unsigned long long)f->batch.batch_id, f->batch.n_refused, f->batch.n, f->batch.refused_msg);
         gw_micro_batch_deliver(&f->batch, mx_now_ms());
         pthread_mutex_lock(&s->mu);
         f->state = FLIGHT_IDLE;
@@ -341,7 +362,7 @@ static void *loop(void *arg)
             s->refresh_wanted = false;
             s->last_refresh_ms = now;
             if (gw_scheduler_refresh_kv(s, 2000, &err))
-                fprintf(stderr, "gateway: refreshing the stages' KV numbers: %s\n", err.msg);
+                report(s, "gateway: refreshing the stages' KV numbers: %s", err.msg);
         }
         flight *f;
         while ((f = idle_flight(s)) && launch(s, f))
@@ -381,13 +402,15 @@ int64_t gw_scheduler_max_context(gw_scheduler *s, int64_t context_limit)
     return fit < context_limit ? fit : context_limit;
 }
 
-int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_scheduler **out, mx_error *err)
+int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log, gw_scheduler **out,
+                        mx_error *err)
 {
     *out = NULL;
     gw_scheduler *s = calloc(1, sizeof *s);
     if (!s)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    s->log = log;
     s->kv.n_stages = cfg->n_stages;
     s->kv.kv_heads = model->num_key_value_heads;
     s->kv.head_dim = model->head_dim;

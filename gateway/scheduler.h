@@ -13,10 +13,19 @@
 
 typedef struct gw_scheduler gw_scheduler;
 
+/* Where the scheduler thread reports the errors it has no caller to return to (a failed
+ * micro-batch, refused sequences, a failed Release or KV refresh): one line each, already
+ * prefixed "gateway: ". Called on the scheduler thread; fn NULL = dropped. */
+typedef struct gw_log {
+    void (*fn)(void *ctx, const char *line);
+    void *ctx;
+} gw_log;
+
 /* Opens a channel per stage and starts the thread. cfg is copied; model gives the KV
  * geometry (kv heads, head_dim) of the stages' caches. No request is admitted before the
  * first successful gw_scheduler_refresh_kv. */
-int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_scheduler **out, mx_error *err);
+int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log, gw_scheduler **out,
+                        mx_error *err);
 
 /* Asks every stage for its KV numbers (AttentionStage/Info, timeout_ms for all of them).
  * The gateway calls it at start until the stages answer; the scheduler calls it again after

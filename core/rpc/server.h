@@ -1,17 +1,17 @@
 /* server.h - a gRPC server for mx services, over the gRPC C core, with no grpc_op in sight.
  * A service registers a handler per full method name ("/mx.v1.Generation/Generate"); each
  * call runs its handler on a worker thread, which reads the request bytes, writes zero or
- * more messages and sets a final status. Unknown methods get UNIMPLEMENTED at once; the
- * grpc.health.v1.Health service is built in (see health.h).
+ * more messages and sets a final status. Unknown methods get UNIMPLEMENTED at once. The
+ * server knows nothing of health: grpc.health.v1.Health is an add-on (health.h), and service
+ * processes get server, health, signals and drain from the skeleton (service.h).
  *
- * Typical service main:
- *     mx_rpc_tune_malloc();
- *     mx_rpc_block_stop_signals(&err);           // before any thread starts (signals.h)
+ * Typical use:
  *     mx_rpc_server_options o = {.address = "0.0.0.0:50051"};
  *     mx_rpc_server_create(&o, &srv, &err);
+ *     mx_rpc_health_attach(srv, &err);           // optional (health.h)
  *     mx_rpc_server_add_stream(srv, "/mx.v1.Generation/Generate", on_generate, ctx, &err);
  *     mx_rpc_server_start(srv, &err);
- *     mx_rpc_wait_stop_signal(-1, &err);         // SIGTERM / SIGINT
+ *     ...
  *     mx_rpc_server_shutdown(srv, 5000);         // let in-flight calls finish for 5 s
  *     mx_rpc_server_destroy(srv);
  */
@@ -63,7 +63,7 @@ int mx_rpc_server_add_stream(mx_rpc_server *srv, const char *method, mx_rpc_hand
 /* Starts serving: the poller and worker threads begin. */
 int mx_rpc_server_start(mx_rpc_server *srv, mx_error *err);
 
-/* Graceful shutdown: health turns NOT_SERVING, no new calls are accepted, in-flight calls
+/* Graceful shutdown: add-ons are told first (health turns NOT_SERVING), no new calls are accepted, in-flight calls
  * may finish for grace_ms, then the rest are cancelled (their handlers see
  * mx_rpc_call_cancelled) and this returns once every handler has returned. Idempotent. */
 void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms);
