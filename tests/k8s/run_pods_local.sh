@@ -5,7 +5,8 @@
 # and the model volume's path. The DNS names the configs use (Services, StatefulSet pods) are
 # resolved through an /etc/hosts bind-mounted in a private mount namespace (unshare -m, root
 # only), so the services resolve exactly the names the cluster would give them. Then Generate
-# through the gateway must give the tokens `mx generate` gives on the same model.
+# through the gateway must give the tokens `mx generate` gives on the same model. The model is
+# written by the overlay's model Job script.
 # usage: run_pods_local.sh PLAN.tsv PODS_DIR MODEL_MOUNT MODEL_DIR BIN_DIR WORK   (inside unshare -m)
 # Prints "ok ..." or "FAIL ..." lines; exit status 0 when all passed.
 set -u
@@ -25,6 +26,20 @@ while IFS=$'\t' read -r role name aliases _image _user _mount _cmd; do
     [ "$aliases" != "-" ] && echo "127.0.1.$n ${aliases//,/ }" >>"$work/hosts"
 done <"$plan"
 mount --bind "$work/hosts" /etc/hosts || { echo "FAIL pods-local: cannot bind-mount /etc/hosts"; exit 1; }
+
+# The model Job's own script fills the model directory (its binary and volume paths mapped
+# here); run twice, the second run must find the marker and leave the model alone.
+while IFS=$'\t' read -r role name _aliases _image _user _mount cmd; do
+    [ "$role" = job ] || continue
+    script=$(node -e 'const j=JSON.parse(require("fs").readFileSync(process.argv[1]));process.stdout.write(j.command[0]==="/bin/sh"&&j.command[1]==="-c"?j.command[2]:"")' "$cmd")
+    [ -n "$script" ] || { echo "FAIL pods-local-job: $name does not run a /bin/sh -c script"; exit 1; }
+    script=${script//\/usr\/local\/bin\/mx/$bin/mx}
+    script=${script//$mount\//$model/}
+    sh -c "$script" >"$work/$name.log" 2>&1 && [ -f "$model/.mx-model-ready" ] && [ -f "$model/tiny/config.json" ] &&
+        sh -c "$script" >"$work/$name.2.log" 2>&1 && grep -q "model already there" "$work/$name.2.log" ||
+        { echo "FAIL pods-local-job: $(tail -3 "$work/$name.log" "$work/$name.2.log" 2>/dev/null)"; exit 1; }
+    echo "ok   pods-local-job: $name's script wrote the model and the ready marker, and a rerun left them alone"
+done <"$plan"
 
 gw_addr=
 while IFS=$'\t' read -r role name _aliases _image _user _mount _cmd; do

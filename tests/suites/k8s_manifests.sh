@@ -72,7 +72,6 @@ done
 skipped=0
 if [ "$(id -u)" -eq 0 ] && unshare -m true 2>/dev/null; then
     mkdir -p "$work/local/models"
-    cp -r "$work/tiny" "$work/local/models/tiny"
     node "$CACHE/pod_plan.mjs" "$work/cpu-small.yaml" "$work/local/pods" >"$work/local/plan.tsv" &&
         timeout 300 unshare -m bash tests/k8s/run_pods_local.sh "$work/local/plan.tsv" "$work/local/pods" /models \
             "$work/local/models" "$BUILD/bin" "$work/local" >"$work/local.out" 2>&1
