@@ -70,6 +70,8 @@ typedef struct mx_fa_kernels {
     void (*softmax)(float *s, int m, const int *nvalid, float *mx, float *l, float *corr);
     /* acc[i][] = acc[i][] * corr[i] + sum_{j < nk} p[i][j] v[j][] (v rows d floats apart). */
     void (*pv)(float *acc, const float *corr, const float *p, int m, int nk, const float *v, int d);
+    /* kt[a][c] = k[c][a] for keys c < nk, 0 for nk <= c < MX_FA_KEY_TILE (k: [nk][d]). */
+    void (*key_tile)(const float *k, int nk, int d, float *kt);
     /* dst[t][a] = element (t, a) of a [n][d] block of a page in dtype t, times scale. */
     void (*decode)(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst);
 } mx_fa_kernels;

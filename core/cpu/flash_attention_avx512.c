@@ -105,47 +105,55 @@ static void softmax_avx512(float *s, int m, const int *nvalid, float *mx, float 
     }
 }
 
-/* RB rows x CB vectors of acc: scaled by corr, then nk keys of p . v accumulated. */
-INLINE void pv_rows(float *acc, const float *corr, const float *p, int nk, const float *v, int d, const int RB,
-                    const int CB)
-{
-    __m512 o[8][8];
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; r++) {
-        __m512 cr = _mm512_set1_ps(corr[r]);
-#pragma GCC unroll 8
-        for (int c = 0; c < CB; c++)
-            o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * d + 16 * c), cr);
+/* RB rows x CB vectors of acc: scaled by corr, then nk keys of p . v accumulated. One function
+ * per shape with arrays of exactly that size, so the accumulators stay in registers (a shared
+ * [8][8] array made GCC spill them). RB * CB <= 24 leaves registers for RB broadcasts and one
+ * row of v. */
+#define DEF_PV(RB, CB)                                                                              \
+    static inline __attribute__((always_inline)) void pv_##RB##x##CB(float *acc, const float *corr, \
+                                                                      const float *p, int nk,       \
+                                                                      const float *v, int d)        \
+    {                                                                                               \
+        __m512 o[RB][CB];                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RB; r++)                                        \
+        {                                                                                           \
+            __m512 cr = _mm512_set1_ps(corr[r]);                                                    \
+            _Pragma("GCC unroll 8") for (int c = 0; c < CB; c++) o[r][c] =                          \
+                _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * d + 16 * c), cr);                   \
+        }                                                                                           \
+        for (int j = 0; j < nk; j++) {                                                              \
+            __m512 b[RB];                                                                           \
+            _Pragma("GCC unroll 8") for (int r = 0; r < RB; r++) b[r] =                             \
+                _mm512_set1_ps(p[(size_t)r * T + j]);                                               \
+            const float *vj = v + (size_t)j * d;                                                    \
+            _Pragma("GCC unroll 8") for (int c = 0; c < CB; c++)                                    \
+            {                                                                                       \
+                __m512 vv = _mm512_loadu_ps(vj + 16 * c);                                           \
+                _Pragma("GCC unroll 8") for (int r = 0; r < RB; r++) o[r][c] =                      \
+                    _mm512_fmadd_ps(b[r], vv, o[r][c]);                                             \
+            }                                                                                       \
+        }                                                                                           \
+        _Pragma("GCC unroll 8") for (int r = 0; r < RB; r++)                                        \
+            _Pragma("GCC unroll 8") for (int c = 0; c < CB; c++)                                    \
+                _mm512_storeu_ps(acc + (size_t)r * d + 16 * c, o[r][c]);                            \
     }
-    for (int j = 0; j < nk; j++) {
-        __m512 b[8];
-#pragma GCC unroll 8
-        for (int r = 0; r < RB; r++)
-            b[r] = _mm512_set1_ps(p[(size_t)r * T + j]);
-        const float *vj = v + (size_t)j * d;
-#pragma GCC unroll 8
-        for (int c = 0; c < CB; c++) {
-            __m512 vv = _mm512_loadu_ps(vj + 16 * c);
-#pragma GCC unroll 8
-            for (int r = 0; r < RB; r++)
-                o[r][c] = _mm512_fmadd_ps(b[r], vv, o[r][c]);
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; r++)
-#pragma GCC unroll 8
-        for (int c = 0; c < CB; c++)
-            _mm512_storeu_ps(acc + (size_t)r * d + 16 * c, o[r][c]);
-}
+DEF_PV(3, 8)
+DEF_PV(1, 8)
+DEF_PV(6, 4)
+DEF_PV(1, 4)
+DEF_PV(8, 2)
+DEF_PV(1, 2)
+DEF_PV(8, 1)
+DEF_PV(1, 1)
 
 /* Rows [0, m) in blocks of RB, columns [c0, c0 + 16 CB). */
-#define PV_COLUMNS(RB, CB)                                                                             \
-    do {                                                                                               \
-        int i = 0;                                                                                     \
-        for (; i + (RB) <= m; i += (RB))                                                               \
-            pv_rows(acc + (size_t)i * d + c0, corr + i, p + (size_t)i * T, nk, v + c0, d, (RB), (CB)); \
-        for (; i < m; i++)                                                                             \
-            pv_rows(acc + (size_t)i * d + c0, corr + i, p + (size_t)i * T, nk, v + c0, d, 1, (CB));    \
+#define PV_COLUMNS(RB, CB)                                                                          \
+    do {                                                                                            \
+        int i = 0;                                                                                  \
+        for (; i + (RB) <= m; i += (RB))                                                            \
+            pv_##RB##x##CB(acc + (size_t)i * d + c0, corr + i, p + (size_t)i * T, nk, v + c0, d);   \
+        for (; i < m; i++)                                                                          \
+            pv_1x##CB(acc + (size_t)i * d + c0, corr + i, p + (size_t)i * T, nk, v + c0, d);        \
     } while (0)
 
 static void pv_avx512(float *acc, const float *corr, const float *p, int m, int nk, const float *v, int d)
@@ -163,6 +171,37 @@ static void pv_avx512(float *acc, const float *corr, const float *p, int m, int 
     }
     if (c0 + 16 <= d)
         PV_COLUMNS(8, 1);
+}
+
+/* The key tile transposed in 16 x 16 blocks held in registers (a scalar transpose cost 12 %
+ * of a bf16 prefill): unpack pairs of rows, shuffle quads, then gather 128-bit lanes. */
+static void key_tile_avx512(const float *k, int nk, int d, float *kt)
+{
+    for (int jb = 0; jb < T; jb += 16)
+        for (int ab = 0; ab < d; ab += 16) {
+            __m512 r[16], t[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = jb + i < nk ? _mm512_loadu_ps(k + (size_t)(jb + i) * d + ab) : _mm512_setzero_ps();
+            for (int i = 0; i < 8; i++) {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for (int i = 0; i < 4; i++) { /* r[4i + e]: element e of each lane, rows 4i .. 4i+3 */
+                r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int e = 0; e < 4; e++) { /* column e + 4 L takes lane L of the four row groups */
+                __m512 t0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88), t1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xdd);
+                __m512 t2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88),
+                       t3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xdd);
+                _mm512_store_ps(kt + (size_t)(ab + e) * T + jb, _mm512_shuffle_f32x4(t0, t2, 0x88));
+                _mm512_store_ps(kt + (size_t)(ab + e + 8) * T + jb, _mm512_shuffle_f32x4(t0, t2, 0xdd));
+                _mm512_store_ps(kt + (size_t)(ab + e + 4) * T + jb, _mm512_shuffle_f32x4(t1, t3, 0x88));
+                _mm512_store_ps(kt + (size_t)(ab + e + 12) * T + jb, _mm512_shuffle_f32x4(t1, t3, 0xdd));
+            }
+        }
 }
 
 static void decode_avx512(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst)
@@ -192,4 +231,5 @@ static void decode_avx512(mx_kv_dtype t, const void *src, float scale, int n, in
     }
 }
 
-const mx_fa_kernels mx_fa_kernels_avx512 = {MX_CPU_ISA_AVX512, qk_avx512, softmax_avx512, pv_avx512, decode_avx512};
+const mx_fa_kernels mx_fa_kernels_avx512 = {MX_CPU_ISA_AVX512, qk_avx512, softmax_avx512, pv_avx512,
+                                            key_tile_avx512, decode_avx512};

@@ -79,6 +79,17 @@ static void pv_scalar(float *acc, const float *corr, const float *p, int m, int 
     }
 }
 
+static void key_tile_scalar(const float *k, int nk, int d, float *kt)
+{
+    for (int a = 0; a < d; a++) {
+        float *col = kt + (size_t)a * MX_FA_KEY_TILE;
+        for (int c = 0; c < nk; c++)
+            col[c] = k[(size_t)c * d + a];
+        for (int c = nk; c < MX_FA_KEY_TILE; c++)
+            col[c] = 0.f;
+    }
+}
+
 static void decode_scalar(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst)
 {
     size_t count = (size_t)n * d;
@@ -96,7 +107,7 @@ static void decode_scalar(mx_kv_dtype t, const void *src, float scale, int n, in
 }
 
 const mx_fa_kernels mx_fa_kernels_scalar = {MX_CPU_ISA_SCALAR, qk_scalar, softmax_scalar, pv_scalar,
-                                            decode_scalar};
+                                            key_tile_scalar, decode_scalar};
 
 /* ---------------------------------------------------------------- planning */
 
@@ -273,13 +284,7 @@ static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
             kf = sc->tmp;
         }
         /* the key tile transposed, so the QK kernel runs along keys; unused columns are 0 */
-        for (int a = 0; a < d; a++) {
-            float *col = sc->kt + (size_t)a * MX_FA_KEY_TILE;
-            for (int c = 0; c < nk; c++)
-                col[c] = kf[(size_t)c * d + a];
-            for (int c = nk; c < MX_FA_KEY_TILE; c++)
-                col[c] = 0.f;
-        }
+        j->kern->key_tile(kf, nk, d, sc->kt);
         const float *vf;
         if (kv->dtype == MX_KV_F32) {
             vf = mx_kv_page_v(kv, page, it->kvh);
