@@ -208,7 +208,7 @@ void cli_progress(void *ctx, const char *what, uint64_t done, uint64_t total)
     }
 }
 
-int cli_load(const char *dir, const char *backend, int threads, cli_model *cm)
+int cli_load(const char *dir, const char *backend, int threads, const cli_load_options *opts, cli_model *cm)
 {
     memset(cm, 0, sizeof *cm);
     mx_error err = {0};
@@ -221,6 +221,11 @@ int cli_load(const char *dir, const char *backend, int threads, cli_model *cm)
         mx_load_plan plan = mx_load_plan_full(&cfg);
         plan.progress = cli_progress;
         plan.progress_ctx = &decile;
+        if (opts) {
+            plan.expert_format = opts->expert_format;
+            plan.attn_format = opts->attn_format;
+            plan.quantize_threads = threads;
+        }
         rc = mx_weights_load(dir, &plan, &cm->w, &err);
     }
     if (!rc)

@@ -33,7 +33,14 @@ typedef struct cli_model {
     mx_weights *w;
     mx_model *m;
 } cli_model;
-int cli_load(const char *dir, const char *backend, int threads, cli_model *out);
+/* What the whole-model load plan may change: expert weights and attention projections as
+ * stored or quantized to int8 at load (router, norms, embedding and head stay as stored). */
+typedef struct cli_load_options {
+    mx_weight_format expert_format;
+    mx_weight_format attn_format;
+} cli_load_options;
+/* opts NULL: everything as stored. */
+int cli_load(const char *dir, const char *backend, int threads, const cli_load_options *opts, cli_model *out);
 void cli_unload(cli_model *cm);
 
 #endif

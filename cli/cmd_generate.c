@@ -20,37 +20,7 @@ static void usage(FILE *f)
                "         [--kv-dtype bf16|f32|fp8_e4m3|int8] [--prefill-chunk N] [--max-new-tokens N] [--temperature T]\n"
                "         [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--seed S]\n"
                "         [--logprobs N] [--eos ID] [--backend cpu|cuda] [--threads N]\n"
-               "         [--expert-dtype bf16|int8]\n");
-}
-
-/* cli_load, with the experts quantized to int8 at load when asked (attention, router,
- * embedding and head stay as stored). */
-static int load_model(const char *dir, const char *backend, int threads, mx_weight_format experts,
-                      cli_model *cm)
-{
-    if (experts == MX_WEIGHTS_AS_STORED)
-        return cli_load(dir, backend, threads, cm);
-    memset(cm, 0, sizeof *cm);
-    mx_error err = {0};
-    mx_config cfg;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = mx_config_load(path, &cfg, &err);
-    if (!rc) {
-        mx_load_plan plan = mx_load_plan_full(&cfg);
-        plan.expert_format = experts;
-        plan.quantize_threads = threads;
-        rc = mx_weights_load(dir, &plan, &cm->w, &err);
-    }
-    if (!rc)
-        rc = mx_backend_create(backend, threads, &cm->be, &err);
-    if (!rc)
-        rc = mx_model_create(cm->w, cm->be, &cm->m, &err);
-    if (rc) {
-        fprintf(stderr, "mx: %s\n", err.msg);
-        cli_unload(cm);
-    }
-    return rc;
+               "         [--expert-dtype bf16|int8] [--attn-dtype bf16|int8]\n");
 }
 
 /* --prompt-file: the text encoded with the model's DIR/tokenizer.json the way the gateway
@@ -91,7 +61,7 @@ int mx_cmd_generate(int argc, char **argv)
     const char *model_dir = NULL, *ids_text = NULL, *backend = "cpu";
     const char *ids_file = NULL, *text_file = NULL, *kv_name = NULL; /* FILE may be "-" (stdin) */
     long max_new = 16, threads = 0, eos = -1, v, chunk = PREFILL_CHUNK;
-    mx_weight_format experts = MX_WEIGHTS_AS_STORED;
+    cli_load_options lo = {MX_WEIGHTS_AS_STORED, MX_WEIGHTS_AS_STORED};
     double f;
     mx_sampling_params sp = mx_sampling_defaults();
     static const struct option opts[] = {
@@ -104,7 +74,7 @@ int mx_cmd_generate(int argc, char **argv)
         {"threads", required_argument, 0, 't'},        {"help", no_argument, 0, 'h'},
         {"prompt-ids-file", required_argument, 0, 'i'}, {"prompt-file", required_argument, 0, 'f'},
         {"kv-dtype", required_argument, 0, 'v'},         {"prefill-chunk", required_argument, 0, 'C'},
-        {"expert-dtype", required_argument, 0, 'x'},
+        {"expert-dtype", required_argument, 0, 'x'},     {"attn-dtype", required_argument, 0, 'a'},
         {0, 0, 0, 0}};
     int c, bad = 0;
     optind = 1;
@@ -118,8 +88,12 @@ int mx_cmd_generate(int argc, char **argv)
         case 'C': bad = cli_parse_int("--prefill-chunk", optarg, 1, 1 << 24, &chunk); break;
         case 'b': backend = optarg; break;
         case 'x':
-            if ((bad = mx_weight_format_from_name(optarg, &experts) != 0))
+            if ((bad = mx_weight_format_from_name(optarg, &lo.expert_format) != 0))
                 fprintf(stderr, "mx generate: --expert-dtype: \"%s\" is not bf16 or int8\n", optarg);
+            break;
+        case 'a':
+            if ((bad = mx_weight_format_from_name(optarg, &lo.attn_format) != 0))
+                fprintf(stderr, "mx generate: --attn-dtype: \"%s\" is not bf16 or int8\n", optarg);
             break;
         case 'n': bad = cli_parse_int("--max-new-tokens", optarg, 0, 1 << 24, &max_new); break;
         case 't': bad = cli_parse_int("--threads", optarg, 0, 256, &threads); break;
@@ -158,7 +132,7 @@ int mx_cmd_generate(int argc, char **argv)
     }
     fprintf(stderr, "prompt: %d tokens\n", n_prompt);
     cli_model cm;
-    if (load_model(model_dir, backend, (int)threads, experts, &cm)) {
+    if (cli_load(model_dir, backend, (int)threads, &lo, &cm)) {
         free(prompt);
         return 1;
     }

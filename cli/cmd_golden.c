@@ -25,7 +25,8 @@ typedef struct tolerance {
     double max_abs, max_rel, min_cosine, min_argmax;
     int argmax_must_match;
     int bf16_tier;
-    int int8_tier; /* --tier int8-experts: see INT8_* below */
+    int int8_tier; /* --tier int8-experts or int8: see INT8_* below */
+    int int8_all;  /* --tier int8 (attention projections in int8 too): INT8_ALL_* */
     int kv_tier;   /* --tier kv: see KV_MAX_REL below */
 } tolerance;
 
@@ -50,6 +51,12 @@ typedef struct tolerance {
 #define INT8_MIN_COSINE 0.97
 #define INT8_MIN_ARGMAX 0.85
 #define INT8_MAX_FLIP_GAP 1.5
+
+/* The int8 tier (int8 experts and int8 attention projections, everything else fp32): the
+ * same three checks with bounds of its own. PLACEHOLDER */
+#define INT8_ALL_MIN_COSINE 0.97
+#define INT8_ALL_MIN_ARGMAX 0.85
+#define INT8_ALL_MAX_FLIP_GAP 1.5
 
 static int map_case_tensor(mx_st_file *f, const char *casename, const char *suffix, mx_dtype dtype,
                            int64_t rows, int64_t cols, const void **out, mx_error *err)
@@ -205,41 +212,14 @@ static int run_together(mx_model *m, golden_case **cs, int n, int chunk, mx_erro
     return rc;
 }
 
-/* cli_load, with the experts quantized to int8 at load when asked (attention, router,
- * embedding and head stay as stored). */
-static int load_model(const char *dir, const char *backend, int threads, mx_weight_format experts,
-                      cli_model *cm)
-{
-    if (experts == MX_WEIGHTS_AS_STORED)
-        return cli_load(dir, backend, threads, cm);
-    memset(cm, 0, sizeof *cm);
-    mx_error err = {0};
-    mx_config cfg;
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = mx_config_load(path, &cfg, &err);
-    if (!rc) {
-        mx_load_plan plan = mx_load_plan_full(&cfg);
-        plan.expert_format = experts;
-        plan.quantize_threads = threads;
-        rc = mx_weights_load(dir, &plan, &cm->w, &err);
-    }
-    if (!rc)
-        rc = mx_backend_create(backend, threads, &cm->be, &err);
-    if (!rc)
-        rc = mx_model_create(cm->w, cm->be, &cm->m, &err);
-    if (rc) {
-        fprintf(stderr, "mx: %s\n", err.msg);
-        cli_unload(cm);
-    }
-    return rc;
-}
-
 /* Compares one case; prints its line; returns 1 if it passes. */
 static int judge(const char *fixture, const char *mode, const golden_case *c, int vocab, const tolerance *tol)
 {
     int rows = c->steps + 1, agree = 0, first_bad = -1;
     double max_abs = 0, max_rel = 0, min_cos = 1, sum_abs = 0, worst_gap = 0;
+    const double min_cos8 = tol->int8_all ? INT8_ALL_MIN_COSINE : INT8_MIN_COSINE;
+    const double min_argmax8 = tol->int8_all ? INT8_ALL_MIN_ARGMAX : INT8_MIN_ARGMAX;
+    const double max_gap8 = tol->int8_all ? INT8_ALL_MAX_FLIP_GAP : INT8_MAX_FLIP_GAP;
     for (int r = 0; r < rows; r++) {
         const float *e = c->logits + (size_t)r * vocab, *g = c->got + (size_t)r * vocab;
         double row_abs = 0, ref_max = 0, dot = 0, ne = 0, ng = 0;
@@ -267,7 +247,7 @@ static int judge(const char *fixture, const char *mode, const golden_case *c, in
         double gap = (double)e[c->greedy[r]] - e[am]; /* how far the reference ranks ours below */
         if (!(gap <= worst_gap))
             worst_gap = gap;
-        if (tol->int8_tier && !(cos >= INT8_MIN_COSINE && gap <= INT8_MAX_FLIP_GAP) && first_bad < 0)
+        if (tol->int8_tier && !(cos >= min_cos8 && gap <= max_gap8) && first_bad < 0)
             first_bad = r;
         if (tol->kv_tier && (am != c->greedy[r] || !(rel <= KV_MAX_REL)) && first_bad < 0)
             first_bad = r;
@@ -283,7 +263,7 @@ static int judge(const char *fixture, const char *mode, const golden_case *c, in
     if (first_bad >= 0)
         snprintf(where, sizeof where, " first_bad_row=%d", first_bad);
     if (tol->int8_tier) {
-        pass = first_bad < 0 && agreement >= INT8_MIN_ARGMAX;
+        pass = first_bad < 0 && agreement >= min_argmax8;
         snprintf(where + strlen(where), sizeof where - strlen(where), " mean_abs=%.3g flip_gap=%.3g",
                  sum_abs / ((double)rows * vocab), worst_gap);
     }
@@ -297,11 +277,12 @@ int mx_cmd_golden(int argc, char **argv)
     const char *backend = "cpu", *tier = NULL, *kv_dtype = NULL;
     int no_chunked = 0;
     long threads = 0;
-    mx_weight_format experts = MX_WEIGHTS_AS_STORED;
+    cli_load_options lo = {MX_WEIGHTS_AS_STORED, MX_WEIGHTS_AS_STORED};
     static const struct option opts[] = {{"backend", required_argument, 0, 'b'},
                                          {"threads", required_argument, 0, 't'},
                                          {"tier", required_argument, 0, 'T'},
                                          {"expert-dtype", required_argument, 0, 'x'},
+                                         {"attn-dtype", required_argument, 0, 'a'},
                                          {"kv-dtype", required_argument, 0, 'k'},
                                          {"no-chunked", no_argument, 0, 'C'},
                                          {"help", no_argument, 0, 'h'},
@@ -319,25 +300,28 @@ int mx_cmd_golden(int argc, char **argv)
             kv_dtype = optarg;
         else if (c == 'C')
             no_chunked = 1;
-        else if (c == 'x' && mx_weight_format_from_name(optarg, &experts) == 0)
+        else if (c == 'x' && mx_weight_format_from_name(optarg, &lo.expert_format) == 0)
+            continue;
+        else if (c == 'a' && mx_weight_format_from_name(optarg, &lo.attn_format) == 0)
             continue;
         else {
             fprintf(c == 'h' ? stdout : stderr,
-                    "usage: mx golden DIR [--backend cpu|cuda] [--threads N] [--tier fp32|bf16|int8-experts|kv]\n"
-                    "                     [--expert-dtype bf16|int8] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--no-chunked]\n");
+                    "usage: mx golden DIR [--backend cpu|cuda] [--threads N] [--tier fp32|bf16|int8-experts|int8|kv]\n"
+                    "                     [--expert-dtype bf16|int8] [--attn-dtype bf16|int8] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--no-chunked]\n");
             return c == 'h' ? 0 : 2;
         }
     }
     if (optind != argc - 1 ||
-        (tier && strcmp(tier, "fp32") && strcmp(tier, "bf16") && strcmp(tier, "int8-experts") && strcmp(tier, "kv"))) {
-        fprintf(stderr, "usage: mx golden DIR [--backend cpu|cuda] [--threads N] [--tier fp32|bf16|int8-experts|kv]\n"
-                    "                     [--expert-dtype bf16|int8] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--no-chunked]\n");
+        (tier && strcmp(tier, "fp32") && strcmp(tier, "bf16") && strcmp(tier, "int8-experts") && strcmp(tier, "int8") &&
+         strcmp(tier, "kv"))) {
+        fprintf(stderr, "usage: mx golden DIR [--backend cpu|cuda] [--threads N] [--tier fp32|bf16|int8-experts|int8|kv]\n"
+                    "                     [--expert-dtype bf16|int8] [--attn-dtype bf16|int8] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--no-chunked]\n");
         return 2;
     }
     const char *dir = argv[optind];
     const char *fixture = strrchr(dir, '/') && strrchr(dir, '/')[1] ? strrchr(dir, '/') + 1 : dir;
     cli_model cm;
-    if (load_model(dir, backend, (int)threads, experts, &cm))
+    if (cli_load(dir, backend, (int)threads, &lo, &cm))
         return 1;
     int vocab = mx_model_config(cm.m)->vocab_size;
     mx_error err = {0};
@@ -361,8 +345,10 @@ int mx_cmd_golden(int argc, char **argv)
         return 1;
     }
     tol.bf16_tier = tier ? strcmp(tier, "bf16") == 0 : cm.be->act_dtype != MX_DTYPE_F32;
-    /* int8 experts are not held to the fp32 tier: they get their own unless one is named */
-    tol.int8_tier = tier ? strcmp(tier, "int8-experts") == 0 : experts == MX_WEIGHTS_INT8 && !tol.bf16_tier;
+    /* int8 weights are not held to the fp32 tier: they get their own unless one is named */
+    int any_int8 = lo.expert_format == MX_WEIGHTS_INT8 || lo.attn_format == MX_WEIGHTS_INT8;
+    tol.int8_tier = tier ? strcmp(tier, "int8-experts") == 0 || strcmp(tier, "int8") == 0 : any_int8 && !tol.bf16_tier;
+    tol.int8_all = tier ? strcmp(tier, "int8") == 0 : lo.attn_format == MX_WEIGHTS_INT8;
     tol.kv_tier = tier && strcmp(tier, "kv") == 0;
     int passed = 0, failed = 0;
     golden_case **group = calloc((size_t)n, sizeof *group);

@@ -1,7 +1,8 @@
-/* cmd_info.c - `mx info --model DIR [--kv-dtype T]`: the config and what serving it costs:
- * parameters, weight bytes (total, per layer kind, per expert), KV bytes per token in the
- * chosen KV dtype's page format, lightning state per sequence. Reads only config.json, so a
- * directory without weights (deploy/models/...) works. */
+/* cmd_info.c - `mx info --model DIR [--kv-dtype T] [--attn-dtype T] [--expert-dtype T]`: the
+ * config and what serving it costs: parameters, weight bytes (total, per layer kind, per
+ * expert; bf16 and as loaded in the chosen weight dtypes), KV bytes per token in the chosen KV
+ * dtype's page format, lightning state per sequence. Reads only config.json, so a directory
+ * without weights (deploy/models/...) works. */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "commands.h"
 #include "core/config.h"
 #include "core/kv_cache.h"
+#include "core/plan.h"
 
 static double gib(double bytes)
 {
@@ -20,10 +22,14 @@ int mx_cmd_info(int argc, char **argv)
 {
     const char *model_dir = NULL;
     mx_kv_dtype kv_dtype = MX_KV_BF16;
+    mx_weight_dtype attn_dt = MX_WEIGHT_BF16, expert_dt = MX_WEIGHT_BF16;
     mx_error err = {0};
     static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"kv-dtype", required_argument, 0, 'k'},
+                                         {"attn-dtype", required_argument, 0, 'a'},
+                                         {"expert-dtype", required_argument, 0, 'x'},
                                          {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    static const char usage[] = "usage: mx info --model DIR [--kv-dtype bf16|f32|fp8_e4m3|int8]\n";
+    static const char usage[] = "usage: mx info --model DIR [--kv-dtype bf16|f32|fp8_e4m3|int8] [--attn-dtype bf16|int8]\n"
+                                "               [--expert-dtype bf16|int8]\n";
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -31,6 +37,12 @@ int mx_cmd_info(int argc, char **argv)
             model_dir = optarg;
         } else if (c == 'k') {
             if (mx_kv_dtype_parse(optarg, "--kv-dtype", &kv_dtype, &err)) {
+                fprintf(stderr, "mx info: %s\n", err.msg);
+                return 2;
+            }
+        } else if (c == 'a' || c == 'x') {
+            if (mx_weight_dtype_parse(optarg, c == 'a' ? "--attn-dtype" : "--expert-dtype",
+                                      c == 'a' ? &attn_dt : &expert_dt, &err)) {
                 fprintf(stderr, "mx info: %s\n", err.msg);
                 return 2;
             }
@@ -79,6 +91,21 @@ int mx_cmd_info(int argc, char **argv)
            gib(lightning_params * 2), gib(softmax_params * 2));
     printf("  per expert        %.3f GiB; all experts of one layer %.2f GiB\n", gib(expert_params * 2),
            gib(E * expert_params * 2));
+    /* As loaded: attention projections in attn_dtype, experts in expert_dtype (int8: one byte
+     * per weight + one fp32 scale per row, the loader's layout); norms bf16, router gates fp32,
+     * embedding and lm_head bf16 whatever is chosen. */
+    int64_t h = cfg->hidden_size, a = (int64_t)A, kv = (int64_t)KV, ff = cfg->intermediate_size;
+    double light_w = (double)(mx_weight_matrix_bytes(attn_dt, 3 * a, h) + mx_weight_matrix_bytes(attn_dt, a, h) +
+                              mx_weight_matrix_bytes(attn_dt, h, a)) + A * 2;
+    double soft_w = (double)(mx_weight_matrix_bytes(attn_dt, a, h) + 2 * mx_weight_matrix_bytes(attn_dt, kv, h) +
+                             mx_weight_matrix_bytes(attn_dt, h, a));
+    double expert_w = (double)(2 * mx_weight_matrix_bytes(expert_dt, ff, h) + mx_weight_matrix_bytes(expert_dt, h, ff));
+    double embed_w = V * H * 2 * (cfg->tie_word_embeddings ? 1 : 2) + H * 2;
+    double loaded = (L - n_soft) * light_w + n_soft * soft_w + L * (2 * H * 2 + E * H * 4 + E * expert_w) + embed_w;
+    printf("weights (attn %s, experts %s) %.2f GiB total: per lightning layer attention %.3f GiB, per\n"
+           "                    softmax layer attention %.3f GiB, per expert %.3f GiB\n",
+           mx_weight_dtype_name(attn_dt), mx_weight_dtype_name(expert_dt), gib(loaded), gib(light_w), gib(soft_w),
+           gib(expert_w));
     uint64_t page = mx_kv_page_bytes(kv_dtype, cfg->num_key_value_heads, cfg->head_dim);
     printf("KV cache (%s)%*s%llu bytes per token (%d softmax layers, %d-token pages of %llu bytes per layer);\n"
            "                    %.2f GiB per 1M tokens\n",

@@ -16,7 +16,7 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: mx plan --model DIR --stages S --expert-shards E --context N [--batch B]\n"
-            "         [--kv-dtype bf16|f32|fp8_e4m3|int8] [--expert-dtype bf16|int8] [--attn-dtype bf16]\n"
+            "         [--kv-dtype bf16|f32|fp8_e4m3|int8] [--expert-dtype bf16|int8] [--attn-dtype bf16|int8]\n"
             "         [--device-memory BYTES] [--devices-per-pod G] [--shard-devices G]\n"
             "         [--reserve FRACTION] [--max-step-tokens T] [--split layers|memory] [--json]\n"
             "  DIR needs only config.json. A stage or shard is one pod of G devices (tensor parallel\n"
@@ -261,14 +261,7 @@ int mx_cmd_plan(int argc, char **argv)
             break;
         case 'k': bad = mx_kv_dtype_parse(optarg, "--kv-dtype", &o.kv_dtype, &err) != 0; break;
         case 'x': bad = mx_weight_dtype_parse(optarg, "--expert-dtype", &o.expert_dtype, &err) != 0; break;
-        case 'a':
-            /* int8 attention weights have no kernels yet; planning them would promise a layout
-             * nothing can run. */
-            if (strcmp(optarg, "bf16") != 0) {
-                mx_fail(&err, MX_EINVAL, "--attn-dtype: \"%s\" is not supported (attention weights are bf16)", optarg);
-                bad = 1;
-            }
-            break;
+        case 'a': bad = mx_weight_dtype_parse(optarg, "--attn-dtype", &o.attn_dtype, &err) != 0; break;
         case 'S':
             if (strcmp(optarg, "layers") == 0)
                 o.split = MX_SPLIT_LAYERS;

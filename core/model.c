@@ -55,6 +55,10 @@ static int upload(mx_backend *be, mx_tensor *dst, const mx_tensor *src, mx_error
         memset(dst, 0, sizeof *dst);
         return 0;
     }
+    /* int8 weights (experts, attention projections) carry their scales in the tensor; only
+     * the CPU kernels read them */
+    if (src->dtype == MX_DTYPE_I8 && be->device != MX_DEVICE_CPU)
+        return mx_fail(err, MX_EUNSUPPORTED, "int8 weights run on the CPU backend only, not %s", be->name);
     return be->upload_weight(be, dst, src, err);
 }
 
@@ -100,10 +104,6 @@ static int upload_layer(mx_backend *be, mx_layer_weights *dst, const mx_layer_we
         for (int e = 0; e < n_experts; e++) {
             if (!src->experts[e].loaded)
                 continue;
-            /* int8 experts carry their scales in the tensor; only the CPU kernels read them */
-            if (src->experts[e].w1.dtype == MX_DTYPE_I8 && be->device != MX_DEVICE_CPU)
-                return mx_fail(err, MX_EUNSUPPORTED, "int8 experts run on the CPU backend only, not %s",
-                               be->name);
             MX_TRY(upload(be, &dst->experts[e].w1, &src->experts[e].w1, err));
             MX_TRY(upload(be, &dst->experts[e].w3, &src->experts[e].w3, err));
             MX_TRY(upload(be, &dst->experts[e].w2, &src->experts[e].w2, err));

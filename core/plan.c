@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quantize.h"
+
 static const char *const wnames[MX_WEIGHT_DTYPE_COUNT] = {"bf16", "int8"};
 
 const char *mx_weight_dtype_name(mx_weight_dtype t)
@@ -23,15 +25,10 @@ int mx_weight_dtype_parse(const char *s, const char *what, mx_weight_dtype *out,
     return mx_fail(err, MX_EINVAL, "%s: unknown weight dtype \"%s\" (expected bf16 or int8)", what, s ? s : "");
 }
 
-static uint64_t round64(uint64_t b)
-{
-    return (b + 63) & ~63ull;
-}
-
 uint64_t mx_weight_matrix_bytes(mx_weight_dtype t, int64_t rows, int64_t cols)
 {
-    uint64_t n = (uint64_t)rows * (uint64_t)cols;
-    return t == MX_WEIGHT_INT8 ? round64(n) + round64((uint64_t)rows * sizeof(float)) : n * 2;
+    /* int8: the loader's own layout arithmetic, so the plan cannot drift from what it allocates */
+    return t == MX_WEIGHT_INT8 ? mx_quantized_i8_bytes(rows, cols) : (uint64_t)rows * (uint64_t)cols * 2;
 }
 
 mx_plan_options mx_plan_defaults(void)
@@ -87,10 +84,12 @@ static uint64_t fill_stage(const mx_config *c, const mx_plan_options *o, const l
     st->softmax_layers = ls->softmax[l1] - ls->softmax[l0];
     st->lightning_layers = (l1 - l0) - st->softmax_layers;
     st->weight_bytes = ls->weight[l1] - ls->weight[l0];
+    /* the embedding and lm_head stay bf16 whatever attn_dtype says (the loader quantizes only
+     * the attention projections) */
     if (first)
-        st->weight_bytes += mx_weight_matrix_bytes(o->attn_dtype, V, H);
+        st->weight_bytes += mx_weight_matrix_bytes(MX_WEIGHT_BF16, V, H);
     if (last) /* final norm + lm_head; a tied head is the embedding, shared only when one stage has both */
-        st->weight_bytes += (uint64_t)H * 2 + (c->tie_word_embeddings && first ? 0 : mx_weight_matrix_bytes(o->attn_dtype, V, H));
+        st->weight_bytes += (uint64_t)H * 2 + (c->tie_word_embeddings && first ? 0 : mx_weight_matrix_bytes(MX_WEIGHT_BF16, V, H));
     uint64_t page = mx_kv_page_bytes(o->kv_dtype, c->num_key_value_heads, c->head_dim);
     st->kv_bytes_per_token = (uint64_t)st->softmax_layers * page / MX_KV_PAGE_TOKENS;
     st->kv_bytes_per_seq = mx_kv_bytes_for_tokens(o->kv_dtype, c->num_key_value_heads, c->head_dim,

@@ -12,13 +12,14 @@
 #include "kv_cache.h"
 
 /* Storage of 2-D weight matrices. int8 keeps one fp32 scale per output row. 1-D weights
- * (norms) stay bf16 and router gates fp32 whatever is chosen. */
+ * (norms) stay bf16, router gates fp32, and the embedding and lm_head bf16 whatever is chosen
+ * (attn_dtype covers the attention projections, expert_dtype w1/w3/w2). */
 typedef enum mx_weight_dtype { MX_WEIGHT_BF16 = 0, MX_WEIGHT_INT8, MX_WEIGHT_DTYPE_COUNT } mx_weight_dtype;
 
 const char *mx_weight_dtype_name(mx_weight_dtype t); /* "bf16", "int8" */
 int mx_weight_dtype_parse(const char *s, const char *what, mx_weight_dtype *out, mx_error *err);
 /* Bytes of a [rows, cols] matrix: bf16 rows*cols*2; int8 rows*cols int8 values + rows fp32
- * scales, each part padded to 64 bytes (the layout of the int8 weight loader). */
+ * scales, each part padded to 64 bytes (mx_quantized_i8_bytes, the int8 loader's layout). */
 uint64_t mx_weight_matrix_bytes(mx_weight_dtype t, int64_t rows, int64_t cols);
 
 /* How layers are cut into stages. */

@@ -1,7 +1,7 @@
 /* weights.c - binds the tensors a load plan asks for, by their checkpoint names, with shapes
  * derived from the config. First every wanted tensor is listed (so the total is known for
  * progress), then each is mapped. It converts nothing, except that a plan may ask for int8
- * experts: those are quantized once here into one block the weights own. */
+ * experts or attention projections: those are quantized once here into one block the weights own. */
 #include "weights.h"
 
 #include <stdarg.h>
@@ -139,44 +139,59 @@ static int map_all(mx_weights *w, const request_list *rl, const mx_load_plan *p,
     return 0;
 }
 
-/* Replaces every loaded expert matrix by an int8 copy in one owned block. The bf16 pages each
- * copy was made from are handed back to the kernel (the mapping stays valid and would fault
- * them in again), so a shard's memory holds the int8 copy, not both. */
-static int quantize_experts(mx_weights *w, const mx_load_plan *p, mx_error *err)
+/* Pass 0 counts the bytes of t's int8 copy; pass 1 writes the copy at *mem and hands the bf16
+ * pages it was made from back to the kernel (the mapping stays valid and would fault them in
+ * again), so memory holds the int8 copy, not both. */
+static int quantize_one(mx_tensor *t, int pass, int threads, char **mem, uint64_t *total, mx_error *err)
 {
-    const int E = w->cfg.num_local_experts;
+    uint64_t bytes = mx_quantized_i8_bytes(t->shape[0], t->shape[1]);
+    if (pass == 0) {
+        *total += bytes;
+        return 0;
+    }
+    mx_tensor q;
+    MX_TRY(mx_quantize_i8(t, *mem, threads, &q, err));
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t b = ((uintptr_t)t->data + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t end = ((uintptr_t)t->data + mx_tensor_nbytes(t)) / (uintptr_t)page * (uintptr_t)page;
+    if (end > b)
+        (void)madvise((void *)b, end - b, MADV_DONTNEED); /* advice only */
+    *t = q;
+    *mem += bytes;
+    return 0;
+}
+
+/* Replaces every loaded expert matrix (expert_format int8) and attention projection
+ * (attn_format int8) by an int8 copy, all in one owned block. */
+static int quantize_weights(mx_weights *w, const mx_load_plan *p, mx_error *err)
+{
+    const int E = w->cfg.num_local_experts, th = p->quantize_threads;
     uint64_t total = 0;
     for (int pass = 0; pass < 2; pass++) {
         char *mem = w->quantized;
         for (int l = p->layer_begin; l < p->layer_end; l++) {
-            mx_expert_weights *ex = w->layers[l].experts;
-            for (int e = 0; ex && e < E; e++) {
+            mx_layer_weights *lw = &w->layers[l];
+            if (p->attn_format == MX_WEIGHTS_INT8 && lw->has_attention) {
+                mx_tensor *ts[] = {&lw->qkv, &lw->output_gate, &lw->out_proj, &lw->q_proj,
+                                   &lw->k_proj, &lw->v_proj, &lw->o_proj};
+                for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+                    if (ts[i]->data)
+                        MX_TRY(quantize_one(ts[i], pass, th, &mem, &total, err));
+            }
+            mx_expert_weights *ex = lw->experts;
+            for (int e = 0; p->expert_format == MX_WEIGHTS_INT8 && ex && e < E; e++) {
                 if (!ex[e].loaded)
                     continue;
-                mx_tensor *ts[3] = {&ex[e].w1, &ex[e].w3, &ex[e].w2};
-                for (int i = 0; i < 3; i++) {
-                    uint64_t bytes = mx_quantized_i8_bytes(ts[i]->shape[0], ts[i]->shape[1]);
-                    if (pass == 0) {
-                        total += bytes;
-                        continue;
-                    }
-                    mx_tensor q;
-                    MX_TRY(mx_quantize_i8(ts[i], mem, p->quantize_threads, &q, err));
-                    long page = sysconf(_SC_PAGESIZE);
-                    uintptr_t b = ((uintptr_t)ts[i]->data + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
-                    uintptr_t end = ((uintptr_t)ts[i]->data + mx_tensor_nbytes(ts[i])) / (uintptr_t)page * (uintptr_t)page;
-                    if (end > b)
-                        (void)madvise((void *)b, end - b, MADV_DONTNEED); /* advice only */
-                    *ts[i] = q;
-                    mem += bytes;
-                }
+                MX_TRY(quantize_one(&ex[e].w1, pass, th, &mem, &total, err));
+                MX_TRY(quantize_one(&ex[e].w3, pass, th, &mem, &total, err));
+                MX_TRY(quantize_one(&ex[e].w2, pass, th, &mem, &total, err));
             }
         }
         if (pass == 0) {
             if (!total)
                 return 0;
             if (!(w->quantized = aligned_alloc(64, (size_t)total)))
-                return mx_fail(err, MX_ENOMEM, "out of memory for %.1f MiB of int8 experts",
+                return mx_fail(err, MX_ENOMEM, "out of memory for %.1f MiB of int8 weights",
                                (double)total / (1 << 20));
             w->bytes_quantized = total;
         }
@@ -211,7 +226,8 @@ int mx_weights_load(const char *dir, const mx_load_plan *plan, mx_weights **out,
         w->layers[l].kind = (mx_attn_kind)w->cfg.attn_type[l];
     if ((rc = plan_all(w, plan, &rl, err)) || (rc = map_all(w, &rl, plan, err)))
         goto fail;
-    if (plan->expert_format == MX_WEIGHTS_INT8 && (rc = quantize_experts(w, plan, err)))
+    if ((plan->expert_format == MX_WEIGHTS_INT8 || plan->attn_format == MX_WEIGHTS_INT8) &&
+        (rc = quantize_weights(w, plan, err)))
         goto fail;
     free(rl.r);
     *out = w;

@@ -2,7 +2,8 @@
  * A plan names the layer range, whether attention/norm/gate tensors, the embedding and the
  * head are needed, and which experts of which layers; nothing else is mapped. Every tensor's
  * shape is checked against the config. Tensors are CPU views into the checkpoint's mappings,
- * except experts a plan asks for in int8: those are quantized copies the weights own. */
+ * except experts or attention projections a plan asks for in int8: those are quantized copies
+ * the weights own. */
 #ifndef MX_WEIGHTS_H
 #define MX_WEIGHTS_H
 
@@ -46,8 +47,11 @@ typedef struct mx_load_plan {
     bool all_experts;            /* every expert of the layer range */
     const uint8_t *expert_mask;  /* else, if non-NULL: [num_layers * num_experts], 1 = load */
     /* Expert weights (w1, w3, w2) as stored (default) or quantized to int8 once here, with
-     * quantize_threads threads (0 = one per core); attention, router, embedding and head stay as stored. */
+     * quantize_threads threads (0 = one per core); router, embedding and head stay as stored. */
     mx_weight_format expert_format;
+    /* Likewise, separately, the attention projections (lightning qkv_proj, output_gate,
+     * out_proj; softmax q/k/v/o_proj); the norms always stay as stored. */
+    mx_weight_format attn_format;
     int quantize_threads;
     mx_progress_fn progress;
     void *progress_ctx;
@@ -62,7 +66,7 @@ typedef struct mx_weights {
     mx_tensor lm_head;           /* [vocab, hidden] */
     mx_layer_weights *layers;    /* [num_hidden_layers]; only the plan's range is filled */
     uint64_t bytes_mapped;
-    void *quantized;             /* owned: the int8 experts and their scales, or NULL */
+    void *quantized;             /* owned: the int8 experts / projections and their scales, or NULL */
     uint64_t bytes_quantized;
 } mx_weights;
 

@@ -109,6 +109,13 @@ expect_in "experts: 80 x 32 x 3 x 6144 x 9216 x 2 B" "$(json 'p["expert_weight_b
 expect_in "softmax layers per stage 1,1,1,2,1,1,1,2" "$(json '[s["softmax_layers"] for s in p["stages"]]')" "[1, 1, 1, 2, 1, 1, 1, 2]"
 expect_in "fits 3 sequences of 4M tokens" "$(json '(p["fits"], p["seqs_fit"])')" "(True, 3)"
 
+# int8 attention projections: 1 byte per weight + a fp32 scale per output row; norms bf16,
+# router gates fp32, embedding and lm_head bf16 (A = 8192, H = 6144, KV width 1024, V = 200064)
+"$MX" plan --model "$MODEL" --stages 8 --expert-shards 8 --context 4194304 --attn-dtype int8 --json >"$tmp/plan.json"
+light8='(3*8192*6144 + 8192*6144 + 6144*8192) + (3*8192 + 8192 + 6144)*4 + 8192*2 + 2*6144*2 + 32*6144*4'
+soft8='(8192*6144 + 2*1024*6144 + 6144*8192) + (8192 + 2*1024 + 6144)*4 + 2*6144*2 + 32*6144*4'
+expect_in "int8 attention weights" "$(json "p['attn_weight_bytes'] == 70*($light8) + 10*($soft8) + 2*200064*6144*2 + 6144*2")" True
+expect_in "int8 attention: options echo it" "$(json 'p["options"]["attn_dtype"]')" int8
 table=$("$MX" plan --model "$MODEL" --stages 8 --expert-shards 8 --context 4194304)
 expect_in "table: whole-model KV" "$table" "KV 40960 B/token over 10 softmax layers = 160.00 GiB per sequence"
 expect_in "table: experts" "$table" "experts 869.7 GB (810.00 GiB)"
@@ -138,7 +145,7 @@ expect_err "more stages than layers" "stages: 81 is not in [1, 80]" --model "$MO
 expect_err "more shards than experts" "expert shards: 33 is not in [1, 32]" --model "$MODEL" --stages 8 --expert-shards 33 --context 1
 expect_err "unknown KV dtype" "--kv-dtype: unknown KV cache dtype \"fp16\"" --model "$MODEL" --stages 8 --expert-shards 8 --context 1 --kv-dtype fp16
 expect_err "unknown expert dtype" "--expert-dtype: unknown weight dtype \"fp4\"" --model "$MODEL" --stages 8 --expert-shards 8 --context 1 --expert-dtype fp4
-expect_err "int8 attention refused" "--attn-dtype: \"int8\" is not supported" --model "$MODEL" --stages 8 --expert-shards 8 --context 1 --attn-dtype int8
+expect_err "unknown attention dtype" "--attn-dtype: unknown weight dtype \"fp8\"" --model "$MODEL" --stages 8 --expert-shards 8 --context 1 --attn-dtype fp8
 expect_err "missing --context" "--context are required" --model "$MODEL" --stages 8 --expert-shards 8
 expect_err "bad --device-memory" "--device-memory: \"lots\" is not a byte count" --model "$MODEL" --stages 8 --expert-shards 8 --context 1 --device-memory lots
 
@@ -149,6 +156,21 @@ expect_in "mx info: bf16 KV" "$info" "KV cache (bf16)     40960 bytes per token"
 info=$("$MX" info --model "$MODEL" --kv-dtype fp8_e4m3 2>&1)
 # 2 x 8 x 64 x 128 bytes + 2 x 8 fp32 scales = 131,136 B per page per layer; x 10 / 64
 expect_in "mx info: fp8 KV" "$info" "20490 bytes per token"
+# int8 attention projections and experts: 1 byte per weight + a fp32 scale per output row;
+# norms bf16, router gates fp32, embedding and lm_head bf16
+gib8=$(/usr/bin/python3 -c '
+A, H, KVW, I, E, V = 8192, 6144, 1024, 9216, 32, 200064
+light = (3*A*H + A*H + H*A) + (3*A + A + H)*4 + A*2
+soft = (A*H + 2*KVW*H + H*A) + (A + 2*KVW + H)*4
+expert = 3*I*H + (2*I + H)*4
+total = 70*light + 10*soft + 80*(2*H*2 + E*H*4 + E*expert) + 2*V*H*2 + H*2
+print("%.2f" % (total / 2**30))')
+info=$("$MX" info --model "$MODEL" --attn-dtype int8 --expert-dtype int8 2>&1)
+expect_in "mx info: int8 attention + experts" "$info" "weights (attn int8, experts int8) $gib8 GiB total"
+info=$("$MX" info --model "$MODEL" 2>&1)
+expect_in "mx info: bf16 as loaded equals the bf16 total" "$info" "weights (attn bf16, experts bf16) 849.56 GiB total"
+info=$("$MX" info --model "$MODEL" --attn-dtype fp4 2>&1)
+expect_in "mx info: unknown attention dtype" "$info" "--attn-dtype: unknown weight dtype \"fp4\""
 info=$("$MX" info --model "$MODEL" --kv-dtype f16 2>&1)
 expect_in "mx info: unknown KV dtype" "$info" "--kv-dtype: unknown KV cache dtype \"f16\""
 

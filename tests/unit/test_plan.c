@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "plan.h"
+#include "quantize.h"
 
 #define TEXT01 "deploy/models/MiniMax-Text-01/config.json"
 #define GIB 1073741824.0
@@ -126,6 +127,31 @@ static void whole_model_numbers(void **state)
     p = make(&c, &o);
     assert_int_equal(p->expert_weight_bytes, 80ull * 32 * (3ull * H * I + (2ull * I + H) * 4));
     mx_plan_free(p);
+
+    /* int8 attention: the projections take one byte per weight plus one fp32 scale per output
+     * row (lightning qkv 3A rows, gate A, out_proj H; softmax q A, k and v KVW each, o H; all
+     * multiples of 64 bytes); norms (bf16), router gates (fp32), embedding and lm_head (bf16)
+     * stay as they were. */
+    o.attn_dtype = MX_WEIGHT_INT8;
+    p = make(&c, &o);
+    int64_t light8 = (3 * A * H + A * H + H * A) + (3 * A + A + H) * 4 + A * 2 + 2 * H * 2 + NE * H * 4;
+    int64_t soft8 = (A * H + 2 * KVW * H + H * A) + (A + 2 * KVW + H) * 4 + 2 * H * 2 + NE * H * 4;
+    assert_int_equal(p->attn_weight_bytes, 70 * light8 + 10 * soft8 + 2LL * V * H * 2 + H * 2);
+    assert_int_equal(p->expert_weight_bytes, 80ull * 32 * (3ull * H * I + (2ull * I + H) * 4));
+    mx_plan_free(p);
+}
+
+/* The planner's int8 matrix size is the loader's (mx_quantized_i8_bytes): int8 values and
+ * fp32 scales, each part padded to 64 bytes. 3 x 5: 15 -> 64, 12 -> 64; 100 x 7: 700 -> 704,
+ * 400 -> 448. */
+static void int8_matrix_bytes_match_the_loader(void **state)
+{
+    (void)state;
+    assert_int_equal(mx_weight_matrix_bytes(MX_WEIGHT_INT8, 3, 5), 128);
+    assert_int_equal(mx_weight_matrix_bytes(MX_WEIGHT_INT8, 100, 7), 704 + 448);
+    assert_int_equal(mx_weight_matrix_bytes(MX_WEIGHT_BF16, 100, 7), 1400);
+    assert_int_equal(mx_quantized_i8_bytes(100, 7), 704 + 448);
+    assert_int_equal(mx_weight_matrix_bytes(MX_WEIGHT_INT8, H, I), mx_quantized_i8_bytes(H, I));
 }
 
 /* 8 stages of 10 layers ([10s, 10s+10), as mx cluster splits them): softmax layers 7, 15, ...
@@ -343,6 +369,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(config_is_the_released_model),
         cmocka_unit_test(whole_model_numbers),
+        cmocka_unit_test(int8_matrix_bytes_match_the_loader),
         cmocka_unit_test(eight_stages_at_4m),
         cmocka_unit_test(smallest_layout_that_fits),
         cmocka_unit_test(memory_split),
