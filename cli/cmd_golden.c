@@ -52,10 +52,15 @@ typedef struct tolerance {
 #define INT8_MIN_ARGMAX 0.85
 #define INT8_MAX_FLIP_GAP 1.5
 
-/* The int8 tier (int8 experts and int8 attention projections, everything else fp32): the
- * same three checks with bounds of its own. PLACEHOLDER */
-#define INT8_ALL_MIN_COSINE 0.97
-#define INT8_ALL_MIN_ARGMAX 0.85
+/* The int8 tier (int8 experts and int8 attention projections, same per-row scheme, everything
+ * else fp32): the same three checks. Measured on the fixtures with f32 KV (per case, all modes
+ * equal): min cosine 0.9727 (small/p1030_s4; 0.9933 with int8 experts alone) .. 0.99995 (long),
+ * argmax agreement >= 4/5 (tiny/p600_s4, a flip at a reference gap of 0.184, below the
+ * int8-experts tier's 0.85 only because that case has five rows), flips at gaps 0.184, 0.247,
+ * 0.249 and 1.16 (tiny/p300_s8, the same flip as with int8 experts alone). Mean |error| grows
+ * from 0.03-0.44 to 0.04-0.47. Int8 attention alone on tiny: min cosine 0.9854, no new flip. */
+#define INT8_ALL_MIN_COSINE 0.96
+#define INT8_ALL_MIN_ARGMAX 0.75
 #define INT8_ALL_MAX_FLIP_GAP 1.5
 
 static int map_case_tensor(mx_st_file *f, const char *casename, const char *suffix, mx_dtype dtype,
