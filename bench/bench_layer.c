@@ -1,7 +1,8 @@
 /* bench_layer.c - one full-width MiniMax-Text-01 layer (hidden 6144, 64 heads x 128, lightning
  * attention, MoE top-2 of 32 experts of 9216) decoding batch 1 and 16 on the CPU backend,
- * through mx_model_run_layers, with BF16 experts and with the same experts quantized to int8
- * (per-row scales), alternating. Weights are random BF16 made in memory (never written to disk);
+ * through mx_model_run_layers, in three variants run in turn within each step: all BF16, int8
+ * experts (per-row scales), and int8 experts plus int8 attention projections (qkv_proj,
+ * output_gate, out_proj). Weights are random BF16 made in memory (never written to disk);
  * experts share NBUF distinct buffers, each larger than the last-level cache, so every expert
  * read still comes from memory. Reports weight bytes read per second vs the read bandwidth
  * measured next to each step. */
@@ -13,6 +14,7 @@
 #include "core/quantize.h"
 
 #define NBUF 4
+#define NV 3    /* variants: bf16, int8 experts, int8 experts + int8 attention */
 #define STEPS 8 /* timed decode steps per batch size, after one warm-up step */
 
 /* Counts the distinct experts the router picks, then runs them with the model's own. */
@@ -123,10 +125,25 @@ int main(void)
         L8->experts[e].loaded = true;
     }
 
+    /* And with the attention projections quantized as well (their own copies, so the three
+     * variants read three different attention buffers, each larger than the cache). */
+    mx_weights wa = w8;
+    mx_layer_weights *LA = calloc(1, sizeof *LA);
+    *LA = *L8;
+    wa.layers = LA;
+    mx_tensor *aq[3] = {&LA->qkv, &LA->output_gate, &LA->out_proj};
+    void *amem[3];
+    for (int i = 0; i < 3; i++) {
+        amem[i] = aligned_alloc(64, (size_t)mx_quantized_i8_bytes(aq[i]->shape[0], aq[i]->shape[1]));
+        mx_tensor src = *aq[i];
+        if (!amem[i] || mx_quantize_i8(&src, amem[i], 0, aq[i], &err))
+            die("quantize attention", &err);
+    }
+
     mx_backend *be = NULL;
-    mx_model *models[2] = {NULL, NULL};
+    mx_model *models[NV] = {NULL, NULL, NULL};
     if (mx_backend_cpu_create(0, &be, &err) || mx_model_create(&w, be, &models[0], &err) ||
-        mx_model_create(&w8, be, &models[1], &err))
+        mx_model_create(&w8, be, &models[1], &err) || mx_model_create(&wa, be, &models[2], &err))
         die("model", &err);
     mx_threadpool *pool = NULL;
     bench_reader reader;
@@ -135,29 +152,35 @@ int main(void)
     if (bench_reader_init(&reader, (size_t)512 << 20))
         die("bandwidth buffer", NULL);
 
-    double attn_bytes = 2.0 * ((double)L->qkv.shape[0] * H + (double)A * H + (double)H * A) +
-                        4.0 * E * H;
+    /* bytes the attention projections + router read: bf16, or int8 plus one fp32 scale per
+     * row (the norms, a few KB, are left out) */
+    const double proj_elems = (double)L->qkv.shape[0] * H + (double)A * H + (double)H * A;
+    const double proj_scales = 4.0 * ((double)L->qkv.shape[0] + A + H);
+    const double attn_b[NV] = {2.0 * proj_elems + 4.0 * E * H, 2.0 * proj_elems + 4.0 * E * H,
+                               proj_elems + proj_scales + 4.0 * E * H};
     /* bytes one expert reads: bf16, or int8 plus one fp32 scale per row */
-    const double expert_bytes[2] = {2.0 * 3.0 * I * H, 3.0 * I * H + 4.0 * (2.0 * I + H)};
-    static const char *const names[2] = {"bf16", "int8"};
-    printf("One MiniMax-Text-01 layer (lightning + MoE top-%d of %d), BF16 attention, BF16 or int8\n"
-           "experts, CPU backend\n", c->num_experts_per_tok, E);
-    printf("Attention+router %.0f MB, each expert %.0f MB (bf16) / %.0f MB (int8). Each step is\n"
-           "paired with a read-bandwidth measurement just before it; 'of bw' is the median of the\n"
-           "%d pairs' ratios. bf16 and int8 steps alternate; 'int8/bf16' is the ratio of the best\n"
-           "steps' tokens per second (the attention weights stay bf16 in both, so it is bounded by\n"
-           "the ratio of bytes read); 'per expert' times the MoE experts alone, per distinct expert\n"
-           "of a step (against the highest bandwidth read of the run).\n",
-           attn_bytes / 1e6, expert_bytes[0] / 1e6, expert_bytes[1] / 1e6, STEPS);
-    printf("%6s %8s %10s %10s %12s %10s %13s %8s %10s\n", "batch", "experts", "ms/step",
-           "experts", "GB read", "GB/s", "bw GB/s", "of bw", "int8/bf16");
+    const double eb16 = 2.0 * 3.0 * I * H, eb8 = 3.0 * I * H + 4.0 * (2.0 * I + H);
+    const double expert_bytes[NV] = {eb16, eb8, eb8};
+    static const char *const names[NV] = {"bf16", "int8", "int8"};
+    static const char *const anames[NV] = {"bf16", "bf16", "int8"};
+    printf("One MiniMax-Text-01 layer (lightning + MoE top-%d of %d), CPU backend: all BF16, int8\n"
+           "experts, int8 experts + int8 attention projections\n", c->num_experts_per_tok, E);
+    printf("Attention+router %.0f MB (bf16) / %.0f MB (int8), each expert %.0f MB (bf16) / %.0f MB\n"
+           "(int8). Each step is paired with a read-bandwidth measurement just before it; 'of bw'\n"
+           "is the median of the %d pairs' ratios (bytes the variant reads per second / bandwidth).\n"
+           "The three variants run in turn in every step; 'vs bf16' is the ratio of the best steps'\n"
+           "tokens per second to the bf16 variant's; 'per expert' times the MoE experts alone, per\n"
+           "distinct expert of a step (against the highest bandwidth read of the run).\n",
+           attn_b[0] / 1e6, attn_b[2] / 1e6, eb16 / 1e6, eb8 / 1e6, STEPS);
+    printf("%6s %8s %6s %10s %10s %12s %10s %13s %8s %8s\n", "batch", "experts", "attn", "ms/step",
+           "experts", "GB read", "GB/s", "bw GB/s", "of bw", "vs bf16");
     static const int batches[] = {1, 16};
     char moe_line[96];
     for (size_t bi = 0; bi < 2; bi++) {
         int T = batches[bi];
-        mx_sequence **seqs[2];
+        mx_sequence **seqs[NV];
         mx_span *spans = calloc((size_t)T, sizeof *spans);
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < NV; v++) {
             seqs[v] = calloc((size_t)T, sizeof *seqs[v]);
             for (int i = 0; i < T; i++)
                 if (mx_sequence_create(models[v], 0, 1, &seqs[v][i], &err))
@@ -170,11 +193,11 @@ int main(void)
         if (be->alloc(be, &h, be->act_dtype, 2, shape, &err))
             die("alloc", &err);
         float *hx = malloc(sizeof(float) * (size_t)T * H);
-        double best[2] = {1e30, 1e30}, best_bytes[2] = {0, 0}, ratios[2][STEPS];
-        double best_moe[2] = {1e30, 1e30};
-        double bw_lo[2] = {1e30, 1e30}, bw_hi[2] = {0, 0};
+        double best[NV] = {1e30, 1e30, 1e30}, best_bytes[NV] = {0, 0, 0}, ratios[NV][STEPS];
+        double best_moe[NV] = {1e30, 1e30, 1e30};
+        double bw_lo[NV] = {1e30, 1e30, 1e30}, bw_hi[NV] = {0, 0, 0};
         for (int it = 0; it <= STEPS; it++) {
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < NV; v++) {
                 mx_batch batch = {T, seqs[v], spans, T};
                 counting_moe cm = {models[v], E, 0, 0};
                 mx_moe_executor ex = {counting_run, &cm};
@@ -187,7 +210,7 @@ int main(void)
                     die("run_layers", &err);
                 double t = bench_now() - t0;
                 mx_batch_advance(&batch);
-                double bytes = attn_bytes + expert_bytes[v] * (double)cm.distinct;
+                double bytes = attn_b[v] + expert_bytes[v] * (double)cm.distinct;
                 if (it == 0) /* the first step also faults pages in */
                     continue;
                 ratios[v][it - 1] = bytes / t / bw;
@@ -202,13 +225,13 @@ int main(void)
                     best_moe[v] = per_expert;
             }
         }
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < NV; v++) {
             char bw_range[32], speedup[16] = "";
             snprintf(bw_range, sizeof bw_range, "%.1f-%.1f", bw_lo[v] / 1e9, bw_hi[v] / 1e9);
-            if (v == 1)
-                snprintf(speedup, sizeof speedup, "%.2fx", best[0] / best[1]);
-            printf("%6d %8s %10.1f %10.1f %12.2f %10.1f %13s %8.2f %10s\n", T, names[v],
-                   best[v] * 1e3, (best_bytes[v] - attn_bytes) / expert_bytes[v], best_bytes[v] / 1e9,
+            if (v > 0)
+                snprintf(speedup, sizeof speedup, "%.2fx", best[0] / best[v]);
+            printf("%6d %8s %6s %10.1f %10.1f %12.2f %10.1f %13s %8.2f %8s\n", T, names[v], anames[v],
+                   best[v] * 1e3, (best_bytes[v] - attn_b[v]) / expert_bytes[v], best_bytes[v] / 1e9,
                    best_bytes[v] / best[v] / 1e9, bw_range, bench_median(ratios[v], STEPS), speedup);
         }
         snprintf(moe_line, sizeof moe_line, "%.2f / %.2f ms, %.2fx (%.2f / %.2f of bw)",
@@ -218,13 +241,17 @@ int main(void)
         fflush(stdout);
         be->free(be, &h);
         free(hx);
-        for (int v = 0; v < 2; v++) {
+        for (int v = 0; v < NV; v++) {
             for (int i = 0; i < T; i++)
                 mx_sequence_free(models[v], seqs[v][i]);
             free(seqs[v]);
         }
         free(spans);
     }
+    mx_model_free(models[2]);
+    for (int i = 0; i < 3; i++)
+        free(amem[i]);
+    free(LA);
     mx_model_free(models[1]);
     free(L8->experts);
     free(L8);

@@ -47,6 +47,8 @@ typedef struct cluster {
     int pipeline_depth;         /* 0 = the gateway's default (number of stages) */
     const char *replicas_text;  /* "R" for every shard or "R0,R1,..." per shard */
     const char *kv_dtype;       /* NULL = the stages' default (bf16) */
+    const char *expert_dtype;   /* NULL = the shards' default (bf16, as stored) */
+    const char *attn_dtype;     /* NULL = the stages' default (bf16, as stored) */
     unsigned long long kv_cache_bytes; /* per stage; 0 = the stages' default */
     int replicas[64];
     bool allow_replica_loss;
@@ -62,12 +64,15 @@ static void usage(FILE *f)
     fprintf(f, "usage: mx cluster --model DIR --stages S --expert-shards E [--replicas R|R0,R1,..] [--port P]\n"
                "         [--threads T] [--max-batch N] [--pipeline-depth D] [--allow-replica-loss]\n"
                "         [--workdir DIR] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--kv-cache-bytes N[K|M|G]]\n"
+               "         [--expert-dtype bf16|int8] [--attn-dtype bf16|int8]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
                "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\") and then\n"
                "\"gateway listening on 127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n"
                "Stages are chained (each forwards to the next); the gateway keeps up to D micro-batches\n"
                "in the pipeline (default S; 1 = one at a time). --kv-dtype and --kv-cache-bytes set every\n"
-               "stage's KV cache element type and budget (binary units; default: half of free memory).\n");
+               "stage's KV cache element type and budget (binary units; default: half of free memory).\n"
+               "--expert-dtype sets every expert shard's expert_dtype, --attn-dtype every stage's\n"
+               "attn_dtype (int8: weights quantized at load, per-row scales).\n");
 }
 
 /* Reserves n distinct free loopback ports by binding them all at once, then closes them.
@@ -130,6 +135,8 @@ static int write_expert_cfg(const cluster *c, const proc *p)
     for (int e = e0; e < e1; e++)
         fprintf(f, e > e0 ? ", %d" : "%d", e);
     fprintf(f, "];\n");
+    if (c->expert_dtype)
+        fprintf(f, "expert_dtype = \"%s\";\n", c->expert_dtype);
     return fclose(f);
 }
 
@@ -153,6 +160,8 @@ static int write_stage_cfg(const cluster *c, const proc *p)
         fprintf(f, "  worker_threads = %d;\n", c->pipeline_depth + 4);
     if (c->kv_dtype)
         fprintf(f, "  kv_dtype = \"%s\";\n", c->kv_dtype);
+    if (c->attn_dtype)
+        fprintf(f, "  attn_dtype = \"%s\";\n", c->attn_dtype);
     if (c->kv_cache_bytes)
         fprintf(f, "  kv_cache_bytes = %lluL;\n", c->kv_cache_bytes);
     fprintf(f, "};\n");
@@ -501,6 +510,7 @@ int mx_cmd_cluster(int argc, char **argv)
         {"max-batch", required_argument, 0, 'b'}, {"allow-replica-loss", no_argument, 0, 'a'},
         {"workdir", required_argument, 0, 'w'},   {"pipeline-depth", required_argument, 0, 'd'},
         {"kv-dtype", required_argument, 0, 'k'},  {"kv-cache-bytes", required_argument, 0, 'c'},
+        {"expert-dtype", required_argument, 0, 'x'}, {"attn-dtype", required_argument, 0, 'A'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch, bad = 0;
@@ -526,6 +536,15 @@ int mx_cmd_cluster(int argc, char **argv)
             break;
         }
         case 'c': bad = parse_bytes(optarg, &c->kv_cache_bytes) != 0; break;
+        case 'x':
+        case 'A': {
+            mx_weight_format f;
+            if ((bad = mx_weight_format_from_name(optarg, &f) != 0))
+                fprintf(stderr, "mx cluster: %s: \"%s\" is not bf16 or int8\n",
+                        ch == 'x' ? "--expert-dtype" : "--attn-dtype", optarg);
+            *(ch == 'x' ? &c->expert_dtype : &c->attn_dtype) = optarg;
+            break;
+        }
         case 'h': usage(stdout); free(c); return 0;
         default: bad = 1;
         }
