@@ -27,7 +27,8 @@ static int get_int(const config_setting_t *g, const char *key, int def, bool req
 static const char *const known_root[] = {"stage", "experts"};
 static const char *const known_keys[] = {
     "listen", "model", "port_file", "backend", "next", "index", "count", "layer_begin", "layer_end",
-    "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms"};
+    "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms",
+    "attn_dtype"};
 
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
@@ -119,6 +120,15 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))
         return mx_error_prefix(err, "%s", path);
     MX_TRY(get_bytes(g, path, "kv_cache_bytes", &c->kv_cache_bytes, err));
+    const char *adt;
+    MX_TRY(mx_cfg_string(g, "attn_dtype", 0, "bf16", &adt, err));
+    if (mx_weight_format_from_name(adt, &c->attn_dtype))
+        return mx_cfg_fail(err, config_setting_get_member(g, "attn_dtype"), NULL,
+                           "\"%s\" is not an attention weight dtype (\"bf16\" or \"int8\")", adt);
+    /* the int8 kernels are the CPU backend's (core/cpu/gemm_int8*.c) */
+    if (c->attn_dtype == MX_WEIGHTS_INT8 && strcmp(c->backend, "cpu"))
+        return mx_cfg_fail(err, config_setting_get_member(g, "attn_dtype"), NULL,
+                           "int8 attention weights need backend = \"cpu\"");
     if (c->count < 1 || c->index < 0 || c->index >= c->count)
         return mx_fail(err, MX_EINVAL, "%s: stage.index %d is not in [0, count=%d)", path, c->index, c->count);
     MX_TRY(get_int(g, "worker_threads", c->count + 4, false, &c->worker_threads, err));

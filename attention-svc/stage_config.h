@@ -18,6 +18,8 @@
  *       worker_threads = 6;           # RPC handlers at once (default count + 4): one per
  *                                     # micro-batch in flight plus Info/Release/health
  *       kv_dtype = "bf16";            # KV cache element type: bf16 (default), f32, fp8_e4m3, int8
+ *       attn_dtype = "bf16";          # attention projections: bf16 (as stored, default) or int8
+ *                                     # (quantized at load, per-row scales; backend "cpu" only)
  *       kv_cache_bytes = "8GiB";      # KV budget of all live sequences on this stage: bytes as
  *                                     # an integer, or a string with a binary unit (K/KiB, M/MiB,
  *                                     # G/GiB, T/TiB); default 0 = the backend's default
@@ -35,6 +37,7 @@
 
 #include "core/error.h"
 #include "core/kv_cache.h"
+#include "core/quantize.h"
 #include "router/router.h"
 
 typedef struct stage_config {
@@ -51,6 +54,7 @@ typedef struct stage_config {
     int max_message_bytes;
     int worker_threads;
     mx_kv_dtype kv_dtype;
+    mx_weight_format attn_dtype; /* the load plan's attn_format */
     uint64_t kv_cache_bytes;  /* 0 = the backend's default */
     bool remote_experts;      /* an "experts" group was given */
     mx_router_config router;  /* valid when remote_experts */

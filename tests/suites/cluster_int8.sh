@@ -114,6 +114,58 @@ for c in "bad_dtype:4: \`expert_dtype\`: \"int4\" is not an expert dtype" "cuda_
     fi
 done
 
+# attn_dtype in attention-svc's stage config: a bad value and int8 on the cuda backend are
+# refused, naming the file, line and key; int8 on the cpu backend is accepted.
+stage_cfg() { # BACKEND_LINE DTYPE
+    printf 'stage = { listen = "127.0.0.1:0"; model = "../shared/golden/tiny"; index = 0; count = 1;\n%s\nlayer_begin = 0; layer_end = 2;\nattn_dtype = "%s"; };\n' "$1" "$2"
+}
+stage_cfg "" int4 > "$tmp/stage_bad.cfg"
+stage_cfg 'backend = "cuda";' int8 > "$tmp/stage_cuda.cfg"
+stage_cfg "" int8 > "$tmp/stage_ok.cfg"
+for c in "stage_bad:4: \`stage.attn_dtype\`: \"int4\" is not an attention weight dtype" \
+         "stage_cuda:4: \`stage.attn_dtype\`: int8 attention weights need backend = \"cpu\""; do
+    f=${c%%:*}
+    if out=$(timeout 20 "$BUILD/bin/attention-svc" --check-config "$tmp/$f.cfg" 2>&1); then
+        bad "config $f: exited 0"
+    elif grep -qF -- "$tmp/$f.cfg${c#$f}" <<<"$out"; then
+        ok "config $f refused"
+    else
+        bad "config $f: '$out' lacks '$c'"
+    fi
+done
+if timeout 20 "$BUILD/bin/attention-svc" --check-config "$tmp/stage_ok.cfg" >/dev/null 2>&1; then
+    ok "config stage_ok: attn_dtype = \"int8\" on the cpu backend accepted"
+else
+    bad "config stage_ok: refused: $(timeout 20 "$BUILD/bin/attention-svc" --check-config "$tmp/stage_ok.cfg" 2>&1)"
+fi
+
+# mx cluster --expert-dtype int8 --attn-dtype int8: the shards' and the stage's configs carry
+# the dtypes, and the shards hold int8 experts (tiny: 1.5 MiB per two experts, as above).
+"$MX" cluster --model ../shared/golden/tiny --stages 1 --expert-shards 2 --threads 1 --port 0 \
+    --expert-dtype int8 --attn-dtype int8 --workdir "$tmp/cl" > "$tmp/cl.out" 2>&1 &
+cl_pid=$!
+for _ in $(seq 600); do grep -q "gateway listening" "$tmp/cl.out" && break; kill -0 $cl_pid 2>/dev/null || break; sleep 0.1; done
+if grep -q "gateway listening" "$tmp/cl.out"; then
+    grep -q 'expert_dtype = "int8";' "$tmp/cl/expert-0.0.cfg" && grep -q 'expert_dtype = "int8";' "$tmp/cl/expert-1.0.cfg" \
+        && ok "mx cluster: expert_dtype = \"int8\" in both shard configs" || bad "mx cluster: shard configs: $(cat "$tmp"/cl/expert-*.cfg)"
+    grep -q 'attn_dtype = "int8";' "$tmp/cl/stage-0.cfg" \
+        && ok "mx cluster: attn_dtype = \"int8\" in the stage config" || bad "mx cluster: stage config: $(cat "$tmp/cl/stage-0.cfg")"
+    grep -q "(1.5 MiB of weights)" "$tmp/cl/expert-0.0.log" \
+        && ok "mx cluster: shard 0 holds int8 experts" || bad "mx cluster: shard 0: $(cat "$tmp/cl/expert-0.0.log")"
+else
+    bad "mx cluster did not start: $(cat "$tmp/cl.out")"
+fi
+kill -TERM $cl_pid 2>/dev/null
+for _ in $(seq 100); do kill -0 $cl_pid 2>/dev/null || break; sleep 0.1; done
+kill -KILL $cl_pid 2>/dev/null
+wait $cl_pid 2>/dev/null
+if bad_out=$("$MX" cluster --model ../shared/golden/tiny --stages 1 --expert-shards 1 --attn-dtype fp8 2>&1); then
+    bad "mx cluster --attn-dtype fp8: exit 0"
+else
+    grep -qF -- '--attn-dtype: "fp8" is not bf16 or int8' <<<"$bad_out" && ok "mx cluster --attn-dtype fp8 refused" \
+        || bad "mx cluster --attn-dtype fp8: '$bad_out'"
+fi
+
 long_prompt=$(seq -s, 3 2 301) # 150 tokens
 run_fixture ../shared/golden/tiny "0, 1" "2, 3" 1.5 "1,2,3,4,5" "$long_prompt"
 run_fixture ../shared/golden/small "0, 1, 2, 3" "4, 5, 6, 7" 1.6 "7" "$long_prompt"
