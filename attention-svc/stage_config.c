@@ -125,10 +125,6 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     if (mx_weight_format_from_name(adt, &c->attn_dtype))
         return mx_cfg_fail(err, config_setting_get_member(g, "attn_dtype"), NULL,
                            "\"%s\" is not an attention weight dtype (\"bf16\" or \"int8\")", adt);
-    /* the int8 kernels are the CPU backend's (core/cpu/gemm_int8*.c) */
-    if (c->attn_dtype == MX_WEIGHTS_INT8 && strcmp(c->backend, "cpu"))
-        return mx_cfg_fail(err, config_setting_get_member(g, "attn_dtype"), NULL,
-                           "int8 attention weights need backend = \"cpu\"");
     if (c->count < 1 || c->index < 0 || c->index >= c->count)
         return mx_fail(err, MX_EINVAL, "%s: stage.index %d is not in [0, count=%d)", path, c->index, c->count);
     MX_TRY(get_int(g, "worker_threads", c->count + 4, false, &c->worker_threads, err));

@@ -19,7 +19,7 @@
  *                                     # micro-batch in flight plus Info/Release/health
  *       kv_dtype = "bf16";            # KV cache element type: bf16 (default), f32, fp8_e4m3, int8
  *       attn_dtype = "bf16";          # attention projections: bf16 (as stored, default) or int8
- *                                     # (quantized at load, per-row scales; backend "cpu" only)
+ *                                     # (quantized at load, per-row scales)
  *       kv_cache_bytes = "8GiB";      # KV budget of all live sequences on this stage: bytes as
  *                                     # an integer, or a string with a binary unit (K/KiB, M/MiB,
  *                                     # G/GiB, T/TiB); default 0 = the backend's default

@@ -55,10 +55,10 @@ static int upload(mx_backend *be, mx_tensor *dst, const mx_tensor *src, mx_error
         memset(dst, 0, sizeof *dst);
         return 0;
     }
-    /* int8 weights (experts, attention projections) carry their scales in the tensor; only
-     * the CPU kernels read them */
-    if (src->dtype == MX_DTYPE_I8 && be->device != MX_DEVICE_CPU)
-        return mx_fail(err, MX_EUNSUPPORTED, "int8 weights run on the CPU backend only, not %s", be->name);
+    /* int8 weights (experts, attention projections) carry their scales in the tensor; the CPU
+     * and CUDA backends' upload_weight and matmul know them */
+    if (src->dtype == MX_DTYPE_I8 && be->device != MX_DEVICE_CPU && be->device != MX_DEVICE_CUDA)
+        return mx_fail(err, MX_EUNSUPPORTED, "int8 weights run on the CPU and CUDA backends only, not %s", be->name);
     return be->upload_weight(be, dst, src, err);
 }
 

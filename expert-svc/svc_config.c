@@ -44,9 +44,6 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
     if (mx_weight_format_from_name(dt, &out->expert_dtype))
         return mx_cfg_fail(err, config_setting_get_member(root, "expert_dtype"), NULL,
                            "\"%s\" is not an expert dtype (\"bf16\" or \"int8\")", dt);
-    if (out->expert_dtype == MX_WEIGHTS_INT8 && strcmp(out->backend, "cpu"))
-        return mx_cfg_fail(err, config_setting_get_member(root, "expert_dtype"), NULL,
-                           "int8 experts need backend = \"cpu\"");
     return mx_expert_set_from_setting(root, &out->owns, err);
 }
 

@@ -3,6 +3,10 @@
  * scratch and params buffers the ops share. The math lives in the other .cu files. */
 #include "cuda_internal.cuh"
 
+extern "C" {
+#include "cuda/expert_int8.h"
+}
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,6 +237,8 @@ static void cuda_free(mx_backend *be, mx_tensor *t)
 
 static int cuda_upload_weight(mx_backend *be, mx_tensor *dst, const mx_tensor *host, mx_error *err)
 {
+    if (host && host->dtype == MX_DTYPE_I8) /* int8 rows + per-row scales in one device block */
+        return mx_cuda_upload_i8(be, dst, host, err);
     if (!host || (mx_tensor_numel(host) > 0 && !host->data) || host->device != MX_DEVICE_CPU)
         return mx_fail(err, MX_EINVAL, "upload_weight: source must be a CPU tensor with data");
     TRY(cuda_alloc(be, dst, host->dtype, host->ndim, host->shape, err));
@@ -250,6 +256,15 @@ static int cuda_upload_weight(mx_backend *be, mx_tensor *dst, const mx_tensor *h
     return 0;
 }
 
+/* I8 weights come from mx_cuda_upload_i8 (one block: values, then scales). */
+static void cuda_free_weight(mx_backend *be, mx_tensor *t)
+{
+    if (t && t->dtype == MX_DTYPE_I8)
+        mx_cuda_free_i8(be, t);
+    else
+        cuda_free(be, t);
+}
+
 extern "C" int mx_cuda_upload_weight_slice(mx_backend *be, mx_tensor *dst, const mx_tensor *host,
                                            int dim, int64_t begin, int64_t count, mx_error *err)
 {
@@ -257,6 +272,8 @@ extern "C" int mx_cuda_upload_weight_slice(mx_backend *be, mx_tensor *dst, const
         return mx_fail(err, MX_EINVAL, "upload_weight_slice: not a CUDA backend");
     if (!host || !host->data || host->device != MX_DEVICE_CPU)
         return mx_fail(err, MX_EINVAL, "upload_weight_slice: source must be a CPU tensor with data");
+    if (host->dtype == MX_DTYPE_I8) /* a slice would have to carry its rows' scales */
+        return mx_fail(err, MX_EUNSUPPORTED, "upload_weight_slice: int8 weights are not split across GPUs");
     if (dim < 0 || dim > 1 || dim >= host->ndim || (dim == 1 && host->ndim != 2))
         return mx_fail(err, MX_EINVAL, "upload_weight_slice: dim %d of a rank-%d tensor", dim,
                        host->ndim);
@@ -409,7 +426,7 @@ extern "C" int mx_backend_cuda_create_ex(const mx_cuda_options *opt_in, mx_backe
     be->alloc = cuda_alloc;
     be->free = cuda_free;
     be->upload_weight = cuda_upload_weight;
-    be->free_weight = cuda_free;
+    be->free_weight = cuda_free_weight;
     be->to_host_f32 = cuda_to_host_f32;
     be->from_host_f32 = cuda_from_host_f32;
     be->sync = cuda_sync;

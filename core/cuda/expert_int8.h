@@ -1,7 +1,8 @@
 /* expert_int8.h - int8 weight-only expert GEMM on the CUDA backend (expert_int8.cu): int8
  * weights with one fp32 scale per output row (MX_DTYPE_I8, as quantized at load for the CPU
  * backend, core/quantize.h) copied to the device, and one launch computing every expert's
- * token group. Not yet wired into the backend's upload_weight/matmul. */
+ * token group. The backend's upload_weight hands I8 tensors to mx_cuda_upload_i8, free_weight
+ * to mx_cuda_free_i8, and matmul on an I8 weight runs mx_cuda_gemm_i8_grouped with one group. */
 #ifndef MX_CUDA_EXPERT_INT8_H
 #define MX_CUDA_EXPERT_INT8_H
 

@@ -2,8 +2,13 @@
  * Exact path (default): F32 activations times BF16 weights widened to fp32, fp32 accumulation,
  * in our own kernels (cuBLAS has no F32 x BF16 GEMM); F32 weights (the router gate) go to
  * cublasSgemm in default math mode, which never uses TF32. With bf16_tensor_cores the
- * activations are rounded to bf16 and cublasGemmEx runs on tensor cores (fp32 accumulate). */
+ * activations are rounded to bf16 and cublasGemmEx runs on tensor cores (fp32 accumulate).
+ * I8 weights (quantized at load, per-row scales) run the int8 kernel of expert_int8.cu. */
 #include "gemm_kernels.cuh"
+
+extern "C" {
+#include "cuda/expert_int8.h"
+}
 
 #include <limits.h>
 #include <stdlib.h>
@@ -58,6 +63,19 @@ int cuda_matmul(mx_backend *be, mx_tensor *y, const mx_tensor *x, const mx_tenso
 {
     TRY(cuda_check_act(y, "matmul y", err));
     TRY(cuda_check_act(x, "matmul x", err));
+    if (w && w->dtype == MX_DTYPE_I8) { /* quantized at load: the int8 kernel, one group of all rows */
+        if (w->ndim != 2 || w->shape[1] != x->shape[1] || y->shape[0] != x->shape[0] || y->shape[1] != w->shape[0])
+            return mx_fail(err, MX_EINVAL, "matmul: int8 weight [%lld, %lld] does not fit x [%lld, %lld] -> y [%lld, %lld]",
+                           (long long)w->shape[0], (long long)(w->ndim > 1 ? w->shape[1] : -1),
+                           (long long)x->shape[0], (long long)x->shape[1], (long long)y->shape[0],
+                           (long long)y->shape[1]);
+        if (x->shape[0] > INT_MAX)
+            return mx_fail(err, MX_ERANGE, "matmul: dimensions exceed 32 bits");
+        if (x->shape[0] == 0 || w->shape[0] == 0)
+            return 0;
+        const mx_cuda_i8_group g = {0, (int)x->shape[0], w};
+        return mx_cuda_gemm_i8_grouped(be, y, x, &g, 1, err);
+    }
     TRY(cuda_check_weight(w, "matmul w", err));
     if (w->ndim != 2 || w->shape[1] != x->shape[1] || y->shape[0] != x->shape[0] ||
         y->shape[1] != w->shape[0])

@@ -1,8 +1,8 @@
 /* kernel_check.c - runs every op of the CUDA backend and the CPU backend on the same random
  * inputs and compares the results (max abs error, error relative to the largest reference
  * value), softmax attention in every KV dtype and the KV budget, plus the CUDA extras (grouped
- * expert SwiGLU, int8 grouped expert GEMM, sliced weight upload, tensor-parallel
- * all-reduce/RMSNorm with TP=1, bf16 tensor-core mode). The CPU backend is the reference.
+ * expert SwiGLU, int8 grouped expert GEMM, int8 weights through upload_weight / matmul, sliced
+ * weight upload, tensor-parallel all-reduce/RMSNorm with TP=1, bf16 tensor-core mode). The CPU backend is the reference.
  * Prints one PASS/FAIL line per check and "N passed, N failed" last; skips without a GPU. */
 #include <math.h>
 #include <stdio.h>
@@ -608,6 +608,50 @@ static void check_int8_experts(check *k)
     }
 }
 
+/* int8 weights through the backend's op table, as the model uses them (attention projections
+ * and experts quantized at load): be->upload_weight of an I8 tensor, be->matmul, be->free_weight,
+ * against the CPU backend's matmul on the same quantized weight (decode and prefill row counts). */
+static void check_int8_matmul(check *k)
+{
+    enum { N = 192, K = 256 };
+    static const int Ms[3] = {1, 7, 40};
+    mx_error err = {0};
+    uint16_t *wb = malloc((size_t)N * K * 2);
+    void *qm = aligned_alloc(64, (size_t)mx_quantized_i8_bytes(N, K));
+    mx_tensor qh, qd = {0};
+    const char *name = "matmul on an uploaded I8 weight";
+    if (!wb || !qm) {
+        mx_fail(&err, MX_ENOMEM, "out of memory");
+        failed(k, name, &err);
+        goto out;
+    }
+    for (int64_t i = 0; i < (int64_t)N * K; i++)
+        wb[i] = mx_f32_to_bf16(0.1f * frand(k));
+    mx_tensor src = mx_tensor_2d(wb, MX_DTYPE_BF16, MX_DEVICE_CPU, N, K);
+    OR_FAIL(name, mx_quantize_i8(&src, qm, 1, &qh, &err) || k->gpu->upload_weight(k->gpu, &qd, &qh, &err));
+    if (qd.dtype != MX_DTYPE_I8 || qd.device != MX_DEVICE_CUDA || !qd.scale) {
+        mx_fail(&err, MX_EINVAL, "upload_weight of an I8 tensor gave dtype %s, %s scales",
+                mx_dtype_name(qd.dtype), qd.scale ? "with" : "without");
+        failed(k, name, &err);
+        goto out;
+    }
+    for (int mi = 0; mi < 3; mi++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "matmul I8 weight M=%d", Ms[mi]);
+        pair x = {0}, y = {0};
+        OR_FAIL(nm, pair_new(k, &x, Ms[mi], K, 1.0f, &err) || pair_new(k, &y, Ms[mi], N, 0, &err) ||
+                        k->cpu->matmul(k->cpu, &y.c, &x.c, &qh, &err) ||
+                        k->gpu->matmul(k->gpu, &y.g, &x.g, &qd, &err));
+        pair_check(k, nm, &y, 1e-5);
+        pair_free(k, &x), pair_free(k, &y);
+    }
+out:
+    if (qd.data)
+        k->gpu->free_weight(k->gpu, &qd);
+    free(qm);
+    free(wb);
+}
+
 /* Row-parallel sharding: the sum of two column-slice matmuls equals the full matmul; TP=1
  * all-reduce leaves data alone; tp_rmsnorm equals rmsnorm. */
 static void check_tp(check *k)
@@ -778,6 +822,7 @@ int main(void)
     check_moe(&k);
     check_grouped(&k);
     check_int8_experts(&k);
+    check_int8_matmul(&k);
     check_tp(&k);
     check_bf16_mode(&k);
     k.cpu->destroy(k.cpu);
