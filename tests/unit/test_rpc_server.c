@@ -462,6 +462,12 @@ static void test_bad_options(void **state)
     assert_int_equal(mx_rpc_server_add_unary(srv, "NoSlash", h_echo, NULL, &err), MX_EINVAL);
     assert_int_equal(mx_rpc_server_add_unary(srv, "/a.B/C", h_echo, NULL, &err), 0);
     assert_int_equal(mx_rpc_server_add_unary(srv, "/a.B/C", h_echo, NULL, &err), MX_EINVAL);
+    /* health is an add-on: absent until attached, and attaching twice is harmless */
+    assert_int_equal(mx_rpc_health_set(srv, "a.B", MX_RPC_SERVING, &err), MX_EINVAL);
+    assert_non_null(strstr(err.msg, "not attached"));
+    assert_int_equal(mx_rpc_health_attach(srv, &err), 0);
+    assert_int_equal(mx_rpc_health_attach(srv, &err), 0);
+    assert_int_equal(mx_rpc_health_set(srv, "a.B", MX_RPC_SERVING, &err), 0);
     mx_rpc_server_destroy(srv);   /* never started */
     mx_rpc_channel *ch;
     assert_int_equal(mx_rpc_channel_create("", NULL, &ch, &err), MX_EINVAL);
