@@ -1,35 +1,21 @@
 /* dispatch.c - one layer's MoE step over the network: group routed tokens by expert, one
- * RunExperts call per shard in parallel (retrying once on another replica when a replica is
- * unreachable or too slow), then combine the weighted outputs in slot order, so the result
- * does not depend on which shard answered first. Keeps nothing between calls. */
+ * RunExperts call per shard in parallel on one call set (sent again to another replica when
+ * a replica fails, misses its attempt deadline or, with hedging, is slower than the p95),
+ * then combine the weighted outputs in slot order, so the result does not depend on which
+ * shard or replica answered first. Keeps nothing between calls; replica health is
+ * replicas.c's. */
 #include "router_internal.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "protocol.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
+#include "core/clock.h"
+#include "rpc/callset.h"
 #include "rpc/status.h"
-
-/* Fewest calls in flight wins; among equals, start from a rotating position so ties rotate.
- * avoid (-1 = none) excludes a replica that just failed. */
-static int router_pick_replica(router_shard *sh, int avoid)
-{
-    unsigned start = atomic_fetch_add(&sh->next, 1u);
-    int best = -1, best_load = 0;
-    for (int i = 0; i < sh->n_replicas; i++) {
-        int idx = (int)((start + (unsigned)i) % (unsigned)sh->n_replicas);
-        if (idx == avoid)
-            continue;
-        int load = atomic_load(&sh->replicas[idx].in_flight);
-        if (best < 0 || load < best_load) {
-            best = idx;
-            best_load = load;
-        }
-    }
-    return best;
-}
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "tensors travel as little-endian f32: a big-endian host would need byte swaps here"
@@ -61,8 +47,18 @@ typedef struct shard_job {
     int shard;
     int n_rows;
     int n_groups;
-    int replica;          /* chosen replica of the current try */
+    int replica;          /* replica of the latest attempt (of the answer, once done) */
     shared_bytes *req;
+    /* attempts */
+    uint64_t tried;       /* bit i: replica i got a copy */
+    int active;           /* copies in flight */
+    int attempts;
+    bool done;
+    double soft_at;       /* the latest attempt's own deadline (absolute ms), or INFINITY */
+    double hedge_at;      /* when to hedge, or INFINITY */
+    int last_code;        /* status of the last failed attempt, for the error */
+    char last_msg[MX_ERROR_MSG_MAX];
+    int last_replica;
     Mx__Internal__V1__RunExpertsResponse *resp;
     const uint8_t *y;     /* resp rows, [n_rows, hidden] f32 */
 } shard_job;
@@ -196,6 +192,11 @@ static const char *replica_address(mx_router *r, const shard_job *job)
     return mx_rpc_channel_address(r->shards[job->shard].replicas[job->replica].channel);
 }
 
+static const char *replica_address_of(mx_router *r, int shard, int replica)
+{
+    return mx_rpc_channel_address(r->shards[shard].replicas[replica].channel);
+}
+
 /* Checks a response's shape and keeps a pointer to its rows. */
 static int take_response(mx_router *r, shard_job *job, const mx_rpc_bytes *bytes, mx_error *err)
 {
@@ -215,81 +216,222 @@ static int take_response(mx_router *r, shard_job *job, const mx_rpc_bytes *bytes
     return 0;
 }
 
-static int retryable(grpc_status_code c)
+/* Failures another replica may not share: the peer is gone, draining (its server cancels or
+ * refuses new streams), overloaded, or too slow. Any other status is the request's own fault
+ * and would fail everywhere. */
+static bool retryable(grpc_status_code c)
 {
-    return c == GRPC_STATUS_UNAVAILABLE || c == GRPC_STATUS_DEADLINE_EXCEEDED;
+    return c == GRPC_STATUS_UNAVAILABLE || c == GRPC_STATUS_CANCELLED || c == GRPC_STATUS_RESOURCE_EXHAUSTED ||
+           c == GRPC_STATUS_DEADLINE_EXCEEDED;
 }
 
-/* Sends the jobs listed in idx[0..n) as one parallel fan-out on their chosen replicas. */
-static void send_jobs(mx_router *r, plan *p, const int *idx, int n, mx_rpc_fanout_call *calls)
+/* One copy of a job's request in flight. */
+typedef struct attempt {
+    int job, replica, id;
+    double t0;
+    bool hedge;
+    bool live;            /* in flight: its call-set id is its own (ids are reused after) */
+} attempt;
+
+typedef struct fanout {
+    mx_router *r;
+    plan *p;
+    mx_rpc_callset *cs;
+    attempt *att;         /* [cap] */
+    int n_att, cap;
+    double end_ms;        /* the whole step's budget on every shard: expert_timeout_ms */
+} fanout;
+
+/* Sends job j to another replica (not yet tried). Returns 1 when a copy went out, 0 when no
+ * replica is left or the budget is spent, or a negative mx_code. */
+static int start_attempt(fanout *f, int j, bool hedge, mx_error *err)
 {
-    for (int i = 0; i < n; i++) {
-        shard_job *job = &p->jobs[idx[i]];
-        router_replica *rep = &r->shards[job->shard].replicas[job->replica];
-        memset(&calls[i], 0, sizeof calls[i]);
-        calls[i].channel = rep->channel;
-        calls[i].method = MX_EXPERT_RUN_METHOD;
-        calls[i].request = shared_payload(job->req);
-        atomic_fetch_add(&rep->in_flight, 1);
+    mx_router *r = f->r;
+    shard_job *job = &f->p->jobs[j];
+    router_shard *sh = &r->shards[job->shard];
+    double now = mx_now_ms(), left = f->end_ms - now;
+    if (left < 1 || f->n_att >= f->cap)
+        return 0;
+    int rep = router_pick_replica(sh, job->tried);
+    if (rep < 0)
+        return 0;
+    attempt *a = &f->att[f->n_att];
+    *a = (attempt){.job = j, .replica = rep, .t0 = now, .hedge = hedge, .live = true};
+    atomic_fetch_add(&sh->replicas[rep].in_flight, 1);
+    /* the hard deadline is the step's budget: a slow copy is not thrown away at its own
+     * deadline, it races the next copy */
+    int id = mx_rpc_callset_start(f->cs, sh->replicas[rep].channel, MX_EXPERT_RUN_METHOD, shared_payload(job->req),
+                                  (int64_t)left, a, err);
+    if (id < 0) {
+        atomic_fetch_sub(&sh->replicas[rep].in_flight, 1);
+        return id;
     }
-    atomic_fetch_add(&r->calls, (unsigned long long)n);
-    mx_rpc_fanout(calls, n, r->timeout_ms, NULL);
-    for (int i = 0; i < n; i++) {
-        shard_job *job = &p->jobs[idx[i]];
-        atomic_fetch_sub(&r->shards[job->shard].replicas[job->replica].in_flight, 1);
+    a->id = id;
+    f->n_att++;
+    job->tried |= 1ull << rep;
+    job->replica = rep;
+    job->active++;
+    job->attempts++;
+    atomic_fetch_add(&r->calls, 1);
+    if (hedge)
+        atomic_fetch_add(&r->hedges, 1);
+    else if (job->attempts > 1)
+        atomic_fetch_add(&r->retries, 1);
+    /* an attempt's own deadline matters only while another replica could take over */
+    bool others = router_pick_replica(sh, job->tried) >= 0;
+    job->soft_at = others ? now + router_attempt_ms(r, sh, job->n_rows) : INFINITY;
+    job->hedge_at = INFINITY;
+    if (r->cfg.hedge && others && job->attempts == 1) {
+        double h = router_hedge_ms(sh, job->n_rows);
+        if (h >= 0)
+            job->hedge_at = now + h;
     }
+    return 1;
+}
+
+/* Hedges are a small share of all calls, so a slow tier is not doubled in load. */
+static bool hedge_allowed(mx_router *r)
+{
+    unsigned long long calls = atomic_load(&r->calls), hedges = atomic_load(&r->hedges);
+    return hedges * 100 < calls * (unsigned long long)r->cfg.hedge_percent + 100;
+}
+
+/* Acts on timers that passed (attempt deadlines, hedges); returns the next timer. */
+static int on_timers(fanout *f, double *next, mx_error *err)
+{
+    double now = mx_now_ms();
+    *next = f->end_ms;
+    for (int j = 0; j < f->p->n_jobs; j++) {
+        shard_job *job = &f->p->jobs[j];
+        if (job->done)
+            continue;
+        if (job->soft_at <= now) {
+            job->soft_at = INFINITY;
+            router_record_fault(f->r, &f->r->shards[job->shard], job->replica, ROUTER_MISSED_DEADLINE);
+            int rc = start_attempt(f, j, false, err);
+            if (rc < 0)
+                return rc;
+        } else if (job->hedge_at <= now) {
+            job->hedge_at = INFINITY;
+            if (hedge_allowed(f->r)) {
+                int rc = start_attempt(f, j, true, err);
+                if (rc < 0)
+                    return rc;
+            }
+        }
+        if (job->soft_at < *next)
+            *next = job->soft_at;
+        if (job->hedge_at < *next)
+            *next = job->hedge_at;
+    }
+    return 0;
+}
+
+static int job_failed(fanout *f, shard_job *job, mx_error *err)
+{
+    const char *who = replica_address_of(f->r, job->shard, job->last_replica);
+    return mx_fail(err, mx_rpc_code_from_status((grpc_status_code)job->last_code),
+                   "expert shard %d (%s%s): RunExperts: %s: %s", job->shard, who,
+                   job->attempts > 1 ? ", the last of several replicas tried" : "",
+                   mx_rpc_status_name((grpc_status_code)job->last_code), job->last_msg);
+}
+
+/* One finished copy. Returns 0 or an error that ends the step. */
+static int on_result(fanout *f, attempt *a, mx_rpc_result *res, int *left, mx_error *err)
+{
+    mx_router *r = f->r;
+    shard_job *job = &f->p->jobs[a->job];
+    router_shard *sh = &r->shards[job->shard];
+    const mx_rpc_status *st = &res->status;
+    atomic_fetch_sub(&sh->replicas[a->replica].in_flight, 1);
+    a->live = false;
+    job->active--;
+    if (job->done) /* the slower twin, cancelled by us: says nothing about its replica */
+        return 0;
+    if (st->code == GRPC_STATUS_OK) {
+        job->replica = a->replica;
+        MX_TRY(take_response(r, job, &res->response, err));
+        /* keep the response's bytes: job->resp points into its own unpacked copy */
+        router_record_ok(r, sh, a->replica, job->n_rows, mx_now_ms() - a->t0);
+        job->done = true;
+        (*left)--;
+        for (int i = 0; i < f->n_att; i++)
+            if (f->att[i].job == a->job && f->att[i].live)
+                mx_rpc_callset_cancel(f->cs, f->att[i].id);
+        return 0;
+    }
+    job->last_code = st->code;
+    job->last_replica = a->replica;
+    snprintf(job->last_msg, sizeof job->last_msg, "%s", st->message);
+    if (!retryable(st->code))
+        return job_failed(f, job, err);
+    router_record_fault(r, sh, a->replica, ROUTER_FAILED);
+    if (job->active > 0) /* a twin is still running: it may answer */
+        return 0;
+    int rc = start_attempt(f, a->job, false, err);
+    if (rc < 0)
+        return rc;
+    return rc == 1 ? 0 : job_failed(f, job, err);
 }
 
 static int call_shards(mx_router *r, plan *p, mx_error *err)
 {
-    int n = p->n_jobs, n_retry = 0, rc = 0;
-    int *idx = malloc((size_t)n * sizeof *idx);
-    mx_rpc_fanout_call *calls = calloc((size_t)n, sizeof *calls);
-    if (!idx || !calls) {
-        free(idx);
-        free(calls);
-        return mx_fail(err, MX_ENOMEM, "router: out of memory starting %d calls", n);
+    fanout f = {.r = r, .p = p, .end_ms = mx_now_ms() + (double)r->cfg.expert_timeout_ms};
+    for (int j = 0; j < p->n_jobs; j++)
+        f.cap += r->shards[p->jobs[j].shard].n_replicas;
+    f.att = calloc((size_t)f.cap, sizeof *f.att);
+    int rc = f.att ? mx_rpc_callset_create(f.cap, &f.cs, err)
+                   : mx_fail(err, MX_ENOMEM, "router: out of memory starting %d calls", p->n_jobs);
+    int left = p->n_jobs;
+    for (int j = 0; j < p->n_jobs && !rc; j++) {
+        p->jobs[j].soft_at = p->jobs[j].hedge_at = INFINITY;
+        p->jobs[j].last_code = GRPC_STATUS_UNAVAILABLE;
+        snprintf(p->jobs[j].last_msg, sizeof p->jobs[j].last_msg, "no replica could be tried");
+        int s = start_attempt(&f, j, false, err);
+        if (s == 0)
+            rc = job_failed(&f, &p->jobs[j], err);
+        else if (s < 0)
+            rc = s;
     }
-    for (int i = 0; i < n; i++) {
-        idx[i] = i;
-        p->jobs[i].replica = router_pick_replica(&r->shards[p->jobs[i].shard], -1);
-    }
-    send_jobs(r, p, idx, n, calls);
-    for (int i = 0; i < n; i++) {
-        shard_job *job = &p->jobs[i];
-        const mx_rpc_status *st = &calls[i].result.status;
-        int other = retryable(st->code) ? router_pick_replica(&r->shards[job->shard], job->replica) : -1;
-        if (st->code == GRPC_STATUS_OK) {
-            if (!rc)
-                rc = take_response(r, job, &calls[i].result.response, err);
-        } else if (other >= 0) {
-            job->replica = other;
-            idx[n_retry++] = i;
-        } else if (!rc) {
-            rc = mx_fail(err, mx_rpc_code_from_status(st->code), "expert shard %d (%s): RunExperts: %s: %s",
-                         job->shard, replica_address(r, job), mx_rpc_status_name(st->code), st->message);
+    while (!rc && left > 0) {
+        double next;
+        rc = on_timers(&f, &next, err);
+        if (rc)
+            break;
+        double wait = next - mx_now_ms();
+        int id;
+        void *user;
+        mx_rpc_result res;
+        /* past the budget every copy has its gRPC deadline, so the next wait ends it */
+        if (!mx_rpc_callset_next(f.cs, wait > 0 ? (int64_t)wait + 1 : (mx_rpc_callset_in_flight(f.cs) ? 1 : 0), &id,
+                                 &user, &res)) {
+            if (!mx_rpc_callset_in_flight(f.cs)) { /* nothing in flight and nothing to start */
+                for (int j = 0; j < p->n_jobs && !rc; j++)
+                    if (!p->jobs[j].done)
+                        rc = job_failed(&f, &p->jobs[j], err);
+            }
+            continue;
         }
-        mx_rpc_result_free(&calls[i].result);
+        rc = on_result(&f, user, &res, &left, err);
+        mx_rpc_result_free(&res);
     }
-    if (!rc && n_retry) {
-        atomic_fetch_add(&r->retries, (unsigned long long)n_retry);
-        send_jobs(r, p, idx, n_retry, calls);
-        for (int i = 0; i < n_retry; i++) {
-            shard_job *job = &p->jobs[idx[i]];
-            const mx_rpc_status *st = &calls[i].result.status;
-            if (rc)
-                ;
-            else if (st->code == GRPC_STATUS_OK)
-                rc = take_response(r, job, &calls[i].result.response, err);
-            else
-                rc = mx_fail(err, mx_rpc_code_from_status(st->code),
-                             "expert shard %d (%s, after a retry): RunExperts: %s: %s", job->shard,
-                             replica_address(r, job), mx_rpc_status_name(st->code), st->message);
-            mx_rpc_result_free(&calls[i].result);
+    /* a failed step leaves copies in flight: cancel them and wait for them to come back */
+    if (f.cs) {
+        for (int i = 0; i < f.n_att; i++)
+            if (f.att[i].live)
+                mx_rpc_callset_cancel(f.cs, f.att[i].id);
+        int id;
+        void *user;
+        mx_rpc_result res;
+        while (mx_rpc_callset_next(f.cs, -1, &id, &user, &res)) {
+            attempt *a = user;
+            a->live = false;
+            atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].replicas[a->replica].in_flight, 1);
+            mx_rpc_result_free(&res);
         }
     }
-    free(idx);
-    free(calls);
+    mx_rpc_callset_destroy(f.cs);
+    free(f.att);
     return rc;
 }
 

@@ -1,6 +1,7 @@
 /* router.c - the router object: channels to every replica of every shard, the
- * (layer, expert) -> shard map and the counters. The per-layer dispatch and replica choice
- * are in dispatch.c (which calls nothing here). Holds no per-request state. */
+ * (layer, expert) -> shard map, the timing defaults, the prober thread's life and the
+ * counters. The per-layer dispatch is in dispatch.c, replica health in replicas.c, the
+ * health checks in prober.c (none of them calls back here). Holds no per-request state. */
 #include "router_internal.h"
 
 #include <stdlib.h>
@@ -54,16 +55,21 @@ static int copy_set(const mx_expert_set *src, mx_expert_set *dst, mx_error *err)
 
 static int create_shards(mx_router *r, const mx_router_config *cfg, mx_error *err)
 {
-    mx_rpc_channel_options opts = {.max_message_bytes = r->max_message_bytes};
+    mx_rpc_channel_options opts = {.max_message_bytes = r->cfg.max_message_bytes};
     r->shards = calloc((size_t)cfg->n_shards, sizeof *r->shards);
     if (!r->shards)
         return mx_fail(err, MX_ENOMEM, "out of memory creating the router");
     r->n_shards = cfg->n_shards;
+    for (int s = 0; s < cfg->n_shards; s++)
+        router_shard_init(&r->shards[s]);
     for (int s = 0; s < cfg->n_shards; s++) {
         const mx_router_shard_config *c = &cfg->shards[s];
         router_shard *sh = &r->shards[s];
         if (c->n_replicas <= 0)
             return mx_fail(err, MX_EINVAL, "expert shard %d has no replicas", s);
+        if (c->n_replicas > ROUTER_MAX_REPLICAS)
+            return mx_fail(err, MX_EINVAL, "expert shard %d has %d replicas (at most %d)", s, c->n_replicas,
+                           ROUTER_MAX_REPLICAS);
         MX_TRY(copy_set(&c->owns, &sh->owns, err));
         sh->replicas = calloc((size_t)c->n_replicas, sizeof *sh->replicas);
         if (!sh->replicas)
@@ -76,9 +82,31 @@ static int create_shards(mx_router *r, const mx_router_config *cfg, mx_error *er
                 return mx_error_prefix(err, "expert shard %d replica %s", s, c->replicas[i]);
             sh->n_replicas = i + 1;
         }
-        atomic_init(&sh->next, 0);
     }
     return 0;
+}
+
+/* The timing knobs of src with defaults for zero fields (shards are not copied). */
+static void set_timing(mx_router_config *dst, const mx_router_config *src)
+{
+    memset(dst, 0, sizeof *dst);
+    dst->expert_timeout_ms = src->expert_timeout_ms > 0 ? src->expert_timeout_ms : 10000;
+    dst->max_message_bytes = src->max_message_bytes > 0 ? src->max_message_bytes : 256 << 20;
+    dst->attempt_floor_ms = src->attempt_floor_ms > 0 ? src->attempt_floor_ms : 200;
+    dst->attempt_cap_ms = src->attempt_cap_ms > 0 ? src->attempt_cap_ms : 2000;
+    if (dst->attempt_cap_ms > dst->expert_timeout_ms)
+        dst->attempt_cap_ms = dst->expert_timeout_ms;
+    if (dst->attempt_floor_ms > dst->attempt_cap_ms)
+        dst->attempt_floor_ms = dst->attempt_cap_ms;
+    dst->attempt_factor = src->attempt_factor > 0 ? src->attempt_factor : 4.0;
+    dst->hedge = src->hedge;
+    dst->hedge_percent = src->hedge_percent > 0 ? src->hedge_percent : 10;
+    dst->eject_ms = src->eject_ms > 0 ? src->eject_ms : 500;
+    dst->eject_max_ms = src->eject_max_ms > 0 ? src->eject_max_ms : 5000;
+    if (dst->eject_max_ms < dst->eject_ms)
+        dst->eject_max_ms = dst->eject_ms;
+    dst->health_interval_ms = src->health_interval_ms > 0 ? src->health_interval_ms : 1000;
+    dst->probe_timeout_ms = src->probe_timeout_ms > 0 ? src->probe_timeout_ms : 500;
 }
 
 int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,
@@ -97,14 +125,19 @@ int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_siz
     r->hidden = hidden_size;
     r->num_experts = num_experts;
     r->be = be;
-    r->timeout_ms = cfg->expert_timeout_ms > 0 ? cfg->expert_timeout_ms : 10000;
-    r->max_message_bytes = cfg->max_message_bytes > 0 ? cfg->max_message_bytes : 256 << 20;
+    set_timing(&r->cfg, cfg);
     atomic_init(&r->calls, 0);
     atomic_init(&r->retries, 0);
     atomic_init(&r->failures, 0);
+    atomic_init(&r->hedges, 0);
+    atomic_init(&r->ejections, 0);
+    atomic_init(&r->deadline_misses, 0);
+    atomic_init(&r->probes, 0);
     int rc = create_shards(r, cfg, err);
     if (!rc)
         rc = build_owner_map(r, err);
+    if (!rc)
+        rc = router_prober_start(r, err);
     if (rc) {
         mx_router_destroy(r);
         return rc;
@@ -142,18 +175,24 @@ void mx_router_get_stats(const mx_router *r, mx_router_stats *out)
     out->calls = atomic_load(&r->calls);
     out->retries = atomic_load(&r->retries);
     out->failures = atomic_load(&r->failures);
+    out->hedges = atomic_load(&r->hedges);
+    out->ejections = atomic_load(&r->ejections);
+    out->deadline_misses = atomic_load(&r->deadline_misses);
+    out->probes = atomic_load(&r->probes);
 }
 
 void mx_router_destroy(mx_router *r)
 {
     if (!r)
         return;
+    router_prober_stop(r);
     for (int s = 0; s < r->n_shards; s++) {
         router_shard *sh = &r->shards[s];
         for (int i = 0; i < sh->n_replicas; i++)
             mx_rpc_channel_destroy(sh->replicas[i].channel);
         free(sh->replicas);
         mx_expert_set_free(&sh->owns);
+        router_shard_destroy(sh);
     }
     free(r->shards);
     free(r->owner);

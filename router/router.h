@@ -5,8 +5,18 @@
  *
  * Config: the "experts" group of the attention-svc config (libconfig):
  *     experts = {
- *       expert_timeout_ms = 10000;          # per RunExperts call (optional, default 10000)
+ *       expert_timeout_ms = 10000;          # a layer's whole expert step on one shard, every
+ *                                           #   attempt included (optional, default 10000)
  *       max_message_mb = 256;               # largest request/response (optional, default 256)
+ *       attempt_timeout_floor_ms = 200;     # per-attempt deadline: p99 x factor of the measured
+ *       attempt_timeout_factor = 4.0;       #   latency (per call size), at least the floor, at
+ *       attempt_timeout_cap_ms = 2000;      #   most the cap (the cap until 20 samples exist)
+ *       hedge = false;                      # also send a second copy after the p95 latency
+ *       hedge_percent = 10;                 #   (at most this share of calls is hedged)
+ *       eject_ms = 500;                     # a failing replica is skipped this long, doubling
+ *       eject_max_ms = 5000;                #   per consecutive ejection up to this
+ *       health_interval_ms = 1000;          # idle replicas get a health Check this often
+ *       probe_timeout_ms = 500;             # deadline of one health Check
  *       shards = (
  *         { experts = [0, 1];               # same keys as expert-svc: experts + layers or
  *           layer_begin = 0; layer_end = 8; #   layer_begin/layer_end (or none = all layers)
@@ -19,15 +29,30 @@
  * One run of a layer: tokens are grouped by expert (experts in ascending id, tokens in
  * ascending row), experts are mapped to shards, ONE ExpertShard.RunExperts call per shard
  * involved goes out in parallel, and out[t] = sum over t's top-k slots, in slot order, of
- * w * y: the result does not depend on which shard answers first.
- * Replica choice: fewest calls in flight (atomic counters), ties rotate round-robin. A call
- * that fails with UNAVAILABLE or DEADLINE_EXCEEDED is retried once on another replica of the
- * shard (expert calls are idempotent). Errors name the shard index and the endpoint.
- * Thread-safe: any number of threads may run the executor at once. */
+ * w * y: the result does not depend on which shard (or which replica) answers first.
+ *
+ * Failure semantics (expert calls are idempotent, so any copy of a call may be answered):
+ * - Replica choice: not ejected, fewest calls in flight, ties rotate round-robin.
+ * - A call failing with UNAVAILABLE, CANCELLED (by the peer: a draining or dying replica),
+ *   RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED is sent again to a replica not yet tried.
+ * - Each attempt has its own deadline from the shard's measured latency (above). An attempt
+ *   past it counts as a miss: the call is sent to another replica and whichever copy answers
+ *   first wins (the slow one is cancelled); with no other replica it just goes on waiting,
+ *   up to expert_timeout_ms.
+ * - Outlier ejection: a replica that fails or misses a deadline is ejected (skipped) for
+ *   eject_ms x 2^(n-1), then probed with grpc.health.v1.Health/Check (service
+ *   mx.internal.v1.ExpertShard) by the router's prober thread, and taken back when SERVING.
+ *   The prober also checks replicas that had no successful call for health_interval_ms, so a
+ *   dead or draining (NOT_SERVING) replica is found without traffic.
+ * - Hedging (hedge = true): once a call has waited the p95 latency of its size class, a copy
+ *   goes to another replica (within the hedge_percent budget); the first answer wins.
+ * Errors name the shard index and the endpoint. Thread-safe: any number of threads may run
+ * the executor at once. */
 #ifndef MX_ROUTER_H
 #define MX_ROUTER_H
 
 #include <libconfig.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -44,8 +69,15 @@ typedef struct mx_router_shard_config {
 typedef struct mx_router_config {
     int n_shards;
     mx_router_shard_config *shards;  /* owned */
-    int64_t expert_timeout_ms;       /* per call deadline; default 10000 */
+    int64_t expert_timeout_ms;       /* a shard call, all attempts; default 10000 */
     int max_message_bytes;           /* default 256 MiB */
+    /* zero fields take the defaults named in the config comment above */
+    int64_t attempt_floor_ms, attempt_cap_ms;
+    double attempt_factor;
+    bool hedge;
+    int hedge_percent;
+    int64_t eject_ms, eject_max_ms;
+    int64_t health_interval_ms, probe_timeout_ms;
 } mx_router_config;
 
 /* Parses the "experts" group s (see above). Errors name the key, the file and the line.
@@ -55,7 +87,8 @@ void mx_router_config_free(mx_router_config *cfg);
 
 typedef struct mx_router mx_router;
 
-/* Creates channels to every replica (connecting lazily) and checks the shard map against
+/* Creates channels to every replica (connecting lazily), starts the prober thread (health
+ * checks of every replica at once, then as described above) and checks the shard map against
  * the model: layers < num_layers, experts < num_experts, no (layer, expert) owned by two
  * shards. cfg is copied; the caller may free it afterwards. be (borrowed, may be NULL) is the
  * stage's backend: x2 and out tensors not on the CPU are copied through it. */
@@ -79,8 +112,20 @@ typedef struct mx_router_stats {
     uint64_t calls;        /* RunExperts calls sent (including retries) */
     uint64_t retries;      /* calls retried on another replica */
     uint64_t failures;     /* executor runs that returned an error */
+    uint64_t hedges;       /* hedged copies sent */
+    uint64_t ejections;    /* replicas ejected (failures, missed deadlines, failed probes) */
+    uint64_t deadline_misses; /* attempts past their own deadline */
+    uint64_t probes;       /* health checks sent */
 } mx_router_stats;
 void mx_router_get_stats(const mx_router *r, mx_router_stats *out);
+
+/* Whether every shard owning an expert of a layer in [layer_begin, layer_end) has a live
+ * replica: one that has answered (a call or a health check) and is not ejected. For the
+ * stage's health ("can serve"). Returns 1 (all live) or 0 (then *dead_shard, when not NULL,
+ * is the first shard without one). Cheap and non-blocking: reads the prober's view, which
+ * follows a replica's loss within about health_interval_ms + probe_timeout_ms (at once on a
+ * failed call) and its return within eject_max_ms. */
+int mx_router_shards_live(mx_router *r, int layer_begin, int layer_end, int *dead_shard);
 
 void mx_router_destroy(mx_router *r);
 

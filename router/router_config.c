@@ -40,6 +40,36 @@ static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx
     return 0;
 }
 
+/* A number (integer or float) in [lo, hi], def when absent. */
+static int cfg_number(const config_setting_t *g, const char *name, double def, double lo, double hi, double *v,
+                      mx_error *err)
+{
+    *v = def;
+    const config_setting_t *m = config_setting_get_member(g, name);
+    if (!m)
+        return 0;
+    int t = config_setting_type(m);
+    if (t != CONFIG_TYPE_FLOAT && t != CONFIG_TYPE_INT && t != CONFIG_TYPE_INT64)
+        return mx_cfg_fail(err, m, NULL, "expected a number");
+    *v = t == CONFIG_TYPE_FLOAT ? config_setting_get_float(m) : (double)config_setting_get_int64(m);
+    if (!(*v >= lo && *v <= hi))
+        return mx_cfg_fail(err, m, NULL, "%g is outside [%g, %g]", *v, lo, hi);
+    return 0;
+}
+
+/* true / false, def when absent. */
+static int cfg_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err)
+{
+    *v = def;
+    const config_setting_t *m = config_setting_get_member(g, name);
+    if (!m)
+        return 0;
+    if (config_setting_type(m) != CONFIG_TYPE_BOOL)
+        return mx_cfg_fail(err, m, NULL, "expected true or false");
+    *v = config_setting_get_bool(m) != 0;
+    return 0;
+}
+
 int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *out, mx_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -47,13 +77,31 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
         return mx_fail(err, MX_EINVAL, "missing `experts` group (the expert shard map)");
     if (!config_setting_is_group(s))
         return mx_cfg_fail(err, s, NULL, "expected a group { shards = (...); }");
-    static const char *const known[] = {"expert_timeout_ms", "max_message_mb", "shards"};
+    static const char *const known[] = {"expert_timeout_ms", "max_message_mb", "shards", "attempt_timeout_floor_ms",
+                                        "attempt_timeout_factor", "attempt_timeout_cap_ms", "hedge", "hedge_percent",
+                                        "eject_ms", "eject_max_ms", "health_interval_ms", "probe_timeout_ms"};
     MX_TRY(mx_cfg_check_keys(s, known, sizeof known / sizeof *known, err));
     int64_t v;
     MX_TRY(mx_cfg_int(s, "expert_timeout_ms", 0, 10000, 1, 3600000, &v, err));
     out->expert_timeout_ms = v;
     MX_TRY(mx_cfg_int(s, "max_message_mb", 0, 256, 1, 2047, &v, err));
     out->max_message_bytes = (int)(v << 20);
+    MX_TRY(mx_cfg_int(s, "attempt_timeout_floor_ms", 0, 200, 1, 3600000, &out->attempt_floor_ms, err));
+    MX_TRY(mx_cfg_int(s, "attempt_timeout_cap_ms", 0, 2000, 1, 3600000, &out->attempt_cap_ms, err));
+    MX_TRY(cfg_number(s, "attempt_timeout_factor", 4.0, 1.0, 1000.0, &out->attempt_factor, err));
+    MX_TRY(cfg_bool(s, "hedge", false, &out->hedge, err));
+    MX_TRY(mx_cfg_int(s, "hedge_percent", 0, 10, 1, 100, &v, err));
+    out->hedge_percent = (int)v;
+    MX_TRY(mx_cfg_int(s, "eject_ms", 0, 500, 1, 3600000, &out->eject_ms, err));
+    MX_TRY(mx_cfg_int(s, "eject_max_ms", 0, 5000, 1, 3600000, &out->eject_max_ms, err));
+    MX_TRY(mx_cfg_int(s, "health_interval_ms", 0, 1000, 10, 3600000, &out->health_interval_ms, err));
+    MX_TRY(mx_cfg_int(s, "probe_timeout_ms", 0, 500, 1, 3600000, &out->probe_timeout_ms, err));
+    if (out->attempt_floor_ms > out->attempt_cap_ms)
+        return mx_cfg_fail(err, s, "attempt_timeout_floor_ms", "%lld is above attempt_timeout_cap_ms (%lld)",
+                           (long long)out->attempt_floor_ms, (long long)out->attempt_cap_ms);
+    if (out->eject_ms > out->eject_max_ms)
+        return mx_cfg_fail(err, s, "eject_ms", "%lld is above eject_max_ms (%lld)", (long long)out->eject_ms,
+                           (long long)out->eject_max_ms);
     const config_setting_t *shards = config_setting_get_member(s, "shards");
     if (!shards)
         return mx_cfg_fail(err, s, "shards", "missing (a list of shard groups is required)");

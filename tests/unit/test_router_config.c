@@ -1,5 +1,6 @@
-/* test_router_config.c - the "experts" section of the attention-svc config and the shard map
- * checks of mx_router_create: every error names the key path and the line. No network. */
+/* test_router_config.c - the "experts" section of the attention-svc config (shard map and the
+ * failure-handling knobs) and the shard map checks of mx_router_create: every error names the
+ * key path and the line. No network (channels connect lazily; nothing answers). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -80,6 +81,50 @@ static void test_config_errors(void **state)
     expect_error("experts = { shards = (); };", "must not be empty");
 }
 
+/* The failure-handling knobs: values, defaults, bounds. */
+static void test_timing_keys(void **state)
+{
+    (void)state;
+    mx_router_config rc;
+    mx_error err = {0};
+    assert_int_equal(parse("experts = { attempt_timeout_floor_ms = 30; attempt_timeout_cap_ms = 900;\n"
+                           "  attempt_timeout_factor = 2.5; hedge = true; hedge_percent = 20; eject_ms = 100;\n"
+                           "  eject_max_ms = 800; health_interval_ms = 300; probe_timeout_ms = 150;\n"
+                           "  shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };",
+                           &rc, &err),
+                     0);
+    assert_int_equal(rc.attempt_floor_ms, 30);
+    assert_int_equal(rc.attempt_cap_ms, 900);
+    assert_true(rc.attempt_factor == 2.5);
+    assert_true(rc.hedge);
+    assert_int_equal(rc.hedge_percent, 20);
+    assert_int_equal(rc.eject_ms, 100);
+    assert_int_equal(rc.eject_max_ms, 800);
+    assert_int_equal(rc.health_interval_ms, 300);
+    assert_int_equal(rc.probe_timeout_ms, 150);
+    mx_router_config_free(&rc);
+    assert_int_equal(parse("experts = { attempt_timeout_factor = 3;\n"
+                           "  shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };", &rc, &err), 0);
+    assert_true(rc.attempt_factor == 3.0); /* an integer is a number too */
+    assert_int_equal(rc.attempt_floor_ms, 200);
+    assert_int_equal(rc.attempt_cap_ms, 2000);
+    assert_false(rc.hedge);
+    assert_int_equal(rc.eject_ms, 500);
+    assert_int_equal(rc.eject_max_ms, 5000);
+    mx_router_config_free(&rc);
+    expect_error("experts = { hedge = 1; shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };",
+                 "`experts.hedge`: expected true or false");
+    expect_error("experts = { attempt_timeout_factor = 0.5; shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };",
+                 "`experts.attempt_timeout_factor`: 0.5 is outside");
+    expect_error("experts = { attempt_timeout_floor_ms = 3000; shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };",
+                 "above attempt_timeout_cap_ms");
+    expect_error("experts = { eject_ms = 9000; shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };",
+                 "above eject_max_ms");
+    expect_error("experts = { hedge_percent = 0; shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };",
+                 "hedge_percent");
+    expect_error("experts = { eject_msec = 1; shards = ( { experts = [0]; replicas = [\"h:1\"]; } ); };", "eject_msec");
+}
+
 static void test_map_errors(void **state)
 {
     (void)state;
@@ -104,6 +149,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_config),
         cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_timing_keys),
         cmocka_unit_test(test_map_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

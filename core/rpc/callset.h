@@ -1,0 +1,39 @@
+/* callset.h - unary calls in flight together on one completion queue, each with its own
+ * deadline, started at any time and reaped one by one as they finish, with a bounded wait.
+ * For callers that react to each finished call (the router: retry elsewhere, hedge after a
+ * delay, cancel the slower twin); mx_rpc_fanout is the simpler all-at-once form.
+ * A call set belongs to one thread at a time. */
+#ifndef MX_RPC_CALLSET_H
+#define MX_RPC_CALLSET_H
+
+#include <stdint.h>
+
+#include "../error.h"
+#include "client.h"
+
+typedef struct mx_rpc_callset mx_rpc_callset;
+
+/* A set that holds up to max_calls calls at once. */
+int mx_rpc_callset_create(int max_calls, mx_rpc_callset **out, mx_error *err);
+
+/* Starts method on ch with request (ownership as in payload.h: released in every case),
+ * deadline timeout_ms from now (< 0 = none). user comes back with the result. Returns the
+ * call's id (>= 0), or a negative mx_code (the set is full: MX_ERANGE). */
+int mx_rpc_callset_start(mx_rpc_callset *cs, mx_rpc_channel *ch, const char *method, mx_rpc_payload request,
+                         int64_t timeout_ms, void *user, mx_error *err);
+
+/* Waits up to wait_ms (< 0 = until one finishes) for a call to finish. Returns 1 with
+ * *id, *user and *res filled (free res with mx_rpc_result_free), 0 when the wait ended first
+ * or no call is in flight. */
+int mx_rpc_callset_next(mx_rpc_callset *cs, int64_t wait_ms, int *id, void **user, mx_rpc_result *res);
+
+/* Cancels call id if it is still in flight; it still comes back from _next (CANCELLED). */
+void mx_rpc_callset_cancel(mx_rpc_callset *cs, int id);
+
+/* Calls started and not yet returned by _next. */
+int mx_rpc_callset_in_flight(const mx_rpc_callset *cs);
+
+/* Cancels what is in flight, waits for it and frees everything. NULL is fine. */
+void mx_rpc_callset_destroy(mx_rpc_callset *cs);
+
+#endif
