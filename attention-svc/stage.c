@@ -90,7 +90,8 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
                      s->cfg.num_hidden_layers);
     if (!rc) {
         mx_load_plan plan = {.layer_begin = c->layer_begin, .layer_end = c->layer_end, .attention = true,
-                             .embed = s->first, .head = s->last, .all_experts = !c->remote_experts};
+                             .embed = s->first, .head = s->last, .all_experts = !c->remote_experts,
+                             .attn_format = c->attn_dtype, .quantize_threads = c->threads};
         rc = mx_weights_load(c->model, &plan, &s->w, err);
     }
     if (!rc)
