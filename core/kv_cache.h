@@ -35,7 +35,9 @@ int mx_kv_dtype_elem_bytes(mx_kv_dtype t);
 /* One page of one softmax layer:
  *   K[kv_heads][MX_KV_PAGE_TOKENS][head_dim], then V[kv_heads][MX_KV_PAGE_TOKENS][head_dim]
  *   in the element type, then for 8-bit types float k_scale[kv_heads], v_scale[kv_heads]
- *   (value = element * scale), padded to 64 bytes. */
+ *   (value = element * scale), padded to 64 bytes. The CPU backend stores each head's K block
+ *   transposed within the page, K[kv_heads][head_dim][MX_KV_PAGE_TOKENS] (same bytes), so its
+ *   attention reads keys along a row; backends never exchange pages. */
 uint64_t mx_kv_page_bytes(mx_kv_dtype t, int kv_heads, int head_dim);
 /* Pages that hold `tokens` tokens (ceil). */
 int64_t mx_kv_pages_for_tokens(int64_t tokens);

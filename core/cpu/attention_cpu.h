@@ -36,8 +36,9 @@ void mx_kv_write_page(mx_kv_cache *kv, int64_t pos, int n, const float *k, const
 
 /* Page `i` of a cache. */
 void *mx_kv_page(const mx_kv_cache *kv, int64_t i);
-/* Element pointers of head h's K or V block in a page ([MX_KV_PAGE_TOKENS][head_dim]) and its
- * scale (8-bit types; 1 otherwise). */
+/* Element pointers of head h's K block ([head_dim][MX_KV_PAGE_TOKENS]: transposed, slots not
+ * yet written hold 0) or V block ([MX_KV_PAGE_TOKENS][head_dim]) in a page and its scale
+ * (8-bit types; 1 otherwise). */
 const void *mx_kv_page_k(const mx_kv_cache *kv, const void *page, int h);
 const void *mx_kv_page_v(const mx_kv_cache *kv, const void *page, int h);
 float mx_kv_page_k_scale(const mx_kv_cache *kv, const void *page, int h);
@@ -74,7 +75,19 @@ typedef struct mx_fa_kernels {
     void (*key_tile)(const float *k, int nk, int d, float *kt);
     /* dst[t][a] = element (t, a) of a [n][d] block of a page in dtype t, times scale. */
     void (*decode)(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst);
+    /* Decode kernels (NULL where the ISA has none), for m <= MX_FA_DECODE_ROWS rows: they read
+     * the page's blocks in their stored dtype and widen elements in registers, so no f32 copy or
+     * transpose of the tile is made. qk_page: s[m][MX_FA_KEY_TILE] = q[m][d] . kt * scale
+     * (kt: a K block [d][MX_FA_KEY_TILE]); next, when not NULL, is the next K block to prefetch.
+     * pv_page: pv with v a V block [MX_FA_KEY_TILE][d] in dtype t times scale; next as above. */
+    void (*qk_page)(mx_kv_dtype t, const void *kt, float scale, const void *next, const float *q, int m, int d,
+                    float *s);
+    void (*pv_page)(mx_kv_dtype t, const void *v, float scale, const void *next, float *acc, const float *corr,
+                    const float *p, int m, int nk, int d);
 } mx_fa_kernels;
+
+/* Most query rows (tokens x heads of a GQA group) per work item that take the decode kernels. */
+#define MX_FA_DECODE_ROWS 16
 
 extern const mx_fa_kernels mx_fa_kernels_scalar;
 extern const mx_fa_kernels mx_fa_kernels_avx2;

@@ -186,4 +186,4 @@ static void decode_avx2(mx_kv_dtype t, const void *src, float scale, int n, int 
 }
 
 const mx_fa_kernels mx_fa_kernels_avx2 = {MX_CPU_ISA_AVX2, qk_avx2, softmax_avx2, pv_avx2, key_tile_avx2,
-                                          decode_avx2};
+                                          decode_avx2, NULL, NULL};

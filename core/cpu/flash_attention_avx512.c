@@ -231,5 +231,187 @@ static void decode_avx512(mx_kv_dtype t, const void *src, float scale, int n, in
     }
 }
 
+/* ---- decode kernels: page blocks read in their stored dtype, widened in registers ---- */
+
+/* 16 elements of a block in dtype DT from element e, as f32 (8-bit: without the scale). fp8
+ * e4m3: normal numbers by moving the bits into an f32 and multiplying by 2^120, subnormals
+ * (exponent 0) as mantissa x 2^-9, so no table gather and no dependence on denormal modes. */
+INLINE __m512 widen16(const int DT, const void *b, size_t e)
+{
+    if (DT == MX_KV_F32)
+        return _mm512_loadu_ps((const float *)b + e);
+    if (DT == MX_KV_BF16) {
+        __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)b + e)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+    }
+    if (DT == MX_KV_INT8)
+        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)b + e))));
+    __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)((const uint8_t *)b + e)));
+    __m512i mag = _mm512_and_si512(x, _mm512_set1_epi32(0x7f));
+    __m512 nrm = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
+    __m512 sub = _mm512_mul_ps(_mm512_cvtepi32_ps(mag), _mm512_set1_ps(0x1p-9f));
+    __m512 val = _mm512_mask_blend_ps(_mm512_cmpgt_epi32_mask(mag, _mm512_set1_epi32(7)), sub, nrm);
+    __m512i sign = _mm512_slli_epi32(_mm512_and_si512(x, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(val), sign));
+}
+
+/* Prefetches bytes [off, off + n) of a block into L2 (one line per 64 bytes). */
+INLINE void prefetch_span(const void *next, size_t off, size_t n)
+{
+    if (!next)
+        return;
+    for (size_t b = 0; b < n; b += 64)
+        _mm_prefetch((const char *)next + off + b, _MM_HINT_T1);
+}
+
+/* R rows x C vectors of 16 keys from key c0 of a K block kt[d][T]: per dim, C widened key
+ * vectors meet R broadcast q values, so scores need no horizontal sums (R * C <= 16). The
+ * first pass prefetches the next page's block, spread over the dims. */
+INLINE void qkp_rows(const int DT, const int R, const int C, const void *kt, const void *next, const float *q,
+                     int d, float scale, int c0, float *s)
+{
+    const size_t eb = DT == MX_KV_F32 ? 4 : DT == MX_KV_BF16 ? 2 : 1;
+    __m512 acc[8][4];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++)
+            acc[r][c] = _mm512_setzero_ps();
+    for (int a = 0; a < d; a++) {
+        prefetch_span(next, (size_t)a * T * eb, T * eb);
+        __m512 k[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++)
+            k[c] = widen16(DT, kt, (size_t)a * T + (size_t)c0 + 16 * (size_t)c);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 b = _mm512_set1_ps(q[(size_t)r * d + a]);
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++)
+                acc[r][c] = _mm512_fmadd_ps(b, k[c], acc[r][c]);
+        }
+    }
+    __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++)
+            _mm512_store_ps(s + (size_t)r * T + c0 + 16 * c,
+                            DT == MX_KV_INT8 || DT == MX_KV_FP8_E4M3 ? _mm512_mul_ps(acc[r][c], sc) : acc[r][c]);
+}
+
+/* Rows in blocks of 8 (8 x 32 keys), then 4, 2, 1 (x 64 keys). */
+INLINE void qk_page_dt(const int DT, const void *kt, float scale, const void *next, const float *q, int m, int d,
+                       float *s)
+{
+    int i = 0;
+    for (; i + 8 <= m; i += 8, next = NULL) {
+        qkp_rows(DT, 8, 2, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        qkp_rows(DT, 8, 2, kt, NULL, q + (size_t)i * d, d, scale, 32, s + (size_t)i * T);
+    }
+    if (m - i >= 4) {
+        qkp_rows(DT, 4, 4, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        i += 4;
+        next = NULL;
+    }
+    if (m - i >= 2) {
+        qkp_rows(DT, 2, 4, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        i += 2;
+        next = NULL;
+    }
+    if (m - i >= 1)
+        qkp_rows(DT, 1, 4, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+}
+
+static void qk_page_avx512(mx_kv_dtype t, const void *kt, float scale, const void *next, const float *q, int m,
+                           int d, float *s)
+{
+    switch (t) {
+    case MX_KV_F32: qk_page_dt(MX_KV_F32, kt, scale, next, q, m, d, s); break;
+    case MX_KV_BF16: qk_page_dt(MX_KV_BF16, kt, scale, next, q, m, d, s); break;
+    case MX_KV_INT8: qk_page_dt(MX_KV_INT8, kt, scale, next, q, m, d, s); break;
+    default: qk_page_dt(MX_KV_FP8_E4M3, kt, scale, next, q, m, d, s); break;
+    }
+}
+
+/* R rows x C vectors of acc from column c0: scaled by corr, then nk keys of p . v with each
+ * row of v widened once per pass (R * C <= 16; the 8-bit scale folds into p). */
+INLINE void pvp_rows(const int DT, const int R, const int C, const void *v, const void *next, float scale,
+                     float *acc, const float *corr, const float *p, int nk, int d, int c0)
+{
+    const size_t eb = DT == MX_KV_F32 ? 4 : DT == MX_KV_BF16 ? 2 : 1;
+    const int eight = DT == MX_KV_INT8 || DT == MX_KV_FP8_E4M3;
+    __m512 o[8][8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        __m512 cr = _mm512_set1_ps(corr[r]);
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++)
+            o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * d + c0 + 16 * c), cr);
+    }
+    for (int j = 0; j < nk; j++) {
+        prefetch_span(next, (size_t)j * d * eb, (size_t)d * eb);
+        __m512 vv[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++)
+            vv[c] = widen16(DT, v, (size_t)j * d + (size_t)c0 + 16 * (size_t)c);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            float w = p[(size_t)r * T + j];
+            __m512 b = _mm512_set1_ps(eight ? w * scale : w);
+#pragma GCC unroll 8
+            for (int c = 0; c < C; c++)
+                o[r][c] = _mm512_fmadd_ps(b, vv[c], o[r][c]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < C; c++)
+            _mm512_storeu_ps(acc + (size_t)r * d + c0 + 16 * c, o[r][c]);
+}
+
+/* Rows [i, i + R) over every column: C vectors at a time, then single vectors. */
+INLINE void pvp_block(const int DT, const int R, const int C, const void *v, const void *next, float scale,
+                      float *acc, const float *corr, const float *p, int nk, int d)
+{
+    int c0 = 0;
+    for (; c0 + 16 * C <= d; c0 += 16 * C, next = NULL)
+        pvp_rows(DT, R, C, v, next, scale, acc, corr, p, nk, d, c0);
+    for (; c0 < d; c0 += 16, next = NULL)
+        pvp_rows(DT, R, 1, v, next, scale, acc, corr, p, nk, d, c0);
+}
+
+INLINE void pv_page_dt(const int DT, const void *v, float scale, const void *next, float *acc, const float *corr,
+                       const float *p, int m, int nk, int d)
+{
+    int i = 0;
+    for (; i + 8 <= m; i += 8, next = NULL)
+        pvp_block(DT, 8, 2, v, next, scale, acc + (size_t)i * d, corr + i, p + (size_t)i * T, nk, d);
+    if (m - i >= 4) {
+        pvp_block(DT, 4, 4, v, next, scale, acc + (size_t)i * d, corr + i, p + (size_t)i * T, nk, d);
+        i += 4;
+        next = NULL;
+    }
+    if (m - i >= 2) {
+        pvp_block(DT, 2, 8, v, next, scale, acc + (size_t)i * d, corr + i, p + (size_t)i * T, nk, d);
+        i += 2;
+        next = NULL;
+    }
+    if (m - i >= 1)
+        pvp_block(DT, 1, 8, v, next, scale, acc + (size_t)i * d, corr + i, p + (size_t)i * T, nk, d);
+}
+
+static void pv_page_avx512(mx_kv_dtype t, const void *v, float scale, const void *next, float *acc,
+                           const float *corr, const float *p, int m, int nk, int d)
+{
+    switch (t) {
+    case MX_KV_F32: pv_page_dt(MX_KV_F32, v, scale, next, acc, corr, p, m, nk, d); break;
+    case MX_KV_BF16: pv_page_dt(MX_KV_BF16, v, scale, next, acc, corr, p, m, nk, d); break;
+    case MX_KV_INT8: pv_page_dt(MX_KV_INT8, v, scale, next, acc, corr, p, m, nk, d); break;
+    default: pv_page_dt(MX_KV_FP8_E4M3, v, scale, next, acc, corr, p, m, nk, d); break;
+    }
+}
+
 const mx_fa_kernels mx_fa_kernels_avx512 = {MX_CPU_ISA_AVX512, qk_avx512, softmax_avx512, pv_avx512,
-                                            key_tile_avx512, decode_avx512};
+                                            key_tile_avx512, decode_avx512, qk_page_avx512, pv_page_avx512};

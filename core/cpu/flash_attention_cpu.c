@@ -107,7 +107,7 @@ static void decode_scalar(mx_kv_dtype t, const void *src, float scale, int n, in
 }
 
 const mx_fa_kernels mx_fa_kernels_scalar = {MX_CPU_ISA_SCALAR, qk_scalar, softmax_scalar, pv_scalar,
-                                            key_tile_scalar, decode_scalar};
+                                            key_tile_scalar, decode_scalar, NULL, NULL};
 
 /* ---------------------------------------------------------------- planning */
 
@@ -216,7 +216,7 @@ static int by_cost_desc(const void *a, const void *b)
 /* ---------------------------------------------------------------- per-task scratch */
 
 typedef struct fa_scratch {
-    float *q, *s, *acc, *m, *l, *corr, *kt, *vbuf, *tmp;
+    float *q, *s, *acc, *m, *l, *corr, *kt, *vbuf;
     int *nvalid;
 } fa_scratch;
 
@@ -244,7 +244,6 @@ static size_t carve(char *mem, int max_rows, int d, fa_scratch *sc)
     CARVE(nvalid, int, max_rows);
     CARVE(kt, float, (size_t)d * T);
     CARVE(vbuf, float, (size_t)d * T);
-    CARVE(tmp, float, (size_t)d * T);
 #undef CARVE
     return off;
 }
@@ -272,32 +271,39 @@ static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
     memset(sc->acc, 0, (size_t)M * d * sizeof(float));
     int64_t last = past + it->t1; /* keys visible to the last row */
     int64_t k_end = it->k1 < last ? it->k1 : last;
+    /* Decode (few rows per kv head): the kernels read the page's blocks as stored, so each
+     * byte of K and V is read once and never copied; the next page is prefetched meanwhile
+     * (pages are slab pieces, not contiguous). */
+    int direct = M <= MX_FA_DECODE_ROWS && j->kern->qk_page && j->kern->pv_page;
     for (int64_t kb = it->k0; kb < k_end; kb += MX_FA_KEY_TILE) {
         int nk = k_end - kb < MX_FA_KEY_TILE ? (int)(k_end - kb) : MX_FA_KEY_TILE;
         const void *page = mx_kv_page(kv, kb / MX_KV_PAGE_TOKENS);
-        const float *kf;
-        if (kv->dtype == MX_KV_F32) {
-            kf = mx_kv_page_k(kv, page, it->kvh);
-        } else {
-            j->kern->decode(kv->dtype, mx_kv_page_k(kv, page, it->kvh), mx_kv_page_k_scale(kv, page, it->kvh), nk, d,
-                            sc->tmp);
-            kf = sc->tmp;
-        }
-        /* the key tile transposed, so the QK kernel runs along keys; unused columns are 0 */
-        j->kern->key_tile(kf, nk, d, sc->kt);
-        const float *vf;
-        if (kv->dtype == MX_KV_F32) {
-            vf = mx_kv_page_v(kv, page, it->kvh);
-        } else {
-            j->kern->decode(kv->dtype, mx_kv_page_v(kv, page, it->kvh), mx_kv_page_v_scale(kv, page, it->kvh), nk, d,
-                            sc->vbuf);
-            vf = sc->vbuf;
-        }
         for (int i = 0; i < M; i++) {
             int64_t n = past + it->t0 + i / G - kb + 1;
             sc->nvalid[i] = n < 0 ? 0 : n > nk ? nk : (int)n;
         }
-        j->kern->qk(sc->q, M, d, sc->kt, sc->s);
+        const void *kp = mx_kv_page_k(kv, page, it->kvh), *vp = mx_kv_page_v(kv, page, it->kvh);
+        float ks = mx_kv_page_k_scale(kv, page, it->kvh), vs = mx_kv_page_v_scale(kv, page, it->kvh);
+        if (direct) {
+            const void *next = kb + MX_FA_KEY_TILE < k_end ? mx_kv_page(kv, kb / MX_KV_PAGE_TOKENS + 1) : NULL;
+            j->kern->qk_page(kv->dtype, kp, ks, next ? mx_kv_page_k(kv, next, it->kvh) : NULL, sc->q, M, d, sc->s);
+            j->kern->softmax(sc->s, M, sc->nvalid, sc->m, sc->l, sc->corr);
+            j->kern->pv_page(kv->dtype, vp, vs, next ? mx_kv_page_v(kv, next, it->kvh) : NULL, sc->acc, sc->corr,
+                             sc->s, M, nk, d);
+            continue;
+        }
+        /* K blocks are stored transposed: the key tile is the block itself (f32) or its decoding */
+        const float *kt = kp;
+        if (kv->dtype != MX_KV_F32) {
+            j->kern->decode(kv->dtype, kp, ks, d, MX_FA_KEY_TILE, sc->kt);
+            kt = sc->kt;
+        }
+        const float *vf = vp;
+        if (kv->dtype != MX_KV_F32) {
+            j->kern->decode(kv->dtype, vp, vs, nk, d, sc->vbuf);
+            vf = sc->vbuf;
+        }
+        j->kern->qk(sc->q, M, d, kt, sc->s);
         j->kern->softmax(sc->s, M, sc->nvalid, sc->m, sc->l, sc->corr);
         j->kern->pv(sc->acc, sc->corr, sc->s, M, nk, vf, d);
     }

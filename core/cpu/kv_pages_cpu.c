@@ -160,7 +160,9 @@ float mx_kv_page_v_scale(const mx_kv_cache *kv, const void *page, int h)
 }
 
 /* Stores n rows of one head (src rows `stride` floats apart) at slots [slot, slot + n) of a
- * [MX_KV_PAGE_TOKENS][d] block. 8-bit: when the new rows need a larger scale than the block
+ * [MX_KV_PAGE_TOKENS][d] block, or of a [d][MX_KV_PAGE_TOKENS] block when `tr` (K: attention
+ * then reads a key tile already transposed; the slots not yet written are 0, so a partly
+ * filled tile holds no NaN or Inf). 8-bit: when the new rows need a larger scale than the block
  * has, the `slot` rows already there are re-encoded with the new scale first. A block that
  * already holds rows grows its scale by powers of two: each re-encoding rounds again, and with
  * at least doubling steps those roundings sum to at most one final step (measured with one new
@@ -168,18 +170,25 @@ float mx_kv_page_v_scale(const mx_kv_cache *kv, const void *page, int h)
  * fp8 re-encodes by a power of two exactly. The cost is at most one bit of int8 resolution
  * in pages that rescale. */
 static void write_block(mx_kv_dtype t, void *block, float *scale, int d, int slot, int n, const float *src,
-                        size_t stride)
+                        size_t stride, int tr)
 {
+    const size_t T = MX_KV_PAGE_TOKENS;
+/* element (token slot c, dim a) of the block */
+#define AT(c, a) (tr ? (size_t)(a) * T + (size_t)(c) : (size_t)(c) * d + (size_t)(a))
+    if (tr && slot == 0)
+        memset(block, 0, T * (size_t)d * (size_t)mx_kv_dtype_elem_bytes(t));
     if (t == MX_KV_F32) {
+        float *b = block;
         for (int i = 0; i < n; i++)
-            memcpy((float *)block + (size_t)(slot + i) * d, src + (size_t)i * stride, (size_t)d * sizeof(float));
+            for (int a = 0; a < d; a++)
+                b[AT(slot + i, a)] = src[(size_t)i * stride + a];
         return;
     }
     if (t == MX_KV_BF16) {
         uint16_t *b = block;
         for (int i = 0; i < n; i++)
             for (int a = 0; a < d; a++)
-                b[(size_t)(slot + i) * d + a] = mx_kv_f32_to_bf16(src[(size_t)i * stride + a]);
+                b[AT(slot + i, a)] = mx_kv_f32_to_bf16(src[(size_t)i * stride + a]);
         return;
     }
     uint8_t *b = block;
@@ -197,15 +206,17 @@ static void write_block(mx_kv_dtype t, void *block, float *scale, int d, int slo
                 old *= 2.f;
             need = old;
             old = *scale;
-            for (size_t e = 0; e < (size_t)slot * d; e++)
-                b[e] = enc8(t, dec8(t, b[e]) * (old / need));
+            for (int c = 0; c < slot; c++)
+                for (int a = 0; a < d; a++)
+                    b[AT(c, a)] = enc8(t, dec8(t, b[AT(c, a)]) * (old / need));
         }
         *scale = need;
     }
     float inv = *scale > 0 ? 1.f / *scale : 0.f;
     for (int i = 0; i < n; i++)
         for (int a = 0; a < d; a++)
-            b[(size_t)(slot + i) * d + a] = enc8(t, src[(size_t)i * stride + a] * inv);
+            b[AT(slot + i, a)] = enc8(t, src[(size_t)i * stride + a] * inv);
+#undef AT
 }
 
 void mx_kv_write_page(mx_kv_cache *kv, int64_t pos, int n, const float *k, const float *v, size_t stride)
@@ -216,9 +227,9 @@ void mx_kv_write_page(mx_kv_cache *kv, int64_t pos, int n, const float *k, const
     float one = 1.f, *sc = eight ? page_scales(kv, page) : NULL;
     for (int h = 0; h < H; h++) {
         write_block(kv->dtype, (void *)mx_kv_page_k(kv, page, h), eight ? &sc[h] : &one, d, slot, n,
-                    k + (size_t)h * d, stride);
+                    k + (size_t)h * d, stride, 1);
         write_block(kv->dtype, (void *)mx_kv_page_v(kv, page, h), eight ? &sc[H + h] : &one, d, slot, n,
-                    v + (size_t)h * d, stride);
+                    v + (size_t)h * d, stride, 0);
     }
 }
 

@@ -2,7 +2,8 @@
  * against a double-precision reference computed here from the formulas (NeoX RoPE on q and k
  * with fp32 angles, causal softmax, scale 1/sqrt(head_dim)): prefill of odd lengths up to 64K,
  * GQA groups 1-8, head_dim 32/64/128, chunked prefill on a cache, decode, split-K decode over a
- * long cache, ragged batches, every ISA path this CPU has and every KV dtype; then the budget:
+ * long cache, decode steps of 1-16 rows per kv head in every KV dtype, ragged batches, every
+ * ISA path this CPU has and every KV dtype; then the budget:
  * MX_ENOMEM leaves every cache unchanged, freeing returns bytes, configure only without caches. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -417,6 +418,53 @@ static void test_kv_dtypes(void **state)
 
 /* Every stored element, read back through each ISA's decode, within its dtype's storage error
  * (step_of), with values that grow within each page so 8-bit pages rescale what they hold. */
+/* Decode steps of 1..16 query rows per kv head (tokens x GQA group sizes 1, 2, 4, 8: the
+ * AVX-512 decode kernels read the pages as stored) on every ISA and KV dtype, head_dim 128 and
+ * 48 (a column tail), over a cache long enough that the planner splits its keys across the
+ * threads; bounds as in test_kv_dtypes. */
+static void test_decode_rows(void **state)
+{
+    (void)state;
+    static const mx_kv_dtype dts[] = {MX_KV_F32, MX_KV_BF16, MX_KV_INT8, MX_KV_FP8_E4M3};
+    static const int groups[] = {1, 2, 4, 8};
+    for (int isa = MX_CPU_ISA_SCALAR; isa < MX_CPU_ISA_COUNT; isa++) {
+        if (!mx_cpu_isa_supported((mx_cpu_isa)isa))
+            continue;
+        for (size_t i = 0; i < sizeof dts / sizeof *dts; i++)
+            for (size_t g = 0; g < sizeof groups / sizeof *groups; g++) {
+                int G = groups[g], d = g == 3 ? 48 : 128;
+                shape sh = {2 * G, 2, d, d / 2};
+                /* a 1100-token cache (18 pages: two split-K parts), then steps of 1 .. 16 / G tokens */
+                int pre = isa == MX_CPU_ISA_SCALAR || SLOW_BUILD ? 200 : 1100, steps = 16 / G, total = pre;
+                for (int t = 1; t <= steps; t++)
+                    total += t;
+                mx_backend *be = make_backend(dts[i], 0);
+                seq s;
+                mx_error err = {0};
+                seq_make(&s, &sh, total, 1000 + 10 * g + i, 1.f, 0);
+                assert_int_equal(be->kv_cache_init(be, &s.kv, sh.kv_heads, sh.d, &err), 0);
+                seq *one = &s;
+                int rc;
+                run_batch(be, (mx_cpu_isa)isa, &sh, &one, &pre, 1, &rc, &err);
+                assert_int_equal(rc, 0);
+                double w = 0;
+                for (int t = 1; t <= steps; t++) {
+                    double wt = run_batch(be, (mx_cpu_isa)isa, &sh, &one, &t, 1, &rc, &err);
+                    assert_int_equal(rc, 0);
+                    w = wt > w || wt != wt ? wt : w;
+                }
+                double e = step_of(dts[i]), delta = e * sh.d / sqrt((double)sh.d);
+                double bound = dts[i] == MX_KV_F32 ? TOL_F32 : e + exp(2 * delta) - 1;
+                if (!(w <= bound))
+                    fail_msg("%s kv %s group %d d %d: decode max err %g over %g", mx_cpu_isa_name((mx_cpu_isa)isa),
+                             mx_kv_dtype_name(dts[i]), G, d, w, bound);
+                be->kv_cache_free(be, &s.kv);
+                seq_free(&s);
+                be->destroy(be);
+            }
+    }
+}
+
 static void test_page_roundtrip(void **state)
 {
     (void)state;
@@ -448,6 +496,13 @@ static void test_page_roundtrip(void **state)
                         const void *blk = which ? mx_kv_page_v(&s.kv, page, h) : mx_kv_page_k(&s.kv, page, h);
                         float sc = which ? mx_kv_page_v_scale(&s.kv, page, h) : mx_kv_page_k_scale(&s.kv, page, h);
                         ks[isa]->decode(dts[i], blk, sc, MX_KV_PAGE_TOKENS, sh.d, got);
+                        if (!which) { /* K blocks are stored transposed: [d][MX_KV_PAGE_TOKENS] */
+                            float kt[MX_KV_PAGE_TOKENS * 32];
+                            memcpy(kt, got, sizeof kt);
+                            for (int t = 0; t < MX_KV_PAGE_TOKENS; t++)
+                                for (int a = 0; a < sh.d; a++)
+                                    got[t * sh.d + a] = kt[a * MX_KV_PAGE_TOKENS + t];
+                        }
                         double amax = 0, ref[MX_KV_PAGE_TOKENS * 32];
                         for (int t = 0; t < MX_KV_PAGE_TOKENS; t++) {
                             int64_t pos = p * MX_KV_PAGE_TOKENS + t;
@@ -591,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_long_and_split_decode),
         cmocka_unit_test(test_ragged_batch),
         cmocka_unit_test(test_kv_dtypes),
+        cmocka_unit_test(test_decode_rows),
         cmocka_unit_test(test_page_roundtrip),
         cmocka_unit_test(test_budget),
     };
