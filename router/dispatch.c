@@ -278,7 +278,7 @@ static int start_attempt(fanout *f, int j, bool hedge, mx_error *err)
     else if (job->attempts > 1)
         atomic_fetch_add(&r->retries, 1);
     /* an attempt's own deadline matters only while another replica could take over */
-    bool others = router_pick_replica(sh, job->tried) >= 0;
+    bool others = router_has_untried(sh, job->tried);
     job->soft_at = others ? now + router_attempt_ms(r, sh, job->n_rows) : INFINITY;
     job->hedge_at = INFINITY;
     if (r->cfg.hedge && others && job->attempts == 1) {

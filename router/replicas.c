@@ -82,7 +82,9 @@ double router_hedge_ms(router_shard *sh, int rows)
 
 int router_pick_replica(router_shard *sh, uint64_t tried)
 {
-    unsigned start = atomic_fetch_add(&sh->next, 1u);
+    /* only a call's first copy moves the rotation: retries and hedges would otherwise move it
+     * in step with the first copies and tie every first copy to the same replica */
+    unsigned start = tried ? atomic_load(&sh->next) : atomic_fetch_add(&sh->next, 1u);
     int best = -1, best_load = 0, fallback = -1;
     double fallback_ok = -1;
     pthread_mutex_lock(&sh->mu);
@@ -106,6 +108,14 @@ int router_pick_replica(router_shard *sh, uint64_t tried)
     }
     pthread_mutex_unlock(&sh->mu);
     return best >= 0 ? best : fallback;
+}
+
+bool router_has_untried(const router_shard *sh, uint64_t tried)
+{
+    for (int i = 0; i < sh->n_replicas; i++)
+        if (!(tried >> i & 1))
+            return true;
+    return false;
 }
 
 void router_record_ok(mx_router *r, router_shard *sh, int replica, int rows, double latency_ms)

@@ -72,6 +72,8 @@ void router_shard_destroy(router_shard *sh);
  * calls in flight (ties rotate). When every untried replica is ejected, the one that last
  * answered (a shard never refuses outright on its own say-so). -1 when all were tried. */
 int router_pick_replica(router_shard *sh, uint64_t tried);
+/* Whether a replica outside tried is left (no side effect on the rotation). */
+bool router_has_untried(const router_shard *sh, uint64_t tried);
 /* An attempt's own deadline for a call of rows rows: p99 x factor of the smallest size class
  * >= this one with enough samples, within [floor, cap]; the cap without samples. */
 double router_attempt_ms(const mx_router *r, router_shard *sh, int rows);
