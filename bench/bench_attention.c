@@ -1,13 +1,16 @@
 /* bench_attention.c - the CPU backend's softmax attention op (be->softmax_attention, 2 threads)
  * on the real model's GQA group (8 query heads sharing 1 KV head, head_dim 128): causal prefill
- * GFLOP/s against the fp32 FMA peak measured next to each timing, and decode step time at a
- * short and a long context against the KV bytes read over the memory bandwidth read next to it.
- * With bf16 KV (the default) and f32 KV. BENCH_LONG=1 adds the 256K-token sizes (minutes). */
+ * GFLOP/s against the fp32 FMA peak measured next to each timing, and decode step time at 1K
+ * and at long contexts (64K, 256K; 64 query heads / 8 KV heads as in the real layer, caches
+ * filled through the page writer) against the KV bytes read over the memory bandwidth read
+ * next to it. With bf16 KV (the default) and f32 KV. BENCH_LONG=1 adds a 256K prefill (minutes). */
 #include <stdio.h>
 #include <string.h>
 
 #include "bench_util.h"
 #include "core/backend.h"
+#include "core/cpu/attention_cpu.h"
+#include "core/cpu/cpu_backend.h"
 #include "core/kv_cache.h"
 
 #define MAX_SIZES 16
@@ -15,7 +18,9 @@
 typedef struct {
     int threads, heads, kv_heads, d, rotary;
     int sizes[MAX_SIZES], n_sizes;
-    int decode_short, decode_long; /* contexts of the decode comparison; 0 = no decode */
+    int decode_short;              /* context the long decodes are compared with */
+    int decode_ctx[MAX_SIZES], n_decode_ctx; /* long decode contexts; none = no decode */
+    int decode_heads, decode_kv_heads;
     int decode_steps;
     mx_kv_dtype dtypes[2];
     int n_dtypes;
@@ -154,6 +159,32 @@ static void run_prefill(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *k
     }
 }
 
+/* Appends `tokens` tokens of random K and V to kv through the page writer, without attention:
+ * a 256K-token prefill through the op takes hours, and decode time depends only on the pages.
+ * A few pages of values are reused, which changes nothing the step reads from memory. */
+static void fill_cache(mx_backend *be, const bench *b, mx_kv_cache *kv, int64_t tokens)
+{
+    enum { VARIANTS = 4 };
+    size_t row = (size_t)b->kv_heads * b->d, page = (size_t)MX_KV_PAGE_TOKENS * row;
+    float *host = malloc(sizeof(float) * 2 * VARIANTS * page);
+    if (!host)
+        die("host buffer", NULL);
+    bench_fill_f32(host, 2 * VARIANTS * page, 1.f, 99);
+    mx_kv_pool *pool = ((mx_cpu_impl *)be->impl)->kv_pool;
+    for (int64_t i = 0; kv->len < tokens; i++) {
+        mx_error err = {0};
+        int64_t n = tokens - kv->len < MX_KV_PAGE_TOKENS - kv->len % MX_KV_PAGE_TOKENS
+                        ? tokens - kv->len
+                        : MX_KV_PAGE_TOKENS - kv->len % MX_KV_PAGE_TOKENS;
+        if (mx_kv_reserve(pool, &kv, &n, 1, &err))
+            die("kv reserve", &err);
+        const float *k = host + (size_t)(i % VARIANTS) * 2 * page;
+        mx_kv_write_page(kv, kv->len, (int)n, k, k + page, row);
+        kv->len += n;
+    }
+    free(host);
+}
+
 /* Decode steps alternating between a short and a long cache of the same backend, each step
  * after a read-bandwidth reading (which also evicts the caches from the last-level cache, so
  * each step reads its KV from memory as a long context must). The extra time of the long step
@@ -196,9 +227,10 @@ static void run_decode(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *lo
     double bytes = (double)mx_kv_bytes_for_tokens(dt, b->kv_heads, b->d, 1, long_kv->len);
     double ms_s = bench_median(ts, steps) * 1e3, ms_l = bench_median(tl, steps) * 1e3;
     double bw_m = bench_median(bw, steps), ex = bench_median(extra, steps);
-    printf("\nKV %s: decode, one sequence, %d steps alternating %d and %lld tokens of context, each after a\n"
-           "bandwidth reading; bound = KV bytes at the long context / (0.8 x bandwidth read just before)\n",
-           mx_kv_dtype_name(dt), steps, b->decode_short, (long long)long_kv->len);
+    printf("\nKV %s: decode, one sequence, %d query / %d KV heads, %d steps alternating %d and %lld tokens of\n"
+           "context, each after a bandwidth reading; bound = KV bytes at the long context / (0.8 x bandwidth\n"
+           "read just before); extra = long step - short step\n",
+           mx_kv_dtype_name(dt), b->heads, b->kv_heads, steps, b->decode_short, (long long)long_kv->len);
     printf("%12s %12s %10s %10s %10s %10s %12s %12s\n", "ms short", "ms long", "extra ms", "KV MB", "bw GB/s",
            "bound ms", "extra/bound", "of bw");
     printf("%12.3f %12.3f %10.3f %10.1f %10.1f %10.3f %12.2f %12.2f   target: extra/bound <= 1\n", ms_s, ms_l,
@@ -235,16 +267,20 @@ static void usage(void)
 {
     fprintf(stderr, "usage: bench_attention [--sizes 4K,16K,64K] [--kv-dtype bf16|f32|all] [--heads 8] [--kv-heads 1]\n"
                     "         [--head-dim 128] [--threads 2] [--decode-steps 8] [--no-decode]\n"
-                    "BENCH_LONG=1 adds 256K to the sizes (and decodes at 256K).\n");
+                    "         [--decode-contexts 64K,256K] [--decode-heads 64] [--decode-kv-heads 8]\n"
+                    "Decode steps at 1K alternate with steps at each decode context.\n"
+                    "BENCH_LONG=1 adds 256K to the prefill sizes.\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
-    bench b = {.threads = 2, .heads = 8, .kv_heads = 1, .d = 128, .decode_short = 1024, .decode_steps = 8};
+    bench b = {.threads = 2, .heads = 8, .kv_heads = 1, .d = 128, .decode_short = 1024, .decode_heads = 64,
+               .decode_kv_heads = 8, .decode_steps = 8};
     const char *long_env = getenv("BENCH_LONG");
     int is_long = long_env && strcmp(long_env, "1") == 0;
     b.n_sizes = parse_sizes(is_long ? "4K,16K,64K,256K" : "4K,16K,64K", b.sizes);
+    b.n_decode_ctx = parse_sizes("64K,256K", b.decode_ctx);
     const char *dtypes = "all";
     int decode = 1;
     for (int i = 1; i < argc; i++) {
@@ -271,12 +307,19 @@ int main(int argc, char **argv)
             b.threads = atoi(v);
         } else if (strcmp(a, "--decode-steps") == 0) {
             b.decode_steps = atoi(v);
+        } else if (strcmp(a, "--decode-contexts") == 0) {
+            if ((b.n_decode_ctx = parse_sizes(v, b.decode_ctx)) <= 0)
+                usage();
+        } else if (strcmp(a, "--decode-heads") == 0) {
+            b.decode_heads = atoi(v);
+        } else if (strcmp(a, "--decode-kv-heads") == 0) {
+            b.decode_kv_heads = atoi(v);
         } else {
             usage();
         }
     }
     if (b.heads < 1 || b.kv_heads < 1 || b.heads % b.kv_heads || b.d < 2 || b.d % 2 || b.threads < 1 ||
-        b.decode_steps < 1)
+        b.decode_steps < 1 || b.decode_kv_heads < 1 || b.decode_heads % b.decode_kv_heads)
         usage();
     b.rotary = b.d / 2; /* the real model rotates 64 of 128 dims */
     if (strcmp(dtypes, "all") == 0) {
@@ -289,12 +332,12 @@ int main(int argc, char **argv)
             die("arguments", &err);
         b.n_dtypes = 1;
     }
-    if (decode)
-        b.decode_long = b.sizes[b.n_sizes - 1];
+    if (!decode)
+        b.n_decode_ctx = 0;
     mx_error err = {0};
     if (mx_threadpool_create(b.threads, &b.pool, &err))
         die("pool", &err);
-    if (decode && bench_reader_init(&b.reader, (size_t)512 << 20))
+    if (b.n_decode_ctx && bench_reader_init(&b.reader, (size_t)512 << 20))
         die("bandwidth buffer", NULL);
 
     printf("Softmax attention op (be->softmax_attention), CPU backend, %d threads, kernel ISA %s\n", b.threads,
@@ -307,12 +350,22 @@ int main(int argc, char **argv)
         mx_backend *be = make_backend(&b, b.dtypes[di]);
         mx_kv_cache kept = {0};
         run_prefill(&b, be, b.dtypes[di], &kept);
-        if (decode)
-            run_decode(&b, be, b.dtypes[di], &kept);
         be->kv_cache_free(be, &kept);
+        bench db = b; /* decode on the real layer's heads */
+        db.heads = b.decode_heads;
+        db.kv_heads = b.decode_kv_heads;
+        for (int ci = 0; ci < b.n_decode_ctx; ci++) {
+            mx_error err = {0};
+            mx_kv_cache kv;
+            if (be->kv_cache_init(be, &kv, db.kv_heads, db.d, &err))
+                die("kv_cache_init", &err);
+            fill_cache(be, &db, &kv, b.decode_ctx[ci]);
+            run_decode(&db, be, b.dtypes[di], &kv);
+            be->kv_cache_free(be, &kv);
+        }
         be->destroy(be);
     }
-    if (decode)
+    if (b.n_decode_ctx)
         bench_reader_free(&b.reader);
     mx_threadpool_destroy(b.pool);
     return 0;
