@@ -47,6 +47,8 @@ static void probe_round(mx_router *r, mx_rpc_callset *cs, probe_ref *refs, const
                 continue;
             refs[n] = (probe_ref){s, i};
             mx_error err = {0};
+            /* our own backoff decides when to look again, not the channel's (up to 2 min) */
+            mx_rpc_channel_reset_backoff(sh->replicas[i].channel);
             if (mx_rpc_callset_start(cs, sh->replicas[i].channel, HEALTH_CHECK_METHOD,
                                      mx_rpc_payload_copy(req, req_len), r->cfg.probe_timeout_ms, &refs[n], &err) < 0)
                 router_probe_result(r, sh, i, false);

@@ -148,6 +148,8 @@ void mx_rpc_callset_cancel(mx_rpc_callset *cs, int id)
         grpc_call_cancel(cs->slots[id].call, NULL);
 }
 
+void mx_rpc_channel_reset_backoff(mx_rpc_channel *ch) { grpc_channel_reset_connect_backoff(ch->channel); }
+
 int mx_rpc_callset_in_flight(const mx_rpc_callset *cs) { return cs->in_flight; }
 
 void mx_rpc_callset_destroy(mx_rpc_callset *cs)

@@ -33,6 +33,11 @@ void mx_rpc_callset_cancel(mx_rpc_callset *cs, int id);
 /* Calls started and not yet returned by _next. */
 int mx_rpc_callset_in_flight(const mx_rpc_callset *cs);
 
+/* Makes ch try to connect at once on its next call, instead of after gRPC's reconnect
+ * backoff (which grows to 2 minutes while a peer stays down). For health probes that run on
+ * their own schedule: a peer that came back is seen on the next probe. */
+void mx_rpc_channel_reset_backoff(mx_rpc_channel *ch);
+
 /* Cancels what is in flight, waits for it and frees everything. NULL is fine. */
 void mx_rpc_callset_destroy(mx_rpc_callset *cs);
 

@@ -249,9 +249,10 @@ static void test_retry_codes(void **state)
         mx_router_stats st;
         mx_router_get_stats(r, &st);
         assert_int_equal(st.failures, 0);
-        /* ejected after its first failure: at most one call per probe-free interval reaches it */
+        /* ejected after its first failure; its health still says SERVING, so each probe
+         * (after 200, then 400 ms) lets one more call through */
         int b1_calls = atomic_load(&w->b1.calls);
-        if (b1_calls < 1 || b1_calls > 3)
+        if (b1_calls < 1 || b1_calls > 5)
             fail_msg("%s: b1 got %d calls", mx_rpc_status_name(codes[i]), b1_calls);
         assert_true(st.retries >= 1);
         assert_true(st.ejections >= 1);
@@ -327,9 +328,9 @@ static void test_frozen_replica(void **state)
     reset(w);
 }
 
-/* Hedging: with b1 slow (150 ms) and hedge = true, a copy goes to b2 after the p95 of the fast
+/* Hedging: with b1 slow (400 ms) and hedge = true, a copy goes to b2 after the p95 of the fast
  * calls, so no run waits for b1; b1's slow calls are cancelled. Without hedging (and with
- * attempt deadlines out of the way) runs that hit b1 wait the whole 150 ms. */
+ * attempt deadlines out of the way) runs that hit b1 wait the whole 400 ms. */
 static void test_hedge(void **state)
 {
     world *w = *state;
@@ -340,7 +341,7 @@ static void test_hedge(void **state)
         assert_true(wait_live(r, 1, 3000, NULL));
         for (int k = 0; k < 40; k++)
             run_ok(r, k);
-        atomic_store(&w->b1.delay_ms, 150);
+        atomic_store(&w->b1.delay_ms, 400);
         atomic_store(&w->b1.mode, SLOW);
         double worst = 0;
         int b1_before = atomic_load(&w->b1.calls);
@@ -357,12 +358,12 @@ static void test_hedge(void **state)
         assert_true(atomic_load(&w->b1.calls) - b1_before >= 2);
         if (hedge) {
             assert_true(st.hedges >= 1);
-            if (worst > 120)
+            if (worst > 300)
                 fail_msg("a hedged run waited %.0f ms for the slow replica", worst);
         } else {
             assert_int_equal(st.hedges, 0);
             if (atomic_load(&w->b1.calls) > b1_before)
-                assert_true(worst >= 140);
+                assert_true(worst >= 390);
         }
         atomic_store(&w->b1.mode, NORMAL);
         mx_router_destroy(r);
