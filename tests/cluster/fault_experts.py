@@ -170,6 +170,10 @@ def test_sigterm_rounds(cl, load, rounds=5):
         drained.append(time.time() - t0)
         r.check(exited and status == 0, "round %d: the replica drained and exited with status 0" % (k + 1),
                 "exited %s status %s" % (exited, status))
+        # the drain period (expert-svc's default drain_ms) cancels what is left when it ends;
+        # exiting well before it means every call in flight had finished
+        r.check(drained[-1] < 4.0, "round %d: it exited as soon as its calls were done, before the 5 s drain "
+                "period ran out" % (k + 1), "%.2f s" % drained[-1])
         time.sleep(1.0)          # traffic on the other replica alone
         own = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         r.check(wait_until(lambda: serving(addr), 30), "round %d: the replica serves again" % (k + 1))
