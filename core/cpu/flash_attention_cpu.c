@@ -19,6 +19,10 @@
 #define FA_MIN_PART_PAGES 8
 /* Work items per thread the planner aims for when it splits keys. */
 #define FA_ITEMS_PER_THREAD 4
+/* Decode prefetches the K and V blocks of the (page, kv head) this many steps ahead. */
+#ifndef FA_PREFETCH_HEADS
+#define FA_PREFETCH_HEADS 1
+#endif
 
 /* ---------------------------------------------------------------- scalar kernels */
 
@@ -111,18 +115,20 @@ const mx_fa_kernels mx_fa_kernels_scalar = {MX_CPU_ISA_SCALAR, qk_scalar, softma
 
 /* ---------------------------------------------------------------- planning */
 
-/* Queries [t0, t1) of one span against keys [k0, k1) for one kv head. part < 0: the item sees
- * every key its rows see and writes o; otherwise it writes partial slot `part`. */
+/* Queries [t0, t1) of one span against keys [k0, k1) for kv heads [kvh, kvh + nh). Its rows
+ * are ordered (head, token, query head of the group). part < 0: the item sees every key its
+ * rows see and writes o; otherwise it writes partial slot `part`. */
 typedef struct fa_item {
-    int span, kvh, t0, t1;
+    int span, kvh, nh, t0, t1;
     int64_t k0, k1;
     int part;
     double cost;
 } fa_item;
 
-/* Partial slots [first, first + n) that together form rows [t0, t1) of (span, kvh). */
+/* Partial slots [first, first + n) that together form rows [t0, t1) of (span, kv heads
+ * [kvh, kvh + nh)). */
 typedef struct fa_merge {
-    int span, kvh, t0, t1, first, n;
+    int span, kvh, nh, t0, t1, first, n;
 } fa_merge;
 
 typedef struct fa_plan {
@@ -159,11 +165,15 @@ static int64_t ceil_div(int64_t a, int64_t b)
 }
 
 /* Lays out the work (items == NULL: only counts). Costs are query rows x visible keys; keys
- * of items whose cost is well above an even share are split into page-aligned parts. */
+ * of items whose cost is well above an even share are split into page-aligned parts. An item
+ * covers one kv head, or every kv head when `all_heads` (decode: then a thread reads whole
+ * pages in address order, K and V of every head, which the hardware prefetchers follow,
+ * instead of 2 x 16 KiB pieces 256 KiB apart). */
 static fa_plan plan_work(const mx_span *spans, int n_spans, mx_kv_cache *const *caches, const int64_t *past,
-                         int kv_heads, int group, int tile_rows, int n_threads, fa_item *items,
+                         int kv_heads, int group, int tile_rows, int n_threads, int all_heads, fa_item *items,
                          fa_merge *merges)
 {
+    int nh = all_heads ? kv_heads : 1;
     (void)group; /* every item has the same heads per row, so costs compare without it */
     double total = 0;
     for (int s = 0; s < n_spans; s++)
@@ -179,22 +189,22 @@ static fa_plan plan_work(const mx_span *spans, int n_spans, mx_kv_cache *const *
         for (int t0 = 0; t0 < spans[s].len; t0 += tile_rows) {
             int t1 = t0 + tile_rows < spans[s].len ? t0 + tile_rows : spans[s].len;
             int64_t visible = p + t1; /* keys the last row sees */
-            double cost = (double)(t1 - t0) * ((double)p + 0.5 * (t0 + t1));
+            double cost = (double)(t1 - t0) * ((double)p + 0.5 * (t0 + t1)) * nh;
             int64_t pages = ceil_div(visible, MX_KV_PAGE_TOKENS);
             int64_t n_parts = n_threads > 1 ? (int64_t)ceil(cost / target) : 1;
             int64_t max_parts = pages / FA_MIN_PART_PAGES;
             n_parts = n_parts > max_parts ? max_parts : n_parts;
             n_parts = n_parts < 1 ? 1 : n_parts;
-            for (int h = 0; h < kv_heads; h++) {
+            for (int h = 0; h < kv_heads; h += nh) {
                 if (n_parts > 1 && merges)
-                    merges[pl.n_merges] = (fa_merge){s, h, t0, t1, pl.n_parts, (int)n_parts};
+                    merges[pl.n_merges] = (fa_merge){s, h, nh, t0, t1, pl.n_parts, (int)n_parts};
                 for (int64_t part = 0; part < n_parts; part++) {
                     int64_t pg0 = pages * part / n_parts, pg1 = pages * (part + 1) / n_parts;
                     int64_t k0 = pg0 * MX_KV_PAGE_TOKENS, k1 = pg1 * MX_KV_PAGE_TOKENS;
                     k1 = k1 < visible ? k1 : visible;
                     if (items)
-                        items[pl.n_items] = (fa_item){s, h, t0, t1, k0, k1, n_parts > 1 ? pl.n_parts + (int)part : -1,
-                                                      cost / (double)n_parts};
+                        items[pl.n_items] = (fa_item){s, h, nh, t0, t1, k0, k1,
+                                                      n_parts > 1 ? pl.n_parts + (int)part : -1, cost / (double)n_parts};
                     pl.n_items++;
                 }
                 if (n_parts > 1) {
@@ -250,30 +260,39 @@ static size_t carve(char *mem, int max_rows, int d, fa_scratch *sc)
 
 /* ---------------------------------------------------------------- one work item */
 
+/* Row i of an item (rows ordered head, token, group member): its token and query head. */
+static void item_row(int kvh, int t0, int M, int G, int i, int *t, int *h)
+{
+    *t = t0 + i % M / G;
+    *h = (kvh + i / M) * G + i % M % G;
+}
+
 static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
 {
     const mx_span *sp = &j->spans[it->span];
     const mx_kv_cache *kv = j->caches[it->span];
-    int d = j->d, G = j->group, M = (it->t1 - it->t0) * G;
+    int d = j->d, G = j->group, M = (it->t1 - it->t0) * G, R = M * it->nh;
     int64_t past = j->past[it->span];
     size_t q_stride = (size_t)j->heads * d;
-    for (int t = it->t0; t < it->t1; t++)
-        for (int g = 0; g < G; g++) {
-            const float *src = j->q + (size_t)(sp->start + t) * q_stride + (size_t)(it->kvh * G + g) * d;
-            float *dst = sc->q + (size_t)((t - it->t0) * G + g) * d;
-            for (int a = 0; a < d; a++)
-                dst[a] = src[a] * j->qscale;
-        }
-    for (int i = 0; i < M; i++) {
+    for (int i = 0; i < R; i++) {
+        int t, h;
+        item_row(it->kvh, it->t0, M, G, i, &t, &h);
+        const float *src = j->q + (size_t)(sp->start + t) * q_stride + (size_t)h * d;
+        float *dst = sc->q + (size_t)i * d;
+        for (int a = 0; a < d; a++)
+            dst[a] = src[a] * j->qscale;
+    }
+    for (int i = 0; i < R; i++) {
         sc->m[i] = -INFINITY;
         sc->l[i] = 0.f;
     }
-    memset(sc->acc, 0, (size_t)M * d * sizeof(float));
+    memset(sc->acc, 0, (size_t)R * d * sizeof(float));
     int64_t last = past + it->t1; /* keys visible to the last row */
     int64_t k_end = it->k1 < last ? it->k1 : last;
     /* Decode (few rows per kv head): the kernels read the page's blocks as stored, so each
-     * byte of K and V is read once and never copied; the next page is prefetched meanwhile
-     * (pages are slab pieces, not contiguous). */
+     * byte of K and V is read once and never copied; the block read two blocks later (the
+     * next head's, or the next page's first: pages are slab pieces, not contiguous) is
+     * prefetched meanwhile. */
     int direct = M <= MX_FA_DECODE_ROWS && j->kern->qk_page && j->kern->pv_page;
     for (int64_t kb = it->k0; kb < k_end; kb += MX_FA_KEY_TILE) {
         int nk = k_end - kb < MX_FA_KEY_TILE ? (int)(k_end - kb) : MX_FA_KEY_TILE;
@@ -282,34 +301,46 @@ static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
             int64_t n = past + it->t0 + i / G - kb + 1;
             sc->nvalid[i] = n < 0 ? 0 : n > nk ? nk : (int)n;
         }
-        const void *kp = mx_kv_page_k(kv, page, it->kvh), *vp = mx_kv_page_v(kv, page, it->kvh);
-        float ks = mx_kv_page_k_scale(kv, page, it->kvh), vs = mx_kv_page_v_scale(kv, page, it->kvh);
-        if (direct) {
-            const void *next = kb + MX_FA_KEY_TILE < k_end ? mx_kv_page(kv, kb / MX_KV_PAGE_TOKENS + 1) : NULL;
-            j->kern->qk_page(kv->dtype, kp, ks, next ? mx_kv_page_k(kv, next, it->kvh) : NULL, sc->q, M, d, sc->s);
-            j->kern->softmax(sc->s, M, sc->nvalid, sc->m, sc->l, sc->corr);
-            j->kern->pv_page(kv->dtype, vp, vs, next ? mx_kv_page_v(kv, next, it->kvh) : NULL, sc->acc, sc->corr,
-                             sc->s, M, nk, d);
-            continue;
+        for (int hh = 0; hh < it->nh; hh++) {
+            int h = it->kvh + hh;
+            const void *kp = mx_kv_page_k(kv, page, h), *vp = mx_kv_page_v(kv, page, h);
+            float ks = mx_kv_page_k_scale(kv, page, h), vs = mx_kv_page_v_scale(kv, page, h);
+            float *q = sc->q + (size_t)hh * M * d, *acc = sc->acc + (size_t)hh * M * d;
+            float *m = sc->m + hh * M, *l = sc->l + hh * M;
+            if (direct) {
+                const void *pk = NULL, *pv = NULL;
+                int ahead = hh + FA_PREFETCH_HEADS;
+                int64_t pb = kb + (int64_t)(ahead / it->nh) * MX_FA_KEY_TILE;
+                if (pb < k_end) {
+                    const void *pp = mx_kv_page(kv, pb / MX_KV_PAGE_TOKENS);
+                    pk = mx_kv_page_k(kv, pp, it->kvh + ahead % it->nh);
+                    pv = mx_kv_page_v(kv, pp, it->kvh + ahead % it->nh);
+                }
+                j->kern->qk_page(kv->dtype, kp, ks, pk, q, M, d, sc->s);
+                j->kern->softmax(sc->s, M, sc->nvalid, m, l, sc->corr);
+                j->kern->pv_page(kv->dtype, vp, vs, pv, acc, sc->corr, sc->s, M, nk, d);
+                continue;
+            }
+            /* K blocks are stored transposed: the key tile is the block itself (f32) or its decoding */
+            const float *kt = kp;
+            if (kv->dtype != MX_KV_F32) {
+                j->kern->decode(kv->dtype, kp, ks, d, MX_FA_KEY_TILE, sc->kt);
+                kt = sc->kt;
+            }
+            const float *vf = vp;
+            if (kv->dtype != MX_KV_F32) {
+                j->kern->decode(kv->dtype, vp, vs, nk, d, sc->vbuf);
+                vf = sc->vbuf;
+            }
+            j->kern->qk(q, M, d, kt, sc->s);
+            j->kern->softmax(sc->s, M, sc->nvalid, m, l, sc->corr);
+            j->kern->pv(acc, sc->corr, sc->s, M, nk, vf, d);
         }
-        /* K blocks are stored transposed: the key tile is the block itself (f32) or its decoding */
-        const float *kt = kp;
-        if (kv->dtype != MX_KV_F32) {
-            j->kern->decode(kv->dtype, kp, ks, d, MX_FA_KEY_TILE, sc->kt);
-            kt = sc->kt;
-        }
-        const float *vf = vp;
-        if (kv->dtype != MX_KV_F32) {
-            j->kern->decode(kv->dtype, vp, vs, nk, d, sc->vbuf);
-            vf = sc->vbuf;
-        }
-        j->kern->qk(sc->q, M, d, kt, sc->s);
-        j->kern->softmax(sc->s, M, sc->nvalid, sc->m, sc->l, sc->corr);
-        j->kern->pv(sc->acc, sc->corr, sc->s, M, nk, vf, d);
     }
     if (it->part < 0) {
-        for (int i = 0; i < M; i++) {
-            int t = it->t0 + i / G, h = it->kvh * G + i % G;
+        for (int i = 0; i < R; i++) {
+            int t, h;
+            item_row(it->kvh, it->t0, M, G, i, &t, &h);
             float *o = j->o + (size_t)(sp->start + t) * q_stride + (size_t)h * d;
             float inv = 1.f / sc->l[i];
             for (int a = 0; a < d; a++)
@@ -317,9 +348,9 @@ static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
         }
     } else {
         float *p = j->partials + (size_t)it->part * j->part_floats;
-        memcpy(p, sc->m, (size_t)M * sizeof(float));
-        memcpy(p + M, sc->l, (size_t)M * sizeof(float));
-        memcpy(p + 2 * M, sc->acc, (size_t)M * d * sizeof(float));
+        memcpy(p, sc->m, (size_t)R * sizeof(float));
+        memcpy(p + R, sc->l, (size_t)R * sizeof(float));
+        memcpy(p + 2 * R, sc->acc, (size_t)R * d * sizeof(float));
     }
 }
 
@@ -341,16 +372,17 @@ static void attn_task(void *ctx, int task, int n_tasks)
  * by the summed weights. */
 static void merge_parts(const fa_job *j, const fa_merge *mg)
 {
-    int d = j->d, G = j->group, M = (mg->t1 - mg->t0) * G;
+    int d = j->d, G = j->group, R = (mg->t1 - mg->t0) * G * mg->nh;
     size_t q_stride = (size_t)j->heads * d;
     const mx_span *sp = &j->spans[mg->span];
-    for (int i = 0; i < M; i++) {
+    for (int i = 0; i < R; i++) {
         float mmax = -INFINITY;
         for (int p = 0; p < mg->n; p++) {
             float mp = j->partials[(size_t)(mg->first + p) * j->part_floats + i];
             mmax = mp > mmax ? mp : mmax;
         }
-        int t = mg->t0 + i / G, h = mg->kvh * G + i % G;
+        int t, h;
+        item_row(mg->kvh, mg->t0, (mg->t1 - mg->t0) * G, G, i, &t, &h);
         float *o = j->o + (size_t)(sp->start + t) * q_stride + (size_t)h * d;
         float l = 0;
         for (int a = 0; a < d; a++)
@@ -360,8 +392,8 @@ static void merge_parts(const fa_job *j, const fa_merge *mg)
             if (part[i] == -INFINITY)
                 continue; /* this part held no key the row sees */
             float w = mx_fa_exp2(part[i] - mmax);
-            l += w * part[M + i];
-            const float *acc = part + 2 * M + (size_t)i * d;
+            l += w * part[R + i];
+            const float *acc = part + 2 * R + (size_t)i * d;
             for (int a = 0; a < d; a++)
                 o[a] += w * acc[a];
         }
@@ -434,7 +466,14 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
     mx_threadpool *pool = mx_cpu_pool(be);
     int n_threads = mx_threadpool_size(pool), group = heads / kv_heads;
     int tile_rows = group >= FA_ROWS ? 1 : FA_ROWS / group, max_rows = tile_rows * group;
-    fa_plan pl = plan_work(spans, n_spans, caches, NULL, kv_heads, group, tile_rows, n_threads, NULL, NULL);
+    const mx_fa_kernels *kern = kernels_for(isa, head_dim);
+    int longest = 0;
+    for (int i = 0; i < n_spans; i++)
+        longest = spans[i].len > longest ? spans[i].len : longest;
+    int decode_rows = (longest < tile_rows ? longest : tile_rows) * group;
+    int all_heads = kern->qk_page && decode_rows <= MX_FA_DECODE_ROWS && decode_rows * kv_heads <= max_rows;
+    fa_plan pl =
+        plan_work(spans, n_spans, caches, NULL, kv_heads, group, tile_rows, n_threads, all_heads, NULL, NULL);
 
     /* one scratch area the pool keeps between calls: no allocation per call */
     size_t kv_row = (size_t)kv_heads * head_dim, q_row = (size_t)heads * head_dim;
@@ -486,7 +525,7 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
     }
 
     fa_job *j = &(fa_job){0};
-    j->kern = kernels_for(isa, head_dim);
+    j->kern = kern;
     j->o = o->data;
     j->q = q->data;
     j->spans = spans;
@@ -504,7 +543,8 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
     j->part_floats = pf;
     j->slots = mem + off_slots;
     j->slot_bytes = slot_bytes;
-    fa_plan again = plan_work(spans, n_spans, caches, past, kv_heads, group, tile_rows, n_threads, j->items, j->merges);
+    fa_plan again =
+        plan_work(spans, n_spans, caches, past, kv_heads, group, tile_rows, n_threads, all_heads, j->items, j->merges);
     j->n_items = again.n_items;
     atomic_init(&j->next, 0);
     /* longest items first, so the triangle's long rows do not finish last */
