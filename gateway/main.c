@@ -15,6 +15,7 @@
 #include "core/rpc/signals.h"
 #include "generation_rpc.h"
 #include "gw_config.h"
+#include "pipeline_health.h"
 #include "scheduler.h"
 #include "text.h"
 #include "tokenize_rpc.h"
@@ -144,6 +145,7 @@ static void listen_on(const void *config, const void *state, mx_service_listen *
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err)
 {
     gateway *g = state;
+    MX_TRY(gw_pipeline_health_attach((const char(*)[256])g->cfg.stages, g->cfg.n_stages, srv, 500, NULL, err));
     return gw_add_methods(&g->gen_ctx, &g->tok_ctx, srv, err);
 }
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,6 +49,7 @@ struct gw_scheduler {
     gw_request **queue;       /* [max_queued], FIFO in [0, n_queued) */
     int n_queued;
     bool stop;
+    uint64_t id_tag;          /* this gateway's tag in the top 16 bits of its sequence ids */
     uint64_t next_id, next_batch, next_ready;
     gw_request **running;     /* [max_batch_sequences], scheduler thread only */
     int n_running;
@@ -417,7 +419,14 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log
     s->depth = cfg->pipeline_depth > 0 ? cfg->pipeline_depth : cfg->n_stages;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
-    s->next_id = ((uint64_t)time(NULL) << 24) ^ ((uint64_t)getpid() << 8);
+    /* Sequence ids: the top 16 bits a random tag of this gateway, the low 48 a counter from
+     * a random start, both from the OS, so gateways sharing the stages never collide on a
+     * live id (time and pid put two gateways 256 ids apart). */
+    uint64_t rnd[2] = {0, 0};
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        rnd[0] = ((uint64_t)time(NULL) << 24) ^ ((uint64_t)getpid() << 8), rnd[1] = rnd[0] * 0x9E3779B97F4A7C15ull;
+    s->id_tag = rnd[0] & 0xFFFF000000000000ull;
+    s->next_id = rnd[1] & 0x00007FFFFFFFFFFFull; /* half the counter space: never wraps into the tag */
     s->queue = calloc((size_t)cfg->max_queued, sizeof *s->queue);
     s->running = calloc((size_t)cfg->max_batch_sequences, sizeof *s->running);
     s->pick = calloc((size_t)cfg->max_batch_sequences, sizeof *s->pick);
@@ -513,7 +522,7 @@ int gw_scheduler_submit(gw_scheduler *s, gw_request *r, mx_error *err)
         pthread_mutex_unlock(&s->mu);
         return rc;
     }
-    r->seq_id = ++s->next_id;
+    r->seq_id = s->id_tag | (++s->next_id & 0x0000FFFFFFFFFFFFull);
     gw_request_ref(r);
     s->queue[s->n_queued++] = r;
     s->admit_pending = true;
