@@ -1,6 +1,6 @@
 /* seq_table.h - the live sequences of one attention stage: sequence id -> engine state
  * (mx_sequence for the stage's layers) and, on the last stage, what sampling needs between
- * steps (the sequence's RNG and the tokens seen so far, for the repetition penalty).
+ * steps (the tokens seen so far, for the repetition penalty).
  * A fixed capacity bounds memory; the table does no locking (the stage serialises access). */
 #ifndef MX_ATTN_SEQ_TABLE_H
 #define MX_ATTN_SEQ_TABLE_H
@@ -14,8 +14,7 @@
 typedef struct seq_entry {
     uint64_t id;
     mx_sequence *seq;       /* owned */
-    bool rng_seeded;        /* last stage: rng seeded from the first sampling params seen */
-    mx_rng rng;
+    double last_used_ms;    /* mx_now_ms of the last RunBatch touching it (leases) */
     int32_t *history;       /* last stage: every token id fed to this sequence, owned */
     int n_history, cap_history;
 } seq_entry;

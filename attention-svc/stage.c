@@ -50,18 +50,38 @@ struct stage {
     bool next_checked;          /* the next stage answered Info with index + 1 */
     int in_flight, max_in_flight;
     uint64_t batches_run;
+    /* Under lock: */
+    float *undo;                /* lightning states of a step's sequences, saved before it runs */
+    size_t undo_cap;            /* floats; grows to the largest batch seen, never shrinks */
+    int64_t *undo_len;          /* [max_sequences] lengths before the step */
+    int *undo_hist;             /* [max_sequences] history lengths before the step */
+    int64_t lease_ms;           /* 0 = sequences never expire */
+    bool fail_expert_once;      /* tests only: one MoE call of fail_expert_layer fails */
+    int fail_expert_layer;
 };
 
 /* The router's executor, timed, so RunBatch can report expert time apart from attention. */
 typedef struct timed_moe {
     mx_moe_executor inner;
     double ms;
+    stage *s;
 } timed_moe;
+
+static int local_moe(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
+                     mx_tensor *out, mx_error *err)
+{
+    return mx_moe_local(ctx, layer, x2, ids, weights, k, out, err);
+}
 
 static int timed_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
                          int k, mx_tensor *out, mx_error *err)
 {
     timed_moe *t = ctx;
+    if (t->s->fail_expert_once && layer == t->s->fail_expert_layer) {
+        t->s->fail_expert_once = false;
+        return mx_fail(err, MX_EUNAVAILABLE, "layer %d: expert call failed by test_fail_expert_call_once_at_layer",
+                       layer);
+    }
     double t0 = mx_now_ms();
     int rc = t->inner.run(t->inner.ctx, layer, x2, ids, weights, k, out, err);
     t->ms += mx_now_ms() - t0;
@@ -82,6 +102,9 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     s->last = c->index == c->count - 1;
     s->layer_begin = c->layer_begin;
     s->layer_end = c->layer_end;
+    s->lease_ms = c->sequence_lease_ms;
+    s->fail_expert_once = c->test_fail_expert_once;
+    s->fail_expert_layer = c->test_fail_expert_layer;
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", c->model);
     int rc = mx_config_load(path, &s->cfg, err);
@@ -120,6 +143,9 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
         mx_rpc_channel_options co = {.max_message_bytes = c->max_message_bytes};
         rc = mx_rpc_channel_create(c->next, &co, &s->next, err);
     }
+    if (!rc && (!(s->undo_len = calloc((size_t)c->max_sequences, sizeof *s->undo_len)) ||
+                !(s->undo_hist = calloc((size_t)c->max_sequences, sizeof *s->undo_hist))))
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
     if (!rc && s->last && !(s->sample_work = malloc((size_t)s->cfg.vocab_size * 2 * sizeof(float))))
         rc = mx_fail(err, MX_ENOMEM, "out of memory");
     if (rc) {
@@ -142,6 +168,9 @@ void stage_destroy(stage *s)
         s->be->destroy(s->be);
     mx_weights_free(s->w);
     free(s->sample_work);
+    free(s->undo);
+    free(s->undo_len);
+    free(s->undo_hist);
     mx_rpc_channel_destroy(s->next);
     pthread_mutex_destroy(&s->stats_mu);
     pthread_mutex_destroy(&s->lock);
@@ -242,15 +271,15 @@ static int sample_batch(stage *s, const RunBatchRequest *rq, seq_entry **entries
             break;
         }
         seq_entry *e = entries[i];
-        if (!e->rng_seeded) {
-            mx_rng_seed(&e->rng, sp.seed);
-            e->rng_seeded = true;
-        }
+        /* counter-based: the draw depends on (seed, step) only, so a retried step samples
+         * the same token */
+        mx_rng rng;
+        mx_rng_seed_at(&rng, sp.seed, q->sampling ? q->sampling->step : 0);
         if (q->sampling && (rc = seq_entry_append_history(e, q->sampling->extra_seen_token_ids,
                                                           q->sampling->n_extra_seen_token_ids, err)))
             break;
         mx_sample smp;
-        rc = mx_sample_token(logits + (size_t)k * vocab, vocab, &sp, e->history, e->n_history, &e->rng,
+        rc = mx_sample_token(logits + (size_t)k * vocab, vocab, &sp, e->history, e->n_history, &rng,
                              s->sample_work, &smp, err);
         if (rc)
             break;
@@ -477,6 +506,67 @@ static void kv_name_failure(stage *s, mx_error *err)
     snprintf(err->msg, sizeof err->msg, "%.*s", (int)sizeof err->msg - 1, msg);
 }
 
+/* Atomic steps: before a step touches any state, each sequence's length, history length and
+ * lightning states are saved (host copy; KV needs none, a step only appends); after a failure
+ * anywhere in the step they are put back and the KV caches truncated, so a retry of the same
+ * RunBatch sees the state of before and computes exactly what a fault-free run would. */
+static int save_step(stage *s, seq_entry **entries, size_t n, mx_error *err)
+{
+    size_t need = 0;
+    for (size_t i = 0; i < n; i++)
+        need += mx_sequence_undo_floats(s->m, entries[i]->seq);
+    if (need > s->undo_cap) {
+        float *u = realloc(s->undo, need * sizeof *u);
+        if (!u)
+            return mx_fail(err, MX_ENOMEM, "out of memory for %zu floats of step undo state", need);
+        s->undo = u;
+        s->undo_cap = need;
+    }
+    float *u = s->undo;
+    for (size_t i = 0; i < n; i++) {
+        s->undo_len[i] = entries[i]->seq->length;
+        s->undo_hist[i] = entries[i]->n_history;
+        MX_TRY(mx_sequence_save(s->m, entries[i]->seq, u, err));
+        u += mx_sequence_undo_floats(s->m, entries[i]->seq);
+    }
+    return 0;
+}
+
+/* A sequence that cannot be put back (the device failed) is dropped: a retry then gets
+ * NOT_FOUND for it instead of computing on a half-applied state. */
+static void rollback_step(stage *s, seq_entry **entries, size_t n)
+{
+    const float *u = s->undo;
+    uint64_t bad[64];
+    int n_bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        mx_error ignored = {0};
+        size_t floats = mx_sequence_undo_floats(s->m, entries[i]->seq);
+        if (mx_sequence_rollback(s->m, entries[i]->seq, s->undo_len[i], u, &ignored) && n_bad < 64)
+            bad[n_bad++] = entries[i]->id;
+        entries[i]->n_history = s->undo_hist[i];
+        u += floats;
+    }
+    for (int i = 0; i < n_bad; i++)
+        seq_table_remove(&s->seqs, bad[i]);
+}
+
+/* Leases: a sequence no RunBatch touched for lease_ms is released (its gateway is gone or
+ * lost its Release). Under lock. */
+static void expire_leases(stage *s)
+{
+    if (!s->lease_ms)
+        return;
+    double now = mx_now_ms();
+    for (int i = 0; i < s->seqs.count;) {
+        seq_entry *e = &s->seqs.entries[i];
+        if (now - e->last_used_ms > (double)s->lease_ms)
+            seq_table_remove(&s->seqs, e->id); /* moves the last entry to i */
+        else
+            i++;
+    }
+}
+
 /* Runs the batch through this stage's layers. Packs into *out either the response, or
  * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
 static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
@@ -505,6 +595,13 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         rc = mx_fail(err, MX_ENOMEM, "out of memory");
     if (!rc)
         rc = resolve_sequences(s, rq, entries, err);
+    bool saved = false;
+    if (!rc) {
+        double now = mx_now_ms();
+        for (size_t i = 0; i < n; i++)
+            entries[i]->last_used_ms = now;
+        saved = !(rc = save_step(s, entries, n, err));
+    }
     int start = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         const SequenceInput *q = rq->sequences[i];
@@ -531,13 +628,15 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
             rc = s->be->from_host_f32(s->be, &h, host, err);
         }
     }
-    timed_moe tmoe = {{0}, 0};
+    timed_moe tmoe = {{0}, 0, s};
     if (s->router)
         tmoe.inner = mx_router_executor(s->router);
+    else
+        tmoe.inner = (mx_moe_executor){local_moe, s->m};
     mx_moe_executor moe = {timed_moe_run, &tmoe};
     mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
     double t_layers = mx_now_ms();
-    if (!rc && (rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, s->router ? &moe : NULL, err)))
+    if (!rc && (rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, &moe, err)))
         kv_name_failure(s, err);
     if (!rc)
         rc = s->be->sync(s->be, err);
@@ -587,6 +686,8 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
             rc = mx_rpc_pb_pack(&resp.base, out, err);
         }
     }
+    if (rc && saved)
+        rollback_step(s, entries, n);
     free_sampled(&resp);
     if (h.data)
         s->be->free(s->be, &h);
@@ -729,6 +830,7 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     pthread_mutex_lock(&s->lock);
     /* counted from the start of our compute: two at once means one was past it (downstream) */
     count_in_flight(s, 1, false);
+    expire_leases(s);
     int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, err);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
@@ -753,6 +855,14 @@ int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out,
     return mx_rpc_pb_pack(&resp.base, out, err);
 }
 
+void stage_test_fail_expert_once(stage *s, int layer)
+{
+    pthread_mutex_lock(&s->lock);
+    s->fail_expert_once = true;
+    s->fail_expert_layer = layer;
+    pthread_mutex_unlock(&s->lock);
+}
+
 int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)
 {
     ProtobufCMessage *msg;
@@ -760,6 +870,7 @@ int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx
     protobuf_c_message_free_unpacked(msg, NULL);
     Mx__Internal__V1__StageInfoResponse r = MX__INTERNAL__V1__STAGE_INFO_RESPONSE__INIT;
     pthread_mutex_lock(&s->lock);
+    expire_leases(s);
     r.stage_index = (uint32_t)s->index;
     r.num_stages = (uint32_t)s->count;
     r.first_layer = (uint32_t)s->layer_begin;

@@ -31,4 +31,8 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
 int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 
+/* Tests only (as the config key test_fail_expert_call_once_at_layer): the next MoE call of
+ * `layer` fails with MX_EUNAVAILABLE, once, in the middle of whichever RunBatch makes it. */
+void stage_test_fail_expert_once(stage *s, int layer);
+
 #endif

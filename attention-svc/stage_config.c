@@ -28,7 +28,7 @@ static const char *const known_root[] = {"stage", "experts"};
 static const char *const known_keys[] = {
     "listen", "model", "port_file", "backend", "next", "index", "count", "layer_begin", "layer_end",
     "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms",
-    "attn_dtype"};
+    "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms"};
 
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
@@ -115,6 +115,12 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     int64_t drain;
     MX_TRY(mx_cfg_int(g, "drain_ms", 0, STAGE_DEFAULT_DRAIN_MS, 0, 3600000, &drain, err));
     c->drain_ms = drain;
+    int64_t fail_at;
+    MX_TRY(mx_cfg_int(g, "test_fail_expert_call_once_at_layer", 0, -1, -1, INT32_MAX, &fail_at, err));
+    c->test_fail_expert_once = fail_at >= 0;
+    c->test_fail_expert_layer = (int)fail_at;
+    MX_TRY(mx_cfg_int(g, "sequence_lease_ms", 0, STAGE_DEFAULT_LEASE_MS, 0, INT64_MAX / 2, &c->sequence_lease_ms,
+                      err));
     char kv_dtype[32];
     MX_TRY(mx_cfg_string_buf(g, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
     if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))

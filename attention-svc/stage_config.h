@@ -24,6 +24,10 @@
  *                                     # an integer, or a string with a binary unit (K/KiB, M/MiB,
  *                                     # G/GiB, T/TiB); default 0 = the backend's default
  *                                     # (CPU: half of MemAvailable at start)
+ *       sequence_lease_ms = 60000;    # a sequence no RunBatch touched for this long is
+ *                                     # released (a gateway that died leaks nothing); 0 = never
+ *       test_fail_expert_call_once_at_layer = -1;  # tests only: the first MoE call of this
+ *                                     # layer fails once (UNAVAILABLE), mid-RunBatch; -1 = off
  *     };
  *     experts = { ... };              # optional; absent = this stage loads its own experts
  */
@@ -31,6 +35,7 @@
 #define MX_ATTN_STAGE_CONFIG_H
 
 #define STAGE_DEFAULT_DRAIN_MS 2000
+#define STAGE_DEFAULT_LEASE_MS 60000
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -58,6 +63,9 @@ typedef struct stage_config {
     uint64_t kv_cache_bytes;  /* 0 = the backend's default */
     bool remote_experts;      /* an "experts" group was given */
     mx_router_config router;  /* valid when remote_experts */
+    int64_t sequence_lease_ms;    /* 0 = sequences never expire */
+    bool test_fail_expert_once;   /* tests only: fail one MoE call of test_fail_expert_layer */
+    int test_fail_expert_layer;
 } stage_config;
 
 /* Reads and checks the file (ranges against each other; layers against the model later).

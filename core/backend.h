@@ -105,6 +105,12 @@ struct mx_backend {
     int (*kv_cache_init)(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
     /* Returns the cache's pages to the budget. */
     void (*kv_cache_free)(mx_backend *be, mx_kv_cache *kv);
+    /* Drops the tokens at positions >= len (len <= kv->len): the undo of a failed step's
+     * appends. Whole pages past the new tail go back to the budget; the tail page's dropped
+     * slots read as never written. f32 and bf16 pages end bit-identical to before the
+     * appends; 8-bit pages keep a scale a dropped token may have grown (the kept tokens were
+     * re-encoded, within one 8-bit step). Waits for queued work reading the cache. */
+    void (*kv_cache_truncate)(mx_backend *be, mx_kv_cache *kv, int64_t len);
     /* Sets the KV dtype and budget; only while no cache exists (MX_EINVAL otherwise). Until
      * called, a backend uses {MX_KV_BF16, default budget}. */
     int (*kv_configure)(mx_backend *be, const mx_kv_options *opt, mx_error *err);

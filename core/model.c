@@ -239,6 +239,41 @@ uint64_t mx_sequence_bytes(const mx_sequence *s)
     return bytes;
 }
 
+size_t mx_sequence_undo_floats(const mx_model *m, const mx_sequence *s)
+{
+    (void)m;
+    size_t n = 0;
+    for (int l = s->layer_begin; l < s->layer_end; l++)
+        if (s->lightning[l].S.data)
+            n += (size_t)mx_tensor_numel(&s->lightning[l].S);
+    return n;
+}
+
+int mx_sequence_save(mx_model *m, const mx_sequence *s, float *undo, mx_error *err)
+{
+    for (int l = s->layer_begin; l < s->layer_end; l++)
+        if (s->lightning[l].S.data) {
+            MX_TRY(m->be->to_host_f32(m->be, undo, &s->lightning[l].S, err));
+            undo += mx_tensor_numel(&s->lightning[l].S);
+        }
+    return 0;
+}
+
+int mx_sequence_rollback(mx_model *m, mx_sequence *s, int64_t length, const float *undo, mx_error *err)
+{
+    for (int l = s->layer_begin; l < s->layer_end; l++) {
+        if (s->lightning[l].S.data) {
+            MX_TRY(m->be->from_host_f32(m->be, &s->lightning[l].S, undo, err));
+            undo += mx_tensor_numel(&s->lightning[l].S);
+            s->lightning[l].started = length > 0;
+        }
+        if (s->kv[l].impl)
+            m->be->kv_cache_truncate(m->be, &s->kv[l], length);
+    }
+    s->length = length;
+    return 0;
+}
+
 void mx_batch_advance(const mx_batch *b)
 {
     for (int i = 0; i < b->n_seqs; i++)

@@ -37,6 +37,15 @@ void mx_sequence_free(mx_model *m, mx_sequence *s);
 /* Bytes of state the sequence holds now (lightning states + KV cache). */
 uint64_t mx_sequence_bytes(const mx_sequence *s);
 
+/* Undo of one step (an atomic RunBatch: every sequence of a batch advances, or none does).
+ * Before the step mx_sequence_save copies the sequence's lightning states to host floats
+ * (mx_sequence_undo_floats of them: heads x head_dim^2 per lightning layer in range); after a
+ * failure mx_sequence_rollback puts them back, truncates every KV cache to `length` (the
+ * length saved before the step) and sets the length. KV needs no copy: a step only appends. */
+size_t mx_sequence_undo_floats(const mx_model *m, const mx_sequence *s);
+int mx_sequence_save(mx_model *m, const mx_sequence *s, float *undo, mx_error *err);
+int mx_sequence_rollback(mx_model *m, mx_sequence *s, int64_t length, const float *undo, mx_error *err);
+
 /* A ragged batch: sequence i owns rows [spans[i].start, +spans[i].len) of the hidden states. */
 typedef struct mx_batch {
     int n_seqs;

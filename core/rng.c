@@ -15,6 +15,14 @@ void mx_rng_seed(mx_rng *rng, uint64_t seed)
         rng->s[i] = splitmix64(&seed);
 }
 
+void mx_rng_seed_at(mx_rng *rng, uint64_t seed, uint64_t counter)
+{
+    /* the counter goes through its own splitmix round first: nearby (seed, step) pairs give
+     * unrelated states, and (seed, 0) is not mx_rng_seed(seed) */
+    uint64_t c = counter ^ 0xd1b54a32d192ed03ull;
+    mx_rng_seed(rng, seed ^ splitmix64(&c));
+}
+
 static uint64_t rotl(uint64_t x, int k)
 {
     return (x << k) | (x >> (64 - k));

@@ -11,6 +11,9 @@ typedef struct mx_rng {
 } mx_rng;
 
 void mx_rng_seed(mx_rng *rng, uint64_t seed);
+/* Counter-based use: the generator of draw `counter` (e.g. a sampling step) of stream `seed`,
+ * a function of (seed, counter) alone, so a replayed step draws the same numbers. */
+void mx_rng_seed_at(mx_rng *rng, uint64_t seed, uint64_t counter);
 uint64_t mx_rng_next(mx_rng *rng);
 double mx_rng_uniform(mx_rng *rng); /* [0, 1) */
 

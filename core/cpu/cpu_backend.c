@@ -388,6 +388,7 @@ int mx_backend_cpu_create(int n_threads, mx_backend **out, mx_error *err)
     be->softmax_attention = mx_cpu_softmax_attention;
     be->kv_cache_init = mx_cpu_kv_cache_init;
     be->kv_cache_free = mx_cpu_kv_cache_free;
+    be->kv_cache_truncate = mx_cpu_kv_cache_truncate;
     be->kv_configure = mx_cpu_kv_configure;
     be->kv_usage = mx_cpu_kv_usage;
     be->moe_route = cpu_moe_route;

@@ -34,6 +34,7 @@ int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const m
                              int rotary_dim, double rope_theta, mx_error *err);
 int mx_cpu_kv_cache_init(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
 void mx_cpu_kv_cache_free(mx_backend *be, mx_kv_cache *kv);
+void mx_cpu_kv_cache_truncate(mx_backend *be, mx_kv_cache *kv, int64_t len);
 int mx_cpu_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err);
 void mx_cpu_kv_usage(mx_backend *be, mx_kv_usage *out);
 

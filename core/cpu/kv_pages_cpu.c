@@ -489,3 +489,36 @@ void mx_cpu_kv_usage(mx_backend *be, mx_kv_usage *out)
 {
     mx_kv_pool_usage(((mx_cpu_impl *)be->impl)->kv_pool, out);
 }
+
+/* The undo of a failed step's appends (mx_backend.kv_cache_truncate): the tail page's dropped
+ * slots are zeroed again (the kernels read whole blocks; the written-or-zero invariant of
+ * write_block holds), later pages go back to the pool. */
+void mx_cpu_kv_cache_truncate(mx_backend *be, mx_kv_cache *kv, int64_t len)
+{
+    if (!kv || !kv->impl || len < 0 || len >= kv->len)
+        return;
+    mx_kv_pool *p = ((mx_cpu_impl *)be->impl)->kv_pool;
+    kv_table *t = kv->impl;
+    int slot = (int)(len % MX_KV_PAGE_TOKENS), d = kv->head_dim;
+    size_t eb = elem_bytes(kv), T = MX_KV_PAGE_TOKENS;
+    if (slot) {
+        void *page = mx_kv_page(kv, len / MX_KV_PAGE_TOKENS);
+        for (int h = 0; h < kv->kv_heads; h++) {
+            uint8_t *k = (uint8_t *)mx_kv_page_k(kv, page, h), *v = (uint8_t *)mx_kv_page_v(kv, page, h);
+            for (int a = 0; a < d; a++) /* K: [d][T] */
+                memset(k + ((size_t)a * T + (size_t)slot) * eb, 0, (T - (size_t)slot) * eb);
+            memset(v + (size_t)slot * d * eb, 0, (T - (size_t)slot) * d * eb); /* V: [T][d] */
+        }
+    }
+    int64_t keep = mx_kv_pages_for_tokens(len);
+    if (t->n_pages > keep) {
+        pthread_mutex_lock(&p->lock);
+        size_class *c = class_for(p, t->page_bytes);
+        p->used_bytes -= (uint64_t)(t->n_pages - keep) * t->page_bytes;
+        while (t->n_pages > keep)
+            push_free(c, t->pages[--t->n_pages]);
+        pthread_mutex_unlock(&p->lock);
+    }
+    kv->len = len;
+    kv->capacity = t->n_pages * MX_KV_PAGE_TOKENS;
+}

@@ -443,6 +443,7 @@ extern "C" int mx_backend_cuda_create_ex(const mx_cuda_options *opt_in, mx_backe
     be->softmax_attention = cuda_softmax_attention;
     be->kv_cache_init = cuda_kv_cache_init;
     be->kv_cache_free = cuda_kv_cache_free;
+    be->kv_cache_truncate = cuda_kv_cache_truncate;
     be->kv_configure = cuda_kv_configure;
     be->kv_usage = cuda_kv_usage;
     be->moe_route = cuda_moe_route;

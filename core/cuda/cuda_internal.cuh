@@ -108,6 +108,7 @@ int cuda_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const mx_
                            int rotary_dim, double rope_theta, mx_error *err);
 int cuda_kv_cache_init(mx_backend *be, mx_kv_cache *kv, int kv_heads, int head_dim, mx_error *err);
 void cuda_kv_cache_free(mx_backend *be, mx_kv_cache *kv);
+void cuda_kv_cache_truncate(mx_backend *be, mx_kv_cache *kv, int64_t len);
 int cuda_kv_configure(mx_backend *be, const mx_kv_options *opt, mx_error *err);
 void cuda_kv_usage(mx_backend *be, mx_kv_usage *out);
 /* Frees the KV page pool's device blocks (backend destruction; no cache may be in use). */

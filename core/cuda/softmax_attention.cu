@@ -286,6 +286,22 @@ void cuda_kv_cache_free(mx_backend *be, mx_kv_cache *kv)
     kv->len = kv->capacity = 0;
 }
 
+/* The undo of a failed step's appends: pages past the new tail go back to the pool once the
+ * queued kernels that may read them are done. Slots past len in the tail page keep stale
+ * values: attention reads only the first len keys. */
+void cuda_kv_cache_truncate(mx_backend *be, mx_kv_cache *kv, int64_t len)
+{
+    if (!kv || !kv->impl || len < 0 || len >= kv->len)
+        return;
+    cuda_impl *im = impl_of(be);
+    kv_paged *pg = (kv_paged *)kv->impl;
+    cudaSetDevice(im->device);
+    cudaStreamSynchronize(im->stream);
+    kv_shrink(im, pg, (len + PT - 1) / PT);
+    kv->len = len;
+    kv->capacity = pg->n_pages * PT;
+}
+
 /* Room for `n` entries in both page tables; a new device table is filled at upload time. */
 static int table_reserve(kv_paged *pg, int64_t n, mx_error *err)
 {
