@@ -63,7 +63,8 @@ float mx_kv_dtype_max(mx_kv_dtype t);
  * the softmax is computed with exp2. */
 typedef struct mx_fa_kernels {
     mx_cpu_isa isa;
-    /* s[m][MX_FA_KEY_TILE] = q[m][d] . kt[d][MX_FA_KEY_TILE] (kt: the key tile transposed). */
+    /* s[m][MX_FA_KEY_TILE] = q[m][d] . kt[d][MX_FA_KEY_TILE] (kt: the key tile transposed, as
+     * a K block of a page stores it). */
     void (*qk)(const float *q, int m, int d, const float *kt, float *s);
     /* Online softmax update of each row i over its first nvalid[i] scores: new running max
      * mx[i], corr[i] = exp2(old max - new max) (0 if there was none, 1 if the row sees no key
@@ -71,8 +72,6 @@ typedef struct mx_fa_kernels {
     void (*softmax)(float *s, int m, const int *nvalid, float *mx, float *l, float *corr);
     /* acc[i][] = acc[i][] * corr[i] + sum_{j < nk} p[i][j] v[j][] (v rows d floats apart). */
     void (*pv)(float *acc, const float *corr, const float *p, int m, int nk, const float *v, int d);
-    /* kt[a][c] = k[c][a] for keys c < nk, 0 for nk <= c < MX_FA_KEY_TILE (k: [nk][d]). */
-    void (*key_tile)(const float *k, int nk, int d, float *kt);
     /* dst[t][a] = element (t, a) of a [n][d] block of a page in dtype t, times scale. */
     void (*decode)(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst);
     /* Decode kernels (NULL where the ISA has none), for m <= MX_FA_DECODE_ROWS rows: they read

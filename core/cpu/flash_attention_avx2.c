@@ -147,17 +147,6 @@ static void pv_avx2(float *acc, const float *corr, const float *p, int m, int nk
     }
 }
 
-static void key_tile_avx2(const float *k, int nk, int d, float *kt)
-{
-    for (int a = 0; a < d; a++) {
-        float *col = kt + (size_t)a * T;
-        for (int c = 0; c < nk; c++)
-            col[c] = k[(size_t)c * d + a];
-        for (int c = nk; c < T; c++)
-            col[c] = 0.f;
-    }
-}
-
 static void decode_avx2(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst)
 {
     size_t count = (size_t)n * d;
@@ -185,5 +174,5 @@ static void decode_avx2(mx_kv_dtype t, const void *src, float scale, int n, int 
     }
 }
 
-const mx_fa_kernels mx_fa_kernels_avx2 = {MX_CPU_ISA_AVX2, qk_avx2, softmax_avx2, pv_avx2, key_tile_avx2,
+const mx_fa_kernels mx_fa_kernels_avx2 = {MX_CPU_ISA_AVX2, qk_avx2, softmax_avx2, pv_avx2,
                                           decode_avx2, NULL, NULL};

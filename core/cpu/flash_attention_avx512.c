@@ -173,37 +173,6 @@ static void pv_avx512(float *acc, const float *corr, const float *p, int m, int 
         PV_COLUMNS(8, 1);
 }
 
-/* The key tile transposed in 16 x 16 blocks held in registers (a scalar transpose cost 12 %
- * of a bf16 prefill): unpack pairs of rows, shuffle quads, then gather 128-bit lanes. */
-static void key_tile_avx512(const float *k, int nk, int d, float *kt)
-{
-    for (int jb = 0; jb < T; jb += 16)
-        for (int ab = 0; ab < d; ab += 16) {
-            __m512 r[16], t[16];
-            for (int i = 0; i < 16; i++)
-                r[i] = jb + i < nk ? _mm512_loadu_ps(k + (size_t)(jb + i) * d + ab) : _mm512_setzero_ps();
-            for (int i = 0; i < 8; i++) {
-                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-            }
-            for (int i = 0; i < 4; i++) { /* r[4i + e]: element e of each lane, rows 4i .. 4i+3 */
-                r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-                r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-                r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-                r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-            }
-            for (int e = 0; e < 4; e++) { /* column e + 4 L takes lane L of the four row groups */
-                __m512 t0 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0x88), t1 = _mm512_shuffle_f32x4(r[e], r[4 + e], 0xdd);
-                __m512 t2 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0x88),
-                       t3 = _mm512_shuffle_f32x4(r[8 + e], r[12 + e], 0xdd);
-                _mm512_store_ps(kt + (size_t)(ab + e) * T + jb, _mm512_shuffle_f32x4(t0, t2, 0x88));
-                _mm512_store_ps(kt + (size_t)(ab + e + 8) * T + jb, _mm512_shuffle_f32x4(t0, t2, 0xdd));
-                _mm512_store_ps(kt + (size_t)(ab + e + 4) * T + jb, _mm512_shuffle_f32x4(t1, t3, 0x88));
-                _mm512_store_ps(kt + (size_t)(ab + e + 12) * T + jb, _mm512_shuffle_f32x4(t1, t3, 0xdd));
-            }
-        }
-}
-
 static void decode_avx512(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst)
 {
     size_t count = (size_t)n * d;
@@ -414,4 +383,4 @@ static void pv_page_avx512(mx_kv_dtype t, const void *v, float scale, const void
 }
 
 const mx_fa_kernels mx_fa_kernels_avx512 = {MX_CPU_ISA_AVX512, qk_avx512, softmax_avx512, pv_avx512,
-                                            key_tile_avx512, decode_avx512, qk_page_avx512, pv_page_avx512};
+                                            decode_avx512, qk_page_avx512, pv_page_avx512};

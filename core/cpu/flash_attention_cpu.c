@@ -20,9 +20,7 @@
 /* Work items per thread the planner aims for when it splits keys. */
 #define FA_ITEMS_PER_THREAD 4
 /* Decode prefetches the K and V blocks of the (page, kv head) this many steps ahead. */
-#ifndef FA_PREFETCH_HEADS
 #define FA_PREFETCH_HEADS 1
-#endif
 
 /* ---------------------------------------------------------------- scalar kernels */
 
@@ -83,17 +81,6 @@ static void pv_scalar(float *acc, const float *corr, const float *p, int m, int 
     }
 }
 
-static void key_tile_scalar(const float *k, int nk, int d, float *kt)
-{
-    for (int a = 0; a < d; a++) {
-        float *col = kt + (size_t)a * MX_FA_KEY_TILE;
-        for (int c = 0; c < nk; c++)
-            col[c] = k[(size_t)c * d + a];
-        for (int c = nk; c < MX_FA_KEY_TILE; c++)
-            col[c] = 0.f;
-    }
-}
-
 static void decode_scalar(mx_kv_dtype t, const void *src, float scale, int n, int d, float *dst)
 {
     size_t count = (size_t)n * d;
@@ -111,7 +98,7 @@ static void decode_scalar(mx_kv_dtype t, const void *src, float scale, int n, in
 }
 
 const mx_fa_kernels mx_fa_kernels_scalar = {MX_CPU_ISA_SCALAR, qk_scalar, softmax_scalar, pv_scalar,
-                                            key_tile_scalar, decode_scalar, NULL, NULL};
+                                            decode_scalar, NULL, NULL};
 
 /* ---------------------------------------------------------------- planning */
 
