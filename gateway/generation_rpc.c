@@ -293,7 +293,8 @@ int gw_add_methods(gw_generation_ctx *g, gw_tokenize_ctx *tok, mx_rpc_server *sr
 {
     MX_TRY(mx_rpc_server_add_stream(srv, MX_GENERATION_GENERATE_METHOD, gw_on_generate, g, err));
     MX_TRY(mx_rpc_server_add_unary(srv, MX_GENERATION_COMPLETE_METHOD, gw_on_complete, g, err));
-    MX_TRY(mx_rpc_server_add_unary(srv, MX_GENERATION_MODEL_INFO_METHOD, gw_on_model_info, g, err));
+    /* on the control pool: answered however busy the workers are */
+    MX_TRY(mx_rpc_server_add_control(srv, MX_GENERATION_MODEL_INFO_METHOD, gw_on_model_info, g, err));
     MX_TRY(mx_rpc_server_add_unary(srv, MX_GENERATION_TOKENIZE_METHOD, gw_on_tokenize, tok, err));
     return mx_rpc_server_add_unary(srv, MX_GENERATION_DETOKENIZE_METHOD, gw_on_detokenize, tok, err);
 }

@@ -22,7 +22,8 @@ static const char *const known_root[] = {"gateway"};
 static const char *const known_keys[] = {
     "listen", "model", "model_name", "port_file", "tokenizer", "chat_format", "stages", "num_expert_shards",
     "max_new_tokens_limit", "max_context_tokens", "max_batch_sequences", "max_step_tokens", "pipeline_depth",
-    "max_queued", "max_request_kb", "kv_max_overtakes", "stage_timeout_ms", "eos_token_ids", "drain_ms"};
+    "max_queued", "max_request_kb", "kv_max_overtakes", "stage_timeout_ms", "eos_token_ids", "drain_ms",
+    "stream_write_timeout_ms"};
 
 static int parse(config_t *cf, gw_config *c, mx_error *err)
 {
@@ -68,6 +69,9 @@ static int parse(config_t *cf, gw_config *c, mx_error *err)
     int64_t drain;
     MX_TRY(mx_cfg_int(g, "drain_ms", 0, GW_DEFAULT_DRAIN_MS, 0, 3600000, &drain, err));
     c->drain_ms = drain;
+    int64_t wt;
+    MX_TRY(mx_cfg_int(g, "stream_write_timeout_ms", 0, 10000, 0, 3600000, &wt, err));
+    c->stream_write_timeout_ms = wt;
     c->max_request_bytes = kb * 1024;
     c->stage_timeout_ms = timeout;
     c->n_eos = -1;

@@ -16,7 +16,13 @@
  *       max_step_tokens = 512;            # prompt tokens per micro-batch, prefill chunking (default 512)
  *       pipeline_depth = 2;               # micro-batches in the pipeline at once (default: the
  *                                         # number of stages; 1 = one batch at a time)
- *       max_queued = 1024;                # waiting requests; more -> RESOURCE_EXHAUSTED
+ *       max_queued = 1024;                # waiting requests, both those waiting for a worker
+ *                                         # thread and those waiting for the scheduler; more ->
+ *                                         # RESOURCE_EXHAUSTED at once, with a retry hint. Request
+ *                                         # memory is bounded by (max_batch_sequences + 16 +
+ *                                         # max_queued) x max_request_kb
+ *       stream_write_timeout_ms = 10000;  # a Generate stream whose client does not take a
+ *                                         # message within this is cancelled (0 = never)
  *       max_request_kb = 32768;           # largest request message (default 32 MiB: a
  *                                         # GenerateRequest of 4,194,304 prompt ids as packed
  *                                         # varints is 12-16 MiB); larger -> RESOURCE_EXHAUSTED
@@ -68,6 +74,7 @@ typedef struct gw_config {
     int kv_max_overtakes;
     int64_t stage_timeout_ms;
     int64_t drain_ms;             /* graceful drain on SIGTERM */
+    int64_t stream_write_timeout_ms;
     int n_eos;                    /* -1 = not given (use the model's) */
     int eos[GW_MAX_EOS];
 } gw_config;

@@ -136,7 +136,9 @@ static void listen_on(const void *config, const void *state, mx_service_listen *
     (void)config;
     const gateway *g = state;
     l->server = (mx_rpc_server_options){.address = g->cfg.listen, .max_message_bytes = g->cfg.max_request_bytes,
-                                        .worker_threads = g->cfg.max_batch_sequences + 16};
+                                        .worker_threads = g->cfg.max_batch_sequences + 16,
+                                        .max_queued_calls = g->cfg.max_queued,
+                                        .write_timeout_ms = g->cfg.stream_write_timeout_ms};
     l->health_service = MX_GENERATION_SERVICE;
     l->port_file = g->cfg.port_file;
     l->drain_ms = g->cfg.drain_ms;

@@ -190,7 +190,7 @@ int mx_rpc_health_attach(mx_rpc_server *srv, mx_error *err)
         health_destroy(h);
     if (rc == 0) {
         srv->health = h;
-        rc = mx_rpc_server_add_unary(srv, CHECK_METHOD, on_check, h, err);
+        rc = mx_rpc_server_add_control(srv, CHECK_METHOD, on_check, h, err);
     }
     if (rc == 0)
         rc = mx_rpc_server_add_stream(srv, WATCH_METHOD, on_watch, h, err);

@@ -6,6 +6,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,9 @@
 
 #define DEFAULT_MAX_MESSAGE_BYTES (256 << 20)
 #define DEFAULT_WORKERS 8
+#define CONTROL_WORKERS 2
+#define RETRY_PUSHBACK_MS 1000
+#define RETRY_PUSHBACK_STR "1000"
 
 static void post_request_slot(mx_rpc_server *srv);
 
@@ -70,41 +74,55 @@ static void send_status_async(mx_rpc_call *c, grpc_status_code code, const char 
     ops[1].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[1].data.send_status_from_server.status = code;
     ops[1].data.send_status_from_server.status_details = &details;
+    /* gRPC's retry policy waits this long before a retry (grpc-retry-pushback-ms) */
+    grpc_metadata md;
+    memset(&md, 0, sizeof md);
+    md.key = grpc_slice_from_static_string("grpc-retry-pushback-ms");
+    md.value = grpc_slice_from_static_string(RETRY_PUSHBACK_STR);
+    if (code == GRPC_STATUS_RESOURCE_EXHAUSTED) {
+        ops[1].data.send_status_from_server.trailing_metadata_count = 1;
+        ops[1].data.send_status_from_server.trailing_metadata = &md;
+    }
     if (grpc_call_start_batch(c->call, ops, 2, &c->tag_async_status, NULL) != GRPC_CALL_OK)
         mx_rpc_call_unref(c);
     grpc_slice_unref(details);
 }
 
-/* ---- worker pool ---- */
+/* ---- worker pools ---- */
 
-static void enqueue(mx_rpc_server *srv, mx_rpc_call *c)
+static void enqueue(mx_rpc_pool *p, mx_rpc_call *c)
 {
+    mx_rpc_server *srv = p->srv;
     pthread_mutex_lock(&srv->mu);
     c->next = NULL;
-    if (srv->queue_tail)
-        srv->queue_tail->next = c;
+    if (p->tail)
+        p->tail->next = c;
     else
-        srv->queue_head = c;
-    srv->queue_tail = c;
+        p->head = c;
+    p->tail = c;
+    p->n_queued++;
     pthread_cond_broadcast(&srv->cond);
     pthread_mutex_unlock(&srv->mu);
 }
 
 static void *worker_main(void *arg)
 {
-    mx_rpc_server *srv = arg;
+    mx_rpc_pool *p = arg;
+    mx_rpc_server *srv = p->srv;
     for (;;) {
         pthread_mutex_lock(&srv->mu);
-        while (!srv->queue_head && !srv->workers_stop)
+        while (!p->head && !srv->workers_stop)
             pthread_cond_wait(&srv->cond, &srv->mu);
-        mx_rpc_call *c = srv->queue_head;
+        mx_rpc_call *c = p->head;
         if (!c) {
             pthread_mutex_unlock(&srv->mu);
             return NULL;
         }
-        srv->queue_head = c->next;
-        if (!srv->queue_head)
-            srv->queue_tail = NULL;
+        p->head = c->next;
+        if (!p->head)
+            p->tail = NULL;
+        p->n_queued--;
+        p->busy++;
         pthread_mutex_unlock(&srv->mu);
 
         if (!mx_rpc_call_cancelled(c))
@@ -113,7 +131,34 @@ static void *worker_main(void *arg)
             mx_rpc_call_set_status(c, GRPC_STATUS_CANCELLED, "call cancelled before it ran");
         mx_rpc_call_send_final(c);
         mx_rpc_call_unref(c);
+
+        /* A burst of large requests leaves freed memory in the heap (the trim threshold is
+         * high, tune.c): give it back once the service pool falls idle. */
+        pthread_mutex_lock(&srv->mu);
+        p->busy--;
+        int trim = p == &srv->pool && p->busy == 0 && !p->head && srv->ran_since_trim;
+        if (p == &srv->pool)
+            srv->ran_since_trim = !trim;
+        pthread_mutex_unlock(&srv->mu);
+        if (trim)
+            malloc_trim(0);
     }
+}
+
+static int pool_start(mx_rpc_server *srv, mx_rpc_pool *p, mx_error *err)
+{
+    p->threads = calloc((size_t)(p->n_threads > 0 ? p->n_threads : 1), sizeof *p->threads);
+    if (!p->threads)
+        return mx_fail(err, MX_ENOMEM, "rpc server: out of memory");
+    int want = p->n_threads;
+    p->n_threads = 0;
+    for (int i = 0; i < want; i++) {
+        if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0)
+            return mx_fail(err, MX_ENOMEM, "rpc server: cannot start worker thread %d", i);
+        p->n_threads++;
+    }
+    (void)srv;
+    return 0;
 }
 
 /* ---- tag callbacks run by the poller ---- */
@@ -140,7 +185,25 @@ static void on_request(mx_rpc_tag *tag, int ok)
                           "request message could not be read (unsupported compression?)");
         return;
     }
-    enqueue(c->srv, c);
+    mx_rpc_server *srv = c->srv;
+    if (c->method->control) {
+        enqueue(&srv->control, c);
+        return;
+    }
+    /* Bounded admission: a call that would wait behind max_queued_calls others is refused at
+     * once with a retry hint, so any number of clients costs at most (workers + bound) x
+     * max_message_bytes of requests. */
+    pthread_mutex_lock(&srv->mu);
+    int queued = srv->pool.n_queued, full = srv->max_queued_calls > 0 && queued >= srv->max_queued_calls;
+    pthread_mutex_unlock(&srv->mu);
+    if (full) {
+        char msg[MX_ERROR_MSG_MAX];
+        snprintf(msg, sizeof msg, "server busy: %d calls are waiting for a worker; retry after %d ms", queued,
+                 RETRY_PUSHBACK_MS);
+        send_status_async(c, GRPC_STATUS_RESOURCE_EXHAUSTED, msg);
+        return;
+    }
+    enqueue(&srv->pool, c);
 }
 
 static const mx_rpc_method *find_method(const mx_rpc_server *srv, const grpc_slice name)
@@ -260,7 +323,8 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
     if (!opts || !opts->address || !opts->address[0])
         return mx_fail(err, MX_EINVAL, "rpc server: no address given");
     if (opts->max_message_bytes < 0 || opts->worker_threads < 0 || opts->keepalive_time_ms < 0
-        || opts->keepalive_timeout_ms < 0 || opts->min_client_ping_ms < 0)
+        || opts->keepalive_timeout_ms < 0 || opts->min_client_ping_ms < 0 || opts->max_queued_calls < 0
+        || opts->write_timeout_ms < 0)
         return mx_fail(err, MX_EINVAL, "rpc server: negative option value");
     mx_rpc_server *srv = calloc(1, sizeof *srv);
     if (!srv)
@@ -269,7 +333,10 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
     pthread_mutex_init(&srv->mu, NULL);
     pthread_cond_init(&srv->cond, NULL);
     srv->tag_shutdown.done = on_shutdown;
-    srv->n_workers = opts->worker_threads ? opts->worker_threads : DEFAULT_WORKERS;
+    srv->pool = (mx_rpc_pool){.srv = srv, .n_threads = opts->worker_threads ? opts->worker_threads : DEFAULT_WORKERS};
+    srv->control = (mx_rpc_pool){.srv = srv, .n_threads = CONTROL_WORKERS};
+    srv->max_queued_calls = opts->max_queued_calls;
+    srv->write_timeout_ms = opts->write_timeout_ms;
 
     mx_rpc_args a;
     mx_rpc_args_fill(&a, opts->max_message_bytes ? opts->max_message_bytes
@@ -319,7 +386,7 @@ static int add_method(mx_rpc_server *srv, const char *method, mx_rpc_kind kind,
     char *name = strdup(method);
     if (!name)
         return mx_fail(err, MX_ENOMEM, "rpc server: out of memory");
-    m[srv->n_methods++] = (mx_rpc_method){name, kind, handler, user};
+    m[srv->n_methods++] = (mx_rpc_method){name, kind, handler, user, 0};
     return 0;
 }
 
@@ -335,27 +402,30 @@ int mx_rpc_server_add_stream(mx_rpc_server *srv, const char *method, mx_rpc_hand
     return add_method(srv, method, MX_RPC_KIND_STREAM, handler, user, err);
 }
 
+int mx_rpc_server_add_control(mx_rpc_server *srv, const char *method, mx_rpc_handler handler,
+                              void *user, mx_error *err)
+{
+    MX_TRY(add_method(srv, method, MX_RPC_KIND_UNARY, handler, user, err));
+    srv->methods[srv->n_methods - 1].control = 1;
+    return 0;
+}
+
 int mx_rpc_server_start(mx_rpc_server *srv, mx_error *err)
 {
     if (srv->started)
         return mx_fail(err, MX_EINVAL, "rpc server: started twice");
-    srv->workers = calloc((size_t)srv->n_workers, sizeof *srv->workers);
-    if (!srv->workers)
-        return mx_fail(err, MX_ENOMEM, "rpc server: out of memory");
     grpc_server_start(srv->server);
     srv->grpc_started = 1;
     post_request_slot(srv);
     if (pthread_create(&srv->poller, NULL, poller_main, srv) != 0)
         return mx_fail(err, MX_ENOMEM, "rpc server: cannot start the poller thread");
     srv->started = 1;
-    for (int i = 0; i < srv->n_workers; i++) {
-        if (pthread_create(&srv->workers[i], NULL, worker_main, srv) != 0) {
-            srv->n_workers = i;
-            mx_rpc_server_shutdown(srv, 0);
-            return mx_fail(err, MX_ENOMEM, "rpc server: cannot start worker thread %d", i);
-        }
-    }
-    return 0;
+    int rc = pool_start(srv, &srv->pool, err);
+    if (!rc)
+        rc = pool_start(srv, &srv->control, err);
+    if (rc)
+        mx_rpc_server_shutdown(srv, 0);
+    return rc;
 }
 
 void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms)
@@ -391,8 +461,10 @@ void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms)
     srv->workers_stop = 1;
     pthread_cond_broadcast(&srv->cond);
     pthread_mutex_unlock(&srv->mu);
-    for (int i = 0; i < srv->n_workers; i++)
-        pthread_join(srv->workers[i], NULL);
+    for (int i = 0; i < srv->pool.n_threads; i++)
+        pthread_join(srv->pool.threads[i], NULL);
+    for (int i = 0; i < srv->control.n_threads; i++)
+        pthread_join(srv->control.threads[i], NULL);
     grpc_completion_queue_shutdown(srv->cq);
     pthread_join(srv->poller, NULL);
 }
@@ -427,7 +499,8 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
     for (int i = 0; i < srv->n_methods; i++)
         free(srv->methods[i].name);
     free(srv->methods);
-    free(srv->workers);
+    free(srv->pool.threads);
+    free(srv->control.threads);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cond);
     free(srv);

@@ -36,6 +36,11 @@ typedef struct mx_rpc_server_options {
     int keepalive_time_ms;        /* ping idle connections this often; 0 = 30000 */
     int keepalive_timeout_ms;     /* drop a connection whose ping is unanswered; 0 = 10000 */
     int min_client_ping_ms;       /* accept client keepalive pings this often; 0 = 10000 */
+    int max_queued_calls;         /* calls waiting for a worker; more are refused at once with
+                                     RESOURCE_EXHAUSTED and a retry hint (message and
+                                     grpc-retry-pushback-ms trailer); 0 = unbounded */
+    int64_t write_timeout_ms;     /* a streaming write the client does not take within this
+                                     (it stopped reading) cancels the call; 0 = wait forever */
 } mx_rpc_server_options;
 
 /* Called on a worker thread for each call of the method. request is valid until the
@@ -60,6 +65,12 @@ int mx_rpc_server_add_unary(mx_rpc_server *srv, const char *method, mx_rpc_handl
 int mx_rpc_server_add_stream(mx_rpc_server *srv, const char *method, mx_rpc_handler handler,
                              void *user, mx_error *err);
 
+/* Registers a unary method served by the server's own small control pool (2 threads), not the
+ * workers: short answers that must not wait behind load or count against max_queued_calls
+ * (health Check, a model description). Its handler must not block. */
+int mx_rpc_server_add_control(mx_rpc_server *srv, const char *method, mx_rpc_handler handler,
+                              void *user, mx_error *err);
+
 /* Starts serving: the poller and worker threads begin. */
 int mx_rpc_server_start(mx_rpc_server *srv, mx_error *err);
 
@@ -79,7 +90,8 @@ int mx_rpc_server_write_port_file(const mx_rpc_server *srv, const char *path, mx
 /* ---- inside a handler ---- */
 
 /* Sends a message. Streaming: blocks until gRPC has taken it, returns MX_ECANCELLED when
- * the client is gone (the handler should then return). Unary: stores the single response
+ * the client is gone or did not take it within write_timeout_ms (it stopped reading: the
+ * call is then cancelled) (the handler should then return). Unary: stores the single response
  * (a second write is MX_EINVAL). A payload with release is always released, even on error. */
 int mx_rpc_call_write(mx_rpc_call *call, mx_rpc_payload msg, mx_error *err);
 

@@ -3,10 +3,12 @@
  * condition variable until the poller reports the batch done. */
 #include "server_internal.h"
 
+#include <errno.h>
 #include <grpc/support/time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "buffer.h"
 
@@ -20,17 +22,35 @@ static void on_sync_done(mx_rpc_tag *tag, int ok)
     pthread_mutex_unlock(&c->mu);
 }
 
-/* Starts ops and waits for their completion. Returns 1 if the batch succeeded. */
-static int run_batch(mx_rpc_call *c, grpc_op *ops, size_t n)
+/* Starts ops and waits for their completion. Returns 1 if the batch succeeded. With
+ * timeout_ms > 0 a batch still pending then cancels the call (a client that stopped reading
+ * must not hold a worker): the cancelled batch completes at once, unsuccessfully. */
+static int run_batch(mx_rpc_call *c, grpc_op *ops, size_t n, int64_t timeout_ms)
 {
     c->tag_sync.done = on_sync_done;
     c->sync_done = 0;
     if (grpc_call_start_batch(c->call, ops, n, &c->tag_sync, NULL) != GRPC_CALL_OK)
         return 0;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    long long ns = until.tv_nsec + (timeout_ms > 0 ? timeout_ms : 0) * 1000000LL;
+    until.tv_sec += (time_t)(ns / 1000000000LL);
+    until.tv_nsec = (long)(ns % 1000000000LL);
+    int timed_out = 0;
     pthread_mutex_lock(&c->mu);
-    while (!c->sync_done)
-        pthread_cond_wait(&c->cond, &c->mu);
-    int ok = c->sync_ok;
+    while (!c->sync_done) {
+        if (timeout_ms <= 0 || timed_out) {
+            pthread_cond_wait(&c->cond, &c->mu);
+        } else if (pthread_cond_timedwait(&c->cond, &c->mu, &until) == ETIMEDOUT && !c->sync_done) {
+            timed_out = 1;
+            pthread_mutex_unlock(&c->mu);
+            grpc_call_cancel_with_status(c->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                         "the client did not read its stream in time", NULL);
+            atomic_store(&c->cancelled, 1);
+            pthread_mutex_lock(&c->mu);
+        }
+    }
+    int ok = c->sync_ok && !timed_out;
     pthread_mutex_unlock(&c->mu);
     return ok;
 }
@@ -61,7 +81,7 @@ int mx_rpc_call_write(mx_rpc_call *c, mx_rpc_payload msg, mx_error *err)
         ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
     ops[n].op = GRPC_OP_SEND_MESSAGE;
     ops[n++].data.send_message.send_message = bb;
-    int ok = run_batch(c, ops, n);
+    int ok = run_batch(c, ops, n, c->srv->write_timeout_ms);
     grpc_byte_buffer_destroy(bb);
     c->sent_initial_metadata = 1;
     if (!ok)
@@ -111,7 +131,7 @@ void mx_rpc_call_send_final(mx_rpc_call *c)
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = c->status;
     ops[n++].data.send_status_from_server.status_details = &details;
-    run_batch(c, ops, n);   /* fails only if the client is gone: nothing left to tell it */
+    run_batch(c, ops, n, c->srv->write_timeout_ms);   /* fails only if the client is gone: nothing left to tell it */
     c->sent_initial_metadata = 1;
     grpc_slice_unref(details);
 }

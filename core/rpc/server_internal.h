@@ -23,7 +23,18 @@ typedef struct mx_rpc_method {
     mx_rpc_kind kind;
     mx_rpc_handler handler;
     void *user;
+    int control;                     /* served by the control pool (mx_rpc_server_add_control) */
 } mx_rpc_method;
+
+/* A FIFO of ready calls and the threads that run them. */
+typedef struct mx_rpc_pool {
+    struct mx_rpc_server *srv;
+    struct mx_rpc_call *head, *tail;
+    int n_queued;                    /* calls in the FIFO */
+    int busy;                        /* handlers running */
+    int n_threads;
+    pthread_t *threads;
+} mx_rpc_pool;
 
 typedef struct mx_rpc_health mx_rpc_health;
 
@@ -70,22 +81,23 @@ struct mx_rpc_server {
     grpc_server *server;
     grpc_completion_queue *cq;
     int port;
-    int n_workers;
 
     mx_rpc_method *methods;
     int n_methods;
 
     pthread_t poller;
-    pthread_t *workers;
+    mx_rpc_pool pool, control;       /* service methods; control methods (health Check, ...) */
+    int max_queued_calls;            /* 0 = unbounded */
+    int64_t write_timeout_ms;        /* 0 = none */
+    int ran_since_trim;              /* a handler ran since the pool was last idle */
     int started, shut_down, grpc_started;
 
     pthread_mutex_t mu;
-    pthread_cond_t cond;             /* live_calls, shutdown_done and queue changes */
+    pthread_cond_t cond;             /* live_calls, shutdown_done and queue changes (both pools) */
     int live_calls;                  /* request slots + calls not yet freed */
     int stopping;                    /* no new request slots */
     int workers_stop;
     int shutdown_done;
-    mx_rpc_call *queue_head, *queue_tail;
     mx_rpc_tag tag_shutdown;
 
     mx_rpc_server_hook hooks[MX_RPC_MAX_HOOKS];
