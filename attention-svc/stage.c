@@ -890,6 +890,8 @@ int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx
     r.kv_used_bytes = u.used_bytes;
     r.softmax_layers = (uint32_t)s->softmax_layers;
     r.kv_page_tokens = MX_KV_PAGE_TOKENS;
+    r.atomic_steps = true;
+    r.sequence_lease_ms = (uint64_t)s->lease_ms;
     r.kv_bytes_per_token = mx_kv_page_bytes(u.dtype, s->cfg.num_key_value_heads, s->cfg.head_dim) *
                            (uint64_t)s->softmax_layers / MX_KV_PAGE_TOKENS;
     /* no budget or no softmax layer: no limit (INT64_MAX, as mx_kv_tokens_fit says) */

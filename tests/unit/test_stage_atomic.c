@@ -102,6 +102,7 @@ static uint64_t kv_used(stage *s)
     if (out.release)
         out.release(out.release_ctx);
     assert_non_null(r);
+    assert_true(r->atomic_steps); /* what a gateway checks before it retries a step */
     uint64_t u = r->kv_used_bytes;
     mx__internal__v1__stage_info_response__free_unpacked(r, NULL);
     return u;
