@@ -31,6 +31,7 @@ static void listen_on(const void *config, const void *state, mx_service_listen *
 }
 
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err) { return stage_add_methods(state, srv, err); }
+static void stop_watchers(void *state) { stage_stop_health(state); }
 
 static void ready_line(const void *config, const void *state, int port, char *buf, size_t cap)
 {
@@ -52,6 +53,7 @@ int main(int argc, char **argv)
         .close = close_stage,
         .listen = listen_on,
         .add_methods = add_methods,
+        .stop_watchers = stop_watchers,
         .ready_line = ready_line,
     };
     return mx_service_main(&def, argc, argv);

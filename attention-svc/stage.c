@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/model.h"
 #include "core/clock.h"
 #include "core/protocol.h"
 #include "core/rpc/client.h"
+#include "core/rpc/health.h"
 #include "core/rpc/pb.h"
 #include "core/sampling.h"
 #include "core/weights.h"
@@ -58,6 +60,12 @@ struct stage {
     int64_t lease_ms;           /* 0 = sequences never expire */
     bool fail_expert_once;      /* tests only: one MoE call of fail_expert_layer fails */
     int fail_expert_layer;
+    /* health watcher (stage_watch_health); stop flag under watch_mu */
+    pthread_mutex_t watch_mu;
+    pthread_cond_t watch_cv;
+    pthread_t watch_thread;
+    bool watching, watch_stop;
+    mx_rpc_server *watch_srv;
 };
 
 /* The router's executor, timed, so RunBatch can report expert time apart from attention. */
@@ -96,6 +104,8 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
+    pthread_mutex_init(&s->watch_mu, NULL);
+    pthread_cond_init(&s->watch_cv, NULL);
     s->index = c->index;
     s->count = c->count;
     s->first = c->index == 0;
@@ -160,6 +170,7 @@ void stage_destroy(stage *s)
 {
     if (!s)
         return;
+    stage_stop_health(s);
     if (s->seqs.entries)
         seq_table_destroy(&s->seqs);
     mx_router_destroy(s->router);
@@ -173,6 +184,8 @@ void stage_destroy(stage *s)
     free(s->undo_hist);
     mx_rpc_channel_destroy(s->next);
     pthread_mutex_destroy(&s->stats_mu);
+    pthread_cond_destroy(&s->watch_cv);
+    pthread_mutex_destroy(&s->watch_mu);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -853,6 +866,57 @@ int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out,
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
     return mx_rpc_pb_pack(&resp.base, out, err);
+}
+
+static void *watch_main(void *arg)
+{
+    stage *s = arg;
+    pthread_mutex_lock(&s->watch_mu);
+    while (!s->watch_stop) {
+        pthread_mutex_unlock(&s->watch_mu);
+        int live = mx_router_shards_live(s->router, s->layer_begin, s->layer_end, NULL);
+        mx_error ignored = {0};
+        /* set on every round, not on change only: the service skeleton sets SERVING once at
+         * start, after this thread may have said NOT_SERVING */
+        mx_rpc_health_set(s->watch_srv, MX_STAGE_SERVICE, live ? MX_RPC_SERVING : MX_RPC_NOT_SERVING, &ignored);
+        pthread_mutex_lock(&s->watch_mu);
+        if (s->watch_stop)
+            break;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 250 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->watch_cv, &s->watch_mu, &until);
+    }
+    pthread_mutex_unlock(&s->watch_mu);
+    return NULL;
+}
+
+int stage_watch_health(stage *s, mx_rpc_server *srv, mx_error *err)
+{
+    if (!s->router || s->watching)
+        return 0;
+    s->watch_srv = srv;
+    s->watch_stop = false;
+    if (pthread_create(&s->watch_thread, NULL, watch_main, s))
+        return mx_fail(err, MX_ENOMEM, "stage: cannot start the health watcher thread");
+    s->watching = true;
+    return 0;
+}
+
+void stage_stop_health(stage *s)
+{
+    if (!s->watching)
+        return;
+    pthread_mutex_lock(&s->watch_mu);
+    s->watch_stop = true;
+    pthread_cond_signal(&s->watch_cv);
+    pthread_mutex_unlock(&s->watch_mu);
+    pthread_join(s->watch_thread, NULL);
+    s->watching = false;
 }
 
 void stage_test_fail_expert_once(stage *s, int layer)

@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/rpc/payload.h"
+#include "core/rpc/server.h"
 #include "stage_config.h"
 
 typedef struct stage stage;
@@ -30,6 +31,13 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
                     mx_error *err);
 int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
+
+/* Stage health ("can serve"): with remote experts, a thread sets srv's health of
+ * MX_STAGE_SERVICE every 250 ms to NOT_SERVING while a shard of this stage's layers has no
+ * live replica (the router's view) and back to SERVING when all have one. No thread without
+ * remote experts. stage_stop_health stops it (idempotent; before srv goes away). */
+int stage_watch_health(stage *s, mx_rpc_server *srv, mx_error *err);
+void stage_stop_health(stage *s);
 
 /* Tests only (as the config key test_fail_expert_call_once_at_layer): the next MoE call of
  * `layer` fails with MX_EUNAVAILABLE, once, in the middle of whichever RunBatch makes it. */

@@ -38,5 +38,6 @@ int stage_add_methods(stage *s, mx_rpc_server *srv, mx_error *err)
 {
     MX_TRY(mx_rpc_server_add_unary(srv, MX_STAGE_RUN_BATCH_METHOD, on_run_batch, s, err));
     MX_TRY(mx_rpc_server_add_unary(srv, MX_STAGE_RELEASE_METHOD, on_release, s, err));
-    return mx_rpc_server_add_unary(srv, MX_STAGE_INFO_METHOD, on_info, s, err);
+    MX_TRY(mx_rpc_server_add_unary(srv, MX_STAGE_INFO_METHOD, on_info, s, err));
+    return stage_watch_health(s, srv, err);
 }

@@ -7,7 +7,8 @@
 #include "core/rpc/server.h"
 #include "stage.h"
 
-/* Registers the three methods on srv (before mx_rpc_server_start). s must outlive the server. */
+/* Registers the three methods on srv (before mx_rpc_server_start) and starts the stage's health
+ * watcher on it (stage_watch_health): call stage_stop_health before destroying srv. */
 int stage_add_methods(stage *s, mx_rpc_server *srv, mx_error *err);
 
 #endif

@@ -46,8 +46,12 @@ static int serve(const mx_service_def *d, const void *config, void *state, mx_er
             rc = sig;
         else
             fprintf(stderr, "%s: signal %d, draining (up to %lld ms)\n", d->name, sig, (long long)l.drain_ms);
+        if (d->stop_watchers)
+            d->stop_watchers(state);
         mx_rpc_server_shutdown(srv, l.drain_ms);
     }
+    if (d->stop_watchers)
+        d->stop_watchers(state);
     mx_rpc_server_destroy(srv);
     return rc;
 }

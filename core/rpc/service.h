@@ -40,6 +40,10 @@ typedef struct mx_service_def {
     void (*close)(void *state);
     void (*listen)(const void *config, const void *state, mx_service_listen *out);
     int (*add_methods)(void *state, mx_rpc_server *srv, mx_error *err);
+    /* Optional: stops the service's own threads that use the server (e.g. one that sets its
+     * health), called once the stop signal came, before the drain, and again before the
+     * server is destroyed (so it must be idempotent). */
+    void (*stop_watchers)(void *state);
     /* The "serving" line's text after "<name>: " (port is the bound port). */
     void (*ready_line)(const void *config, const void *state, int port, char *buf, size_t cap);
 } mx_service_def;
