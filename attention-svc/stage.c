@@ -190,6 +190,21 @@ void stage_destroy(stage *s)
     free(s);
 }
 
+static mx_sampling_params to_params(const Mx__Internal__V1__StageSampling *p)
+{
+    mx_sampling_params sp = mx_sampling_defaults();
+    if (!p)
+        return sp;
+    sp.temperature = p->temperature;
+    sp.top_k = p->top_k > (uint32_t)INT32_MAX ? INT32_MAX : (int)p->top_k;
+    sp.top_p = p->top_p == 0.0f ? 1.0f : p->top_p;
+    sp.min_p = p->min_p;
+    sp.repetition_penalty = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
+    sp.seed = p->seed;
+    sp.top_logprobs = p->top_logprobs > MX_MAX_TOP_LOGPROBS ? MX_MAX_TOP_LOGPROBS : (int)p->top_logprobs;
+    return sp;
+}
+
 /* Checks the request's shape before any state is touched. */
 static int check_batch(const stage *s, const RunBatchRequest *rq, size_t *n_tokens, mx_error *err)
 {
@@ -213,6 +228,13 @@ static int check_batch(const stage *s, const RunBatchRequest *rq, size_t *n_toke
                                (unsigned long long)q->sequence_id);
         if ((uint64_t)q->start_position + q->num_tokens > (uint64_t)INT32_MAX)
             return mx_fail(err, MX_EINVAL, "sequences[%zu]: start_position + num_tokens overflows", i);
+        if (s->last && q->sample) { /* before any state changes, not after the layers ran */
+            mx_sampling_params sp = to_params(q->sampling);
+            if (mx_sampling_validate(&sp, err)) {
+                mx_error_prefix(err, "sequences[%zu].sampling", i);
+                return err->code;
+            }
+        }
         total += q->num_tokens;
     }
     if (total > (1u << 24))
@@ -232,21 +254,6 @@ static int check_batch(const stage *s, const RunBatchRequest *rq, size_t *n_toke
     }
     *n_tokens = total;
     return 0;
-}
-
-static mx_sampling_params to_params(const Mx__Internal__V1__StageSampling *p)
-{
-    mx_sampling_params sp = mx_sampling_defaults();
-    if (!p)
-        return sp;
-    sp.temperature = p->temperature;
-    sp.top_k = p->top_k > (uint32_t)INT32_MAX ? INT32_MAX : (int)p->top_k;
-    sp.top_p = p->top_p == 0.0f ? 1.0f : p->top_p;
-    sp.min_p = p->min_p;
-    sp.repetition_penalty = p->repetition_penalty == 0.0f ? 1.0f : p->repetition_penalty;
-    sp.seed = p->seed;
-    sp.top_logprobs = p->top_logprobs > MX_MAX_TOP_LOGPROBS ? MX_MAX_TOP_LOGPROBS : (int)p->top_logprobs;
-    return sp;
 }
 
 /* Samples every sequence with sample=true from the head's logits; fills resp->sampled. */
@@ -649,8 +656,16 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
     mx_moe_executor moe = {timed_moe_run, &tmoe};
     mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
     double t_layers = mx_now_ms();
-    if (!rc && (rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, &moe, err)))
+    if (!rc && (rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, &moe, err))) {
         kv_name_failure(s, err);
+        /* the batch was checked above: a complaint about input from inside the layers is
+         * ours (INTERNAL), not the caller's (INVALID_ARGUMENT / NOT_FOUND) */
+        if (err->code == MX_EINVAL || err->code == MX_EFORMAT || err->code == MX_ENOTFOUND ||
+            err->code == MX_ERANGE)
+            rc = err->code = MX_EINTERNAL;
+        else if (err->code == MX_ECANCELLED) /* a peer gave up on the call: worth a retry */
+            rc = err->code = MX_EUNAVAILABLE;
+    }
     if (!rc)
         rc = s->be->sync(s->be, err);
     double t_head = mx_now_ms();

@@ -242,11 +242,56 @@ static void test_fault_then_retry_bf16_kv(void **state)
     check_dtype(*state, MX_KV_BF16);
 }
 
+/* A sampling setting the stage refuses is refused before any state changes: the same
+ * sequence then starts at position 0 with valid settings and gives the fixture's token. */
+static void test_bad_sampling_changes_nothing(void **state)
+{
+    world *wd = *state;
+    stage *s = make_stage(MX_KV_F32);
+    uint32_t ids[8];
+    for (int j = 0; j < wd->n_prompt; j++)
+        ids[j] = (uint32_t)wd->prompt[j];
+    for (int attempt = 0; attempt < 2; attempt++) {
+        Mx__Internal__V1__StageSampling sp = MX__INTERNAL__V1__STAGE_SAMPLING__INIT;
+        sp.temperature = attempt == 0 ? -1.0f : 0.0f;
+        Mx__Internal__V1__SequenceInput q = MX__INTERNAL__V1__SEQUENCE_INPUT__INIT, *qp = &q;
+        q.sequence_id = 77;
+        q.token_ids = ids;
+        q.n_token_ids = q.num_tokens = (uint32_t)wd->n_prompt;
+        q.sampling = &sp;
+        q.sample = 1;
+        Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
+        rq.sequences = &qp;
+        rq.n_sequences = 1;
+        uint8_t buf[256];
+        size_t len = protobuf_c_message_pack(&rq.base, buf);
+        mx_rpc_payload out;
+        mx_error err = {0};
+        int rc = stage_run_batch(s, buf, len, 20000, &out, &err);
+        if (attempt == 0) {
+            assert_int_equal(rc, MX_EINVAL);
+            assert_non_null(strstr(err.msg, "sequences[0].sampling"));
+            assert_int_equal(kv_used(s), 0);
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        Mx__Internal__V1__RunBatchResponse *r = mx__internal__v1__run_batch_response__unpack(NULL, out.len, out.data);
+        if (out.release)
+            out.release(out.release_ctx);
+        assert_non_null(r);
+        assert_int_equal(r->n_sampled, 1);
+        assert_int_equal(r->sampled[0]->token_id, (uint32_t)wd->greedy[0]);
+        mx__internal__v1__run_batch_response__free_unpacked(r, NULL);
+    }
+    stage_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_then_retry_f32_kv),
         cmocka_unit_test(test_fault_then_retry_bf16_kv),
+        cmocka_unit_test(test_bad_sampling_changes_nothing),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
