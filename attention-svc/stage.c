@@ -53,10 +53,6 @@ struct stage {
     int in_flight, max_in_flight;
     uint64_t batches_run;
     /* Under lock: */
-    float *undo;                /* lightning states of a step's sequences, saved before it runs */
-    size_t undo_cap;            /* floats; grows to the largest batch seen, never shrinks */
-    int64_t *undo_len;          /* [max_sequences] lengths before the step */
-    int *undo_hist;             /* [max_sequences] history lengths before the step */
     int64_t lease_ms;           /* 0 = sequences never expire */
     bool fail_expert_once;      /* tests only: one MoE call of fail_expert_layer fails */
     int fail_expert_layer;
@@ -153,9 +149,6 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
         mx_rpc_channel_options co = {.max_message_bytes = c->max_message_bytes};
         rc = mx_rpc_channel_create(c->next, &co, &s->next, err);
     }
-    if (!rc && (!(s->undo_len = calloc((size_t)c->max_sequences, sizeof *s->undo_len)) ||
-                !(s->undo_hist = calloc((size_t)c->max_sequences, sizeof *s->undo_hist))))
-        rc = mx_fail(err, MX_ENOMEM, "out of memory");
     if (!rc && s->last && !(s->sample_work = malloc((size_t)s->cfg.vocab_size * 2 * sizeof(float))))
         rc = mx_fail(err, MX_ENOMEM, "out of memory");
     if (rc) {
@@ -179,9 +172,6 @@ void stage_destroy(stage *s)
         s->be->destroy(s->be);
     mx_weights_free(s->w);
     free(s->sample_work);
-    free(s->undo);
-    free(s->undo_len);
-    free(s->undo_hist);
     mx_rpc_channel_destroy(s->next);
     pthread_mutex_destroy(&s->stats_mu);
     pthread_cond_destroy(&s->watch_cv);
@@ -529,46 +519,72 @@ static void kv_name_failure(stage *s, mx_error *err)
 /* Atomic steps: before a step touches any state, each sequence's length, history length and
  * lightning states are saved (host copy; KV needs none, a step only appends); after a failure
  * anywhere in the step they are put back and the KV caches truncated, so a retry of the same
- * RunBatch sees the state of before and computes exactly what a fault-free run would. */
-static int save_step(stage *s, seq_entry **entries, size_t n, mx_error *err)
+ * RunBatch sees the state of before and computes exactly what a fault-free run would. A
+ * forwarded step keeps its undo until the next stage answered: a failure down the chain
+ * (which left the stages after us unchanged, being atomic too) undoes our part as well.
+ * Memory: the lightning states of a batch's sequences, once more, per batch in flight. */
+typedef struct step_undo {
+    size_t n;
+    uint64_t *ids;
+    int64_t *len, *len_after; /* before the step; after it (-1 until committed) */
+    int *hist;
+    float *floats;
+} step_undo;
+
+static void step_undo_free(step_undo *u)
+{
+    free(u->ids);
+    free(u->len);
+    free(u->len_after);
+    free(u->hist);
+    free(u->floats);
+    memset(u, 0, sizeof *u);
+}
+
+static int save_step(stage *s, seq_entry **entries, size_t n, step_undo *u, mx_error *err)
 {
     size_t need = 0;
     for (size_t i = 0; i < n; i++)
         need += mx_sequence_undo_floats(s->m, entries[i]->seq);
-    if (need > s->undo_cap) {
-        float *u = realloc(s->undo, need * sizeof *u);
-        if (!u)
-            return mx_fail(err, MX_ENOMEM, "out of memory for %zu floats of step undo state", need);
-        s->undo = u;
-        s->undo_cap = need;
+    u->n = n;
+    u->ids = malloc(n * sizeof *u->ids);
+    u->len = malloc(n * sizeof *u->len);
+    u->len_after = malloc(n * sizeof *u->len_after);
+    u->hist = malloc(n * sizeof *u->hist);
+    u->floats = malloc((need ? need : 1) * sizeof *u->floats);
+    if (!u->ids || !u->len || !u->len_after || !u->hist || !u->floats) {
+        step_undo_free(u);
+        return mx_fail(err, MX_ENOMEM, "out of memory for %zu floats of step undo state", need);
     }
-    float *u = s->undo;
+    float *f = u->floats;
     for (size_t i = 0; i < n; i++) {
-        s->undo_len[i] = entries[i]->seq->length;
-        s->undo_hist[i] = entries[i]->n_history;
-        MX_TRY(mx_sequence_save(s->m, entries[i]->seq, u, err));
-        u += mx_sequence_undo_floats(s->m, entries[i]->seq);
+        u->ids[i] = entries[i]->id;
+        u->len[i] = entries[i]->seq->length;
+        u->len_after[i] = -1;
+        u->hist[i] = entries[i]->n_history;
+        MX_TRY(mx_sequence_save(s->m, entries[i]->seq, f, err));
+        f += mx_sequence_undo_floats(s->m, entries[i]->seq);
     }
     return 0;
 }
 
-/* A sequence that cannot be put back (the device failed) is dropped: a retry then gets
- * NOT_FOUND for it instead of computing on a half-applied state. */
-static void rollback_step(stage *s, seq_entry **entries, size_t n)
+/* Under lock. A committed step is undone only for sequences nothing touched since (length
+ * still len_after; a released one is gone). A sequence that cannot be put back (the device
+ * failed) is dropped: a retry then gets NOT_FOUND instead of a half-applied state. */
+static void rollback_step(stage *s, const step_undo *u)
 {
-    const float *u = s->undo;
-    uint64_t bad[64];
-    int n_bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        mx_error ignored = {0};
-        size_t floats = mx_sequence_undo_floats(s->m, entries[i]->seq);
-        if (mx_sequence_rollback(s->m, entries[i]->seq, s->undo_len[i], u, &ignored) && n_bad < 64)
-            bad[n_bad++] = entries[i]->id;
-        entries[i]->n_history = s->undo_hist[i];
-        u += floats;
+    const float *f = u->floats;
+    for (size_t i = 0; i < u->n; i++) {
+        seq_entry *e = seq_table_find(&s->seqs, u->ids[i]);
+        size_t floats = e ? mx_sequence_undo_floats(s->m, e->seq) : 0;
+        if (e && (u->len_after[i] < 0 || e->seq->length == u->len_after[i])) {
+            mx_error ignored = {0};
+            e->n_history = u->hist[i];
+            if (mx_sequence_rollback(s->m, e->seq, u->len[i], f, &ignored))
+                seq_table_remove(&s->seqs, u->ids[i]);
+        }
+        f += floats;
     }
-    for (int i = 0; i < n_bad; i++)
-        seq_table_remove(&s->seqs, bad[i]);
 }
 
 /* Leases: a sequence no RunBatch touched for lease_ms is released (its gateway is gone or
@@ -590,7 +606,7 @@ static void expire_leases(stage *s)
 /* Runs the batch through this stage's layers. Packs into *out either the response, or
  * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
 static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
-                      kv_filter *kvf, mx_error *err)
+                      kv_filter *kvf, step_undo *undo, mx_error *err)
 {
     double t_start = mx_now_ms();
     size_t n_tokens = 0;
@@ -620,7 +636,7 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         double now = mx_now_ms();
         for (size_t i = 0; i < n; i++)
             entries[i]->last_used_ms = now;
-        saved = !(rc = save_step(s, entries, n, err));
+        saved = !(rc = save_step(s, entries, n, undo, err));
     }
     int start = 0;
     for (size_t i = 0; i < n && !rc; i++) {
@@ -715,7 +731,10 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         }
     }
     if (rc && saved)
-        rollback_step(s, entries, n);
+        rollback_step(s, undo);
+    if (!rc && saved)
+        for (size_t i = 0; i < n; i++)
+            undo->len_after[i] = entries[i]->seq->length;
     free_sampled(&resp);
     if (h.data)
         s->be->free(s->be, &h);
@@ -859,11 +878,16 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     /* counted from the start of our compute: two at once means one was past it (downstream) */
     count_in_flight(s, 1, false);
     expire_leases(s);
-    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, err);
+    step_undo undo = {0};
+    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, &undo, err);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
-    if (!rc && fwd)
-        rc = forward(s, mid, timeout_ms, &mine, t_start, &kvf, out, err);
+    if (!rc && fwd && (rc = forward(s, mid, timeout_ms, &mine, t_start, &kvf, out, err))) {
+        pthread_mutex_lock(&s->lock);
+        rollback_step(s, &undo);
+        pthread_mutex_unlock(&s->lock);
+    }
+    step_undo_free(&undo);
     kv_filter_free(&kvf);
     count_in_flight(s, -1, rc == 0);
     return rc;

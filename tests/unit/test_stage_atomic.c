@@ -2,7 +2,8 @@
  * an expert call failing in the middle of a step (the stage's test-only fault switch), then
  * the same RunBatch sent again, must give exactly the tokens, logprobs and top logprobs of a
  * fault-free stage, with the KV pages of the failed step returned; greedy tokens are also
- * checked against the fixture's stored ones (an independent reference). */
+ * checked against the fixture's stored ones (an independent reference). A fault in the second
+ * stage of a chain is undone on both stages. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,8 @@
 #include <cmocka.h>
 
 #include "attention-svc/stage.h"
+#include "attention-svc/stage_rpc.h"
+#include "core/rpc/server.h"
 #include "core/safetensors.h"
 #include "mx/internal/v1/attention_stage.pb-c.h"
 
@@ -70,17 +73,26 @@ static int teardown(void **state)
     return 0;
 }
 
+static stage *make_chain_stage(mx_kv_dtype kv, int index, const char *next);
+
 static stage *make_stage(mx_kv_dtype kv)
+{
+    return make_chain_stage(kv, -1, "");
+}
+
+/* index -1: one stage of all 8 layers; 0 or 1: that half of a 2-stage chain */
+static stage *make_chain_stage(mx_kv_dtype kv, int index, const char *next)
 {
     stage_config c;
     memset(&c, 0, sizeof c);
     snprintf(c.listen, sizeof c.listen, "127.0.0.1:0");
     snprintf(c.model, sizeof c.model, FIXTURE);
     snprintf(c.backend, sizeof c.backend, "cpu");
-    c.index = 0;
-    c.count = 1;
-    c.layer_begin = 0;
-    c.layer_end = 8;
+    c.index = index < 0 ? 0 : index;
+    c.count = index < 0 ? 1 : 2;
+    c.layer_begin = index == 1 ? 4 : 0;
+    c.layer_end = index == 0 ? 4 : 8;
+    snprintf(c.next, sizeof c.next, "%s", next);
     c.max_sequences = 4;
     c.threads = 1;
     c.max_message_bytes = 64 << 20;
@@ -286,12 +298,77 @@ static void test_bad_sampling_changes_nothing(void **state)
     stage_destroy(s);
 }
 
+/* Through a chain (stage 0 called here, forwarding to stage 1 on the real RPC layer): an
+ * expert fault inside stage 1 fails the forwarded call; stage 1 undid its part, and stage 0
+ * undoes its own, so the same RunBatch sent again gives the fixture's greedy tokens. */
+static void test_fault_down_the_chain(void **state)
+{
+    world *wd = *state;
+    mx_error err = {0};
+    stage *s1 = make_chain_stage(MX_KV_F32, 1, "");
+    mx_rpc_server *srv = NULL;
+    mx_rpc_server_options o = {.address = "127.0.0.1:0", .worker_threads = 2};
+    assert_int_equal(mx_rpc_server_create(&o, &srv, &err), 0);
+    assert_int_equal(stage_add_methods(s1, srv, &err), 0);
+    assert_int_equal(mx_rpc_server_start(srv, &err), 0);
+    char next[64];
+    snprintf(next, sizeof next, "127.0.0.1:%d", mx_rpc_server_port(srv));
+    stage *s0 = make_chain_stage(MX_KV_F32, 0, next);
+    uint32_t ids[8], tok = 0;
+    int n = wd->n_prompt;
+    for (int j = 0; j < n; j++)
+        ids[j] = (uint32_t)wd->prompt[j];
+    for (int step = 0; step < STEPS; step++) {
+        Mx__Internal__V1__StageSampling sp = MX__INTERNAL__V1__STAGE_SAMPLING__INIT;
+        sp.step = (uint32_t)step;
+        Mx__Internal__V1__SequenceInput q = MX__INTERNAL__V1__SEQUENCE_INPUT__INIT, *qp = &q;
+        q.sequence_id = 0xfedcba9876543210ull;
+        q.start_position = step == 0 ? 0 : (uint32_t)(wd->n_prompt + step - 1);
+        if (step > 0) {
+            ids[0] = tok;
+            n = 1;
+        }
+        q.token_ids = ids;
+        q.n_token_ids = q.num_tokens = (uint32_t)n;
+        q.sampling = &sp;
+        q.sample = 1;
+        Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
+        rq.sequences = &qp;
+        rq.n_sequences = 1;
+        rq.forward = 1;
+        uint8_t buf[256];
+        size_t len = protobuf_c_message_pack(&rq.base, buf);
+        mx_rpc_payload out;
+        if (step == 0 || step == 3) {
+            stage_test_fail_expert_once(s1, FAULT_LAYER);
+            err = (mx_error){0};
+            assert_int_equal(stage_run_batch(s0, buf, len, 20000, &out, &err), MX_EUNAVAILABLE);
+        }
+        err = (mx_error){0};
+        if (stage_run_batch(s0, buf, len, 20000, &out, &err))
+            fail_msg("step %d: %s", step, err.msg);
+        Mx__Internal__V1__RunBatchResponse *r = mx__internal__v1__run_batch_response__unpack(NULL, out.len, out.data);
+        if (out.release)
+            out.release(out.release_ctx);
+        assert_non_null(r);
+        assert_int_equal(r->n_sampled, 1);
+        tok = r->sampled[0]->token_id;
+        mx__internal__v1__run_batch_response__free_unpacked(r, NULL);
+        assert_int_equal(tok, (uint32_t)wd->greedy[step]);
+    }
+    stage_destroy(s0);
+    mx_rpc_server_shutdown(srv, 1000);
+    mx_rpc_server_destroy(srv);
+    stage_destroy(s1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fault_then_retry_f32_kv),
         cmocka_unit_test(test_fault_then_retry_bf16_kv),
         cmocka_unit_test(test_bad_sampling_changes_nothing),
+        cmocka_unit_test(test_fault_down_the_chain),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
