@@ -4,6 +4,7 @@
  * and hands generation_rpc.h's handlers to the skeleton. The only service clients talk to; it
  * holds no model weights. */
 #include <inttypes.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +162,12 @@ static void ready_line(const void *config, const void *state, int port, char *bu
 
 int main(int argc, char **argv)
 {
+    /* One malloc arena: a burst of large requests parsed on many worker threads otherwise
+     * spreads over one arena per thread, whose freed middles malloc_trim does not hand back
+     * (measured, 300 requests of 1.2 MB from 14 MiB: default arenas 96 MiB left after, two
+     * arenas 30 MiB, one 15 MiB). The gateway only parses, tokenizes and forwards, so the
+     * shared arena's lock is not what limits it. */
+    mallopt(M_ARENA_MAX, 1);
     static const mx_service_def def = {
         .name = "gateway",
         .about = "Serves the public mx.v1.Generation API over a pipeline of attention stages (config: gw_config.h).",

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "buffer.h"
 
@@ -44,6 +45,26 @@ static void call_free(mx_rpc_call *c)
     srv->live_calls--;
     pthread_cond_broadcast(&srv->cond);
     pthread_mutex_unlock(&srv->mu);
+}
+
+/* A burst of large requests leaves freed memory in the heap (the trim threshold is high,
+ * tune.c, and gRPC frees a call's buffers after its handler returns): once a second, if calls
+ * ran since the last trim and no service handler is running now, give it back. */
+static void maybe_trim(mx_rpc_server *srv, double *next_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+    if (now < *next_ms)
+        return;
+    *next_ms = now + 1000;
+    pthread_mutex_lock(&srv->mu);
+    int trim = srv->ran_since_trim && srv->pool.busy == 0 && !srv->pool.head;
+    if (trim)
+        srv->ran_since_trim = 0;
+    pthread_mutex_unlock(&srv->mu);
+    if (trim)
+        malloc_trim(0);
 }
 
 void mx_rpc_call_unref(mx_rpc_call *c)
@@ -130,18 +151,11 @@ static void *worker_main(void *arg)
         else
             mx_rpc_call_set_status(c, GRPC_STATUS_CANCELLED, "call cancelled before it ran");
         mx_rpc_call_send_final(c);
-        mx_rpc_call_unref(c);
-
-        /* A burst of large requests leaves freed memory in the heap (the trim threshold is
-         * high, tune.c): give it back once the service pool falls idle. */
         pthread_mutex_lock(&srv->mu);
         p->busy--;
-        int trim = p == &srv->pool && p->busy == 0 && !p->head && srv->ran_since_trim;
-        if (p == &srv->pool)
-            srv->ran_since_trim = !trim;
+        srv->ran_since_trim = 1;
         pthread_mutex_unlock(&srv->mu);
-        if (trim)
-            malloc_trim(0);
+        mx_rpc_call_unref(c);
     }
 }
 
@@ -302,11 +316,13 @@ static void on_shutdown(mx_rpc_tag *tag, int ok)
 static void *poller_main(void *arg)
 {
     mx_rpc_server *srv = arg;
+    double next_trim_ms = 0;
     for (;;) {
-        grpc_event ev = grpc_completion_queue_next(srv->cq, gpr_inf_future(GPR_CLOCK_REALTIME),
-                                                   NULL);
+        grpc_event ev = grpc_completion_queue_next(
+            srv->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(1000, GPR_TIMESPAN)), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             return NULL;
+        maybe_trim(srv, &next_trim_ms);
         if (ev.type == GRPC_OP_COMPLETE) {
             mx_rpc_tag *tag = ev.tag;
             tag->done(tag, ev.success);

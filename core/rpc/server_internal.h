@@ -89,7 +89,7 @@ struct mx_rpc_server {
     mx_rpc_pool pool, control;       /* service methods; control methods (health Check, ...) */
     int max_queued_calls;            /* 0 = unbounded */
     int64_t write_timeout_ms;        /* 0 = none */
-    int ran_since_trim;              /* a handler ran since the pool was last idle */
+    int ran_since_trim;              /* a call ran since the heap was last trimmed */
     int started, shut_down, grpc_started;
 
     pthread_mutex_t mu;

@@ -1,5 +1,14 @@
-"""fault_gateway.py FIXTURE_DIR - the gateway's health means "can serve", in a real loopback
+"""fault_gateway.py FIXTURE_DIR - the gateway under faults and crowds, in a real loopback
 cluster (2 stages, 1 expert shard), seen by an independent Python grpcio client:
+- a crowd, on a second gateway of our own (max_batch_sequences 16, so 32 workers, max_queued
+  64, stream_write_timeout_ms 3000, max_context_tokens 4096) on the same stages: 200 streams that never read plus 50
+  normal ones: a health Check (from a separate process, every 50 ms) answers within 100 ms
+  throughout, the normal streams complete with the fixture's tokens, RSS stays under 1 GiB;
+  streams beyond the workers and the queue get RESOURCE_EXHAUSTED naming a retry time (the
+  normal ones retry); then a burst of 300 requests of 1.2 MB each (prompt ids over the
+  context limit): every one is answered at once, with RESOURCE_EXHAUSTED or the over-limit
+  error naming the real token count; the gateway's
+  RSS is back within 20 % (+ 8 MiB) of its pre-burst value 3 s after the burst;
 - stage 0 frozen (SIGSTOP): the gateway's mx.v1.Generation health turns NOT_SERVING within 2 s
   (its liveness, service "", stays SERVING); after SIGCONT it is SERVING again within 2 s, and a
   greedy request then gives the fixture's tokens.
@@ -8,7 +17,10 @@ Prints 'N passed, N failed' last."""
 import json
 import os
 import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 import grpc
@@ -95,6 +107,244 @@ def test_health_follows_stage0(cl, prompt, want):
     r.check(got == want, "a request after the return gives the fixture's tokens", "%s want %s" % (got, want))
 
 
+PROBE = r"""
+import sys, time, grpc
+sys.path.insert(0, sys.argv[2])
+import cluster_util as u
+_, _, health_pb = u.load_stubs()
+ch = grpc.insecure_channel(sys.argv[1])
+check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                       request_serializer=health_pb.HealthCheckRequest.SerializeToString,
+                       response_deserializer=health_pb.HealthCheckResponse.FromString)
+check(health_pb.HealthCheckRequest(service=""), timeout=5)
+worst, n, bad = 0.0, 0, 0
+while sys.stdin.readline().strip() != "stop":
+    t0 = time.time()
+    try:
+        st = check(health_pb.HealthCheckRequest(service=""), timeout=2).status
+    except grpc.RpcError:
+        st = None
+    dt = time.time() - t0
+    worst, n, bad = max(worst, dt), n + 1, bad + (st != 1)
+    print("%f %d %d" % (worst, n, bad), flush=True)
+"""
+
+
+class Probe:
+    """Health Checks every 50 ms from a process of its own (the crowd's threads share our GIL)."""
+
+    def __init__(self, addr):
+        self.p = subprocess.Popen([sys.executable, "-c", PROBE, addr, os.path.dirname(os.path.abspath(__file__))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.last = (0.0, 0, 0)
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                self.p.stdin.write("go\n")
+                self.p.stdin.flush()
+                line = self.p.stdout.readline()
+            except (BrokenPipeError, ValueError):
+                return
+            if not line:
+                return
+            w, n, b = line.split()
+            self.last = (float(w), int(n), int(b))
+            time.sleep(0.05)
+
+    def finish(self):
+        self.stop.set()
+        self.t.join(timeout=10)
+        try:
+            self.p.stdin.write("stop\n")
+            self.p.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        return self.last
+
+
+def rss_mib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+class OwnGateway:
+    """A second gateway on the cluster's stages, with our own limits."""
+
+    def __init__(self, fixture, stages, extra=""):
+        self.dir = tempfile.mkdtemp(prefix="mx-fault-gw-")
+        self.port_file = os.path.join(self.dir, "port")
+        cfg = os.path.join(self.dir, "gw.cfg")
+        with open(cfg, "w") as f:
+            f.write('gateway = {\n  listen = "127.0.0.1:0";\n  model = "%s";\n  stages = [%s];\n'
+                    '  port_file = "%s";\n  drain_ms = 5000;\n%s};\n'
+                    % (os.path.abspath(fixture), ", ".join('"%s"' % a for a in stages), self.port_file, extra))
+        self.log = open(os.path.join(self.dir, "log"), "w+")
+        self.proc = subprocess.Popen([os.path.join(os.environ.get("BUILD", "build"), "bin", "gateway"), "--config", cfg],
+                                     stdout=self.log, stderr=self.log)
+        self.addr = None
+        t0 = time.time()
+        while time.time() - t0 < 60 and self.proc.poll() is None:
+            if os.path.exists(self.port_file):
+                self.addr = "127.0.0.1:%s" % open(self.port_file).read().strip()
+                break
+            time.sleep(0.1)
+        if not self.addr:
+            raise RuntimeError("own gateway did not start: " + self.read_log())
+
+    def read_log(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def test_crowd(fixture, cl, prompt, want):
+    gw = OwnGateway(fixture, cl.stages, "  max_batch_sequences = 16;\n  max_queued = 64;\n"
+                    "  stream_write_timeout_ms = 3000;\n  max_context_tokens = 4096;\n")
+    try:
+        crowd_on(gw, prompt, want)
+    finally:
+        st = gw.stop()
+        r.check(st == 0, "own gateway drains and exits 0 on SIGTERM", "exit %s\n%s" % (st, gw.read_log()[-2000:]))
+
+
+def crowd_on(gw, prompt, want):
+    pid = gw.proc.pid
+    ch = grpc.insecure_channel(gw.addr)
+    generate, _, _ = u.generation_stubs(ch, gen)
+    greedy(gw.addr, prompt, want)  # warm
+    rss0 = rss_mib(pid)
+    probe = Probe(gw.addr)
+    silent = []
+    for i in range(200):
+        req = gen.GenerateRequest(prompt_ids=prompt, request_id="silent-%d" % i)
+        req.sampling.temperature = 0
+        req.sampling.max_new_tokens = len(want)
+        req.sampling.ignore_eos = True
+        silent.append(generate(req, timeout=120))  # never read
+    results, refused, lock = [], [], threading.Lock()
+
+    def normal(i):
+        chn = grpc.insecure_channel(gw.addr)
+        gen_n, _, _ = u.generation_stubs(chn, gen)
+        got, err, busy = [], None, 0
+        for attempt in range(60):  # RESOURCE_EXHAUSTED says when to come back
+            try:
+                req = gen.GenerateRequest(prompt_ids=prompt, request_id="normal-%d-%d" % (i, attempt))
+                req.sampling.temperature = 0
+                req.sampling.max_new_tokens = len(want)
+                req.sampling.ignore_eos = True
+                got = []
+                for m in gen_n(req, timeout=120):
+                    got.extend(m.token_ids)
+                err = None
+                break
+            except grpc.RpcError as e:
+                err = "%s %s" % (e.code(), e.details())
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or "retry after" not in e.details():
+                    break
+                busy += 1
+                time.sleep(1.0)
+        with lock:
+            results.append((got, err))
+            refused.append(busy)
+        chn.close()
+
+    peak = [rss0]
+    stop_rss = threading.Event()
+
+    def watch_rss():
+        while not stop_rss.is_set():
+            peak[0] = max(peak[0], rss_mib(pid))
+            time.sleep(0.1)
+
+    tw = threading.Thread(target=watch_rss, daemon=True)
+    tw.start()
+    threads = [threading.Thread(target=normal, args=(i,), daemon=True) for i in range(50)]
+    t0 = time.time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=150)
+    took = time.time() - t0
+    ok = sum(1 for got, err in results if got == want and err is None)
+    r.check(ok == 50, "200 never-reading streams + 50 normal: the normal streams complete with the fixture's tokens",
+            "%d of 50 ok in %.1f s: %s" % (ok, took, [e for _, e in results if e][:3]))
+    r.check(sum(refused) > 0, "excess requests get RESOURCE_EXHAUSTED naming when to retry (and complete on a retry)",
+            "%d refusals" % sum(refused))
+    for s in silent:
+        s.cancel()
+    time.sleep(2.0)
+    rss_mid = rss_mib(pid)
+    print("gateway RSS after the crowd: %.1f MiB" % rss_mid)
+    # the burst: requests of 1.2 MB (prompt ids past the context limit) all at once
+    big = gen.GenerateRequest(prompt_ids=[1] * 600000, request_id="big")
+    big.sampling.max_new_tokens = 1
+    codes, details = {}, []
+
+    def burst(k):
+        chb = grpc.insecure_channel(gw.addr, options=[("grpc.max_send_message_length", 64 << 20)])
+        gen_b, _, _ = u.generation_stubs(chb, gen)
+        try:
+            for _ in gen_b(big, timeout=60):
+                pass
+            code = "OK"
+        except grpc.RpcError as e:
+            code = e.code().name
+            with lock:
+                details.append((code, e.details()))
+        with lock:
+            codes[code] = codes.get(code, 0) + 1
+        chb.close()
+
+    bt = [threading.Thread(target=burst, args=(k,), daemon=True) for k in range(300)]
+    t0 = time.time()
+    for t in bt:
+        t.start()
+    for t in bt:
+        t.join(timeout=90)
+    took = time.time() - t0
+    print("burst of 300: %s in %.1f s" % (codes, took))
+    r.check(all(c in ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT") for c in codes), "burst: refused or rejected at once",
+            str(codes))
+    over = [d for c, d in details if c == "INVALID_ARGUMENT" and "600000 tokens" in d]
+    r.check(len(over) > 0, "the over-limit message names the real token count (600000)", str(details[:3]))
+    r.check(sum(codes.values()) == 300, "every burst request answered", str(codes))
+    time.sleep(3.0)
+    stop_rss.set()
+    tw.join(timeout=5)
+    worst, n, bad = probe.finish()
+    print("health: %d checks, worst %.1f ms, %d not SERVING" % (n, worst * 1e3, bad))
+    lim = 0.1 * SLACK
+    r.check(n >= 20 and bad == 0 and worst < lim, "health Check answers within %.0f ms throughout" % (lim * 1e3),
+            "%d checks, worst %.1f ms, %d bad" % (n, worst * 1e3, bad))
+    rss1 = rss_mib(pid)
+    print("gateway RSS: %.1f MiB before, peak %.1f MiB, %.1f MiB 3 s after" % (rss0, peak[0], rss1))
+    r.check(peak[0] < 1024, "RSS stays under 1 GiB", "peak %.1f MiB" % peak[0])
+    r.check(rss1 <= rss0 * 1.2 + 8, "RSS back within 20 % of the pre-burst value", "%.1f -> %.1f" % (rss0, rss1))
+    ch.close()
+
+
 def main():
     fixture = sys.argv[1]
     exp = u.read_safetensors(os.path.join(fixture, "expected.safetensors"))
@@ -103,6 +353,10 @@ def main():
     prompt, want = exp[name + ".prompt_ids"][2], exp[name + ".greedy_ids"][2]
     cl = u.Cluster(fixture, stages=2, shards=1, replicas="1")
     try:
+        try:
+            test_crowd(fixture, cl, prompt, want)
+        except Exception as e:  # a crash in one group is a failure; the cluster still stops
+            r.check(False, "test group", repr(e))
         try:
             test_health_follows_stage0(cl, prompt, want)
         except Exception as e:  # a crash in one group is a failure; the cluster still stops
