@@ -151,7 +151,6 @@ int mx_cmd_generate(int argc, char **argv)
         if (prompt[i] >= vocab)
             rc = mx_fail(&err, MX_EINVAL, "prompt token %d is id %d, outside the vocabulary of %d", i, prompt[i], vocab);
     mx_rng rng;
-    mx_rng_seed(&rng, sp.seed);
     int n_hist = n_prompt;
     if (!rc)
         memcpy(history, prompt, (size_t)n_prompt * sizeof *history);
@@ -172,6 +171,9 @@ int mx_cmd_generate(int argc, char **argv)
         mx_batch b = {1, &seq, &span, n_feed};
         rc = mx_model_forward(cm.m, &b, feed, logits, &err);
         mx_sample s;
+        /* counter-based like the stages: the draw of step n depends on (seed, n) only, so a
+         * seeded run here samples what the cluster samples */
+        mx_rng_seed_at(&rng, sp.seed, (uint64_t)step);
         if (!rc)
             rc = mx_sample_token(logits, vocab, &sp, history, n_hist, &rng, work, &s, &err);
         if (rc)
