@@ -21,6 +21,7 @@ typedef struct gw_stage_kv {
     uint64_t budget_bytes;     /* 0 = the stage enforces no budget */
     int64_t tokens_fit;        /* longest sequence on the empty stage; INT64_MAX = no limit */
     uint64_t reserved_bytes;   /* sum over admitted requests */
+    int64_t lease_ms;          /* the stage expires sequences idle this long; 0 = never (Info) */
 } gw_stage_kv;
 
 typedef struct gw_kv {

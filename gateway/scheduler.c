@@ -38,6 +38,18 @@ typedef struct flight {
     gw_micro_batch batch;     /* the scheduler's while IDLE/LANDED, the flight thread's while SENT */
 } flight;
 
+/* Sequence ids one stage has not acknowledged a Release of, each retried until the stage
+ * answers or its lease would have freed the sequence anyway. */
+typedef struct pending_release {
+    uint64_t *ids;
+    double *until_ms;         /* retry until then (the stage's lease from the failure) */
+    int n, cap;
+} pending_release;
+
+#define RELEASE_RETRY_MS 500
+/* without a lease (a stage that never expires sequences) a Release is retried this long */
+#define RELEASE_RETRY_NO_LEASE_MS 600000.0
+
 struct gw_scheduler {
     gw_config cfg;
     gw_log log;               /* errors with no caller (scheduler.h) */
@@ -63,6 +75,8 @@ struct gw_scheduler {
     bool admit_pending;       /* something changed that may let a queued request in */
     double last_admit_ms;
     /* Scheduler thread only. */
+    pending_release pend[GW_MAX_STAGES];  /* Releases a stage did not acknowledge, retried */
+    double next_release_retry_ms;
     bool refresh_wanted;      /* a stage refused or failed a batch: re-read its numbers */
     double last_refresh_ms;
 };
@@ -80,36 +94,121 @@ __attribute__((format(printf, 2, 3))) static void report(const gw_scheduler *s, 
     s->log.fn(s->log.ctx, line);
 }
 
-/* Frees the state of n sequences on every stage at once (control traffic goes to each stage
- * directly, not along the chain, so one unreachable stage does not keep the others from
- * freeing). Failures are only logged: a stage that cannot be reached has lost the state
- * anyway, and the sequence id is never reused. */
-static void release_on_stages(gw_scheduler *s, const uint64_t *ids, int n)
+/* 1 when a Release's status means the stage may not have done it (then it is retried). */
+static bool release_unanswered(grpc_status_code code)
 {
-    if (n == 0)
-        return;
+    return code == GRPC_STATUS_UNAVAILABLE || code == GRPC_STATUS_DEADLINE_EXCEEDED || code == GRPC_STATUS_CANCELLED ||
+           code == GRPC_STATUS_RESOURCE_EXHAUSTED || code == GRPC_STATUS_UNKNOWN;
+}
+
+static void pending_add(gw_scheduler *s, int stage, const uint64_t *ids, int n, double now)
+{
+    pending_release *p = &s->pend[stage];
+    pthread_mutex_lock(&s->mu);
+    int64_t lease = s->kv.st[stage].lease_ms;
+    pthread_mutex_unlock(&s->mu);
+    double until = now + (lease > 0 ? (double)lease : RELEASE_RETRY_NO_LEASE_MS);
+    int dropped = 0;
+    for (int i = 0; i < n; i++) {
+        if (p->n == p->cap) { /* bounded: the stage's lease frees what does not fit */
+            dropped++;
+            continue;
+        }
+        p->ids[p->n] = ids[i];
+        p->until_ms[p->n++] = until;
+    }
+    if (dropped)
+        report(s, "gateway: stage %d: %d Releases not retried (%d already pending; its lease frees them)", stage,
+               dropped, p->cap);
+}
+
+/* Sends a Release of ids to the given stages (all of them when only is -1) at once; on a
+ * stage that did not answer, the ids join its pending list (now = the time of the first try). */
+static void release_send(gw_scheduler *s, const uint64_t *ids, int n, int only, int64_t timeout_ms, double now,
+                         bool *acked)
+{
     Mx__Internal__V1__ReleaseRequest rq = MX__INTERNAL__V1__RELEASE_REQUEST__INIT;
     rq.n_sequence_ids = (size_t)n;
     rq.sequence_ids = (uint64_t *)ids;
     mx_rpc_fanout_call calls[GW_MAX_STAGES];
+    int stage_of[GW_MAX_STAGES];
     memset(calls, 0, sizeof calls);
     mx_error err = {0};
     int k = 0;
-    for (; k < s->cfg.n_stages; k++) {
-        calls[k].channel = s->stages[k];
+    bool packed = true;
+    for (int i = 0; i < s->cfg.n_stages; i++) {
+        if (only >= 0 && i != only)
+            continue;
+        calls[k].channel = s->stages[i];
         calls[k].method = RELEASE;
+        stage_of[k] = i;
         if (mx_rpc_pb_pack(&rq.base, &calls[k].request, &err)) {
             report(s, "gateway: release: %s", err.msg);
+            packed = false;
             break;
         }
+        k++;
     }
-    if (k == s->cfg.n_stages && mx_rpc_fanout(calls, k, 5000, &err))
-        report(s, "gateway: release: %s", err.msg);
-    for (int i = 0; i < k; i++) {
-        if (k < s->cfg.n_stages && calls[i].request.release)
-            calls[i].request.release(calls[i].request.release_ctx);
-        mx_rpc_result_free(&calls[i].result);
+    if (packed)
+        mx_rpc_fanout(calls, k, timeout_ms, &err); /* per-call outcomes below */
+    for (int j = 0; j < k; j++) {
+        if (!packed && calls[j].request.release)
+            calls[j].request.release(calls[j].request.release_ctx);
+        bool ok = packed && !release_unanswered(calls[j].result.status.code);
+        if (acked)
+            acked[j] = ok;
+        if (!ok && only < 0) {
+            report(s, "gateway: release of %d sequences on stage %d: %s (retrying)", n, stage_of[j],
+                   packed ? calls[j].result.status.message : "not sent");
+            pending_add(s, stage_of[j], ids, n, now);
+        }
+        mx_rpc_result_free(&calls[j].result);
     }
+}
+
+/* Frees the state of n sequences on every stage at once (control traffic goes to each stage
+ * directly, not along the chain, so one unreachable stage does not keep the others from
+ * freeing). A stage that does not answer gets the Release again every RELEASE_RETRY_MS until
+ * it does or its lease has freed the sequences itself; the sequence id is never reused. */
+static void release_on_stages(gw_scheduler *s, const uint64_t *ids, int n)
+{
+    if (n == 0)
+        return;
+    release_send(s, ids, n, -1, 5000, mx_now_ms(), NULL);
+}
+
+/* Retries the pending Releases, one call per stage (scheduler thread). */
+static void retry_releases(gw_scheduler *s, double now)
+{
+    if (now < s->next_release_retry_ms)
+        return;
+    s->next_release_retry_ms = now + RELEASE_RETRY_MS;
+    for (int i = 0; i < s->cfg.n_stages; i++) {
+        pending_release *p = &s->pend[i];
+        int keep = 0;
+        for (int j = 0; j < p->n; j++)
+            if (p->until_ms[j] > now) {
+                p->ids[keep] = p->ids[j];
+                p->until_ms[keep++] = p->until_ms[j];
+            }
+        p->n = keep;
+        if (p->n == 0)
+            continue;
+        bool acked = false;
+        release_send(s, p->ids, p->n, i, 1000, now, &acked);
+        if (acked) {
+            report(s, "gateway: stage %d acknowledged %d pending Releases", i, p->n);
+            p->n = 0;
+        }
+    }
+}
+
+static bool any_pending_release(const gw_scheduler *s)
+{
+    for (int i = 0; i < s->cfg.n_stages; i++)
+        if (s->pend[i].n)
+            return true;
+    return false;
 }
 
 /* Removes running requests that are done (or must end now) and releases their state.
@@ -328,10 +427,12 @@ static void *loop(void *arg)
     for (;;) {
         pthread_mutex_lock(&s->mu);
         while (!s->stop && !has_work_locked(s)) {
-            if (s->n_queued == 0) {
+            if (s->n_queued == 0 && !any_pending_release(s)) {
                 pthread_cond_wait(&s->cv, &s->mu);
                 continue;
             }
+            if (s->n_queued == 0 && mx_now_ms() >= s->next_release_retry_ms)
+                break; /* a pending Release is due */
             /* requests wait in the queue: look at them now and then for cancellations and
              * deadlines, which nothing signals */
             struct timespec ts;
@@ -359,6 +460,8 @@ static void *loop(void *arg)
         }
         retire(s, mx_now_ms());
         double now = mx_now_ms();
+        if (any_pending_release(s))
+            retry_releases(s, now);
         if (s->refresh_wanted && now - s->last_refresh_ms >= 1000) {
             mx_error err = {0};
             s->refresh_wanted = false;
@@ -434,6 +537,14 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log
     s->flights = calloc((size_t)s->depth, sizeof *s->flights);
     int rc = (!s->queue || !s->running || !s->pick || !s->admit_take || !s->flights)
                  ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
+    for (int i = 0; i < cfg->n_stages && !rc; i++) {
+        pending_release *p = &s->pend[i];
+        p->cap = 4 * cfg->max_batch_sequences + cfg->max_queued;
+        p->ids = calloc((size_t)p->cap, sizeof *p->ids);
+        p->until_ms = calloc((size_t)p->cap, sizeof *p->until_ms);
+        if (!p->ids || !p->until_ms)
+            rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    }
     mx_rpc_channel_options co = {.max_message_bytes = 1 << 30};
     for (int i = 0; i < cfg->n_stages && !rc; i++)
         rc = mx_rpc_channel_create(cfg->stages[i], &co, &s->stages[i], err);
@@ -495,8 +606,11 @@ void gw_scheduler_destroy(gw_scheduler *s)
                           "the gateway is shutting down", now);
     if (s->thread_started)
         retire(s, now);
-    for (int i = 0; i < s->cfg.n_stages; i++)
+    for (int i = 0; i < s->cfg.n_stages; i++) {
         mx_rpc_channel_destroy(s->stages[i]);
+        free(s->pend[i].ids);
+        free(s->pend[i].until_ms);
+    }
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s->queue);

@@ -4,7 +4,8 @@
  * expected token is worked out here from the prompt, never taken from the gateway. Checks:
  * prefill chunking under max_step_tokens (positions, tokens, sample flag), decode steps, the
  * LENGTH and stop-token ends, two requests sharing a step, a stage error ending the requests,
- * and Release of every finished sequence. Waits are on the request's condition variable,
+ * and Release of every finished sequence (retried until the stage acknowledges it, or until
+ * its lease would have freed the sequence). Waits are on the request's condition variable,
  * bounded at 20 s each; nothing depends on how fast the machine is. */
 #include <pthread.h>
 #include <setjmp.h>
@@ -43,6 +44,9 @@ typedef struct fake_stage {
     uint64_t released[64];
     int n_released;
     int fail_runs;                 /* answer RunBatch with UNAVAILABLE while set */
+    int fail_releases;             /* answer this many Release calls with UNAVAILABLE */
+    int release_calls;
+    uint64_t lease_ms;             /* reported by Info */
     mx_rpc_server *srv;
 } fake_stage;
 
@@ -52,8 +56,11 @@ static void on_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
 {
     (void)req;
     (void)len;
-    (void)user;
+    fake_stage *f = user;
     Mx__Internal__V1__StageInfoResponse r = MX__INTERNAL__V1__STAGE_INFO_RESPONSE__INIT;
+    pthread_mutex_lock(&f->mu);
+    r.sequence_lease_ms = f->lease_ms;
+    pthread_mutex_unlock(&f->mu);
     r.stage_index = 0;
     r.num_stages = 1;
     r.is_first = r.is_last = 1;
@@ -123,6 +130,14 @@ static void on_release(mx_rpc_call *call, const uint8_t *req, size_t len, void *
     }
     const Mx__Internal__V1__ReleaseRequest *rq = (const Mx__Internal__V1__ReleaseRequest *)m;
     pthread_mutex_lock(&f->mu);
+    f->release_calls++;
+    if (f->fail_releases > 0) {
+        f->fail_releases--;
+        pthread_mutex_unlock(&f->mu);
+        protobuf_c_message_free_unpacked(m, NULL);
+        mx_rpc_call_set_status(call, GRPC_STATUS_UNAVAILABLE, "fake stage: release refused");
+        return;
+    }
     for (size_t i = 0; i < rq->n_sequence_ids && f->n_released < 64; i++)
         f->released[f->n_released++] = rq->sequence_ids[i];
     pthread_mutex_unlock(&f->mu);
@@ -331,12 +346,71 @@ static void test_stage_error_ends_requests(void **state)
     gw_request_unref(r);
 }
 
+static int release_calls(fake_stage *f)
+{
+    pthread_mutex_lock(&f->mu);
+    int n = f->release_calls;
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
+/* A Release the stage does not answer is sent again until it is acknowledged. */
+static void test_release_retried_until_acknowledged(void **state)
+{
+    fixture *f = *state;
+    mx_error err = {0};
+    pthread_mutex_lock(&f->fake.mu);
+    f->fake.fail_releases = 3;
+    pthread_mutex_unlock(&f->fake.mu);
+    assert_int_equal(gw_scheduler_refresh_kv(f->sched, 10000, &err), 0);
+    const uint32_t p[3] = {1, 2, 3};
+    gw_request *r = request(p, 3, 2, 0);
+    assert_int_equal(gw_scheduler_submit(f->sched, r, &err), 0);
+    wait_done(r);
+    assert_true(released(&f->fake, r->seq_id));
+    assert_int_equal(release_calls(&f->fake), 4);
+    /* acknowledged: no more Releases */
+    struct timespec ts = {1, 200 * 1000000L};
+    nanosleep(&ts, NULL);
+    assert_int_equal(release_calls(&f->fake), 4);
+    pthread_mutex_lock(&f->fake.mu);
+    bool logged = strstr(f->log, "(retrying)") && strstr(f->log, "acknowledged 1 pending");
+    pthread_mutex_unlock(&f->fake.mu);
+    assert_true(logged);
+    gw_request_unref(r);
+}
+
+/* A stage that never answers is asked until its lease would have freed the sequence anyway. */
+static void test_release_retries_end_with_the_lease(void **state)
+{
+    fixture *f = *state;
+    mx_error err = {0};
+    pthread_mutex_lock(&f->fake.mu);
+    f->fake.fail_releases = 1000;
+    f->fake.lease_ms = 1500;
+    pthread_mutex_unlock(&f->fake.mu);
+    assert_int_equal(gw_scheduler_refresh_kv(f->sched, 10000, &err), 0);
+    const uint32_t p[3] = {1, 2, 3};
+    gw_request *r = request(p, 3, 2, 0);
+    assert_int_equal(gw_scheduler_submit(f->sched, r, &err), 0);
+    wait_done(r);
+    struct timespec ts = {3, 0};
+    nanosleep(&ts, NULL);
+    int n = release_calls(&f->fake);
+    assert_true(n >= 3); /* the first try and retries every 500 ms for 1.5 s */
+    nanosleep(&ts, NULL);
+    assert_int_equal(release_calls(&f->fake), n);
+    gw_request_unref(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chunks_and_decode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_token_and_shared_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stage_error_ends_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_retried_until_acknowledged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_retries_end_with_the_lease, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
