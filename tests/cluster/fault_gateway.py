@@ -19,6 +19,9 @@ cluster (2 stages, 1 expert shard), seen by an independent Python grpcio client:
 - SIGTERM of our gateway with 16 streams in flight (fixture's tokens + 100 more, about 4 s):
   every stream completes (the fixture's tokens first, all its tokens, a finish_reason) within
   the drain period (20 s, the Kubernetes overlay's), and the gateway exits 0 once they are done;
+- gateway SIGKILL (on a cluster of its own: 1 stage with max_sequences 8 and a 3 s
+  sequence_lease_ms, 1 expert shard) with 8 long streams holding every slot: a new gateway
+  runs 8 concurrent requests to the fixture's tokens within lease + 5 s of the kill;
 Under AddressSanitizer (MX_ASAN=1) the 2 s bounds are relaxed by a factor 3.
 Prints 'N passed, N failed' last."""
 import json
@@ -449,6 +452,94 @@ def test_two_gateways(fixture, cl, prompt, want):
         gw.stop()
 
 
+def free_port():
+    import socket
+    so = socket.socket()
+    so.bind(("127.0.0.1", 0))
+    port = so.getsockname()[1]
+    so.close()
+    return port
+
+
+def round_ok(addr, n, prompt, want):
+    """n concurrent greedy requests; the number that gave the fixture's tokens."""
+    st = Streams(addr, n, prompt, want, once=True)
+    ok, _ = st.finish(timeout=30)
+    return ok
+
+
+def test_gateway_sigkill(fixture, prompt, want):
+    lease_ms = 3000 * (4 if SLACK > 1 else 1)
+    tmp = tempfile.mkdtemp(prefix="mx-fault-gw-kill-")
+    bin_dir = os.path.join(os.environ.get("BUILD", "build"), "bin")
+    ep, sp = free_port(), free_port()
+    procs = []
+
+    def start(name, binary, text):
+        path = os.path.join(tmp, name + ".cfg")
+        with open(path, "w") as f:
+            f.write(text)
+        log = open(os.path.join(tmp, name + ".log"), "a")
+        procs.append(subprocess.Popen([os.path.join(bin_dir, binary), "--config", path], stdout=log, stderr=log))
+
+    gws = []
+    try:
+        start("expert", "expert-svc", 'model_dir = "%s"; listen = "127.0.0.1:%d"; threads = 1; shard_index = 0;'
+              ' experts = [0, 1, 2, 3];\n' % (os.path.abspath(fixture), ep))
+        start("stage", "attention-svc",
+              'stage = { listen = "127.0.0.1:%d"; model = "%s"; index = 0; count = 1; layer_begin = 0; layer_end = 8;\n'
+              '  threads = 1; max_sequences = 8; sequence_lease_ms = %d; drain_ms = 500; };\n'
+              'experts = { shards = ( { experts = [0, 1, 2, 3]; replicas = ["127.0.0.1:%d"]; } ); };\n'
+              % (sp, os.path.abspath(fixture), lease_ms, ep))
+        stages = ["127.0.0.1:%d" % sp]
+        a = OwnGateway(fixture, stages, "  max_batch_sequences = 8;\n")
+        gws.append(a)
+        # 8 long streams hold every slot of the stage
+        hold = Streams(a.addr, 8, prompt, want, once=True, extra=3000)
+        t0 = time.time()
+        ch0 = grpc.insecure_channel(stages[0])
+        info = ch0.unary_unary("/mx.internal.v1.AttentionStage/Info",
+                               request_serializer=stage_pb.StageInfoRequest.SerializeToString,
+                               response_deserializer=stage_pb.StageInfoResponse.FromString)
+        live = 0
+        while time.time() - t0 < 60 and live < 8:
+            try:
+                live = info(stage_pb.StageInfoRequest(), timeout=2).live_sequences
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        r.check(live == 8, "the first gateway's 8 streams hold every slot of the stage", "live %d" % live)
+        a.proc.kill()
+        t_kill = time.time()
+        a.proc.wait()
+        hold.finish(timeout=10)
+        b = OwnGateway(fixture, stages, "  max_batch_sequences = 8;\n")
+        gws.append(b)
+        first_fail = None
+        t_ok = None
+        while time.time() - t_kill < lease_ms / 1e3 + 5 + 10:
+            ok = round_ok(b.addr, 8, prompt, want)
+            if ok == 8:
+                t_ok = time.time()
+                break
+            if first_fail is None:
+                first_fail = (time.time() - t_kill, ok)
+            time.sleep(0.5)
+        took = None if t_ok is None else t_ok - t_kill
+        print("gateway SIGKILL: first round after the kill %s; all 8 slots usable %s s after the kill (lease %.1f s)"
+              % (first_fail, "never" if took is None else "%.1f" % took, lease_ms / 1e3))
+        r.check(took is not None and took <= lease_ms / 1e3 + 5, "gateway SIGKILL: a new gateway uses all max_sequences "
+                "slots within lease + 5 s", "%s s" % took)
+        ch0.close()
+    finally:
+        for g in gws:
+            g.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def main():
     fixture = sys.argv[1]
     exp = u.read_safetensors(os.path.join(fixture, "expected.safetensors"))
@@ -457,6 +548,10 @@ def main():
     prompt, want = exp[name + ".prompt_ids"][2], exp[name + ".greedy_ids"][2]
     cl = u.Cluster(fixture, stages=2, shards=1, replicas="1")
     try:
+        try:
+            test_gateway_sigkill(fixture, prompt, want)
+        except Exception as e:  # a crash in one group is a failure; the cluster still stops
+            r.check(False, "test group", repr(e))
         try:
             test_two_gateways(fixture, cl, prompt, want)
         except Exception as e:  # a crash in one group is a failure; the cluster still stops
