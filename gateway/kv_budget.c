@@ -53,6 +53,7 @@ int gw_kv_fetch(gw_kv *kv, mx_rpc_channel *const *stages, const gw_config *cfg, 
         else if ((rc = mx_kv_dtype_parse(r->kv_dtype, "kv_dtype", &st->dtype, err)))
             mx_error_prefix(err, "stage %d (%s) Info", i, cfg->stages[i]);
         st->reserved_bytes = kv->st[i].reserved_bytes;
+        st->atomic_steps = r->atomic_steps;
         st->lease_ms = r->sequence_lease_ms > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)r->sequence_lease_ms;
         protobuf_c_message_free_unpacked(m, NULL);
     }

@@ -22,6 +22,7 @@ typedef struct gw_stage_kv {
     int64_t tokens_fit;        /* longest sequence on the empty stage; INT64_MAX = no limit */
     uint64_t reserved_bytes;   /* sum over admitted requests */
     int64_t lease_ms;          /* the stage expires sequences idle this long; 0 = never (Info) */
+    bool atomic_steps;         /* a failed RunBatch changed nothing: it may be sent again (Info) */
 } gw_stage_kv;
 
 typedef struct gw_kv {

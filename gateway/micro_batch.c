@@ -6,9 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "core/clock.h"
 #include "core/protocol.h"
 #include "core/rpc/pb.h"
+
+#define RETRY_INTERVAL_MS 250
 
 
 typedef Mx__Internal__V1__SequenceInput SequenceInput;
@@ -156,8 +160,13 @@ void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel 
     Mx__Internal__V1__RunBatchResponse *resp = NULL;
     mx_error *err = &b->err;
     mx_rpc_payload p;
-    int rc = mx_rpc_pb_pack(&rq.base, &p, err);
-    if (!rc) {
+    double t0 = mx_now_ms();
+    int rc;
+    b->retries = 0;
+    for (;;) {
+        rc = mx_rpc_pb_pack(&rq.base, &p, err);
+        if (rc)
+            break;
         mx_rpc_result res = {0};
         rc = mx_rpc_unary(stages[0], MX_STAGE_RUN_BATCH_METHOD, p, cfg->stage_timeout_ms, &res);
         if (rc) {
@@ -168,7 +177,16 @@ void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel 
             rc = mx_rpc_pb_unpack(&mx__internal__v1__run_batch_response__descriptor, res.response.data,
                                   res.response.len, (ProtobufCMessage **)&resp, err);
         }
+        grpc_status_code code = res.status.code;
         mx_rpc_result_free(&res);
+        /* Only UNAVAILABLE: the stage (or one behind it) could not do the step and, steps being
+         * atomic, undid it. A DEADLINE_EXCEEDED step may still be running there. */
+        if (!rc || code != GRPC_STATUS_UNAVAILABLE || !b->retry_atomic ||
+            mx_now_ms() + RETRY_INTERVAL_MS - t0 > (double)b->retry_ms)
+            break;
+        struct timespec ts = {0, RETRY_INTERVAL_MS * 1000000L};
+        nanosleep(&ts, NULL);
+        b->retries++;
     }
     /* Every stage but the last has a `next` (stage_config.h), so stage 0 answers for the whole
      * chain; fewer stages means a stage was started without its `next`. */

@@ -19,6 +19,12 @@ typedef struct gw_micro_batch {
     Mx__Internal__V1__SequenceInput *inputs;    /* [cap] */
     Mx__Internal__V1__SequenceInput **inptrs;   /* [cap] */
     Mx__Internal__V1__StageSampling *samp;      /* [cap] */
+    /* Set by the scheduler: every stage says its steps are atomic (Info), so a RunBatch that
+     * failed UNAVAILABLE changed nothing and gw_micro_batch_run sends it again (every
+     * 250 ms, for up to retry_ms) once the cause may be gone. */
+    bool retry_atomic;
+    int64_t retry_ms;
+    int retries;                                /* attempts beyond the first, last run */
     /* result of gw_micro_batch_run */
     int rc;
     mx_error err;

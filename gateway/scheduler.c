@@ -347,6 +347,10 @@ static bool launch(gw_scheduler *s, flight *f)
         return false;
     b->batch_id = ++s->next_batch;
     pthread_mutex_lock(&s->mu);
+    b->retry_atomic = s->kv_known;
+    for (int i = 0; i < s->cfg.n_stages; i++)
+        b->retry_atomic &= s->kv.st[i].atomic_steps;
+    b->retry_ms = s->cfg.stage_timeout_ms < 10000 ? s->cfg.stage_timeout_ms : 10000;
     f->state = FLIGHT_SENT;
     pthread_cond_signal(&f->cv);
     pthread_mutex_unlock(&s->mu);

@@ -19,8 +19,10 @@ cluster (2 stages, 1 expert shard), seen by an independent Python grpcio client:
 - SIGTERM of our gateway with 16 streams in flight (fixture's tokens + 100 more, about 4 s):
   every stream completes (the fixture's tokens first, all its tokens, a finish_reason) within
   the drain period (20 s, the Kubernetes overlay's), and the gateway exits 0 once they are done;
-- gateway SIGKILL (on a cluster of its own: 1 stage with max_sequences 8 and a 3 s
-  sequence_lease_ms, 1 expert shard) with 8 long streams holding every slot: a new gateway
+- on a cluster of its own (1 stage with max_sequences 8, a 3 s sequence_lease_ms and the
+  test-only switch that fails one expert call in the middle of its first RunBatch, 1 expert
+  shard): the first request still gives the fixture's tokens (the gateway sends the failed
+  atomic step again); gateway SIGKILL with 8 long streams holding every slot: a new gateway
   runs 8 concurrent requests to the fixture's tokens within lease + 5 s of the kill;
 Under AddressSanitizer (MX_ASAN=1) the 2 s bounds are relaxed by a factor 3.
 Prints 'N passed, N failed' last."""
@@ -488,12 +490,18 @@ def test_gateway_sigkill(fixture, prompt, want):
               ' experts = [0, 1, 2, 3];\n' % (os.path.abspath(fixture), ep))
         start("stage", "attention-svc",
               'stage = { listen = "127.0.0.1:%d"; model = "%s"; index = 0; count = 1; layer_begin = 0; layer_end = 8;\n'
-              '  threads = 1; max_sequences = 8; sequence_lease_ms = %d; drain_ms = 500; };\n'
+              '  threads = 1; max_sequences = 8; sequence_lease_ms = %d; drain_ms = 500;\n'
+              '  test_fail_expert_call_once_at_layer = 2; };\n'
               'experts = { shards = ( { experts = [0, 1, 2, 3]; replicas = ["127.0.0.1:%d"]; } ); };\n'
               % (sp, os.path.abspath(fixture), lease_ms, ep))
         stages = ["127.0.0.1:%d" % sp]
         a = OwnGateway(fixture, stages, "  max_batch_sequences = 8;\n")
         gws.append(a)
+        # the stage fails its first RunBatch in the middle (an expert call, once); steps being
+        # atomic (Info), the gateway sends it again and the request gives the fixture's tokens
+        got = greedy(a.addr, prompt, want)
+        r.check(got == want, "a RunBatch failed midway is retried by the gateway: the fixture's tokens",
+                "%s want %s" % (got, want))
         # 8 long streams hold every slot of the stage
         hold = Streams(a.addr, 8, prompt, want, once=True, extra=3000)
         t0 = time.time()
