@@ -24,7 +24,8 @@ cluster (2 stages, 1 expert shard), seen by an independent Python grpcio client:
   shard): the first request still gives the fixture's tokens (the gateway sends the failed
   atomic step again); gateway SIGKILL with 8 long streams holding every slot: a new gateway
   runs 8 concurrent requests to the fixture's tokens within lease + 5 s of the kill;
-Under AddressSanitizer (MX_ASAN=1) the 2 s bounds are relaxed by a factor 3.
+Under AddressSanitizer (MX_ASAN=1) the time bounds are relaxed by a factor 3 (the lease by
+4), and the RSS-returns check is skipped (its allocator quarantines freed memory).
 Prints 'N passed, N failed' last."""
 import json
 import os
@@ -362,7 +363,11 @@ def crowd_on(gw, prompt, want):
     rss1 = rss_mib(pid)
     print("gateway RSS: %.1f MiB before, peak %.1f MiB, %.1f MiB 3 s after" % (rss0, peak[0], rss1))
     r.check(peak[0] < 1024, "RSS stays under 1 GiB", "peak %.1f MiB" % peak[0])
-    r.check(rss1 <= rss0 * 1.2 + 8, "RSS back within 20 % of the pre-burst value", "%.1f -> %.1f" % (rss0, rss1))
+    if SLACK > 1:
+        # AddressSanitizer's allocator keeps freed memory in quarantine: RSS cannot return
+        print("skip: RSS back after the burst (AddressSanitizer's allocator quarantines freed memory)")
+    else:
+        r.check(rss1 <= rss0 * 1.2 + 8, "RSS back within 20 % of the pre-burst value", "%.1f -> %.1f" % (rss0, rss1))
     ch.close()
 
 
