@@ -3,15 +3,16 @@
 # alone, all cases as one batch, long prompts in chunks of 100, against the reference logits.
 # Each fixture runs twice: with f32 KV pages at the fp32 tier, and with the default bf16 KV
 # pages at the kv tier (every greedy token equal, max_rel bounded; see cmd_golden.c).
-# Under AddressSanitizer (BUILD under */asan, or MX_GOLDEN_SLOW=1) the long fixture runs
-# alone and batched with f32 KV only: its chunked mode (328 chunks over a 32K cache) and the
-# bf16-KV rerun would add many minutes there; tiny and small still run everything.
+# Under AddressSanitizer (BUILD under */asan, or MX_GOLDEN_SLOW=1) the long fixture is skipped
+# (counted as skipped): even alone and batched it takes 13 minutes there, and its kernels' memory
+# accesses at 32K-65K tokens are what test_cpu_attention checks under ASan; the normal build runs
+# it in every mode. tiny and small run everything under ASan.
 set -u
 BUILD=${BUILD:-build}
 GOLDEN=${MX_GOLDEN_DIR:-../shared/golden}
 slow=${MX_GOLDEN_SLOW:-0}
 case "$BUILD" in *asan*) slow=1 ;; esac
-pass=0 fail=0
+pass=0 fail=0 skip=0
 run() { # fixture dir, then mx golden options
     local dir=$1
     shift
@@ -30,8 +31,8 @@ for dir in "$GOLDEN"/*/; do
     [ -f "$dir/cases.json" ] || continue
     dir=${dir%/}
     if [ "$slow" = 1 ] && [ "$(basename "$dir")" = long ]; then
-        echo "long: chunked mode and the bf16-KV rerun skipped under AddressSanitizer"
-        run "$dir" --kv-dtype f32 --no-chunked
+        echo "long: skipped under AddressSanitizer (13 minutes there; the normal build runs it)"
+        skip=$((skip + 1))
         continue
     fi
     run "$dir" --kv-dtype f32
@@ -41,5 +42,5 @@ if [ $((pass + fail)) -eq 0 ]; then
     echo "no golden fixtures found under $GOLDEN"
     fail=1
 fi
-echo "$pass passed, $fail failed"
+echo "$pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]
