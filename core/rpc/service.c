@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../clock.h"
 #include "health.h"
 #include "signals.h"
 #include "tune.h"
@@ -48,7 +49,19 @@ static int serve(const mx_service_def *d, const void *config, void *state, mx_er
             fprintf(stderr, "%s: signal %d, draining (up to %lld ms)\n", d->name, sig, (long long)l.drain_ms);
         if (d->stop_watchers)
             d->stop_watchers(state);
-        mx_rpc_server_shutdown(srv, l.drain_ms);
+        int64_t grace = l.drain_ms;
+        if (sig >= 0 && d->drain_wait) {
+            /* clients see NOT_SERVING while calls of work already started still come in */
+            double start = mx_now_ms();
+            mx_error herr = {0};
+            if (l.health_service)
+                (void)mx_rpc_health_set(srv, l.health_service, MX_RPC_NOT_SERVING, &herr);
+            (void)mx_rpc_health_set(srv, "", MX_RPC_NOT_SERVING, &herr);
+            d->drain_wait(state, start + (double)l.drain_ms);
+            int64_t spent = (int64_t)(mx_now_ms() - start);
+            grace = spent < l.drain_ms ? l.drain_ms - spent : 0;
+        }
+        mx_rpc_server_shutdown(srv, grace);
     }
     if (d->stop_watchers)
         d->stop_watchers(state);

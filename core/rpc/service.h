@@ -7,7 +7,8 @@
  * config (--check-config stops here: exit 0, or 2 with the error) -> open (load the model;
  * may wait for peers) -> create the server, attach health, register methods -> start ->
  * health_service SERVING -> port file -> "ready" line on stderr -> wait for a stop signal.
- * Drain: health NOT_SERVING everywhere, no new calls, calls in flight may finish for
+ * Drain: health NOT_SERVING everywhere, (drain_wait: the service's own work finishes while
+ * calls are still accepted), no new calls, calls in flight may finish for what is left of
  * drain_ms, then the rest are cancelled; close; exit 0. Any failure: "<name>: <error>", exit 1.
  * This is the process's main: the only code in core/ that writes to stderr. */
 #ifndef MX_RPC_SERVICE_H
@@ -44,6 +45,11 @@ typedef struct mx_service_def {
      * health), called once the stop signal came, before the drain, and again before the
      * server is destroyed (so it must be idempotent). */
     void (*stop_watchers)(void *state);
+    /* Optional: on a stop signal, after health turned NOT_SERVING and while the server still
+     * accepts calls, waits until the service's own work in flight is done (e.g. streams made of
+     * many calls) or mx_now_ms() reaches deadline_ms. Its time counts against drain_ms; what is
+     * left still bounds the server's shutdown. NULL: the server stops accepting at once. */
+    void (*drain_wait)(void *state, double deadline_ms);
     /* The "serving" line's text after "<name>: " (port is the bound port). */
     void (*ready_line)(const void *config, const void *state, int port, char *buf, size_t cap);
 } mx_service_def;
