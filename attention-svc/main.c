@@ -32,6 +32,7 @@ static void listen_on(const void *config, const void *state, mx_service_listen *
 
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err) { return stage_add_methods(state, srv, err); }
 static void stop_watchers(void *state) { stage_stop_health(state); }
+static void drain_wait(void *state, double deadline_ms) { stage_drain_wait(state, deadline_ms); }
 
 static void ready_line(const void *config, const void *state, int port, char *buf, size_t cap)
 {
@@ -54,6 +55,7 @@ int main(int argc, char **argv)
         .listen = listen_on,
         .add_methods = add_methods,
         .stop_watchers = stop_watchers,
+        .drain_wait = drain_wait,
         .ready_line = ready_line,
     };
     return mx_service_main(&def, argc, argv);

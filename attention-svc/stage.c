@@ -54,6 +54,7 @@ struct stage {
     uint64_t batches_run;
     /* Under lock: */
     int64_t lease_ms;           /* 0 = sequences never expire */
+    bool draining;              /* stopping: live sequences finish, new ones are refused */
     bool fail_expert_once;      /* tests only: one MoE call of fail_expert_layer fails */
     int fail_expert_layer;
     /* health watcher (stage_watch_health); stop flag under watch_mu */
@@ -413,14 +414,17 @@ static void kv_describe(const stage *s, const mx_kv_usage *u, char *buf, size_t 
 }
 
 /* Decides which sequences fit (in batch order, first come first served) and builds f->sub
- * when some do not. Returns MX_ENOMEM (RESOURCE_EXHAUSTED) when none fits. */
+ * when some do not. While draining, a sequence that would be created here is refused the same
+ * way (the sequences already live finish; the gateway ends just the refused requests).
+ * Returns MX_ENOMEM (RESOURCE_EXHAUSTED) when none is admitted. */
 static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error *err)
 {
     mx_kv_usage u;
     s->be->kv_usage(s->be, &u);
-    if (u.budget_bytes == 0 || s->softmax_layers == 0)
+    bool budget = u.budget_bytes != 0 && s->softmax_layers != 0;
+    if (!budget && !s->draining)
         return 0;
-    size_t n = rq->n_sequences;
+    size_t n = rq->n_sequences, n_drained = 0;
     uint64_t left = u.used_bytes < u.budget_bytes ? u.budget_bytes - u.used_bytes : 0;
     bool *out = calloc(n, sizeof *out);
     if (!out)
@@ -431,6 +435,14 @@ static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error 
     for (size_t i = 0; i < n; i++) {
         const SequenceInput *q = rq->sequences[i];
         seq_entry *e = seq_table_find(&s->seqs, q->sequence_id);
+        if (s->draining && !e) {
+            out[i] = true;
+            f->n_refused++;
+            n_drained++;
+            continue;
+        }
+        if (!budget)
+            continue;
         int64_t len = e ? e->seq->length : 0;
         uint64_t need = kv_bytes(s, u.dtype, len + q->num_tokens) - kv_bytes(s, u.dtype, len);
         if (need <= left) {
@@ -446,7 +458,13 @@ static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error 
         }
     }
     int rc = 0;
-    if (f->n_refused) {
+    if (n_drained) {
+        snprintf(f->msg, sizeof f->msg, "stage %d (layers [%d, %d)) is draining (stopping): %zu new of %zu "
+                 "sequences refused, the sequences it holds finish; retry on another replica", s->index,
+                 s->layer_begin, s->layer_end, n_drained, n);
+        if (f->n_refused == n)
+            rc = mx_fail(err, MX_ENOMEM, "%s", f->msg);
+    } else if (f->n_refused) {
         char nums[300];
         kv_describe(s, &u, nums, sizeof nums);
         const SequenceInput *q = rq->sequences[first];
@@ -891,6 +909,28 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     kv_filter_free(&kvf);
     count_in_flight(s, -1, rc == 0);
     return rc;
+}
+
+void stage_drain_wait(stage *s, double deadline_ms)
+{
+    pthread_mutex_lock(&s->lock);
+    s->draining = true;
+    pthread_mutex_unlock(&s->lock);
+    /* A bounded poll: sequences end by Release, by a failed step, or by their lease (so a
+     * gateway that vanished holds the drain up to the lease at most); 20 ms is far below a
+     * decode step's round trip and costs nothing while the process is stopping. */
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        expire_leases(s);
+        int live = s->seqs.count;
+        pthread_mutex_unlock(&s->lock);
+        double now = mx_now_ms();
+        if (live == 0 || now >= deadline_ms)
+            return;
+        double wait = deadline_ms - now < 20 ? deadline_ms - now : 20;
+        struct timespec ts = {0, (long)(wait * 1e6)};
+        nanosleep(&ts, NULL);
+    }
 }
 
 int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)

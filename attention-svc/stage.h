@@ -32,6 +32,13 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
 int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *resp, mx_error *err);
 
+/* Drain (the skeleton's drain_wait, on SIGTERM): from now on a RunBatch that would create a
+ * sequence has it refused (per sequence, RESOURCE_EXHAUSTED at the gateway, the message says
+ * the stage is draining), while live sequences keep running and Release keeps working.
+ * Returns once no sequence is live (released, failed, or past its lease) or mx_now_ms()
+ * reaches deadline_ms. */
+void stage_drain_wait(stage *s, double deadline_ms);
+
 /* Stage health ("can serve"): with remote experts, a thread sets srv's health of
  * MX_STAGE_SERVICE every 250 ms to NOT_SERVING while a shard of this stage's layers has no
  * live replica (the router's view) and back to SERVING when all have one. No thread without
