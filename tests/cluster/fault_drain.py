@@ -52,6 +52,19 @@ def reference(fixture, prompt, fixture_greedy):
     return ids
 
 
+def not_serving(port):
+    """True once the stage's health says NOT_SERVING (or it is gone), False while SERVING."""
+    with grpc.insecure_channel("127.0.0.1:%d" % port) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=health_pb.HealthCheckRequest.SerializeToString,
+                               response_deserializer=health_pb.HealthCheckResponse.FromString)
+        try:
+            st = check(health_pb.HealthCheckRequest(service="mx.internal.v1.AttentionStage"), timeout=1).status
+        except grpc.RpcError:
+            return True
+        return st != health_pb.HealthCheckResponse.SERVING
+
+
 class Stream(threading.Thread):
     def __init__(self, addr, prompt, i):
         super().__init__(daemon=True)
@@ -126,7 +139,12 @@ def one_round(fixture, prompt, want, victim):
         print("stage %d SIGTERM: tokens per stream at the signal %s" % (victim, at_signal))
         r.check(mid == N_STREAMS, "stage %d: all %d streams in flight at the signal (first tokens out, not done)"
                 % (victim, N_STREAMS), "%s" % at_signal)
-        # a request after the signal: a clear status, fast
+        # a request after the signal: a clear status, fast. Sent once the stage took the signal
+        # (its health NOT_SERVING, set right before it starts draining; 0.1 s more for that).
+        t0 = time.time()
+        while time.time() - t0 < 5 * SLOW and not_serving(sp[victim]) is False:
+            time.sleep(0.01)
+        time.sleep(0.1)
         late = Stream(addr, prompt, 99)
         late.start()
         late.join(timeout=15 * SLOW)
