@@ -217,8 +217,8 @@ void gw_micro_batch_deliver(gw_micro_batch *b, double now)
         }
         if (is_refused(b, r->seq_id)) {
             char msg[MX_ERROR_MSG_MAX];
-            snprintf(msg, sizeof msg, "a stage's KV cache is full (it serves other clients too): %.440s",
-                     b->refused_msg);
+            /* the stage says why (its KV budget is spent, or it is draining) */
+            snprintf(msg, sizeof msg, "a stage refused the sequence: %.460s", b->refused_msg);
             gw_request_finish(r, MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_ENOMEM, msg, now);
             continue;
         }
