@@ -8,7 +8,7 @@ SAN ?=
 CC ?= cc
 OPT ?= -O2
 
-PKGS := jansson libconfig libpcre2-8 libutf8proc grpc libprotobuf-c
+PKGS := jansson libconfig libpcre2-8 libutf8proc grpc libprotobuf-c libmicrohttpd libcares
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)

@@ -11,6 +11,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config clang libclang-rt-14-dev \
     libjansson-dev libcmocka-dev libopenblas-dev libconfig-dev libpcre2-dev libutf8proc-dev \
     libgrpc-dev libprotobuf-c-dev protobuf-c-compiler protobuf-compiler \
+    libmicrohttpd-dev libc-ares-dev prometheus dnsmasq-base \
     python3 python3-grpcio python3-protobuf python3-numpy ca-certificates >/dev/null
 # Node.js (for the reference tokenizer and gRPC clients in tests): keep a preinstalled one.
 if ! command -v npm >/dev/null 2>&1; then
