@@ -12,6 +12,7 @@
 #include "bench_util.h"
 #include "core/config.h"
 #include "core/model.h"
+#include "core/protocol.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "core/sampling.h"
@@ -117,7 +118,7 @@ static void *stream_one(void *arg)
     mx_rpc_payload p;
     mx_rpc_stream *st = NULL;
     if (mx_rpc_pb_pack(&rq.base, &p, &err) ||
-        mx_rpc_stream_open(j->ch, "/mx.v1.Generation/Generate", p, 600000, &st, &err)) {
+        mx_rpc_stream_open(j->ch, MX_GENERATION_GENERATE_METHOD, p, 600000, &st, &err)) {
         j->failed = 1;
         return NULL;
     }

@@ -11,6 +11,7 @@
 
 #include "cli_util.h"
 #include "commands.h"
+#include "core/protocol.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
 #include "mx/v1/generation.pb-c.h"
@@ -232,7 +233,7 @@ int mx_cmd_client(int argc, char **argv)
     if (!rc)
         rc = mx_rpc_pb_pack(&rq.base, &pl, &err);
     if (!rc)
-        rc = mx_rpc_stream_open(ch, "/mx.v1.Generation/Generate", pl, timeout_ms, &st, &err);
+        rc = mx_rpc_stream_open(ch, MX_GENERATION_GENERATE_METHOD, pl, timeout_ms, &st, &err);
     int printed = 0;
     mx_rpc_bytes msg = {0};
     while (!rc && mx_rpc_stream_read(st, &msg) == 1) {
