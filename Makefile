@@ -56,6 +56,11 @@ $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(AVX2_FLAGS) -MMD -MP -c $< -o $@
 
+# *_amx.c: AMX tile kernels (run only after mx_cpu_amx_usable()), with the AVX-512 flags too.
+$(BUILD)/%_amx.o: %_amx.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(AVX512_FLAGS) -mamx-tile -mamx-bf16 -mamx-int8 -MMD -MP -c $< -o $@
+
 $(BUILD)/bin/mx: $(patsubst %.c,$(BUILD)/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
