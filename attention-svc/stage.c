@@ -1006,6 +1006,11 @@ void stage_test_fail_expert_once(stage *s, int layer)
     pthread_mutex_unlock(&s->lock);
 }
 
+mx_router *stage_router(stage *s)
+{
+    return s->router;
+}
+
 int stage_info(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out, mx_error *err)
 {
     ProtobufCMessage *msg;

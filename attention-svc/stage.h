@@ -46,6 +46,9 @@ void stage_drain_wait(stage *s, double deadline_ms);
 int stage_watch_health(stage *s, mx_rpc_server *srv, mx_error *err);
 void stage_stop_health(stage *s);
 
+/* The stage's router (NULL when its experts are local): Info adds its expert load. */
+struct mx_router *stage_router(stage *s);
+
 /* Tests only (as the config key test_fail_expert_call_once_at_layer): the next MoE call of
  * `layer` fails with MX_EUNAVAILABLE, once, in the middle of whichever RunBatch makes it. */
 void stage_test_fail_expert_once(stage *s, int layer);

@@ -27,7 +27,10 @@ int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **
     pthread_mutex_init(&s->compute_lock, NULL);
     s->shard_index = opts->shard_index;
     s->mask = malloc((size_t)L * E);
-    if (!s->mask) {
+    s->expert_rows = calloc((size_t)L * E, sizeof *s->expert_rows);
+    if (!s->mask || !s->expert_rows) {
+        free(s->mask);
+        free(s->expert_rows);
         free(s);
         return mx_fail(err, MX_ENOMEM, "out of memory creating the expert shard");
     }
@@ -90,5 +93,6 @@ void mx_expert_shard_free(mx_expert_shard *s)
     mx_weights_free(s->weights);
     pthread_mutex_destroy(&s->compute_lock);
     free(s->mask);
+    free(s->expert_rows);
     free(s);
 }

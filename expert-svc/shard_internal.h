@@ -4,8 +4,9 @@
 #define MX_EXPERT_SHARD_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
-#include "model.h"
+#include "core/model.h"
 #include "shard.h"
 
 struct mx_expert_shard {
@@ -21,6 +22,10 @@ struct mx_expert_shard {
     /* Backends are not re-entrant (one thread pool / stream); calls compute one at a time,
      * each already using every core. */
     pthread_mutex_t compute_lock;
+    /* Load accounting for Info: relaxed atomics, updated once per call without a lock. */
+    atomic_ullong calls_total, rows_total;
+    atomic_int in_flight;
+    atomic_ullong *expert_rows;  /* [layers * experts] rows computed per pair */
 };
 
 #endif

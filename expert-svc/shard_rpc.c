@@ -5,14 +5,15 @@
 #include "shard_internal.h"
 
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/clock.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
-#include "protocol.h"
-#include "rpc/health.h"
-#include "rpc/pb.h"
+#include "core/protocol.h"
+#include "core/rpc/health.h"
+#include "core/rpc/pb.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "tensors travel as little-endian f32: a big-endian host would need byte swaps here"
@@ -111,6 +112,17 @@ static int compute(mx_expert_shard *s, mx_rpc_call *call, const run_request *rq,
     return rc;
 }
 
+/* Load accounting of an answered call (relaxed atomics: Info reads a snapshot). */
+static void count_served(mx_expert_shard *s, const run_request *rq)
+{
+    int E = s->cfg.num_local_experts;
+    atomic_fetch_add_explicit(&s->calls_total, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->rows_total, rq->hidden->rows, memory_order_relaxed);
+    for (size_t g = 0; g < rq->n_groups; g++)
+        atomic_fetch_add_explicit(&s->expert_rows[(size_t)rq->layer * E + rq->groups[g]->expert_id],
+                                  rq->groups[g]->num_rows, memory_order_relaxed);
+}
+
 static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len, void *user)
 {
     mx_expert_shard *s = user;
@@ -118,6 +130,7 @@ static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len
     ProtobufCMessage *msg = NULL;
     float *y = NULL;
     double t0 = mx_now_ms();
+    atomic_fetch_add_explicit(&s->in_flight, 1, memory_order_relaxed);
     int rc = mx_rpc_pb_unpack(&mx__internal__v1__run_experts_request__descriptor, request, len, &msg, &err);
     const run_request *rq = (const run_request *)msg;
     if (!rc)
@@ -142,6 +155,9 @@ static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len
         /* packed once into a buffer the RPC layer sends without another copy */
         rc = mx_rpc_pb_write(call, &resp.base, &err);
     }
+    if (!rc)
+        count_served(s, rq);
+    atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
     if (rc)
         mx_rpc_call_set_error(call, &err);
     free(y);
@@ -164,7 +180,9 @@ static void on_info(mx_rpc_call *call, const uint8_t *request, size_t len, void 
     Mx__Internal__V1__LayerExperts *layers = calloc((size_t)L, sizeof *layers);
     Mx__Internal__V1__LayerExperts **lp = calloc((size_t)L, sizeof *lp);
     uint32_t *ids = malloc((size_t)L * E * sizeof *ids);
-    if (!layers || !lp || !ids) {
+    Mx__Internal__V1__ExpertRows *rows = calloc((size_t)L * E, sizeof *rows);
+    Mx__Internal__V1__ExpertRows **rp = calloc((size_t)L * E, sizeof *rp);
+    if (!layers || !lp || !ids || !rows || !rp) {
         mx_fail(&err, MX_ENOMEM, "out of memory describing the shard");
         mx_rpc_call_set_error(call, &err);
     } else {
@@ -195,12 +213,31 @@ static void on_info(mx_rpc_call *call, const uint8_t *request, size_t len, void 
         resp.weight_bytes = s->weight_bytes;
         resp.weight_dtype = dtype;
         resp.backend = (char *)s->be->name;
+        resp.calls_total = atomic_load_explicit(&s->calls_total, memory_order_relaxed);
+        resp.rows_total = atomic_load_explicit(&s->rows_total, memory_order_relaxed);
+        resp.in_flight = (uint32_t)atomic_load_explicit(&s->in_flight, memory_order_relaxed);
+        for (int l = 0; l < L; l++)
+            for (int e = 0; e < E; e++) {
+                uint64_t v = atomic_load_explicit(&s->expert_rows[(size_t)l * E + e], memory_order_relaxed);
+                if (!v)
+                    continue;
+                Mx__Internal__V1__ExpertRows init = MX__INTERNAL__V1__EXPERT_ROWS__INIT;
+                Mx__Internal__V1__ExpertRows *x = &rows[resp.n_expert_rows];
+                *x = init;
+                x->layer = (uint32_t)l;
+                x->expert_id = (uint32_t)e;
+                x->rows = v;
+                rp[resp.n_expert_rows++] = x;
+            }
+        resp.expert_rows = rp;
         if (mx_rpc_pb_write(call, &resp.base, &err))
             mx_rpc_call_set_error(call, &err);
     }
     free(layers);
     free(lp);
     free(ids);
+    free(rows);
+    free(rp);
 }
 
 int mx_expert_shard_serve(mx_expert_shard *s, mx_rpc_server *srv, mx_error *err)

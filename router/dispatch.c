@@ -11,11 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "protocol.h"
+#include "core/protocol.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
 #include "core/clock.h"
-#include "rpc/callset.h"
-#include "rpc/status.h"
+#include "core/rpc/callset.h"
+#include "core/rpc/status.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "tensors travel as little-endian f32: a big-endian host would need byte swaps here"
@@ -69,6 +69,7 @@ typedef struct plan {
     int *count;           /* [E] slots routed to each expert */
     int *start;           /* [E] first row of expert e inside its shard's request */
     int *job_of;          /* [n_shards] job index or -1 */
+    int *shard_of;        /* [E] the holder expert e's group goes to in this run, or -1 */
     int *slot_row;        /* [T*k] row of the slot inside its shard's request */
     shard_job *jobs;
     int n_jobs;
@@ -85,8 +86,34 @@ static void plan_free(plan *p)
     free(p->count);
     free(p->start);
     free(p->job_of);
+    free(p->shard_of);
     free(p->slot_row);
     free(p->jobs);
+}
+
+/* The holder of pair `at` for this run: one holder is the common case; among several, the
+ * fewest rows per replica, counting rows in flight (other threads' calls) and rows this run
+ * already gave the shard; ties go to the lower shard index. */
+static int pick_holder(mx_router *r, const plan *p, size_t at)
+{
+    int b = r->hold_off[at], n = r->hold_off[at + 1] - b;
+    if (n <= 1)
+        return n ? r->hold[b] : -1;
+    int best = -1;
+    long long best_rows = 0, best_reps = 1;
+    for (int i = 0; i < n; i++) {
+        int s = r->hold[b + i];
+        long long rows = atomic_load_explicit(&r->shards[s].rows_in_flight, memory_order_relaxed);
+        if (p->job_of[s] >= 0)
+            rows += p->jobs[p->job_of[s]].n_rows;
+        long long reps = r->shards[s].n_replicas;
+        if (best < 0 || rows * best_reps < best_rows * reps) {
+            best = s;
+            best_rows = rows;
+            best_reps = reps;
+        }
+    }
+    return best;
 }
 
 /* Groups slots by expert (experts ascending, slots in flat order inside an expert) and
@@ -97,9 +124,10 @@ static int plan_build(mx_router *r, int layer, const int32_t *ids, plan *p, mx_e
     p->count = calloc((size_t)E, sizeof *p->count);
     p->start = calloc((size_t)E, sizeof *p->start);
     p->job_of = malloc((size_t)r->n_shards * sizeof *p->job_of);
+    p->shard_of = malloc((size_t)E * sizeof *p->shard_of);
     p->slot_row = malloc((size_t)S * sizeof *p->slot_row);
     p->jobs = calloc((size_t)r->n_shards, sizeof *p->jobs);
-    if (!p->count || !p->start || !p->job_of || !p->slot_row || !p->jobs)
+    if (!p->count || !p->start || !p->job_of || !p->shard_of || !p->slot_row || !p->jobs)
         return mx_fail(err, MX_ENOMEM, "router: out of memory grouping %d tokens", p->T);
     for (int i = 0; i < S; i++) {
         if (ids[i] < 0 || ids[i] >= E)
@@ -110,11 +138,16 @@ static int plan_build(mx_router *r, int layer, const int32_t *ids, plan *p, mx_e
     for (int s = 0; s < r->n_shards; s++)
         p->job_of[s] = -1;
     for (int e = 0; e < E; e++) {
+        p->shard_of[e] = -1;
         if (!p->count[e])
             continue;
-        int s = r->owner[(size_t)layer * E + e];
+        /* load accounting: relaxed atomics, no lock (readers only want a snapshot) */
+        atomic_fetch_add_explicit(&r->expert_tokens[(size_t)layer * E + e], (unsigned long long)p->count[e],
+                                  memory_order_relaxed);
+        int s = pick_holder(r, p, (size_t)layer * E + e);
         if (s < 0)
             return mx_fail(err, MX_ENOTFOUND, "router: no expert shard owns layer %d expert %d", layer, e);
+        p->shard_of[e] = s;
         if (p->job_of[s] < 0) {
             p->job_of[s] = p->n_jobs;
             p->jobs[p->n_jobs++].shard = s;
@@ -148,7 +181,7 @@ static int pack_request(mx_router *r, int layer, const float *x, const int32_t *
     }
     int g = 0;
     for (int e = 0; e < p->E; e++) {
-        if (!p->count[e] || r->owner[(size_t)layer * p->E + e] != job->shard)
+        if (!p->count[e] || p->shard_of[e] != job->shard)
             continue;
         Mx__Internal__V1__ExpertGroup init = MX__INTERNAL__V1__EXPERT_GROUP__INIT;
         groups[g] = init;
@@ -158,7 +191,7 @@ static int pack_request(mx_router *r, int layer, const float *x, const int32_t *
         g++;
     }
     for (int i = 0; i < p->T * p->k; i++)
-        if (r->owner[(size_t)layer * p->E + ids[i]] == job->shard)
+        if (p->shard_of[ids[i]] == job->shard)
             memcpy(rows + (size_t)p->slot_row[i] * row_bytes, x + (size_t)(i / p->k) * r->hidden, row_bytes);
 
     Mx__Internal__V1__Tensor t = MX__INTERNAL__V1__TENSOR__INIT;
@@ -258,14 +291,18 @@ static int start_attempt(fanout *f, int j, bool hedge, mx_error *err)
     attempt *a = &f->att[f->n_att];
     *a = (attempt){.job = j, .replica = rep, .t0 = now, .hedge = hedge, .live = true};
     atomic_fetch_add(&sh->replicas[rep].in_flight, 1);
+    atomic_fetch_add(&sh->rows_in_flight, job->n_rows);
     /* the hard deadline is the step's budget: a slow copy is not thrown away at its own
      * deadline, it races the next copy */
     int id = mx_rpc_callset_start(f->cs, sh->replicas[rep].channel, MX_EXPERT_RUN_METHOD, shared_payload(job->req),
                                   (int64_t)left, a, err);
     if (id < 0) {
         atomic_fetch_sub(&sh->replicas[rep].in_flight, 1);
+        atomic_fetch_sub(&sh->rows_in_flight, job->n_rows);
         return id;
     }
+    atomic_fetch_add_explicit(&sh->replicas[rep].calls_sent, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&sh->replicas[rep].rows_sent, (unsigned long long)job->n_rows, memory_order_relaxed);
     a->id = id;
     f->n_att++;
     job->tried |= 1ull << rep;
@@ -344,6 +381,7 @@ static int on_result(fanout *f, attempt *a, mx_rpc_result *res, int *left, mx_er
     router_shard *sh = &r->shards[job->shard];
     const mx_rpc_status *st = &res->status;
     atomic_fetch_sub(&sh->replicas[a->replica].in_flight, 1);
+    atomic_fetch_sub(&sh->rows_in_flight, job->n_rows);
     a->live = false;
     job->active--;
     if (job->done) /* the slower twin, cancelled by us: says nothing about its replica */
@@ -427,6 +465,7 @@ static int call_shards(mx_router *r, plan *p, mx_error *err)
             attempt *a = user;
             a->live = false;
             atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].replicas[a->replica].in_flight, 1);
+            atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].rows_in_flight, p->jobs[a->job].n_rows);
             mx_rpc_result_free(&res);
         }
     }
@@ -436,14 +475,14 @@ static int call_shards(mx_router *r, plan *p, mx_error *err)
 }
 
 /* out[t] += w * y for t's slots in slot order: the sum's order never depends on timing. */
-static void combine(mx_router *r, int layer, const plan *p, const int32_t *ids, const float *weights, float *out)
+static void combine(mx_router *r, const plan *p, const int32_t *ids, const float *weights, float *out)
 {
     int H = r->hidden;
     for (int t = 0; t < p->T; t++) {
         float *o = out + (size_t)t * H;
         for (int j = 0; j < p->k; j++) {
             int i = t * p->k + j;
-            const shard_job *job = &p->jobs[p->job_of[r->owner[(size_t)layer * p->E + ids[i]]]];
+            const shard_job *job = &p->jobs[p->job_of[p->shard_of[ids[i]]]];
             const uint8_t *yb = job->y + (size_t)p->slot_row[i] * H * sizeof(float);
             float w = weights[i];
             for (int c = 0; c < H; c++) {
@@ -502,7 +541,7 @@ static int run(mx_router *r, int layer, const mx_tensor *x2, const int32_t *ids,
     if (!rc)
         rc = host_rows(r, out, &o, &o_owned, err);
     if (!rc) {
-        combine(r, layer, &p, ids, weights, o);
+        combine(r, &p, ids, weights, o);
         if (o_owned)
             rc = r->be->from_host_f32(r->be, out, o, err);
     }

@@ -7,11 +7,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The (layer, expert) -> holders map. A pair may be held by several shards (a hot expert
+ * placed twice); the dispatch then sends each token group to the least-loaded holder. */
 static int build_owner_map(mx_router *r, mx_error *err)
 {
     size_t n = (size_t)r->num_layers * (size_t)r->num_experts;
     r->owner = malloc(n * sizeof *r->owner);
-    if (!r->owner)
+    r->hold_off = calloc(n + 1, sizeof *r->hold_off);
+    r->expert_tokens = calloc(n, sizeof *r->expert_tokens);
+    if (!r->owner || !r->hold_off || !r->expert_tokens)
         return mx_fail(err, MX_ENOMEM, "out of memory building the shard map");
     for (size_t i = 0; i < n; i++)
         r->owner[i] = -1;
@@ -24,14 +28,31 @@ static int build_owner_map(mx_router *r, mx_error *err)
             if (!mx_expert_set_has_layer(set, l))
                 continue;
             for (int i = 0; i < set->n_experts; i++) {
-                int e = set->experts[i], *o = &r->owner[(size_t)l * r->num_experts + e];
-                if (*o >= 0)
-                    return mx_fail(err, MX_EINVAL, "layer %d expert %d is owned by both shard %d and shard %d", l, e,
-                                   *o, s);
-                *o = s;
+                size_t at = (size_t)l * r->num_experts + set->experts[i];
+                if (r->owner[at] < 0)
+                    r->owner[at] = s;
+                r->hold_off[at + 1]++;
             }
         }
     }
+    for (size_t i = 0; i < n; i++)
+        r->hold_off[i + 1] += r->hold_off[i];
+    r->hold = malloc((size_t)(r->hold_off[n] ? r->hold_off[n] : 1) * sizeof *r->hold);
+    int *fill = calloc(n ? n : 1, sizeof *fill);
+    if (!r->hold || !fill) {
+        free(fill);
+        return mx_fail(err, MX_ENOMEM, "out of memory building the shard map");
+    }
+    for (int s = 0; s < r->n_shards; s++) {
+        const mx_expert_set *set = &r->shards[s].owns;
+        for (int l = 0; l < r->num_layers; l++)
+            if (mx_expert_set_has_layer(set, l))
+                for (int i = 0; i < set->n_experts; i++) {
+                    size_t at = (size_t)l * r->num_experts + set->experts[i];
+                    r->hold[r->hold_off[at] + fill[at]++] = s;
+                }
+    }
+    free(fill);
     return 0;
 }
 
@@ -181,6 +202,38 @@ void mx_router_get_stats(const mx_router *r, mx_router_stats *out)
     out->probes = atomic_load(&r->probes);
 }
 
+void mx_router_expert_tokens(const mx_router *r, uint64_t *tokens)
+{
+    size_t n = (size_t)r->num_layers * (size_t)r->num_experts;
+    for (size_t i = 0; i < n; i++)
+        tokens[i] = atomic_load_explicit(&r->expert_tokens[i], memory_order_relaxed);
+}
+
+void mx_router_dims(const mx_router *r, int *num_layers, int *num_experts)
+{
+    *num_layers = r->num_layers;
+    *num_experts = r->num_experts;
+}
+
+int mx_router_num_shards(const mx_router *r)
+{
+    return r->n_shards;
+}
+
+int mx_router_num_replicas(const mx_router *r, int shard)
+{
+    return shard >= 0 && shard < r->n_shards ? r->shards[shard].n_replicas : 0;
+}
+
+void mx_router_replica_load_get(const mx_router *r, int shard, int replica, mx_router_replica_load *out)
+{
+    router_replica *rep = &r->shards[shard].replicas[replica];
+    out->address = mx_rpc_channel_address(rep->channel);
+    out->calls = atomic_load_explicit(&rep->calls_sent, memory_order_relaxed);
+    out->rows = atomic_load_explicit(&rep->rows_sent, memory_order_relaxed);
+    out->in_flight = atomic_load_explicit(&rep->in_flight, memory_order_relaxed);
+}
+
 void mx_router_destroy(mx_router *r)
 {
     if (!r)
@@ -196,5 +249,8 @@ void mx_router_destroy(mx_router *r)
     }
     free(r->shards);
     free(r->owner);
+    free(r->hold_off);
+    free(r->hold);
+    free(r->expert_tokens);
     free(r);
 }

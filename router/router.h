@@ -55,9 +55,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "error.h"
-#include "model.h"
-#include "expert_set.h"
+#include "core/error.h"
+#include "core/model.h"
+#include "core/expert_set.h"
 
 /* One shard: the experts it owns and the endpoints serving it (each a full replica). */
 typedef struct mx_router_shard_config {
@@ -89,8 +89,10 @@ typedef struct mx_router mx_router;
 
 /* Creates channels to every replica (connecting lazily), starts the prober thread (health
  * checks of every replica at once, then as described above) and checks the shard map against
- * the model: layers < num_layers, experts < num_experts, no (layer, expert) owned by two
- * shards. cfg is copied; the caller may free it afterwards. be (borrowed, may be NULL) is the
+ * the model: layers < num_layers, experts < num_experts. A (layer, expert) may be held by
+ * several shards: each token group then goes to the holder with the fewest rows in flight
+ * per replica (ties: the lower shard index), counting the rows this same call already gave
+ * it; the group is never split, so results do not depend on the holder. cfg is copied; the caller may free it afterwards. be (borrowed, may be NULL) is the
  * stage's backend: x2 and out tensors not on the CPU are copied through it. */
 int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,
                      mx_backend *be, mx_router **out, mx_error *err);
@@ -118,6 +120,20 @@ typedef struct mx_router_stats {
     uint64_t probes;       /* health checks sent */
 } mx_router_stats;
 void mx_router_get_stats(const mx_router *r, mx_router_stats *out);
+
+/* Load accounting (atomic counters since creation, no lock on the dispatch path):
+ * tokens[l * num_experts + e] = slots routed to expert e of layer l (a token counts once per
+ * top-k expert), for every layer of the model; out must hold num_layers * num_experts. */
+void mx_router_expert_tokens(const mx_router *r, uint64_t *tokens);
+void mx_router_dims(const mx_router *r, int *num_layers, int *num_experts);
+int mx_router_num_shards(const mx_router *r);
+int mx_router_num_replicas(const mx_router *r, int shard);
+typedef struct mx_router_replica_load {
+    const char *address;   /* "host:port", valid while r lives */
+    uint64_t calls, rows;  /* RunExperts calls sent (retries, hedges included), their rows */
+    int in_flight;         /* calls outstanding now */
+} mx_router_replica_load;
+void mx_router_replica_load_get(const mx_router *r, int shard, int replica, mx_router_replica_load *out);
 
 /* Whether every shard owning an expert of a layer in [layer_begin, layer_end) has a live
  * replica: one that has answered (a call or a health check) and is not ejected. For the

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 
 #include "router.h"
-#include "rpc/client.h"
+#include "core/rpc/client.h"
 
 #define ROUTER_MAX_REPLICAS 64   /* per shard: a job's tried set is one 64-bit mask */
 #define ROUTER_SIZE_CLASSES 5    /* latency kept apart for 1-2, 3-8, 9-32, 33-128, 129+ rows */
@@ -22,6 +22,7 @@
 typedef struct router_replica {
     mx_rpc_channel *channel;
     atomic_int in_flight;       /* RunExperts calls outstanding on this replica */
+    atomic_ullong calls_sent, rows_sent; /* load accounting (zero from calloc) */
     bool confirmed;             /* has answered a call or a health check */
     bool ejected;               /* skipped by the pick until a probe says SERVING */
     bool probing;               /* a health check is in flight */
@@ -42,6 +43,8 @@ typedef struct router_shard {
     int n_replicas;
     router_replica *replicas;
     atomic_uint next;           /* rotates ties between equally loaded replicas */
+    atomic_llong rows_in_flight; /* rows of calls outstanding on any replica: picks the holder
+                                  * of an expert several shards hold (zero from calloc) */
     pthread_mutex_t mu;
     router_latency lat[ROUTER_SIZE_CLASSES];
 } router_shard;
@@ -53,7 +56,10 @@ struct mx_router {
     int num_layers, hidden, num_experts;
     int n_shards;
     router_shard *shards;
-    int *owner;                 /* [num_layers * num_experts]: shard index or -1 */
+    int *owner;                 /* [num_layers * num_experts]: first holding shard or -1 */
+    int *hold_off, *hold;       /* holders of (l, e): hold[hold_off[i] .. hold_off[i + 1]),
+                                 * i = l * num_experts + e, shards ascending */
+    atomic_ullong *expert_tokens; /* [num_layers * num_experts]: routed slots counted */
     mx_router_config cfg;       /* timing knobs (shards not copied here: see shards) */
     mx_backend *be;             /* borrowed; for x2/out not on the CPU */
     atomic_ullong calls, retries, failures, hedges, ejections, deadline_misses, probes;
