@@ -114,7 +114,10 @@ static double attend(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, f
  * mean. Leaves the cache of the last size filled in *kept (for the long decode). */
 static void run_prefill(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *kept)
 {
-    printf("\nKV %s: causal prefill, one sequence, all n tokens in one call\n", mx_kv_dtype_name(dt));
+    /* the default op takes the AMX tiles for bf16 pages where the CPU has them, fp32 kernels else */
+    const char *path = dt == MX_KV_BF16 && b->d % 32 == 0 ? mx_cpu_attention_path() : mx_cpu_isa_name(mx_cpu_best_isa());
+    printf("\nKV %s: causal prefill, one sequence, all n tokens in one call, kernel path %s%s\n", mx_kv_dtype_name(dt),
+           path, strcmp(path, "amx") ? "" : " (bf16 tile products, fp32 accumulation and softmax)");
     printf("%8s %5s %10s %9s %9s %15s %8s %s\n", "n", "runs", "ms", "GFLOP", "GFLOP/s", "peak GFLOP/s", "of peak",
            "target");
     for (int si = 0; si < b->n_sizes; si++) {
@@ -151,8 +154,8 @@ static void run_prefill(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *k
         printf("%8d %5d %10.1f %9.1f %9.1f %15s %8.3f %s\n", n, runs, best * 1e3, flops / 1e9, flops / best / 1e9,
                range, ratio, n >= 16384 ? ">= 0.5" : "");
         /* one line per size for scripts: bench_long_context.sh projects prefill times with it */
-        printf("result prefill n=%d kv=%s gflops=%.2f of_peak=%.4f\n", n, mx_kv_dtype_name(dt), flops / best / 1e9,
-               ratio);
+        printf("result prefill n=%d kv=%s gflops=%.2f of_peak=%.4f path=%s\n", n, mx_kv_dtype_name(dt),
+               flops / best / 1e9, ratio, path);
         fflush(stdout);
         free(host);
         qkvo_free(be, &t);
@@ -340,8 +343,9 @@ int main(int argc, char **argv)
     if (b.n_decode_ctx && bench_reader_init(&b.reader, (size_t)512 << 20))
         die("bandwidth buffer", NULL);
 
-    printf("Softmax attention op (be->softmax_attention), CPU backend, %d threads, kernel ISA %s\n", b.threads,
-           mx_cpu_isa_name(mx_cpu_best_isa()));
+    printf("Softmax attention op (be->softmax_attention), CPU backend, %d threads, kernel ISA %s, AMX %s\n",
+           b.threads, mx_cpu_isa_name(mx_cpu_best_isa()),
+           mx_cpu_amx_usable() ? "yes (bf16 prefill tiles)" : "no");
     printf("%d query heads sharing %d KV head(s), head_dim %d, rotary %d. Attention flops = 4 x head_dim x heads x\n"
            "n(n+1)/2 (QK^T and PV, causal). 'of peak' = GFLOP/s over the fp32 FMA peak (%s, %d threads) measured\n"
            "just before and just after each timing (median over runs); 'peak' shows the readings' range.\n",
@@ -355,7 +359,6 @@ int main(int argc, char **argv)
         db.heads = b.decode_heads;
         db.kv_heads = b.decode_kv_heads;
         for (int ci = 0; ci < b.n_decode_ctx; ci++) {
-            mx_error err = {0};
             mx_kv_cache kv;
             if (be->kv_cache_init(be, &kv, db.kv_heads, db.d, &err))
                 die("kv_cache_init", &err);

@@ -110,10 +110,34 @@ static inline float mx_fa_exp2(float x)
     return u.f;
 }
 
+/* AMX tile kernels (flash_attention_amx.c; only after mx_cpu_amx_usable()) for bf16 pages and
+ * head_dim % 32 == 0. A thread calls begin before and end after using them. Rows are padded
+ * to mp (a multiple of 16): q's padding is zeroed by mx_fa_amx_q, acc must have mp rows.
+ * mx_fa_amx_q: qb[mp][d] = bf16(q[m][d]), rows past m zero. mx_fa_amx_qk: s[mp][T] = qb . kt
+ * (kt a bf16 K block [d][T], repacked into kpack[d * T]). mx_fa_amx_pv: pv of the kernel
+ * table with p rounded to bf16 (into pb[mp * T]) and v a bf16 V block (repacked into
+ * vpack[T * d]). */
+void mx_fa_amx_begin(void);
+void mx_fa_amx_end(void);
+void mx_fa_amx_q(const float *q, int m, int mp, int d, uint16_t *qb);
+void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_t *kpack, float *s);
+void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, int nk, const uint16_t *v, int d,
+                  uint16_t *pb, uint16_t *vpack);
+
 /* softmax_attention with the kernels of `isa` (MX_EUNSUPPORTED if the CPU lacks it). */
 int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, mx_tensor *q,
                                  const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
                                  mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
                                  int rotary_dim, double rope_theta, mx_error *err);
+/* The same with amx = 1: bf16 pages of prefill rows (more than MX_FA_DECODE_ROWS per kv head,
+ * head_dim % 32 == 0) take the AMX tile kernels (MX_EUNSUPPORTED if mx_cpu_amx_usable() says
+ * no); f32 and 8-bit pages and decode rows keep the kernels of `isa`. */
+int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_tensor *o, mx_tensor *q,
+                                  const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
+                                  mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
+                                  int rotary_dim, double rope_theta, mx_error *err);
+/* "amx" when the default attention (mx_cpu_softmax_attention) takes the AMX kernels for bf16
+ * prefill here, else the ISA's name. */
+const char *mx_cpu_attention_path(void);
 
 #endif

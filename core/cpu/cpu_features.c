@@ -3,6 +3,12 @@
  * cached: the check is a few loads from libgcc's table, cheap next to any kernel call. */
 #include "cpu_features.h"
 
+#if defined(__linux__) && defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 int mx_cpu_isa_supported(mx_cpu_isa isa)
 {
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
@@ -46,4 +52,29 @@ const char *mx_cpu_isa_name(mx_cpu_isa isa)
     default:
         return "?";
     }
+}
+
+/* XCR0 bits 17 (XTILECFG) and 18 (XTILEDATA); the arch_prctl request for XTILEDATA. */
+#define XCR0_AMX ((1ull << 17) | (1ull << 18))
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+int mx_cpu_amx_usable(void)
+{
+#if defined(__linux__) && defined(__x86_64__) && defined(__GNUC__)
+    if (!mx_cpu_isa_supported(MX_CPU_ISA_AVX512))
+        return 0;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    if (!(d & (1u << 24)) || !(d & (1u << 22))) /* AMX-TILE, AMX-BF16 (xgetbv: AVX-512 implies OSXSAVE) */
+        return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((((unsigned long long)hi << 32 | lo) & XCR0_AMX) != XCR0_AMX)
+        return 0;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#else
+    return 0;
+#endif
 }

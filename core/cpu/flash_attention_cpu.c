@@ -130,6 +130,7 @@ typedef struct fa_job {
     mx_kv_cache *const *caches;
     const int64_t *past;
     int heads, kv_heads, d, group, tile_rows;
+    int amx; /* bf16 pages of prefill items take the AMX kernels */
     float qscale;
     fa_item *items;
     fa_merge *merges;
@@ -215,7 +216,14 @@ static int by_cost_desc(const void *a, const void *b)
 typedef struct fa_scratch {
     float *q, *s, *acc, *m, *l, *corr, *kt, *vbuf;
     int *nvalid;
+    uint16_t *qb, *pb, *kpack, *vpack; /* AMX: bf16 q and p, repacked K and V blocks */
 } fa_scratch;
+
+/* Rows rounded up to whole 16-row AMX tiles (q, s and acc hold that many). */
+static int pad16(int rows)
+{
+    return (rows + 15) & ~15;
+}
 
 static size_t align64(size_t b)
 {
@@ -226,6 +234,7 @@ static size_t align64(size_t b)
 static size_t carve(char *mem, int max_rows, int d, fa_scratch *sc)
 {
     size_t off = 0, T = MX_FA_KEY_TILE;
+    max_rows = pad16(max_rows);
 #define CARVE(field, type, count)                                   \
     do {                                                            \
         if (mem)                                                    \
@@ -241,6 +250,10 @@ static size_t carve(char *mem, int max_rows, int d, fa_scratch *sc)
     CARVE(nvalid, int, max_rows);
     CARVE(kt, float, (size_t)d * T);
     CARVE(vbuf, float, (size_t)d * T);
+    CARVE(qb, uint16_t, (size_t)max_rows * d);
+    CARVE(pb, uint16_t, (size_t)max_rows * T);
+    CARVE(kpack, uint16_t, (size_t)d * T);
+    CARVE(vpack, uint16_t, (size_t)d * T);
 #undef CARVE
     return off;
 }
@@ -281,6 +294,13 @@ static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
      * next head's, or the next page's first: pages are slab pieces, not contiguous) is
      * prefetched meanwhile. */
     int direct = M <= MX_FA_DECODE_ROWS && j->kern->qk_page && j->kern->pv_page;
+    /* Prefill rows on bf16 pages: AMX tiles (one kv head per item there; see plan_work) */
+    int amx = j->amx && !direct && M > MX_FA_DECODE_ROWS && it->nh == 1 && kv->dtype == MX_KV_BF16;
+    int mp = pad16(M);
+    if (amx) {
+        mx_fa_amx_q(sc->q, M, mp, d, sc->qb);
+        memset(sc->acc + (size_t)M * d, 0, (size_t)(mp - M) * d * sizeof(float));
+    }
     for (int64_t kb = it->k0; kb < k_end; kb += MX_FA_KEY_TILE) {
         int nk = k_end - kb < MX_FA_KEY_TILE ? (int)(k_end - kb) : MX_FA_KEY_TILE;
         const void *page = mx_kv_page(kv, kb / MX_KV_PAGE_TOKENS);
@@ -306,6 +326,12 @@ static void run_item(const fa_job *j, const fa_item *it, fa_scratch *sc)
                 j->kern->qk_page(kv->dtype, kp, ks, pk, q, M, d, sc->s);
                 j->kern->softmax(sc->s, M, sc->nvalid, m, l, sc->corr);
                 j->kern->pv_page(kv->dtype, vp, vs, pv, acc, sc->corr, sc->s, M, nk, d);
+                continue;
+            }
+            if (amx) {
+                mx_fa_amx_qk(sc->qb, mp, d, kp, sc->kpack, sc->s);
+                j->kern->softmax(sc->s, M, sc->nvalid, m, l, sc->corr);
+                mx_fa_amx_pv(acc, sc->corr, sc->s, M, mp, nk, vp, d, sc->pb, sc->vpack);
                 continue;
             }
             /* K blocks are stored transposed: the key tile is the block itself (f32) or its decoding */
@@ -347,12 +373,16 @@ static void attn_task(void *ctx, int task, int n_tasks)
     fa_job *j = ctx;
     fa_scratch sc;
     carve(j->slots + (size_t)task * j->slot_bytes, j->tile_rows * j->group, j->d, &sc);
+    if (j->amx)
+        mx_fa_amx_begin(); /* tile configuration is per thread */
     for (;;) {
         int i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (i >= j->n_items)
             break;
         run_item(j, &j->items[i], &sc);
     }
+    if (j->amx)
+        mx_fa_amx_end();
 }
 
 /* Combines the parts of one split item exactly: rescale each to the common max, then divide
@@ -425,10 +455,10 @@ static const mx_fa_kernels *kernels_for(mx_cpu_isa isa, int d)
     return &mx_fa_kernels_scalar;
 }
 
-int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, mx_tensor *q,
-                                 const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
-                                 mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
-                                 int rotary_dim, double rope_theta, mx_error *err)
+int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_tensor *o, mx_tensor *q,
+                                  const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
+                                  mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
+                                  int rotary_dim, double rope_theta, mx_error *err)
 {
     MX_TRY(mx_cpu_check_act(q, "attention q", (int64_t)heads * head_dim, err));
     MX_TRY(mx_cpu_check_act(k, "attention k", (int64_t)kv_heads * head_dim, err));
@@ -438,6 +468,8 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
         return mx_fail(err, MX_EINVAL, "attention: bad head layout %d/%d, rotary %d", heads, kv_heads, rotary_dim);
     if (!mx_cpu_isa_supported(isa))
         return mx_fail(err, MX_EUNSUPPORTED, "attention: this CPU cannot run %s kernels", mx_cpu_isa_name(isa));
+    if (amx && !mx_cpu_amx_usable())
+        return mx_fail(err, MX_EUNSUPPORTED, "attention: this CPU (or OS) cannot run AMX kernels");
     if (rotary_dim / 2 > 512)
         return mx_fail(err, MX_EUNSUPPORTED, "attention: rotary_dim %d over 1024", rotary_dim);
     if (n_spans < 1)
@@ -523,6 +555,13 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
     j->d = head_dim;
     j->group = group;
     j->tile_rows = tile_rows;
+    j->amx = amx && isa == MX_CPU_ISA_AVX512 && head_dim % 32 == 0 && kern == &mx_fa_kernels_avx512;
+    if (j->amx) { /* only when some bf16 cache gets prefill rows: tile state costs a context switch */
+        int any = 0;
+        for (int i = 0; i < n_spans; i++)
+            any |= caches[i]->dtype == MX_KV_BF16 && spans[i].len * group > MX_FA_DECODE_ROWS;
+        j->amx = any;
+    }
     j->qscale = (float)(1.4426950408889634 / sqrt((double)head_dim)); /* log2(e)/sqrt(d): exp2 below */
     j->items = (fa_item *)(mem + off_items);
     j->merges = (fa_merge *)(mem + off_merges);
@@ -546,11 +585,33 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
     return 0;
 }
 
+int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, mx_tensor *q,
+                                 const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
+                                 mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
+                                 int rotary_dim, double rope_theta, mx_error *err)
+{
+    return mx_cpu_softmax_attention_path(be, isa, 0, o, q, k, v, spans, n_spans, caches, heads, kv_heads, head_dim,
+                                         rotary_dim, rope_theta, err);
+}
+
+/* The AMX path where the CPU has it: the check is an idempotent syscall, small next to a
+ * prefill and skipped for decode-only calls. */
 int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const mx_tensor *k,
                              const mx_tensor *v, const mx_span *spans, int n_spans,
                              mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
                              int rotary_dim, double rope_theta, mx_error *err)
 {
-    return mx_cpu_softmax_attention_isa(be, mx_cpu_best_isa(), o, q, k, v, spans, n_spans, caches, heads, kv_heads,
-                                        head_dim, rotary_dim, rope_theta, err);
+    mx_cpu_isa isa = mx_cpu_best_isa();
+    int prefill = 0;
+    for (int i = 0; i < n_spans; i++)
+        prefill |= spans[i].len * (heads / (kv_heads > 0 ? kv_heads : 1)) > MX_FA_DECODE_ROWS;
+    int amx = prefill && isa == MX_CPU_ISA_AVX512 && mx_cpu_amx_usable();
+    return mx_cpu_softmax_attention_path(be, isa, amx, o, q, k, v, spans, n_spans, caches, heads, kv_heads, head_dim,
+                                         rotary_dim, rope_theta, err);
+}
+
+const char *mx_cpu_attention_path(void)
+{
+    mx_cpu_isa isa = mx_cpu_best_isa();
+    return isa == MX_CPU_ISA_AVX512 && mx_cpu_amx_usable() ? "amx" : mx_cpu_isa_name(isa);
 }

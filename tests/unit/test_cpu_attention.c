@@ -15,9 +15,9 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "backend.h"
-#include "cpu/attention_cpu.h"
-#include "cpu/cpu_features.h"
+#include "core/backend.h"
+#include "core/cpu/attention_cpu.h"
+#include "core/cpu/cpu_features.h"
 
 #define ROPE_THETA 10000000.0
 
@@ -152,6 +152,9 @@ static int check_row(int t, int len)
     return t == 0 || t == len - 1 || t % step == step / 2;
 }
 
+/* run_batch's isa for the AVX-512 kernels with the AMX tile kernels on bf16 prefill rows. */
+#define ISA_AMX ((mx_cpu_isa)MX_CPU_ISA_COUNT)
+
 /* One batched call: sequence i gets lens[i] more tokens. Returns the largest |ours - ref| over
  * the checked rows; rc is the op's return code. */
 static double run_batch(mx_backend *be, mx_cpu_isa isa, const shape *sh, seq **ss, const int *lens, int n,
@@ -178,8 +181,9 @@ static double run_batch(mx_backend *be, mx_cpu_isa isa, const shape *sh, seq **s
         memcpy((float *)v.data + (size_t)start * krow, s->v + (size_t)s->done * krow, (size_t)lens[i] * krow * 4);
         start += lens[i];
     }
-    int rc = mx_cpu_softmax_attention_isa(be, isa, &o, &q, &k, &v, spans, n, caches, sh->heads, sh->kv_heads, sh->d,
-                                          sh->rotary, ROPE_THETA, err);
+    int amx = isa == ISA_AMX;
+    int rc = mx_cpu_softmax_attention_path(be, amx ? MX_CPU_ISA_AVX512 : isa, amx, &o, &q, &k, &v, spans, n, caches,
+                                           sh->heads, sh->kv_heads, sh->d, sh->rotary, ROPE_THETA, err);
     *rc_out = rc;
     double worst = 0;
     if (!rc) {
@@ -224,13 +228,13 @@ static mx_backend *make_backend(mx_kv_dtype dt, uint64_t budget)
  * rounding of a 64K-term softmax sum. */
 #define TOL_F32 1e-4
 
-/* Prefills one sequence of `len` tokens in chunks and checks every chunk. */
-static double prefill_case(mx_backend *be, mx_cpu_isa isa, shape sh, int len, const int *chunks, int n_chunks,
-                           int growing)
+/* Prefills one sequence of `len` tokens (q scaled by q_gain) in chunks and checks every chunk. */
+static double prefill_case_gain(mx_backend *be, mx_cpu_isa isa, shape sh, int len, const int *chunks, int n_chunks,
+                                int growing, float q_gain)
 {
     seq s;
     mx_error err = {0};
-    seq_make(&s, &sh, len, (uint64_t)len * 31 + sh.d + sh.heads, 3.f, growing);
+    seq_make(&s, &sh, len, (uint64_t)len * 31 + sh.d + sh.heads, q_gain, growing);
     assert_int_equal(be->kv_cache_init(be, &s.kv, sh.kv_heads, sh.d, &err), 0);
     double worst = 0;
     seq *one = &s;
@@ -247,6 +251,12 @@ static double prefill_case(mx_backend *be, mx_cpu_isa isa, shape sh, int len, co
     be->kv_cache_free(be, &s.kv);
     seq_free(&s);
     return worst;
+}
+
+static double prefill_case(mx_backend *be, mx_cpu_isa isa, shape sh, int len, const int *chunks, int n_chunks,
+                           int growing)
+{
+    return prefill_case_gain(be, isa, sh, len, chunks, n_chunks, growing, 3.f);
 }
 
 static void paths_for(mx_cpu_isa isa)
@@ -303,6 +313,64 @@ static void test_paths_avx512(void **state)
 {
     (void)state;
     paths_for(MX_CPU_ISA_AVX512);
+}
+
+/* The AMX path: bf16 pages, q and p rounded to bf16 in the tile products, fp32 accumulation.
+ * Bound as in test_kv_dtypes with the storage error e = 2^-8 on both q and k (each score moves
+ * by at most delta = 2 e qmax kmax d / sqrt(d)), plus e for V and e for p: with |q| <= 1/2 that
+ * is ~0.1 at d = 128, while a misplaced pair or tile gives errors of the order of |v| = 1.
+ * Prompts of 17 to 4099 tokens (whole and partial 16-row tiles), GQA groups 1-8, head_dim 32 /
+ * 64 / 128 and 48 (no AMX: AVX-512 kernels on the same pages), chunks on a cache and a decode
+ * step (AVX-512 decode kernels) after them; f32 pages keep the fp32 kernels (fp32 bound). */
+static double step_of(mx_kv_dtype dt);
+
+static void test_paths_amx(void **state)
+{
+    (void)state;
+    if (!mx_cpu_amx_usable()) {
+        skip();
+        return;
+    }
+    mx_backend *be = make_backend(MX_KV_BF16, 0);
+    static const int lens[] = {17, 63, 64, 65, 257, 1000};
+    static const shape shapes[] = {{2, 1, 64, 64},  {8, 2, 128, 64}, {8, 1, 32, 32}, {1, 1, 32, 16},
+                                   {16, 2, 128, 128}, {3, 3, 64, 32}, {4, 1, 48, 48}};
+    const float gain = 0.5f;
+    double e = step_of(MX_KV_BF16), worst_all = 0;
+    for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
+        for (size_t j = 0; j < sizeof shapes / sizeof *shapes; j++) {
+            if (SLOW_BUILD && lens[i] > 257 && j % 2)
+                continue;
+            shape sh = shapes[j];
+            double delta = 2 * e * gain * sh.d / sqrt((double)sh.d), bound = 2 * e + exp(2 * delta) - 1;
+            double w = prefill_case_gain(be, ISA_AMX, sh, lens[i], NULL, 0, 0, gain);
+            worst_all = w > worst_all || w != w ? w : worst_all;
+            if (!(w <= bound))
+                fail_msg("amx prefill %d heads %d/%d d %d: max err %g over %g", lens[i], sh.heads, sh.kv_heads, sh.d, w,
+                         bound);
+        }
+    static const int chunks[] = {37, 64, 1, 129, 500, 3, 1, 1, 1, 1};
+    shape sh = {8, 2, 64, 32};
+    double delta = 2 * e * gain * sh.d / sqrt((double)sh.d), bound = 2 * e + exp(2 * delta) - 1;
+    double w = prefill_case_gain(be, ISA_AMX, sh, 1200, chunks, 10, 0, gain);
+    if (!(w <= bound))
+        fail_msg("amx chunked prefill: max err %g over %g", w, bound);
+    if (!SLOW_BUILD) {
+        sh = (shape){8, 1, 128, 64};
+        delta = 2 * e * gain * sh.d / sqrt((double)sh.d);
+        bound = 2 * e + exp(2 * delta) - 1;
+        w = prefill_case_gain(be, ISA_AMX, sh, 4099, NULL, 0, 0, gain);
+        if (!(w <= bound))
+            fail_msg("amx prefill 4099: max err %g over %g", w, bound);
+    }
+    print_message("amx bf16 prefill: max err %.3g over the cases\n", worst_all);
+    be->destroy(be);
+    /* f32 pages under the AMX request: the fp32 kernels, so the fp32 bound holds */
+    be = make_backend(MX_KV_F32, 0);
+    w = prefill_case(be, ISA_AMX, (shape){8, 2, 128, 64}, 1000, chunks, 10, 0);
+    if (!(w <= TOL_F32))
+        fail_msg("amx request on f32 pages: max err %g", w);
+    be->destroy(be);
 }
 
 /* Long prompts on the fastest path (sampled rows), and split-K decode over a long cache:
@@ -643,6 +711,7 @@ int main(void)
         cmocka_unit_test(test_paths_scalar),
         cmocka_unit_test(test_paths_avx2),
         cmocka_unit_test(test_paths_avx512),
+        cmocka_unit_test(test_paths_amx),
         cmocka_unit_test(test_long_and_split_decode),
         cmocka_unit_test(test_ragged_batch),
         cmocka_unit_test(test_kv_dtypes),

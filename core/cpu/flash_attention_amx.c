@@ -1,0 +1,196 @@
+/* flash_attention_amx.c - AMX tile kernels of the CPU flash attention for bf16 KV pages (prefill
+ * rows): Q.K^T and P.V as bf16 tile dot products with fp32 accumulation (TDPBF16PS), the
+ * online softmax between them in fp32 (the AVX-512 kernel). Called only after
+ * mx_cpu_amx_usable(); head_dim a multiple of 32, row counts padded to 16 by the caller. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "attention_cpu.h"
+
+#define T MX_FA_KEY_TILE
+
+/* Every tile 16 rows x 64 bytes: A (16 rows x 32 bf16), B (16 pairs x 16 columns x 2 bf16) and
+ * C (16 x 16 fp32) all use the full shape, so one configuration serves both products. */
+typedef struct tile_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+void mx_fa_amx_begin(void)
+{
+    tile_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        c.colsb[t] = 64;
+        c.rows[t] = 16;
+    }
+    /* not _tile_loadconfig: GCC 12 declares only 8 of its 64 bytes as read, and drops the
+     * stores of the rest */
+    __asm__ volatile("ldtilecfg %0" : : "m"(*(const char(*)[64]) & c));
+}
+
+void mx_fa_amx_end(void)
+{
+    _tile_release();
+}
+
+/* 32 bf16 interleaving a[0..15] and b[0..15] (lo) or a[16..31] and b[16..31] (hi). */
+static inline __m512i pairs_lo(__m512i a, __m512i b)
+{
+    const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
+                                         6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    return _mm512_permutex2var_epi16(a, idx, b);
+}
+
+static inline __m512i pairs_hi(__m512i a, __m512i b)
+{
+    const __m512i idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
+                                         54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
+    return _mm512_permutex2var_epi16(a, idx, b);
+}
+
+/* 32 fp32 as 32 bf16 (round to nearest even). */
+static inline __m512i bf16x32(const float *x)
+{
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+}
+
+void mx_fa_amx_q(const float *q, int m, int mp, int d, uint16_t *qb)
+{
+    for (int i = 0; i < m; i++)
+        for (int a = 0; a < d; a += 32)
+            _mm512_storeu_si512(qb + (size_t)i * d + a, bf16x32(q + (size_t)i * d + a));
+    memset(qb + (size_t)m * d, 0, (size_t)(mp - m) * d * sizeof *qb);
+}
+
+/* kt[d][T] -> kp[d/2][T][2]: dims paired, so a B tile row holds 16 keys x (dim 2p, 2p + 1). */
+static void pack_k(const uint16_t *kt, int d, uint16_t *kp)
+{
+    for (int p = 0; p < d / 2; p++) {
+        const uint16_t *r0 = kt + (size_t)2 * p * T, *r1 = r0 + T;
+        uint16_t *o = kp + (size_t)p * T * 2;
+        for (int j = 0; j < T; j += 32) {
+            __m512i a = _mm512_loadu_si512(r0 + j), b = _mm512_loadu_si512(r1 + j);
+            _mm512_storeu_si512(o + 2 * j, pairs_lo(a, b));
+            _mm512_storeu_si512(o + 2 * j + 32, pairs_hi(a, b));
+        }
+    }
+}
+
+/* v[T][d] (first nk rows) -> vp[T/2][d][2]: keys paired, rows past nk as 0. */
+static void pack_v(const uint16_t *v, int nk, int d, uint16_t *vp)
+{
+    const __m512i zero = _mm512_setzero_si512();
+    for (int p = 0; p < T / 2; p++) {
+        uint16_t *o = vp + (size_t)p * d * 2;
+        for (int a = 0; a < d; a += 32) {
+            __m512i x = 2 * p < nk ? _mm512_loadu_si512(v + (size_t)2 * p * d + a) : zero;
+            __m512i y = 2 * p + 1 < nk ? _mm512_loadu_si512(v + (size_t)(2 * p + 1) * d + a) : zero;
+            _mm512_storeu_si512(o + 2 * a, pairs_lo(x, y));
+            _mm512_storeu_si512(o + 2 * a + 32, pairs_hi(x, y));
+        }
+    }
+}
+
+/* s[mp][T] = qb[mp][d] . kt: row blocks of 32 x key blocks of 32 (four C tiles), d in steps of 32. */
+void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_t *kpack, float *s)
+{
+    pack_k(kt, d, kpack);
+    const size_t qs = (size_t)d * 2, ks = (size_t)T * 4, ss = (size_t)T * 4;
+    int r = 0;
+    for (; r + 32 <= mp; r += 32)
+        for (int c = 0; c < T; c += 32) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int a = 0; a < d; a += 32) {
+                _tile_loadd(4, qb + (size_t)r * d + a, qs);
+                _tile_loadd(5, qb + (size_t)(r + 16) * d + a, qs);
+                _tile_loadd(6, kpack + ((size_t)a / 2 * T + c) * 2, ks);
+                _tile_loadd(7, kpack + ((size_t)a / 2 * T + c + 16) * 2, ks);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, s + (size_t)r * T + c, ss);
+            _tile_stored(1, s + (size_t)r * T + c + 16, ss);
+            _tile_stored(2, s + (size_t)(r + 16) * T + c, ss);
+            _tile_stored(3, s + (size_t)(r + 16) * T + c + 16, ss);
+        }
+    if (r < mp) /* one block of 16 rows left */
+        for (int c = 0; c < T; c += 32) {
+            _tile_zero(0);
+            _tile_zero(1);
+            for (int a = 0; a < d; a += 32) {
+                _tile_loadd(4, qb + (size_t)r * d + a, qs);
+                _tile_loadd(6, kpack + ((size_t)a / 2 * T + c) * 2, ks);
+                _tile_loadd(7, kpack + ((size_t)a / 2 * T + c + 16) * 2, ks);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+            }
+            _tile_stored(0, s + (size_t)r * T + c, ss);
+            _tile_stored(1, s + (size_t)r * T + c + 16, ss);
+        }
+}
+
+/* acc[mp][d] = acc * corr + p . v: p (fp32, rows [0, m); rows [m, mp) of acc are padding) is
+ * rounded to bf16, acc rows rescaled in fp32 only where corr != 1, then loaded as C tiles. */
+void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, int nk, const uint16_t *v, int d,
+                  uint16_t *pb, uint16_t *vpack)
+{
+    for (int i = 0; i < m; i++) {
+        _mm512_storeu_si512(pb + (size_t)i * T, bf16x32(p + (size_t)i * T));
+        _mm512_storeu_si512(pb + (size_t)i * T + 32, bf16x32(p + (size_t)i * T + 32));
+        if (corr[i] != 1.f) {
+            __m512 cr = _mm512_set1_ps(corr[i]);
+            float *o = acc + (size_t)i * d;
+            for (int a = 0; a < d; a += 16)
+                _mm512_storeu_ps(o + a, _mm512_mul_ps(_mm512_loadu_ps(o + a), cr));
+        }
+    }
+    memset(pb + (size_t)m * T, 0, (size_t)(mp - m) * T * sizeof *pb);
+    pack_v(v, nk, d, vpack);
+    const size_t ps = (size_t)T * 2, vs = (size_t)d * 4, as = (size_t)d * 4;
+    int r = 0;
+    for (; r + 32 <= mp; r += 32)
+        for (int c = 0; c < d; c += 32) {
+            float *a0 = acc + (size_t)r * d + c, *a1 = acc + (size_t)(r + 16) * d + c;
+            _tile_loadd(0, a0, as);
+            _tile_loadd(1, a0 + 16, as);
+            _tile_loadd(2, a1, as);
+            _tile_loadd(3, a1 + 16, as);
+            for (int k = 0; k < T; k += 32) {
+                _tile_loadd(4, pb + (size_t)r * T + k, ps);
+                _tile_loadd(5, pb + (size_t)(r + 16) * T + k, ps);
+                _tile_loadd(6, vpack + ((size_t)k / 2 * d + c) * 2, vs);
+                _tile_loadd(7, vpack + ((size_t)k / 2 * d + c + 16) * 2, vs);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            _tile_stored(0, a0, as);
+            _tile_stored(1, a0 + 16, as);
+            _tile_stored(2, a1, as);
+            _tile_stored(3, a1 + 16, as);
+        }
+    if (r < mp)
+        for (int c = 0; c < d; c += 32) {
+            float *a0 = acc + (size_t)r * d + c;
+            _tile_loadd(0, a0, as);
+            _tile_loadd(1, a0 + 16, as);
+            for (int k = 0; k < T; k += 32) {
+                _tile_loadd(4, pb + (size_t)r * T + k, ps);
+                _tile_loadd(6, vpack + ((size_t)k / 2 * d + c) * 2, vs);
+                _tile_loadd(7, vpack + ((size_t)k / 2 * d + c + 16) * 2, vs);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+            }
+            _tile_stored(0, a0, as);
+            _tile_stored(1, a0 + 16, as);
+        }
+}
