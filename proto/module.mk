@@ -3,7 +3,7 @@
 # Python client tests. Generated files are build outputs: never commit them.
 
 MX_PROTOS := $(sort $(wildcard proto/mx/v1/*.proto proto/mx/internal/v1/*.proto) \
-                    proto/grpc/health/v1/health.proto)
+                    proto/grpc/health/v1/health.proto proto/grpc/reflection/v1/reflection.proto)
 MX_PROTO_C := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(MX_PROTOS))
 MX_PROTO_H := $(MX_PROTO_C:.c=.h)
 MX_PROTO_OBJS := $(MX_PROTO_C:.c=.o)
@@ -21,6 +21,29 @@ $(BUILD)/gen/%.pb-c.h: $(BUILD)/gen/%.pb-c.c ;
 
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(MX_PROTO_H)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# Server reflection (core/rpc/reflection.c) answers with the descriptors of every contract,
+# compiled by protoc from the same files (with their comments, for `grpcurl describe`) and
+# embedded in libmx as a byte array. v1alpha is wire-identical to v1: reflection.c uses v1's
+# protoc-c code for both, so v1alpha is only in the descriptor set. The .pb-c.c name makes the
+# object rule above compile it.
+MX_DESCRIBED_PROTOS := $(MX_PROTOS) proto/grpc/reflection/v1alpha/reflection.proto
+$(BUILD)/gen/mx_descriptor_set.pb: $(MX_DESCRIBED_PROTOS)
+	@mkdir -p $(BUILD)/gen
+	protoc -Iproto --include_imports --include_source_info --descriptor_set_out=$@ \
+	    $(patsubst proto/%,%,$(MX_DESCRIBED_PROTOS))
+$(BUILD)/gen/mx_descriptor_set.pb-c.c: $(BUILD)/gen/mx_descriptor_set.pb
+	{ echo '/* generated from $(notdir $<) by proto/module.mk: the FileDescriptorSet of every .proto */'; \
+	  echo '#include <stddef.h>'; \
+	  echo 'extern const unsigned char mx_rpc_descriptor_set[];'; \
+	  echo 'extern const size_t mx_rpc_descriptor_set_len;'; \
+	  echo 'const unsigned char mx_rpc_descriptor_set[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
+	  echo '};'; \
+	  echo 'const size_t mx_rpc_descriptor_set_len = sizeof mx_rpc_descriptor_set;'; } >$@.tmp
+	mv $@.tmp $@
+CORE_OBJS += $(BUILD)/gen/mx_descriptor_set.pb-c.o
+.SECONDARY: $(BUILD)/gen/mx_descriptor_set.pb $(BUILD)/gen/mx_descriptor_set.pb-c.c
 
 # Anything that may include a generated header waits for generation (order-only, so a proto
 # edit does not rebuild everything; the -MMD .d files track the real includes afterwards).

@@ -8,6 +8,7 @@
 
 #include "../clock.h"
 #include "health.h"
+#include "reflection.h"
 #include "signals.h"
 #include "tune.h"
 
@@ -30,6 +31,8 @@ static int serve(const mx_service_def *d, const void *config, void *state, mx_er
     int rc = mx_rpc_server_create(&l.server, &srv, err);
     if (!rc)
         rc = mx_rpc_health_attach(srv, err);
+    if (!rc) /* grpc.reflection.v1(alpha): lists every service registered on srv, this one included */
+        rc = mx_rpc_reflection_attach(srv, err);
     if (!rc)
         rc = d->add_methods(state, srv, err);
     if (!rc)

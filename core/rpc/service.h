@@ -5,7 +5,8 @@
  *
  * Start-up: parse args -> tune malloc, block stop signals (before any thread) -> load the
  * config (--check-config stops here: exit 0, or 2 with the error) -> open (load the model;
- * may wait for peers) -> create the server, attach health, register methods -> start ->
+ * may wait for peers) -> create the server, attach health and
+ * reflection, register methods -> start ->
  * health_service SERVING -> port file -> "ready" line on stderr -> wait for a stop signal.
  * Drain: health NOT_SERVING everywhere, (drain_wait: the service's own work finishes while
  * calls are still accepted), no new calls, calls in flight may finish for what is left of
