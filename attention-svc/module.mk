@@ -7,13 +7,13 @@ ATTN_LIBA := $(BUILD)/libattention-svc.a
 
 $(ATTN_LIBA): $(ATTN_LIB_OBJS)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(ARCHIVE)
 
 $(BUILD)/bin/attention-svc: $(BUILD)/attention-svc/main.o $(ATTN_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(LINK)
 BINS += $(BUILD)/bin/attention-svc
 
 $(BUILD)/tests/test_stage_%: tests/unit/test_stage_%.c $(ATTN_LIBA) $(BUILD)/libexpert-svc.a $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(ATTN_LIBA) $(BUILD)/libexpert-svc.a $(LIB) $(LDLIBS) -lcmocka
+	$(CCLD) -lcmocka

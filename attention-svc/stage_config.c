@@ -2,7 +2,7 @@
  * the shared config-file layer (cfg_file.h): errors name file, line and key; unknown keys are errors. */
 #include "stage_config.h"
 
-#include "cfg_file.h"
+#include "core/cfg_file.h"
 
 #include <stdint.h>
 

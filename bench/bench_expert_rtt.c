@@ -9,7 +9,7 @@
 
 #include "bench_util.h"
 #include "expert-svc/shard.h"
-#include "model_writer.h"
+#include "core/model_writer.h"
 #include "router/router.h"
 
 static int cmp_double(const void *a, const void *b)

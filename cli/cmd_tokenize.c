@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tokenizer/tokenizer.h"
+#include "core/tokenizer/tokenizer.h"
 
 int mx_cmd_tokenize(int argc, char **argv);
 int mx_cmd_detokenize(int argc, char **argv);

@@ -9,6 +9,7 @@ int mx_cmd_generate(int argc, char **argv);
 int mx_cmd_golden(int argc, char **argv);
 int mx_cmd_info(int argc, char **argv);
 int mx_cmd_make_model(int argc, char **argv);
+int mx_cmd_plan(int argc, char **argv);
 int mx_cmd_tokenize(int argc, char **argv);
 int mx_cmd_detokenize(int argc, char **argv);
 

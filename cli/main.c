@@ -3,8 +3,7 @@
 #include <string.h>
 
 #include "commands.h"
-
-int mx_cmd_plan(int argc, char **argv); /* cmd_plan.c */
+#include "mx_version.h" /* generated: MX_VERSION, from git describe or VERSION */
 
 typedef struct {
     const char *name;
@@ -26,13 +25,17 @@ static const command commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: mx COMMAND [options]   (mx COMMAND --help for its options)\n\ncommands:\n");
+    fprintf(f, "usage: mx COMMAND [options]   (mx COMMAND --help for its options; mx --version)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].summary);
 }
 
 int main(int argc, char **argv)
 {
+    if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0)) {
+        printf("mx %s\n", MX_VERSION);
+        return 0;
+    }
     if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

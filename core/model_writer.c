@@ -328,9 +328,9 @@ int mx_make_model_config(const mx_config *cfg, const char *dir, uint64_t seed, m
     return rc;
 }
 
-int mx_make_model(const char *preset, const char *out_dir, uint64_t seed, mx_error *err)
+int mx_make_model(const char *preset_name, const char *out_dir, uint64_t seed, mx_error *err)
 {
     mx_config cfg;
-    int rc = mx_model_preset_config(preset, &cfg, err);
+    int rc = mx_model_preset_config(preset_name, &cfg, err);
     return rc ? rc : mx_make_model_config(&cfg, out_dir, seed, err);
 }

@@ -3,8 +3,8 @@
  * the shard's config (svc_config.h) and the shard itself (shard.h). */
 #include <stdio.h>
 
-#include "protocol.h"
-#include "rpc/service.h"
+#include "core/protocol.h"
+#include "core/rpc/service.h"
 #include "shard.h"
 #include "svc_config.h"
 

@@ -6,17 +6,17 @@ EXPERT_LIBA := $(BUILD)/libexpert-svc.a
 
 $(EXPERT_LIBA): $(EXPERT_LIB_OBJS)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(ARCHIVE)
 
 $(BUILD)/bin/expert-svc: $(BUILD)/expert-svc/main.o $(EXPERT_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(LINK)
 BINS += $(BUILD)/bin/expert-svc
 
 $(BUILD)/tests/test_router_%: tests/unit/test_router_%.c $(EXPERT_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(EXPERT_LIBA) $(LIB) $(LDLIBS) -lcmocka
+	$(CCLD) -lcmocka
 
 $(BUILD)/bench/bench_expert_rtt: bench/bench_expert_rtt.c $(EXPERT_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(EXPERT_LIBA) $(LIB) $(LDLIBS)
+	$(CCLD)

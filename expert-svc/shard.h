@@ -7,10 +7,10 @@
 
 #include <stdint.h>
 
-#include "error.h"
-#include "quantize.h"
-#include "expert_set.h"
-#include "rpc/server.h"
+#include "core/error.h"
+#include "core/quantize.h"
+#include "core/expert_set.h"
+#include "core/rpc/server.h"
 
 typedef struct mx_expert_shard mx_expert_shard;
 

@@ -4,7 +4,7 @@
 
 #include <string.h>
 
-#include "cfg_file.h"
+#include "core/cfg_file.h"
 
 static const char *const known_keys[] = {"model_dir", "listen", "backend", "threads", "shard_index",
                                          "rpc_workers", "drain_ms", "shutdown_grace_ms", "layers",

@@ -22,9 +22,9 @@
 #include <libconfig.h>
 #include <stdint.h>
 
-#include "error.h"
-#include "quantize.h"
-#include "expert_set.h"
+#include "core/error.h"
+#include "core/quantize.h"
+#include "core/expert_set.h"
 
 typedef struct mx_expert_svc_config {
     config_t file;               /* owns the strings below */

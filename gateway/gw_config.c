@@ -2,7 +2,7 @@
  * config-file layer (cfg_file.h): errors name file, line and key; unknown keys are errors. */
 #include "gw_config.h"
 
-#include "cfg_file.h"
+#include "core/cfg_file.h"
 
 #include <libconfig.h>
 #include <stdbool.h>

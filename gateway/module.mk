@@ -6,13 +6,13 @@ GW_LIBA := $(BUILD)/libgateway.a
 
 $(GW_LIBA): $(GW_LIB_OBJS)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	$(ARCHIVE)
 
 $(BUILD)/bin/gateway: $(BUILD)/gateway/main.o $(GW_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(LINK)
 BINS += $(BUILD)/bin/gateway
 
 $(BUILD)/tests/test_gateway_%: tests/unit/test_gateway_%.c $(GW_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(GW_LIBA) $(LIB) $(LDLIBS) -lcmocka
+	$(CCLD) -lcmocka

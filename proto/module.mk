@@ -14,13 +14,13 @@ GEN_SRC += $(MX_PROTO_C)
 # protoc-c writes the .c and .h in one run; the .h depends on the .c so one rule covers both.
 $(BUILD)/gen/%.pb-c.c: proto/%.proto
 	@mkdir -p $(BUILD)/gen
-	protoc-c -Iproto --c_out=$(BUILD)/gen $<
+	$(call say,GEN,$@)protoc-c -Iproto --c_out=$(BUILD)/gen $<
 $(BUILD)/gen/%.pb-c.h: $(BUILD)/gen/%.pb-c.c ;
 # Keep the generated sources (make would delete them as intermediate files).
 .SECONDARY: $(MX_PROTO_C) $(MX_PROTO_H)
 
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(MX_PROTO_H)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(COMPILE)
 
 # Server reflection (core/rpc/reflection.c) answers with the descriptors of every contract,
 # compiled by protoc from the same files (with their comments, for `grpcurl describe`) and
@@ -55,5 +55,5 @@ $(TEST_BINS) $(BENCH_BINS): | $(MX_PROTO_H)
 # The RPC test server driven by tests/suites/rpc_python_client.sh.
 $(BUILD)/tests/rpc/echo_server: $(BUILD)/tests/rpc/echo_server.o $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(LINK)
 BINS += $(BUILD)/tests/rpc/echo_server

@@ -9,8 +9,8 @@
 
 #include "core/clock.h"
 #include "grpc/health/v1/health.pb-c.h"
-#include "protocol.h"
-#include "rpc/callset.h"
+#include "core/protocol.h"
+#include "core/rpc/callset.h"
 
 #define HEALTH_CHECK_METHOD "/grpc.health.v1.Health/Check"
 #define PROBE_PERIOD_MS 50

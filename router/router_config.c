@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cfg_file.h"
+#include "core/cfg_file.h"
 
 static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx_error *err)
 {

@@ -4,7 +4,7 @@
 #include "cuda_internal.cuh"
 
 extern "C" {
-#include "cuda/expert_int8.h"
+#include "core/cuda/expert_int8.h"
 }
 
 #include <stdlib.h>

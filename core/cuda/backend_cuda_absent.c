@@ -1,8 +1,8 @@
 /* backend_cuda_absent.c - the CUDA entry points for builds without the CUDA toolkit: every
  * constructor fails with MX_EDEVICE so callers get a clear error instead of a link failure.
  * Compiled only when nvcc is missing (see core/cuda/module.mk); it must not do anything else. */
-#include "backend.h"
-#include "cuda/mx_cuda.h"
+#include "core/backend.h"
+#include "core/cuda/mx_cuda.h"
 
 #include <stddef.h>
 

@@ -5,8 +5,8 @@
 #define MX_CUDA_INTERNAL_CUH
 
 extern "C" {
-#include "backend.h"
-#include "cuda/mx_cuda.h"
+#include "core/backend.h"
+#include "core/cuda/mx_cuda.h"
 }
 
 #include <cublas_v2.h>

@@ -5,7 +5,7 @@
 #include "cuda_internal.cuh"
 
 extern "C" {
-#include "cuda/expert_int8.h"
+#include "core/cuda/expert_int8.h"
 }
 
 #include <climits>

@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-#include "backend.h"
+#include "core/backend.h"
 
 /* Copies a host MX_DTYPE_I8 [N, K] tensor with its scales into one device block; dst is an
  * I8 device tensor whose data and scale point into it. Free with mx_cuda_free_i8. */

@@ -7,7 +7,7 @@
 #include "gemm_kernels.cuh"
 
 extern "C" {
-#include "cuda/expert_int8.h"
+#include "core/cuda/expert_int8.h"
 }
 
 #include <limits.h>

@@ -7,7 +7,7 @@
 
 #include <stdint.h>
 
-#include "backend.h"
+#include "core/backend.h"
 
 typedef struct mx_cuda_options {
     int device;            /* CUDA device ordinal */

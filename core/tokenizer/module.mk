@@ -3,5 +3,5 @@
 # picked up by the top Makefile.
 $(BUILD)/tests/tokenizer/tok_tool: tests/tokenizer/tok_tool.c $(LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+	$(CCLD)
 BINS += $(BUILD)/tests/tokenizer/tok_tool

@@ -1,6 +1,6 @@
 /* tok_added.c - added tokens (<end_of_sentence>, <|im_start|> ...): the lookup table that finds
  * them in text before BPE runs, leftmost and longest first, as the reference tokenizers do. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,7 +1,7 @@
 /* tok_bpe.c - byte-pair encoding of one pre-tokenized piece: start from one symbol per byte
  * and repeatedly apply the lowest-ranked merge (leftmost first on ties) using a binary heap
  * over a linked list of symbols; results for short pieces are cached. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,8 +1,8 @@
 /* tok_chat.c - the MiniMax-Text-01 and MiniMax-M1 chat templates written out in C, one
  * function per template, following the Jinja source (kept in tests/tokenizer/templates/ and
  * checked against @huggingface/jinja) line by line. No template engine, no other formats. */
-#include "tokenizer/tok_internal.h"
-#include "tokenizer/tok_json_out.h"
+#include "core/tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_json_out.h"
 
 #include <jansson.h>
 #include <string.h>

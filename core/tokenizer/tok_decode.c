@@ -1,7 +1,7 @@
 /* tok_decode.c - ids -> text, whole or streamed. The streaming decoder never emits part of
  * a UTF-8 character: a token may end in the middle of one (byte-level BPE splits characters
  * freely), so its bytes wait for the tokens that complete it. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <string.h>
 

@@ -1,7 +1,7 @@
 /* tok_encode.c - text -> ids: find added tokens in the raw text, normalize the rest, find
  * added tokens again in the normalized text, pre-tokenize, run BPE on every piece. The order
  * of these steps is the reference implementations'; changing it changes ids. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -9,7 +9,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "tokenizer/tokenizer.h"
+#include "core/tokenizer/tokenizer.h"
 
 /* ---- byte string -> int32 hash map (owns copies of its keys) ---- */
 typedef struct {

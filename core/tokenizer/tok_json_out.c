@@ -1,8 +1,8 @@
 /* tok_json_out.c - Jinja's `tojson` as chat templates use it (Hugging Face's override:
  * separators ", " and ": ", keys in their given order, non-ASCII left as is, strings escaped
  * like JSON.stringify / json.dumps). Used only by the chat template renderer. */
-#include "tokenizer/tok_internal.h"
-#include "tokenizer/tok_json_out.h"
+#include "core/tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_json_out.h"
 
 #include <inttypes.h>
 #include <math.h>

@@ -4,7 +4,7 @@
 
 #include <jansson.h>
 
-#include "tokenizer/tokenizer.h"
+#include "core/tokenizer/tokenizer.h"
 
 int tojson_string(mx_text *o, const char *s, size_t n, mx_error *err);
 int tojson_value(mx_text *o, const json_t *v, mx_error *err);

@@ -1,7 +1,7 @@
 /* tok_load.c - reads tokenizer.json (jansson) into an mx_tokenizer: vocab and merges of a
  * byte-level BPE model, added tokens, normalizer, pre-tokenizer, decoder. Anything outside
  * the byte-level BPE family is refused with an error naming the component. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <errno.h>
 #include <jansson.h>

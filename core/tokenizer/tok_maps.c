@@ -1,7 +1,7 @@
 /* tok_maps.c - the two hash tables the tokenizer needs: byte string -> id (vocab, cache,
  * token names) and id pair -> merge rank (BPE merges). Open addressing, linear probing;
  * tables only grow, so lookups never see a tombstone. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

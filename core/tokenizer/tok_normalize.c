@@ -1,6 +1,6 @@
 /* tok_normalize.c - normalizers of tokenizer.json (NFC, NFD, NFKC, NFKD, Lowercase, Replace,
  * Prepend, Sequence), applied to text before pre-tokenization. Unicode work is utf8proc's. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -1,7 +1,7 @@
 /* tok_pretok.c - pre-tokenizers of tokenizer.json (Sequence, Split, ByteLevel, Digits,
  * Punctuation, Whitespace, WhitespaceSplit): they cut a text into the pieces BPE runs on.
  * All of them are expressed as a regex split; pieces are spans of one buffer. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <jansson.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * Oniguruma (the Rust tokenizers crate); the few constructs whose meaning differs in PCRE2 are
  * rewritten the way @huggingface/tokenizers rewrites them for JavaScript, so all three agree:
  * \s and \S mean Unicode White_Space, (?i:...) folds ASCII letters only. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <ctype.h>
 #include <stdlib.h>

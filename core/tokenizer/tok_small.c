@@ -2,7 +2,7 @@
  * for the random-weight models `mx make-model` creates: 256 byte tokens, merges learned by
  * plain BPE training on a fixed built-in text (so the output is deterministic), and the three
  * MiniMax special tokens at the top ids. Not a real MiniMax tokenizer. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <errno.h>
 #include <jansson.h>

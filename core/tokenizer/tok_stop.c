@@ -1,7 +1,7 @@
 /* tok_stop.c - stop strings over streamed text. A stop string can arrive split across many
  * tokens, so the tail of the text that could still grow into one is held back; only text
  * that can no longer be part of a stop string is released. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

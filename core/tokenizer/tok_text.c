@@ -1,6 +1,6 @@
 /* tok_text.c - UTF-8 validation and decoding functions, the byte-level alphabet, and the
  * growable id list / text buffer of the public API. */
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 #include <stdlib.h>
 #include <string.h>

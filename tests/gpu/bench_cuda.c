@@ -11,8 +11,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "backend.h"
-#include "cuda/mx_cuda.h"
+#include "core/backend.h"
+#include "core/cuda/mx_cuda.h"
 
 #define BF16_PEAK_TFLOPS 989.0 /* H100/H200 SXM dense bf16 */
 

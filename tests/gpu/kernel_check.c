@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "cuda/expert_int8.h"
-#include "cuda/mx_cuda.h"
-#include "quantize.h"
+#include "core/backend.h"
+#include "core/cuda/expert_int8.h"
+#include "core/cuda/mx_cuda.h"
+#include "core/quantize.h"
 
 typedef struct check {
     mx_backend *cpu, *gpu;

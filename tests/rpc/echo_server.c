@@ -7,11 +7,11 @@
 #include <string.h>
 
 #include "mx/v1/generation.pb-c.h"
-#include "rpc/health.h"
-#include "rpc/pb.h"
-#include "rpc/server.h"
-#include "rpc/signals.h"
-#include "rpc/tune.h"
+#include "core/rpc/health.h"
+#include "core/rpc/pb.h"
+#include "core/rpc/server.h"
+#include "core/rpc/signals.h"
+#include "core/rpc/tune.h"
 
 static void on_echo(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {

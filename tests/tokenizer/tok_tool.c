@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "tokenizer/tokenizer.h"
+#include "core/tokenizer/tokenizer.h"
 
 typedef struct {
     char **doc;

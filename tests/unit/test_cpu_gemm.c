@@ -11,9 +11,9 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "cpu/cpu_features.h"
-#include "cpu/gemm.h"
-#include "cpu/gemm_kernels.h"
+#include "core/cpu/cpu_features.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/gemm_kernels.h"
 
 static uint64_t rng_next(uint64_t *s)
 {

@@ -12,10 +12,10 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "cpu/cpu_features.h"
-#include "cpu/gemm.h"
-#include "quantize.h"
-#include "weights.h"
+#include "core/cpu/cpu_features.h"
+#include "core/cpu/gemm.h"
+#include "core/quantize.h"
+#include "core/weights.h"
 
 #define FIXTURE "../shared/golden/tiny"
 

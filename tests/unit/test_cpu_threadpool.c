@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cpu/threadpool.h"
+#include "core/cpu/threadpool.h"
 
 #define MAX_TASKS 300
 #define BIG_TASKS ((1 << 23) + 1000) /* just over one slice of the pool's ticket */

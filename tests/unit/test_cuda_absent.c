@@ -10,8 +10,8 @@
 
 #include <cmocka.h>
 
-#include "backend.h"
-#include "cuda/mx_cuda.h"
+#include "core/backend.h"
+#include "core/cuda/mx_cuda.h"
 
 static void test_create_fails_without_gpu(void **state)
 {

@@ -10,7 +10,7 @@
 
 #include <jansson.h>
 
-#include "checkpoint.h"
+#include "core/checkpoint.h"
 #include "loader_testutil.h"
 
 static char *tmp;

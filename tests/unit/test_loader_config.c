@@ -9,7 +9,7 @@
 
 #include <jansson.h>
 
-#include "config.h"
+#include "core/config.h"
 #include "loader_testutil.h"
 
 static void load_ok(const char *path, mx_config *c)

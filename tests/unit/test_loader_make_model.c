@@ -10,8 +10,8 @@
 #include <jansson.h>
 #include <math.h>
 
-#include "model_writer.h"
-#include "weights.h"
+#include "core/model_writer.h"
+#include "core/weights.h"
 #include "loader_testutil.h"
 
 static char *tmp;

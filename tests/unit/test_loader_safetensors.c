@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "safetensors.h"
+#include "core/safetensors.h"
 #include "loader_testutil.h"
 
 static char *tmp;

@@ -9,7 +9,7 @@
 
 #include <jansson.h>
 
-#include "weights.h"
+#include "core/weights.h"
 #include "loader_testutil.h"
 
 static uint64_t index_total(const char *name)

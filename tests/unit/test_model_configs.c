@@ -16,8 +16,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model.h"
-#include "model_writer.h"
+#include "core/model.h"
+#include "core/model_writer.h"
 
 typedef struct shape {
     const char *what;

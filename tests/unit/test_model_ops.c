@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "model.h"
+#include "core/backend.h"
+#include "core/model.h"
 
 static float frand(uint64_t *s)
 {

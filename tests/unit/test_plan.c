@@ -10,9 +10,9 @@
 
 #include <string.h>
 
-#include "config.h"
-#include "plan.h"
-#include "quantize.h"
+#include "core/config.h"
+#include "core/plan.h"
+#include "core/quantize.h"
 
 #define TEXT01 "deploy/models/MiniMax-Text-01/config.json"
 #define GIB 1073741824.0

@@ -17,10 +17,10 @@
 
 #include "expert-svc/shard.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
-#include "protocol.h"
+#include "core/protocol.h"
 #include "router/router.h"
-#include "rpc/client.h"
-#include "safetensors.h"
+#include "core/rpc/client.h"
+#include "core/safetensors.h"
 
 #define FIXTURE "../shared/golden/tiny"
 

@@ -22,11 +22,11 @@
 
 #include "core/clock.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
-#include "protocol.h"
+#include "core/protocol.h"
 #include "router/router.h"
-#include "rpc/health.h"
-#include "rpc/pb.h"
-#include "rpc/server.h"
+#include "core/rpc/health.h"
+#include "core/rpc/pb.h"
+#include "core/rpc/server.h"
 
 #define H 8          /* hidden size */
 #define E 4          /* experts: shard 0 = {0, 1}, shard 1 = {2, 3} */

@@ -18,10 +18,10 @@
 #include <cmocka.h>
 
 #include "grpc/health/v1/health.pb-c.h"
-#include "rpc/client.h"
-#include "rpc/health.h"
-#include "rpc/pb.h"
-#include "rpc/server.h"
+#include "core/rpc/client.h"
+#include "core/rpc/health.h"
+#include "core/rpc/pb.h"
+#include "core/rpc/server.h"
 
 #define WORKERS 2
 #define QUEUED 3

@@ -14,7 +14,7 @@
 #include "mx/internal/v1/attention_stage.pb-c.h"
 #include "mx/internal/v1/expert_shard.pb-c.h"
 #include "mx/v1/generation.pb-c.h"
-#include "rpc/pb.h"
+#include "core/rpc/pb.h"
 
 /* A RunExpertsRequest with two groups and a 3x4 f32 tensor. */
 static mx_rpc_payload pack_experts(float *values)

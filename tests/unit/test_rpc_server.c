@@ -17,10 +17,10 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 #include "mx/v1/generation.pb-c.h"
-#include "rpc/client.h"
-#include "rpc/health.h"
-#include "rpc/pb.h"
-#include "rpc/server.h"
+#include "core/rpc/client.h"
+#include "core/rpc/health.h"
+#include "core/rpc/pb.h"
+#include "core/rpc/server.h"
 
 typedef struct fixture {
     mx_rpc_server *srv;

@@ -10,7 +10,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "sampling.h"
+#include "core/sampling.h"
 
 static mx_sample draw(const float *logits, int n, mx_sampling_params p, const int32_t *hist, int nh, mx_rng *rng)
 {

@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "tokenizer/tokenizer.h"
+#include "core/tokenizer/tokenizer.h"
 
 static char dir[64];
 static json_t *good; /* the small tokenizer's tokenizer.json, edited per test */

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "tokenizer/tok_internal.h"
+#include "core/tokenizer/tok_internal.h"
 
 static mx_tokenizer *tok;
 static char dir[64];
