@@ -14,8 +14,8 @@ CUDA=0
 CPU=1
 PUSH=0
 ENGINE=${CONTAINER_ENGINE:-}
-# The CUDA bases: the devel image has nvcc (the Makefile builds the CUDA backend when it finds
-# it), the runtime image of the same version has cudart, cuBLAS and NCCL.
+# The CUDA bases: the devel image has nvcc (the Containerfile builds with CUDA=auto, which
+# compiles the CUDA backend when it finds it), the runtime image of the same version has cudart, cuBLAS and NCCL.
 CUDA_VERSION=${CUDA_VERSION:-12.6.3}
 CUDA_OS=${CUDA_OS:-ubuntu24.04}
 
