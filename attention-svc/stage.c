@@ -15,6 +15,7 @@
 
 #include "core/model.h"
 #include "core/clock.h"
+#include "core/limits.h"
 #include "core/protocol.h"
 #include "core/rpc/client.h"
 #include "core/rpc/health.h"
@@ -112,7 +113,7 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     s->lease_ms = c->sequence_lease_ms;
     s->fail_expert_once = c->test_fail_expert_once;
     s->fail_expert_layer = c->test_fail_expert_layer;
-    char path[4200];
+    char path[MX_PATH_BUF];
     snprintf(path, sizeof path, "%s/config.json", c->model);
     int rc = mx_config_load(path, &s->cfg, err);
     if (!rc && c->layer_end > s->cfg.num_hidden_layers)

@@ -3,6 +3,7 @@
 #include "stage_config.h"
 
 #include "core/cfg_file.h"
+#include "core/limits.h"
 
 #include <stdint.h>
 
@@ -78,7 +79,7 @@ static int get_bytes(const config_setting_t *g, const char *path, const char *ke
     *out = 0;
     if (!s)
         return 0;
-    char what[4200];
+    char what[MX_PATH_BUF];
     snprintf(what, sizeof what, "%s:%d: stage.%s", path, config_setting_source_line(s), key);
     int t = config_setting_type(s);
     if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
@@ -111,7 +112,7 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(get_int(g, "layer_end", 0, true, &c->layer_end, err));
     MX_TRY(get_int(g, "max_sequences", 256, false, &c->max_sequences, err));
     MX_TRY(get_int(g, "threads", 0, false, &c->threads, err));
-    MX_TRY(get_int(g, "max_message_mb", 256, false, &mb, err));
+    MX_TRY(get_int(g, "max_message_mb", MX_DEFAULT_MAX_MESSAGE_MB, false, &mb, err));
     int64_t drain;
     MX_TRY(mx_cfg_int(g, "drain_ms", 0, STAGE_DEFAULT_DRAIN_MS, 0, 3600000, &drain, err));
     c->drain_ms = drain;
@@ -152,8 +153,8 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
         return mx_fail(err, MX_EINVAL, "%s: stage.max_sequences %d is not in [1, 1000000]", path, c->max_sequences);
     if (c->threads < 0 || c->threads > 1024)
         return mx_fail(err, MX_EINVAL, "%s: stage.threads %d is not in [0, 1024]", path, c->threads);
-    if (mb < 1 || mb > 2047)
-        return mx_fail(err, MX_EINVAL, "%s: stage.max_message_mb %d is not in [1, 2047]", path, mb);
+    if (mb < 1 || mb > MX_MAX_MESSAGE_MB)
+        return mx_fail(err, MX_EINVAL, "%s: stage.max_message_mb %d is not in [1, %d]", path, mb, MX_MAX_MESSAGE_MB);
     c->max_message_bytes = mb * 1024 * 1024;
     const config_setting_t *ex = config_lookup(cf, "experts");
     if (ex) {

@@ -8,6 +8,7 @@
 
 #include "cli_util.h"
 #include "commands.h"
+#include "core/limits.h"
 #include "core/sampling.h"
 #include "core/tokenizer/tokenizer.h"
 
@@ -27,7 +28,7 @@ static void usage(FILE *f)
  * encodes a text prompt (special-token text stays text). Returns the count or -1. */
 static int prompt_from_text(const char *model_dir, const char *path, int32_t **out)
 {
-    char tok_path[4200], *text = NULL;
+    char tok_path[MX_PATH_BUF], *text = NULL;
     size_t len = 0;
     snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
     if (access(tok_path, F_OK) != 0) {

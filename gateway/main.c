@@ -11,6 +11,7 @@
 
 #include "core/clock.h"
 #include "core/config.h"
+#include "core/limits.h"
 #include "core/protocol.h"
 #include "core/rpc/service.h"
 #include "core/rpc/signals.h"
@@ -59,7 +60,7 @@ static int wait_for_stages(gateway *g, mx_error *err)
 
 static int setup_limits(gateway *g, mx_error *err)
 {
-    char path[4200];
+    char path[MX_PATH_BUF];
     snprintf(path, sizeof path, "%s/config.json", g->cfg.model);
     MX_TRY(mx_config_load(path, &g->model, err));
     g->lim.vocab_size = g->model.vocab_size;
@@ -77,10 +78,11 @@ static int setup_limits(gateway *g, mx_error *err)
      * stages as f32 hidden states, which stage.max_message_mb (256 by default) must hold. */
     uint64_t step_mib = ((uint64_t)g->cfg.max_step_tokens + (uint64_t)g->cfg.max_batch_sequences) *
                         (uint64_t)g->model.hidden_size * 4 / (1u << 20) + 1;
-    if (step_mib > 255)
+    if (step_mib >= MX_DEFAULT_MAX_MESSAGE_MB)
         fprintf(stderr, "gateway: a step of max_step_tokens = %d (+ %d decodes) carries up to %llu MiB of hidden "
-                "states between stages: their stage.max_message_mb must be above that (default 256)\n",
-                g->cfg.max_step_tokens, g->cfg.max_batch_sequences, (unsigned long long)step_mib);
+                "states between stages: their stage.max_message_mb must be above that (default %d)\n",
+                g->cfg.max_step_tokens, g->cfg.max_batch_sequences, (unsigned long long)step_mib,
+                MX_DEFAULT_MAX_MESSAGE_MB);
     if (g->cfg.n_eos >= 0) {
         g->lim.n_eos = g->cfg.n_eos;
         for (int i = 0; i < g->cfg.n_eos; i++)

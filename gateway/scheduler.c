@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/limits.h"
 #include "core/protocol.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
@@ -549,7 +550,8 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log
         if (!p->ids || !p->until_ms)
             rc = mx_fail(err, MX_ENOMEM, "out of memory");
     }
-    mx_rpc_channel_options co = {.max_message_bytes = 1 << 30};
+    /* as large as a stage accepts by default: a larger cap here would only move the failure */
+    mx_rpc_channel_options co = {.max_message_bytes = MX_DEFAULT_MAX_MESSAGE_BYTES};
     for (int i = 0; i < cfg->n_stages && !rc; i++)
         rc = mx_rpc_channel_create(cfg->stages[i], &co, &s->stages[i], err);
     for (int i = 0; s->flights && i < s->depth; i++) {

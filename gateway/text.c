@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/limits.h"
+
 /* Which native renderer matches a Jinja chat template's text; -1 when none does. Both MiniMax
  * templates open turns with "<beginning_of_sentence>user name=user"; only M1 declares tools
  * with "tool_setting=tools". */
@@ -23,7 +25,7 @@ static int recognise_template(const char *tpl)
  * {name, template} whose "default" entry is used. Sets t->chat / t->fmt / t->no_chat. */
 static void choose_auto(gw_text *t, const char *tok_path)
 {
-    char path[4200];
+    char path[MX_PATH_BUF];
     const char *slash = strrchr(tok_path, '/');
     int dir_len = slash ? (int)(slash - tok_path) : 1;
     snprintf(path, sizeof path, "%.*s/tokenizer_config.json", dir_len, slash ? tok_path : ".");
@@ -61,7 +63,7 @@ int gw_text_load(const gw_config *cfg, int vocab_size, gw_text *t, mx_error *err
 {
     memset(t, 0, sizeof *t);
     t->vocab_size = vocab_size;
-    char path[4200];
+    char path[MX_PATH_BUF];
     bool explicit_path = cfg->tokenizer[0] != '\0';
     if (explicit_path)
         snprintf(path, sizeof path, "%s", cfg->tokenizer);

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/limits.h"
+
 /* The (layer, expert) -> holders map. A pair may be held by several shards (a hot expert
  * placed twice); the dispatch then sends each token group to the least-loaded holder. */
 static int build_owner_map(mx_router *r, mx_error *err)
@@ -112,7 +114,7 @@ static void set_timing(mx_router_config *dst, const mx_router_config *src)
 {
     memset(dst, 0, sizeof *dst);
     dst->expert_timeout_ms = src->expert_timeout_ms > 0 ? src->expert_timeout_ms : 10000;
-    dst->max_message_bytes = src->max_message_bytes > 0 ? src->max_message_bytes : 256 << 20;
+    dst->max_message_bytes = src->max_message_bytes > 0 ? src->max_message_bytes : MX_DEFAULT_MAX_MESSAGE_BYTES;
     dst->attempt_floor_ms = src->attempt_floor_ms > 0 ? src->attempt_floor_ms : 200;
     dst->attempt_cap_ms = src->attempt_cap_ms > 0 ? src->attempt_cap_ms : 2000;
     if (dst->attempt_cap_ms > dst->expert_timeout_ms)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/cfg_file.h"
+#include "core/limits.h"
 
 static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx_error *err)
 {
@@ -84,7 +85,7 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
     int64_t v;
     MX_TRY(mx_cfg_int(s, "expert_timeout_ms", 0, 10000, 1, 3600000, &v, err));
     out->expert_timeout_ms = v;
-    MX_TRY(mx_cfg_int(s, "max_message_mb", 0, 256, 1, 2047, &v, err));
+    MX_TRY(mx_cfg_int(s, "max_message_mb", 0, MX_DEFAULT_MAX_MESSAGE_MB, 1, MX_MAX_MESSAGE_MB, &v, err));
     out->max_message_bytes = (int)(v << 20);
     MX_TRY(mx_cfg_int(s, "attempt_timeout_floor_ms", 0, 200, 1, 3600000, &out->attempt_floor_ms, err));
     MX_TRY(mx_cfg_int(s, "attempt_timeout_cap_ms", 0, 2000, 1, 3600000, &out->attempt_cap_ms, err));

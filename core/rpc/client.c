@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "buffer.h"
+#include "core/limits.h"
 
-#define DEFAULT_MAX_MESSAGE_BYTES (256 << 20)
 
 int mx_rpc_channel_create(const char *address, const mx_rpc_channel_options *opts,
                           mx_rpc_channel **out, mx_error *err)
@@ -31,9 +31,9 @@ int mx_rpc_channel_create(const char *address, const mx_rpc_channel_options *opt
     }
     grpc_init();
     mx_rpc_args a;
-    mx_rpc_args_fill(&a, o.max_message_bytes ? o.max_message_bytes : DEFAULT_MAX_MESSAGE_BYTES,
-                     o.keepalive_time_ms ? o.keepalive_time_ms : 30000,
-                     o.keepalive_timeout_ms ? o.keepalive_timeout_ms : 10000, 0);
+    mx_rpc_args_fill(&a, o.max_message_bytes ? o.max_message_bytes : MX_DEFAULT_MAX_MESSAGE_BYTES,
+                     o.keepalive_time_ms ? o.keepalive_time_ms : MX_KEEPALIVE_TIME_MS,
+                     o.keepalive_timeout_ms ? o.keepalive_timeout_ms : MX_KEEPALIVE_TIMEOUT_MS, 0);
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     ch->channel = grpc_channel_create(address, creds, &a.args);
     grpc_channel_credentials_release(creds);

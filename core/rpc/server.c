@@ -13,8 +13,8 @@
 #include <time.h>
 
 #include "buffer.h"
+#include "core/limits.h"
 
-#define DEFAULT_MAX_MESSAGE_BYTES (256 << 20)
 #define DEFAULT_WORKERS 8
 #define CONTROL_WORKERS 2
 #define RETRY_PUSHBACK_MS 1000
@@ -356,10 +356,10 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
 
     mx_rpc_args a;
     mx_rpc_args_fill(&a, opts->max_message_bytes ? opts->max_message_bytes
-                                                 : DEFAULT_MAX_MESSAGE_BYTES,
-                     opts->keepalive_time_ms ? opts->keepalive_time_ms : 30000,
-                     opts->keepalive_timeout_ms ? opts->keepalive_timeout_ms : 10000,
-                     opts->min_client_ping_ms ? opts->min_client_ping_ms : 10000);
+                                                 : MX_DEFAULT_MAX_MESSAGE_BYTES,
+                     opts->keepalive_time_ms ? opts->keepalive_time_ms : MX_KEEPALIVE_TIME_MS,
+                     opts->keepalive_timeout_ms ? opts->keepalive_timeout_ms : MX_KEEPALIVE_TIMEOUT_MS,
+                     opts->min_client_ping_ms ? opts->min_client_ping_ms : MX_MIN_CLIENT_PING_MS);
     srv->server = grpc_server_create(&a.args, NULL);
     srv->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
@@ -525,7 +525,7 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
 
 int mx_rpc_server_write_port_file(const mx_rpc_server *srv, const char *path, mx_error *err)
 {
-    char tmp[4200];
+    char tmp[MX_PATH_BUF];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
         return mx_fail(err, MX_EINVAL, "port file path is too long: %s", path);
     FILE *f = fopen(tmp, "w");
