@@ -12,7 +12,6 @@
 #include "buffer.h"
 #include "core/limits.h"
 
-
 int mx_rpc_channel_create(const char *address, const mx_rpc_channel_options *opts,
                           mx_rpc_channel **out, mx_error *err)
 {
