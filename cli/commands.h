@@ -12,5 +12,7 @@ int mx_cmd_make_model(int argc, char **argv);
 int mx_cmd_plan(int argc, char **argv);
 int mx_cmd_tokenize(int argc, char **argv);
 int mx_cmd_detokenize(int argc, char **argv);
+int mx_cmd_expert_stats(int argc, char **argv);
+int mx_cmd_plan_experts(int argc, char **argv);
 
 #endif

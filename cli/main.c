@@ -14,10 +14,12 @@ typedef struct {
 static const command commands[] = {
     {"client", mx_cmd_client, "call a gateway's Generate with prompt ids and print the streamed ids"},
     {"cluster", mx_cmd_cluster, "start gateway, stages and expert shards on loopback"},
+    {"expert-stats", mx_cmd_expert_stats, "expert load counted by running stages (and shards), as JSON"},
     {"generate", mx_cmd_generate, "run a model on prompt ids and print the generated ids"},
     {"golden", mx_cmd_golden, "check the engine against a golden fixture directory"},
     {"info", mx_cmd_info, "print a model's config and its parameter/memory budget"},
     {"plan", mx_cmd_plan, "size a layout of stages and expert shards against device memory at a context"},
+    {"plan-experts", mx_cmd_plan_experts, "place experts on shards and replicas from measured load (EPLB-like)"},
     {"make-model", mx_cmd_make_model, "write a random-weight model in the real checkpoint layout"},
     {"tokenize", mx_cmd_tokenize, "text on stdin -> token ids on one line (tokenizer.json)"},
     {"detokenize", mx_cmd_detokenize, "token ids on stdin -> text"},

@@ -106,6 +106,8 @@ typedef struct spec {
     int64_t shape[2];
     float mean, std; /* value = mean + std * normal */
     int shard;
+    int64_t hot_rows; /* rows [0, hot_rows) multiplied by hot_scale (the skewed router gate) */
+    float hot_scale;
 } spec;
 
 typedef struct spec_list {
@@ -132,13 +134,15 @@ static int add(spec_list *l, const char *name, mx_dtype dt, int64_t rows, int64_
     s->mean = mean;
     s->std = std;
     s->shard = 0;
+    s->hot_rows = 0;
+    s->hot_scale = 1;
     return 0;
 }
 
 /* Scales: linear weights N(0, 1/fan_in) keep a unit-RMS input at unit RMS, so each branch ends up
  * near a quarter of the alpha-scaled residual (alpha ~3.56), as in the golden fixtures; norm
  * weights are close to 1. */
-static int build_specs(const mx_config *c, spec_list *l)
+static int build_specs(const mx_config *c, double gate_skew, int hot_experts, spec_list *l)
 {
     const int64_t h = c->hidden_size, inner = mx_config_attn_width(c), kv = mx_config_kv_width(c);
     const int64_t ff = c->intermediate_size, v = c->vocab_size;
@@ -167,6 +171,10 @@ static int build_specs(const mx_config *c, spec_list *l)
         }
         ADD("post_attention_layernorm.weight", B, h, 0, 1, 0.02f);
         ADD("block_sparse_moe.gate.weight", MX_DTYPE_F32, c->num_local_experts, h, 0, sh);
+        if (!rc && gate_skew != 1) { /* the same draws, hot experts' rows scaled after */
+            l->s[l->n - 1].hot_rows = hot_experts;
+            l->s[l->n - 1].hot_scale = (float)gate_skew;
+        }
         for (int e = 0; e < c->num_local_experts; e++) {
             char ex[64];
             snprintf(ex, sizeof ex, "block_sparse_moe.experts.%d.w1.weight", e);
@@ -212,8 +220,12 @@ static int fill(void *vctx, int item, size_t offset, void *buf, size_t len, mx_e
     size_t n = len / mx_dtype_size(s->dtype);
     if (s->dtype == MX_DTYPE_F32) {
         float *f = buf;
-        for (size_t i = 0; i < n; i++)
+        size_t first = offset / sizeof(float), hot_end = (size_t)(s->hot_rows * s->shape[1]);
+        for (size_t i = 0; i < n; i++) {
             f[i] = s->mean + s->std * rng_normal(&fc->r);
+            if (first + i < hot_end)
+                f[i] *= s->hot_scale;
+        }
     } else {
         uint16_t *b = buf;
         for (size_t i = 0; i < n; i++)
@@ -290,9 +302,18 @@ static int write_index(const char *dir, const spec_list *l, uint64_t total, mx_e
 
 int mx_make_model_config(const mx_config *cfg, const char *dir, uint64_t seed, mx_error *err)
 {
+    return mx_make_model_skewed(cfg, dir, seed, 1.0, 0, err);
+}
+
+int mx_make_model_skewed(const mx_config *cfg, const char *dir, uint64_t seed, double gate_skew, int hot_experts,
+                         mx_error *err)
+{
     int rc = mx_config_validate(cfg, err);
     if (rc)
         return rc;
+    if (!(gate_skew > 0 && gate_skew <= 1000) || hot_experts < 0 || hot_experts > cfg->num_local_experts)
+        return mx_fail(err, MX_EINVAL, "gate skew %g with %d hot experts: need 0 < skew <= 1000, 0 <= hot <= %d",
+                       gate_skew, hot_experts, cfg->num_local_experts);
     if (strlen(dir) > 3000)
         return mx_fail(err, MX_EINVAL, "output directory name is too long");
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
@@ -307,7 +328,7 @@ int mx_make_model_config(const mx_config *cfg, const char *dir, uint64_t seed, m
     if (rc)
         return rc;
     spec_list l = {0};
-    if (build_specs(cfg, &l)) {
+    if (build_specs(cfg, gate_skew, hot_experts, &l)) {
         free(l.s);
         return mx_fail(err, MX_ENOMEM, "out of memory");
     }

@@ -23,4 +23,11 @@ int mx_make_model(const char *preset, const char *out_dir, uint64_t seed, mx_err
 /* The same for an arbitrary (validated) config. */
 int mx_make_model_config(const mx_config *cfg, const char *out_dir, uint64_t seed, mx_error *err);
 
+/* The same with a skewed router gate, to measure expert load imbalance: the gate rows of
+ * experts [0, hot_experts) of every layer are multiplied by gate_skew (same draws otherwise;
+ * 1 = the plain model, byte for byte). A larger row spreads that expert's logits wider, so
+ * it lands in the top-k of many more tokens. */
+int mx_make_model_skewed(const mx_config *cfg, const char *out_dir, uint64_t seed, double gate_skew, int hot_experts,
+                         mx_error *err);
+
 #endif
