@@ -1,9 +1,12 @@
 /* replicas.c - what the router knows about each replica of a shard: measured latency per
  * call size (p95 / p99 of the last successful calls), outlier ejection with a doubling
- * backoff, the health-probe schedule, the replica choice and shard liveness. Every function
- * takes the shard's lock briefly; none does I/O. */
+ * backoff, the health-probe schedule, Health/Watch news, the replica choice, shard liveness,
+ * and the replica slots a shard's set changes through at run time (added, drained, closed).
+ * Every function takes the shard's lock briefly (the pick holds it only to choose); none
+ * does I/O. */
 #include "router_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,11 +15,20 @@
 void router_shard_init(router_shard *sh)
 {
     pthread_mutex_init(&sh->mu, NULL);
+    pthread_cond_init(&sh->watch_cv, NULL);
     atomic_init(&sh->next, 0);
+    atomic_init(&sh->n_replicas, 0);
+    atomic_init(&sh->resolve_asap, false);
     memset(sh->lat, 0, sizeof sh->lat);
 }
 
-void router_shard_destroy(router_shard *sh) { pthread_mutex_destroy(&sh->mu); }
+void router_shard_destroy(router_shard *sh)
+{
+    pthread_cond_destroy(&sh->watch_cv);
+    pthread_mutex_destroy(&sh->mu);
+}
+
+static int slot_state(const router_replica *rep) { return atomic_load(&rep->state); }
 
 static int size_class(int rows)
 {
@@ -88,11 +100,14 @@ int router_pick_replica(router_shard *sh, uint64_t tried)
     int best = -1, best_load = 0, fallback = -1;
     double fallback_ok = -1;
     pthread_mutex_lock(&sh->mu);
-    for (int i = 0; i < sh->n_replicas; i++) {
-        int idx = (int)((start + (unsigned)i) % (unsigned)sh->n_replicas);
+    int n = sh->n_replicas;
+    for (int i = 0; i < n; i++) {
+        int idx = (int)((start + (unsigned)i) % (unsigned)n);
         if (tried >> idx & 1)
             continue;
         const router_replica *rep = &sh->replicas[idx];
+        if (slot_state(rep) != ROUTER_SLOT_ACTIVE)
+            continue;
         if (rep->ejected) {
             if (fallback < 0 || rep->last_ok_ms > fallback_ok) {
                 fallback = idx;
@@ -112,8 +127,9 @@ int router_pick_replica(router_shard *sh, uint64_t tried)
 
 bool router_has_untried(const router_shard *sh, uint64_t tried)
 {
-    for (int i = 0; i < sh->n_replicas; i++)
-        if (!(tried >> i & 1))
+    int n = sh->n_replicas;
+    for (int i = 0; i < n; i++)
+        if (!(tried >> i & 1) && slot_state(&sh->replicas[i]) == ROUTER_SLOT_ACTIVE)
             return true;
     return false;
 }
@@ -163,6 +179,9 @@ void router_record_fault(mx_router *r, router_shard *sh, int replica, router_fau
     /* already ejected: a second fault of calls sent before the ejection changes nothing */
     if (!rep->ejected)
         eject_locked(r, rep, mx_now_ms());
+    /* the replica may be gone for good: see whether DNS already says so */
+    if (rep->discovered)
+        atomic_store(&sh->resolve_asap, true);
     pthread_mutex_unlock(&sh->mu);
 }
 
@@ -171,8 +190,9 @@ bool router_probe_due(mx_router *r, router_shard *sh, int replica, double now)
     const mx_router_config *c = &r->cfg;
     pthread_mutex_lock(&sh->mu);
     router_replica *rep = &sh->replicas[replica];
+    int st = slot_state(rep);
     bool due = false;
-    if (!rep->probing) {
+    if (!rep->probing && (st == ROUTER_SLOT_ACTIVE || st == ROUTER_SLOT_PENDING)) {
         if (rep->ejected)
             due = now >= rep->eject_until_ms;
         else if (!rep->confirmed)
@@ -199,9 +219,133 @@ void router_probe_result(mx_router *r, router_shard *sh, int replica, bool servi
         rep->ejected = false;
         rep->confirmed = true;
         rep->last_ok_ms = now;
+        if (slot_state(rep) == ROUTER_SLOT_PENDING)
+            atomic_store(&rep->state, ROUTER_SLOT_ACTIVE);
     } else {
         eject_locked(r, rep, now);
+        if (rep->discovered)
+            atomic_store(&sh->resolve_asap, true);
     }
+    pthread_mutex_unlock(&sh->mu);
+}
+
+void router_watch_result(mx_router *r, router_shard *sh, int replica, router_watch_news news)
+{
+    double now = mx_now_ms();
+    pthread_mutex_lock(&sh->mu);
+    router_replica *rep = &sh->replicas[replica];
+    int st = slot_state(rep);
+    if (st == ROUTER_SLOT_ACTIVE || st == ROUTER_SLOT_PENDING) {
+        if (news == ROUTER_WATCH_SERVING) {
+            /* as good as a SERVING probe (the stream's first message is the current status) */
+            rep->ejected = false;
+            rep->n_ejections = 0;
+            rep->confirmed = true;
+            rep->last_ok_ms = now;
+            if (st == ROUTER_SLOT_PENDING)
+                atomic_store(&rep->state, ROUTER_SLOT_ACTIVE);
+        } else if (!rep->ejected) {
+            /* NOT_SERVING (draining) or the stream broke (the peer died): no new calls from
+             * now on; the prober's Check takes it back after the backoff */
+            eject_locked(r, rep, now);
+            if (rep->discovered)
+                atomic_store(&sh->resolve_asap, true);
+        }
+    }
+    pthread_mutex_unlock(&sh->mu);
+}
+
+int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending)
+{
+    pthread_mutex_lock(&sh->mu);
+    int n = sh->n_replicas, at = -1;
+    /* a FREE slot, the one that last held this address if any (its counters read on) */
+    for (int i = 0; i < n; i++)
+        if (slot_state(&sh->replicas[i]) == ROUTER_SLOT_FREE && (at < 0 || !strcmp(sh->replicas[i].address, address)))
+            at = i;
+    if (at < 0 && n < ROUTER_MAX_REPLICAS)
+        at = n;
+    if (at >= 0) {
+        router_replica *rep = &sh->replicas[at];
+        rep->channel = ch;
+        rep->target = target;
+        snprintf(rep->address, sizeof rep->address, "%s", address);
+        rep->discovered = pending;
+        rep->confirmed = rep->ejected = rep->probing = false;
+        rep->n_ejections = 0;
+        rep->eject_until_ms = rep->last_ok_ms = rep->last_probe_ms = rep->drain_since_ms = 0;
+        rep->watching = rep->watch_stop = false;
+        rep->watch_stream = NULL;
+        atomic_store(&rep->in_flight, 0);
+        atomic_store(&rep->state, pending ? ROUTER_SLOT_PENDING : ROUTER_SLOT_ACTIVE);
+        if (at == n)
+            atomic_store(&sh->n_replicas, n + 1);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return at;
+}
+
+void router_slot_sync(router_shard *sh, int target, const char (*addrs)[ROUTER_ADDR_MAX], int n, bool *found,
+                      double now)
+{
+    for (int k = 0; k < n; k++)
+        found[k] = false;
+    pthread_mutex_lock(&sh->mu);
+    int nr = sh->n_replicas;
+    for (int i = 0; i < nr; i++) {
+        router_replica *rep = &sh->replicas[i];
+        int st = slot_state(rep);
+        if (st == ROUTER_SLOT_FREE || st == ROUTER_SLOT_CLOSING)
+            continue;
+        /* another entry's replica at the same address is that replica: no second one */
+        int k = 0;
+        while (k < n && strcmp(addrs[k], rep->address) != 0)
+            k++;
+        if (rep->target != target) {
+            if (k < n)
+                found[k] = true;
+            continue;
+        }
+        if (k < n) {
+            found[k] = true;
+            if (st == ROUTER_SLOT_DRAINING) { /* back before it was closed: check it again */
+                rep->confirmed = rep->ejected = false;
+                atomic_store(&rep->state, ROUTER_SLOT_PENDING);
+            }
+        } else if (st != ROUTER_SLOT_DRAINING) {
+            rep->drain_since_ms = now;
+            atomic_store(&rep->state, ROUTER_SLOT_DRAINING);
+        }
+    }
+    pthread_mutex_unlock(&sh->mu);
+}
+
+int router_slot_reap(const mx_router *r, router_shard *sh, double now)
+{
+    /* a dispatch step names a replica (and may read its channel) only within its budget of
+     * expert_timeout_ms: past that and the grace, nothing refers to the slot any more */
+    double grace = (double)r->cfg.expert_timeout_ms + ROUTER_CLOSE_GRACE_MS;
+    int found = -1;
+    pthread_mutex_lock(&sh->mu);
+    int n = sh->n_replicas;
+    for (int i = 0; i < n && found < 0; i++) {
+        router_replica *rep = &sh->replicas[i];
+        if (slot_state(rep) == ROUTER_SLOT_DRAINING && !rep->probing && atomic_load(&rep->in_flight) == 0 &&
+            now - rep->drain_since_ms >= grace) {
+            atomic_store(&rep->state, ROUTER_SLOT_CLOSING);
+            found = i;
+        }
+    }
+    pthread_mutex_unlock(&sh->mu);
+    return found;
+}
+
+void router_slot_release(router_shard *sh, int replica)
+{
+    pthread_mutex_lock(&sh->mu);
+    router_replica *rep = &sh->replicas[replica];
+    rep->channel = NULL;
+    atomic_store(&rep->state, ROUTER_SLOT_FREE);
     pthread_mutex_unlock(&sh->mu);
 }
 
@@ -221,7 +365,8 @@ int mx_router_shards_live(mx_router *r, int layer_begin, int layer_end, int *dea
         bool live = false;
         pthread_mutex_lock(&sh->mu);
         for (int i = 0; i < sh->n_replicas && !live; i++)
-            live = sh->replicas[i].confirmed && !sh->replicas[i].ejected;
+            live = slot_state(&sh->replicas[i]) == ROUTER_SLOT_ACTIVE && sh->replicas[i].confirmed &&
+                   !sh->replicas[i].ejected;
         pthread_mutex_unlock(&sh->mu);
         if (!live) {
             if (dead_shard)

@@ -78,7 +78,6 @@ static int copy_set(const mx_expert_set *src, mx_expert_set *dst, mx_error *err)
 
 static int create_shards(mx_router *r, const mx_router_config *cfg, mx_error *err)
 {
-    mx_rpc_channel_options opts = {.max_message_bytes = r->cfg.max_message_bytes};
     r->shards = calloc((size_t)cfg->n_shards, sizeof *r->shards);
     if (!r->shards)
         return mx_fail(err, MX_ENOMEM, "out of memory creating the router");
@@ -94,17 +93,8 @@ static int create_shards(mx_router *r, const mx_router_config *cfg, mx_error *er
             return mx_fail(err, MX_EINVAL, "expert shard %d has %d replicas (at most %d)", s, c->n_replicas,
                            ROUTER_MAX_REPLICAS);
         MX_TRY(copy_set(&c->owns, &sh->owns, err));
-        sh->replicas = calloc((size_t)c->n_replicas, sizeof *sh->replicas);
-        if (!sh->replicas)
-            return mx_fail(err, MX_ENOMEM, "out of memory creating the router");
-        for (int i = 0; i < c->n_replicas; i++) {
-            router_replica *rep = &sh->replicas[i];
-            atomic_init(&rep->in_flight, 0);
-            int rc = mx_rpc_channel_create(c->replicas[i], &opts, &rep->channel, err);
-            if (rc)
-                return mx_error_prefix(err, "expert shard %d replica %s", s, c->replicas[i]);
-            sh->n_replicas = i + 1;
-        }
+        /* static replicas now, DNS targets by the resolver thread (resolver.c) */
+        MX_TRY(router_targets_init(r, s, c, err));
     }
     return 0;
 }
@@ -130,6 +120,7 @@ static void set_timing(mx_router_config *dst, const mx_router_config *src)
         dst->eject_max_ms = dst->eject_ms;
     dst->health_interval_ms = src->health_interval_ms > 0 ? src->health_interval_ms : 1000;
     dst->probe_timeout_ms = src->probe_timeout_ms > 0 ? src->probe_timeout_ms : 500;
+    dst->resolve_interval_ms = src->resolve_interval_ms > 0 ? src->resolve_interval_ms : 5000;
 }
 
 int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,
@@ -161,6 +152,8 @@ int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_siz
         rc = build_owner_map(r, err);
     if (!rc)
         rc = router_prober_start(r, err);
+    if (!rc)
+        rc = router_resolver_start(r, err);
     if (rc) {
         mx_router_destroy(r);
         return rc;
@@ -230,7 +223,7 @@ int mx_router_num_replicas(const mx_router *r, int shard)
 void mx_router_replica_load_get(const mx_router *r, int shard, int replica, mx_router_replica_load *out)
 {
     router_replica *rep = &r->shards[shard].replicas[replica];
-    out->address = mx_rpc_channel_address(rep->channel);
+    out->address = rep->address; /* kept after a drained replica's channel is closed */
     out->calls = atomic_load_explicit(&rep->calls_sent, memory_order_relaxed);
     out->rows = atomic_load_explicit(&rep->rows_sent, memory_order_relaxed);
     out->in_flight = atomic_load_explicit(&rep->in_flight, memory_order_relaxed);
@@ -241,6 +234,7 @@ void mx_router_destroy(mx_router *r)
     if (!r)
         return;
     router_prober_stop(r);
+    router_targets_close(r); /* resolver and watch threads: nothing uses a channel after this */
     for (int s = 0; s < r->n_shards; s++) {
         router_shard *sh = &r->shards[s];
         for (int i = 0; i < sh->n_replicas; i++)

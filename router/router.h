@@ -17,14 +17,25 @@
  *       eject_max_ms = 5000;                #   per consecutive ejection up to this
  *       health_interval_ms = 1000;          # idle replicas get a health Check this often
  *       probe_timeout_ms = 500;             # deadline of one health Check
+ *       resolve_interval_ms = 5000;         # DNS targets are resolved again this often
  *       shards = (
  *         { experts = [0, 1];               # same keys as expert-svc: experts + layers or
  *           layer_begin = 0; layer_end = 8; #   layer_begin/layer_end (or none = all layers)
  *           replicas = ["127.0.0.1:5001", "127.0.0.1:5002"]; },
  *         { experts = [2, 3];
- *           replicas = ["127.0.0.1:5003"]; }
+ *           replicas = ["dns:///mx-expert-1.mx.svc.cluster.local:50071"]; }
  *       );
  *     };
+ *
+ * Replicas: each entry is "host:port" ("[ipv6]:port") or a gRPC-style DNS target
+ * "dns:///name:port" (the system's resolver) or "dns://SERVER[:PORT]/name:port" (that DNS
+ * server, an IP address). A DNS target stands for every address (A and AAAA) the name has:
+ * it is resolved in the router's resolver thread every resolve_interval_ms and at once after
+ * a replica of its shard failed (at most every 500 ms); a new address becomes a replica once
+ * a health check says SERVING; an address that is gone drains (no new calls, calls in flight
+ * finish) and its channel is closed expert_timeout_ms + 1 s later. A name that does not
+ * resolve (yet) is no start-up error: the shard just has no live replica until it does
+ * (mx_router_shards_live says 0). Mixed lists work; at most 64 replicas per shard at once.
  *
  * One run of a layer: tokens are grouped by expert (experts in ascending id, tokens in
  * ascending row), experts are mapped to shards, ONE ExpertShard.RunExperts call per shard
@@ -39,6 +50,10 @@
  *   past it counts as a miss: the call is sent to another replica and whichever copy answers
  *   first wins (the slow one is cancelled); with no other replica it just goes on waiting,
  *   up to expert_timeout_ms.
+ * - Health/Watch: the router holds a grpc.health.v1.Health/Watch stream to every replica; a
+ *   replica that says NOT_SERVING (a draining expert-svc) or whose stream breaks (killed,
+ *   unreachable) is ejected at once, before any call of it fails. A server that refuses the
+ *   Watch (UNIMPLEMENTED, or no room: see core/rpc/health.h) is followed by Check alone.
  * - Outlier ejection: a replica that fails or misses a deadline is ejected (skipped) for
  *   eject_ms x 2^(n-1), then probed with grpc.health.v1.Health/Check (service
  *   mx.internal.v1.ExpertShard) by the router's prober thread, and taken back when SERVING.
@@ -63,7 +78,7 @@
 typedef struct mx_router_shard_config {
     mx_expert_set owns;
     int n_replicas;
-    char **replicas;      /* "host:port" strings, owned */
+    char **replicas;      /* "host:port" or "dns://..." targets (see above), owned */
 } mx_router_shard_config;
 
 typedef struct mx_router_config {
@@ -78,6 +93,7 @@ typedef struct mx_router_config {
     int hedge_percent;
     int64_t eject_ms, eject_max_ms;
     int64_t health_interval_ms, probe_timeout_ms;
+    int64_t resolve_interval_ms;
 } mx_router_config;
 
 /* Parses the "experts" group s (see above). Errors name the key, the file and the line.

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/cfg_file.h"
+#include "resolver.h"
 #include "core/limits.h"
 
 static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx_error *err)
@@ -28,8 +29,12 @@ static int parse_shard(const config_setting_t *s, mx_router_shard_config *sh, mx
     for (int i = 0; i < n; i++) {
         const config_setting_t *e = config_setting_get_elem(r, (unsigned)i);
         const char *addr = config_setting_type(e) == CONFIG_TYPE_STRING ? config_setting_get_string(e) : NULL;
-        if (!addr || !strchr(addr, ':'))
-            return mx_cfg_fail(err, r, NULL, "element %d: expected a \"host:port\" string", i);
+        if (!addr)
+            return mx_cfg_fail(err, r, NULL, "element %d: expected a \"host:port\" or \"dns:///name:port\" string", i);
+        mx_router_target t;
+        mx_error terr = {0};
+        if (mx_router_target_parse(addr, &t, &terr))
+            return mx_cfg_fail(err, r, NULL, "element %d: %s", i, terr.msg);
         for (int j = 0; j < i; j++)
             if (!strcmp(sh->replicas[j], addr))
                 return mx_cfg_fail(err, r, NULL, "\"%s\" is listed twice", addr);
@@ -80,7 +85,8 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
         return mx_cfg_fail(err, s, NULL, "expected a group { shards = (...); }");
     static const char *const known[] = {"expert_timeout_ms", "max_message_mb", "shards", "attempt_timeout_floor_ms",
                                         "attempt_timeout_factor", "attempt_timeout_cap_ms", "hedge", "hedge_percent",
-                                        "eject_ms", "eject_max_ms", "health_interval_ms", "probe_timeout_ms"};
+                                        "eject_ms", "eject_max_ms", "health_interval_ms", "probe_timeout_ms",
+                                        "resolve_interval_ms"};
     MX_TRY(mx_cfg_check_keys(s, known, sizeof known / sizeof *known, err));
     int64_t v;
     MX_TRY(mx_cfg_int(s, "expert_timeout_ms", 0, 10000, 1, 3600000, &v, err));
@@ -97,6 +103,7 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
     MX_TRY(mx_cfg_int(s, "eject_max_ms", 0, 5000, 1, 3600000, &out->eject_max_ms, err));
     MX_TRY(mx_cfg_int(s, "health_interval_ms", 0, 1000, 10, 3600000, &out->health_interval_ms, err));
     MX_TRY(mx_cfg_int(s, "probe_timeout_ms", 0, 500, 1, 3600000, &out->probe_timeout_ms, err));
+    MX_TRY(mx_cfg_int(s, "resolve_interval_ms", 0, 5000, 100, 3600000, &out->resolve_interval_ms, err));
     if (out->attempt_floor_ms > out->attempt_cap_ms)
         return mx_cfg_fail(err, s, "attempt_timeout_floor_ms", "%lld is above attempt_timeout_cap_ms (%lld)",
                            (long long)out->attempt_floor_ms, (long long)out->attempt_cap_ms);

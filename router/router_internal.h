@@ -1,8 +1,9 @@
 /* router_internal.h - the router's private state, shared by router.c (setup, counters),
- * replicas.c (per-replica health: latency percentiles, ejection, replica choice, liveness),
- * prober.c (the health-check thread) and dispatch.c (one layer's fan-out, retries, hedges
- * and combine). Calls go one way only: router.c -> prober.c -> replicas.c <- dispatch.c.
- * Not for use outside router/. */
+ * replicas.c (per-replica health: latency percentiles, ejection, replica choice, liveness,
+ * the replica slots of a shard), prober.c (the health-check thread and the Health/Watch
+ * streams), resolver.c (targets, DNS discovery, drain and close of replicas that went away)
+ * and dispatch.c (one layer's fan-out, retries, hedges and combine). Calls go one way only:
+ * router.c -> resolver.c -> prober.c -> replicas.c <- dispatch.c. Not for use outside router/. */
 #ifndef MX_ROUTER_INTERNAL_H
 #define MX_ROUTER_INTERNAL_H
 
@@ -18,11 +19,35 @@
 #define ROUTER_LAT_SAMPLES 256   /* last successful calls per size class */
 #define ROUTER_LAT_MIN 20        /* samples before a class's percentiles are used */
 
-/* Guarded by the shard's mu, except in_flight (atomic, read on the pick path). */
+/* A replica slot's life. Slots never move (a shard has ROUTER_MAX_REPLICAS of them, fixed),
+ * so an index taken by a call stays valid; a slot is reused only after it was closed. */
+typedef enum {
+    ROUTER_SLOT_FREE = 0,       /* unused (or closed) */
+    ROUTER_SLOT_PENDING,        /* a discovered address: no calls before a health check says SERVING */
+    ROUTER_SLOT_ACTIVE,         /* may be picked (unless ejected) */
+    ROUTER_SLOT_DRAINING,       /* its address went away: no new calls, nor probes; closed once its
+                                 * calls are done and ROUTER_CLOSE_GRACE_MS past expert_timeout_ms */
+    ROUTER_SLOT_CLOSING,        /* being closed by the resolver thread: nobody else touches it */
+} router_slot_state;
+
+#define ROUTER_CLOSE_GRACE_MS 1000  /* past expert_timeout_ms: no dispatch step refers to it */
+#define ROUTER_ADDR_MAX 272         /* "[ipv6]:port" or "host:port" */
+
+/* Guarded by the shard's mu, except the atomics. The channel of a slot in a state other than
+ * FREE/CLOSING stays valid as long as the router lives (see ROUTER_SLOT_DRAINING). */
 typedef struct router_replica {
     mx_rpc_channel *channel;
+    _Atomic int state;          /* router_slot_state; written under the shard's mu */
+    int target;                 /* index of the config entry it comes from */
+    char address[ROUTER_ADDR_MAX]; /* "host:port": kept after close, for messages */
+    double drain_since_ms;
+    /* Health/Watch stream (prober.c): a thread per replica, stopped before the close */
+    pthread_t watch_thread;
+    bool watching, watch_stop;
+    mx_rpc_stream *watch_stream;   /* set while open, for the stopper's cancel */
     atomic_int in_flight;       /* RunExperts calls outstanding on this replica */
     atomic_ullong calls_sent, rows_sent; /* load accounting (zero from calloc) */
+    bool discovered;            /* from a DNS target (a failure asks for a fresh resolve) */
     bool confirmed;             /* has answered a call or a health check */
     bool ejected;               /* skipped by the pick until a probe says SERVING */
     bool probing;               /* a health check is in flight */
@@ -40,8 +65,10 @@ typedef struct router_latency {
 
 typedef struct router_shard {
     mx_expert_set owns;
-    int n_replicas;
-    router_replica *replicas;
+    _Atomic int n_replicas;     /* slots in use so far (high-water mark; some may be FREE) */
+    router_replica *replicas;   /* [ROUTER_MAX_REPLICAS], fixed */
+    pthread_cond_t watch_cv;    /* wakes Watch threads waiting to reconnect (with mu) */
+    atomic_bool resolve_asap;   /* a replica failed: resolve its DNS targets now */
     atomic_uint next;           /* rotates ties between equally loaded replicas */
     atomic_llong rows_in_flight; /* rows of calls outstanding on any replica: picks the holder
                                   * of an expert several shards hold (zero from calloc) */
@@ -69,6 +96,7 @@ struct mx_router {
     pthread_mutex_t stop_mu;
     pthread_cond_t stop_cond;
     bool stop;
+    struct router_resolver *resolver; /* resolver.c: DNS targets and their thread, or NULL */
 };
 
 /* replicas.c */
@@ -78,7 +106,7 @@ void router_shard_destroy(router_shard *sh);
  * calls in flight (ties rotate). When every untried replica is ejected, the one that last
  * answered (a shard never refuses outright on its own say-so). -1 when all were tried. */
 int router_pick_replica(router_shard *sh, uint64_t tried);
-/* Whether a replica outside tried is left (no side effect on the rotation). */
+/* Whether an active replica outside tried is left (no side effect on the rotation). */
 bool router_has_untried(const router_shard *sh, uint64_t tried);
 /* An attempt's own deadline for a call of rows rows: p99 x factor of the smallest size class
  * >= this one with enough samples, within [floor, cap]; the cap without samples. */
@@ -91,8 +119,37 @@ void router_record_fault(mx_router *r, router_shard *sh, int replica, router_fau
 bool router_probe_due(mx_router *r, router_shard *sh, int replica, double now_ms);
 void router_probe_result(mx_router *r, router_shard *sh, int replica, bool serving);
 
+/* Health/Watch news about a replica (prober.c's watch threads). */
+typedef enum { ROUTER_WATCH_SERVING, ROUTER_WATCH_NOT_SERVING, ROUTER_WATCH_LOST } router_watch_news;
+void router_watch_result(mx_router *r, router_shard *sh, int replica, router_watch_news news);
+/* Replica slots (resolver.c): puts a new replica in a FREE slot (PENDING when pending, else
+ * ACTIVE) and returns its index, -1 when all ROUTER_MAX_REPLICAS are in use. */
+int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending);
+/* After a resolve of target: its slots whose address is not in addrs[0..n) start draining;
+ * a draining one whose address is back is PENDING again. found[k] says whether addrs[k]
+ * already has a slot (else the caller adds one). */
+void router_slot_sync(router_shard *sh, int target, const char (*addrs)[ROUTER_ADDR_MAX], int n, bool *found,
+                      double now_ms);
+/* A DRAINING slot that may be closed now (no call, no probe, past the grace): marked CLOSING
+ * and returned; -1 when none. The caller stops its watch, destroys the channel, then
+ * calls router_slot_release. */
+int router_slot_reap(const mx_router *r, router_shard *sh, double now_ms);
+void router_slot_release(router_shard *sh, int replica);
+
 /* prober.c */
+/* Starts / stops the Health/Watch thread of a replica (stop is idempotent; joins). */
+int router_watch_start(mx_router *r, int shard, int replica, mx_error *err);
+void router_watch_stop(mx_router *r, int shard, int replica);
 int router_prober_start(mx_router *r, mx_error *err);
 void router_prober_stop(mx_router *r);
+
+/* resolver.c */
+/* The shard's replica slots and its config entries: static ones get a replica now, DNS ones
+ * are kept for the resolver thread. Errors name the entry. */
+int router_targets_init(mx_router *r, int shard, const mx_router_shard_config *c, mx_error *err);
+/* Starts the resolver thread when some entry is a DNS target. */
+int router_resolver_start(mx_router *r, mx_error *err);
+/* Stops the resolver thread and every watch thread (channels stay for the caller to destroy). */
+void router_targets_close(mx_router *r);
 
 #endif

@@ -1,12 +1,16 @@
 /* health.c - grpc.health.v1.Health (Check, Watch) on top of server.h, with a per-service
- * status table, attached to a server as an add-on (server.c does not know it). Watch handlers wait on a condition variable and wake up on changes, on
- * cancellation (polled every 100 ms) and on server shutdown. */
+ * status table, attached to a server as an add-on (server.c does not know it). Watch handlers
+ * wait on a condition variable and wake up on changes, on cancellation (polled every 100 ms)
+ * and on server shutdown. A Watch holds a worker for its whole life, so at most half of the
+ * workers serve Watches (the rest are refused with RESOURCE_EXHAUSTED: use Check); each
+ * Watch records what it last sent, so a drain can wait until every watcher was told. */
 #include "health.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "../clock.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "pb.h"
 #include "server_internal.h"
@@ -19,12 +23,21 @@ typedef struct entry {
     int status;
 } entry;
 
+/* One Watch in progress (on its handler's stack), linked while it runs. */
+typedef struct watcher {
+    const char *service;
+    int last_sent;                   /* -1 before the first message */
+    struct watcher *next;
+} watcher;
+
 struct mx_rpc_health {
     pthread_mutex_t mu;
-    pthread_cond_t changed;
+    pthread_cond_t changed;          /* a status changed, or a watcher sent or left */
     entry *entries;
     int n_entries;
     int shutting_down;
+    watcher *watchers;
+    int n_watchers, max_watchers;
 };
 
 /* The status of service, or SERVICE_UNKNOWN. Caller holds h->mu. */
@@ -118,17 +131,30 @@ static void on_watch(mx_rpc_call *call, const uint8_t *req, size_t len, void *us
     Grpc__Health__V1__HealthCheckRequest *r = parse(call, req, len);
     if (!r)
         return;
-    int last_sent = -1;
+    watcher w = {r->service, -1, NULL};
     pthread_mutex_lock(&h->mu);
+    if (h->n_watchers >= h->max_watchers) {
+        int n = h->n_watchers;
+        pthread_mutex_unlock(&h->mu);
+        mx_rpc_call_set_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                               "health: %d Watch streams already hold half of the workers; use Check", n);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        return;
+    }
+    w.next = h->watchers;
+    h->watchers = &w;
+    h->n_watchers++;
     for (;;) {
         int status = lookup(h, r->service);
         int ending = h->shutting_down;
-        if (status != last_sent) {
+        if (status != w.last_sent) {
             pthread_mutex_unlock(&h->mu);
-            if (send_status(call, status) != 0)
-                goto out;
-            last_sent = status;
+            int rc = send_status(call, status);
             pthread_mutex_lock(&h->mu);
+            if (rc != 0)
+                break;
+            w.last_sent = status;
+            pthread_cond_broadcast(&h->changed); /* for mx_rpc_health_wait_told */
             continue;   /* re-read: it may have changed while we were sending */
         }
         if (ending) {
@@ -146,9 +172,40 @@ static void on_watch(mx_rpc_call *call, const uint8_t *req, size_t len, void *us
         }
         pthread_cond_timedwait(&h->changed, &h->mu, &ts);
     }
+    for (watcher **p = &h->watchers; *p; p = &(*p)->next)
+        if (*p == &w) {
+            *p = w.next;
+            break;
+        }
+    h->n_watchers--;
+    pthread_cond_broadcast(&h->changed);
     pthread_mutex_unlock(&h->mu);
-out:
     protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+int mx_rpc_health_wait_told(mx_rpc_server *srv, double deadline_ms)
+{
+    mx_rpc_health *h = srv->health;
+    if (!h)
+        return 1;
+    pthread_mutex_lock(&h->mu);
+    int told = 0;
+    for (;;) {
+        told = 1;
+        for (const watcher *w = h->watchers; w && told; w = w->next)
+            told = w->last_sent == lookup(h, w->service);
+        double left = deadline_ms - mx_now_ms();
+        if (told || left <= 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long long ns = (long long)ts.tv_nsec + (long long)((left < 20 ? left : 20) * 1e6);
+        ts.tv_sec += (time_t)(ns / 1000000000LL);
+        ts.tv_nsec = (long)(ns % 1000000000LL);
+        pthread_cond_timedwait(&h->changed, &h->mu, &ts);
+    }
+    pthread_mutex_unlock(&h->mu);
+    return told;
 }
 
 static void health_enter_shutdown(void *ctx)
@@ -182,6 +239,7 @@ int mx_rpc_health_attach(mx_rpc_server *srv, mx_error *err)
         return mx_fail(err, MX_ENOMEM, "health: out of memory");
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->changed, NULL);
+    h->max_watchers = srv->pool.n_threads / 2;
     int rc = set_locked(h, "", MX_RPC_SERVING, err);
     /* the hook owns h from here: the server frees it even if a later step fails */
     if (rc == 0)
