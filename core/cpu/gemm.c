@@ -156,12 +156,19 @@ int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path
         break;
     }
     int threads = mx_threadpool_size(pool);
-    if (path != MX_GEMM_PATH_AUTO && path != MX_GEMM_PATH_STREAM && path != MX_GEMM_PATH_PACKED)
+    if (path != MX_GEMM_PATH_AUTO && path != MX_GEMM_PATH_STREAM && path != MX_GEMM_PATH_PACKED &&
+        path != MX_GEMM_PATH_AMX)
         return mx_fail(err, MX_EINVAL, "gemm: unknown kernel path %d", (int)path);
+    if (path == MX_GEMM_PATH_AMX) { /* the packed path on AMX tiles (AVX-512 family, BF16) */
+        if (isa != MX_CPU_ISA_AVX512 || wdtype != MX_DTYPE_BF16 || !mx_cpu_amx_usable())
+            return mx_fail(err, MX_EUNSUPPORTED, "gemm: no AMX kernel for %s weights on this CPU (%s)",
+                           mx_dtype_name(wdtype), mx_cpu_isa_name(isa));
+        j.gemm = mx_gemm_amx;
+    }
     if (path == MX_GEMM_PATH_STREAM && M > mx_gemv_max_m(isa, wdtype))
         return mx_fail(err, MX_EINVAL, "gemm: the %s streaming kernel takes at most %d rows, "
                        "not M=%d", mx_cpu_isa_name(isa), mx_gemv_max_m(isa, wdtype), M);
-    int stream = path == MX_GEMM_PATH_STREAM ||
+    int stream = path == MX_GEMM_PATH_STREAM || /* AMX and PACKED: the packed driver below */
                  (path == MX_GEMM_PATH_AUTO && M <= gemv_auto_m(isa, wdtype));
     if (stream) {
         /* Memory bound: many small tasks (32 per thread, each a multiple of 8 rows of W), so the
@@ -204,8 +211,13 @@ int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy,
 int mx_cpu_gemm(mx_threadpool *pool, float *y, int ldy, const float *x, int ldx, int M, int K,
                 const void *w, mx_dtype wdtype, int N, mx_error *err)
 {
-    return mx_cpu_gemm_with_isa(pool, mx_cpu_best_isa(), y, ldy, x, ldx, M, K, w, wdtype, N,
-                                err);
+    mx_cpu_isa isa = mx_cpu_best_isa();
+    /* AMX for prefill-sized BF16 products; its exact 3-way split of x keeps fp32 accuracy */
+    mx_gemm_path path = isa == MX_CPU_ISA_AVX512 && wdtype == MX_DTYPE_BF16 && M >= MX_GEMM_AMX_MIN_M &&
+                                mx_cpu_amx_usable()
+                            ? MX_GEMM_PATH_AMX
+                            : MX_GEMM_PATH_AUTO;
+    return mx_cpu_gemm_with_path(pool, isa, path, y, ldy, x, ldx, M, K, w, wdtype, N, err);
 }
 
 const char *mx_cpu_gemm_isa(void)

@@ -71,6 +71,9 @@ static void *make_weights(mx_dtype dt, size_t n, uint64_t *s, double *wd)
     return w;
 }
 
+/* check_path's path for the public entry point mx_cpu_gemm (its own choice of kernel). */
+#define PATH_DEFAULT ((mx_gemm_path)-1)
+
 static void check_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path, mx_dtype dt,
                        int M, int K, int N, int xpad, int ypad)
 {
@@ -85,7 +88,8 @@ static void check_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path, m
         y[i] = 12345.f; /* sentinel: padding must stay untouched */
     void *w = make_weights(dt, (size_t)N * K, &s, wd);
     mx_error err = {0};
-    int rc = mx_cpu_gemm_with_path(pool, isa, path, y, ldy, x, ldx, M, K, w, dt, N, &err);
+    int rc = path == PATH_DEFAULT ? mx_cpu_gemm(pool, y, ldy, x, ldx, M, K, w, dt, N, &err)
+                                  : mx_cpu_gemm_with_path(pool, isa, path, y, ldy, x, ldx, M, K, w, dt, N, &err);
     if (rc != 0)
         fail_msg("%s %s path %d M=%d K=%d N=%d: %s", mx_cpu_isa_name(isa), mx_dtype_name(dt),
                  (int)path, M, K, N, err.msg);
@@ -211,6 +215,41 @@ static void test_paths_scalar(void **state) { (void)state; run_paths(MX_CPU_ISA_
 static void test_paths_avx2(void **state) { (void)state; run_paths(MX_CPU_ISA_AVX2, 2); }
 static void test_paths_avx512(void **state) { (void)state; run_paths(MX_CPU_ISA_AVX512, 2); }
 
+/* The AMX kernel (bf16 tiles on x split exactly into three bf16 parts) at the fp32 kernels'
+ * tolerance (1e-5 of the sum of |products|: one bf16 part alone misses it by ~200x): row and
+ * column counts around the 16 x 16 tiles and 32 x 32 blocks, K around the 32-wide tile steps
+ * and the 384 block, padded strides, 1 and 2 threads, and mx_cpu_gemm's own choice at M >= 64.
+ * Other weight dtypes are refused. */
+static void test_amx(void **state)
+{
+    (void)state;
+    if (!mx_cpu_amx_usable()) {
+        skip();
+        return;
+    }
+    mx_error err = {0};
+    for (int threads = 1; threads <= 2; threads++) {
+        mx_threadpool *pool = NULL;
+        assert_int_equal(mx_threadpool_create(threads, &pool, &err), 0);
+        static const int Ms[] = {1, 15, 16, 17, 33, 64, 65, 130};
+        static const int Ks[] = {1, 31, 33, 385, 1117};
+        static const int Ns[] = {1, 17, 32, 257};
+        for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+                for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+                    check_path(pool, MX_CPU_ISA_AVX512, MX_GEMM_PATH_AMX, MX_DTYPE_BF16, Ms[mi], Ks[ki], Ns[ni],
+                               (int)(mi % 2), (int)(ni % 3));
+        check_path(pool, MX_CPU_ISA_AVX512, MX_GEMM_PATH_AMX, MX_DTYPE_BF16, 70, 6144, 600, 0, 1);
+        check_path(pool, MX_CPU_ISA_AVX512, PATH_DEFAULT, MX_DTYPE_BF16, 96, 2000, 300, 3, 0);
+        mx_threadpool_destroy(pool);
+    }
+    float x[4] = {0}, y[4];
+    uint16_t w[4] = {0};
+    assert_int_equal(mx_cpu_gemm_with_path(NULL, MX_CPU_ISA_AVX512, MX_GEMM_PATH_AMX, y, 1, x, 1, 1, 1, w,
+                                           MX_DTYPE_F16, 1, &err),
+                     MX_EUNSUPPORTED);
+}
+
 static void test_dispatch_picks_best(void **state)
 {
     (void)state;
@@ -269,6 +308,7 @@ int main(void)
         cmocka_unit_test(test_paths_scalar),
         cmocka_unit_test(test_paths_avx2),
         cmocka_unit_test(test_paths_avx512),
+        cmocka_unit_test(test_amx),
         cmocka_unit_test(test_dispatch_picks_best),
         cmocka_unit_test(test_bad_arguments),
     };
