@@ -66,8 +66,9 @@ static void usage(FILE *f)
                "         [--workdir DIR] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--kv-cache-bytes N[K|M|G]]\n"
                "         [--expert-dtype bf16|int8] [--attn-dtype bf16|int8]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
-               "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\") and then\n"
-               "\"gateway listening on 127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n"
+               "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\"), the gateway's\n"
+               "OpenAI HTTP API (\"http http://127.0.0.1:PORT\") and then \"gateway listening on\n"
+               "127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n"
                "Stages are chained (each forwards to the next); the gateway keeps up to D micro-batches\n"
                "in the pipeline (default S; 1 = one at a time). --kv-dtype and --kv-cache-bytes set every\n"
                "stage's KV cache element type and budget (binary units; default: half of free memory).\n"
@@ -187,9 +188,11 @@ static int write_gateway_cfg(const cluster *c, const proc *p)
     FILE *f = fopen(p->cfg_path, "w");
     if (!f)
         return -1;
+    /* the OpenAI HTTP API on a port the gateway picks and reports in gateway.http_port */
     fprintf(f, "# gateway (written by mx cluster)\ngateway = {\n  listen = \"127.0.0.1:%d\";\n  model = \"%s\";\n"
-               "  num_expert_shards = %d;\n  max_batch_sequences = %d;\n  pipeline_depth = %d;\n  stages = [",
-            p->port, c->model, c->shards, c->max_batch, c->pipeline_depth ? c->pipeline_depth : c->stages);
+               "  num_expert_shards = %d;\n  max_batch_sequences = %d;\n  pipeline_depth = %d;\n"
+               "  http_listen = \"127.0.0.1:0\";\n  http_port_file = \"%s/gateway.http_port\";\n  stages = [",
+            p->port, c->model, c->shards, c->max_batch, c->pipeline_depth ? c->pipeline_depth : c->stages, c->dir);
     int k = 0;
     for (int i = 0; i < c->n; i++)
         if (c->p[i].kind == KIND_STAGE)
@@ -458,6 +461,15 @@ static int run(cluster *c, int gateway_port)
             printf("%s %d 127.0.0.1:%d pid %d\n", kind, p->index, p->port, (int)p->pid);
     }
     printf("configs and logs in %s\n", c->dir);
+    /* written by the gateway before it turned SERVING */
+    char http_path[sizeof c->dir + 32];
+    snprintf(http_path, sizeof http_path, "%s/gateway.http_port", c->dir);
+    FILE *hf = fopen(http_path, "r");
+    int http_port = 0;
+    if (hf && fscanf(hf, "%d", &http_port) == 1 && http_port > 0)
+        printf("http http://127.0.0.1:%d\n", http_port);
+    if (hf)
+        fclose(hf);
     printf("gateway listening on 127.0.0.1:%d\n", c->p[c->n - 1].port);
     fflush(stdout);
     sigset_t set;
@@ -490,6 +502,9 @@ static void clean_dir(const cluster *c)
         unlink(c->p[i].cfg_path);
         unlink(c->p[i].log_path);
     }
+    char http_path[sizeof c->dir + 32];
+    snprintf(http_path, sizeof http_path, "%s/gateway.http_port", c->dir);
+    unlink(http_path);
     rmdir(c->dir);
 }
 

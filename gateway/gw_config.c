@@ -23,7 +23,7 @@ static const char *const known_keys[] = {
     "listen", "model", "model_name", "port_file", "tokenizer", "chat_format", "stages", "num_expert_shards",
     "max_new_tokens_limit", "max_context_tokens", "max_batch_sequences", "max_step_tokens", "pipeline_depth",
     "max_queued", "max_request_kb", "kv_max_overtakes", "stage_timeout_ms", "eos_token_ids", "drain_ms",
-    "stream_write_timeout_ms"};
+    "stream_write_timeout_ms", "http_listen", "http_port_file"};
 
 static int parse(config_t *cf, gw_config *c, mx_error *err)
 {
@@ -37,6 +37,8 @@ static int parse(config_t *cf, gw_config *c, mx_error *err)
     MX_TRY(mx_cfg_string_buf(g, "port_file", "", c->port_file, sizeof c->port_file, err));
     MX_TRY(mx_cfg_string_buf(g, "tokenizer", "", c->tokenizer, sizeof c->tokenizer, err));
     MX_TRY(mx_cfg_string_buf(g, "chat_format", "auto", c->chat_format, sizeof c->chat_format, err));
+    MX_TRY(mx_cfg_string_buf(g, "http_listen", "", c->http_listen, sizeof c->http_listen, err));
+    MX_TRY(mx_cfg_string_buf(g, "http_port_file", "", c->http_port_file, sizeof c->http_port_file, err));
     if (strcmp(c->chat_format, "auto") && strcmp(c->chat_format, "none") && strcmp(c->chat_format, "minimax-text-01") &&
         strcmp(c->chat_format, "minimax-m1"))
         return mx_cfg_fail(err, config_setting_get_member(g, "chat_format"), NULL,

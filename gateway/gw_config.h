@@ -41,6 +41,9 @@
  *                                         # the default is absent, text features are off
  *       chat_format = "auto";             # "auto" (recognise tokenizer_config.json's
  *                                         # chat_template), "minimax-text-01", "minimax-m1", "none"
+ *       http_listen = "0.0.0.0:8000";     # optional: the OpenAI-compatible HTTP API
+ *                                         # (openai_http.h); port 0 picks one; "" = off (default)
+ *       http_port_file = "/tmp/gw.http";  # optional: its bound port written here before serving
  *     };
  */
 #ifndef MX_GW_CONFIG_H
@@ -61,6 +64,8 @@ typedef struct gw_config {
     char port_file[4096];
     char tokenizer[4096];         /* "" = <model>/tokenizer.json if present */
     char chat_format[32];
+    char http_listen[256];        /* "" = no HTTP API */
+    char http_port_file[4096];
     int n_stages;
     char stages[GW_MAX_STAGES][256];
     int num_expert_shards;

@@ -17,6 +17,7 @@
 #include "core/rpc/signals.h"
 #include "generation_rpc.h"
 #include "gw_config.h"
+#include "openai_http.h"
 #include "pipeline_health.h"
 #include "scheduler.h"
 #include "text.h"
@@ -31,6 +32,8 @@ typedef struct gateway {
     gw_text text;
     gw_tokenize_ctx tok_ctx;
     gw_generation_ctx gen_ctx;
+    gw_pipeline_health *health;  /* owned by the gRPC server */
+    gw_openai_http *http;        /* NULL unless gateway.http_listen */
 } gateway;
 
 /* The stages' KV numbers, before serving: asks until every stage answers (they may still be
@@ -100,6 +103,7 @@ static void free_config(void *config) { (void)config; }
 static void close_gateway(void *state)
 {
     gateway *g = state;
+    gw_openai_http_stop(g->http); /* before the scheduler: it cancels the HTTP requests left */
     gw_scheduler_destroy(g->sched);
     gw_text_free(&g->text);
     free(g);
@@ -150,16 +154,29 @@ static void listen_on(const void *config, const void *state, mx_service_listen *
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err)
 {
     gateway *g = state;
-    MX_TRY(gw_pipeline_health_attach((const char(*)[256])g->cfg.stages, g->cfg.n_stages, srv, 500, NULL, err));
-    return gw_add_methods(&g->gen_ctx, &g->tok_ctx, srv, err);
+    MX_TRY(gw_pipeline_health_attach((const char(*)[256])g->cfg.stages, g->cfg.n_stages, srv, 500, &g->health, err));
+    MX_TRY(gw_add_methods(&g->gen_ctx, &g->tok_ctx, srv, err));
+    /* the OpenAI HTTP API serves from here on, over the same scheduler */
+    if (g->cfg.http_listen[0])
+        MX_TRY(gw_openai_http_start(&g->gen_ctx, &g->health, &g->http, err));
+    return 0;
+}
+
+/* A stop signal: the HTTP API turns 503 for new requests (before the gRPC server, and with it
+ * the pipeline-health watcher /health reads, goes away); its requests in flight go on. */
+static void stop_watchers(void *state)
+{
+    gw_openai_http_drain(((gateway *)state)->http);
 }
 
 static void ready_line(const void *config, const void *state, int port, char *buf, size_t cap)
 {
     (void)config;
     const gateway *g = state;
-    snprintf(buf, cap, "%d stages, pipeline_depth %d, serving mx.v1.Generation on port %d", g->cfg.n_stages,
-             g->cfg.pipeline_depth, port);
+    int n = snprintf(buf, cap, "%d stages, pipeline_depth %d, serving mx.v1.Generation on port %d", g->cfg.n_stages,
+                     g->cfg.pipeline_depth, port);
+    if (g->http && n > 0 && (size_t)n < cap)
+        snprintf(buf + n, cap - (size_t)n, ", OpenAI HTTP API on port %d", gw_openai_http_port(g->http));
 }
 
 int main(int argc, char **argv)
@@ -180,6 +197,7 @@ int main(int argc, char **argv)
         .close = close_gateway,
         .listen = listen_on,
         .add_methods = add_methods,
+        .stop_watchers = stop_watchers,
         .ready_line = ready_line,
     };
     return mx_service_main(&def, argc, argv);

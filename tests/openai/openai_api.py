@@ -1,0 +1,212 @@
+"""openai_api.py - the gateway's OpenAI-compatible HTTP API on a real loopback `mx cluster`
+(golden fixture `tiny` with the tokenizer `mx make-model` writes for its vocabulary): computes
+the expectations (the fixture's greedy tokens, the gRPC API's Complete answers for the same
+requests through the grpcio client of tests/cluster), runs client_checks.mjs with the official
+openai npm client against them, and checks through AttentionStage/Info that a client that
+disconnects mid-stream or times out frees its sequence on every stage.
+Usage: openai_api.py FIXTURE_DIR NODE_MODULES_DIR. Prints 'N passed, N failed'."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "cluster"))
+import cluster_util as u
+
+gen, stage_pb, _health = u.load_stubs()
+r = u.Results()
+MODEL = "MiniMax-Text-01"  # the gateway's default model_name
+KV_BYTES = "4M"            # 256 B of KV per token per stage on tiny: ~16K tokens fit
+LONG_TOKENS = 4000         # a request still running when the client goes away
+
+
+def make_model(fixture, work):
+    """The fixture's weights (linked) with a tokenizer.json + tokenizer_config.json sized to its
+    vocabulary, taken from a `mx make-model --preset tiny` of the same vocabulary."""
+    gen_dir, model = os.path.join(work, "gen"), os.path.join(work, "model")
+    subprocess.run([u.MX, "make-model", "--preset", "tiny", "--out", gen_dir], check=True, stdout=subprocess.DEVNULL)
+    if json.load(open(os.path.join(gen_dir, "config.json")))["vocab_size"] != \
+            json.load(open(os.path.join(fixture, "config.json")))["vocab_size"]:
+        raise RuntimeError("mx make-model --preset tiny no longer has the fixture's vocabulary size")
+    os.makedirs(model)
+    for f in os.listdir(fixture):
+        os.symlink(os.path.abspath(os.path.join(fixture, f)), os.path.join(model, f))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        if os.path.exists(os.path.join(gen_dir, f)):
+            shutil.copy(os.path.join(gen_dir, f), model)
+    return model
+
+
+class Cluster:
+    """`mx cluster` with its printed addresses: stages, gateway, and the `http` line."""
+
+    def __init__(self, model):
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([u.MX, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2",
+                                      "--replicas", "1,1", "--threads", "1", "--kv-cache-bytes", KV_BYTES],
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.stages, self.gateway, self.http = [], None, None
+        deadline = time.time() + 120
+        for line in self.proc.stdout:
+            m = re.match(r"stage \d+ (\S+) pid", line)
+            if m:
+                self.stages.append(m.group(1))
+            m = re.match(r"http (http://\S+)$", line.strip())
+            if m:
+                self.http = m.group(1)
+            if line.startswith("gateway listening on "):
+                self.gateway = line.split()[-1]
+                break
+            if time.time() > deadline:
+                break
+        if not self.gateway:
+            self.stop()
+            self.log.seek(0)
+            raise RuntimeError("mx cluster did not start:\n" + self.log.read())
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def stage_live(addr):
+    with grpc.insecure_channel(addr) as ch:
+        info = ch.unary_unary("/mx.internal.v1.AttentionStage/Info",
+                              request_serializer=stage_pb.StageInfoRequest.SerializeToString,
+                              response_deserializer=stage_pb.StageInfoResponse.FromString)
+        return info(stage_pb.StageInfoRequest(), timeout=5).live_sequences
+
+
+def wait_live(cl, want, seconds=10):
+    """Polls every stage's live sequence count until it is `want` everywhere (bounded)."""
+    deadline = time.time() + seconds
+    while True:
+        live = [stage_live(a) for a in cl.stages]
+        if all(n == want for n in live) or time.time() > deadline:
+            return live
+        time.sleep(0.05)
+
+
+def grpc_complete(complete, req, n):
+    req.sampling.max_new_tokens = n
+    req.sampling.ignore_eos = True
+    req.logprobs.enabled = True
+    out = complete(req, timeout=60)
+    return out
+
+
+def expectations(cl, fixture, base_url):
+    exp = u.read_safetensors(os.path.join(fixture, "expected.safetensors"))
+    prompt = exp["p5_s12.prompt_ids"][2]
+    steps = 12
+    greedy_ids = exp["p5_s12.greedy_ids"][2][:steps]  # rows 0..steps-1: the tokens a greedy run emits
+    with grpc.insecure_channel(cl.gateway) as ch:
+        _generate, complete, _info = u.generation_stubs(ch, gen)
+        fx = grpc_complete(complete, gen.GenerateRequest(prompt_ids=prompt), steps)
+        r.check(list(fx.token_ids) == greedy_ids, "gRPC Complete reproduces the fixture's greedy tokens",
+                "%s vs %s" % (list(fx.token_ids), greedy_ids))
+        text_prompt = "Hello, world! The quick brown fox"
+        t = grpc_complete(complete, gen.GenerateRequest(prompt=text_prompt), 40)
+        text = t.text
+        # a stop string inside the answer, after its first few characters
+        stop = None
+        for k in range(4, max(4, len(text) - 3)):
+            cand = text[k:k + 3]
+            if "\ufffd" not in cand and cand.strip() and text.find(cand) == k:
+                stop = cand
+                break
+        if stop is None:
+            raise RuntimeError("no usable stop string in %r" % text)
+        sreq = gen.GenerateRequest(prompt=text_prompt)
+        sreq.sampling.stop.append(stop)
+        s = grpc_complete(complete, sreq, 40)
+        r.check(s.text == text[:text.find(stop)] and s.finish_reason == gen.FINISH_REASON_STOP,
+                "gRPC: the stop string cuts the text where it first occurs")
+        msgs = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the weather like in Shanghai?"}]
+        creq = gen.GenerateRequest(add_generation_prompt=True,
+                                   messages=[gen.ChatMessage(role=m["role"], text=m["content"]) for m in msgs])
+        c = grpc_complete(complete, creq, 24)
+    return {
+        "base_url": base_url, "model": MODEL,
+        "fixture": {"prompt_ids": prompt, "greedy_ids": greedy_ids},
+        "text": {"prompt": text_prompt, "ids": list(t.token_ids), "text": text,
+                 "prompt_tokens": t.usage.prompt_tokens, "logprobs": [p.chosen.logprob for p in t.logprobs]},
+        "stop": {"stop": stop, "text": s.text, "completion_tokens": s.usage.completion_tokens},
+        "chat": {"messages": msgs, "ids": list(c.token_ids), "text": c.text, "prompt_tokens": c.usage.prompt_tokens},
+        "too_long": 20000, "max_body": 32 * 1024 * 1024, "long_tokens": LONG_TOKENS,
+    }
+
+
+def run_client(cl, ex, modules, work):
+    path = os.path.join(work, "expect.json")
+    json.dump(ex, open(path, "w"))
+    script = os.path.join(modules, "client_checks.mjs")
+    p = subprocess.Popen(["node", script, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    try:
+        for line in p.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("PASS "):
+                r.check(True, "openai client: " + line[5:])
+            elif line.startswith("FAIL "):
+                r.check(False, "openai client: " + line[5:])
+            elif line == "STREAMING":
+                live = [stage_live(a) for a in cl.stages]
+                r.check(live == [1, 1], "a streaming HTTP request holds a sequence on both stages", str(live))
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            elif line in ("ABORTED", "TIMEDOUT"):
+                live = wait_live(cl, 0, 3)
+                r.check(live == [0, 0], "client %s: the sequence is released on every stage" %
+                        ("disconnect mid-stream" if line == "ABORTED" else "timeout (non-streaming)"), str(live))
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            else:
+                print(line)
+            if time.time() > deadline:
+                r.check(False, "openai client finished in time")
+                break
+    finally:
+        if p.poll() is None:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    r.check(p.returncode == 0, "openai client script exited 0", str(p.returncode))
+
+
+def main():
+    fixture, modules = sys.argv[1], sys.argv[2]
+    work = tempfile.mkdtemp(prefix="mx-openai-")
+    try:
+        model = make_model(fixture, work)
+        cl = Cluster(model)
+        try:
+            r.check(cl.http is not None, "mx cluster prints the HTTP API address", str(cl.http))
+            if cl.http:
+                ex = expectations(cl, fixture, cl.http)
+                run_client(cl, ex, modules, work)
+        finally:
+            rc = cl.stop()
+            r.check(rc == 0, "the cluster (gateway with its HTTP server) stops cleanly on SIGTERM", str(rc))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    r.finish()
+
+
+main()
