@@ -238,8 +238,13 @@ static int index_file(mx_rpc_reflection *r, int file, const char *package, mx_er
             MX_TRY(index_message(r, d, n, package, file, 0, err));
         } else if (f == 5) {
             MX_TRY(index_enum(r, d, n, package, file, err));
-        } else if (f == 7) {
-            MX_TRY(add_child_names(r, fd->data, fd->len, 7, package, file, err));
+        } else if (f == 7) {                      /* an extension declared at file level */
+            char *name;
+            if (wire_string(d, n, 1, &name))
+                return mx_fail(err, MX_EFORMAT, "reflection: malformed extension in %s", fd->name);
+            int arc = add_symbol(r, package, name, file, 0, NULL, err);
+            free(name);
+            MX_TRY(arc);
         } else if (f == 6) {                      /* a service and its methods */
             char *name, *full;
             if (wire_string(d, n, 1, &name))
