@@ -8,7 +8,10 @@ fixture's:
 - SIGSTOP of one replica for 20 s: no request fails, the aggregate token rate while it is
   frozen is at least 40 % of the rate before, and no stream waits more than 2 s between two
   tokens. Under AddressSanitizer (MX_ASAN=1) the rate bound is 25 % and the gap bound 4 s:
-  everything runs about ten times slower there, the measured attempt deadlines too.
+  everything runs about ten times slower there, the measured attempt deadlines too;
+- SIGKILL of one replica mid-stream: no request fails and no stream waits longer between two
+  tokens than one expert-call attempt deadline (attempt_timeout_cap_ms, 2 s) + 1 s (ASan:
+  twice that): the dead replica costs at most one deadline, not one per stage or per retry.
 Prints 'N passed, N failed' last."""
 import json
 import os
@@ -215,13 +218,41 @@ def test_sigstop(cl, load, own):
     r.check(serving(addr), "the thawed replica serves again")
 
 
+ATTEMPT_CAP_S = 2.0   # the router's attempt_timeout_cap_ms default: the longest one attempt waits
+
+
+def test_sigkill(cl, load):
+    """Kills replica 1.0 while streams run, measures the worst inter-token gap around it, then
+    starts it again (as our own child) so the cluster ends with every replica."""
+    addr, pid = cl.experts["1.0"]
+    argv = cmdline(pid)
+    time.sleep(2.0)
+    ok0, failed0, _, _ = load.counts()
+    t_kill = time.time()
+    os.kill(pid, signal.SIGKILL)
+    r.check(wait_until(lambda: gone(pid), 10), "SIGKILL: the replica is gone")
+    time.sleep(5.0)
+    t_end = time.time()
+    gap = load.worst_gap(t_kill, t_end)
+    bound = (ATTEMPT_CAP_S + 1.0) * (2 if ASAN else 1)
+    ok1, failed1, _, errs = load.counts()
+    print("sigkill: worst token gap %.2f s in the 5 s after the kill (bound %.1f s), %d requests completed" %
+          (gap, bound, ok1 - ok0))
+    r.check(gap <= bound, "SIGKILL: no stream waits more than one attempt deadline + 1 s", "worst %.2f s" % gap)
+    r.check(failed1 == failed0, "SIGKILL: no request failed", "%s" % errs)
+    r.check(ok1 > ok0, "SIGKILL: requests completed meanwhile")
+    own = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r.check(wait_until(lambda: serving(addr), 30), "SIGKILL: the restarted replica serves again")
+    return own
+
+
 def main():
     fixture = sys.argv[1]
     exp = u.read_safetensors(os.path.join(fixture, "expected.safetensors"))
     names = [c["name"] for c in json.load(open(os.path.join(fixture, "cases.json")))["cases"]]
     cases = [(exp[n + ".prompt_ids"][2], exp[n + ".greedy_ids"][2]) for n in names if n in ("p5_s12", "p37_s12")]
     cl = u.Cluster(fixture, stages=2, shards=2, replicas="2,2", extra=["--allow-replica-loss"])
-    own = None
+    own = own_killed = None
     load = Load(cl.gateway, cases)
     try:
         load.start()
@@ -231,6 +262,7 @@ def main():
             r.check(failed == 0 and wrong == 0 and ok > 0, "SIGTERM rounds: 0 failed requests",
                     "%d ok, %d failed, %d wrong: %s" % (ok, failed, wrong, errs))
             test_sigstop(cl, load, own)
+            own_killed = test_sigkill(cl, load)
         except Exception as e:  # a crash in one group is a failure; the cluster still stops
             r.check(False, "test group", repr(e))
         load.finish()
@@ -240,13 +272,14 @@ def main():
                 "%d ok, %d failed, %d wrong: %s" % (ok, failed, wrong, errs))
     finally:
         load.stop.set()
-        if own is not None and own.poll() is None:
-            own.send_signal(signal.SIGTERM)
-            try:
-                own.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                own.kill()
-                own.wait()
+        for p in (own, own_killed):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
         status = cl.stop()
         r.check(status == 0, "cluster stops cleanly on SIGTERM", "exit %s\n%s" % (status, cl.read_log()[-3000:]))
     r.finish()
