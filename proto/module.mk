@@ -30,10 +30,10 @@ $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(MX_PROTO_H)
 MX_DESCRIBED_PROTOS := $(MX_PROTOS) proto/grpc/reflection/v1alpha/reflection.proto
 $(BUILD)/gen/mx_descriptor_set.pb: $(MX_DESCRIBED_PROTOS)
 	@mkdir -p $(BUILD)/gen
-	protoc -Iproto --include_imports --include_source_info --descriptor_set_out=$@ \
+	$(call say,GEN,$@)protoc -Iproto --include_imports --include_source_info --descriptor_set_out=$@ \
 	    $(patsubst proto/%,%,$(MX_DESCRIBED_PROTOS))
 $(BUILD)/gen/mx_descriptor_set.pb-c.c: $(BUILD)/gen/mx_descriptor_set.pb
-	{ echo '/* generated from $(notdir $<) by proto/module.mk: the FileDescriptorSet of every .proto */'; \
+	$(call say,GEN,$@){ echo '/* generated from $(notdir $<) by proto/module.mk: the FileDescriptorSet of every .proto */'; \
 	  echo '#include <stddef.h>'; \
 	  echo 'extern const unsigned char mx_rpc_descriptor_set[];'; \
 	  echo 'extern const size_t mx_rpc_descriptor_set_len;'; \
@@ -41,7 +41,7 @@ $(BUILD)/gen/mx_descriptor_set.pb-c.c: $(BUILD)/gen/mx_descriptor_set.pb
 	  od -An -v -tx1 $< | sed -e 's/ \([0-9a-f][0-9a-f]\)/0x\1,/g'; \
 	  echo '};'; \
 	  echo 'const size_t mx_rpc_descriptor_set_len = sizeof mx_rpc_descriptor_set;'; } >$@.tmp
-	mv $@.tmp $@
+	@mv $@.tmp $@
 CORE_OBJS += $(BUILD)/gen/mx_descriptor_set.pb-c.o
 .SECONDARY: $(BUILD)/gen/mx_descriptor_set.pb $(BUILD)/gen/mx_descriptor_set.pb-c.c
 
