@@ -5,11 +5,14 @@
  * has (for a fresh sequence this is the reference prefill; for later chunks it equals the
  * recurrence mathematically, so chunked prefill matches one-shot prefill). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../config.h"
 #include "cpu_backend.h"
+#include "cpu_features.h"
+#include "lightning_cpu.h"
 
 typedef struct {
     float *o;                 /* [T, heads*d] */
@@ -19,7 +22,58 @@ typedef struct {
     const float *decay;
     int heads, d;
     int failed;               /* set by a task that could not allocate scratch */
+    /* blocked form on block products (AVX-512): items (span, head) taken in turn by each
+     * thread, with its slot of `scratch` (slot_floats) */
+    atomic_int next;
+    int n_items;
+    float *scratch;
+    size_t slot_floats;
 } lightning_job;
+
+/* Scratch of one thread for the block products: K^T [d][B], the scores [B][B] and the decay
+ * powers exp(-s t), t = 0..B. */
+static size_t mm_slot_floats(int d)
+{
+    size_t B = MX_LIGHTNING_BLOCK;
+    return ((size_t)d * B + B * B + B + 1 + 15) & ~(size_t)15;
+}
+
+/* lightning_block as products: o = diag(exp(-s (j+1))) q S; P = (q k^T) . D with D[j][i] =
+ * exp(-s (j - i)) for i <= j (0 above); o += P v; S = exp(-s m) S + (k . diag(exp(-s (m-1-i))))^T v.
+ * The same sums as the scalar form in another order; one expf per distance, not per pair. */
+static void lightning_block_mm(const float *q, const float *k, const float *v, size_t qkv_stride, float *o,
+                               size_t o_stride, float *S, int m, int d, float s, float *scratch)
+{
+    const int B = MX_LIGHTNING_BLOCK, ldq = (int)qkv_stride, ldo = (int)o_stride;
+    float *kt = scratch, *P = kt + (size_t)d * B, *e = P + (size_t)B * B;
+    for (int t = 0; t <= m; t++)
+        e[t] = expf(-s * (float)t);
+    mx_lightning_mm_avx512(o, ldo, q, ldq, S, d, m, d, d, 0);
+    for (int j = 0; j < m; j++) {
+        float *oj = o + (size_t)j * o_stride, qd = e[j + 1];
+        for (int b = 0; b < d; b++)
+            oj[b] *= qd;
+    }
+    for (int i = 0; i < m; i++)
+        for (int a = 0; a < d; a++)
+            kt[(size_t)a * B + i] = k[(size_t)i * qkv_stride + a];
+    mx_lightning_mm_avx512(P, B, q, ldq, kt, B, m, d, m, 0);
+    for (int j = 0; j < m; j++) {
+        float *pj = P + (size_t)j * B;
+        for (int i = 0; i <= j; i++)
+            pj[i] *= e[j - i];
+        for (int i = j + 1; i < m; i++)
+            pj[i] = 0.f;
+    }
+    mx_lightning_mm_avx512(o, ldo, P, B, v, ldq, m, m, d, 1);
+    float bd = e[m];
+    for (size_t x = 0; x < (size_t)d * d; x++)
+        S[x] *= bd;
+    for (int a = 0; a < d; a++)
+        for (int i = 0; i < m; i++)
+            kt[(size_t)a * B + i] *= e[m - 1 - i];
+    mx_lightning_mm_avx512(S, d, kt, B, v, ldq, d, m, d, 1);
+}
 
 /* One block of m tokens for one head. q/k/v rows are strided by qkv_stride; S is [d, d]. */
 static void lightning_block(const float *q, const float *k, const float *v, size_t qkv_stride, float *o,
@@ -89,10 +143,8 @@ static void lightning_step(const float *q, const float *k, const float *v, float
     }
 }
 
-static void lightning_task(void *ctx, int task, int n_tasks)
+static void lightning_item(lightning_job *j, int task, float *scratch)
 {
-    (void)n_tasks;
-    lightning_job *j = ctx;
     int span = task / j->heads, h = task % j->heads, d = j->d;
     const mx_span *sp = &j->spans[span];
     mx_lightning_state *st = j->states[span];
@@ -109,8 +161,32 @@ static void lightning_task(void *ctx, int task, int n_tasks)
     for (int b0 = 0; b0 < sp->len; b0 += MX_LIGHTNING_BLOCK) {
         int m = sp->len - b0 < MX_LIGHTNING_BLOCK ? sp->len - b0 : MX_LIGHTNING_BLOCK;
         const float *qb = q + (size_t)b0 * qkv_stride;
-        lightning_block(qb, qb + d, qb + 2 * d, qkv_stride, o + (size_t)b0 * o_stride, o_stride, S, m, d, s,
-                        scores);
+        if (scratch)
+            lightning_block_mm(qb, qb + d, qb + 2 * d, qkv_stride, o + (size_t)b0 * o_stride, o_stride, S, m, d, s,
+                               scratch);
+        else
+            lightning_block(qb, qb + d, qb + 2 * d, qkv_stride, o + (size_t)b0 * o_stride, o_stride, S, m, d, s,
+                            scores);
+    }
+}
+
+static void lightning_task(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    lightning_item(ctx, task, NULL);
+}
+
+/* Block products: thread `task` takes items in turn, with its own scratch slot. */
+static void lightning_mm_task(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    lightning_job *j = ctx;
+    float *scratch = j->scratch + (size_t)task * j->slot_floats;
+    for (;;) {
+        int i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (i >= j->n_items)
+            break;
+        lightning_item(j, i, scratch);
     }
 }
 
@@ -127,8 +203,27 @@ int mx_cpu_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const m
         if (!states[i] || mx_tensor_numel(&states[i]->S) != (int64_t)heads * head_dim * head_dim)
             return mx_fail(err, MX_EINVAL, "lightning: state %d has the wrong size", i);
     }
-    lightning_job j = {o->data, qkv->data, spans, states, decay, heads, head_dim, 0};
-    mx_threadpool_run(mx_cpu_pool(be), lightning_task, &j, n_spans * heads);
+    lightning_job j = {o->data, qkv->data, spans, states, decay, heads, head_dim, 0, 0, n_spans * heads, NULL, 0};
+    mx_threadpool *pool = mx_cpu_pool(be);
+    int longest = 0;
+    for (int i = 0; i < n_spans; i++)
+        longest = spans[i].len > longest ? spans[i].len : longest;
+    /* Prefill spans on AVX-512: the blocked form as block products (scratch the pool keeps) */
+    if (longest > 1 && mx_cpu_isa_supported(MX_CPU_ISA_AVX512)) {
+        int threads = mx_threadpool_size(pool);
+        j.slot_floats = mm_slot_floats(head_dim);
+        j.scratch = mx_threadpool_scratch(pool, (size_t)threads * j.slot_floats * sizeof(float));
+        if (!j.scratch)
+            return mx_fail(err, MX_ENOMEM, "lightning: out of memory for block scratch");
+        atomic_init(&j.next, 0);
+        int n_tasks = threads < j.n_items ? threads : j.n_items;
+        if (n_tasks > 1)
+            mx_threadpool_run(pool, lightning_mm_task, &j, n_tasks);
+        else
+            lightning_mm_task(&j, 0, 1);
+    } else {
+        mx_threadpool_run(pool, lightning_task, &j, n_spans * heads);
+    }
     for (int i = 0; i < n_spans; i++)
         states[i]->started = true;
     return 0;

@@ -1,0 +1,11 @@
+/* lightning_cpu.h - internals of the CPU lightning attention: the AVX-512 block-product kernel
+ * (lightning_avx512.c) that the blocked form in lightning_cpu.c runs on. */
+#ifndef MX_LIGHTNING_CPU_H
+#define MX_LIGHTNING_CPU_H
+
+/* c[m][n] = (acc ? c : 0) + a[m][k] . b[k][n], fp32, row-major with row strides ldc / lda /
+ * ldb in floats; any m, k, n. Only after mx_cpu_isa_supported(MX_CPU_ISA_AVX512). */
+void mx_lightning_mm_avx512(float *c, int ldc, const float *a, int lda, const float *b, int ldb, int m, int k, int n,
+                            int acc);
+
+#endif
