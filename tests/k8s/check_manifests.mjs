@@ -238,7 +238,16 @@ const containerPort = (w, port) => {
 // ---- 4. addresses in configs resolve to rendered Services -----------------------------------
 // A name resolves the way cluster DNS does from a pod in the same namespace: "svc", "svc.ns",
 // "svc.ns.svc[.cluster.local]", or "pod.svc..." for a StatefulSet pod behind a headless Service.
+// A gRPC-style "dns:///name:port" target (an expert shard's replicas) must name a headless
+// Service, whose DNS name resolves to every ready pod: it stands for all of them.
 function resolve(addr, fromNs) {
+    const d = /^dns:\/\/[^/]*\/(.*)$/.exec(addr || "");
+    if (d) {
+        const r = resolve(d[1], fromNs);
+        if (r.error || r.ordinal !== undefined) return r.error ? r : { error: `${addr}: a DNS target names a Service, not a pod` };
+        if (r.svc.spec.clusterIP !== "None") return { error: `${addr}: Service ${r.svc.metadata.name} is not headless (its DNS name would be one virtual IP, not the pods)` };
+        return { ...r, dns: true };
+    }
     const m = /^([a-z0-9.-]+):(\d+)$/.exec(addr || "");
     if (!m) return { error: `${addr}: not host:port` };
     const port = Number(m[2]);
@@ -263,7 +272,7 @@ function resolve(addr, fromNs) {
             if (!(Number.isInteger(ord) && ord >= 0 && ord < (w.spec.replicas ?? 1))) return { error: `${addr}: ${w.metadata.name} has no pod ${cand.pod}` };
             return { w, ordinal: ord };
         }
-        return { w };
+        return { w, svc: s };
     }
     return { error: `${addr}: no rendered Service in namespace ${fromNs}` };
 }
@@ -333,7 +342,8 @@ function range(a, b) { const r = []; for (let i = a; i < b; i++) r.push(i); retu
             if (!e) { errs.push(`${s.w.metadata.name} shard ${k}: not an expert-svc`); continue; }
             used.add(w);
             const ords = targets.map((t) => t.ordinal).sort((a, b) => a - b);
-            if (ords.join() !== range(0, w.spec.replicas ?? 1).join()) errs.push(`${s.w.metadata.name} shard ${k}: lists replicas ${ords}, ${w.metadata.name} runs ${w.spec.replicas}`);
+            const byDns = targets.length === 1 && targets[0].dns;   // every ready pod, whatever the count
+            if (!byDns && ords.join() !== range(0, w.spec.replicas ?? 1).join()) errs.push(`${s.w.metadata.name} shard ${k}: lists replicas ${ords}, ${w.metadata.name} runs ${w.spec.replicas}`);
             const a = [...sh.experts].sort((x, y) => x - y).join(), b = [...e.cfg.experts].sort((x, y) => x - y).join();
             if (a !== b) errs.push(`${s.w.metadata.name} shard ${k}: experts [${a}], ${w.metadata.name} serves [${b}]`);
             if (layerSet(sh, 0, L).join() !== layerSet(e.cfg, 0, L).join()) errs.push(`${s.w.metadata.name} shard ${k}: layers differ from ${w.metadata.name}'s`);
@@ -349,7 +359,7 @@ function range(a, b) { const r = []; for (let i = a; i < b; i++) r.push(i); retu
         for (const key of owner.keys()) { const x = Number(key.split("/")[1]); if (x >= E) errs.push(`${s.w.metadata.name}: expert ${x} >= ${E}`); }
     }
     for (const e of experts) if (!used.has(e.w)) errs.push(`${e.w.metadata.name} is deployed but no stage calls it`);
-    check("experts", errs, `${experts.length} expert shards cover ${E} experts x ${L} layers once, replicas listed one by one`);
+    check("experts", errs, `${experts.length} expert shards cover ${E} experts x ${L} layers once, replicas listed one by one or by a headless Service's DNS name`);
 }
 
 // ---- 7. the model volume --------------------------------------------------------------------

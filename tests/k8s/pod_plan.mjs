@@ -3,7 +3,8 @@
 // expert replicas, stages and the gateway. Each pod's ConfigMap files are written under
 // OUT/<pod>/ (mounted where the pod mounts them); a container with a command gets it written
 // to OUT/<pod>.cmd as JSON. Line (tab-separated): role name aliases image user mountPath
-// cmdFile; aliases are the DNS names other pods use for it (Service, pod.Service).
+// cmdFile; aliases are the DNS names other pods use for it (Service, pod.Service, and for an
+// expert replica its headless Service's full name, which every replica of the shard shares).
 // usage: node pod_plan.mjs RENDERED.yaml OUT
 import fs from "node:fs";
 import path from "node:path";
@@ -44,7 +45,9 @@ for (const w of workloads) {
     if (w.kind === "StatefulSet") {
         for (let r = 0; r < (w.spec.replicas ?? 1); r++) {
             const pod = `${w.metadata.name}-${r}`;
-            emit("expert", pod, [`${pod}.${w.spec.serviceName}`], w);
+            // the headless Service's full name resolves to every replica (the stages' DNS targets)
+            const fqdn = `${w.spec.serviceName}.${w.metadata.namespace || "default"}.svc.cluster.local`;
+            emit("expert", pod, [`${pod}.${w.spec.serviceName}`, fqdn], w);
         }
     } else if (w.kind === "Job") emit("job", w.metadata.name, [], w);
     else emit(w.metadata.name === "mx-gateway" ? "gateway" : "stage", w.metadata.name, svc, w);
