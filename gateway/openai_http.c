@@ -47,6 +47,8 @@ typedef struct oa_conn {
     char *body;
     size_t len, cap;
     bool responded;            /* an error was queued before the body was complete */
+    bool discard;              /* over the limit: the body is read and dropped, then 413 */
+    size_t dropped;
 } oa_conn;
 
 /* A streamed response: the MHD content reader turns the request's progress into SSE bytes. */
@@ -159,7 +161,9 @@ static enum MHD_Result on_get(gw_openai_http *h, struct MHD_Connection *c, route
 {
     if (rt == R_HEALTH) {
         pthread_mutex_lock(&h->mu);
-        int ok = h->draining ? 0 : *h->health ? gw_pipeline_health_ok(*h->health) : 0;
+        /* before the watcher's first round (-1) the stages are known good: the gateway only
+         * serves once every stage has answered Info */
+        int ok = h->draining ? 0 : *h->health ? gw_pipeline_health_ok(*h->health) != 0 : 0;
         bool draining = h->draining;
         pthread_mutex_unlock(&h->mu);
         json_t *o = json_pack("{s:s}", "status", ok == 1 ? "ok" : draining ? "draining" : "unavailable");
@@ -213,6 +217,12 @@ static int stream_fill(oa_stream *s)
     size_t text_upto = r->text.len;
     char *piece = alive ? strndup(r->text.data ? r->text.data + s->text_sent : "", text_upto - s->text_sent) : NULL;
     pthread_mutex_unlock(&r->mu);
+    if (!alive && atomic_load(&s->h->stopping)) {
+        /* the drain is over: the stream ends with an error event rather than a cut connection */
+        oa_error e;
+        oa_error_set(&e, 503, NULL, NULL, "the gateway is shutting down");
+        return emit(s, oa_error_json(&e)) ? -1 : emit_done(s);
+    }
     if (!alive || !piece) {
         free(piece);
         return -1;
@@ -291,7 +301,11 @@ static enum MHD_Result finish_plain(gw_openai_http *h, struct MHD_Connection *c,
         alive = wait_progress(h, c, r, r->n_out);
     pthread_mutex_unlock(&r->mu);
     enum MHD_Result rc = MHD_NO; /* client gone: close the connection */
-    if (alive) {
+    if (!alive && atomic_load(&h->stopping)) {
+        oa_error e;
+        oa_error_set(&e, 503, NULL, NULL, "the gateway is shutting down");
+        rc = send_error(c, &e, NULL);
+    } else if (alive) {
         touch(c);
         if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR ||
             r->finish == MX__V1__FINISH_REASON__FINISH_REASON_CANCELLED) {
@@ -392,6 +406,13 @@ static size_t max_body(const gw_openai_http *h)
     return (size_t)h->g->cfg->max_request_bytes;
 }
 
+/* Bodies up to this are read to their end before the 413, so that a client that writes its
+ * whole body before reading (most do) sees the answer; beyond it the connection is closed. */
+static size_t max_drained(const gw_openai_http *h)
+{
+    return 4 * max_body(h);
+}
+
 static enum MHD_Result too_large(gw_openai_http *h, struct MHD_Connection *c, oa_conn *cn)
 {
     oa_error e;
@@ -431,8 +452,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return on_get(h, c, cn->route, url);
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > max_body(h))
+        if (cl && strtoull(cl, NULL, 10) > max_drained(h))
             return too_large(h, c, cn);
+        cn->discard = cl && strtoull(cl, NULL, 10) > max_body(h);
         return MHD_YES;
     }
     if (cn->responded) {
@@ -442,8 +464,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
-        if (cn->len + n > max_body(h))
-            return too_large(h, c, cn);
+        if (cn->discard || cn->len + n > max_body(h)) {
+            cn->discard = true;
+            cn->dropped += n;
+            return cn->len + cn->dropped > max_drained(h) ? too_large(h, c, cn) : MHD_YES;
+        }
         if (cn->len + n + 1 > cn->cap) {
             size_t cap = cn->cap ? cn->cap : 4096;
             while (cap < cn->len + n + 1)
@@ -458,6 +483,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cn->len += n;
         return MHD_YES;
     }
+    if (cn->discard)
+        return too_large(h, c, cn);
     cn->responded = true;
     return on_generate(h, c, cn);
 }
@@ -572,13 +599,10 @@ void gw_openai_http_drain(gw_openai_http *h)
     pthread_mutex_unlock(&h->mu);
 }
 
-void gw_openai_http_stop(gw_openai_http *h)
+/* Waits until no generation request is in flight or mx_now_ms() reaches until. */
+static void wait_idle(gw_openai_http *h, double until)
 {
-    if (!h)
-        return;
-    gw_openai_http_drain(h);
     pthread_mutex_lock(&h->mu);
-    double until = h->drain_start_ms + (double)h->g->cfg->drain_ms;
     while (h->active > 0 && mx_now_ms() < until) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -590,8 +614,21 @@ void gw_openai_http_stop(gw_openai_http *h)
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
     pthread_mutex_unlock(&h->mu);
-    /* the waits still going notice within 20 ms and cancel their requests */
+}
+
+void gw_openai_http_stop(gw_openai_http *h)
+{
+    if (!h)
+        return;
+    gw_openai_http_drain(h);
+    pthread_mutex_lock(&h->mu);
+    double until = h->drain_start_ms + (double)h->g->cfg->drain_ms;
+    pthread_mutex_unlock(&h->mu);
+    wait_idle(h, until);
+    /* the waits still going notice within 20 ms, cancel their requests and answer 503; their
+     * answers get up to a second to go out before the connections are shut */
     atomic_store(&h->stopping, true);
+    wait_idle(h, mx_now_ms() + 1000);
     if (h->d)
         MHD_stop_daemon(h->d);
     pthread_mutex_destroy(&h->mu);

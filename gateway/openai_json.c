@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
 
 #define OA_MAX_TOP_LOGPROBS 20
 
@@ -227,11 +229,14 @@ static int parse_sampling(json_t *o, const gw_limits *lim, oa_request *r, oa_err
         get_num(o, "repetition_penalty", 0, true, 100, &sp->repetition_penalty, e))
         return -1;
     json_int_t k = 0, seed = 0, max = 0;
-    bool has_max = false, has_mct = false;
-    if (get_int(o, "top_k", -1, INT32_MAX, &k, NULL, e) || get_int(o, "seed", INT64_MIN, INT64_MAX, &seed, NULL, e))
+    bool has_max = false, has_mct = false, has_seed = false;
+    if (get_int(o, "top_k", -1, INT32_MAX, &k, NULL, e) || get_int(o, "seed", INT64_MIN, INT64_MAX, &seed, &has_seed, e))
         return -1;
     sp->top_k = k > 0 ? (uint32_t)k : 0; /* vLLM: -1 (and 0) turn top-k off */
     sp->seed = (uint64_t)seed;
+    /* no seed: every request samples differently, as OpenAI's do (mx's seed 0 is a seed) */
+    if (!has_seed && getrandom(&sp->seed, sizeof sp->seed, 0) != (ssize_t)sizeof sp->seed)
+        sp->seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)r;
     const char *max_key = "max_tokens";
     if (r->kind == OA_CHAT) {
         if (get_int(o, "max_completion_tokens", 1, INT32_MAX, &max, &has_mct, e))

@@ -100,6 +100,19 @@ async function main() {
   check(mt.choices[0].finish_reason === "length" && mt.usage.completion_tokens === 3,
         "max_tokens 3: 3 tokens, finish_reason length", JSON.stringify(mt.usage));
 
+  // ---- sampling fields: seeded sampling with filters and a stop token id == gRPC ----
+  const sm = ex.sampled;
+  const sa = await client.completions.create({ model: ex.model, prompt: t.prompt, max_tokens: 30, ignore_eos: true,
+    logprobs: 0, return_tokens_as_token_ids: true, ...sm.params });
+  check(same(idsOf(sa.choices[0].logprobs.tokens), sm.ids) && sa.choices[0].text === sm.text,
+        "sampling (temperature, top_p, top_k, min_p, repetition_penalty, seed, stop_token_ids) == gRPC",
+        JSON.stringify([idsOf(sa.choices[0].logprobs.tokens), sm.ids]));
+  const unseeded = [];
+  for (let i = 0; i < 2; i++)
+    unseeded.push((await client.completions.create({ model: ex.model, prompt: t.prompt, max_tokens: 16,
+      ignore_eos: true, temperature: 1 })).choices[0].text);
+  check(unseeded[0] !== unseeded[1], "no seed: two sampled completions differ", JSON.stringify(unseeded));
+
   // ---- chat completions: equal to gRPC Complete with the same messages ----
   const ch = ex.chat;
   const cc = await client.chat.completions.create({ model: ex.model, messages: ch.messages,

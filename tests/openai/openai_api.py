@@ -15,6 +15,9 @@ import sys
 import tempfile
 import time
 
+import http.client
+import urllib.parse
+
 import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "cluster"))
@@ -52,12 +55,15 @@ class Cluster:
         self.proc = subprocess.Popen([u.MX, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2",
                                       "--replicas", "1,1", "--threads", "1", "--kv-cache-bytes", KV_BYTES],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.stages, self.gateway, self.http = [], None, None
+        self.stages, self.gateway, self.http, self.gateway_pid = [], None, None, None
         deadline = time.time() + 120
         for line in self.proc.stdout:
             m = re.match(r"stage \d+ (\S+) pid", line)
             if m:
                 self.stages.append(m.group(1))
+            m = re.match(r"gateway \d+ \S+ pid (\d+)", line)
+            if m:
+                self.gateway_pid = int(m.group(1))
             m = re.match(r"http (http://\S+)$", line.strip())
             if m:
                 self.http = m.group(1)
@@ -140,6 +146,12 @@ def expectations(cl, fixture, base_url):
         creq = gen.GenerateRequest(add_generation_prompt=True,
                                    messages=[gen.ChatMessage(role=m["role"], text=m["content"]) for m in msgs])
         c = grpc_complete(complete, creq, 24)
+        # sampling fields: the same seeded, filtered sampling through both APIs
+        sampled = gen.GenerateRequest(prompt=text_prompt)
+        sp = sampled.sampling
+        sp.temperature, sp.top_p, sp.top_k, sp.min_p, sp.repetition_penalty, sp.seed = 0.9, 0.95, 40, 0.01, 1.1, 7
+        sp.stop_token_ids.append(t.token_ids[5])
+        sm = grpc_complete(complete, sampled, 30)
     return {
         "base_url": base_url, "model": MODEL,
         "fixture": {"prompt_ids": prompt, "greedy_ids": greedy_ids},
@@ -147,6 +159,9 @@ def expectations(cl, fixture, base_url):
                  "prompt_tokens": t.usage.prompt_tokens, "logprobs": [p.chosen.logprob for p in t.logprobs]},
         "stop": {"stop": stop, "text": s.text, "completion_tokens": s.usage.completion_tokens},
         "chat": {"messages": msgs, "ids": list(c.token_ids), "text": c.text, "prompt_tokens": c.usage.prompt_tokens},
+        "sampled": {"params": {"temperature": 0.9, "top_p": 0.95, "top_k": 40, "min_p": 0.01,
+                               "repetition_penalty": 1.1, "seed": 7, "stop_token_ids": [t.token_ids[5]]},
+                    "ids": list(sm.token_ids), "text": sm.text},
         "too_long": 20000, "max_body": 32 * 1024 * 1024, "long_tokens": LONG_TOKENS,
     }
 
@@ -190,6 +205,64 @@ def run_client(cl, ex, modules, work):
     r.check(p.returncode == 0, "openai client script exited 0", str(p.returncode))
 
 
+def post(url, path, body, timeout=10):
+    u_ = urllib.parse.urlparse(url)
+    conn = http.client.HTTPConnection(u_.hostname, u_.port, timeout=timeout)
+    conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    return conn, conn.getresponse()
+
+
+def status_of(url, method, path, body=None):
+    try:
+        u_ = urllib.parse.urlparse(url)
+        conn = http.client.HTTPConnection(u_.hostname, u_.port, timeout=5)
+        conn.request(method, path, body=json.dumps(body) if body else None)
+        resp = conn.getresponse()
+        out = (resp.status, resp.read())
+        conn.close()
+        return out
+    except OSError as e:
+        return (None, str(e).encode())
+
+
+def test_drain(model):
+    """SIGTERM to the gateway with an HTTP stream in flight: new requests and /health answer
+    503 while the drain (drain_ms = 2000) lasts, the stream ends with an error event and
+    [DONE] when it is over, and the gateway exits."""
+    cl = Cluster(model)
+    try:
+        conn, resp = post(cl.http, "/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": LONG_TOKENS,
+                                                        "stream": True, "temperature": 0, "ignore_eos": True})
+        first = resp.readline()
+        r.check(resp.status == 200 and first.startswith(b"data: "), "drain: a long stream is running")
+        t0 = time.time()
+        os.kill(cl.gateway_pid, signal.SIGTERM)
+        seen_post = seen_health = None
+        while time.time() - t0 < 1.5 and (seen_post != 503 or seen_health != 503):
+            seen_post = status_of(cl.http, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1})[0]
+            seen_health = status_of(cl.http, "GET", "/health")[0]
+            time.sleep(0.05)
+        r.check(seen_post == 503 and seen_health == 503, "drain: new requests and /health answer 503",
+                "%s %s" % (seen_post, seen_health))
+        rest = b""
+        try:
+            rest = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            rest = str(e).encode()
+        took = time.time() - t0
+        events = [ln for ln in rest.split(b"\n") if ln.startswith(b"data: ")]
+        r.check(len(events) >= 2 and b"shutting down" in events[-2] and events[-1] == b"data: [DONE]" and took < 6,
+                "drain: the stream ends with a 503 error event and [DONE] after drain_ms",
+                "%.1f s, %r" % (took, events[-2:]))
+        conn.close()
+        deadline = time.time() + 10
+        while time.time() < deadline and os.path.exists("/proc/%d" % cl.gateway_pid):
+            time.sleep(0.05)
+        r.check(not os.path.exists("/proc/%d" % cl.gateway_pid), "drain: the gateway exits")
+    finally:
+        cl.stop()
+
+
 def main():
     fixture, modules = sys.argv[1], sys.argv[2]
     work = tempfile.mkdtemp(prefix="mx-openai-")
@@ -204,6 +277,7 @@ def main():
         finally:
             rc = cl.stop()
             r.check(rc == 0, "the cluster (gateway with its HTTP server) stops cleanly on SIGTERM", str(rc))
+        test_drain(model)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     r.finish()
