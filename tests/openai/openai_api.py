@@ -225,6 +225,49 @@ def status_of(url, method, path, body=None):
         return (None, str(e).encode())
 
 
+def test_queue_full(cl, model, work):
+    """A second gateway on the same stages with one sequence per step and one queue slot: with
+    one request running and one queued, the next is 429 with Retry-After (RESOURCE_EXHAUSTED)."""
+    cfg, port_file = os.path.join(work, "gw2.cfg"), os.path.join(work, "gw2.http")
+    with open(cfg, "w") as f:
+        f.write('gateway = {\n  listen = "127.0.0.1:0";\n  model = "%s";\n  stages = [%s];\n'
+                '  max_batch_sequences = 1;\n  max_queued = 1;\n  http_listen = "127.0.0.1:0";\n'
+                '  http_port_file = "%s";\n};\n' % (model, ", ".join('"%s"' % a for a in cl.stages), port_file))
+    log = tempfile.TemporaryFile()
+    gw = subprocess.Popen([os.path.join(u.ROOT, u.BUILD, "bin", "gateway"), "--config", cfg], stderr=log)
+    conns = []
+    try:
+        deadline = time.time() + 30
+        while not os.path.exists(port_file) and time.time() < deadline and gw.poll() is None:
+            time.sleep(0.05)
+        if not r.check(os.path.exists(port_file), "queue: a second gateway serves HTTP (http_port_file)"):
+            return
+        url = "http://127.0.0.1:%s" % open(port_file).read().strip()
+        body = {"model": MODEL, "prompt": "Hello", "max_tokens": LONG_TOKENS, "stream": True, "temperature": 0,
+                "ignore_eos": True}
+        conn, resp = post(url, "/v1/completions", body)
+        conns.append(conn)
+        r.check(resp.status == 200 and resp.readline().startswith(b"data: "), "queue: the first request runs")
+        conn2, resp2 = post(url, "/v1/completions", body)  # waits in the queue: headers come later
+        conns.append(conn2)
+        time.sleep(0.3)
+        st, out = status_of(url, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 1})
+        err = json.loads(out or b"{}").get("error", {})
+        r.check(st == 429 and err.get("type") == "rate_limit_error" and "max_queued" in err.get("message", ""),
+                "queue full: 429 rate_limit_error", "%s %r" % (st, out))
+    finally:
+        for c in conns:
+            c.close()
+        gw.send_signal(signal.SIGTERM)
+        try:
+            gw.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+            gw.wait()
+    r.check(gw.returncode == 0, "queue: the second gateway stops cleanly", str(gw.returncode))
+    r.check(wait_live(cl, 0, 5) == [0, 0], "queue: its requests are released on every stage after it stopped")
+
+
 def test_drain(model):
     """SIGTERM to the gateway with an HTTP stream in flight: new requests and /health answer
     503 while the drain (drain_ms = 2000) lasts, the stream ends with an error event and
@@ -274,6 +317,7 @@ def main():
             if cl.http:
                 ex = expectations(cl, fixture, cl.http)
                 run_client(cl, ex, modules, work)
+                test_queue_full(cl, model, work)
         finally:
             rc = cl.stop()
             r.check(rc == 0, "the cluster (gateway with its HTTP server) stops cleanly on SIGTERM", str(rc))
