@@ -3,6 +3,7 @@
 #include "stage_config.h"
 
 #include "core/cfg_file.h"
+#include "core/log.h"
 #include "core/limits.h"
 
 #include <stdint.h>
@@ -27,9 +28,9 @@ static int get_int(const config_setting_t *g, const char *key, int def, bool req
 
 static const char *const known_root[] = {"stage", "experts"};
 static const char *const known_keys[] = {
-    "listen", "model", "port_file", "backend", "next", "index", "count", "layer_begin", "layer_end",
+    "listen", "model", "port_file", "log_level", "backend", "next", "index", "count", "layer_begin", "layer_end",
     "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms",
-    "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms"};
+    "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms", "metrics_listen"};
 
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
@@ -104,6 +105,12 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(mx_cfg_string_buf(g, "listen", NULL, c->listen, sizeof c->listen, err));
     MX_TRY(mx_cfg_string_buf(g, "model", NULL, c->model, sizeof c->model, err));
     MX_TRY(mx_cfg_string_buf(g, "port_file", "", c->port_file, sizeof c->port_file, err));
+    MX_TRY(mx_cfg_string_buf(g, "log_level", "", c->log_level, sizeof c->log_level, err));
+    mx_log_level level;
+    if (c->log_level[0] && mx_log_level_parse(c->log_level, &level, err))
+        return mx_cfg_fail(err, config_setting_get_member(g, "log_level"), NULL,
+                           "\"%s\" is not a log level (error, warn, info or debug)", c->log_level);
+    MX_TRY(mx_cfg_string_buf(g, "metrics_listen", "", c->metrics_listen, sizeof c->metrics_listen, err));
     MX_TRY(mx_cfg_string_buf(g, "backend", "cpu", c->backend, sizeof c->backend, err));
     MX_TRY(mx_cfg_string_buf(g, "next", "", c->next, sizeof c->next, err));
     MX_TRY(get_int(g, "index", 0, true, &c->index, err));

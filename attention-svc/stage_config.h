@@ -11,6 +11,10 @@
  *       backend = "cpu"; threads = 0; # engine backend and its threads (0 = all cores)
  *       max_message_mb = 256;         # largest RunBatch request/response (default 256)
  *       port_file = "/tmp/s0.port";   # optional: the bound port is written here once serving
+ *       log_level = "info";           # error | warn | info (default) | debug; the environment
+ *                                     # variable MX_LOG_LEVEL overrides it (core/log.h)
+ *       metrics_listen = "0.0.0.0:9090";  # optional: Prometheus GET /metrics here (port 0
+ *                                     # picks one: written to "<port_file>.metrics")
  *       next = "10.0.0.2:50061";      # the next stage, where every RunBatch goes on: required
  *                                     # on every stage but the last, absent on the last
  *       drain_ms = 2000;              # on SIGTERM: health NOT_SERVING, no new calls, calls in
@@ -49,6 +53,8 @@ typedef struct stage_config {
     char listen[256];
     char model[4096];
     char port_file[4096];     /* "" = none */
+    char log_level[16];       /* "" = info */
+    char metrics_listen[256]; /* "" = no /metrics endpoint */
     char next[256];           /* "" on the last stage only */
     int64_t drain_ms;         /* graceful drain on SIGTERM */
     int index, count;

@@ -5,10 +5,12 @@
 #include <string.h>
 
 #include "core/cfg_file.h"
+#include "core/log.h"
 
-static const char *const known_keys[] = {"model_dir", "listen", "backend", "threads", "shard_index",
+static const char *const known_keys[] = {"model_dir", "listen", "log_level", "backend", "threads", "shard_index",
                                          "rpc_workers", "drain_ms", "shutdown_grace_ms", "layers",
-                                         "layer_begin", "layer_end", "experts", "expert_dtype"};
+                                         "layer_begin", "layer_end", "experts", "expert_dtype",
+                                         "metrics_listen"};
 
 int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_error *err)
 {
@@ -23,6 +25,12 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
     if (!strchr(out->listen, ':'))
         return mx_cfg_fail(err, config_setting_get_member(root, "listen"), NULL,
                            "\"%s\" is not host:port", out->listen);
+    MX_TRY(mx_cfg_string(root, "log_level", 0, "", &out->log_level, err));
+    mx_log_level level;
+    if (out->log_level[0] && mx_log_level_parse(out->log_level, &level, err))
+        return mx_cfg_fail(err, config_setting_get_member(root, "log_level"), NULL,
+                           "\"%s\" is not a log level (error, warn, info or debug)", out->log_level);
+    MX_TRY(mx_cfg_string(root, "metrics_listen", 0, "", &out->metrics_listen, err));
     MX_TRY(mx_cfg_string(root, "backend", 0, "cpu", &out->backend, err));
     if (strcmp(out->backend, "cpu") && strcmp(out->backend, "cuda"))
         return mx_cfg_fail(err, config_setting_get_member(root, "backend"), NULL,

@@ -2,6 +2,9 @@
  * error names the file, the line and the key; unknown keys are errors. Example:
  *     model_dir = "/models/minimax-text-01";   # checkpoint directory (required)
  *     listen = "0.0.0.0:5001";                  # host:port, port 0 = any (required)
+ *     log_level = "info";                       # error | warn | info (default) | debug;
+ *                                               #   MX_LOG_LEVEL overrides it (core/log.h)
+ *     metrics_listen = "0.0.0.0:9090";          # optional: Prometheus GET /metrics here
  *     backend = "cpu";                          # "cpu" | "cuda" (default "cpu")
  *     threads = 0;                              # backend threads, 0 = one per core
  *     shard_index = 0;                          # reported by Info (default 0)
@@ -30,6 +33,8 @@ typedef struct mx_expert_svc_config {
     config_t file;               /* owns the strings below */
     const char *model_dir;
     const char *listen;
+    const char *log_level;       /* "" = info */
+    const char *metrics_listen;  /* "" = no /metrics endpoint */
     const char *backend;
     int threads;
     int shard_index;

@@ -3,6 +3,7 @@
 #include "gw_config.h"
 
 #include "core/cfg_file.h"
+#include "core/log.h"
 
 #include <libconfig.h>
 #include <stdbool.h>
@@ -20,10 +21,10 @@ static int get_int(const config_setting_t *g, const char *key, int def, int min,
 
 static const char *const known_root[] = {"gateway"};
 static const char *const known_keys[] = {
-    "listen", "model", "model_name", "port_file", "tokenizer", "chat_format", "stages", "num_expert_shards",
+    "listen", "model", "model_name", "port_file", "log_level", "tokenizer", "chat_format", "stages", "num_expert_shards",
     "max_new_tokens_limit", "max_context_tokens", "max_batch_sequences", "max_step_tokens", "pipeline_depth",
     "max_queued", "max_request_kb", "kv_max_overtakes", "stage_timeout_ms", "eos_token_ids", "drain_ms",
-    "stream_write_timeout_ms", "http_listen", "http_port_file"};
+    "stream_write_timeout_ms", "http_listen", "http_port_file", "metrics_listen"};
 
 static int parse(config_t *cf, gw_config *c, mx_error *err)
 {
@@ -35,7 +36,13 @@ static int parse(config_t *cf, gw_config *c, mx_error *err)
     MX_TRY(mx_cfg_string_buf(g, "model", NULL, c->model, sizeof c->model, err));
     MX_TRY(mx_cfg_string_buf(g, "model_name", "MiniMax-Text-01", c->model_name, sizeof c->model_name, err));
     MX_TRY(mx_cfg_string_buf(g, "port_file", "", c->port_file, sizeof c->port_file, err));
+    MX_TRY(mx_cfg_string_buf(g, "log_level", "", c->log_level, sizeof c->log_level, err));
+    mx_log_level level;
+    if (c->log_level[0] && mx_log_level_parse(c->log_level, &level, err))
+        return mx_cfg_fail(err, config_setting_get_member(g, "log_level"), NULL,
+                           "\"%s\" is not a log level (error, warn, info or debug)", c->log_level);
     MX_TRY(mx_cfg_string_buf(g, "tokenizer", "", c->tokenizer, sizeof c->tokenizer, err));
+    MX_TRY(mx_cfg_string_buf(g, "metrics_listen", "", c->metrics_listen, sizeof c->metrics_listen, err));
     MX_TRY(mx_cfg_string_buf(g, "chat_format", "auto", c->chat_format, sizeof c->chat_format, err));
     MX_TRY(mx_cfg_string_buf(g, "http_listen", "", c->http_listen, sizeof c->http_listen, err));
     MX_TRY(mx_cfg_string_buf(g, "http_port_file", "", c->http_port_file, sizeof c->http_port_file, err));

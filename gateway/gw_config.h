@@ -37,6 +37,10 @@
  *                                         # flight may finish for this long, then are cancelled
  *                                         # (default 2000)
  *       port_file = "/tmp/gw.port";       # optional: bound port written here once serving
+ *       log_level = "info";               # error | warn | info (default) | debug; the environment
+ *                                         # variable MX_LOG_LEVEL overrides it (core/log.h)
+ *       metrics_listen = "0.0.0.0:9090";  # optional: Prometheus GET /metrics here (port 0
+ *                                         # picks one: written to "<port_file>.metrics")
  *       tokenizer = "/models/minimax/tokenizer.json";   # default <model>/tokenizer.json; when
  *                                         # the default is absent, text features are off
  *       chat_format = "auto";             # "auto" (recognise tokenizer_config.json's
@@ -62,8 +66,10 @@ typedef struct gw_config {
     char model[4096];
     char model_name[128];
     char port_file[4096];
+    char log_level[16];           /* "" = info */
     char tokenizer[4096];         /* "" = <model>/tokenizer.json if present */
     char chat_format[32];
+    char metrics_listen[256];     /* "" = no /metrics endpoint */
     char http_listen[256];        /* "" = no HTTP API */
     char http_port_file[4096];
     int n_stages;

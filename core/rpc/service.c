@@ -8,6 +8,7 @@
 
 #include "../clock.h"
 #include "health.h"
+#include "metrics_http.h"
 #include "reflection.h"
 #include "signals.h"
 #include "tune.h"
@@ -22,8 +23,26 @@ static int usage(const mx_service_def *d, FILE *f)
     return f == stdout ? 0 : 2;
 }
 
+/* The metrics port next to the service's port file, in "<port_file>.metrics" (written before
+ * the port file, so a reader that saw the port file finds it), atomically by rename. */
+static int write_metrics_port(const char *port_file, int port, mx_error *err)
+{
+    char path[4200], tmp[4210];
+    if (snprintf(path, sizeof path, "%s.metrics", port_file) >= (int)sizeof path)
+        return mx_fail(err, MX_EINVAL, "port file path is too long: %s", port_file);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return mx_fail(err, MX_EIO, "cannot write the metrics port file %s", path);
+    int bad = fprintf(f, "%d\n", port) < 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0)
+        return mx_fail(err, MX_EIO, "cannot write the metrics port file %s", path);
+    return 0;
+}
+
 /* Serves until a stop signal, then drains. The server is destroyed here. */
-static int serve(const mx_service_def *d, const void *config, void *state, mx_error *err)
+static int serve(const mx_service_def *d, const void *config, void *state, const mx_log *log, mx_error *err)
 {
     mx_service_listen l = {0};
     d->listen(config, state, &l);
@@ -39,17 +58,26 @@ static int serve(const mx_service_def *d, const void *config, void *state, mx_er
         rc = mx_rpc_server_start(srv, err);
     if (!rc && l.health_service)
         rc = mx_rpc_health_set(srv, l.health_service, MX_RPC_SERVING, err);
+    mx_metrics_http *mh = NULL;
+    if (!rc && l.metrics_listen && l.metrics_listen[0]) {
+        rc = l.metrics ? mx_metrics_http_start(l.metrics_listen, l.metrics, &mh, err)
+                       : mx_fail(err, MX_EINVAL, "metrics_listen is set but %s keeps no metrics", d->name);
+        if (!rc && l.port_file && l.port_file[0])
+            rc = write_metrics_port(l.port_file, mx_metrics_http_port(mh), err);
+    }
     if (!rc && l.port_file && l.port_file[0])
         rc = mx_rpc_server_write_port_file(srv, l.port_file, err);
     if (!rc) {
         char line[512] = "";
         d->ready_line(config, state, mx_rpc_server_port(srv), line, sizeof line);
-        fprintf(stderr, "%s: %s\n", d->name, line);
+        if (mh)
+            mx_logf(log, MX_LOG_INFO, NULL, "metrics on port %d", mx_metrics_http_port(mh));
+        mx_logf(log, MX_LOG_INFO, NULL, "%s", line);
         int sig = mx_rpc_wait_stop_signal(-1, err);
         if (sig < 0)
             rc = sig;
         else
-            fprintf(stderr, "%s: signal %d, draining (up to %lld ms)\n", d->name, sig, (long long)l.drain_ms);
+            mx_logf(log, MX_LOG_INFO, NULL, "signal %d, draining (up to %lld ms)", sig, (long long)l.drain_ms);
         if (d->stop_watchers)
             d->stop_watchers(state);
         int64_t grace = l.drain_ms;
@@ -69,6 +97,7 @@ static int serve(const mx_service_def *d, const void *config, void *state, mx_er
     if (d->stop_watchers)
         d->stop_watchers(state);
     mx_rpc_server_destroy(srv);
+    mx_metrics_http_stop(mh);
     return rc;
 }
 
@@ -89,23 +118,32 @@ int mx_service_main(const mx_service_def *d, int argc, char **argv)
     if (!path)
         return usage(d, stderr);
     mx_error err = {0};
+    mx_log log; /* MX_LOG_LEVEL or info until the config says */
+    if (mx_log_init(&log, d->name, NULL, &err)) {
+        fprintf(stderr, "%s: %s\n", d->name, err.msg);
+        return 2;
+    }
     if (!check) {
         mx_rpc_tune_malloc();
         /* before any thread exists, so every thread inherits the mask */
         if (mx_rpc_block_stop_signals(&err)) {
-            fprintf(stderr, "%s: %s\n", d->name, err.msg);
+            mx_logf(&log, MX_LOG_ERROR, NULL, "%s", err.msg);
             return 1;
         }
     }
     void *config = calloc(1, d->config_size);
     if (!config) {
-        fprintf(stderr, "%s: out of memory\n", d->name);
+        mx_logf(&log, MX_LOG_ERROR, NULL, "out of memory");
         return 1;
     }
     int rc = d->config_load(path, config, &err);
+    if (!rc && d->log_level)
+        rc = mx_log_init(&log, d->name, d->log_level(config), &err);
     if (rc || check) {
-        if (rc)
-            fprintf(stderr, "%s: %s\n", d->name, err.msg);
+        if (rc && check)
+            fprintf(stderr, "%s: %s\n", d->name, err.msg); /* a command's answer, not a log line */
+        else if (rc)
+            mx_logf(&log, MX_LOG_ERROR, NULL, "%s", err.msg);
         else
             printf("%s: %s: config OK\n", d->name, path);
         d->config_free(config);
@@ -113,18 +151,18 @@ int mx_service_main(const mx_service_def *d, int argc, char **argv)
         return rc ? 2 : 0;
     }
     void *state = NULL;
-    rc = d->open(config, &state, &err);
+    rc = d->open(config, &log, &state, &err);
     if (rc == MX_ECANCELLED) {
         rc = 0; /* stopped while waiting for peers: a clean exit */
     } else if (!rc) {
-        rc = serve(d, config, state, &err);
+        rc = serve(d, config, state, &log, &err);
     }
     if (state)
         d->close(state);
     d->config_free(config);
     free(config);
     if (rc) {
-        fprintf(stderr, "%s: %s\n", d->name, err.msg);
+        mx_logf(&log, MX_LOG_ERROR, NULL, "%s", err.msg);
         return 1;
     }
     return 0;

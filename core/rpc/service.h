@@ -7,11 +7,12 @@
  * config (--check-config stops here: exit 0, or 2 with the error) -> open (load the model;
  * may wait for peers) -> create the server, attach health and
  * reflection, register methods -> start ->
- * health_service SERVING -> port file -> "ready" line on stderr -> wait for a stop signal.
+ * health_service SERVING -> port file -> the "serving" log line -> wait for a stop signal.
  * Drain: health NOT_SERVING everywhere, (drain_wait: the service's own work finishes while
  * calls are still accepted), no new calls, calls in flight may finish for what is left of
- * drain_ms, then the rest are cancelled; close; exit 0. Any failure: "<name>: <error>", exit 1.
- * This is the process's main: the only code in core/ that writes to stderr. */
+ * drain_ms, then the rest are cancelled; close; exit 0. Any failure: an error log line, exit 1.
+ * This is the process's main: it owns the process's logger (core/log.h; level from MX_LOG_LEVEL,
+ * else the config's log_level) and hands it to open; only the logger writes to stderr. */
 #ifndef MX_RPC_SERVICE_H
 #define MX_RPC_SERVICE_H
 
@@ -19,6 +20,7 @@
 #include <stdint.h>
 
 #include "../error.h"
+#include "../log.h"
 #include "server.h"
 
 /* Where and how the service listens, read from its config by the `listen` callback. */
@@ -27,6 +29,12 @@ typedef struct mx_service_listen {
     const char *health_service;    /* set SERVING once started (e.g. MX_STAGE_SERVICE) */
     const char *port_file;         /* NULL or "" = none */
     int64_t drain_ms;              /* graceful drain on a stop signal */
+    /* Prometheus: with metrics_listen ("host:port", port 0 = pick one; NULL or "" = off) the
+     * skeleton serves GET /metrics from `metrics` (the service's registry, owned by its state)
+     * once the server started, prints "<name>: metrics on port N", writes N to
+     * "<port_file>.metrics" when there is a port file, and stops it before close. */
+    const char *metrics_listen;
+    struct mx_metrics *metrics;
 } mx_service_listen;
 
 typedef struct mx_service_def {
@@ -37,8 +45,11 @@ typedef struct mx_service_def {
      * config_free is called after load, also after a failed load. */
     int (*config_load)(const char *path, void *config, mx_error *err);
     void (*config_free)(void *config);
-    /* Loads what the service serves. MX_ECANCELLED = a stop signal came while waiting (exit 0). */
-    int (*open)(const void *config, void **state, mx_error *err);
+    /* Optional: the config's log_level (NULL or "" = info); MX_LOG_LEVEL overrides it. */
+    const char *(*log_level)(const void *config);
+    /* Loads what the service serves. MX_ECANCELLED = a stop signal came while waiting (exit 0).
+     * log is the process's logger: it outlives state, so the service may keep the pointer. */
+    int (*open)(const void *config, const mx_log *log, void **state, mx_error *err);
     void (*close)(void *state);
     void (*listen)(const void *config, const void *state, mx_service_listen *out);
     int (*add_methods)(void *state, mx_rpc_server *srv, mx_error *err);
