@@ -25,6 +25,7 @@
 #include "mx/internal/v1/attention_stage.pb-c.h"
 #include "router/router.h"
 #include "seq_table.h"
+#include "stage_metrics.h"
 
 typedef Mx__Internal__V1__RunBatchRequest RunBatchRequest;
 typedef Mx__Internal__V1__SequenceInput SequenceInput;
@@ -43,6 +44,7 @@ struct stage {
     mx_backend *be;
     mx_model *m;
     mx_router *router;          /* NULL: experts are local */
+    stage_metrics *metrics;     /* Prometheus (stage_metrics.h) */
     seq_table seqs;
     int softmax_layers;         /* KV-caching layers in [layer_begin, layer_end) */
     float *sample_work;         /* [2 * vocab] */
@@ -146,6 +148,8 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     }
     if (!rc)
         rc = seq_table_init(&s->seqs, s->m, c->layer_begin, c->layer_end, c->max_sequences, err);
+    if (!rc)
+        rc = stage_metrics_create(c->index, s->router, c->layer_begin, c->layer_end, &s->metrics, err);
     if (!rc && c->next[0]) {
         snprintf(s->next_addr, sizeof s->next_addr, "%s", c->next);
         mx_rpc_channel_options co = {.max_message_bytes = c->max_message_bytes};
@@ -168,6 +172,7 @@ void stage_destroy(stage *s)
     stage_stop_health(s);
     if (s->seqs.entries)
         seq_table_destroy(&s->seqs);
+    stage_metrics_destroy(s->metrics); /* before the router: it unsets the router's observer */
     mx_router_destroy(s->router);
     mx_model_free(s->m);
     if (s->be)
@@ -881,6 +886,22 @@ static void count_in_flight(stage *s, int delta, bool ok)
     pthread_mutex_unlock(&s->stats_mu);
 }
 
+/* Metrics of a step just computed (s->lock held): its time and tokens, the live set and KV. */
+static void note_step(stage *s, const RunBatchRequest *rq, bool ok, double seconds)
+{
+    uint64_t tokens = 0;
+    for (size_t i = 0; i < rq->n_sequences; i++)
+        tokens += rq->sequences[i]->num_tokens;
+    mx_kv_usage u = {0};
+    s->be->kv_usage(s->be, &u);
+    stage_metrics_step(s->metrics, ok, seconds, tokens, s->seqs.count, u.used_bytes, u.budget_bytes);
+}
+
+mx_metrics *stage_metrics_reg(stage *s)
+{
+    return stage_metrics_registry(s->metrics);
+}
+
 int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms, mx_rpc_payload *out,
                     mx_error *err)
 {
@@ -898,7 +919,9 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     count_in_flight(s, 1, false);
     expire_leases(s);
     step_undo undo = {0};
+    double t_compute = mx_now_ms();
     int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, &undo, err);
+    note_step(s, rq, rc == 0, (mx_now_ms() - t_compute) / 1e3);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
     if (!rc && fwd && (rc = forward(s, mid, timeout_ms, &mine, t_start, &kvf, out, err))) {
@@ -943,6 +966,9 @@ int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out,
     pthread_mutex_lock(&s->lock);
     for (size_t i = 0; i < rq->n_sequence_ids; i++)
         resp.released_sequences += (uint32_t)seq_table_remove(&s->seqs, rq->sequence_ids[i]);
+    mx_kv_usage u = {0};
+    s->be->kv_usage(s->be, &u);
+    stage_metrics_live(s->metrics, s->seqs.count, u.used_bytes);
     pthread_mutex_unlock(&s->lock);
     protobuf_c_message_free_unpacked(msg, NULL);
     return mx_rpc_pb_pack(&resp.base, out, err);

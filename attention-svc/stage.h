@@ -46,6 +46,9 @@ void stage_drain_wait(stage *s, double deadline_ms);
 int stage_watch_health(stage *s, mx_rpc_server *srv, mx_error *err);
 void stage_stop_health(stage *s);
 
+/* The stage's Prometheus registry (stage_metrics.h), for the skeleton's /metrics. */
+struct mx_metrics *stage_metrics_reg(stage *s);
+
 /* The stage's router (NULL when its experts are local): Info adds its expert load. */
 struct mx_router *stage_router(stage *s);
 

@@ -34,6 +34,7 @@ typedef struct proc {
     proc_kind kind;
     int index, replica;      /* stage index / shard index and replica number */
     int port;
+    int metrics_port;        /* its Prometheus GET /metrics (metrics_listen) */
     pid_t pid;
     bool alive;
     char name[32];
@@ -67,7 +68,8 @@ static void usage(FILE *f)
                "         [--expert-dtype bf16|int8] [--attn-dtype bf16|int8]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
                "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\"), the gateway's\n"
-               "OpenAI HTTP API (\"http http://127.0.0.1:PORT\") and then \"gateway listening on\n"
+               "OpenAI HTTP API (\"http http://127.0.0.1:PORT\"), each one's Prometheus endpoint\n"
+               "(\"metrics <name> http://127.0.0.1:PORT/metrics\") and then \"gateway listening on\n"
                "127.0.0.1:PORT\". Stops everything on SIGINT/SIGTERM.\n"
                "Stages are chained (each forwards to the next); the gateway keeps up to D micro-batches\n"
                "in the pipeline (default S; 1 = one at a time). --kv-dtype and --kv-cache-bytes set every\n"
@@ -81,7 +83,7 @@ static void usage(FILE *f)
  * cluster stops with their error, which is acceptable for a development tool. */
 static int pick_ports(int *ports, int n)
 {
-    int fds[MAX_PROCS], rc = 0;
+    int fds[2 * MAX_PROCS], rc = 0; /* a service port and a metrics port per process */
     for (int i = 0; i < n; i++)
         fds[i] = -1;
     for (int i = 0; i < n && !rc; i++) {
@@ -136,6 +138,7 @@ static int write_expert_cfg(const cluster *c, const proc *p)
     for (int e = e0; e < e1; e++)
         fprintf(f, e > e0 ? ", %d" : "%d", e);
     fprintf(f, "];\n");
+    fprintf(f, "metrics_listen = \"127.0.0.1:%d\";\n", p->metrics_port);
     if (c->expert_dtype)
         fprintf(f, "expert_dtype = \"%s\";\n", c->expert_dtype);
     return fclose(f);
@@ -153,6 +156,7 @@ static int write_stage_cfg(const cluster *c, const proc *p)
             "  layer_begin = %d;\n  layer_end = %d;\n  max_sequences = %d;\n  threads = %d;\n",
             p->port, c->model, p->index, c->stages, p->index * L / c->stages, (p->index + 1) * L / c->stages,
             c->max_batch * 2 + 16, c->threads);
+    fprintf(f, "  metrics_listen = \"127.0.0.1:%d\";\n", p->metrics_port);
     /* chained: hidden states go straight to the next stage; the port is already reserved */
     for (int i = 0; i < c->n; i++)
         if (c->p[i].kind == KIND_STAGE && c->p[i].index == p->index + 1)
@@ -197,7 +201,7 @@ static int write_gateway_cfg(const cluster *c, const proc *p)
     for (int i = 0; i < c->n; i++)
         if (c->p[i].kind == KIND_STAGE)
             fprintf(f, k++ ? ", \"127.0.0.1:%d\"" : "\"127.0.0.1:%d\"", c->p[i].port);
-    fprintf(f, "];\n};\n");
+    fprintf(f, "];\n  metrics_listen = \"127.0.0.1:%d\";\n};\n", p->metrics_port);
     return fclose(f);
 }
 
@@ -418,7 +422,7 @@ static int bin_dir_of_self(char *out, size_t cap)
 static int run(cluster *c, int gateway_port)
 {
     /* experts first (stages need their addresses), then stages, then the gateway */
-    int ports[MAX_PROCS] = {0};
+    int ports[2 * MAX_PROCS] = {0};
     int n_exp = 0;
     for (int s = 0; s < c->shards; s++)
         for (int r = 0; r < c->replicas[s]; r++, n_exp++)
@@ -427,12 +431,14 @@ static int run(cluster *c, int gateway_port)
         add_proc(c, KIND_STAGE, s, 0);
     add_proc(c, KIND_GATEWAY, 0, 0);
     ports[c->n - 1] = gateway_port;
-    if (pick_ports(ports, c->n)) {
+    if (pick_ports(ports, 2 * c->n)) {
         fprintf(stderr, "mx cluster: cannot reserve loopback ports: %s\n", strerror(errno));
         return 1;
     }
-    for (int i = 0; i < c->n; i++)
+    for (int i = 0; i < c->n; i++) {
         c->p[i].port = ports[i];
+        c->p[i].metrics_port = ports[c->n + i];
+    }
     for (int i = 0; i < c->n; i++) {
         proc *p = &c->p[i];
         int rc = p->kind == KIND_EXPERT ? write_expert_cfg(c, p)
@@ -460,6 +466,8 @@ static int run(cluster *c, int gateway_port)
         else
             printf("%s %d 127.0.0.1:%d pid %d\n", kind, p->index, p->port, (int)p->pid);
     }
+    for (int i = 0; i < c->n; i++)
+        printf("metrics %s http://127.0.0.1:%d/metrics\n", c->p[i].name, c->p[i].metrics_port);
     printf("configs and logs in %s\n", c->dir);
     /* written by the gateway before it turned SERVING */
     char http_path[sizeof c->dir + 32];

@@ -54,6 +54,8 @@ int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **
         rc = mx_backend_create(opts->backend ? opts->backend : "cpu", opts->threads, &s->be, err);
     if (!rc)
         rc = mx_model_create(s->weights, s->be, &s->model, err);
+    if (!rc)
+        rc = shard_metrics_create(opts->shard_index, &s->metrics, err);
     if (rc) {
         mx_expert_shard_free(s);
         return rc;
@@ -71,6 +73,11 @@ int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **
         }
     *out = s;
     return 0;
+}
+
+mx_metrics *mx_expert_shard_metrics(mx_expert_shard *s)
+{
+    return shard_metrics_registry(s->metrics);
 }
 
 uint64_t mx_expert_shard_weight_bytes(const mx_expert_shard *s)
@@ -94,5 +101,6 @@ void mx_expert_shard_free(mx_expert_shard *s)
     pthread_mutex_destroy(&s->compute_lock);
     free(s->mask);
     free(s->expert_rows);
+    shard_metrics_destroy(s->metrics);
     free(s);
 }

@@ -35,6 +35,9 @@ int mx_expert_shard_serve(mx_expert_shard *s, mx_rpc_server *srv, mx_error *err)
 uint64_t mx_expert_shard_weight_bytes(const mx_expert_shard *s);
 int mx_expert_shard_count(const mx_expert_shard *s);
 
+/* The shard's Prometheus registry (shard_metrics.h), for the skeleton's /metrics. */
+struct mx_metrics *mx_expert_shard_metrics(mx_expert_shard *s);
+
 void mx_expert_shard_free(mx_expert_shard *s);
 
 #endif

@@ -8,6 +8,7 @@
 
 #include "core/model.h"
 #include "shard.h"
+#include "shard_metrics.h"
 
 struct mx_expert_shard {
     int shard_index;
@@ -26,6 +27,7 @@ struct mx_expert_shard {
     atomic_ullong calls_total, rows_total;
     atomic_int in_flight;
     atomic_ullong *expert_rows;  /* [layers * experts] rows computed per pair */
+    shard_metrics *metrics;      /* Prometheus (shard_metrics.h) */
 };
 
 #endif

@@ -94,7 +94,9 @@ static int compute(mx_expert_shard *s, mx_rpc_call *call, const run_request *rq,
     const float *x = (const float *)xb;
     int rc = 0;
     size_t row = 0;
+    double t_wait = mx_now_ms();
     pthread_mutex_lock(&s->compute_lock);
+    double t_run = mx_now_ms();
     for (size_t g = 0; g < rq->n_groups && !rc; g++) {
         int n = (int)rq->groups[g]->num_rows;
         if (n == 0)
@@ -108,6 +110,7 @@ static int compute(mx_expert_shard *s, mx_rpc_call *call, const run_request *rq,
         row += (size_t)n;
     }
     pthread_mutex_unlock(&s->compute_lock);
+    shard_metrics_timing(s->metrics, (t_run - t_wait) / 1e3, (mx_now_ms() - t_run) / 1e3);
     free(xcopy);
     return rc;
 }
@@ -131,10 +134,13 @@ static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len
     float *y = NULL;
     double t0 = mx_now_ms();
     atomic_fetch_add_explicit(&s->in_flight, 1, memory_order_relaxed);
+    shard_metrics_enter(s->metrics);
     int rc = mx_rpc_pb_unpack(&mx__internal__v1__run_experts_request__descriptor, request, len, &msg, &err);
     const run_request *rq = (const run_request *)msg;
     if (!rc)
         rc = validate(s, rq, &err);
+    uint64_t rows = !rc ? rq->hidden->rows : 0;
+    shard_metrics_rows(s->metrics, rows);
     if (!rc) {
         y = malloc(rq->hidden->data.len ? rq->hidden->data.len : 1);
         if (!y)
@@ -158,6 +164,7 @@ static void on_run_experts(mx_rpc_call *call, const uint8_t *request, size_t len
     if (!rc)
         count_served(s, rq);
     atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_relaxed);
+    shard_metrics_leave(s->metrics, rows, rc == 0);
     if (rc)
         mx_rpc_call_set_error(call, &err);
     free(y);

@@ -252,9 +252,9 @@ static void retire(gw_scheduler *s, double now)
     if (keep != s->n_running) {
         pthread_mutex_lock(&s->mu);
         s->admit_pending = true; /* room in the running set */
+        s->n_running = keep;     /* under mu: gw_scheduler_counts reads it from other threads */
         pthread_mutex_unlock(&s->mu);
     }
-    s->n_running = keep;
     if (ids)
         release_on_stages(s, ids, n_ids);
     free(ids);
@@ -625,6 +625,14 @@ void gw_scheduler_destroy(gw_scheduler *s)
     free(s->admit_take);
     free(s->flights);
     free(s);
+}
+
+void gw_scheduler_counts(gw_scheduler *s, int *queued, int *running)
+{
+    pthread_mutex_lock(&s->mu);
+    *queued = s->n_queued;
+    *running = s->n_running;
+    pthread_mutex_unlock(&s->mu);
 }
 
 int gw_scheduler_submit(gw_scheduler *s, gw_request *r, mx_error *err)

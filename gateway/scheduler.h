@@ -47,4 +47,7 @@ void gw_scheduler_destroy(gw_scheduler *s);
  * the queue: see admit_locked in scheduler.c for the order. */
 int gw_scheduler_submit(gw_scheduler *s, gw_request *r, mx_error *err);
 
+/* Requests waiting for admission and requests running now (for metrics; takes the lock). */
+void gw_scheduler_counts(gw_scheduler *s, int *queued, int *running);
+
 #endif

@@ -229,6 +229,12 @@ void mx_router_replica_load_get(const mx_router *r, int shard, int replica, mx_r
     out->in_flight = atomic_load_explicit(&rep->in_flight, memory_order_relaxed);
 }
 
+void mx_router_set_attempt_observer(mx_router *r, mx_router_attempt_fn fn, void *ctx)
+{
+    r->observe_ctx = ctx;
+    r->observe = fn;
+}
+
 void mx_router_destroy(mx_router *r)
 {
     if (!r)

@@ -1,0 +1,278 @@
+"""metrics_cluster.py - Prometheus metrics of a real loopback cluster (`mx cluster`): every
+service's GET /metrics passes `promtool check metrics` (Prometheus' own checker), and after a
+known amount of traffic sent by an independent grpcio client the counters moved by exactly
+what was sent and received: requests, prompt and generated tokens, rejections by code, the
+histograms' counts (+Inf == _count, cumulative buckets), tokens per stage step (prompt tokens
+plus fed-back decode tokens), routed tokens (step tokens x layers x top-k), expert calls the
+stages made == calls the shards served, per shard and replica, rows likewise."""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(__file__))
+import cluster_util as u  # noqa: E402
+
+gen, stage_pb, health_pb = u.load_stubs()
+r = u.Results()
+PROMTOOL = "/usr/bin/promtool"
+
+
+class MetricsCluster:
+    """`mx cluster` with the metrics lines it prints: {name: url}."""
+
+    def __init__(self, model):
+        args = [u.MX, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2", "--replicas", "2,1",
+                "--threads", "1"]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.metrics, self.gateway = {}, None
+        deadline = time.time() + 120
+        for line in self.proc.stdout:
+            m = re.match(r"metrics (\S+) (http://\S+/metrics)$", line.strip())
+            if m:
+                self.metrics[m.group(1)] = m.group(2)
+            if line.startswith("gateway listening on "):
+                self.gateway = line.split()[-1]
+                break
+            if time.time() > deadline:
+                break
+        if not self.gateway:
+            self.stop()
+            raise RuntimeError("mx cluster did not start:\n" + self.read_log())
+
+    def read_log(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.headers.get("Content-Type", ""), resp.read().decode()
+
+
+def parse(text):
+    """[(name, {label: value}, float)] of every sample line."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        if not m:
+            raise ValueError("unparsable line %r" % line)
+        out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def total(samples, name, **labels):
+    return sum(v for n, lb, v in samples if n == name and all(lb.get(k) == x for k, x in labels.items()))
+
+
+def series(samples, name):
+    return [(lb, v) for n, lb, v in samples if n == name]
+
+
+def promtool_ok(text):
+    p = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    return p.returncode == 0, (p.stdout + p.stderr).strip()
+
+
+def histograms_consistent(samples, name):
+    """Every series of histogram name: buckets cumulative (non-decreasing in le), +Inf equal to
+    _count. Returns an error string or ''."""
+    by_key = {}
+    for lb, v in series(samples, name + "_bucket"):
+        key = tuple(sorted((k, x) for k, x in lb.items() if k != "le"))
+        by_key.setdefault(key, []).append((float("inf") if lb["le"] == "+Inf" else float(lb["le"]), v))
+    counts = {tuple(sorted(lb.items())): v for lb, v in series(samples, name + "_count")}
+    if not by_key:
+        return "no buckets"
+    for key, buckets in by_key.items():
+        buckets.sort()
+        if any(b[1] < a[1] for a, b in zip(buckets, buckets[1:])):
+            return "%s%s: buckets not cumulative %s" % (name, key, buckets)
+        if buckets[-1][0] != float("inf") or buckets[-1][1] != counts.get(key):
+            return "%s%s: +Inf %s != _count %s" % (name, key, buckets[-1], counts.get(key))
+    return ""
+
+
+def request(prompt, n):
+    req = gen.GenerateRequest(prompt_ids=prompt)
+    req.sampling.max_new_tokens = n
+    req.sampling.ignore_eos = True
+    req.sampling.temperature = 0
+    return req
+
+
+def main():
+    fixture = sys.argv[1]
+    cfg = json.load(open(os.path.join(fixture, "config.json")))
+    layers, top_k = cfg["num_hidden_layers"], cfg["num_experts_per_tok"]
+    cl = MetricsCluster(fixture)
+    try:
+        names = ["gateway", "stage-0", "stage-1", "expert-0.0", "expert-0.1", "expert-1.0"]
+        r.check(sorted(cl.metrics) == sorted(names), "mx cluster prints a metrics line per service",
+                repr(cl.metrics))
+        before = {n: parse(scrape(cl.metrics[n])[2]) for n in names}
+
+        # --- known traffic: 4 streamed + 2 unary, greedy, fixed lengths; one bad request ---
+        prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9], [10, 11], [12, 13, 14, 15], [16, 17, 18, 19, 20, 21, 22]]
+        M = 6
+        received = [0] * len(prompts)
+        errors = []
+        with grpc.insecure_channel(cl.gateway) as ch:
+            generate, complete, _ = u.generation_stubs(ch, gen)
+
+            def one(i):
+                try:
+                    if i < 4:
+                        received[i] = sum(len(m.token_ids) for m in generate(request(prompts[i], M), timeout=60))
+                    else:
+                        received[i] = len(complete(request(prompts[i], M), timeout=60).token_ids)
+                except Exception as e:  # counted as a failure below
+                    errors.append(repr(e))
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(90)
+            bad = request([1], 4)
+            bad.sampling.top_p = float("nan")
+            try:
+                complete(bad, timeout=10)
+                errors.append("NaN top_p was accepted")
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                    errors.append("NaN top_p: %s" % e.code())
+        r.check(not errors and received == [M] * len(prompts), "traffic: %d requests of %d tokens" % (len(prompts), M),
+                "%s %s" % (errors, received))
+        N, P, G = len(prompts), sum(len(p) for p in prompts), sum(received)
+
+        # the stages release the sequences right after the last token: wait for the gauges
+        after = {}
+        end = time.time() + 10
+        while time.time() < end:
+            after = {n: parse(scrape(cl.metrics[n])[2]) for n in names}
+            if all(total(after[s], "mx_stage_live_sequences") == 0 for s in ("stage-0", "stage-1")) and \
+                    total(after["gateway"], "mx_gateway_running_sequences") == 0:
+                break
+            time.sleep(0.1)
+
+        # --- format: promtool, content type, 404 ---
+        for n in names:
+            status, ctype, text = scrape(cl.metrics[n])
+            ok, msg = promtool_ok(text)
+            r.check(status == 200 and ctype.startswith("text/plain; version=0.0.4") and ok,
+                    "%s: GET /metrics passes promtool check metrics" % n, "%s %s %s" % (status, ctype, msg))
+            r.check(total(parse(text), "mx_build_info", service=n.split(".")[0] if n.startswith("expert") else n) == 1
+                    and total(parse(text), "process_resident_memory_bytes") > 1 << 20
+                    and total(parse(text), "process_start_time_seconds") > time.time() - 600,
+                    "%s: build info, start time, resident memory" % n)
+        try:
+            urllib.request.urlopen(cl.metrics["gateway"].replace("/metrics", "/other"), timeout=10)
+            r.check(False, "GET /other is 404", "answered 200")
+        except urllib.error.HTTPError as e:
+            r.check(e.code == 404, "GET /other is 404", str(e.code))
+
+        def delta(svc, name, **labels):
+            return total(after[svc], name, **labels) - total(before[svc], name, **labels)
+
+        # --- gateway ---
+        g = "gateway"
+        r.check(delta(g, "mx_gateway_requests_total") == N and
+                delta(g, "mx_gateway_requests_total", outcome="ok", finish_reason="length") == N,
+                "gateway: requests_total{ok,length} == %d" % N, str(series(after[g], "mx_gateway_requests_total")))
+        r.check(delta(g, "mx_gateway_rejected_total", code="INVALID_ARGUMENT") == 1 and
+                delta(g, "mx_gateway_rejected_total") == 1, "gateway: one rejection, INVALID_ARGUMENT",
+                str(series(after[g], "mx_gateway_rejected_total")))
+        r.check(delta(g, "mx_gateway_prompt_tokens_total") == P, "gateway: prompt tokens == %d sent" % P,
+                str(delta(g, "mx_gateway_prompt_tokens_total")))
+        r.check(delta(g, "mx_gateway_generated_tokens_total") == G, "gateway: generated tokens == %d received" % G,
+                str(delta(g, "mx_gateway_generated_tokens_total")))
+        for h, want in (("mx_gateway_request_duration_seconds", N), ("mx_gateway_time_to_first_token_seconds", N),
+                        ("mx_gateway_queue_time_seconds", N), ("mx_gateway_inter_token_seconds", N * (M - 1))):
+            err = histograms_consistent(after[g], h)
+            r.check(not err and delta(g, h + "_count") == want, "gateway: %s count == %d, buckets consistent" % (h, want),
+                    err or str(delta(g, h + "_count")))
+        r.check(total(after[g], "mx_gateway_running_sequences") == 0 and total(after[g], "mx_gateway_queued_requests") == 0,
+                "gateway: nothing running or queued after the traffic")
+        ttft_sum = delta(g, "mx_gateway_time_to_first_token_seconds_sum")
+        e2e_sum = delta(g, "mx_gateway_request_duration_seconds_sum")
+        r.check(0 < ttft_sum <= e2e_sum, "gateway: time to first token <= end to end (sums)",
+                "%s %s" % (ttft_sum, e2e_sum))
+
+        # --- stages: step tokens == prompt tokens + fed-back decode tokens; routed tokens ---
+        stage_calls = {}
+        routed_all = 0
+        for i, s in enumerate(("stage-0", "stage-1")):
+            l0, l1 = i * layers // 2, (i + 1) * layers // 2
+            fed = P + N * (M - 1)
+            r.check(delta(s, "mx_stage_step_tokens_sum") == fed, "%s: step tokens == %d (prompts + decodes)" % (s, fed),
+                    str(delta(s, "mx_stage_step_tokens_sum")))
+            batches = delta(s, "mx_stage_batches_total", outcome="ok")
+            r.check(batches > 0 and delta(s, "mx_stage_step_tokens_count") == batches and
+                    delta(s, "mx_stage_step_seconds_count", outcome="ok") == batches and
+                    not histograms_consistent(after[s], "mx_stage_step_seconds") and
+                    not histograms_consistent(after[s], "mx_stage_step_tokens"),
+                    "%s: %d batches, one step-time and one step-tokens sample each" % (s, batches))
+            routed = delta(s, "mx_stage_routed_tokens_total")
+            layers_seen = {lb["layer"] for lb, _ in series(after[s], "mx_stage_routed_tokens_total")}
+            r.check(routed == fed * (l1 - l0) * top_k and layers_seen == {str(x) for x in range(l0, l1)},
+                    "%s: routed tokens == %d tokens x %d layers x top-%d" % (s, fed, l1 - l0, top_k),
+                    "%s %s" % (routed, sorted(layers_seen)))
+            routed_all += routed
+            r.check(total(after[s], "mx_stage_live_sequences") == 0 and total(after[s], "mx_stage_kv_used_bytes") == 0
+                    and total(after[s], "mx_stage_kv_budget_bytes") > 0,
+                    "%s: no live sequence, no KV bytes used after release; a KV budget" % s)
+            r.check(delta(s, "mx_stage_expert_retries_total") == 0, "%s: no expert retries" % s)
+            for lb, v in series(after[s], "mx_stage_expert_calls_total"):
+                key = "expert-%s.%s" % (lb["shard"], lb["replica"])
+                stage_calls[key] = stage_calls.get(key, 0) + v - total(before[s], "mx_stage_expert_calls_total", **lb)
+            calls = delta(s, "mx_stage_expert_calls_total")
+            r.check(calls > 0 and delta(s, "mx_stage_expert_call_seconds_count") == calls and
+                    not histograms_consistent(after[s], "mx_stage_expert_call_seconds"),
+                    "%s: %d expert calls, each answered one latency sample" % (s, calls))
+
+        # --- shards: calls and rows served == what the stages sent ---
+        for e in ("expert-0.0", "expert-0.1", "expert-1.0"):
+            served = delta(e, "mx_expert_calls_total")
+            r.check(served == stage_calls.get(e) and delta(e, "mx_expert_calls_total", outcome="error") == 0,
+                    "%s: calls served == calls the stages sent it (%s)" % (e, stage_calls.get(e)), str(served))
+            r.check(total(after[e], "mx_expert_calls_in_flight") == 0 and total(after[e], "mx_expert_rows_in_flight") == 0
+                    and delta(e, "mx_expert_compute_seconds_count") == served
+                    and delta(e, "mx_expert_queue_seconds_count") == served
+                    and not histograms_consistent(after[e], "mx_expert_compute_seconds"),
+                    "%s: nothing in flight; one compute and one queue sample per call" % e)
+        rows = sum(delta(e, "mx_expert_rows_total") for e in ("expert-0.0", "expert-0.1", "expert-1.0"))
+        r.check(rows == routed_all, "shards: rows served == routed tokens of both stages (%d)" % routed_all, str(rows))
+    finally:
+        status = cl.stop()
+        r.check(status == 0, "cluster stops cleanly", "exit %s\n%s" % (status, cl.read_log()[-3000:]))
+    r.finish()
+
+
+if __name__ == "__main__":
+    main()
