@@ -314,6 +314,8 @@ static int start_attempt(fanout *f, int j, bool hedge, mx_error *err)
         atomic_fetch_add(&r->hedges, 1);
     else if (job->attempts > 1)
         atomic_fetch_add(&r->retries, 1);
+    if (r->observe)
+        r->observe(r->observe_ctx, MX_ROUTER_ATTEMPT_SENT, job->shard, rep, !hedge && job->attempts > 1, false, 0);
     /* an attempt's own deadline matters only while another replica could take over */
     bool others = router_has_untried(sh, job->tried);
     job->soft_at = others ? now + router_attempt_ms(r, sh, job->n_rows) : INFINITY;
@@ -384,6 +386,9 @@ static int on_result(fanout *f, attempt *a, mx_rpc_result *res, int *left, mx_er
     atomic_fetch_sub(&sh->rows_in_flight, job->n_rows);
     a->live = false;
     job->active--;
+    if (r->observe)
+        r->observe(r->observe_ctx, MX_ROUTER_ATTEMPT_DONE, job->shard, a->replica, false, st->code == GRPC_STATUS_OK,
+                   (mx_now_ms() - a->t0) / 1e3);
     if (job->done) /* the slower twin, cancelled by us: says nothing about its replica */
         return 0;
     if (st->code == GRPC_STATUS_OK) {

@@ -151,6 +151,15 @@ typedef struct mx_router_replica_load {
 } mx_router_replica_load;
 void mx_router_replica_load_get(const mx_router *r, int shard, int replica, mx_router_replica_load *out);
 
+/* Optional observer of expert-call attempts, for metrics: called on the dispatching thread
+ * when an attempt goes out (event SENT; retry = it is a retry on another replica, not the
+ * first copy or a hedge) and when its answer comes back (event DONE; ok, seconds since it was
+ * sent). Must be cheap and thread-safe. Set before traffic starts (NULL fn = none). */
+typedef enum { MX_ROUTER_ATTEMPT_SENT, MX_ROUTER_ATTEMPT_DONE } mx_router_attempt_event;
+typedef void (*mx_router_attempt_fn)(void *ctx, mx_router_attempt_event ev, int shard, int replica, bool retry,
+                                     bool ok, double seconds);
+void mx_router_set_attempt_observer(mx_router *r, mx_router_attempt_fn fn, void *ctx);
+
 /* Whether every shard owning an expert of a layer in [layer_begin, layer_end) has a live
  * replica: one that has answered (a call or a health check) and is not ejected. For the
  * stage's health ("can serve"). Returns 1 (all live) or 0 (then *dead_shard, when not NULL,
