@@ -12,8 +12,11 @@
 static int load_config(const char *path, void *config, mx_error *err) { return stage_config_load(path, config, err); }
 static void free_config(void *config) { stage_config_free(config); }
 
-static int open_stage(const void *config, void **state, mx_error *err)
+static const char *log_level(const void *config) { return ((const stage_config *)config)->log_level; }
+
+static int open_stage(const void *config, const mx_log *log, void **state, mx_error *err)
 {
+    (void)log; /* the stage reports through its RPC answers; the skeleton logs its life */
     return stage_create(config, (stage **)state, err);
 }
 
@@ -50,6 +53,7 @@ int main(int argc, char **argv)
         .config_size = sizeof(stage_config),
         .config_load = load_config,
         .config_free = free_config,
+        .log_level = log_level,
         .open = open_stage,
         .close = close_stage,
         .listen = listen_on,

@@ -77,15 +77,17 @@ static void puts_(line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* s with '"', '\' and control characters escaped (newlines as \n), so one event is one line. */
-static void put_escaped(line *l, const char *s)
+/* s with control characters escaped (newlines as \n), so one event is one line; with quotes,
+ * '"' and '\' too (values). A message keeps its quotes: people read it and grep for it as
+ * written. */
+static void put_escaped(line *l, const char *s, int quotes)
 {
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         char e[8];
         if (c == '\n')
             put(l, "\\n", 2);
-        else if (c == '"' || c == '\\') {
+        else if (quotes && (c == '"' || c == '\\')) {
             e[0] = '\\', e[1] = (char)c;
             put(l, e, 2);
         } else if (c < 0x20 || c == 0x7f) {
@@ -99,11 +101,11 @@ static void put_escaped(line *l, const char *s)
 static void put_value(line *l, const char *v)
 {
     if (v[0] && !strpbrk(v, " =\"\t\n\\")) {
-        put_escaped(l, v);
+        put_escaped(l, v, 1);
         return;
     }
     put(l, "\"", 1);
-    put_escaped(l, v);
+    put_escaped(l, v, 1);
     put(l, "\"", 1);
 }
 
@@ -123,7 +125,7 @@ static void begin(line *l, const mx_log *log, mx_log_level level, const char *re
     puts_(l, log->service);
     if (request_id && request_id[0]) {
         put(l, " req=", 5);
-        put_escaped(l, request_id);
+        put_escaped(l, request_id, 1);
     }
     put(l, ": ", 2);
 }
@@ -166,7 +168,7 @@ void mx_log_event(const mx_log *log, mx_log_level level, const char *request_id,
         return;
     line l;
     begin(&l, log, level, request_id);
-    put_escaped(&l, msg);
+    put_escaped(&l, msg, 0);
     put_fields(&l, fields, n_fields);
     finish(&l, log);
 }

@@ -2,8 +2,9 @@
  *   2026-12-02T19:20:31.123Z info gateway req=req-00ab: message key=value key="two words"
  * i.e. an RFC 3339 UTC timestamp with milliseconds, the level (error, warn, info, debug), the
  * service, "req=ID" when the event belongs to a request, ": ", the message, then optional
- * key=value fields (values quoted when they hold a space, '=', '"' or nothing; '"', '\' and
- * control characters escaped, so an event never spans two lines).
+ * key=value fields (values quoted when they hold a space, '=', '"' or nothing, with '"' and '\'
+ * escaped). Control characters are escaped everywhere (a newline as \n), so an event never
+ * spans two lines; the message keeps its quotes as written.
  *
  * No global state: a logger is a small value the process owns. The service skeleton
  * (core/rpc/service.c) makes one per process from the service name and its config's

@@ -31,8 +31,11 @@ typedef struct svc {
     mx_rpc_server *srv;
 } svc;
 
-static int open_shard(const void *config, void **state, mx_error *err)
+static const char *log_level(const void *config) { return ((const mx_expert_svc_config *)config)->log_level; }
+
+static int open_shard(const void *config, const mx_log *log, void **state, mx_error *err)
 {
+    (void)log; /* the shard reports through its RPC answers; the skeleton logs its life */
     const mx_expert_svc_config *c = config;
     mx_expert_shard_options so = {.model_dir = c->model_dir, .backend = c->backend, .threads = c->threads,
                                   .shard_index = c->shard_index, .owns = &c->owns,
@@ -107,6 +110,7 @@ int main(int argc, char **argv)
         .config_size = sizeof(mx_expert_svc_config),
         .config_load = load_config,
         .config_free = free_config,
+        .log_level = log_level,
         .open = open_shard,
         .close = close_shard,
         .listen = listen_on,

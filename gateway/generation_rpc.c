@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/protocol.h"
+#include "core/rpc/status.h"
 #include "core/rpc/pb.h"
 #include "validate.h"
 
@@ -162,11 +164,30 @@ static void end_status(mx_rpc_call *call, const gw_request *r)
     }
 }
 
+/* The access line of one call (core/log.h), with the status the client gets. */
+static void log_access(const gw_generation_ctx *g, mx_rpc_call *call, const char *method, gw_request *r, double t0)
+{
+    if (!mx_log_enabled(g->log, MX_LOG_INFO))
+        return;
+    const char *status = mx_rpc_call_cancelled(call) ? "CANCELLED" : mx_rpc_status_name(mx_rpc_call_status(call));
+    int64_t prompt = -1, generated = -1;
+    if (r) {
+        pthread_mutex_lock(&r->mu);
+        prompt = r->n_prompt;
+        generated = r->n_out;
+        pthread_mutex_unlock(&r->mu);
+    }
+    mx_log_access(g->log, method, status, prompt, generated, mx_now_ms() - t0, r ? r->request_id : NULL);
+}
+
 void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
+    double t0 = mx_now_ms();
     gw_request *r = start(user, call, req, len);
-    if (!r)
+    if (!r) {
+        log_access(user, call, "Generate", NULL, t0);
         return;
+    }
     int sent = 0;
     size_t text_sent = 0;
     for (;;) {
@@ -221,14 +242,18 @@ void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
             break;
         }
     }
+    log_access(user, call, "Generate", r, t0);
     gw_request_unref(r);
 }
 
 void gw_on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
+    double t0 = mx_now_ms();
     gw_request *r = start(user, call, req, len);
-    if (!r)
+    if (!r) {
+        log_access(user, call, "Complete", NULL, t0);
         return;
+    }
     pthread_mutex_lock(&r->mu);
     bool alive = true;
     while (alive && !r->done)
@@ -258,16 +283,19 @@ void gw_on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
             mx_rpc_call_set_error(call, &err);
         slice_free(&ts);
     }
+    log_access(user, call, "Complete", r, t0);
     gw_request_unref(r);
 }
 
 void gw_on_model_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
     gw_generation_ctx *g = user;
+    double t0 = mx_now_ms();
     mx_error err = {0};
     ProtobufCMessage *msg;
     if (mx_rpc_pb_unpack(&mx__v1__model_info_request__descriptor, req, len, &msg, &err)) {
         mx_rpc_call_set_error(call, &err);
+        log_access(g, call, "ModelInfo", NULL, t0);
         return;
     }
     protobuf_c_message_free_unpacked(msg, NULL);
@@ -287,6 +315,7 @@ void gw_on_model_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *u
     m.chat_template_available = g->text->chat;
     if (mx_rpc_pb_write(call, &m.base, &err))
         mx_rpc_call_set_error(call, &err);
+    log_access(g, call, "ModelInfo", NULL, t0);
 }
 
 int gw_add_methods(gw_generation_ctx *g, gw_tokenize_ctx *tok, mx_rpc_server *srv, mx_error *err)

@@ -12,6 +12,7 @@
 #include "gw_config.h"
 #include "scheduler.h"
 #include "text.h"
+#include "core/log.h"
 #include "tokenize_rpc.h"
 #include "validate.h"
 
@@ -22,6 +23,7 @@ typedef struct gw_generation_ctx {
     const gw_limits *lim;        /* request limits (validate.h) */
     gw_scheduler *sched;
     const gw_text *text;
+    const mx_log *log;           /* access lines (core/log.h); NULL = none */
 } gw_generation_ctx;
 
 /* user is a gw_generation_ctx. */

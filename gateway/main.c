@@ -26,6 +26,7 @@
 
 typedef struct gateway {
     gw_config cfg;
+    const mx_log *log;           /* the process's (core/rpc/service.h) */
     mx_config model;
     gw_limits lim;
     gw_scheduler *sched;
@@ -47,7 +48,7 @@ static int wait_for_stages(gateway *g, mx_error *err)
             break;
         double now = mx_now_ms();
         if (now - last_log >= 5000) {
-            fprintf(stderr, "gateway: waiting for the stages (%s)\n", e.msg);
+            mx_logf(g->log, MX_LOG_INFO, NULL, "waiting for the stages (%s)", e.msg);
             last_log = now;
         }
         int sig = mx_rpc_wait_stop_signal(tries < 20 ? 100 : 500, err);
@@ -56,8 +57,8 @@ static int wait_for_stages(gateway *g, mx_error *err)
     }
     int64_t fit = gw_scheduler_max_context(g->sched, INT64_MAX);
     if (fit < g->lim.model_context_tokens)
-        fprintf(stderr, "gateway: the stages' KV budgets fit %lld tokens per sequence: max_context_tokens %lld "
-                "(of %d)\n", (long long)fit, (long long)fit, g->lim.model_context_tokens);
+        mx_logf(g->log, MX_LOG_WARN, NULL, "the stages' KV budgets fit %lld tokens per sequence: max_context_tokens %lld "
+                "(of %d)", (long long)fit, (long long)fit, g->lim.model_context_tokens);
     return 0;
 }
 
@@ -82,8 +83,8 @@ static int setup_limits(gateway *g, mx_error *err)
     uint64_t step_mib = ((uint64_t)g->cfg.max_step_tokens + (uint64_t)g->cfg.max_batch_sequences) *
                         (uint64_t)g->model.hidden_size * 4 / (1u << 20) + 1;
     if (step_mib >= MX_DEFAULT_MAX_MESSAGE_MB)
-        fprintf(stderr, "gateway: a step of max_step_tokens = %d (+ %d decodes) carries up to %llu MiB of hidden "
-                "states between stages: their stage.max_message_mb must be above that (default %d)\n",
+        mx_logf(g->log, MX_LOG_WARN, NULL, "a step of max_step_tokens = %d (+ %d decodes) carries up to %llu MiB of hidden "
+                "states between stages: their stage.max_message_mb must be above that (default %d)",
                 g->cfg.max_step_tokens, g->cfg.max_batch_sequences, (unsigned long long)step_mib,
                 MX_DEFAULT_MAX_MESSAGE_MB);
     if (g->cfg.n_eos >= 0) {
@@ -109,31 +110,38 @@ static void close_gateway(void *state)
     free(g);
 }
 
-/* The scheduler's errors that have no caller: the process prints them. */
+/* The scheduler's errors that have no caller: warnings in the process's log (the lines come
+ * prefixed "gateway: ", which the log's service column already says). */
 static void log_line(void *ctx, const char *line)
 {
-    (void)ctx;
-    fprintf(stderr, "%s\n", line);
+    if (!strncmp(line, "gateway: ", 9))
+        line += 9;
+    mx_logf(ctx, MX_LOG_WARN, NULL, "%s", line);
 }
 
+static const char *log_level(const void *config) { return ((const gw_config *)config)->log_level; }
+
 /* Loads the model's config, the tokenizer and the scheduler, then waits for the stages. */
-static int open_gateway(const void *config, void **state, mx_error *err)
+static int open_gateway(const void *config, const mx_log *log, void **state, mx_error *err)
 {
     gateway *g = calloc(1, sizeof *g);
     if (!g)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     *state = g;
     g->cfg = *(const gw_config *)config;
+    g->log = log;
     MX_TRY(setup_limits(g, err));
     MX_TRY(gw_text_load(&g->cfg, g->model.vocab_size, &g->text, err));
     g->tok_ctx.text = &g->text;
     g->tok_ctx.bos_id = g->model.bos_token_id;
+    g->tok_ctx.log = log;
     if (!g->text.tok)
-        fprintf(stderr, "gateway: text features off: %s\n", g->text.no_tok);
+        mx_logf(log, MX_LOG_INFO, NULL, "text features off: %s", g->text.no_tok);
     else if (!g->text.chat)
-        fprintf(stderr, "gateway: chat off: %s\n", g->text.no_chat);
-    MX_TRY(gw_scheduler_create(&g->cfg, &g->model, (gw_log){log_line, NULL}, &g->sched, err));
-    g->gen_ctx = (gw_generation_ctx){&g->cfg, &g->model, &g->lim, g->sched, &g->text};
+        mx_logf(log, MX_LOG_INFO, NULL, "chat off: %s", g->text.no_chat);
+    MX_TRY(gw_scheduler_create(&g->cfg, &g->model, (gw_log){log_line, (void *)log}, &g->sched, err));
+    g->gen_ctx = (gw_generation_ctx){.cfg = &g->cfg, .model = &g->model, .lim = &g->lim, .sched = g->sched,
+                                     .text = &g->text, .log = log};
     int rc = wait_for_stages(g, err);
     return rc == 1 ? MX_ECANCELLED : rc;
 }
@@ -193,6 +201,7 @@ int main(int argc, char **argv)
         .config_size = sizeof(gw_config),
         .config_load = load_config,
         .config_free = free_config,
+        .log_level = log_level,
         .open = open_gateway,
         .close = close_gateway,
         .listen = listen_on,

@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/rpc/pb.h"
+#include "core/rpc/status.h"
 
 static int tokenize(const gw_tokenize_ctx *c, const Mx__V1__TokenizeRequest *rq, mx_tok_ids *ids, mx_error *err)
 {
@@ -35,13 +37,22 @@ static int pieces_of(const mx_tokenizer *tok, const mx_tok_ids *ids, mx_text *te
     return 0;
 }
 
+/* The access line of a Tokenize call: its token count in prompt_tokens. */
+static void log_access(const gw_tokenize_ctx *c, mx_rpc_call *call, int64_t n_ids, double t0)
+{
+    mx_log_access(c->log, "Tokenize", mx_rpc_status_name(mx_rpc_call_status(call)), n_ids, -1, mx_now_ms() - t0,
+                  NULL);
+}
+
 void gw_on_tokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
     const gw_tokenize_ctx *c = user;
+    double t0 = mx_now_ms();
     mx_error err = {0};
     ProtobufCMessage *msg;
     if (mx_rpc_pb_unpack(&mx__v1__tokenize_request__descriptor, req, len, &msg, &err)) {
         mx_rpc_call_set_error(call, &err);
+        log_access(c, call, -1, t0);
         return;
     }
     mx_tok_ids ids = {0};
@@ -66,6 +77,7 @@ void gw_on_tokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
     }
     if (rc)
         mx_rpc_call_set_error(call, &err);
+    log_access(c, call, rc ? -1 : (int64_t)ids.len, t0);
     for (size_t i = 0; texts && i < ids.len; i++)
         mx_text_free(&texts[i]);
     free(texts);

@@ -7,12 +7,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/log.h"
 #include "core/rpc/server.h"
 #include "text.h"
 
 typedef struct gw_tokenize_ctx {
     const gw_text *text;
     int32_t bos_id;           /* prepended when add_special_tokens; -1 = the model has none */
+    const mx_log *log;        /* access lines (core/log.h); NULL = none */
 } gw_tokenize_ctx;
 
 /* user is a gw_tokenize_ctx that outlives the server. */

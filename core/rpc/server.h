@@ -116,6 +116,8 @@ int64_t mx_rpc_call_ms_left(const mx_rpc_call *call);
  * handler. */
 const char *mx_rpc_call_peer(const mx_rpc_call *call);
 const char *mx_rpc_call_method(const mx_rpc_call *call);
+/* The status the handler set so far (GRPC_STATUS_OK until it sets one): for access logs. */
+grpc_status_code mx_rpc_call_status(const mx_rpc_call *call);
 
 /* The server the call arrived on (e.g. to set health from a handler). */
 mx_rpc_server *mx_rpc_call_server(const mx_rpc_call *call);

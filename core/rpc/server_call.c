@@ -153,4 +153,5 @@ int64_t mx_rpc_call_ms_left(const mx_rpc_call *c)
 
 const char *mx_rpc_call_peer(const mx_rpc_call *c) { return c->peer ? c->peer : ""; }
 const char *mx_rpc_call_method(const mx_rpc_call *c) { return c->method_name; }
+grpc_status_code mx_rpc_call_status(const mx_rpc_call *c) { return c->status; }
 mx_rpc_server *mx_rpc_call_server(const mx_rpc_call *c) { return c->srv; }

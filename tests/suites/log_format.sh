@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# log_format.sh - the services' structured log lines (core/log.h) in a real loopback cluster:
+# every line of every process log matches the format (RFC 3339 UTC timestamp with ms, level,
+# service, optional req=, message), the "serving" lines keep their text, a Generate and a
+# ModelInfo call each leave one access line in the gateway's log with the method, status OK,
+# the prompt and generated token counts the client asked for, and a latency; a bad request
+# leaves INVALID_ARGUMENT; MX_LOG_LEVEL=warn drops the info lines of a service.
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+MX="$BUILD/bin/mx"
+pass=0 fail=0
+ok() { echo "ok   $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit; }
+[ -x "$MX" ] || { bad "missing $MX (run make)"; finish; }
+
+work=$(mktemp -d)
+cluster_pid=
+cleanup() {
+    if [ -n "$cluster_pid" ]; then kill -TERM "$cluster_pid" 2>/dev/null; wait "$cluster_pid" 2>/dev/null; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+TS='[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z'
+LINE="^$TS (error|warn|info|debug) [a-z0-9_.-]+( req=[^ ]+)?: .*$"
+
+"$MX" make-model --preset tiny --out "$work/model" --seed 3 >/dev/null 2>&1 || { bad "make-model"; finish; }
+"$MX" cluster --model "$work/model" --stages 2 --expert-shards 1 --workdir "$work/run" \
+    >"$work/cluster.out" 2>"$work/cluster.err" &
+cluster_pid=$!
+addr=
+for _ in $(seq 1 600); do
+    addr=$(sed -nE 's/^gateway listening on (.*)$/\1/p' "$work/cluster.out")
+    [ -n "$addr" ] && break
+    kill -0 "$cluster_pid" 2>/dev/null || break
+    sleep 0.2
+done
+if [ -z "$addr" ]; then
+    bad "cluster did not start: $(tail -5 "$work/cluster.err")"
+    finish
+fi
+
+"$MX" client --addr "$addr" --prompt-ids 1,2,3,4,5 --max-new-tokens 6 >"$work/client.out" 2>&1 \
+    || bad "client Generate: $(cat "$work/client.out")"
+# a request the gateway refuses: a token id outside the vocabulary
+"$MX" client --addr "$addr" --prompt-ids 1,999999999 --max-new-tokens 2 >/dev/null 2>&1
+/usr/bin/python3 - "$addr" "$work" <<'EOF' >"$work/modelinfo.out" 2>&1 || bad "ModelInfo call: $(cat "$work/modelinfo.out")"
+import os, subprocess, sys, grpc
+addr, work = sys.argv[1], sys.argv[2]
+subprocess.run(["protoc", "-Iproto", "--python_out=" + work, "mx/v1/generation.proto"], check=True)
+sys.path.insert(0, work)
+from mx.v1 import generation_pb2 as pb
+ch = grpc.insecure_channel(addr)
+req = pb.ModelInfoRequest()
+ch.unary_unary("/mx.v1.Generation/ModelInfo", request_serializer=req.SerializeToString,
+               response_deserializer=pb.ModelInfoResponse.FromString)(req, timeout=10)
+EOF
+kill -TERM "$cluster_pid" 2>/dev/null
+wait "$cluster_pid" 2>/dev/null
+cluster_pid=
+
+gw="$work/run/gateway.log"
+if [ ! -s "$gw" ]; then
+    bad "no gateway log in $work/run: $(ls "$work/run" 2>&1)"
+    finish
+fi
+for f in "$work"/run/*.log; do
+    n=$(wc -l <"$f")
+    badl=$(grep -cvE "$LINE" "$f")
+    if [ "$n" -gt 0 ] && [ "$badl" -eq 0 ]; then ok "$(basename "$f"): $n lines, all in the log format"
+    else bad "$(basename "$f"): $badl of $n lines not in the format: $(grep -vE "$LINE" "$f" | head -3)"; fi
+done
+if grep -qE "^$TS info gateway: .*serving mx\.v1\.Generation on port [0-9]+" "$gw"; then ok "gateway serving line"
+else bad "gateway serving line: $(head -5 "$gw")"; fi
+if grep -qE "^$TS info expert-svc: .*serving" "$work"/run/expert*.log; then ok "expert-svc serving line"
+else bad "expert-svc serving line"; fi
+
+acc="^$TS info gateway req=[^ ]+: access method=Generate status=OK prompt_tokens=5 generated_tokens=6 latency_ms=[0-9]+\.[0-9]$"
+if [ "$(grep -cE "$acc" "$gw")" -eq 1 ]; then ok "one Generate access line: $(grep -E "$acc" "$gw")"
+else bad "Generate access line: $(grep access "$gw")"; fi
+acc="^$TS info gateway: access method=Generate status=INVALID_ARGUMENT prompt_tokens=-1 generated_tokens=-1 latency_ms="
+if grep -qE "$acc" "$gw"; then ok "refused Generate: INVALID_ARGUMENT access line"
+else bad "refused Generate access line: $(grep access "$gw")"; fi
+acc="^$TS info gateway: access method=ModelInfo status=OK prompt_tokens=-1 generated_tokens=-1 latency_ms="
+if grep -qE "$acc" "$gw"; then ok "ModelInfo access line"
+else bad "ModelInfo access line: $(grep access "$gw")"; fi
+if grep -qE "^$TS info gateway: signal 15, draining \(up to [0-9]+ ms\)$" "$gw"; then ok "drain line"
+else bad "drain line: $(tail -3 "$gw")"; fi
+
+# MX_LOG_LEVEL=warn: a service run with a bad config still logs its error, and nothing at info
+printf 'model_dir = "%s/model";\nlisten = "127.0.0.1:0";\nbackend = "tpu";\n' "$work" >"$work/bad.cfg"
+MX_LOG_LEVEL=warn "$BUILD/bin/expert-svc" --config "$work/bad.cfg" 2>"$work/bad.log"
+if grep -qE "^$TS error expert-svc: .*not a backend" "$work/bad.log" && ! grep -q " info " "$work/bad.log"; then
+    ok "MX_LOG_LEVEL=warn: the error line only"
+else bad "MX_LOG_LEVEL=warn: $(cat "$work/bad.log")"; fi
+MX_LOG_LEVEL=loud "$BUILD/bin/expert-svc" --config "$work/bad.cfg" 2>"$work/bad2.log"
+rc=$?
+if [ $rc -eq 2 ] && grep -q "MX_LOG_LEVEL" "$work/bad2.log"; then ok "unknown MX_LOG_LEVEL refused (exit 2)"
+else bad "unknown MX_LOG_LEVEL: exit $rc: $(cat "$work/bad2.log")"; fi
+finish
