@@ -13,6 +13,9 @@
 #include "core/model.h"
 #include "core/model_writer.h"
 #include "core/weights.h"
+#include "core/cpu/attention_cpu.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/gemm_kernels.h"
 
 #define MAX_SIZES 16
 
@@ -204,6 +207,11 @@ int main(int argc, char **argv)
            cfg.num_key_value_heads, cfg.num_local_experts, cfg.num_experts_per_tok, cfg.intermediate_size,
            cfg.vocab_size, threads, mx_kv_dtype_name(kvo.dtype),
            chunk ? "chunks of --chunk tokens per forward call" : "the whole prompt in one forward call");
+    printf("kernel paths: softmax attention %s (bf16 KV prefill), projections %s from M = %d (%s below),\n"
+           "lightning prefill %s.\n",
+           kvo.dtype == MX_KV_BF16 ? mx_cpu_attention_path() : mx_cpu_isa_name(mx_cpu_best_isa()),
+           mx_cpu_amx_usable() ? "amx (exact 3-part bf16 split, fp32 sums)" : mx_cpu_gemm_isa(), MX_GEMM_AMX_MIN_M,
+           mx_cpu_gemm_isa(), mx_cpu_isa_supported(MX_CPU_ISA_AVX512) ? "avx512 block products" : "scalar");
     printf("softmax / lightning: share of the time in those ops; attn GFLOP/s: softmax attention flops\n"
            "(4 x head_dim x heads x n(n+1)/2 per layer) over the time in the op; model GFLOP/s: those plus the\n"
            "projections and top-k experts (not lightning's block products) over the whole time; 'of peak': over\n"

@@ -113,10 +113,10 @@ static inline float mx_fa_exp2(float x)
 /* AMX tile kernels (flash_attention_amx.c; only after mx_cpu_amx_usable()) for bf16 pages and
  * head_dim % 32 == 0. A thread calls begin before and end after using them. Rows are padded
  * to mp (a multiple of 16): q's padding is zeroed by mx_fa_amx_q, acc must have mp rows.
- * mx_fa_amx_q: qb[mp][d] = bf16(q[m][d]), rows past m zero. mx_fa_amx_qk: s[mp][T] = qb . kt
- * (kt a bf16 K block [d][T], repacked into kpack[d * T]). mx_fa_amx_pv: pv of the kernel
- * table with p rounded to bf16 (into pb[mp * T]) and v a bf16 V block (repacked into
- * vpack[T * d]). */
+ * mx_fa_amx_q: qb[2][mp][d] = q[m][d] as two bf16 parts (hi, lo: 16 significand bits), rows
+ * past m zero. mx_fa_amx_qk: s[mp][T] = qb . kt (kt a bf16 K block [d][T], repacked into
+ * kpack[d * T]). mx_fa_amx_pv: pv of the kernel table with p in bf16 (one or two parts, into
+ * pb[2][mp][T]) and v a bf16 V block (repacked into vpack[T * d]). */
 void mx_fa_amx_begin(void);
 void mx_fa_amx_end(void);
 void mx_fa_amx_q(const float *q, int m, int mp, int d, uint16_t *qb);

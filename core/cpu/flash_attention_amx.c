@@ -1,13 +1,19 @@
 /* flash_attention_amx.c - AMX tile kernels of the CPU flash attention for bf16 KV pages (prefill
  * rows): Q.K^T and P.V as bf16 tile dot products with fp32 accumulation (TDPBF16PS), the
  * online softmax between them in fp32 (the AVX-512 kernel). Called only after
- * mx_cpu_amx_usable(); head_dim a multiple of 32, row counts padded to 16 by the caller. */
+ * mx_cpu_amx_usable(); head_dim a multiple of 32, row counts padded to 16 by the caller. q goes
+ * in as two bf16 parts (hi + lo: 16 significand bits), p as one (P_PARTS). */
 #include <immintrin.h>
 #include <string.h>
 
 #include "attention_cpu.h"
 
 #define T MX_FA_KEY_TILE
+/* bf16 parts of p in P.V: 1 (p in [0, 1] rounded to bf16 moves each weight by at most 2^-9
+ * relative: tiny p600_s4 max_rel 8.6e-4 against 5.9e-4 with fp32 kernels on the same bf16
+ * pages) or 2 (hi + lo: 5.9e-4 too, at 0.85x the speed). q always takes two parts: rounding q
+ * alone to bf16 moved large scores enough for max_rel 0.051 there. */
+#define P_PARTS 1
 
 /* Every tile 16 rows x 64 bytes: A (16 rows x 32 bf16), B (16 pairs x 16 columns x 2 bf16) and
  * C (16 x 16 fp32) all use the full shape, so one configuration serves both products. */
@@ -51,18 +57,31 @@ static inline __m512i pairs_hi(__m512i a, __m512i b)
     return _mm512_permutex2var_epi16(a, idx, b);
 }
 
-/* 32 fp32 as 32 bf16 (round to nearest even). */
-static inline __m512i bf16x32(const float *x)
+/* 32 fp32 as two bf16 parts, hi = bf16(x) and lo = bf16(x - hi) (round to nearest even):
+ * hi + lo carries 16 significand bits, so q and p lose ~2^-17 instead of bf16's 2^-9 and the
+ * error left is the bf16 KV's own. */
+static inline void split32(const float *x, __m512i *hi, __m512i *lo)
 {
-    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+    __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    __m512i hw = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+    __m512 ha = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(hw)), 16));
+    __m512 hb = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(hw, 1)), 16));
+    *hi = hw;
+    *lo = (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(b, hb), _mm512_sub_ps(a, ha));
 }
 
 void mx_fa_amx_q(const float *q, int m, int mp, int d, uint16_t *qb)
 {
+    uint16_t *lo = qb + (size_t)mp * d;
     for (int i = 0; i < m; i++)
-        for (int a = 0; a < d; a += 32)
-            _mm512_storeu_si512(qb + (size_t)i * d + a, bf16x32(q + (size_t)i * d + a));
+        for (int a = 0; a < d; a += 32) {
+            __m512i h, l;
+            split32(q + (size_t)i * d + a, &h, &l);
+            _mm512_storeu_si512(qb + (size_t)i * d + a, h);
+            _mm512_storeu_si512(lo + (size_t)i * d + a, l);
+        }
     memset(qb + (size_t)m * d, 0, (size_t)(mp - m) * d * sizeof *qb);
+    memset(lo + (size_t)m * d, 0, (size_t)(mp - m) * d * sizeof *qb);
 }
 
 /* kt[d][T] -> kp[d/2][T][2]: dims paired, so a B tile row holds 16 keys x (dim 2p, 2p + 1). */
@@ -107,14 +126,17 @@ void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_
             _tile_zero(2);
             _tile_zero(3);
             for (int a = 0; a < d; a += 32) {
-                _tile_loadd(4, qb + (size_t)r * d + a, qs);
-                _tile_loadd(5, qb + (size_t)(r + 16) * d + a, qs);
                 _tile_loadd(6, kpack + ((size_t)a / 2 * T + c) * 2, ks);
                 _tile_loadd(7, kpack + ((size_t)a / 2 * T + c + 16) * 2, ks);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+                for (int part = 0; part < 2; part++) {
+                    const uint16_t *qp = qb + (size_t)part * mp * d;
+                    _tile_loadd(4, qp + (size_t)r * d + a, qs);
+                    _tile_loadd(5, qp + (size_t)(r + 16) * d + a, qs);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
             }
             _tile_stored(0, s + (size_t)r * T + c, ss);
             _tile_stored(1, s + (size_t)r * T + c + 16, ss);
@@ -126,11 +148,13 @@ void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_
             _tile_zero(0);
             _tile_zero(1);
             for (int a = 0; a < d; a += 32) {
-                _tile_loadd(4, qb + (size_t)r * d + a, qs);
                 _tile_loadd(6, kpack + ((size_t)a / 2 * T + c) * 2, ks);
                 _tile_loadd(7, kpack + ((size_t)a / 2 * T + c + 16) * 2, ks);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
+                for (int part = 0; part < 2; part++) {
+                    _tile_loadd(4, qb + (size_t)part * mp * d + (size_t)r * d + a, qs);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                }
             }
             _tile_stored(0, s + (size_t)r * T + c, ss);
             _tile_stored(1, s + (size_t)r * T + c + 16, ss);
@@ -142,9 +166,20 @@ void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_
 void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, int nk, const uint16_t *v, int d,
                   uint16_t *pb, uint16_t *vpack)
 {
+    uint16_t *pl = pb + (size_t)mp * T;
     for (int i = 0; i < m; i++) {
-        _mm512_storeu_si512(pb + (size_t)i * T, bf16x32(p + (size_t)i * T));
-        _mm512_storeu_si512(pb + (size_t)i * T + 32, bf16x32(p + (size_t)i * T + 32));
+        for (int j = 0; j < T; j += 32) {
+            if (P_PARTS == 1) {
+                _mm512_storeu_si512(pb + (size_t)i * T + j, (__m512i)_mm512_cvtne2ps_pbh(
+                                                                  _mm512_loadu_ps(p + (size_t)i * T + j + 16),
+                                                                  _mm512_loadu_ps(p + (size_t)i * T + j)));
+                continue;
+            }
+            __m512i h, l;
+            split32(p + (size_t)i * T + j, &h, &l);
+            _mm512_storeu_si512(pb + (size_t)i * T + j, h);
+            _mm512_storeu_si512(pl + (size_t)i * T + j, l);
+        }
         if (corr[i] != 1.f) {
             __m512 cr = _mm512_set1_ps(corr[i]);
             float *o = acc + (size_t)i * d;
@@ -153,6 +188,8 @@ void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, 
         }
     }
     memset(pb + (size_t)m * T, 0, (size_t)(mp - m) * T * sizeof *pb);
+    if (P_PARTS == 2)
+        memset(pl + (size_t)m * T, 0, (size_t)(mp - m) * T * sizeof *pb);
     pack_v(v, nk, d, vpack);
     const size_t ps = (size_t)T * 2, vs = (size_t)d * 4, as = (size_t)d * 4;
     int r = 0;
@@ -164,14 +201,17 @@ void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, 
             _tile_loadd(2, a1, as);
             _tile_loadd(3, a1 + 16, as);
             for (int k = 0; k < T; k += 32) {
-                _tile_loadd(4, pb + (size_t)r * T + k, ps);
-                _tile_loadd(5, pb + (size_t)(r + 16) * T + k, ps);
                 _tile_loadd(6, vpack + ((size_t)k / 2 * d + c) * 2, vs);
                 _tile_loadd(7, vpack + ((size_t)k / 2 * d + c + 16) * 2, vs);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
+                for (int part = 0; part < P_PARTS; part++) {
+                    const uint16_t *pp = pb + (size_t)part * mp * T;
+                    _tile_loadd(4, pp + (size_t)r * T + k, ps);
+                    _tile_loadd(5, pp + (size_t)(r + 16) * T + k, ps);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
             }
             _tile_stored(0, a0, as);
             _tile_stored(1, a0 + 16, as);
@@ -184,11 +224,13 @@ void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, 
             _tile_loadd(0, a0, as);
             _tile_loadd(1, a0 + 16, as);
             for (int k = 0; k < T; k += 32) {
-                _tile_loadd(4, pb + (size_t)r * T + k, ps);
                 _tile_loadd(6, vpack + ((size_t)k / 2 * d + c) * 2, vs);
                 _tile_loadd(7, vpack + ((size_t)k / 2 * d + c + 16) * 2, vs);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
+                for (int part = 0; part < P_PARTS; part++) {
+                    _tile_loadd(4, pb + (size_t)part * mp * T + (size_t)r * T + k, ps);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                }
             }
             _tile_stored(0, a0, as);
             _tile_stored(1, a0 + 16, as);

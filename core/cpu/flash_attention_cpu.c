@@ -250,8 +250,8 @@ static size_t carve(char *mem, int max_rows, int d, fa_scratch *sc)
     CARVE(nvalid, int, max_rows);
     CARVE(kt, float, (size_t)d * T);
     CARVE(vbuf, float, (size_t)d * T);
-    CARVE(qb, uint16_t, (size_t)max_rows * d);
-    CARVE(pb, uint16_t, (size_t)max_rows * T);
+    CARVE(qb, uint16_t, (size_t)2 * max_rows * d); /* hi and lo parts */
+    CARVE(pb, uint16_t, (size_t)2 * max_rows * T);
     CARVE(kpack, uint16_t, (size_t)d * T);
     CARVE(vpack, uint16_t, (size_t)d * T);
 #undef CARVE

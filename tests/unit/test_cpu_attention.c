@@ -315,8 +315,8 @@ static void test_paths_avx512(void **state)
     paths_for(MX_CPU_ISA_AVX512);
 }
 
-/* The AMX path: bf16 pages, q and p rounded to bf16 in the tile products, fp32 accumulation.
- * Bound as in test_kv_dtypes with the storage error e = 2^-8 on both q and k (each score moves
+/* The AMX path: bf16 pages, q as two bf16 parts and p as bf16 in the tile products, fp32
+ * accumulation. Bound as in test_kv_dtypes, charging e = 2^-8 to both q and k (each score moves
  * by at most delta = 2 e qmax kmax d / sqrt(d)), plus e for V and e for p: with |q| <= 1/2 that
  * is ~0.1 at d = 128, while a misplaced pair or tile gives errors of the order of |v| = 1.
  * Prompts of 17 to 4099 tokens (whole and partial 16-row tiles), GQA groups 1-8, head_dim 32 /
