@@ -24,13 +24,14 @@ static void close_stage(void *state) { stage_destroy(state); }
 
 static void listen_on(const void *config, const void *state, mx_service_listen *l)
 {
-    (void)state;
     const stage_config *c = config;
     l->server = (mx_rpc_server_options){.address = c->listen, .max_message_bytes = c->max_message_bytes,
                                         .worker_threads = c->worker_threads};
     l->health_service = MX_STAGE_SERVICE;
     l->port_file = c->port_file;
     l->drain_ms = c->drain_ms;
+    l->metrics_listen = c->metrics_listen;
+    l->metrics = stage_metrics_reg((stage *)state);
 }
 
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err) { return stage_add_methods(state, srv, err); }

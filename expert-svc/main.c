@@ -79,11 +79,12 @@ static void drain_wait(void *state, double deadline_ms)
 
 static void listen_on(const void *config, const void *state, mx_service_listen *l)
 {
-    (void)state;
     const mx_expert_svc_config *c = config;
     l->server = (mx_rpc_server_options){.address = c->listen, .worker_threads = c->rpc_workers};
     l->health_service = MX_EXPERT_SERVICE;
     l->drain_ms = c->drain_ms;
+    l->metrics_listen = c->metrics_listen;
+    l->metrics = mx_expert_shard_metrics(((const svc *)state)->shard);
 }
 
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err)

@@ -12,6 +12,7 @@
 #include "core/protocol.h"
 #include "core/rpc/status.h"
 #include "core/rpc/pb.h"
+#include "gw_metrics.h"
 #include "validate.h"
 
 /* Packs the tokens [from, to) of r into the repeated fields of a response. The arrays are
@@ -134,6 +135,7 @@ static gw_request *start(gw_generation_ctx *g, mx_rpc_call *call, const uint8_t 
     if (rc) {
         if (r)
             gw_request_unref(r);
+        gw_metrics_rejected(g->metrics, err.code);
         mx_rpc_call_set_error(call, &err);
         return NULL;
     }
@@ -164,6 +166,16 @@ static void end_status(mx_rpc_call *call, const gw_request *r)
     }
 }
 
+/* Metrics of a request that ended (or whose client left: cancelled). */
+static void count_finished(gw_generation_ctx *g, gw_request *r, bool cancelled)
+{
+    if (!g->metrics)
+        return;
+    pthread_mutex_lock(&r->mu);
+    gw_metrics_finished(g->metrics, r, cancelled && !r->done);
+    pthread_mutex_unlock(&r->mu);
+}
+
 /* The access line of one call (core/log.h), with the status the client gets. */
 static void log_access(const gw_generation_ctx *g, mx_rpc_call *call, const char *method, gw_request *r, double t0)
 {
@@ -182,6 +194,7 @@ static void log_access(const gw_generation_ctx *g, mx_rpc_call *call, const char
 
 void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
+    gw_generation_ctx *g = user;
     double t0 = mx_now_ms();
     gw_request *r = start(user, call, req, len);
     if (!r) {
@@ -190,11 +203,14 @@ void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
     }
     int sent = 0;
     size_t text_sent = 0;
+    double last_ms = 0;        /* when the previous tokens were written (inter-token metric) */
+    bool finished = false;
     for (;;) {
         pthread_mutex_lock(&r->mu);
         bool alive = wait_progress(call, r, sent);
         int upto = r->n_out;
         bool done = r->done;
+        double first_ms = r->t_first_ms;
         /* the text buffer may move when the scheduler appends, so the new part is copied */
         size_t text_upto = r->text.len;
         char *piece = alive && r->tok ? strndup(r->text.data + text_sent, text_upto - text_sent) : NULL;
@@ -235,13 +251,27 @@ void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
                 mx_rpc_call_set_error(call, &err);
             break;
         }
+        /* n tokens written now: their gaps share the time since the last write (the first
+         * token's time is time-to-first-token, not a gap) */
+        double now = mx_now_ms();
+        int n = upto - sent;
+        if (n > 0 && sent > 0)
+            gw_metrics_itl(g->metrics, n, (now - last_ms) / n / 1e3);
+        else if (n > 1)
+            gw_metrics_itl(g->metrics, n - 1, (now - first_ms) / (n - 1) / 1e3);
+        if (n > 0)
+            last_ms = now;
         sent = upto;
         text_sent = text_upto;
         if (done) {
             end_status(call, r);
+            count_finished(g, r, false);
+            finished = true;
             break;
         }
     }
+    if (!finished)
+        count_finished(g, r, true);
     log_access(user, call, "Generate", r, t0);
     gw_request_unref(r);
 }
@@ -259,6 +289,10 @@ void gw_on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
     while (alive && !r->done)
         alive = wait_progress(call, r, r->n_out);
     pthread_mutex_unlock(&r->mu);
+    gw_generation_ctx *g = user;
+    count_finished(g, r, !alive);
+    if (alive && r->n_out > 1 && r->t_first_ms > 0) /* one answer: the mean gap for every gap */
+        gw_metrics_itl(g->metrics, r->n_out - 1, (r->t_done_ms - r->t_first_ms) / (r->n_out - 1) / 1e3);
     if (alive) {
         Mx__V1__CompleteResponse m = MX__V1__COMPLETE_RESPONSE__INIT;
         Mx__V1__Usage u = MX__V1__USAGE__INIT;

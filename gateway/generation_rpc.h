@@ -23,6 +23,7 @@ typedef struct gw_generation_ctx {
     const gw_limits *lim;        /* request limits (validate.h) */
     gw_scheduler *sched;
     const gw_text *text;
+    struct gw_metrics *metrics;  /* NULL = none (gw_metrics.h) */
     const mx_log *log;           /* access lines (core/log.h); NULL = none */
 } gw_generation_ctx;
 

@@ -17,6 +17,7 @@
 #include "core/rpc/signals.h"
 #include "generation_rpc.h"
 #include "gw_config.h"
+#include "gw_metrics.h"
 #include "openai_http.h"
 #include "pipeline_health.h"
 #include "scheduler.h"
@@ -33,6 +34,7 @@ typedef struct gateway {
     gw_text text;
     gw_tokenize_ctx tok_ctx;
     gw_generation_ctx gen_ctx;
+    gw_metrics metrics;          /* Prometheus (gw_metrics.h), served when metrics_listen */
     gw_pipeline_health *health;  /* owned by the gRPC server */
     gw_openai_http *http;        /* NULL unless gateway.http_listen */
 } gateway;
@@ -106,6 +108,7 @@ static void close_gateway(void *state)
     gateway *g = state;
     gw_openai_http_stop(g->http); /* before the scheduler: it cancels the HTTP requests left */
     gw_scheduler_destroy(g->sched);
+    gw_metrics_free(&g->metrics);
     gw_text_free(&g->text);
     free(g);
 }
@@ -140,8 +143,10 @@ static int open_gateway(const void *config, const mx_log *log, void **state, mx_
     else if (!g->text.chat)
         mx_logf(log, MX_LOG_INFO, NULL, "chat off: %s", g->text.no_chat);
     MX_TRY(gw_scheduler_create(&g->cfg, &g->model, (gw_log){log_line, (void *)log}, &g->sched, err));
+    MX_TRY(gw_metrics_init(&g->metrics, g->sched, err));
     g->gen_ctx = (gw_generation_ctx){.cfg = &g->cfg, .model = &g->model, .lim = &g->lim, .sched = g->sched,
                                      .text = &g->text, .log = log};
+    g->gen_ctx.metrics = &g->metrics;
     int rc = wait_for_stages(g, err);
     return rc == 1 ? MX_ECANCELLED : rc;
 }
@@ -157,6 +162,8 @@ static void listen_on(const void *config, const void *state, mx_service_listen *
     l->health_service = MX_GENERATION_SERVICE;
     l->port_file = g->cfg.port_file;
     l->drain_ms = g->cfg.drain_ms;
+    l->metrics_listen = g->cfg.metrics_listen;
+    l->metrics = g->metrics.reg;
 }
 
 static int add_methods(void *state, mx_rpc_server *srv, mx_error *err)
