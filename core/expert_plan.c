@@ -137,8 +137,10 @@ static int cmp_item(const void *a, const void *b)
     return (x->expert > y->expert) - (x->expert < y->expert);
 }
 
-/* Steps 1 and 2 into p (held, n_held, shard_load). */
-static int eplb_placement(const double *load, mx_expert_plan *p, mx_error *err)
+/* Steps 1 and 2 into p (held, n_held, shard_load). The shard for a copy is the one whose
+ * load per replica (p->replicas, all 1 for plain EPLB) grows least, so a shard that will get
+ * more replicas takes more load. */
+static int eplb_placement(const double *load, int extra, mx_expert_plan *p, mx_error *err)
 {
     int N = p->n_experts, S = p->n_shards, K = p->slots;
     int *copies = malloc((size_t)N * sizeof *copies);
@@ -150,8 +152,8 @@ static int eplb_placement(const double *load, mx_expert_plan *p, mx_error *err)
     }
     for (int e = 0; e < N; e++)
         copies[e] = 1;
-    /* step 1: spare slots to the highest load per copy; an unloaded expert gains nothing */
-    for (int k = N; k < S * K; k++) {
+    /* step 1: `extra` spare slots to the highest load per copy; an unloaded expert gains nothing */
+    for (int k = N; k < N + extra && k < S * K; k++) {
         int best = -1;
         for (int e = 0; e < N; e++)
             if (copies[e] < S && load[e] > 0 && (best < 0 || load[e] * copies[best] > load[best] * copies[e]))
@@ -178,7 +180,8 @@ static int eplb_placement(const double *load, mx_expert_plan *p, mx_error *err)
             bool has = false;
             for (int j = 0; j < p->n_held[s] && !has; j++)
                 has = p->held[(size_t)s * K + j] == items[i].expert;
-            if (!has && (best < 0 || p->shard_load[s] < p->shard_load[best]))
+            if (!has && (best < 0 || (p->shard_load[s] + items[i].w) * p->replicas[best] <
+                                         (p->shard_load[best] + items[i].w) * p->replicas[s]))
                 best = s;
         }
         /* no room outside the shards that already hold it: the copy is dropped (its load
@@ -213,25 +216,35 @@ int mx_expert_plan_make(const double *load, int n_experts, int n_shards, int n_r
     if (K < min_slots || K > n_experts)
         return mx_fail(err, MX_EINVAL, "expert plan: %d experts per shard is outside [%d, %d] for %d experts on %d shards",
                        K, min_slots, n_experts, n_experts, n_shards);
+    /* candidates: the contiguous split, then packings weighted by the replica counts the
+     * previous packing led to (equal weights first, as EPLB), each with step 3's replicas;
+     * the first with the lowest busiest replica wins */
     mx_expert_plan alt;
     MX_TRY(plan_alloc(out, n_experts, n_shards, n_replicas, K, err));
     int rc = plan_alloc(&alt, n_experts, n_shards, n_replicas, K, err);
-    if (!rc)
-        rc = eplb_placement(load, out, err);
     if (!rc) {
-        for (int s = 0; s < n_shards; s++)
-            out->replicas[s] = 1;
-        finish(load, out); /* shard loads with dropped copies accounted for */
+        contiguous_placement(load, out);
         spread_replicas(out->shard_load, n_shards, n_replicas, out->replicas);
         finish(load, out);
-        contiguous_placement(load, &alt);
-        spread_replicas(alt.shard_load, n_shards, n_replicas, alt.replicas);
-        finish(load, &alt);
-        /* keep the contiguous candidate only when strictly better */
-        if (alt.max_per_replica < out->max_per_replica) {
-            mx_expert_plan t = *out;
-            *out = alt;
-            alt = t;
+    }
+    /* every number of extra copies, most first: filling every slot with copies can leave a
+     * shard with few replicas no slot for a light expert */
+    for (int extra = n_shards * K - n_experts; extra >= 0 && !rc; extra--) {
+        for (int s = 0; s < n_shards; s++)
+            alt.replicas[s] = 1;
+        for (int round = 0; round < 4 && !rc; round++) {
+            rc = eplb_placement(load, extra, &alt, err);
+            if (rc)
+                break;
+            finish(load, &alt); /* shard loads with dropped copies accounted for */
+            spread_replicas(alt.shard_load, n_shards, n_replicas, alt.replicas);
+            finish(load, &alt);
+            if (alt.max_per_replica < out->max_per_replica) {
+                mx_expert_plan t = *out;
+                *out = alt;
+                alt = t;
+                memcpy(alt.replicas, out->replicas, (size_t)n_shards * sizeof *alt.replicas);
+            }
         }
     }
     mx_expert_plan_free(&alt);

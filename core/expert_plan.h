@@ -6,14 +6,18 @@
  * Steps (each greedy step is the one EPLB uses):
  * 1. Copies: every expert once, then each spare slot (shards x slots - experts) goes to the
  *    expert with the highest load per copy (at most one copy per shard).
- * 2. Packing: copies in descending load-per-copy order, each into the least-loaded shard that
- *    has a free slot and does not hold that expert yet.
+ * 2. Packing: copies in descending load-per-copy order, each into the shard with a free slot,
+ *    not holding that expert yet, whose load per replica grows least (EPLB's least-loaded
+ *    shard when replica counts are equal).
  * 3. Replicas: every shard one, each further replica to the shard with the highest load per
  *    replica (optimal for this min-max problem).
- * The contiguous split (shard s holds experts [s*N/S, (s+1)*N/S)) with step 3's replicas is a
- * candidate too, and the better of the two is returned, so the plan's busiest replica is
- * never more loaded than the contiguous split's with its replicas spread evenly. Load of an
- * expert held by c shards counts load/c on each (the router balances between holders). */
+ * Steps 1-3 are tried with every number of extra copies (all spare slots down to none), and
+ * steps 2-3 run a few rounds, each packing with the replica counts the previous round chose;
+ * the contiguous split (shard s holds experts [s*N/S, (s+1)*N/S)) with step 3's replicas
+ * is a candidate too: the best is returned (ties: the contiguous split, then the earlier
+ * round), so the plan's busiest replica is never more loaded than the contiguous split's with
+ * its replicas spread evenly. Load of an expert held by c shards counts load/c on each (the
+ * router balances between holders). */
 #ifndef MX_EXPERT_PLAN_H
 #define MX_EXPERT_PLAN_H
 

@@ -21,35 +21,56 @@ static void assert_shard(const mx_expert_plan *p, int s, const int *want, int n)
         assert_int_equal(p->held[(size_t)s * p->slots + i], want[i]);
 }
 
-/* load 190 on expert 0 of 8, 4 shards x 3 slots, 8 replicas. By hand: the 4 spare slots go to
- * expert 0 (95, 63.3, 47.5 per copy) and then expert 1 (22 -> 11; expert 0 is capped at one
- * copy per shard); packing 47.5 x4, 20, 18, 11, 11, 10 x4 into the lightest shard gives
- * {0,3,7} 77.5, {0,2,6} 75.5, {0,1,4} 68.5, {0,1,5} 68.5; two replicas each: max 38.75,
- * mean 290 / 8 = 36.25. Contiguous: {0,1} = 212 over 2 replicas = 106. */
-static void test_hot_expert_replicated(void **state)
+/* load 190 on expert 0 of 8, 4 shards x 3 slots, 8 replicas; mean 290 / 8 = 36.25. Plain EPLB
+ * (every spare slot a copy: expert 0 on all 4 shards, expert 1 twice, 2 replicas each) gets
+ * 38.75. Better by hand: expert 0 alone with 5 replicas (38) and the other 100 in three
+ * one-replica shards, best packed as {1,6} 32, {3,5} 30, {2,4,7} 38 (any split of 22, 20,
+ * 18, 10 x4 into bins of <= 3 has a bin of >= 38): max 38. Contiguous: {0,1} = 212 over 2
+ * replicas = 106. */
+static void test_hot_expert_alone(void **state)
 {
     (void)state;
     const double load[8] = {190, 22, 18, 20, 10, 10, 10, 10};
     mx_expert_plan p = {0}, c = {0};
     mx_error err = {0};
     assert_int_equal(mx_expert_plan_make(load, 8, 4, 8, 3, &p, &err), 0);
-    const int s0[] = {0, 3, 7}, s1[] = {0, 2, 6}, s2[] = {0, 1, 4}, s3[] = {0, 1, 5};
-    assert_shard(&p, 0, s0, 3);
-    assert_shard(&p, 1, s1, 3);
-    assert_shard(&p, 2, s2, 3);
+    const int s0[] = {0}, s1[] = {1, 6}, s2[] = {3, 5}, s3[] = {2, 4, 7};
+    assert_shard(&p, 0, s0, 1);
+    assert_shard(&p, 1, s1, 2);
+    assert_shard(&p, 2, s2, 2);
     assert_shard(&p, 3, s3, 3);
-    assert_int_equal(p.copies[0], 4);
-    assert_int_equal(p.copies[1], 2);
-    for (int s = 0; s < 4; s++)
-        assert_int_equal(p.replicas[s], 2);
-    assert_true(fabs(p.shard_load[0] - 77.5) < 1e-9);
-    assert_true(fabs(p.shard_load[3] - 68.5) < 1e-9);
-    assert_true(fabs(p.max_per_replica - 38.75) < 1e-9);
+    assert_int_equal(p.replicas[0], 5);
+    for (int s = 1; s < 4; s++)
+        assert_int_equal(p.replicas[s], 1);
+    assert_true(fabs(p.shard_load[0] - 190) < 1e-9);
+    assert_true(fabs(p.shard_load[3] - 38) < 1e-9);
+    assert_true(fabs(p.max_per_replica - 38) < 1e-9);
     assert_true(fabs(p.mean_per_replica - 36.25) < 1e-9);
     assert_int_equal(mx_expert_plan_contiguous(load, 8, 4, 8, &c, &err), 0);
     assert_true(fabs(c.max_per_replica - 106) < 1e-9);
     mx_expert_plan_free(&p);
     mx_expert_plan_free(&c);
+}
+
+/* Copies pay when replicas are few: load {90, 10, 10, 10, 10, 10}, 3 shards x 3 slots, 3
+ * replicas (one each), mean 140 / 3 = 46.7. Without copies expert 0 keeps a replica at 90 or
+ * more. With expert 0 on all 3 shards (30 each) two slots per shard are left for 50 of light
+ * load in pieces of 10 (or 5 for a light expert held twice): some shard gets 20, so 50 is the
+ * best there is, and the plan must reach it. */
+static void test_hot_expert_copied(void **state)
+{
+    (void)state;
+    const double load[6] = {90, 10, 10, 10, 10, 10};
+    mx_expert_plan p = {0};
+    mx_error err = {0};
+    assert_int_equal(mx_expert_plan_make(load, 6, 3, 3, 3, &p, &err), 0);
+    assert_int_equal(p.copies[0], 3);
+    assert_true(fabs(p.max_per_replica - 50) < 1e-9);
+    for (int s = 0; s < 3; s++) {
+        assert_int_equal(p.replicas[s], 1);
+        assert_int_equal(p.held[(size_t)s * p.slots], 0); /* expert 0 first (ascending) */
+    }
+    mx_expert_plan_free(&p);
 }
 
 /* load {60, 20, 10, 10}, 2 shards x 2 slots, 5 replicas. Packing: 60 -> s0, 20 -> s1, 10 -> s1
@@ -169,7 +190,8 @@ static void test_random_invariants(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hot_expert_replicated),
+        cmocka_unit_test(test_hot_expert_alone),
+        cmocka_unit_test(test_hot_expert_copied),
         cmocka_unit_test(test_contiguous_candidate_wins),
         cmocka_unit_test(test_uniform),
         cmocka_unit_test(test_errors),
