@@ -1,8 +1,10 @@
 /* stage_metrics.c - the attention stage's metric families (stage_metrics.h). Per-replica
- * series are looked up once at creation (shards and replicas are fixed for the router's
- * life), so the observer called on every expert attempt only does atomic adds. */
+ * series are found once per replica slot and kept (replica slots may appear at run time with
+ * DNS discovery, so a slot's series is made on its first attempt), so the observer called on
+ * every expert attempt then only does atomic adds. */
 #include "stage_metrics.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -15,11 +17,28 @@ struct stage_metrics {
     mx_router *router;
     int layer_begin, layer_end, n_layers, n_experts, n_shards;
     mx_series *live, *kv_used, *kv_budget, *step_ok, *step_failed, *tokens, *batches_ok, *batches_failed;
-    /* per (shard, replica): [shard * STAGE_METRICS_MAX_REPLICAS + replica] */
-    mx_series **lat, **calls, **retries;
+    mx_metric *lat_f, *calls_f, *retries_f;
+    /* per (shard, replica slot): [shard * STAGE_METRICS_MAX_REPLICAS + replica], NULL until
+     * first needed */
+    _Atomic(mx_series *) *lat, *calls, *retries;
     mx_series **routed;          /* [(layer - layer_begin) * n_experts + expert] */
     uint64_t *tokens_scratch;    /* [num_layers * n_experts], render thread only */
 };
+
+/* The series of family f for (shard, replica), cached in *slot (two threads racing on a
+ * first use get the same series from the registry; either store is fine). */
+static mx_series *replica_series(mx_metric *f, _Atomic(mx_series *) *slot, int shard, int replica)
+{
+    mx_series *s = atomic_load_explicit(slot, memory_order_acquire);
+    if (s)
+        return s;
+    char a[16], b[16];
+    snprintf(a, sizeof a, "%d", shard);
+    snprintf(b, sizeof b, "%d", replica);
+    s = mx_metric_with(f, a, b);
+    atomic_store_explicit(slot, s, memory_order_release);
+    return s;
+}
 
 static void on_attempt(void *ctx, mx_router_attempt_event ev, int shard, int replica, bool retry, bool ok,
                        double seconds)
@@ -29,9 +48,9 @@ static void on_attempt(void *ctx, mx_router_attempt_event ev, int shard, int rep
         return;
     size_t at = (size_t)shard * STAGE_METRICS_MAX_REPLICAS + (size_t)replica;
     if (ev == MX_ROUTER_ATTEMPT_SENT && retry)
-        mx_counter_add(m->retries[at], 1);
+        mx_counter_add(replica_series(m->retries_f, &m->retries[at], shard, replica), 1);
     else if (ev == MX_ROUTER_ATTEMPT_DONE && ok)
-        mx_histogram_observe(m->lat[at], seconds);
+        mx_histogram_observe(replica_series(m->lat_f, &m->lat[at], shard, replica), seconds);
 }
 
 /* The router's own counters, copied at render. */
@@ -42,7 +61,11 @@ static void collect(void *ctx)
         for (int i = 0; i < mx_router_num_replicas(m->router, sh) && i < STAGE_METRICS_MAX_REPLICAS; i++) {
             mx_router_replica_load x;
             mx_router_replica_load_get(m->router, sh, i, &x);
-            mx_counter_set(m->calls[(size_t)sh * STAGE_METRICS_MAX_REPLICAS + i], (double)x.calls);
+            size_t at = (size_t)sh * STAGE_METRICS_MAX_REPLICAS + i;
+            /* the first render of a slot also shows its (zero) retries and latency */
+            replica_series(m->retries_f, &m->retries[at], sh, i);
+            replica_series(m->lat_f, &m->lat[at], sh, i);
+            mx_counter_set(replica_series(m->calls_f, &m->calls[at], sh, i), (double)x.calls);
         }
     mx_router_expert_tokens(m->router, m->tokens_scratch);
     for (int l = m->layer_begin; l < m->layer_end; l++)
@@ -57,16 +80,16 @@ static int add_router(stage_metrics *m, mx_error *err)
 {
     static const char *const sr[] = {"shard", "replica"};
     static const char *const le[] = {"layer", "expert"};
-    mx_metric *lat, *calls, *retries, *routed;
+    mx_metric *routed;
     MX_TRY(mx_metrics_histogram(m->reg, "mx_stage_expert_call_seconds",
                                 "Answered RunExperts calls to an expert replica: time from sending to the answer.", sr,
-                                2, mx_metrics_fast_buckets, mx_metrics_fast_n, &lat, err));
+                                2, mx_metrics_fast_buckets, mx_metrics_fast_n, &m->lat_f, err));
     MX_TRY(mx_metrics_counter(m->reg, "mx_stage_expert_calls_total",
                               "RunExperts calls sent to an expert replica (retries and hedges included).", sr, 2,
-                              &calls, err));
+                              &m->calls_f, err));
     MX_TRY(mx_metrics_counter(m->reg, "mx_stage_expert_retries_total",
                               "RunExperts calls sent to a replica as a retry after another replica failed or was late.",
-                              sr, 2, &retries, err));
+                              sr, 2, &m->retries_f, err));
     MX_TRY(mx_metrics_counter(m->reg, "mx_stage_routed_tokens_total",
                               "Token slots routed to an expert of a layer of this stage (a token counts once per top-k "
                               "expert).", le, 2, &routed, err));
@@ -81,16 +104,6 @@ static int add_router(stage_metrics *m, mx_error *err)
     m->tokens_scratch = calloc((size_t)L * m->n_experts + 1, sizeof *m->tokens_scratch);
     if (!m->lat || !m->calls || !m->retries || !m->routed || !m->tokens_scratch)
         return mx_fail(err, MX_ENOMEM, "out of memory creating the stage's metrics");
-    for (int sh = 0; sh < m->n_shards; sh++)
-        for (int i = 0; i < mx_router_num_replicas(m->router, sh) && i < STAGE_METRICS_MAX_REPLICAS; i++) {
-            char a[16], b[16];
-            snprintf(a, sizeof a, "%d", sh);
-            snprintf(b, sizeof b, "%d", i);
-            size_t at = (size_t)sh * STAGE_METRICS_MAX_REPLICAS + i;
-            m->lat[at] = mx_metric_with(lat, a, b);
-            m->calls[at] = mx_metric_with(calls, a, b);
-            m->retries[at] = mx_metric_with(retries, a, b);
-        }
     for (int l = m->layer_begin; l < m->layer_end; l++)
         for (int e = 0; e < m->n_experts; e++) {
             char a[16], b[16];
