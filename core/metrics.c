@@ -493,6 +493,38 @@ int mx_metrics_render(mx_metrics *m, char **out, size_t *len, mx_error *err)
     return 0;
 }
 
+/* When the process started, in seconds since the epoch: boot time (/proc/stat btime) plus
+ * the process's start in clock ticks after boot (/proc/self/stat field 22); now when either
+ * is unreadable. The registry may be made long after start (a service loads its model first). */
+static double process_start_seconds(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    double now = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+    char buf[1024];
+    unsigned long long btime = 0, ticks = 0;
+    FILE *f = fopen("/proc/stat", "r");
+    if (f) {
+        while (fgets(buf, sizeof buf, f))
+            if (sscanf(buf, "btime %llu", &btime) == 1)
+                break;
+        fclose(f);
+    }
+    f = fopen("/proc/self/stat", "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = 0;
+    /* the command name (field 2) may hold spaces and parentheses: fields count from the last ')' */
+    const char *p = strrchr(buf, ')');
+    long hz = sysconf(_SC_CLK_TCK);
+    if (!btime || !p || hz <= 0 ||
+        sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &ticks) != 1)
+        return now;
+    double start = (double)btime + (double)ticks / (double)hz;
+    return start <= now + 1 ? start : now;
+}
+
 int mx_metrics_create(const char *service, const char *version, mx_metrics **out, mx_error *err)
 {
     mx_metrics *m = calloc(1, sizeof *m);
@@ -510,10 +542,8 @@ int mx_metrics_create(const char *service, const char *version, mx_metrics **out
         rc = mx_metrics_gauge(m, "process_resident_memory_bytes", "Resident memory size in bytes.", NULL, 0, &rss,
                               err);
     if (!rc) {
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
         mx_gauge_set(mx_metric_with(build, version ? version : "", service ? service : ""), 1);
-        mx_gauge_set(mx_metric_with(start), (double)tv.tv_sec + (double)tv.tv_usec / 1e6);
+        mx_gauge_set(mx_metric_with(start), process_start_seconds());
         m->rss = mx_metric_with(rss);
         if (!m->rss)
             rc = mx_fail(err, MX_ENOMEM, "out of memory creating the metrics registry");

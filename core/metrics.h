@@ -9,7 +9,7 @@
  * accepts a NULL series (what mx_metric_with returns when out of memory) and does nothing.
  *
  * Every registry also carries the process metrics: mx_build_info{version, service} 1,
- * process_start_time_seconds (wall clock when the registry was created, i.e. at start-up)
+ * process_start_time_seconds (the process's start: /proc/stat btime + /proc/self/stat starttime)
  * and process_resident_memory_bytes (read from /proc/self/statm at each render).
  * Values that live elsewhere (a table's size, a router's counters) are copied in by
  * collectors the service registers; they run at the start of every render. */
