@@ -175,7 +175,7 @@ DESTDIR ?=
 idir = $(DESTDIR)$(PREFIX)
 $(BUILD)/mx.pc: mx.pc.in $(BUILD)/config.stamp FORCE
 	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(MX_VERSION)|' -e 's|@REQUIRES@|$(PKGS)|' \
-	    -e 's|@LIBS_PRIVATE@|$(if $(filter 1 auto,$(CUDA)),$(CUDA_LDLIBS)) -lm -lpthread|' $< >$@.tmp
+	    -e 's|@LIBS@|$(if $(filter 1,$(CUDA)),$(CUDA_LDLIBS)) -lm -lpthread|' $< >$@.tmp
 	@cmp -s $@.tmp $@ && rm -f $@.tmp || mv $@.tmp $@
 
 install: $(BUILD)/bin/mx bins $(LIB) $(BUILD)/mx.pc
