@@ -135,6 +135,15 @@ async function main() {
         cs.every((c) => c.object === "chat.completion.chunk"),
         "chat stream: role first, content deltas join to the gRPC text, usage last", JSON.stringify(deltas));
 
+  const tl = ex.tools;
+  const tt = await client.chat.completions.create({ model: ex.model, messages: tl.messages, tools: tl.tools,
+    max_tokens: 16, ...greedy });
+  check(tt.choices[0].message.content === tl.text && tt.usage.prompt_tokens === tl.prompt_tokens,
+        "chat with tools and content parts == gRPC (tools_json, parts)", JSON.stringify([tt.choices[0].message, tl]));
+  const one = await client.completions.create({ model: ex.model, prompt: [t.prompt], max_tokens: 4, ...greedy });
+  check(one.choices[0].text === tc.choices[0].text.slice(0, one.choices[0].text.length) && one.usage.completion_tokens === 4,
+        "completions: a list of one prompt string is that prompt");
+
   // ---- errors ----
   await expectError("bad field type is 400 naming it", 400, "temperature", () =>
     client.completions.create({ model: ex.model, prompt: "hi", temperature: "hot" }));

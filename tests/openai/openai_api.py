@@ -146,6 +146,14 @@ def expectations(cl, fixture, base_url):
         creq = gen.GenerateRequest(add_generation_prompt=True,
                                    messages=[gen.ChatMessage(role=m["role"], text=m["content"]) for m in msgs])
         c = grpc_complete(complete, creq, 24)
+        # tools go to the chat template as they do through tools_json; content as text parts
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather",
+                                                   "parameters": {"type": "object", "properties": {
+                                                       "location": {"type": "string"}}}}}]
+        treq = gen.GenerateRequest(add_generation_prompt=True, tools_json=json.dumps(tools))
+        tm = treq.messages.add(role="user")
+        tm.parts.parts.add(type="text", text="Weather in Beijing?")
+        tc = grpc_complete(complete, treq, 16)
         # sampling fields: the same seeded, filtered sampling through both APIs
         sampled = gen.GenerateRequest(prompt=text_prompt)
         sp = sampled.sampling
@@ -162,6 +170,9 @@ def expectations(cl, fixture, base_url):
         "sampled": {"params": {"temperature": 0.9, "top_p": 0.95, "top_k": 40, "min_p": 0.01,
                                "repetition_penalty": 1.1, "seed": 7, "stop_token_ids": [t.token_ids[5]]},
                     "ids": list(sm.token_ids), "text": sm.text},
+        "tools": {"tools": tools, "messages": [{"role": "user", "content": [{"type": "text",
+                                                                          "text": "Weather in Beijing?"}]}],
+                  "text": tc.text, "prompt_tokens": tc.usage.prompt_tokens},
         "too_long": 20000, "max_body": 32 * 1024 * 1024, "long_tokens": LONG_TOKENS,
     }
 
