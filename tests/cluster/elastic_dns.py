@@ -14,6 +14,7 @@ Prints 'N passed, N failed' last."""
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,8 +106,8 @@ class Procs:
             return ""
 
     def stop_all(self):
-        for name in reversed(list(self.p)):
-            self.stop(name, timeout=15)
+        """SIGTERM to every child still running, newest first; {name: exit status}."""
+        return {name: self.stop(name, timeout=15) for name in reversed(list(self.p))}
 
 
 def serving(addr, service="", timeout=1.0):
@@ -185,7 +186,7 @@ def main():
                                         (st0, "mx.internal.v1.AttentionStage"),
                                         (st1, "mx.internal.v1.AttentionStage"))), 120)
         r.check(up, "experts up, both stages SERVING with shard 0 found through DNS",
-                "\n".join(procs.log(n, 600) for n in ("stage0", "stage1", "dnsmasq")))
+                "\n".join(procs.log(n, 600) for n in ("expert0a", "expert1", "stage0", "stage1", "dnsmasq")))
         if not up:
             return
         gpath = os.path.join(tmp, "gateway.cfg")
@@ -261,7 +262,14 @@ def main():
     finally:
         if load is not None:
             load.stop.set()
-        procs.stop_all()
+        status = procs.stop_all()
+    bad = {n: st for n, st in status.items() if n != "dnsmasq" and st != 0}
+    r.check(not bad, "every service drains and exits 0 on SIGTERM at the end",
+            "; ".join("%s: %s\n%s" % (n, st, procs.log(n, 800)) for n, st in bad.items()))
+    if r.failed == 0:
+        shutil.rmtree(tmp, True)
+    else:
+        print("logs kept in %s" % tmp)
     r.finish()
 
 
