@@ -4,6 +4,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,10 @@ struct mx_model {
     mx_layer_weights *layers; /* [L] device copies of what the plan loaded */
     mx_tensor embed, final_norm, lm_head;
     float *decay;             /* [L * heads] lightning decay rates */
+    /* the workspace of callers that bring none (mx_model_forward, mx_model_run_layers):
+     * grown to the largest step seen, then reused, so a steady decode allocates nothing */
+    pthread_mutex_t ws_mu;
+    mx_workspace *ws;
 };
 
 /* ---------------------------------------------------------------- decay rates (spec 3.3) */
@@ -118,6 +123,7 @@ int mx_model_create(const mx_weights *w, mx_backend *be, mx_model **out, mx_erro
     mx_model *m = calloc(1, sizeof *m);
     if (!m)
         return mx_fail(err, MX_ENOMEM, "out of memory creating the model");
+    pthread_mutex_init(&m->ws_mu, NULL);
     m->cfg = w->cfg;
     m->w = w;
     m->be = be;
@@ -149,6 +155,8 @@ void mx_model_free(mx_model *m)
 {
     if (!m)
         return;
+    mx_workspace_free(m, m->ws);
+    pthread_mutex_destroy(&m->ws_mu);
     if (m->layers) {
         for (int l = 0; l < m->cfg.num_hidden_layers; l++)
             free_layer(m->be, &m->layers[l], m->cfg.num_local_experts);
@@ -280,25 +288,27 @@ void mx_batch_advance(const mx_batch *b)
         b->seqs[i]->length += b->spans[i].len;
 }
 
-/* ---------------------------------------------------------------- scratch buffers */
+/* ---------------------------------------------------------------- workspace */
 
-typedef struct layer_scratch {
+/* Every buffer a step needs, sized once for max_tokens rows and max_seqs sequences, so a
+ * forward step allocates nothing (a step larger than the workspace grows it once). */
+struct mx_workspace {
+    int max_tokens, max_seqs;
     mx_tensor x1, attn, x2, moe;  /* [T, hidden] */
     mx_tensor wide;               /* [T, 3 * attn_width]: qkv, or q|k|v */
     mx_tensor o, gate;            /* [T, attn_width] */
-    int32_t *ids;
-    float *weights;
-} layer_scratch;
-
-static void scratch_free(mx_backend *be, layer_scratch *s)
-{
-    mx_tensor *ts[] = {&s->x1, &s->attn, &s->x2, &s->moe, &s->wide, &s->o, &s->gate};
-    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
-        if (ts[i]->data)
-            be->free(be, ts[i]);
-    free(s->ids);
-    free(s->weights);
-}
+    mx_tensor xe, ye;             /* [T, hidden]: local experts' gathered rows and outputs */
+    mx_tensor eg, eu;             /* [T, intermediate]: SwiGLU halves of a local expert */
+    mx_tensor h;                  /* [T, hidden]: mx_model_forward's hidden states */
+    mx_tensor last, logits;       /* [S, hidden], [S, vocab]: the head (when loaded) */
+    int32_t *ids;                 /* [T * k] router choices */
+    float *weights;               /* [T * k] */
+    int32_t *rows;                /* [T] grouped rows of one local expert, or head rows */
+    float *scale;                 /* [T] */
+    float *zeros;                 /* [T * hidden] host zeros: clears moe through from_host_f32 */
+    void **ptrs;                  /* [S] per-sequence state pointers of one layer */
+    mx_span *spans;               /* [S] spans of a sub-batch (mx_batch_split) */
+};
 
 static int alloc2(mx_backend *be, mx_tensor *t, int64_t rows, int64_t cols, mx_error *err)
 {
@@ -306,27 +316,128 @@ static int alloc2(mx_backend *be, mx_tensor *t, int64_t rows, int64_t cols, mx_e
     return be->alloc(be, t, be->act_dtype, 2, shape, err);
 }
 
-static int scratch_alloc(mx_model *m, int T, layer_scratch *s, mx_error *err)
+static void ws_release(mx_backend *be, mx_workspace *ws)
+{
+    mx_tensor *ts[] = {&ws->x1, &ws->attn, &ws->x2, &ws->moe, &ws->wide, &ws->o,    &ws->gate,
+                       &ws->xe, &ws->ye,   &ws->eg, &ws->eu,  &ws->h,    &ws->last, &ws->logits};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++)
+        if (ts[i]->data)
+            be->free(be, ts[i]);
+    free(ws->ids);
+    free(ws->weights);
+    free(ws->rows);
+    free(ws->scale);
+    free(ws->zeros);
+    free(ws->ptrs);
+    free(ws->spans);
+    memset(ws, 0, sizeof *ws);
+}
+
+/* Whether any expert of the model is held here (local MoE needs the expert buffers). */
+static bool has_experts(const mx_model *m)
+{
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        if (m->layers[l].experts)
+            return true;
+    return false;
+}
+
+static int ws_size(mx_model *m, mx_workspace *ws, int T, int S, mx_error *err)
 {
     const mx_config *c = &m->cfg;
-    int64_t H = c->hidden_size, A = mx_config_attn_width(c);
-    memset(s, 0, sizeof *s);
-    int rc = alloc2(m->be, &s->x1, T, H, err);
-    if (!rc) rc = alloc2(m->be, &s->attn, T, H, err);
-    if (!rc) rc = alloc2(m->be, &s->x2, T, H, err);
-    if (!rc) rc = alloc2(m->be, &s->moe, T, H, err);
-    if (!rc) rc = alloc2(m->be, &s->wide, T, 3 * A, err);
-    if (!rc) rc = alloc2(m->be, &s->o, T, A, err);
-    if (!rc) rc = alloc2(m->be, &s->gate, T, A, err);
-    if (!rc) {
-        s->ids = malloc((size_t)T * c->num_experts_per_tok * sizeof *s->ids);
-        s->weights = malloc((size_t)T * c->num_experts_per_tok * sizeof *s->weights);
-        if (!s->ids || !s->weights)
-            rc = mx_fail(err, MX_ENOMEM, "out of memory for routing tables");
+    mx_backend *be = m->be;
+    int64_t H = c->hidden_size, A = mx_config_attn_width(c), I = c->intermediate_size;
+    int k = c->num_experts_per_tok;
+    ws_release(be, ws);
+    int rc = alloc2(be, &ws->x1, T, H, err);
+    if (!rc) rc = alloc2(be, &ws->attn, T, H, err);
+    if (!rc) rc = alloc2(be, &ws->x2, T, H, err);
+    if (!rc) rc = alloc2(be, &ws->moe, T, H, err);
+    if (!rc) rc = alloc2(be, &ws->wide, T, 3 * A, err);
+    if (!rc) rc = alloc2(be, &ws->o, T, A, err);
+    if (!rc) rc = alloc2(be, &ws->gate, T, A, err);
+    if (!rc) rc = alloc2(be, &ws->h, T, H, err);
+    if (!rc && has_experts(m)) {
+        rc = alloc2(be, &ws->xe, T, H, err);
+        if (!rc) rc = alloc2(be, &ws->ye, T, H, err);
+        if (!rc) rc = alloc2(be, &ws->eg, T, I, err);
+        if (!rc) rc = alloc2(be, &ws->eu, T, I, err);
     }
-    if (rc)
-        scratch_free(m->be, s);
-    return rc;
+    if (!rc && m->lm_head.data) {
+        rc = alloc2(be, &ws->last, S, H, err);
+        if (!rc) rc = alloc2(be, &ws->logits, S, c->vocab_size, err);
+    }
+    if (!rc) {
+        ws->ids = malloc((size_t)T * k * sizeof *ws->ids);
+        ws->weights = malloc((size_t)T * k * sizeof *ws->weights);
+        ws->rows = malloc((size_t)(T > S ? T : S) * sizeof *ws->rows);
+        ws->scale = malloc((size_t)T * sizeof *ws->scale);
+        ws->zeros = calloc((size_t)T * H, sizeof *ws->zeros);
+        ws->ptrs = malloc((size_t)S * sizeof *ws->ptrs);
+        ws->spans = malloc((size_t)S * sizeof *ws->spans);
+        if (!ws->ids || !ws->weights || !ws->rows || !ws->scale || !ws->zeros || !ws->ptrs || !ws->spans)
+            rc = mx_fail(err, MX_ENOMEM, "out of memory for a workspace of %d tokens", T);
+    }
+    if (rc) {
+        ws_release(be, ws);
+        return rc;
+    }
+    ws->max_tokens = T;
+    ws->max_seqs = S;
+    return 0;
+}
+
+int mx_workspace_create(mx_model *m, int max_tokens, int max_seqs, mx_workspace **out, mx_error *err)
+{
+    *out = NULL;
+    if (max_tokens < 1 || max_seqs < 1)
+        return mx_fail(err, MX_EINVAL, "workspace for %d tokens and %d sequences", max_tokens, max_seqs);
+    mx_workspace *ws = calloc(1, sizeof *ws);
+    if (!ws)
+        return mx_fail(err, MX_ENOMEM, "out of memory for a workspace");
+    int rc = ws_size(m, ws, max_tokens, max_seqs, err);
+    if (rc) {
+        free(ws);
+        return rc;
+    }
+    *out = ws;
+    return 0;
+}
+
+void mx_workspace_free(mx_model *m, mx_workspace *ws)
+{
+    if (!ws)
+        return;
+    ws_release(m->be, ws);
+    free(ws);
+}
+
+int mx_workspace_reserve(mx_model *m, mx_workspace *ws, int tokens, int seqs, mx_error *err)
+{
+    if (tokens <= ws->max_tokens && seqs <= ws->max_seqs)
+        return 0;
+    /* grows in steps, so a crowd that builds up slowly reallocates a few times, not per step */
+    int T = ws->max_tokens, S = ws->max_seqs;
+    while (T < tokens)
+        T = T > (1 << 23) ? tokens : 2 * T;
+    while (S < seqs)
+        S = S > (1 << 23) ? seqs : 2 * S;
+    return ws_size(m, ws, T, S, err);
+}
+
+int mx_workspace_max_tokens(const mx_workspace *ws)
+{
+    return ws->max_tokens;
+}
+
+mx_tensor mx_workspace_hidden(mx_workspace *ws, int rows)
+{
+    return mx_tensor_rows(&ws->h, 0, rows);
+}
+
+mx_span *mx_workspace_spans(mx_workspace *ws)
+{
+    return ws->spans;
 }
 
 /* A [rows, cols] view that starts `offset` elements into t's data. */
@@ -339,57 +450,47 @@ static mx_tensor view2(const mx_tensor *t, size_t offset, int64_t rows, int64_t 
 
 /* Spec 3.2: qkv = silu(x1 Wqkv^T); decayed linear attention per head; RMSNorm (eps 1e-6) over
  * all heads; times sigmoid(x1 Wgate^T); out_proj. */
-static int lightning_attention(mx_model *m, int l, const mx_batch *b, layer_scratch *s, mx_error *err)
+static int lightning_attention(mx_model *m, int l, const mx_batch *b, mx_workspace *s, mx_error *err)
 {
     const mx_config *c = &m->cfg;
     const mx_layer_weights *lw = &m->layers[l];
     mx_backend *be = m->be;
     int T = b->n_tokens, A = mx_config_attn_width(c);
+    mx_tensor x1 = view2(&s->x1, 0, T, c->hidden_size), attn = view2(&s->attn, 0, T, c->hidden_size);
     mx_tensor qkv = view2(&s->wide, 0, T, 3 * (int64_t)A), o = view2(&s->o, 0, T, A),
               gate = view2(&s->gate, 0, T, A);
-    mx_lightning_state *states_stack[64], **states = states_stack;
-    if (b->n_seqs > 64 && !(states = malloc((size_t)b->n_seqs * sizeof *states)))
-        return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %d sequences", b->n_seqs);
+    mx_lightning_state **states = (mx_lightning_state **)s->ptrs;
     for (int i = 0; i < b->n_seqs; i++)
         states[i] = &b->seqs[i]->lightning[l];
-    int rc = be->matmul(be, &qkv, &s->x1, &lw->qkv, err);
-    if (!rc) rc = be->silu(be, &qkv, err);
-    if (!rc)
-        rc = be->lightning(be, &o, &qkv, b->spans, b->n_seqs, states, m->decay + (size_t)l * c->num_attention_heads,
-                           c->num_attention_heads, c->head_dim, err);
-    if (!rc) rc = be->rmsnorm(be, &o, &o, &lw->attn_norm, MX_LIGHTNING_NORM_EPS, err);
-    if (!rc) rc = be->matmul(be, &gate, &s->x1, &lw->output_gate, err);
-    if (!rc) rc = be->sigmoid_mul(be, &o, &gate, &o, err);
-    if (!rc) rc = be->matmul(be, &s->attn, &o, &lw->out_proj, err);
-    if (states != states_stack)
-        free(states);
-    return rc;
+    MX_TRY(be->matmul(be, &qkv, &x1, &lw->qkv, err));
+    MX_TRY(be->silu(be, &qkv, err));
+    MX_TRY(be->lightning(be, &o, &qkv, b->spans, b->n_seqs, states, m->decay + (size_t)l * c->num_attention_heads,
+                         c->num_attention_heads, c->head_dim, err));
+    MX_TRY(be->rmsnorm(be, &o, &o, &lw->attn_norm, MX_LIGHTNING_NORM_EPS, err));
+    MX_TRY(be->matmul(be, &gate, &x1, &lw->output_gate, err));
+    MX_TRY(be->sigmoid_mul(be, &o, &gate, &o, err));
+    return be->matmul(be, &attn, &o, &lw->out_proj, err);
 }
 
 /* Spec 4: q/k/v projections, partial NeoX RoPE, KV cache, causal GQA softmax, o_proj. */
-static int softmax_attention(mx_model *m, int l, const mx_batch *b, layer_scratch *s, mx_error *err)
+static int softmax_attention(mx_model *m, int l, const mx_batch *b, mx_workspace *s, mx_error *err)
 {
     const mx_config *c = &m->cfg;
     const mx_layer_weights *lw = &m->layers[l];
     mx_backend *be = m->be;
     int T = b->n_tokens, A = mx_config_attn_width(c), KV = mx_config_kv_width(c);
+    mx_tensor x1 = view2(&s->x1, 0, T, c->hidden_size), attn = view2(&s->attn, 0, T, c->hidden_size);
     mx_tensor q = view2(&s->wide, 0, T, A), k = view2(&s->wide, (size_t)T * A, T, KV),
               v = view2(&s->wide, (size_t)T * (A + KV), T, KV), o = view2(&s->o, 0, T, A);
-    mx_kv_cache *caches_stack[64], **caches = caches_stack;
-    if (b->n_seqs > 64 && !(caches = malloc((size_t)b->n_seqs * sizeof *caches)))
-        return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %d sequences", b->n_seqs);
+    mx_kv_cache **caches = (mx_kv_cache **)s->ptrs;
     for (int i = 0; i < b->n_seqs; i++)
         caches[i] = &b->seqs[i]->kv[l];
-    int rc = be->matmul(be, &q, &s->x1, &lw->q_proj, err);
-    if (!rc) rc = be->matmul(be, &k, &s->x1, &lw->k_proj, err);
-    if (!rc) rc = be->matmul(be, &v, &s->x1, &lw->v_proj, err);
-    if (!rc)
-        rc = be->softmax_attention(be, &o, &q, &k, &v, b->spans, b->n_seqs, caches, c->num_attention_heads,
-                                   c->num_key_value_heads, c->head_dim, c->rotary_dim, c->rope_theta, err);
-    if (!rc) rc = be->matmul(be, &s->attn, &o, &lw->o_proj, err);
-    if (caches != caches_stack)
-        free(caches);
-    return rc;
+    MX_TRY(be->matmul(be, &q, &x1, &lw->q_proj, err));
+    MX_TRY(be->matmul(be, &k, &x1, &lw->k_proj, err));
+    MX_TRY(be->matmul(be, &v, &x1, &lw->v_proj, err));
+    MX_TRY(be->softmax_attention(be, &o, &q, &k, &v, b->spans, b->n_seqs, caches, c->num_attention_heads,
+                                 c->num_key_value_heads, c->head_dim, c->rotary_dim, c->rope_theta, err));
+    return be->matmul(be, &attn, &o, &lw->o_proj, err);
 }
 
 /* ---------------------------------------------------------------- MoE (spec 5) */
@@ -402,6 +503,16 @@ int mx_moe_route(mx_model *m, int layer, const mx_tensor *x2, int32_t *ids, floa
     return m->be->moe_route(m->be, ids, weights, x2, &lw->router, m->cfg.num_experts_per_tok, err);
 }
 
+/* SwiGLU with the caller's [n, intermediate] scratch g and u. */
+static int expert_swiglu(mx_backend *be, const mx_expert_weights *ew, const mx_tensor *x, mx_tensor *y, mx_tensor *g,
+                         mx_tensor *u, mx_error *err)
+{
+    MX_TRY(be->matmul(be, g, x, &ew->w1, err));
+    MX_TRY(be->matmul(be, u, x, &ew->w3, err));
+    MX_TRY(be->swiglu(be, g, g, u, err));
+    return be->matmul(be, y, g, &ew->w2, err);
+}
+
 int mx_expert_forward(mx_backend *be, const mx_expert_weights *ew, const mx_tensor *x, mx_tensor *y,
                       mx_error *err)
 {
@@ -409,27 +520,26 @@ int mx_expert_forward(mx_backend *be, const mx_expert_weights *ew, const mx_tens
     mx_tensor g = {0}, u = {0};
     int rc = alloc2(be, &g, n, I, err);
     if (!rc) rc = alloc2(be, &u, n, I, err);
-    if (!rc) rc = be->matmul(be, &g, x, &ew->w1, err);
-    if (!rc) rc = be->matmul(be, &u, x, &ew->w3, err);
-    if (!rc) rc = be->swiglu(be, &g, &g, &u, err);
-    if (!rc) rc = be->matmul(be, y, &g, &ew->w2, err);
+    if (!rc) rc = expert_swiglu(be, ew, x, y, &g, &u, err);
     if (g.data) be->free(be, &g);
     if (u.data) be->free(be, &u);
     return rc;
 }
 
-int mx_moe_local(mx_model *m, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
-                 mx_tensor *out, mx_error *err)
+int mx_moe_local_ws(mx_model *m, mx_workspace *ws, int layer, const mx_tensor *x2, const int32_t *ids,
+                    const float *weights, int k, mx_tensor *out, mx_error *err)
 {
     mx_backend *be = m->be;
     int T = (int)x2->shape[0], E = m->cfg.num_local_experts;
-    int32_t *rows = malloc((size_t)(T ? T : 1) * sizeof *rows);
-    float *scale = malloc((size_t)(T ? T : 1) * sizeof *scale);
-    mx_tensor xe = {0}, ye = {0};
-    int rc = (!rows || !scale) ? mx_fail(err, MX_ENOMEM, "out of memory grouping tokens") : 0;
-    if (!rc) rc = alloc2(be, &xe, T, x2->shape[1], err);
-    if (!rc) rc = alloc2(be, &ye, T, x2->shape[1], err);
-    for (int e = 0; e < E && !rc; e++) {
+    /* no growth here: x2 and out may be views into this workspace (the layer's own) */
+    if (T > ws->max_tokens)
+        return mx_fail(err, MX_EINVAL, "layer %d: %d tokens for a workspace of %d", layer, T, ws->max_tokens);
+    if (!ws->xe.data)
+        return mx_fail(err, MX_ENOTFOUND, "layer %d: no expert is loaded on this model part", layer);
+    int32_t *rows = ws->rows;
+    float *scale = ws->scale;
+    int64_t I = ws->eg.shape[1];
+    for (int e = 0; e < E; e++) {
         int n = 0;
         for (int t = 0; t < T; t++)
             for (int j = 0; j < k; j++)
@@ -440,70 +550,120 @@ int mx_moe_local(mx_model *m, int layer, const mx_tensor *x2, const int32_t *ids
         if (!n)
             continue;
         const mx_expert_weights *ew = mx_model_expert(m, layer, e);
-        if (!ew) {
-            rc = mx_fail(err, MX_ENOTFOUND, "expert %d of layer %d is not loaded", e, layer);
-            break;
-        }
-        mx_tensor xg = mx_tensor_rows(&xe, 0, n), yg = mx_tensor_rows(&ye, 0, n);
-        rc = be->gather_rows(be, &xg, x2, rows, n, err);
-        if (!rc) rc = mx_expert_forward(be, ew, &xg, &yg, err);
-        if (!rc) rc = be->scatter_add_rows(be, out, &yg, rows, scale, n, err);
+        if (!ew)
+            return mx_fail(err, MX_ENOTFOUND, "expert %d of layer %d is not loaded", e, layer);
+        mx_tensor xg = mx_tensor_rows(&ws->xe, 0, n), yg = mx_tensor_rows(&ws->ye, 0, n);
+        mx_tensor g = view2(&ws->eg, 0, n, I), u = view2(&ws->eu, 0, n, I);
+        MX_TRY(be->gather_rows(be, &xg, x2, rows, n, err));
+        MX_TRY(expert_swiglu(be, ew, &xg, &yg, &g, &u, err));
+        MX_TRY(be->scatter_add_rows(be, out, &yg, rows, scale, n, err));
     }
-    if (xe.data) be->free(be, &xe);
-    if (ye.data) be->free(be, &ye);
-    free(rows);
-    free(scale);
+    return 0;
+}
+
+/* The model's own workspace for callers that bring none: taken when free; a concurrent
+ * caller (or one nested inside a step that holds it) gets a temporary one. */
+static mx_workspace *ws_take(mx_model *m, int T, int S, mx_workspace *tmp, bool *own, mx_error *err)
+{
+    *own = false;
+    if (pthread_mutex_trylock(&m->ws_mu) == 0) {
+        if (!m->ws && mx_workspace_create(m, T, S, &m->ws, err)) {
+            pthread_mutex_unlock(&m->ws_mu);
+            return NULL;
+        }
+        if (mx_workspace_reserve(m, m->ws, T, S, err)) {
+            pthread_mutex_unlock(&m->ws_mu);
+            return NULL;
+        }
+        *own = true;
+        return m->ws;
+    }
+    memset(tmp, 0, sizeof *tmp);
+    return ws_size(m, tmp, T, S, err) ? NULL : tmp;
+}
+
+static void ws_give(mx_model *m, mx_workspace *ws, bool own)
+{
+    if (own)
+        pthread_mutex_unlock(&m->ws_mu);
+    else if (ws)
+        ws_release(m->be, ws);
+}
+
+int mx_moe_local(mx_model *m, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
+                 mx_tensor *out, mx_error *err)
+{
+    mx_workspace tmp, *ws;
+    bool own;
+    if (!(ws = ws_take(m, (int)(x2->shape[0] ? x2->shape[0] : 1), 1, &tmp, &own, err)))
+        return err ? err->code : MX_ENOMEM;
+    int rc = mx_moe_local_ws(m, ws, layer, x2, ids, weights, k, out, err);
+    ws_give(m, ws, own);
     return rc;
 }
+
+typedef struct local_ctx {
+    mx_model *m;
+    mx_workspace *ws;
+} local_ctx;
 
 static int local_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
                          int k, mx_tensor *out, mx_error *err)
 {
-    return mx_moe_local(ctx, layer, x2, ids, weights, k, out, err);
+    local_ctx *lc = ctx;
+    return mx_moe_local_ws(lc->m, lc->ws, layer, x2, ids, weights, k, out, err);
 }
 
 /* ---------------------------------------------------------------- layers */
 
-static int zero_act(mx_backend *be, mx_tensor *t, mx_error *err)
+static int check_batch_layer(const mx_model *m, int l, const mx_batch *b, mx_error *err)
 {
-    /* residual with alpha = beta = 0 would keep NaN; from_host keeps it backend-neutral */
-    size_t n = (size_t)mx_tensor_numel(t);
-    float *zeros = calloc(n ? n : 1, sizeof(float));
-    if (!zeros)
-        return mx_fail(err, MX_ENOMEM, "out of memory");
-    int rc = be->from_host_f32(be, t, zeros, err);
-    free(zeros);
-    return rc;
+    if (!m->layers[l].has_attention)
+        return mx_fail(err, MX_ENOTFOUND, "attention weights of layer %d are not loaded", l);
+    for (int i = 0; i < b->n_seqs; i++)
+        if (l < b->seqs[i]->layer_begin || l >= b->seqs[i]->layer_end)
+            return mx_fail(err, MX_EINVAL, "sequence %d holds no state for layer %d", i, l);
+    return 0;
 }
 
-static int decoder_layer(mx_model *m, int l, const mx_batch *b, mx_tensor *h, layer_scratch *s,
-                         const mx_moe_executor *moe, mx_error *err)
+int mx_model_layer_begin(mx_model *m, mx_workspace *ws, int l, const mx_batch *b, mx_tensor *h, mx_moe_input *in,
+                         mx_error *err)
 {
     const mx_config *c = &m->cfg;
     const mx_layer_weights *lw = &m->layers[l];
     mx_backend *be = m->be;
     float eps = (float)c->rms_norm_eps;
-    int k = c->num_experts_per_tok;
-    if (!lw->has_attention)
-        return mx_fail(err, MX_ENOTFOUND, "attention weights of layer %d are not loaded", l);
-    for (int i = 0; i < b->n_seqs; i++)
-        if (l < b->seqs[i]->layer_begin || l >= b->seqs[i]->layer_end)
-            return mx_fail(err, MX_EINVAL, "sequence %d holds no state for layer %d", i, l);
-    MX_TRY(be->rmsnorm(be, &s->x1, h, &lw->input_norm, eps, err));
-    MX_TRY(c->attn_type[l] == MX_ATTN_LIGHTNING ? lightning_attention(m, l, b, s, err)
-                                                : softmax_attention(m, l, b, s, err));
+    int T = b->n_tokens;
+    int64_t H = c->hidden_size;
+    MX_TRY(check_batch_layer(m, l, b, err));
+    MX_TRY(mx_workspace_reserve(m, ws, T, b->n_seqs, err));
+    mx_tensor x1 = view2(&ws->x1, 0, T, H), attn = view2(&ws->attn, 0, T, H);
+    in->x2 = view2(&ws->x2, 0, T, H);
+    in->out = view2(&ws->moe, 0, T, H);
+    in->ids = ws->ids;
+    in->weights = ws->weights;
+    in->k = c->num_experts_per_tok;
+    MX_TRY(be->rmsnorm(be, &x1, h, &lw->input_norm, eps, err));
+    MX_TRY(c->attn_type[l] == MX_ATTN_LIGHTNING ? lightning_attention(m, l, b, ws, err)
+                                                : softmax_attention(m, l, b, ws, err));
     /* postnorm: the residual is the normalised input x1, not h */
-    MX_TRY(be->residual(be, h, c->postnorm ? &s->x1 : h, (float)mx_config_alpha(c, l), &s->attn,
+    MX_TRY(be->residual(be, h, c->postnorm ? &x1 : h, (float)mx_config_alpha(c, l), &attn,
                         (float)mx_config_beta(c, l), err));
-    MX_TRY(be->rmsnorm(be, &s->x2, h, &lw->post_norm, eps, err));
-    MX_TRY(mx_moe_route(m, l, &s->x2, s->ids, s->weights, err));
-    MX_TRY(zero_act(be, &s->moe, err));
-    MX_TRY(moe->run(moe->ctx, l, &s->x2, s->ids, s->weights, k, &s->moe, err));
-    return be->residual(be, h, c->postnorm ? &s->x2 : h, (float)c->alpha_mlp, &s->moe, (float)c->beta_mlp, err);
+    MX_TRY(be->rmsnorm(be, &in->x2, h, &lw->post_norm, eps, err));
+    MX_TRY(mx_moe_route(m, l, &in->x2, in->ids, in->weights, err));
+    /* residual with alpha = beta = 0 would keep NaN; from_host keeps it backend-neutral */
+    return be->from_host_f32(be, &in->out, ws->zeros, err);
 }
 
-int mx_model_run_layers(mx_model *m, int l0, int l1, const mx_batch *b, mx_tensor *h,
-                        const mx_moe_executor *moe, mx_error *err)
+int mx_model_layer_end(mx_model *m, int l, mx_tensor *h, const mx_moe_input *in, mx_error *err)
+{
+    const mx_config *c = &m->cfg;
+    (void)l;
+    return m->be->residual(m->be, h, c->postnorm ? &in->x2 : h, (float)c->alpha_mlp, &in->out, (float)c->beta_mlp,
+                           err);
+}
+
+int mx_batch_check(const mx_model *m, int l0, int l1, const mx_batch *b, const mx_tensor *h, mx_error *err)
 {
     if (l0 < 0 || l1 > m->cfg.num_hidden_layers || l0 > l1)
         return mx_fail(err, MX_EINVAL, "layer range [%d, %d) outside the model", l0, l1);
@@ -518,18 +678,40 @@ int mx_model_run_layers(mx_model *m, int l0, int l1, const mx_batch *b, mx_tenso
     }
     if (covered != b->n_tokens)
         return mx_fail(err, MX_EINVAL, "batch spans cover %d tokens, batch has %d", covered, b->n_tokens);
-    mx_moe_executor local = {local_moe_run, m};
+    return 0;
+}
+
+int mx_model_run_layers_ws(mx_model *m, mx_workspace *ws, int l0, int l1, const mx_batch *b, mx_tensor *h,
+                           const mx_moe_executor *moe, mx_error *err)
+{
+    MX_TRY(mx_batch_check(m, l0, l1, b, h, err));
+    local_ctx lc = {m, ws};
+    mx_moe_executor local = {local_moe_run, &lc};
     if (!moe)
         moe = &local;
-    layer_scratch s;
-    MX_TRY(scratch_alloc(m, b->n_tokens, &s, err));
-    int rc = 0;
-    for (int l = l0; l < l1 && !rc; l++) {
-        rc = decoder_layer(m, l, b, h, &s, moe, err);
-        if (rc)
+    for (int l = l0; l < l1; l++) {
+        mx_moe_input in;
+        int rc = mx_model_layer_begin(m, ws, l, b, h, &in, err);
+        if (!rc) rc = moe->run(moe->ctx, l, &in.x2, in.ids, in.weights, in.k, &in.out, err);
+        if (!rc) rc = mx_model_layer_end(m, l, h, &in, err);
+        if (rc) {
             mx_error_prefix(err, "layer %d", l);
+            return rc;
+        }
     }
-    scratch_free(m->be, &s);
+    return 0;
+}
+
+int mx_model_run_layers(mx_model *m, int l0, int l1, const mx_batch *b, mx_tensor *h,
+                        const mx_moe_executor *moe, mx_error *err)
+{
+    MX_TRY(mx_batch_check(m, l0, l1, b, h, err));
+    mx_workspace tmp, *ws;
+    bool own;
+    if (!(ws = ws_take(m, b->n_tokens, b->n_seqs, &tmp, &own, err)))
+        return err ? err->code : MX_ENOMEM;
+    int rc = mx_model_run_layers_ws(m, ws, l0, l1, b, h, moe, err);
+    ws_give(m, ws, own);
     return rc;
 }
 
@@ -542,38 +724,52 @@ int mx_model_embed(mx_model *m, const int32_t *ids, int n, mx_tensor *h, mx_erro
     return m->be->embed(m->be, h, ids, n, &m->embed, err);
 }
 
-int mx_model_head(mx_model *m, const mx_tensor *h, const int32_t *rows, int n, float *logits, mx_error *err)
+int mx_model_head_ws(mx_model *m, mx_workspace *ws, const mx_tensor *h, const int32_t *rows, int n, float *logits,
+                     mx_error *err)
 {
     if (!m->lm_head.data || !m->final_norm.data)
         return mx_fail(err, MX_ENOTFOUND, "the final norm and lm_head are not loaded on this model part");
     mx_backend *be = m->be;
-    mx_tensor last = {0}, out = {0};
-    int rc = alloc2(be, &last, n, m->cfg.hidden_size, err);
-    if (!rc) rc = alloc2(be, &out, n, m->cfg.vocab_size, err);
-    if (!rc) rc = be->gather_rows(be, &last, h, rows, n, err);
-    if (!rc) rc = be->rmsnorm(be, &last, &last, &m->final_norm, (float)m->cfg.rms_norm_eps, err);
-    if (!rc) rc = be->matmul(be, &out, &last, &m->lm_head, err);
-    if (!rc) rc = be->to_host_f32(be, logits, &out, err);
-    if (last.data) be->free(be, &last);
-    if (out.data) be->free(be, &out);
+    MX_TRY(mx_workspace_reserve(m, ws, 1, n, err));
+    mx_tensor last = view2(&ws->last, 0, n, m->cfg.hidden_size), out = view2(&ws->logits, 0, n, m->cfg.vocab_size);
+    MX_TRY(be->gather_rows(be, &last, h, rows, n, err));
+    MX_TRY(be->rmsnorm(be, &last, &last, &m->final_norm, (float)m->cfg.rms_norm_eps, err));
+    MX_TRY(be->matmul(be, &out, &last, &m->lm_head, err));
+    return be->to_host_f32(be, logits, &out, err);
+}
+
+int mx_model_head(mx_model *m, const mx_tensor *h, const int32_t *rows, int n, float *logits, mx_error *err)
+{
+    if (!m->lm_head.data || !m->final_norm.data)
+        return mx_fail(err, MX_ENOTFOUND, "the final norm and lm_head are not loaded on this model part");
+    mx_workspace tmp, *ws;
+    bool own;
+    if (!(ws = ws_take(m, 1, n, &tmp, &own, err)))
+        return err ? err->code : MX_ENOMEM;
+    int rc = mx_model_head_ws(m, ws, h, rows, n, logits, err);
+    ws_give(m, ws, own);
     return rc;
 }
 
 int mx_model_forward(mx_model *m, const mx_batch *b, const int32_t *tokens, float *logits, mx_error *err)
 {
-    mx_tensor h = {0};
-    int32_t *rows = malloc((size_t)(b->n_seqs ? b->n_seqs : 1) * sizeof *rows);
-    if (!rows)
-        return mx_fail(err, MX_ENOMEM, "out of memory");
-    for (int i = 0; i < b->n_seqs; i++)
-        rows[i] = b->spans[i].start + b->spans[i].len - 1;
-    int rc = b->n_tokens < 1 ? mx_fail(err, MX_EINVAL, "empty batch") : 0;
-    if (!rc) rc = alloc2(m->be, &h, b->n_tokens, m->cfg.hidden_size, err);
-    if (!rc) rc = mx_model_embed(m, tokens, b->n_tokens, &h, err);
-    if (!rc) rc = mx_model_run_layers(m, 0, m->cfg.num_hidden_layers, b, &h, NULL, err);
-    if (!rc) rc = mx_model_head(m, &h, rows, b->n_seqs, logits, err);
+    if (b->n_tokens < 1)
+        return mx_fail(err, MX_EINVAL, "empty batch");
+    mx_workspace tmp, *ws;
+    bool own;
+    if (!(ws = ws_take(m, b->n_tokens, b->n_seqs, &tmp, &own, err)))
+        return err ? err->code : MX_ENOMEM;
+    mx_tensor h = view2(&ws->h, 0, b->n_tokens, m->cfg.hidden_size);
+    int32_t *rows = ws->rows;
+    int rc = mx_model_embed(m, tokens, b->n_tokens, &h, err);
+    if (!rc) rc = mx_model_run_layers_ws(m, ws, 0, m->cfg.num_hidden_layers, b, &h, NULL, err);
+    if (!rc) {
+        /* the head's rows share room with the local MoE's groups, so they are set after */
+        for (int i = 0; i < b->n_seqs; i++)
+            rows[i] = b->spans[i].start + b->spans[i].len - 1;
+        rc = mx_model_head_ws(m, ws, &h, rows, b->n_seqs, logits, err);
+    }
     if (!rc) mx_batch_advance(b);
-    if (h.data) m->be->free(m->be, &h);
-    free(rows);
+    ws_give(m, ws, own);
     return rc;
 }

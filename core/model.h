@@ -63,6 +63,23 @@ typedef struct mx_moe_executor {
     void *ctx;
 } mx_moe_executor;
 
+/* ---- Workspace: every buffer a step needs, so a step allocates nothing ----
+ * Sized at start for max_tokens rows (the step limit) and max_seqs sequences; a larger step
+ * grows it once (doubling), which invalidates views taken from it before. One workspace
+ * serves one step at a time; the _ws calls take it explicitly. Calls without one
+ * (mx_model_forward, mx_model_run_layers, mx_model_head, mx_moe_local) use the model's own,
+ * grown to the largest step seen; a concurrent or nested caller gets a temporary one. */
+typedef struct mx_workspace mx_workspace;
+int mx_workspace_create(mx_model *m, int max_tokens, int max_seqs, mx_workspace **out, mx_error *err);
+void mx_workspace_free(mx_model *m, mx_workspace *ws);
+/* Grows ws to hold a step of tokens rows and seqs sequences (no-op when it does). */
+int mx_workspace_reserve(mx_model *m, mx_workspace *ws, int tokens, int seqs, mx_error *err);
+int mx_workspace_max_tokens(const mx_workspace *ws);
+/* A [rows, hidden] tensor of the workspace for the step's hidden states (rows <= max). */
+mx_tensor mx_workspace_hidden(mx_workspace *ws, int rows);
+/* Room for max_seqs spans (a caller's sub-batch). */
+mx_span *mx_workspace_spans(mx_workspace *ws);
+
 /* h[T, hidden] = embedding rows of ids (needs the embedding loaded). */
 int mx_model_embed(mx_model *m, const int32_t *ids, int n, mx_tensor *h, mx_error *err);
 
@@ -72,9 +89,31 @@ int mx_model_embed(mx_model *m, const int32_t *ids, int n, mx_tensor *h, mx_erro
 int mx_model_run_layers(mx_model *m, int l0, int l1, const mx_batch *b, mx_tensor *h,
                         const mx_moe_executor *moe, mx_error *err);
 void mx_batch_advance(const mx_batch *b);
+int mx_model_run_layers_ws(mx_model *m, mx_workspace *ws, int l0, int l1, const mx_batch *b, mx_tensor *h,
+                           const mx_moe_executor *moe, mx_error *err);
+/* The checks mx_model_run_layers makes on its arguments (layer range, contiguous spans). */
+int mx_batch_check(const mx_model *m, int l0, int l1, const mx_batch *b, const mx_tensor *h, mx_error *err);
+
+/* One layer in two halves around its MoE, for callers that overlap a batch's expert calls
+ * with another batch's attention (attention-svc). layer_begin: RMSNorm, attention, residual,
+ * RMSNorm, route; fills in (views into ws, valid until ws's next layer_begin) with x2, the
+ * top-k ids/weights and a zeroed out. The caller runs the MoE into in->out, then
+ * layer_end adds the MoE residual into h. Does the per-layer checks of run_layers, not
+ * mx_batch_check's. */
+typedef struct mx_moe_input {
+    mx_tensor x2, out;
+    int32_t *ids;
+    float *weights;
+    int k;
+} mx_moe_input;
+int mx_model_layer_begin(mx_model *m, mx_workspace *ws, int layer, const mx_batch *b, mx_tensor *h,
+                         mx_moe_input *in, mx_error *err);
+int mx_model_layer_end(mx_model *m, int layer, mx_tensor *h, const mx_moe_input *in, mx_error *err);
 
 /* Final norm + lm_head on `rows` rows of h given by row indices; logits to host [n, vocab]. */
 int mx_model_head(mx_model *m, const mx_tensor *h, const int32_t *rows, int n, float *logits, mx_error *err);
+int mx_model_head_ws(mx_model *m, mx_workspace *ws, const mx_tensor *h, const int32_t *rows, int n, float *logits,
+                     mx_error *err);
 
 /* The whole model on a batch: embed, every layer, head on the last token of every span.
  * tokens: [b->n_tokens]; logits: host [n_seqs, vocab]. Advances the sequences. */
@@ -86,7 +125,8 @@ int mx_model_forward(mx_model *m, const mx_batch *b, const int32_t *tokens, floa
 int mx_moe_route(mx_model *m, int layer, const mx_tensor *x2, int32_t *ids, float *weights, mx_error *err);
 
 /* One expert's SwiGLU on a group of rows: y[n, hidden] = w2 . (silu(w1 . x) * (w3 . x)).
- * scratch: two [n, intermediate] tensors supplied by the caller (or NULL to allocate). */
+ * Allocates its two [n, intermediate] halves per call (expert-svc); the model's own MoE
+ * uses a workspace's. */
 int mx_expert_forward(mx_backend *be, const mx_expert_weights *ew, const mx_tensor *x, mx_tensor *y,
                       mx_error *err);
 
@@ -97,6 +137,9 @@ const mx_expert_weights *mx_model_expert(const mx_model *m, int layer, int exper
  * combines into out (out += w * y). Fails with MX_ENOTFOUND if an expert is not loaded. */
 int mx_moe_local(mx_model *m, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
                  int k, mx_tensor *out, mx_error *err);
+/* The same with ws's expert buffers (x2 may be ws's own layer view; no growth here). */
+int mx_moe_local_ws(mx_model *m, mx_workspace *ws, int layer, const mx_tensor *x2, const int32_t *ids,
+                    const float *weights, int k, mx_tensor *out, mx_error *err);
 
 /* fp32 decay rate s_h of a lightning layer (spec 3.3): slope_h * (1 - l/(L-1) + 1e-5). */
 void mx_lightning_decay(int heads, int layer, int num_layers, float *decay);

@@ -35,10 +35,10 @@ static void shared_release(void *ctx)
         free(b);
 }
 
-static mx_rpc_payload shared_payload(shared_bytes *b)
+static mx_rpc_payload shared_payload(shared_bytes *b, size_t len)
 {
     atomic_fetch_add(&b->refs, 1);
-    mx_rpc_payload p = {b->data, b->len, shared_release, b};
+    mx_rpc_payload p = {b->data, len, shared_release, b};
     return p;
 }
 
@@ -48,7 +48,8 @@ typedef struct shard_job {
     int n_rows;
     int n_groups;
     int replica;          /* replica of the latest attempt (of the answer, once done) */
-    shared_bytes *req;
+    shared_bytes *req;    /* the dispatcher's buffer for this shard */
+    size_t req_len;       /* packed bytes in it */
     /* attempts */
     uint64_t tried;       /* bit i: replica i got a copy */
     int active;           /* copies in flight */
@@ -63,49 +64,126 @@ typedef struct shard_job {
     const uint8_t *y;     /* resp rows, [n_rows, hidden] f32 */
 } shard_job;
 
-/* Per-run scratch: grouping of the T*k slots. */
+/* Per-run grouping of the T*k slots; the arrays belong to the dispatcher and are reused. */
 typedef struct plan {
     int T, k, E;
     int *count;           /* [E] slots routed to each expert */
     int *start;           /* [E] first row of expert e inside its shard's request */
     int *job_of;          /* [n_shards] job index or -1 */
     int *shard_of;        /* [E] the holder expert e's group goes to in this run, or -1 */
+    int *fill;            /* [E] */
     int *slot_row;        /* [T*k] row of the slot inside its shard's request */
     shard_job *jobs;
     int n_jobs;
 } plan;
 
-static void plan_free(plan *p)
+/* One copy of a job's request in flight. */
+typedef struct attempt {
+    int job, replica, id;
+    double t0;
+    bool hedge;
+    bool live;            /* in flight: its call-set id is its own (ids are reused after) */
+} attempt;
+
+typedef struct fanout {
+    mx_router *r;
+    plan *p;
+    mx_rpc_callset *cs;
+    attempt *att;         /* [cap] */
+    int n_att, cap;
+    double end_ms;        /* the whole step's budget on every shard: expert_timeout_ms */
+    ProtobufCAllocator *pa; /* the dispatcher's arena, for the answers */
+} fanout;
+
+/* A bump allocator for unpacked responses: reset per run, grown after a run that
+ * overflowed it (then the overflow came from malloc and goes back with free). */
+typedef struct arena {
+    uint8_t *base;
+    size_t cap, used, need;
+} arena;
+
+static void *arena_alloc(void *ctx, size_t n)
 {
-    for (int j = 0; j < p->n_jobs; j++) {
-        if (p->jobs[j].req)
-            shared_release(p->jobs[j].req);
-        if (p->jobs[j].resp)
-            protobuf_c_message_free_unpacked(&p->jobs[j].resp->base, NULL);
+    arena *a = ctx;
+    size_t take = (n + 15) / 16 * 16;
+    a->need += take;
+    if (a->base && a->used + take <= a->cap) {
+        void *p = a->base + a->used;
+        a->used += take;
+        return p;
     }
-    free(p->count);
-    free(p->start);
-    free(p->job_of);
-    free(p->shard_of);
-    free(p->slot_row);
-    free(p->jobs);
+    return malloc(n);
 }
 
-/* The holder of pair `at` for this run: one holder is the common case; among several, the
- * fewest rows per replica, counting rows in flight (other threads' calls) and rows this run
- * already gave the shard; ties go to the lower shard index. */
-static int pick_holder(mx_router *r, const plan *p, size_t at)
+static void arena_free(void *ctx, void *p)
+{
+    arena *a = ctx;
+    if (p && !(a->base && (uint8_t *)p >= a->base && (uint8_t *)p < a->base + a->cap))
+        free(p);
+}
+
+#define REQ_BUFS 4
+
+/* Everything one MoE step over the network needs, kept between steps so that a step in
+ * steady state allocates nothing of its own: one call set (one completion queue) reused,
+ * the grouping arrays, one request buffer per shard (the rows are gathered straight into
+ * it), an arena for the responses. One step at a time; started by mx_router_dispatch_start,
+ * ended by mx_router_dispatch_finish. */
+struct mx_router_dispatcher {
+    mx_router *r;
+    int max_tokens;       /* buffers are sized for steps of this many tokens */
+    mx_rpc_callset *cs;
+    int cs_cap;
+    struct attempt *att;
+    int att_cap;
+    int *count, *start, *job_of, *shard_of, *fill, *slot_row;
+    int slot_cap;
+    shard_job *jobs;
+    Mx__Internal__V1__ExpertGroup *groups;
+    Mx__Internal__V1__ExpertGroup **gp;
+    shared_bytes **req;   /* [REQ_BUFS * n_shards]: the dispatcher holds one reference to each */
+    arena ar;
+    ProtobufCAllocator pa;
+    /* the step in flight */
+    bool pending;
+    plan p;
+    fanout f;
+    int layer, k, left;
+    const int32_t *ids;
+    const float *weights;
+    mx_tensor *out;
+};
+
+static void plan_reset(mx_router_dispatcher *d, plan *p)
+{
+    for (int j = 0; j < p->n_jobs; j++) {
+        if (p->jobs[j].resp)
+            protobuf_c_message_free_unpacked(&p->jobs[j].resp->base, &d->pa);
+        p->jobs[j].resp = NULL;
+    }
+    p->n_jobs = 0;
+    if (d->ar.need > d->ar.cap) { /* an overflowing run: room for it next time */
+        uint8_t *grown = malloc(d->ar.need);
+        if (grown) {
+            free(d->ar.base);
+            d->ar.base = grown;
+            d->ar.cap = d->ar.need;
+        }
+    }
+    d->ar.used = d->ar.need = 0;
+}
+
+/* The holder of pair `at` (held by several shards) for this run: the fewest rows per replica,
+ * counting rows in flight (other threads' calls) and planned[s], the rows this run already
+ * gave shard s; ties go to the lower shard index. */
+static int pick_holder(mx_router *r, const int *planned, size_t at)
 {
     int b = r->hold_off[at], n = r->hold_off[at + 1] - b;
-    if (n <= 1)
-        return n ? r->hold[b] : -1;
     int best = -1;
     long long best_rows = 0, best_reps = 1;
     for (int i = 0; i < n; i++) {
         int s = r->hold[b + i];
-        long long rows = atomic_load_explicit(&r->shards[s].rows_in_flight, memory_order_relaxed);
-        if (p->job_of[s] >= 0)
-            rows += p->jobs[p->job_of[s]].n_rows;
+        long long rows = atomic_load_explicit(&r->shards[s].rows_in_flight, memory_order_relaxed) + planned[s];
         long long reps = r->shards[s].n_replicas;
         if (best < 0 || rows * best_reps < best_rows * reps) {
             best = s;
@@ -118,36 +196,73 @@ static int pick_holder(mx_router *r, const plan *p, size_t at)
 
 /* Groups slots by expert (experts ascending, slots in flat order inside an expert) and
  * assigns each used expert's rows to its shard's request. */
-static int plan_build(mx_router *r, int layer, const int32_t *ids, plan *p, mx_error *err)
+static int plan_build(mx_router_dispatcher *d, int layer, const int32_t *ids, plan *p, mx_error *err)
 {
+    mx_router *r = d->r;
     int S = p->T * p->k, E = p->E;
-    p->count = calloc((size_t)E, sizeof *p->count);
-    p->start = calloc((size_t)E, sizeof *p->start);
-    p->job_of = malloc((size_t)r->n_shards * sizeof *p->job_of);
-    p->shard_of = malloc((size_t)E * sizeof *p->shard_of);
-    p->slot_row = malloc((size_t)S * sizeof *p->slot_row);
-    p->jobs = calloc((size_t)r->n_shards, sizeof *p->jobs);
-    if (!p->count || !p->start || !p->job_of || !p->shard_of || !p->slot_row || !p->jobs)
-        return mx_fail(err, MX_ENOMEM, "router: out of memory grouping %d tokens", p->T);
+    if (S > d->slot_cap) {
+        int cap = d->slot_cap ? d->slot_cap : 64;
+        while (cap < S)
+            cap *= 2;
+        int *grown = realloc(d->slot_row, (size_t)cap * sizeof *grown);
+        if (!grown)
+            return mx_fail(err, MX_ENOMEM, "router: out of memory grouping %d tokens", p->T);
+        d->slot_row = grown;
+        d->slot_cap = cap;
+    }
+    p->count = d->count;
+    p->start = d->start;
+    p->job_of = d->job_of;
+    p->shard_of = d->shard_of;
+    p->fill = d->fill;
+    p->slot_row = d->slot_row;
+    p->jobs = d->jobs;
+    p->n_jobs = 0;
+    memset(p->count, 0, (size_t)E * sizeof *p->count);
+    memset(p->start, 0, (size_t)E * sizeof *p->start);
+    memset(p->fill, 0, (size_t)E * sizeof *p->fill);
+    memset(p->jobs, 0, (size_t)r->n_shards * sizeof *p->jobs);
     for (int i = 0; i < S; i++) {
         if (ids[i] < 0 || ids[i] >= E)
             return mx_fail(err, MX_EINVAL, "router: layer %d token %d slot %d: expert id %d out of range [0, %d)",
                            layer, i / p->k, i % p->k, ids[i], E);
         p->count[ids[i]]++;
     }
+    /* Holders first, job_of counting each shard's planned rows meanwhile: experts with one
+     * holder, then those held by several shards, most rows first, each to its least-loaded
+     * holder (pick_holder). Requests list experts ascending, so rows are laid out after. */
     for (int s = 0; s < r->n_shards; s++)
-        p->job_of[s] = -1;
+        p->job_of[s] = 0;
     for (int e = 0; e < E; e++) {
         p->shard_of[e] = -1;
         if (!p->count[e])
             continue;
         /* load accounting: relaxed atomics, no lock (readers only want a snapshot) */
-        atomic_fetch_add_explicit(&r->expert_tokens[(size_t)layer * E + e], (unsigned long long)p->count[e],
-                                  memory_order_relaxed);
-        int s = pick_holder(r, p, (size_t)layer * E + e);
-        if (s < 0)
+        size_t at = (size_t)layer * E + e;
+        atomic_fetch_add_explicit(&r->expert_tokens[at], (unsigned long long)p->count[e], memory_order_relaxed);
+        if (r->hold_off[at + 1] == r->hold_off[at])
             return mx_fail(err, MX_ENOTFOUND, "router: no expert shard owns layer %d expert %d", layer, e);
-        p->shard_of[e] = s;
+        if (r->hold_off[at + 1] - r->hold_off[at] == 1) {
+            p->shard_of[e] = r->hold[r->hold_off[at]];
+            p->job_of[p->shard_of[e]] += p->count[e];
+        }
+    }
+    for (;;) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (p->count[e] && p->shard_of[e] < 0 && (best < 0 || p->count[e] > p->count[best]))
+                best = e;
+        if (best < 0)
+            break;
+        p->shard_of[best] = pick_holder(r, p->job_of, (size_t)layer * E + best);
+        p->job_of[p->shard_of[best]] += p->count[best];
+    }
+    for (int s = 0; s < r->n_shards; s++)
+        p->job_of[s] = -1;
+    for (int e = 0; e < E; e++) {
+        if (!p->count[e])
+            continue;
+        int s = p->shard_of[e];
         if (p->job_of[s] < 0) {
             p->job_of[s] = p->n_jobs;
             p->jobs[p->n_jobs++].shard = s;
@@ -157,67 +272,93 @@ static int plan_build(mx_router *r, int layer, const int32_t *ids, plan *p, mx_e
         j->n_rows += p->count[e];
         j->n_groups++;
     }
-    int *fill = calloc((size_t)E, sizeof *fill);
-    if (!fill)
-        return mx_fail(err, MX_ENOMEM, "router: out of memory grouping tokens");
     for (int i = 0; i < S; i++)
-        p->slot_row[i] = p->start[ids[i]] + fill[ids[i]]++;
-    free(fill);
+        p->slot_row[i] = p->start[ids[i]] + p->fill[ids[i]]++;
     return 0;
 }
 
-/* Packs one shard's request: its experts ascending, each with its rows copied from x. */
-static int pack_request(mx_router *r, int layer, const float *x, const int32_t *ids, plan *p, shard_job *job,
-                        mx_error *err)
+/* Packs into a request buffer whose tail already holds the rows: protobuf-c hands the
+ * hidden tensor's bytes to append() as a pointer to that tail, which is then skipped. */
+typedef struct tail_packer {
+    ProtobufCBuffer base;
+    uint8_t *dst;
+    size_t pos;
+    const uint8_t *rows;
+} tail_packer;
+
+static void tail_append(ProtobufCBuffer *b, size_t len, const uint8_t *data)
 {
-    size_t row_bytes = (size_t)r->hidden * sizeof(float);
-    uint8_t *rows = malloc((size_t)(job->n_rows ? job->n_rows : 1) * row_bytes);
-    Mx__Internal__V1__ExpertGroup *groups = calloc((size_t)job->n_groups, sizeof *groups);
-    Mx__Internal__V1__ExpertGroup **gp = calloc((size_t)job->n_groups, sizeof *gp);
-    int rc = 0;
-    if (!rows || !groups || !gp) {
-        rc = mx_fail(err, MX_ENOMEM, "router: out of memory packing a request for shard %d", job->shard);
-        goto done;
-    }
+    tail_packer *t = (tail_packer *)b;
+    if (data != t->dst + t->pos)
+        memmove(t->dst + t->pos, data, len); /* (the rows, when not already in place) */
+    t->pos += len;
+}
+
+/* Packs one shard's request: its experts ascending, each with its rows gathered from x
+ * straight into the request buffer (no intermediate copy). The buffer is the dispatcher's,
+ * reused when gRPC has let go of the previous request's bytes. */
+static int pack_request(mx_router_dispatcher *d, int layer, const float *x, const int32_t *ids, plan *p,
+                        shard_job *job, mx_error *err)
+{
+    mx_router *r = d->r;
+    size_t row_bytes = (size_t)r->hidden * sizeof(float), data_len = (size_t)job->n_rows * row_bytes;
     int g = 0;
     for (int e = 0; e < p->E; e++) {
         if (!p->count[e] || p->shard_of[e] != job->shard)
             continue;
         Mx__Internal__V1__ExpertGroup init = MX__INTERNAL__V1__EXPERT_GROUP__INIT;
-        groups[g] = init;
-        groups[g].expert_id = (uint32_t)e;
-        groups[g].num_rows = (uint32_t)p->count[e];
-        gp[g] = &groups[g];
+        d->groups[g] = init;
+        d->groups[g].expert_id = (uint32_t)e;
+        d->groups[g].num_rows = (uint32_t)p->count[e];
+        d->gp[g] = &d->groups[g];
         g++;
     }
-    for (int i = 0; i < p->T * p->k; i++)
-        if (p->shard_of[ids[i]] == job->shard)
-            memcpy(rows + (size_t)p->slot_row[i] * row_bytes, x + (size_t)(i / p->k) * r->hidden, row_bytes);
-
     Mx__Internal__V1__Tensor t = MX__INTERNAL__V1__TENSOR__INIT;
     t.dtype = MX__INTERNAL__V1__DTYPE__DTYPE_F32;
     t.rows = (uint32_t)job->n_rows;
     t.cols = (uint32_t)r->hidden;
-    t.data.data = rows;
-    t.data.len = (size_t)job->n_rows * row_bytes;
+    t.data.len = data_len;
     Mx__Internal__V1__RunExpertsRequest req = MX__INTERNAL__V1__RUN_EXPERTS_REQUEST__INIT;
     req.layer = (uint32_t)layer;
     req.n_groups = (size_t)job->n_groups;
-    req.groups = gp;
+    req.groups = d->gp;
     req.hidden = &t;
     size_t len = protobuf_c_message_get_packed_size(&req.base);
-    job->req = malloc(sizeof *job->req + len);
-    if (!job->req) {
-        rc = mx_fail(err, MX_ENOMEM, "router: out of memory packing a request for shard %d", job->shard);
-        goto done;
+    /* a few per shard: gRPC lets go of a request's slice a little after the answer came */
+    shared_bytes **slot = &d->req[REQ_BUFS * job->shard];
+    for (int i = 0; i < REQ_BUFS; i++)
+        if (!slot[i] || (atomic_load(&slot[i]->refs) == 1 && slot[i]->len >= len)) {
+            slot += i;
+            break;
+        }
+    shared_bytes *b = *slot;
+    /* still referenced by a slice gRPC has not released, or too small: a new one */
+    if (!b || atomic_load(&b->refs) != 1 || b->len < len) {
+        /* room for every slot of a max_tokens step, so decode steps never grow it */
+        size_t cap = (size_t)d->max_tokens * (size_t)p->k * row_bytes + 4096 + 16 * (size_t)p->E;
+        cap = cap > len ? cap : len;
+        shared_bytes *fresh = malloc(sizeof *fresh + cap);
+        if (!fresh)
+            return mx_fail(err, MX_ENOMEM, "router: out of memory packing a request for shard %d", job->shard);
+        atomic_init(&fresh->refs, 1);
+        fresh->len = cap;
+        if (b)
+            shared_release(b);
+        *slot = b = fresh;
     }
-    atomic_init(&job->req->refs, 1);
-    job->req->len = protobuf_c_message_pack(&req.base, job->req->data);
-done:
-    free(rows);
-    free(groups);
-    free(gp);
-    return rc;
+    /* the hidden tensor's bytes are the last field of the last field: the buffer's tail */
+    uint8_t *rows = b->data + len - data_len;
+    for (int i = 0; i < p->T * p->k; i++)
+        if (p->shard_of[ids[i]] == job->shard)
+            memcpy(rows + (size_t)p->slot_row[i] * row_bytes, x + (size_t)(i / p->k) * r->hidden, row_bytes);
+    t.data.data = rows;
+    tail_packer tp = {{tail_append}, b->data, 0, rows};
+    protobuf_c_message_pack_to_buffer(&req.base, &tp.base);
+    if (tp.pos != len)
+        return mx_fail(err, MX_EINTERNAL, "router: packed %zu bytes of a %zu-byte request", tp.pos, len);
+    job->req = b;
+    job->req_len = len;
+    return 0;
 }
 
 static const char *replica_address(mx_router *r, const shard_job *job)
@@ -231,9 +372,10 @@ static const char *replica_address_of(mx_router *r, int shard, int replica)
 }
 
 /* Checks a response's shape and keeps a pointer to its rows. */
-static int take_response(mx_router *r, shard_job *job, const mx_rpc_bytes *bytes, mx_error *err)
+static int take_response(mx_router *r, ProtobufCAllocator *pa, shard_job *job, const mx_rpc_bytes *bytes,
+                         mx_error *err)
 {
-    job->resp = mx__internal__v1__run_experts_response__unpack(NULL, bytes->len, bytes->data);
+    job->resp = mx__internal__v1__run_experts_response__unpack(pa, bytes->len, bytes->data);
     const char *who = replica_address(r, job);
     if (!job->resp)
         return mx_fail(err, MX_EINTERNAL, "expert shard %d (%s): malformed RunExpertsResponse (%zu bytes)",
@@ -258,23 +400,6 @@ static bool retryable(grpc_status_code c)
            c == GRPC_STATUS_DEADLINE_EXCEEDED;
 }
 
-/* One copy of a job's request in flight. */
-typedef struct attempt {
-    int job, replica, id;
-    double t0;
-    bool hedge;
-    bool live;            /* in flight: its call-set id is its own (ids are reused after) */
-} attempt;
-
-typedef struct fanout {
-    mx_router *r;
-    plan *p;
-    mx_rpc_callset *cs;
-    attempt *att;         /* [cap] */
-    int n_att, cap;
-    double end_ms;        /* the whole step's budget on every shard: expert_timeout_ms */
-} fanout;
-
 /* Sends job j to another replica (not yet tried). Returns 1 when a copy went out, 0 when no
  * replica is left or the budget is spent, or a negative mx_code. */
 static int start_attempt(fanout *f, int j, bool hedge, mx_error *err)
@@ -294,7 +419,7 @@ static int start_attempt(fanout *f, int j, bool hedge, mx_error *err)
     atomic_fetch_add(&sh->rows_in_flight, job->n_rows);
     /* the hard deadline is the step's budget: a slow copy is not thrown away at its own
      * deadline, it races the next copy */
-    int id = mx_rpc_callset_start(f->cs, sh->replicas[rep].channel, MX_EXPERT_RUN_METHOD, shared_payload(job->req),
+    int id = mx_rpc_callset_start(f->cs, sh->replicas[rep].channel, MX_EXPERT_RUN_METHOD, shared_payload(job->req, job->req_len),
                                   (int64_t)left, a, err);
     if (id < 0) {
         atomic_fetch_sub(&sh->replicas[rep].in_flight, 1);
@@ -393,7 +518,7 @@ static int on_result(fanout *f, attempt *a, mx_rpc_result *res, int *left, mx_er
         return 0;
     if (st->code == GRPC_STATUS_OK) {
         job->replica = a->replica;
-        MX_TRY(take_response(r, job, &res->response, err));
+        MX_TRY(take_response(r, f->pa, job, &res->response, err));
         /* keep the response's bytes: job->resp points into its own unpacked copy */
         router_record_ok(r, sh, a->replica, job->n_rows, mx_now_ms() - a->t0);
         job->done = true;
@@ -417,28 +542,77 @@ static int on_result(fanout *f, attempt *a, mx_rpc_result *res, int *left, mx_er
     return rc == 1 ? 0 : job_failed(f, job, err);
 }
 
-static int call_shards(mx_router *r, plan *p, mx_error *err)
+/* Cancels the copies still in flight and waits for them to come back. */
+static void drain_calls(fanout *f)
 {
-    fanout f = {.r = r, .p = p, .end_ms = mx_now_ms() + (double)r->cfg.expert_timeout_ms};
+    mx_router *r = f->r;
+    plan *p = f->p;
+    for (int i = 0; i < f->n_att; i++)
+        if (f->att[i].live)
+            mx_rpc_callset_cancel(f->cs, f->att[i].id);
+    int id;
+    void *user;
+    mx_rpc_result res;
+    while (mx_rpc_callset_next(f->cs, -1, &id, &user, &res)) {
+        attempt *a = user;
+        a->live = false;
+        atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].replicas[a->replica].in_flight, 1);
+        atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].rows_in_flight, p->jobs[a->job].n_rows);
+        mx_rpc_result_free(&res);
+    }
+}
+
+/* Sends every job's first copy. The call set and the attempt slots are the dispatcher's,
+ * grown (between steps, nothing in flight) when replicas were added. */
+static int calls_start(mx_router_dispatcher *d, fanout *f, mx_error *err)
+{
+    mx_router *r = d->r;
+    plan *p = &d->p;
+    *f = (fanout){.r = r, .p = p, .end_ms = mx_now_ms() + (double)r->cfg.expert_timeout_ms, .pa = &d->pa};
     for (int j = 0; j < p->n_jobs; j++)
-        f.cap += r->shards[p->jobs[j].shard].n_replicas;
-    f.att = calloc((size_t)f.cap, sizeof *f.att);
-    int rc = f.att ? mx_rpc_callset_create(f.cap, &f.cs, err)
-                   : mx_fail(err, MX_ENOMEM, "router: out of memory starting %d calls", p->n_jobs);
-    int left = p->n_jobs;
+        f->cap += r->shards[p->jobs[j].shard].n_replicas;
+    if (f->cap > d->att_cap) {
+        attempt *grown = realloc(d->att, (size_t)f->cap * sizeof *grown);
+        if (!grown)
+            return mx_fail(err, MX_ENOMEM, "router: out of memory starting %d calls", p->n_jobs);
+        d->att = grown;
+        d->att_cap = f->cap;
+    }
+    if (f->cap > d->cs_cap) {
+        mx_rpc_callset_destroy(d->cs);
+        d->cs = NULL;
+        d->cs_cap = 0;
+        MX_TRY(mx_rpc_callset_create(f->cap, &d->cs, err));
+        mx_rpc_callset_borrow_responses(d->cs); /* each answer is unpacked at once */
+        d->cs_cap = f->cap;
+    }
+    f->att = d->att;
+    f->cs = d->cs;
+    d->left = p->n_jobs;
+    int rc = 0;
     for (int j = 0; j < p->n_jobs && !rc; j++) {
         p->jobs[j].soft_at = p->jobs[j].hedge_at = INFINITY;
         p->jobs[j].last_code = GRPC_STATUS_UNAVAILABLE;
         snprintf(p->jobs[j].last_msg, sizeof p->jobs[j].last_msg, "no replica could be tried");
-        int s = start_attempt(&f, j, false, err);
-        if (s == 0)
-            rc = job_failed(&f, &p->jobs[j], err);
-        else if (s < 0)
-            rc = s;
+        int st = start_attempt(f, j, false, err);
+        if (st == 0)
+            rc = job_failed(f, &p->jobs[j], err);
+        else if (st < 0)
+            rc = st;
     }
-    while (!rc && left > 0) {
+    if (rc)
+        drain_calls(f);
+    return rc;
+}
+
+/* Reaps answers (retrying, hedging, cancelling twins) until every job is done or failed. */
+static int calls_finish(mx_router_dispatcher *d, fanout *f, mx_error *err)
+{
+    plan *p = f->p;
+    int rc = 0;
+    while (!rc && d->left > 0) {
         double next;
-        rc = on_timers(&f, &next, err);
+        rc = on_timers(f, &next, err);
         if (rc)
             break;
         double wait = next - mx_now_ms();
@@ -446,36 +620,20 @@ static int call_shards(mx_router *r, plan *p, mx_error *err)
         void *user;
         mx_rpc_result res;
         /* past the budget every copy has its gRPC deadline, so the next wait ends it */
-        if (!mx_rpc_callset_next(f.cs, wait > 0 ? (int64_t)wait + 1 : (mx_rpc_callset_in_flight(f.cs) ? 1 : 0), &id,
+        if (!mx_rpc_callset_next(f->cs, wait > 0 ? (int64_t)wait + 1 : (mx_rpc_callset_in_flight(f->cs) ? 1 : 0), &id,
                                  &user, &res)) {
-            if (!mx_rpc_callset_in_flight(f.cs)) { /* nothing in flight and nothing to start */
+            if (!mx_rpc_callset_in_flight(f->cs)) { /* nothing in flight and nothing to start */
                 for (int j = 0; j < p->n_jobs && !rc; j++)
                     if (!p->jobs[j].done)
-                        rc = job_failed(&f, &p->jobs[j], err);
+                        rc = job_failed(f, &p->jobs[j], err);
             }
             continue;
         }
-        rc = on_result(&f, user, &res, &left, err);
+        rc = on_result(f, user, &res, &d->left, err);
         mx_rpc_result_free(&res);
     }
     /* a failed step leaves copies in flight: cancel them and wait for them to come back */
-    if (f.cs) {
-        for (int i = 0; i < f.n_att; i++)
-            if (f.att[i].live)
-                mx_rpc_callset_cancel(f.cs, f.att[i].id);
-        int id;
-        void *user;
-        mx_rpc_result res;
-        while (mx_rpc_callset_next(f.cs, -1, &id, &user, &res)) {
-            attempt *a = user;
-            a->live = false;
-            atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].replicas[a->replica].in_flight, 1);
-            atomic_fetch_sub(&r->shards[p->jobs[a->job].shard].rows_in_flight, p->jobs[a->job].n_rows);
-            mx_rpc_result_free(&res);
-        }
-    }
-    mx_rpc_callset_destroy(f.cs);
-    free(f.att);
+    drain_calls(f);
     return rc;
 }
 
@@ -516,8 +674,7 @@ static int host_rows(mx_router *r, const mx_tensor *t, float **host, bool *owned
     return r->be->to_host_f32(r->be, *host, t, err);
 }
 
-static int run(mx_router *r, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
-               mx_tensor *out, mx_error *err)
+static int check_args(mx_router *r, int layer, const mx_tensor *x2, int k, const mx_tensor *out, mx_error *err)
 {
     if (layer < 0 || layer >= r->num_layers)
         return mx_fail(err, MX_EINVAL, "router: layer %d out of range [0, %d)", layer, r->num_layers);
@@ -526,41 +683,163 @@ static int run(mx_router *r, int layer, const mx_tensor *x2, const int32_t *ids,
         return mx_fail(err, MX_EINVAL, "router: layer %d: x2/out must be [T, %d]", layer, r->hidden);
     if (k <= 0 || k > r->num_experts)
         return mx_fail(err, MX_EINVAL, "router: layer %d: top-k %d out of range [1, %d]", layer, k, r->num_experts);
-    if (x2->shape[0] == 0)
-        return 0;
     if (x2->shape[0] > (1 << 24))
         return mx_fail(err, MX_ERANGE, "router: layer %d: %lld tokens is too many for one call", layer,
                        (long long)x2->shape[0]);
-    plan p = {.T = (int)x2->shape[0], .k = k, .E = r->num_experts};
-    float *x = NULL, *o = NULL;
-    bool x_owned = false, o_owned = false;
-    int rc = plan_build(r, layer, ids, &p, err);
+    return 0;
+}
+
+int mx_router_dispatcher_create(mx_router *r, int max_tokens, mx_router_dispatcher **out, mx_error *err)
+{
+    *out = NULL;
+    mx_router_dispatcher *d = calloc(1, sizeof *d);
+    if (!d)
+        return mx_fail(err, MX_ENOMEM, "router: out of memory for a dispatcher");
+    d->r = r;
+    d->max_tokens = max_tokens > 0 ? max_tokens : 1;
+    int E = r->num_experts, S = r->n_shards;
+    d->count = calloc((size_t)E, sizeof *d->count);
+    d->start = calloc((size_t)E, sizeof *d->start);
+    d->shard_of = calloc((size_t)E, sizeof *d->shard_of);
+    d->fill = calloc((size_t)E, sizeof *d->fill);
+    d->job_of = calloc((size_t)S, sizeof *d->job_of);
+    d->jobs = calloc((size_t)S, sizeof *d->jobs);
+    d->groups = calloc((size_t)E, sizeof *d->groups);
+    d->gp = calloc((size_t)E, sizeof *d->gp);
+    d->req = calloc((size_t)S * REQ_BUFS, sizeof *d->req);
+    d->pa = (ProtobufCAllocator){arena_alloc, arena_free, &d->ar};
+    /* the answers of a max_tokens top-2 step: every slot's row once, plus the messages around
+     * them (a larger step overflows into malloc once, and the arena grows after it) */
+    d->ar.cap = (size_t)d->max_tokens * 2 * (size_t)r->hidden * sizeof(float) + 4096 * (size_t)(S + 1);
+    d->ar.base = malloc(d->ar.cap);
+    if (!d->ar.base)
+        d->ar.cap = 0;
+    if (!d->count || !d->start || !d->shard_of || !d->fill || !d->job_of || !d->jobs || !d->groups || !d->gp ||
+        !d->req) {
+        mx_router_dispatcher_free(d);
+        return mx_fail(err, MX_ENOMEM, "router: out of memory for a dispatcher");
+    }
+    *out = d;
+    return 0;
+}
+
+void mx_router_dispatcher_free(mx_router_dispatcher *d)
+{
+    if (!d)
+        return;
+    if (d->pending) { /* a started step nobody finished: its calls are waited for */
+        drain_calls(&d->f);
+        plan_reset(d, &d->p);
+    }
+    mx_rpc_callset_destroy(d->cs);
+    for (int s = 0; d->req && s < REQ_BUFS * d->r->n_shards; s++)
+        if (d->req[s])
+            shared_release(d->req[s]);
+    free(d->req);
+    free(d->count);
+    free(d->start);
+    free(d->shard_of);
+    free(d->fill);
+    free(d->job_of);
+    free(d->jobs);
+    free(d->groups);
+    free(d->gp);
+    free(d->slot_row);
+    free(d->att);
+    free(d->ar.base);
+    free(d);
+}
+
+int mx_router_dispatch_start(mx_router_dispatcher *d, int layer, const mx_tensor *x2, const int32_t *ids,
+                             const float *weights, int k, mx_tensor *out, mx_error *err)
+{
+    mx_router *r = d->r;
+    if (d->pending)
+        return mx_fail(err, MX_EINVAL, "router: a dispatcher runs one step at a time");
+    int rc = check_args(r, layer, x2, k, out, err);
+    if (rc) {
+        atomic_fetch_add(&r->failures, 1);
+        return rc;
+    }
+    d->p = (plan){.T = (int)x2->shape[0], .k = k, .E = r->num_experts};
+    d->layer = layer;
+    d->k = k;
+    d->ids = ids;
+    d->weights = weights;
+    d->out = out;
+    if (d->p.T == 0) {
+        d->pending = true; /* nothing to send; finish has nothing to combine */
+        return 0;
+    }
+    float *x = NULL;
+    bool x_owned = false;
+    rc = plan_build(d, layer, ids, &d->p, err);
     if (!rc)
         rc = host_rows(r, x2, &x, &x_owned, err);
-    for (int j = 0; j < p.n_jobs && !rc; j++)
-        rc = pack_request(r, layer, x, ids, &p, &p.jobs[j], err);
+    for (int j = 0; j < d->p.n_jobs && !rc; j++)
+        rc = pack_request(d, layer, x, ids, &d->p, &d->p.jobs[j], err);
     if (x_owned)
         free(x);
     if (!rc)
-        rc = call_shards(r, &p, err);
+        rc = calls_start(d, &d->f, err);
+    if (rc) {
+        plan_reset(d, &d->p);
+        atomic_fetch_add(&r->failures, 1);
+        return rc;
+    }
+    d->pending = true;
+    return 0;
+}
+
+int mx_router_dispatch_finish(mx_router_dispatcher *d, mx_error *err)
+{
+    mx_router *r = d->r;
+    if (!d->pending)
+        return mx_fail(err, MX_EINVAL, "router: no step was started");
+    d->pending = false;
+    if (d->p.T == 0)
+        return 0;
+    float *o = NULL;
+    bool o_owned = false;
+    int rc = calls_finish(d, &d->f, err);
     if (!rc)
-        rc = host_rows(r, out, &o, &o_owned, err);
+        rc = host_rows(r, d->out, &o, &o_owned, err);
     if (!rc) {
-        combine(r, &p, ids, weights, o);
+        combine(r, &d->p, d->ids, d->weights, o);
         if (o_owned)
-            rc = r->be->from_host_f32(r->be, out, o, err);
+            rc = r->be->from_host_f32(r->be, d->out, o, err);
     }
     if (o_owned)
         free(o);
-    plan_free(&p);
+    plan_reset(d, &d->p);
+    if (rc)
+        atomic_fetch_add(&r->failures, 1);
     return rc;
+}
+
+static int dispatcher_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
+                          mx_tensor *out, mx_error *err)
+{
+    MX_TRY(mx_router_dispatch_start(ctx, layer, x2, ids, weights, k, out, err));
+    return mx_router_dispatch_finish(ctx, err);
+}
+
+mx_moe_executor mx_router_dispatcher_executor(mx_router_dispatcher *d)
+{
+    mx_moe_executor ex = {dispatcher_run, d};
+    return ex;
 }
 
 int mx_router_run(mx_router *r, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
                   mx_tensor *out, mx_error *err)
 {
-    int rc = run(r, layer, x2, ids, weights, k, out, err);
-    if (rc)
+    mx_router_dispatcher *d;
+    int rc = mx_router_dispatcher_create(r, x2->shape[0] > 0 ? (int)x2->shape[0] : 1, &d, err);
+    if (rc) {
         atomic_fetch_add(&r->failures, 1);
+        return rc;
+    }
+    rc = dispatcher_run(d, layer, x2, ids, weights, k, out, err);
+    mx_router_dispatcher_free(d);
     return rc;
 }

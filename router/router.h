@@ -120,6 +120,24 @@ int mx_router_check_coverage(const mx_router *r, int layer_begin, int layer_end,
 /* The executor to pass to mx_model_run_layers (ctx = r; valid while r lives). */
 mx_moe_executor mx_router_executor(mx_router *r);
 
+/* A dispatcher: what one MoE step over the network needs (a call set with its completion
+ * queue, grouping arrays, per-shard request buffers the rows are gathered into, an arena for
+ * the answers), kept between steps so a step in steady state allocates nothing of its own.
+ * One step at a time per dispatcher, on one thread at a time; a stage that overlaps two
+ * micro-batches holds two. Free it before the router. */
+typedef struct mx_router_dispatcher mx_router_dispatcher;
+/* max_tokens: the step size its buffers are made for (larger steps grow them once). */
+int mx_router_dispatcher_create(mx_router *r, int max_tokens, mx_router_dispatcher **out, mx_error *err);
+void mx_router_dispatcher_free(mx_router_dispatcher *d);
+/* The step in two halves: start groups and sends the calls (x2, ids, weights, out stay the
+ * caller's until finish), finish waits for the answers (retries, hedges) and combines into
+ * out. After a successful start, finish must be called once. */
+int mx_router_dispatch_start(mx_router_dispatcher *d, int layer, const mx_tensor *x2, const int32_t *ids,
+                             const float *weights, int k, mx_tensor *out, mx_error *err);
+int mx_router_dispatch_finish(mx_router_dispatcher *d, mx_error *err);
+/* An executor over d (its run: start, then finish). */
+mx_moe_executor mx_router_dispatcher_executor(mx_router_dispatcher *d);
+
 /* The executor's run function, callable directly: x2 [T, hidden], ids/weights [T*k] on the
  * host, out [T, hidden] zeroed by the caller (out += sum of weighted expert outputs). */
 int mx_router_run(mx_router *r, int layer, const mx_tensor *x2, const int32_t *ids,

@@ -31,6 +31,8 @@ static void cpu_destroy(mx_backend *be)
         mx_threadpool_destroy(impl->pool);
         mx_kv_pool_destroy(impl->kv_pool);
         mx_block_cache_destroy(&impl->buffers);
+        pthread_mutex_destroy(&impl->route_mu);
+        free(impl->route_logits);
         free(impl);
     }
     free(be);
@@ -259,14 +261,24 @@ static int cpu_moe_route(mx_backend *be, int32_t *ids, float *weights, const mx_
     int64_t T = x->shape[0], E = gate->shape[0];
     if (k < 1 || k > E)
         return mx_fail(err, MX_EINVAL, "moe_route: top-%d of %lld experts", k, (long long)E);
-    mx_tensor logits;
-    int64_t shape[2] = {T, E};
-    int rc = cpu_alloc(be, &logits, MX_DTYPE_F32, 2, shape, err);
-    if (rc)
-        return rc;
-    rc = cpu_matmul(be, &logits, x, gate, err);
+    mx_cpu_impl *impl = be->impl;
+    size_t need = (size_t)T * (size_t)E;
+    pthread_mutex_lock(&impl->route_mu);
+    if (need > impl->route_cap) {
+        /* 64-byte aligned like every activation the GEMM writes */
+        float *grown = aligned_alloc(64, (need * sizeof *grown + 63) / 64 * 64);
+        if (!grown) {
+            pthread_mutex_unlock(&impl->route_mu);
+            return mx_fail(err, MX_ENOMEM, "moe_route: out of memory for %zu logits", need);
+        }
+        free(impl->route_logits);
+        impl->route_logits = grown;
+        impl->route_cap = need;
+    }
+    mx_tensor logits = mx_tensor_2d(impl->route_logits, MX_DTYPE_F32, MX_DEVICE_CPU, T, E);
+    int rc = cpu_matmul(be, &logits, x, gate, err);
     if (rc) {
-        cpu_free(be, &logits);
+        pthread_mutex_unlock(&impl->route_mu);
         return rc;
     }
     for (int64_t t = 0; t < T; t++) {
@@ -298,7 +310,7 @@ static int cpu_moe_route(mx_backend *be, int32_t *ids, float *weights, const mx_
         for (int j = 0; j < k; j++)
             weights[t * k + j] /= total;
     }
-    cpu_free(be, &logits);
+    pthread_mutex_unlock(&impl->route_mu);
     return 0;
 }
 
@@ -347,6 +359,7 @@ int mx_backend_cpu_create(int n_threads, mx_backend **out, mx_error *err)
         free(impl);
         return mx_fail(err, MX_ENOMEM, "out of memory creating the CPU backend");
     }
+    pthread_mutex_init(&impl->route_mu, NULL);
     int rc = mx_threadpool_create(n_threads, &impl->pool, err);
     if (!rc)
         rc = mx_kv_pool_create(&impl->kv_pool, err);

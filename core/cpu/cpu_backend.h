@@ -3,6 +3,8 @@
 #ifndef MX_CPU_BACKEND_H
 #define MX_CPU_BACKEND_H
 
+#include <pthread.h>
+
 #include "../backend.h"
 #include "block_cache.h"
 #include "threadpool.h"
@@ -11,6 +13,11 @@ typedef struct mx_cpu_impl {
     mx_threadpool *pool;
     mx_block_cache buffers; /* activation buffers, reused across layers and calls */
     struct mx_kv_pool *kv_pool; /* KV pages, budget and dtype (kv_pages_cpu.c) */
+    /* the router's [T, experts] logits: kept and grown, so a decode step allocates nothing
+     * (under AddressSanitizer the block cache above keeps nothing) */
+    pthread_mutex_t route_mu;
+    float *route_logits;
+    size_t route_cap;           /* floats */
 } mx_cpu_impl;
 
 static inline mx_threadpool *mx_cpu_pool(mx_backend *be)

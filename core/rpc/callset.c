@@ -3,6 +3,7 @@
 #include "callset.h"
 
 #include <grpc/support/alloc.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,13 +21,63 @@ typedef struct slot {
     grpc_slice details;
     const char *error_string;
     grpc_op ops[6];
+    grpc_slice kept;    /* borrowed responses: the answer's bytes, until the slot is reused */
+    bool has_kept;
+    uint8_t *copy;      /* borrowed responses in several slices: joined here (kept, grown) */
+    size_t copy_cap;
 } slot;
 
 struct mx_rpc_callset {
     grpc_completion_queue *cq;
     int n_slots, in_flight;
+    bool borrowed;      /* mx_rpc_callset_borrow_responses */
     slot *slots;
 };
+
+void mx_rpc_callset_borrow_responses(mx_rpc_callset *cs) { cs->borrowed = true; }
+
+static void drop_kept(slot *p)
+{
+    if (p->has_kept)
+        grpc_slice_unref(p->kept);
+    p->has_kept = false;
+}
+
+/* A single uncompressed slice is handed out in place, kept by the slot (no allocation). */
+static bool borrow_response(slot *p, mx_rpc_bytes *out)
+{
+    grpc_byte_buffer *bb = p->recv;
+    if (bb->type != GRPC_BB_RAW || bb->data.raw.compression != GRPC_COMPRESS_NONE)
+        return false;
+    const grpc_slice_buffer *sb = &bb->data.raw.slice_buffer;
+    if (sb->count != 1) {
+        if (sb->length > p->copy_cap) { /* doubling: a few growths, then none */
+            size_t cap = p->copy_cap ? 2 * p->copy_cap : 65536;
+            while (cap < sb->length)
+                cap *= 2;
+            uint8_t *grown = realloc(p->copy, cap);
+            if (!grown)
+                return false;
+            p->copy = grown;
+            p->copy_cap = cap;
+        }
+        size_t at = 0;
+        for (size_t i = 0; i < sb->count; i++) {
+            memcpy(p->copy + at, GRPC_SLICE_START_PTR(sb->slices[i]), GRPC_SLICE_LENGTH(sb->slices[i]));
+            at += GRPC_SLICE_LENGTH(sb->slices[i]);
+        }
+        out->data = p->copy;
+        out->len = at;
+        out->owner = NULL;
+        return true;
+    }
+    p->kept = grpc_slice_ref(bb->data.raw.slice_buffer.slices[0]);
+    p->has_kept = true;
+    out->data = GRPC_SLICE_START_PTR(p->kept);
+    out->len = GRPC_SLICE_LENGTH(p->kept);
+    out->owner = NULL;
+    return true;
+}
 
 int mx_rpc_callset_create(int max_calls, mx_rpc_callset **out, mx_error *err)
 {
@@ -48,7 +99,7 @@ int mx_rpc_callset_create(int max_calls, mx_rpc_callset **out, mx_error *err)
 }
 
 /* The slot's outcome as a result; releases the slot's gRPC objects. */
-static void finish(slot *p, int ok, mx_rpc_result *res)
+static void finish(slot *p, int ok, bool borrowed, mx_rpc_result *res)
 {
     memset(res, 0, sizeof *res);
     mx_rpc_status_fill(&res->status, ok ? p->code : GRPC_STATUS_INTERNAL, p->details, p->error_string);
@@ -56,7 +107,8 @@ static void finish(slot *p, int ok, mx_rpc_result *res)
         if (!p->recv) {
             res->status.code = GRPC_STATUS_INTERNAL;
             snprintf(res->status.message, sizeof res->status.message, "server returned OK without a response message");
-        } else if (mx_rpc_bytes_from_buffer(p->recv, &res->response) != 0) {
+        } else if (!(borrowed && borrow_response(p, &res->response)) &&
+                   mx_rpc_bytes_from_buffer(p->recv, &res->response) != 0) {
             res->status.code = GRPC_STATUS_INTERNAL;
             snprintf(res->status.message, sizeof res->status.message, "response message could not be read");
         }
@@ -86,7 +138,12 @@ int mx_rpc_callset_start(mx_rpc_callset *cs, mx_rpc_channel *ch, const char *met
         return mx_fail(err, MX_ERANGE, "rpc call set: all %d calls are in flight", cs->n_slots);
     }
     slot *p = &cs->slots[id];
+    drop_kept(p);
+    uint8_t *copy = p->copy;
+    size_t copy_cap = p->copy_cap;
     memset(p, 0, sizeof *p);
+    p->copy = copy;
+    p->copy_cap = copy_cap;
     p->busy = 1;
     p->user = user;
     p->call = mx_rpc_call_create(ch, method, cs->cq, timeout_ms);
@@ -111,7 +168,7 @@ int mx_rpc_callset_start(mx_rpc_callset *cs, mx_rpc_channel *ch, const char *met
     ops[5].data.recv_status_on_client.error_string = &p->error_string;
     if (grpc_call_start_batch(p->call, ops, 6, p, NULL) != GRPC_CALL_OK) {
         mx_rpc_result res;
-        finish(p, 0, &res);
+        finish(p, 0, false, &res);
         mx_rpc_result_free(&res);
         return mx_fail(err, MX_EINTERNAL, "rpc call set: %s on %s could not start", method,
                        mx_rpc_channel_address(ch));
@@ -137,7 +194,7 @@ int mx_rpc_callset_next(mx_rpc_callset *cs, int64_t wait_ms, int *id, void **use
         *id = (int)(p - cs->slots);
         *user = p->user;
         cs->in_flight--;
-        finish(p, ev.success, res);
+        finish(p, ev.success, cs->borrowed, res);
         return 1;
     }
 }
@@ -167,6 +224,10 @@ void mx_rpc_callset_destroy(mx_rpc_callset *cs)
     while (grpc_completion_queue_next(cs->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN) {
     }
     grpc_completion_queue_destroy(cs->cq);
+    for (int i = 0; i < cs->n_slots; i++) {
+        drop_kept(&cs->slots[i]);
+        free(cs->slots[i].copy);
+    }
     free(cs->slots);
     free(cs);
     grpc_shutdown();

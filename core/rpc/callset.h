@@ -27,6 +27,12 @@ int mx_rpc_callset_start(mx_rpc_callset *cs, mx_rpc_channel *ch, const char *met
  * or no call is in flight. */
 int mx_rpc_callset_next(mx_rpc_callset *cs, int64_t wait_ms, int *id, void **user, mx_rpc_result *res);
 
+/* From now on a response comes back in place, without a copy or an allocation when gRPC
+ * holds it in one slice: its bytes then stay valid only until that call's slot takes a new
+ * call (a later _start) or the set is destroyed, and mx_rpc_result_free does nothing for
+ * them. For callers that read each answer before starting more calls (the router). */
+void mx_rpc_callset_borrow_responses(mx_rpc_callset *cs);
+
 /* Cancels call id if it is still in flight; it still comes back from _next (CANCELLED). */
 void mx_rpc_callset_cancel(mx_rpc_callset *cs, int id);
 
