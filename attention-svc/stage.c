@@ -44,6 +44,18 @@ struct stage {
     mx_backend *be;
     mx_model *m;
     mx_router *router;          /* NULL: experts are local */
+    /* Step buffers made at start for max_step_tokens, so a step allocates nothing: ws[0] for
+     * a whole batch (or the first half of an overlapped one), ws[1] for the second half; a
+     * dispatcher per half with remote experts. Under lock. */
+    mx_workspace *ws[2];
+    mx_router_dispatcher *disp[2];
+    bool overlap;               /* two halves, one's attention while the other's experts run */
+    seq_entry **step_entries;   /* per-step arrays, grown (never shrunk) under lock */
+    mx_sequence **step_seqs;
+    mx_span *step_spans;
+    size_t step_cap;            /* sequences they hold */
+    int32_t *step_ids;          /* token ids of a first stage's step */
+    size_t step_ids_cap;
     stage_metrics *metrics;     /* Prometheus (stage_metrics.h) */
     seq_table seqs;
     int softmax_layers;         /* KV-caching layers in [layer_begin, layer_end) */
@@ -75,10 +87,17 @@ typedef struct timed_moe {
     stage *s;
 } timed_moe;
 
+/* Local experts with the step's workspace. */
+typedef struct local_moe_ctx {
+    mx_model *m;
+    mx_workspace *ws;
+} local_moe_ctx;
+
 static int local_moe(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights, int k,
                      mx_tensor *out, mx_error *err)
 {
-    return mx_moe_local(ctx, layer, x2, ids, weights, k, out, err);
+    local_moe_ctx *lc = ctx;
+    return mx_moe_local_ws(lc->m, lc->ws, layer, x2, ids, weights, k, out, err);
 }
 
 static int timed_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *ids, const float *weights,
@@ -157,6 +176,14 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     }
     if (!rc && s->last && !(s->sample_work = malloc((size_t)s->cfg.vocab_size * 2 * sizeof(float))))
         rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    int step_tokens = c->max_step_tokens > 0 ? c->max_step_tokens : 512;
+    int step_seqs = c->max_sequences < step_tokens ? c->max_sequences : step_tokens;
+    s->overlap = c->overlap && s->router;
+    for (int i = 0; i < (s->overlap ? 2 : 1) && !rc; i++) {
+        rc = mx_workspace_create(s->m, step_tokens, step_seqs > 0 ? step_seqs : 1, &s->ws[i], err);
+        if (!rc && s->router)
+            rc = mx_router_dispatcher_create(s->router, step_tokens, &s->disp[i], err);
+    }
     if (rc) {
         stage_destroy(s);
         return rc;
@@ -173,6 +200,15 @@ void stage_destroy(stage *s)
     if (s->seqs.entries)
         seq_table_destroy(&s->seqs);
     stage_metrics_destroy(s->metrics); /* before the router: it unsets the router's observer */
+    for (int i = 0; i < 2; i++) {
+        mx_router_dispatcher_free(s->disp[i]);
+        if (s->m)
+            mx_workspace_free(s->m, s->ws[i]);
+    }
+    free(s->step_entries);
+    free(s->step_seqs);
+    free(s->step_spans);
+    free(s->step_ids);
     mx_router_destroy(s->router);
     mx_model_free(s->m);
     if (s->be)
@@ -627,6 +663,129 @@ static void expire_leases(stage *s)
     }
 }
 
+/* The per-step arrays for n sequences and n_ids token ids (grown under lock, kept). */
+static int step_arrays(stage *s, size_t n, size_t n_ids, mx_error *err)
+{
+    if (n > s->step_cap) {
+        size_t cap = s->step_cap ? s->step_cap : 64;
+        while (cap < n)
+            cap *= 2;
+        seq_entry **e = realloc(s->step_entries, cap * sizeof *e);
+        if (e)
+            s->step_entries = e;
+        mx_sequence **q = realloc(s->step_seqs, cap * sizeof *q);
+        if (q)
+            s->step_seqs = q;
+        mx_span *sp = realloc(s->step_spans, cap * sizeof *sp);
+        if (sp)
+            s->step_spans = sp;
+        if (!e || !q || !sp)
+            return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %zu sequences", n);
+        s->step_cap = cap;
+    }
+    if (n_ids > s->step_ids_cap) {
+        size_t cap = s->step_ids_cap ? s->step_ids_cap : 512;
+        while (cap < n_ids)
+            cap *= 2;
+        int32_t *ids = realloc(s->step_ids, cap * sizeof *ids);
+        if (!ids)
+            return mx_fail(err, MX_ENOMEM, "out of memory for %zu token ids", n_ids);
+        s->step_ids = ids;
+        s->step_ids_cap = cap;
+    }
+    return 0;
+}
+
+/* One half of an overlapped batch: its sequences, its rows of h, its buffers. */
+typedef struct half {
+    mx_batch b;
+    mx_tensor h;
+    mx_workspace *ws;
+    mx_router_dispatcher *d;
+    mx_moe_input in;
+    bool pending;           /* its expert calls are out */
+} half;
+
+/* Attention and routing of layer l, then the expert calls go out. */
+static int half_begin(stage *s, half *x, int l, timed_moe *t, mx_error *err)
+{
+    MX_TRY(mx_model_layer_begin(s->m, x->ws, l, &x->b, &x->h, &x->in, err));
+    if (s->fail_expert_once && l == s->fail_expert_layer) {
+        s->fail_expert_once = false;
+        return mx_fail(err, MX_EUNAVAILABLE, "expert call failed by test_fail_expert_call_once_at_layer");
+    }
+    double t0 = mx_now_ms();
+    int rc = mx_router_dispatch_start(x->d, l, &x->in.x2, x->in.ids, x->in.weights, x->in.k, &x->in.out, err);
+    t->ms += mx_now_ms() - t0;
+    x->pending = rc == 0;
+    return rc;
+}
+
+/* Waits for layer l's experts and adds the MoE residual. */
+static int half_end(stage *s, half *x, int l, timed_moe *t, mx_error *err)
+{
+    double t0 = mx_now_ms();
+    x->pending = false;
+    int rc = mx_router_dispatch_finish(x->d, err);
+    t->ms += mx_now_ms() - t0;
+    return rc ? rc : mx_model_layer_end(s->m, l, &x->h, &x->in, err);
+}
+
+/* Ping-pong over the layers (MegaScale-Infer style): the batch in two halves A and B at a
+ * sequence boundary; A's expert calls are out while B's attention runs, and B's while A's
+ * next layer's attention runs, so neither this stage nor the expert tier waits for the other
+ * more than the imbalance. Each sequence sees the same math as in one batch. */
+static int run_overlapped(stage *s, const mx_batch *b, mx_tensor *h, timed_moe *t, mx_error *err)
+{
+    int na = 1, ta = b->spans[0].len;
+    while (na < b->n_seqs - 1 && 2 * (ta + b->spans[na].len) <= b->n_tokens)
+        ta += b->spans[na++].len;
+    half x[2];
+    memset(x, 0, sizeof x);
+    mx_span *spans_b = mx_workspace_spans(s->ws[1]);
+    for (int i = na; i < b->n_seqs; i++)
+        spans_b[i - na] = (mx_span){b->spans[i].start - ta, b->spans[i].len};
+    x[0].b = (mx_batch){na, b->seqs, b->spans, ta};
+    x[1].b = (mx_batch){b->n_seqs - na, b->seqs + na, spans_b, b->n_tokens - ta};
+    x[0].h = mx_tensor_rows(h, 0, ta);
+    x[1].h = mx_tensor_rows(h, ta, b->n_tokens - ta);
+    for (int i = 0; i < 2; i++) {
+        x[i].ws = s->ws[i];
+        x[i].d = s->disp[i];
+    }
+    int at = s->layer_begin, rc = half_begin(s, &x[0], at, t, err);
+    if (!rc)
+        rc = half_begin(s, &x[1], at, t, err);
+    for (int l = s->layer_begin; l < s->layer_end && !rc; l++)
+        for (int i = 0; i < 2 && !rc; i++) {
+            at = l;
+            rc = half_end(s, &x[i], l, t, err);
+            if (!rc && l + 1 < s->layer_end) {
+                at = l + 1;
+                rc = half_begin(s, &x[i], l + 1, t, err);
+            }
+        }
+    for (int i = 0; i < 2; i++)
+        if (x[i].pending) { /* a failed step: the other half's calls are waited for */
+            mx_error ignored = {0};
+            mx_router_dispatch_finish(x[i].d, &ignored);
+        }
+    if (rc)
+        mx_error_prefix(err, "layer %d", at);
+    return rc;
+}
+
+/* The stage's layers over the batch: overlapped in halves when configured and there are two
+ * sequences or more, else one batch through the executor. */
+static int run_layers(stage *s, const mx_batch *b, mx_tensor *h, const mx_moe_executor *moe, timed_moe *t,
+                      mx_error *err)
+{
+    if (!s->overlap || b->n_seqs < 2)
+        return mx_model_run_layers_ws(s->m, s->ws[0], s->layer_begin, s->layer_end, b, h, moe, err);
+    MX_TRY(mx_batch_check(s->m, s->layer_begin, s->layer_end, b, h, err));
+    return run_overlapped(s, b, h, t, err);
+}
+
 /* Runs the batch through this stage's layers. Packs into *out either the response, or
  * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
 static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
@@ -641,20 +800,20 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         MX_TRY(check_batch(s, rq, &n_tokens, err));
     }
     size_t n = rq->n_sequences;
-    int hidden = s->cfg.hidden_size, rc = 0;
-    seq_entry **entries = calloc(n, sizeof *entries);
-    mx_sequence **seqs = calloc(n, sizeof *seqs);
-    mx_span *spans = calloc(n, sizeof *spans);
-    int32_t *ids = s->first ? malloc(n_tokens * sizeof *ids) : NULL;
+    int hidden = s->cfg.hidden_size, rc = step_arrays(s, n, s->first ? n_tokens : 0, err);
+    seq_entry **entries = s->step_entries;
+    mx_sequence **seqs = s->step_seqs;
+    mx_span *spans = s->step_spans;
+    int32_t *ids = s->step_ids;
     float *host = NULL;
     mx_tensor h = {0};
     Mx__Internal__V1__RunBatchResponse resp = MX__INTERNAL__V1__RUN_BATCH_RESPONSE__INIT;
     Mx__Internal__V1__StageTimings tm = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
     Mx__Internal__V1__Tensor ht = MX__INTERNAL__V1__TENSOR__INIT;
-    if (!entries || !seqs || !spans || (s->first && !ids))
-        rc = mx_fail(err, MX_ENOMEM, "out of memory");
-    if (!rc)
+    if (!rc) {
+        memset(entries, 0, n * sizeof *entries);
         rc = resolve_sequences(s, rq, entries, err);
+    }
     bool saved = false;
     if (!rc) {
         double now = mx_now_ms();
@@ -672,11 +831,16 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
                 ids[start + (int)j] = (int32_t)q->token_ids[j];
         start += (int)q->num_tokens;
     }
-    if (!rc) {
-        int64_t shape[2] = {(int64_t)n_tokens, hidden};
-        rc = s->be->alloc(s->be, &h, s->be->act_dtype, 2, shape, err);
-    }
-    if (!rc) {
+    for (int i = 0; i < (s->overlap ? 2 : 1) && !rc; i++) /* (grows only past max_step_tokens) */
+        rc = mx_workspace_reserve(s->m, s->ws[i], (int)n_tokens, (int)n, err);
+    /* On the CPU the request's own rows (our unpacked copy) are the hidden states: no copy in */
+    bool in_place = !rc && !s->first && s->be->device == MX_DEVICE_CPU && s->be->act_dtype == MX_DTYPE_F32 &&
+                    ((uintptr_t)rq->hidden->data.data & 63) == 0;
+    if (in_place)
+        h = mx_tensor_2d(rq->hidden->data.data, MX_DTYPE_F32, MX_DEVICE_CPU, (int64_t)n_tokens, hidden);
+    else if (!rc)
+        h = mx_workspace_hidden(s->ws[0], (int)n_tokens);
+    if (!rc && !in_place) {
         if (s->first) {
             rc = mx_model_embed(s->m, ids, (int)n_tokens, &h, err);
         } else if (((uintptr_t)rq->hidden->data.data & 3) == 0) {
@@ -689,14 +853,15 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         }
     }
     timed_moe tmoe = {{0}, 0, s};
+    local_moe_ctx lc = {s->m, s->ws[0]};
     if (s->router)
-        tmoe.inner = mx_router_executor(s->router);
+        tmoe.inner = mx_router_dispatcher_executor(s->disp[0]);
     else
-        tmoe.inner = (mx_moe_executor){local_moe, s->m};
+        tmoe.inner = (mx_moe_executor){local_moe, &lc};
     mx_moe_executor moe = {timed_moe_run, &tmoe};
     mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
     double t_layers = mx_now_ms();
-    if (!rc && (rc = mx_model_run_layers(s->m, s->layer_begin, s->layer_end, &b, &h, &moe, err))) {
+    if (!rc && (rc = run_layers(s, &b, &h, &moe, &tmoe, err))) {
         kv_name_failure(s, err);
         /* the batch was checked above: a complaint about input from inside the layers is
          * ours (INTERNAL), not the caller's (INVALID_ARGUMENT / NOT_FOUND) */
@@ -720,14 +885,18 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
                 rc = sample_batch(s, rq, entries, spans, &h, &resp, err);
         } else {
             free(host);
-            if (!(host = malloc(n_tokens * (size_t)hidden * sizeof *host)))
-                rc = mx_fail(err, MX_ENOMEM, "out of memory for %zu hidden rows", n_tokens);
-            if (!rc)
-                rc = s->be->to_host_f32(s->be, host, &h, err);
+            host = NULL;
+            /* host f32 already (the CPU): packed from where it is, no copy out */
+            if (s->be->device != MX_DEVICE_CPU || s->be->act_dtype != MX_DTYPE_F32) {
+                if (!(host = malloc(n_tokens * (size_t)hidden * sizeof *host)))
+                    rc = mx_fail(err, MX_ENOMEM, "out of memory for %zu hidden rows", n_tokens);
+                if (!rc)
+                    rc = s->be->to_host_f32(s->be, host, &h, err);
+            }
             ht.dtype = MX__INTERNAL__V1__DTYPE__DTYPE_F32;
             ht.rows = (uint32_t)n_tokens;
             ht.cols = (uint32_t)hidden;
-            ht.data.data = (uint8_t *)host;
+            ht.data.data = host ? (uint8_t *)host : (uint8_t *)h.data;
             ht.data.len = n_tokens * (size_t)hidden * sizeof *host;
             resp.hidden = &ht;
         }
@@ -760,13 +929,7 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         for (size_t i = 0; i < n; i++)
             undo->len_after[i] = entries[i]->seq->length;
     free_sampled(&resp);
-    if (h.data)
-        s->be->free(s->be, &h);
     free(host);
-    free(ids);
-    free(spans);
-    free(seqs);
-    free(entries);
     return rc;
 }
 

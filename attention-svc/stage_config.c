@@ -30,7 +30,21 @@ static const char *const known_root[] = {"stage", "experts"};
 static const char *const known_keys[] = {
     "listen", "model", "port_file", "log_level", "backend", "next", "index", "count", "layer_begin", "layer_end",
     "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms",
-    "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms", "metrics_listen"};
+    "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms", "metrics_listen", "max_step_tokens",
+    "overlap"};
+
+/* true / false, def when absent. */
+static int get_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err)
+{
+    *v = def;
+    const config_setting_t *m = config_setting_get_member(g, name);
+    if (!m)
+        return 0;
+    if (config_setting_type(m) != CONFIG_TYPE_BOOL)
+        return mx_cfg_fail(err, m, NULL, "expected true or false");
+    *v = config_setting_get_bool(m) != 0;
+    return 0;
+}
 
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
@@ -129,6 +143,10 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     c->test_fail_expert_layer = (int)fail_at;
     MX_TRY(mx_cfg_int(g, "sequence_lease_ms", 0, STAGE_DEFAULT_LEASE_MS, 0, INT64_MAX / 2, &c->sequence_lease_ms,
                       err));
+    int64_t step_tokens;
+    MX_TRY(mx_cfg_int(g, "max_step_tokens", 0, 512, 1, 1 << 24, &step_tokens, err));
+    c->max_step_tokens = (int)step_tokens;
+    MX_TRY(get_bool(g, "overlap", true, &c->overlap, err));
     char kv_dtype[32];
     MX_TRY(mx_cfg_string_buf(g, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
     if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))

@@ -30,6 +30,12 @@
  *                                     # (CPU: half of MemAvailable at start)
  *       sequence_lease_ms = 60000;    # a sequence no RunBatch touched for this long is
  *                                     # released (a gateway that died leaks nothing); 0 = never
+ *       max_step_tokens = 512;        # a RunBatch's tokens the step buffers are made for at
+ *                                     # start (the gateway's max_step_tokens; larger steps grow
+ *                                     # them once); a decode step then allocates nothing
+ *       overlap = true;               # with remote experts: a batch of 2+ sequences runs as two
+ *                                     # halves, one's attention computed while the other's
+ *                                     # expert calls are out (default true)
  *       test_fail_expert_call_once_at_layer = -1;  # tests only: the first MoE call of this
  *                                     # layer fails once (UNAVAILABLE), mid-RunBatch; -1 = off
  *     };
@@ -72,6 +78,8 @@ typedef struct stage_config {
     int64_t sequence_lease_ms;    /* 0 = sequences never expire */
     bool test_fail_expert_once;   /* tests only: fail one MoE call of test_fail_expert_layer */
     int test_fail_expert_layer;
+    int max_step_tokens;      /* tokens of a RunBatch the step buffers are sized for */
+    bool overlap;             /* two halves of a batch: one's attention while the other's experts run */
 } stage_config;
 
 /* Reads and checks the file (ranges against each other; layers against the model later).
