@@ -126,6 +126,53 @@ def request(prompt, n):
     return req
 
 
+def test_port_file(fixture, layers):
+    """A lone stage (local experts) with metrics_listen port 0: the bound port is written to
+    <port_file>.metrics, the endpoint serves (no router families without remote experts),
+    a bad metrics_listen stops the start with the key named, SIGTERM exits 0."""
+    binary = os.path.join(u.ROOT, u.BUILD, "bin", "attention-svc")
+    with tempfile.TemporaryDirectory(prefix="mx-metrics-") as d:
+        def start(metrics_listen):
+            cfg = os.path.join(d, "stage.cfg")
+            with open(cfg, "w") as f:
+                f.write('stage = { listen = "127.0.0.1:0"; model = "%s"; index = 0; count = 1; layer_begin = 0;\n'
+                        '  layer_end = %d; threads = 1; port_file = "%s/port"; metrics_listen = "%s"; };\n'
+                        % (os.path.abspath(fixture), layers, d, metrics_listen))
+            return subprocess.Popen([binary, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+
+        p = start("127.0.0.1:0")
+        try:
+            end = time.time() + 60
+            while time.time() < end and not os.path.exists(os.path.join(d, "port")) and p.poll() is None:
+                time.sleep(0.05)
+            mport = open(os.path.join(d, "port.metrics")).read().strip()
+            status, _, text = scrape("http://127.0.0.1:%s/metrics" % mport)
+            ok, msg = promtool_ok(text)
+            samples = parse(text)
+            r.check(status == 200 and ok and total(samples, "mx_build_info", service="stage-0") == 1 and
+                    total(samples, "mx_stage_live_sequences") == 0 and
+                    not series(samples, "mx_stage_expert_calls_total"),
+                    "port 0: <port_file>.metrics names the bound port; local experts: no router families", msg)
+        finally:
+            p.terminate()
+            try:
+                rc = p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                rc = p.wait()
+        r.check(rc == 0, "lone stage exits 0 on SIGTERM", str(rc))
+        os.remove(os.path.join(d, "port"))
+        p = start("nonsense")
+        try:
+            err = p.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            p.kill()
+            err = p.communicate()[1]
+        r.check(p.returncode == 1 and "metrics_listen" in err and "nonsense" in err,
+                "a bad metrics_listen stops the start, naming it", "exit %s: %s" % (p.returncode, err[-500:]))
+
+
 def main():
     fixture = sys.argv[1]
     cfg = json.load(open(os.path.join(fixture, "config.json")))
@@ -271,6 +318,10 @@ def main():
     finally:
         status = cl.stop()
         r.check(status == 0, "cluster stops cleanly", "exit %s\n%s" % (status, cl.read_log()[-3000:]))
+    try:
+        test_port_file(fixture, layers)
+    except Exception as e:  # a crash here is a failure, not a lost count
+        r.check(False, "lone stage with metrics_listen port 0", repr(e))
     r.finish()
 
 
