@@ -18,6 +18,10 @@ for b in mx gateway attention-svc expert-svc; do
 done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# $BUILD's own configuration (CUDA=.. SAN=..), so the scratch build below matches its objects
+read -r -a config <"$BUILD/config.stamp" || config=()
+san=
+grep -q 'SAN=1' "$BUILD/config.stamp" 2>/dev/null && san="-fsanitize=address,undefined"
 
 # 1. a default build links neither CUDA nor OpenBLAS into the services
 libs=$(ldd "$BUILD/bin/expert-svc" 2>&1)
@@ -41,17 +45,17 @@ cp -a "$BUILD"/*.a "$BUILD/config.stamp" "$scratch/"
 # the copied .d files name $BUILD's paths; rewrite them so make sees the scratch objects as built
 find "$scratch" -name '*.d' -exec sed -i "s|^$BUILD/|$scratch/|" {} +
 touch -d '2000-01-01' "$scratch/core/error.o"
-out=$(timeout 600 make -s BUILD="$scratch" "$scratch/core/error.o" 2>&1)
+out=$(timeout 600 make -s "${config[@]}" BUILD="$scratch" "$scratch/core/error.o" 2>&1)
 if [ "$out" = "  CC   core/error.o" ]; then ok "make V=0: one short line ($out)"
 else bad "make V=0 printed: $out"; fi
 touch -d '2000-01-01' "$scratch/core/error.o"
-out=$(timeout 600 make --no-print-directory V=1 BUILD="$scratch" "$scratch/core/error.o" 2>&1)
+out=$(timeout 600 make --no-print-directory "${config[@]}" V=1 BUILD="$scratch" "$scratch/core/error.o" 2>&1)
 if grep -qE '^(cc|gcc|clang).* -c core/error\.c -o .*/core/error\.o$' <<<"$out" && grep -q -- '-Wshadow' <<<"$out"; then
     ok "make V=1: the full command line"
 else bad "make V=1 printed: $out"; fi
 
 # 3. a missing package stops the build with its name
-out=$(make -s BUILD="$scratch" PKGS="jansson mx-no-such-package" "$scratch/core/error.o" 2>&1)
+out=$(make -s "${config[@]}" BUILD="$scratch" PKGS="jansson mx-no-such-package" "$scratch/core/error.o" 2>&1)
 if [ $? -ne 0 ] && grep -q "mx-no-such-package" <<<"$out"; then ok "missing package named: $(head -c 120 <<<"$out")"
 else bad "missing package: $out"; fi
 
@@ -63,7 +67,7 @@ if [ "$got" = "mx $want" ]; then ok "mx --version: $got"; else bad "mx --version
 # 5. make install into DESTDIR, then a program built against it through pkg-config
 dest="$tmp/dest"
 # (-o: the recompiled error.o above does not make every program relink)
-out=$(timeout 600 make -s -o "$scratch/core/error.o" BUILD="$scratch" PREFIX=/opt/mx DESTDIR="$dest" install 2>&1)
+out=$(timeout 600 make -s "${config[@]}" -o "$scratch/core/error.o" BUILD="$scratch" PREFIX=/opt/mx DESTDIR="$dest" install 2>&1)
 rc=$?
 root="$dest/opt/mx"
 missing=
@@ -100,7 +104,7 @@ int main(int argc, char **argv)
 }
 EOF
 # shellcheck disable=SC2046
-if out=$(cc -std=c11 -o "$tmp/hello" "$tmp/hello.c" $(pkg-config --cflags --libs mx) 2>&1) \
+if out=$(cc -std=c11 $san -o "$tmp/hello" "$tmp/hello.c" $(pkg-config --cflags --libs mx) 2>&1) \
    && [ "$("$tmp/hello")" = "1 error-set" ]; then
     ok "a C program compiles and links against the installed libmx (pkg-config mx)"
 else bad "program against installed libmx: $out"; fi
