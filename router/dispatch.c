@@ -361,14 +361,17 @@ static int pack_request(mx_router_dispatcher *d, int layer, const float *x, cons
     return 0;
 }
 
-static const char *replica_address(mx_router *r, const shard_job *job)
-{
-    return mx_rpc_channel_address(r->shards[job->shard].replicas[job->replica].channel);
-}
-
+/* From the replica's slot, not its channel: a slot may have none (a DNS target that has not
+ * resolved yet) or a closed one (drained); its address is kept for messages. */
 static const char *replica_address_of(mx_router *r, int shard, int replica)
 {
-    return mx_rpc_channel_address(r->shards[shard].replicas[replica].channel);
+    const char *a = r->shards[shard].replicas[replica].address;
+    return a[0] ? a : "no replica yet";
+}
+
+static const char *replica_address(mx_router *r, const shard_job *job)
+{
+    return replica_address_of(r, job->shard, job->replica);
 }
 
 /* Checks a response's shape and keeps a pointer to its rows. */
@@ -547,6 +550,8 @@ static void drain_calls(fanout *f)
 {
     mx_router *r = f->r;
     plan *p = f->p;
+    if (!f->cs) /* no call set yet: the shards had no replica (a DNS target not resolved yet) */
+        return;
     for (int i = 0; i < f->n_att; i++)
         if (f->att[i].live)
             mx_rpc_callset_cancel(f->cs, f->att[i].id);

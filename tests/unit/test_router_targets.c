@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "core/tensor.h"
 #include "router/resolver.h"
 #include "router/router.h"
 
@@ -145,6 +146,14 @@ static void test_unresolved_is_not_fatal(void **state)
     int dead = -1;
     assert_int_equal(mx_router_shards_live(r, 0, 2, &dead), 0);
     assert_int_equal(dead, 0);
+    /* a step meanwhile fails cleanly, naming the shard: no replica to try */
+    float x[2 * 8] = {0}, out[2 * 8] = {0}, w[2] = {1, 1};
+    int32_t ids[2] = {0, 1};
+    mx_tensor xt = mx_tensor_2d(x, MX_DTYPE_F32, MX_DEVICE_CPU, 2, 8);
+    mx_tensor ot = mx_tensor_2d(out, MX_DTYPE_F32, MX_DEVICE_CPU, 2, 8);
+    int ret = mx_router_run(r, 0, &xt, ids, w, 1, &ot, &err);
+    if (ret != MX_EUNAVAILABLE || !strstr(err.msg, "expert shard 0"))
+        fail_msg("run with no replica: rc %d \"%s\"", ret, err.msg);
     mx_router_destroy(r);
 }
 
