@@ -366,7 +366,7 @@ static int pack_request(mx_router_dispatcher *d, int layer, const float *x, cons
 static const char *replica_address_of(mx_router *r, int shard, int replica)
 {
     const char *a = r->shards[shard].replicas[replica].address;
-    return a[0] ? a : "no replica yet";
+    return a[0] ? a : r->shards[shard].none_yet;
 }
 
 static const char *replica_address(mx_router *r, const shard_job *job)

@@ -377,6 +377,11 @@ int router_targets_init(mx_router *r, int shard, const mx_router_shard_config *c
         atomic_init(&sh->replicas[i].in_flight, 0);
         atomic_init(&sh->replicas[i].state, ROUTER_SLOT_FREE);
     }
+    /* what a message names while the shard has no replica (its DNS names did not resolve) */
+    size_t at_ch = (size_t)snprintf(sh->none_yet, sizeof sh->none_yet, "no replica yet from");
+    for (int i = 0; i < c->n_replicas && at_ch < sizeof sh->none_yet; i++)
+        at_ch += (size_t)snprintf(sh->none_yet + at_ch, sizeof sh->none_yet - at_ch, "%s %s", i ? "," : "",
+                                  c->replicas[i]);
     mx_rpc_channel_options opts = {.max_message_bytes = r->cfg.max_message_bytes};
     for (int i = 0; i < c->n_replicas; i++) {
         mx_router_target t;

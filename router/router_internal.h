@@ -69,6 +69,7 @@ typedef struct router_shard {
     router_replica *replicas;   /* [ROUTER_MAX_REPLICAS], fixed */
     pthread_cond_t watch_cv;    /* wakes Watch threads waiting to reconnect (with mu) */
     atomic_bool resolve_asap;   /* a replica failed: resolve its DNS targets now */
+    char none_yet[320];         /* "no replica yet from <targets>", for messages */
     atomic_uint next;           /* rotates ties between equally loaded replicas */
     atomic_llong rows_in_flight; /* rows of calls outstanding on any replica: picks the holder
                                   * of an expert several shards hold (zero from calloc) */
