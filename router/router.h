@@ -43,13 +43,16 @@
  * w * y: the result does not depend on which shard (or which replica) answers first.
  *
  * Failure semantics (expert calls are idempotent, so any copy of a call may be answered):
- * - Replica choice: not ejected, fewest calls in flight, ties rotate round-robin.
+ * - Replica choice: active (not pending its first SERVING, not draining), not ejected, fewest
+ *   calls in flight, ties rotate round-robin.
  * - A call failing with UNAVAILABLE, CANCELLED (by the peer: a draining or dying replica),
  *   RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED is sent again to a replica not yet tried.
  * - Each attempt has its own deadline from the shard's measured latency (above). An attempt
  *   past it counts as a miss: the call is sent to another replica and whichever copy answers
  *   first wins (the slow one is cancelled); with no other replica it just goes on waiting,
- *   up to expert_timeout_ms.
+ *   up to expert_timeout_ms. So a replica that dies or freezes costs a call one attempt
+ *   deadline (at most attempt_timeout_cap_ms), not expert_timeout_ms; once ejected it costs
+ *   nothing, and a killed one's broken connection ejects it at once.
  * - Health/Watch: the router holds a grpc.health.v1.Health/Watch stream to every replica; a
  *   replica that says NOT_SERVING (a draining expert-svc) or whose stream breaks (killed,
  *   unreachable) is ejected at once, before any call of it fails. A server that refuses the
@@ -61,7 +64,8 @@
  *   dead or draining (NOT_SERVING) replica is found without traffic.
  * - Hedging (hedge = true): once a call has waited the p95 latency of its size class, a copy
  *   goes to another replica (within the hedge_percent budget); the first answer wins.
- * Errors name the shard index and the endpoint. Thread-safe: any number of threads may run
+ * Errors name the shard index and the endpoint (or the shard's targets while it has no
+ * replica). Thread-safe: any number of threads may run
  * the executor at once. */
 #ifndef MX_ROUTER_H
 #define MX_ROUTER_H
