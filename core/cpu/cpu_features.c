@@ -1,10 +1,10 @@
 /* cpu_features.c - ISA detection through the compiler's cpuid wrapper
- * (__builtin_cpu_supports also checks that the OS saves the wide registers). Nothing is
- * cached: the check is a few loads from libgcc's table, cheap next to any kernel call. */
+ * (__builtin_cpu_supports also checks that the OS saves the wide registers). Only the
+ * AMX permission is remembered (see mx_cpu_amx_usable); the rest is a few loads from libgcc's
+ * table, cheap next to any kernel call. */
 #include "cpu_features.h"
 
 #if defined(__linux__) && defined(__x86_64__)
-#include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -62,18 +62,25 @@ const char *mx_cpu_isa_name(mx_cpu_isa isa)
 int mx_cpu_amx_usable(void)
 {
 #if defined(__linux__) && defined(__x86_64__) && defined(__GNUC__)
-    if (!mx_cpu_isa_supported(MX_CPU_ISA_AVX512))
-        return 0;
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
-        return 0;
-    if (!(d & (1u << 24)) || !(d & (1u << 22))) /* AMX-TILE, AMX-BF16 (xgetbv: AVX-512 implies OSXSAVE) */
+    /* The kernel's grant is per process and permanent, so one successful request is remembered
+     * here: this flag mirrors that process state (it is the only state in this file). Asking on
+     * every call cost a syscall per GEMM; CPUID itself is avoided (it exits to the hypervisor
+     * in a VM) by libgcc's table. */
+    static _Atomic int granted;
+    if (granted)
+        return 1;
+    __builtin_cpu_init();
+    if (!mx_cpu_isa_supported(MX_CPU_ISA_AVX512) || !__builtin_cpu_supports("amx-tile") ||
+        !__builtin_cpu_supports("amx-bf16") || !__builtin_cpu_supports("avx512bf16"))
         return 0;
     unsigned lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     if ((((unsigned long long)hi << 32 | lo) & XCR0_AMX) != XCR0_AMX)
         return 0;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0)
+        return 0;
+    granted = 1;
+    return 1;
 #else
     return 0;
 #endif

@@ -22,7 +22,7 @@ const char *mx_cpu_isa_name(mx_cpu_isa isa);
 /* Whether AMX tiles with bf16 dot products can run in this process: the AVX-512 family, the
  * CPU's AMX-TILE and AMX-BF16 bits, the OS enabling tile state in XCR0, and (Linux) the
  * process holding permission for tile data, which this call requests (arch_prctl
- * ARCH_REQ_XCOMP_PERM; process-wide and idempotent, so repeated calls are one cheap syscall).
+ * ARCH_REQ_XCOMP_PERM; process-wide and permanent, so a granted request is remembered).
  * Kernels in *_amx.c run only after it returned 1. */
 int mx_cpu_amx_usable(void);
 
