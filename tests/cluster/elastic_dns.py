@@ -8,7 +8,11 @@ tokens must equal the fixture's, while:
 - two replicas are started, then added to DNS (SIGHUP re-reads the hosts file): within 10 s of
   that each serves at least 20 % of shard 0's calls, by the replicas' own counters
   (ExpertShard/Info calls_total);
-- they are removed from DNS again: they stop getting calls (drained), then exit 0 on SIGTERM;
+- one of them gets SIGTERM while still in DNS (as a deleted pod does): its health turns
+  NOT_SERVING, the routers, told through Health/Watch, send it nothing more, its calls in
+  flight finish and it exits 0 - and no call had to be retried elsewhere (the stages' own
+  mx_stage_expert_retries_total, scraped from their metrics endpoints, does not move);
+- the other is removed from DNS: it stops getting calls (drained), then exits 0 on SIGTERM;
 - no request fails throughout.
 Prints 'N passed, N failed' last."""
 import json
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import grpc
 
@@ -128,7 +133,8 @@ def main():
     procs = Procs(tmp)
     hosts_file = os.path.join(tmp, "hosts")
     p0 = free_port(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
-    p1, ps0, ps1, pg = (free_port(["127.0.0.1"]) for _ in range(4))
+    p1, ps0, ps1, pg, pm0, pm1 = (free_port(["127.0.0.1"]) for _ in range(6))
+    metrics_ports = {0: pm0, 1: pm1}
     dns_port = free_udp_port()
     half = E // 2
 
@@ -151,8 +157,9 @@ def main():
         path = os.path.join(tmp, "stage%d.cfg" % i)
         with open(path, "w") as f:
             f.write('stage = {\n  listen = "127.0.0.1:%d";\n  model = "%s";\n  index = %d;\n  count = 2;\n'
-                    '  layer_begin = %d;\n  layer_end = %d;\n  max_sequences = 64;\n  threads = 1;\n%s};\n'
-                    % (port, model, i, i * L // 2, (i + 1) * L // 2,
+                    '  layer_begin = %d;\n  layer_end = %d;\n  max_sequences = 64;\n  threads = 1;\n'
+                    '  metrics_listen = "127.0.0.1:%d";\n%s};\n'
+                    % (port, model, i, i * L // 2, (i + 1) * L // 2, metrics_ports[i],
                        '  next = "127.0.0.1:%d";\n' % nxt if nxt else ""))
             f.write('experts = {\n  resolve_interval_ms = 1000;\n  shards = (\n'
                     '    { experts = %s; replicas = ["dns://127.0.0.1:%d/%s:%d"]; },\n'
@@ -170,6 +177,21 @@ def main():
                 return call(es.ShardInfoRequest(), timeout=2).calls_total
         except grpc.RpcError:
             return None
+
+    def retries():
+        """Sum of both stages' mx_stage_expert_retries_total (None when a scrape failed)."""
+        total = 0.0
+        for port in metrics_ports.values():
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as f:
+                    text = f.read().decode()
+            except OSError:
+                return None
+            series = [line for line in text.splitlines() if line.startswith("mx_stage_expert_retries_total")]
+            if not series:  # the metric must be there (a series per replica called), not read as 0
+                return None
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in series)
+        return total
 
     load = None
     try:
@@ -227,25 +249,42 @@ def main():
             r.check(d[x] >= 0.2 * total, "new replica %s serves >= 20 %% of shard 0's calls within 10 s" % x,
                     "%d of %d" % (d[x], total))
 
-        # scale down: both leave DNS, drain (no new calls), then stop on SIGTERM
+        # a replica still in DNS gets SIGTERM: drained through Health/Watch, not by retries
         ok0 = load.counts()[0]
+        calls_c, rt0 = info_calls(c), retries()
+        t0 = time.time()
+        status = procs.stop("expert0c", timeout=15)
+        took = time.time() - t0
+        time.sleep(1.0)
+        rt1 = retries()
+        print("sigterm in DNS: exit %s after %.2f s (%s calls served before), retries %s -> %s" %
+              (status, took, calls_c, rt0, rt1))
+        r.check(status == 0 and took < 5.0, "SIGTERM of a replica in DNS: it exits 0 once its calls are done, "
+                "before its 8 s drain period", "status %s after %.2f s\n%s" % (status, took, procs.log("expert0c", 600)))
+        if ASAN:  # ten times slower: a call may beat the NOT_SERVING news to the replica's door
+            r.check(rt0 is not None and rt1 is not None, "stages' retry counters scraped")
+        else:
+            r.check(rt0 is not None and rt1 == rt0, "SIGTERM of a replica in DNS: no call had to be retried elsewhere",
+                    "retries %s -> %s" % (rt0, rt1))
+
+        # scale down: both leave DNS, the live one drains (no new calls), then stops on SIGTERM
         write_hosts(["127.0.0.2"])
         os.kill(procs.p["dnsmasq"].pid, signal.SIGHUP)
         t_rm = time.time()
         last, stable_since, drained_at = None, None, None
         while time.time() < t_rm + 20 and drained_at is None:
-            now_calls = (info_calls(b), info_calls(c))
+            now_calls = info_calls(b)
             if now_calls != last:
                 last, stable_since = now_calls, time.time()
             elif time.time() - stable_since >= 2.0:
                 drained_at = stable_since - t_rm
             time.sleep(0.2)
         a_before = info_calls(a)
-        r.check(drained_at is not None, "removed replicas get no more calls (drained)",
+        r.check(drained_at is not None, "a replica removed from DNS gets no more calls (drained)",
                 "calls still growing 20 s after the DNS change")
         if drained_at is not None:
-            print("scale down: last call to a removed replica %.2f s after the DNS change" % drained_at)
-        for name in ("expert0b", "expert0c"):
+            print("scale down: last call to the removed replica %.2f s after the DNS change" % drained_at)
+        for name in ("expert0b",):
             t0 = time.time()
             status = procs.stop(name, timeout=15)
             r.check(status == 0, "%s exits 0 on SIGTERM after its drain" % name,
