@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # run.sh - runs the benchmarks (memory bandwidth, gemm vs OpenBLAS, one-layer decode, softmax
-# attention, long-context prefill, the llama.cpp comparison, long prompts through the cluster)
-# and prints their tables; `make bench` calls it with $BUILD set. Takes about half an hour on 2
-# cores; BENCH_LONG=1 adds the 256K-token sizes (an hour or more).
+# attention, long-context prefill, the llama.cpp comparison, long prompts through the cluster,
+# expert placement) and prints their tables; `make bench` calls it with $BUILD set. Takes about
+# half an hour on 2 cores; BENCH_LONG=1 adds the 256K-token sizes (an hour or more).
 set -eu
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
@@ -32,3 +32,6 @@ BUILD=$BUILD bench/bench_tokenizer.sh
 echo
 echo "== loopback cluster vs single-process engine, batch 32"
 BUILD=$BUILD bench/bench_cluster.sh
+echo
+echo "== expert placement: contiguous split vs mx plan-experts on a skewed gate"
+BUILD=$BUILD bench/bench_placement.sh

@@ -64,6 +64,12 @@ static json_t *layer_row(json_t *tokens, int l)
     return json_array_get(tokens, (size_t)l);
 }
 
+/* obj[key] += v (stages share the expert tier: their counts add up). */
+static void add_to(json_t *obj, const char *key, uint64_t v)
+{
+    json_object_set_new(obj, key, json_integer(json_integer_value(json_object_get(obj, key)) + (json_int_t)v));
+}
+
 /* Adds a stage's counters: its layers into tokens, its shards into the cluster-wide shards list
  * (stages share the expert tier, so calls from every stage add up per shard and replica). */
 static int add_stage(const char *addr, const Mx__Internal__V1__StageInfoResponse *info, json_t *tokens,
@@ -102,8 +108,8 @@ static int add_stage(const char *addr, const Mx__Internal__V1__StageInfoResponse
             json_array_append_new(shards, json_pack("{s:i, s:I, s:I, s:[]}", "shard", (int)json_array_size(shards),
                                                     "calls", (json_int_t)0, "rows", (json_int_t)0, "replicas"));
         json_t *sh = json_array_get(shards, sl->shard), *reps = json_object_get(sh, "replicas");
-        json_object_set_new(sh, "calls", json_integer(json_integer_value(json_object_get(sh, "calls")) + (json_int_t)sl->calls));
-        json_object_set_new(sh, "rows", json_integer(json_integer_value(json_object_get(sh, "rows")) + (json_int_t)sl->rows));
+        add_to(sh, "calls", sl->calls);
+        add_to(sh, "rows", sl->rows);
         for (size_t r = 0; r < sl->n_replicas; r++) {
             const Mx__Internal__V1__ReplicaLoad *rl = sl->replicas[r];
             json_t *rep = NULL;
@@ -115,11 +121,9 @@ static int add_stage(const char *addr, const Mx__Internal__V1__StageInfoResponse
                                 (json_int_t)0, "in_flight", (json_int_t)0);
                 json_array_append_new(reps, rep);
             }
-            const char *keys[3] = {"calls", "rows", "in_flight"};
-            uint64_t vals[3] = {rl->calls, rl->rows, rl->in_flight};
-            for (int k = 0; k < 3; k++)
-                json_object_set_new(rep, keys[k],
-                                    json_integer(json_integer_value(json_object_get(rep, keys[k])) + (json_int_t)vals[k]));
+            add_to(rep, "calls", rl->calls);
+            add_to(rep, "rows", rl->rows);
+            add_to(rep, "in_flight", rl->in_flight);
         }
     }
     return 0;
@@ -174,8 +178,8 @@ int mx_cmd_expert_stats(int argc, char **argv)
     for (int i = 0; i < n_stage && !rc; i++) {
         Mx__Internal__V1__StageInfoRequest rq = MX__INTERNAL__V1__STAGE_INFO_REQUEST__INIT;
         ProtobufCMessage *m = NULL;
-        rc = call_info(stage_addr[i], MX_STAGE_INFO_METHOD, &rq.base, &mx__internal__v1__stage_info_response__descriptor,
-                       &m);
+        rc = call_info(stage_addr[i], MX_STAGE_INFO_METHOD, &rq.base,
+                       &mx__internal__v1__stage_info_response__descriptor, &m);
         if (!rc)
             rc = add_stage(stage_addr[i], (const Mx__Internal__V1__StageInfoResponse *)m, tokens, shards, stages,
                            &num_experts);
@@ -185,8 +189,8 @@ int mx_cmd_expert_stats(int argc, char **argv)
     for (int i = 0; i < n_shard && !rc; i++) {
         Mx__Internal__V1__ShardInfoRequest rq = MX__INTERNAL__V1__SHARD_INFO_REQUEST__INIT;
         ProtobufCMessage *m = NULL;
-        rc = call_info(shard_addr[i], MX_EXPERT_INFO_METHOD, &rq.base, &mx__internal__v1__shard_info_response__descriptor,
-                       &m);
+        rc = call_info(shard_addr[i], MX_EXPERT_INFO_METHOD, &rq.base,
+                       &mx__internal__v1__shard_info_response__descriptor, &m);
         if (!rc)
             json_array_append_new(eshards, shard_json(shard_addr[i], (const Mx__Internal__V1__ShardInfoResponse *)m));
         if (m)

@@ -214,8 +214,9 @@ int mx_expert_plan_make(const double *load, int n_experts, int n_shards, int n_r
     int min_slots = (n_experts + n_shards - 1) / n_shards;
     int K = max_per_shard ? max_per_shard : min_slots;
     if (K < min_slots || K > n_experts)
-        return mx_fail(err, MX_EINVAL, "expert plan: %d experts per shard is outside [%d, %d] for %d experts on %d shards",
-                       K, min_slots, n_experts, n_experts, n_shards);
+        return mx_fail(err, MX_EINVAL,
+                       "expert plan: %d experts per shard is outside [%d, %d] for %d experts on %d shards", K,
+                       min_slots, n_experts, n_experts, n_shards);
     /* candidates: the contiguous split, then packings weighted by the replica counts the
      * previous packing led to (equal weights first, as EPLB), each with step 3's replicas;
      * the first with the lowest busiest replica wins */
