@@ -339,8 +339,8 @@ static void test_paths_amx(void **state)
     double e = step_of(MX_KV_BF16), worst_all = 0;
     for (size_t i = 0; i < sizeof lens / sizeof *lens; i++)
         for (size_t j = 0; j < sizeof shapes / sizeof *shapes; j++) {
-            if (SLOW_BUILD && lens[i] > 257 && j % 2)
-                continue;
+            if (SLOW_BUILD && lens[i] > 257)
+                continue; /* the rest of the file is most of the minute under ASan */
             shape sh = shapes[j];
             double delta = 2 * e * gain * sh.d / sqrt((double)sh.d), bound = 2 * e + exp(2 * delta) - 1;
             double w = prefill_case_gain(be, ISA_AMX, sh, lens[i], NULL, 0, 0, gain);
@@ -352,7 +352,7 @@ static void test_paths_amx(void **state)
     static const int chunks[] = {37, 64, 1, 129, 500, 3, 1, 1, 1, 1};
     shape sh = {8, 2, 64, 32};
     double delta = 2 * e * gain * sh.d / sqrt((double)sh.d), bound = 2 * e + exp(2 * delta) - 1;
-    double w = prefill_case_gain(be, ISA_AMX, sh, 1200, chunks, 10, 0, gain);
+    double w = prefill_case_gain(be, ISA_AMX, sh, SLOW_BUILD ? 400 : 1200, chunks, 10, 0, gain);
     if (!(w <= bound))
         fail_msg("amx chunked prefill: max err %g over %g", w, bound);
     if (!SLOW_BUILD) {
@@ -367,7 +367,7 @@ static void test_paths_amx(void **state)
     be->destroy(be);
     /* f32 pages under the AMX request: the fp32 kernels, so the fp32 bound holds */
     be = make_backend(MX_KV_F32, 0);
-    w = prefill_case(be, ISA_AMX, (shape){8, 2, 128, 64}, 1000, chunks, 10, 0);
+    w = prefill_case(be, ISA_AMX, (shape){8, 2, 128, 64}, SLOW_BUILD ? 300 : 1000, chunks, 10, 0);
     if (!(w <= TOL_F32))
         fail_msg("amx request on f32 pages: max err %g", w);
     be->destroy(be);
