@@ -266,8 +266,12 @@ static void apply(router_resolver *rs, dns_target *t)
 {
     mx_router *r = rs->r;
     t->done = false;
-    if (t->status != ARES_SUCCESS && t->status != ARES_ENOTFOUND && t->status != ARES_ENODATA)
+    if (t->status != ARES_SUCCESS && t->status != ARES_ENOTFOUND && t->status != ARES_ENODATA) {
+        if (t->status != ARES_ECANCELLED && t->status != ARES_EDESTRUCTION)
+            atomic_fetch_add(&r->resolve_errors, 1);
         return;
+    }
+    atomic_fetch_add(&r->resolves, 1);
     if (t->status != ARES_SUCCESS)
         t->n_addrs = 0;
     router_shard *sh = &r->shards[t->shard];
@@ -286,6 +290,7 @@ static void apply(router_resolver *rs, dns_target *t)
             mx_rpc_channel_destroy(ch);
             continue;
         }
+        atomic_fetch_add(&r->replicas_added, 1);
         /* without its watch the replica is still checked by the prober */
         (void)router_watch_start(r, t->shard, at, &err);
     }
@@ -303,6 +308,7 @@ static void reap(router_resolver *rs)
             router_watch_stop(r, s, i);
             mx_rpc_channel_destroy(sh->replicas[i].channel);
             router_slot_release(sh, i);
+            atomic_fetch_add(&r->replicas_closed, 1);
         }
     }
 }

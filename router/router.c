@@ -195,6 +195,10 @@ void mx_router_get_stats(const mx_router *r, mx_router_stats *out)
     out->ejections = atomic_load(&r->ejections);
     out->deadline_misses = atomic_load(&r->deadline_misses);
     out->probes = atomic_load(&r->probes);
+    out->resolves = atomic_load(&r->resolves);
+    out->resolve_errors = atomic_load(&r->resolve_errors);
+    out->replicas_added = atomic_load(&r->replicas_added);
+    out->replicas_closed = atomic_load(&r->replicas_closed);
 }
 
 void mx_router_expert_tokens(const mx_router *r, uint64_t *tokens)

@@ -156,6 +156,10 @@ typedef struct mx_router_stats {
     uint64_t ejections;    /* replicas ejected (failures, missed deadlines, failed probes) */
     uint64_t deadline_misses; /* attempts past their own deadline */
     uint64_t probes;       /* health checks sent */
+    uint64_t resolves;     /* DNS targets resolved (answers applied) */
+    uint64_t resolve_errors; /* DNS queries that failed (timeout, refused, ...): set kept */
+    uint64_t replicas_added; /* replicas a DNS answer added */
+    uint64_t replicas_closed; /* drained replicas closed (their address left DNS) */
 } mx_router_stats;
 void mx_router_get_stats(const mx_router *r, mx_router_stats *out);
 

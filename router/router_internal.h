@@ -91,6 +91,7 @@ struct mx_router {
     mx_router_config cfg;       /* timing knobs (shards not copied here: see shards) */
     mx_backend *be;             /* borrowed; for x2/out not on the CPU */
     atomic_ullong calls, retries, failures, hedges, ejections, deadline_misses, probes;
+    atomic_ullong resolves, resolve_errors, replicas_added, replicas_closed; /* resolver.c */
     mx_router_attempt_fn observe;   /* optional (mx_router_set_attempt_observer) */
     void *observe_ctx;
     /* prober thread (prober.c) */

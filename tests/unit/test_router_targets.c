@@ -1,12 +1,15 @@
 /* test_router_targets.c - the syntax of an expert shard's replica entries: "host:port",
  * "[ipv6]:port", gRPC-style "dns:///name:port" and "dns://server[:port]/name:port", and the
- * config errors for bad ones (naming the key and the entry). Expectations are written out by
- * hand from the gRPC naming document's target forms. No network. */
+ * config errors for bad ones (naming the key and the entry), and a router whose DNS target
+ * does not resolve (its DNS server a closed loopback port): no start-up error, the shard not
+ * live, a step failing with the target named. Expectations are written out by hand from the
+ * gRPC naming document's target forms. No network beyond loopback. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -146,6 +149,15 @@ static void test_unresolved_is_not_fatal(void **state)
     int dead = -1;
     assert_int_equal(mx_router_shards_live(r, 0, 2, &dead), 0);
     assert_int_equal(dead, 0);
+    /* the resolver keeps asking (every 100 ms) and counts the failures; nothing was added */
+    mx_router_stats st = {0};
+    for (int i = 0; i < 100 && st.resolve_errors == 0; i++) {
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+        mx_router_get_stats(r, &st);
+    }
+    assert_true(st.resolve_errors >= 1);
+    assert_int_equal(st.replicas_added, 0);
     /* a step meanwhile fails cleanly, naming the shard: no replica to try */
     float x[2 * 8] = {0}, out[2 * 8] = {0}, w[2] = {1, 1};
     int32_t ids[2] = {0, 1};
