@@ -258,13 +258,19 @@ void router_watch_result(mx_router *r, router_shard *sh, int replica, router_wat
 int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending)
 {
     pthread_mutex_lock(&sh->mu);
-    int n = sh->n_replicas, at = -1;
-    /* a FREE slot, the one that last held this address if any (its counters read on) */
-    for (int i = 0; i < n; i++)
-        if (slot_state(&sh->replicas[i]) == ROUTER_SLOT_FREE && (at < 0 || !strcmp(sh->replicas[i].address, address)))
-            at = i;
-    if (at < 0 && n < ROUTER_MAX_REPLICAS)
-        at = n;
+    int n = sh->n_replicas, at = -1, any_free = -1;
+    /* the FREE slot that last held this address (its counters read on), else a new slot, and
+     * only when all are used a FREE slot of another address: a slot index keeps standing for
+     * one address (per-replica metrics are keyed by it) as long as there is room */
+    for (int i = 0; i < n && at < 0; i++)
+        if (slot_state(&sh->replicas[i]) == ROUTER_SLOT_FREE) {
+            if (!strcmp(sh->replicas[i].address, address))
+                at = i;
+            else if (any_free < 0)
+                any_free = i;
+        }
+    if (at < 0)
+        at = n < ROUTER_MAX_REPLICAS ? n : any_free;
     if (at >= 0) {
         router_replica *rep = &sh->replicas[at];
         rep->channel = ch;
