@@ -35,6 +35,20 @@ typedef Mx__Internal__V1__StageTimings StageTimings;
 #define RUN_BATCH MX_STAGE_RUN_BATCH_METHOD
 #define INFO MX_STAGE_INFO_METHOD
 
+/* What one batch in the layers uses: workspaces (ws[1] for the second half of a batch run
+ * in halves), the router's dispatchers, and the per-step arrays (grown, never shrunk). */
+typedef struct step_slot {
+    bool taken;
+    mx_workspace *ws[2];
+    mx_router_dispatcher *disp[2];
+    seq_entry **entries;
+    mx_sequence **seqs;
+    mx_span *spans;
+    size_t cap;                 /* sequences the arrays hold */
+    int32_t *ids;               /* token ids of a first stage's step */
+    size_t ids_cap;
+} step_slot;
+
 struct stage {
     pthread_mutex_t lock;       /* one batch / release / info at a time */
     int index, count, layer_begin, layer_end;
@@ -44,18 +58,18 @@ struct stage {
     mx_backend *be;
     mx_model *m;
     mx_router *router;          /* NULL: experts are local */
-    /* Step buffers made at start for max_step_tokens, so a step allocates nothing: ws[0] for
-     * a whole batch (or the first half of an overlapped one), ws[1] for the second half; a
-     * dispatcher per half with remote experts. Under lock. */
-    mx_workspace *ws[2];
-    mx_router_dispatcher *disp[2];
-    bool overlap;               /* two halves, one's attention while the other's experts run */
-    seq_entry **step_entries;   /* per-step arrays, grown (never shrunk) under lock */
-    mx_sequence **step_seqs;
-    mx_span *step_spans;
-    size_t step_cap;            /* sequences they hold */
-    int32_t *step_ids;          /* token ids of a first stage's step */
-    size_t step_ids_cap;
+    /* One slot per micro-batch in the layers at once (two with overlap: a batch whose expert
+     * calls are out lets the next one compute), its buffers made at start for
+     * max_step_tokens so a step allocates nothing. Under lock. */
+    step_slot slots[2];
+    int n_slots;
+    pthread_cond_t slot_cv;     /* a slot was given back */
+    bool overlap;               /* the lock is let go while a batch's expert calls are out */
+    bool overlap_halves;        /* a batch of 2+ sequences as two halves (slot.ws[1]) */
+    uint64_t *busy;             /* [max_sequences] ids of the sequences of batches in a slot */
+    int n_busy;
+    uint64_t *deferred;         /* [max_sequences] Releases of busy sequences, done after */
+    int n_deferred, max_sequences;
     stage_metrics *metrics;     /* Prometheus (stage_metrics.h) */
     seq_table seqs;
     int softmax_layers;         /* KV-caching layers in [layer_begin, layer_end) */
@@ -122,6 +136,7 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     if (!s)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->slot_cv, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
     pthread_mutex_init(&s->watch_mu, NULL);
     pthread_cond_init(&s->watch_cv, NULL);
@@ -179,11 +194,18 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     int step_tokens = c->max_step_tokens > 0 ? c->max_step_tokens : 512;
     int step_seqs = c->max_sequences < step_tokens ? c->max_sequences : step_tokens;
     s->overlap = c->overlap && s->router;
-    for (int i = 0; i < (s->overlap ? 2 : 1) && !rc; i++) {
-        rc = mx_workspace_create(s->m, step_tokens, step_seqs > 0 ? step_seqs : 1, &s->ws[i], err);
-        if (!rc && s->router)
-            rc = mx_router_dispatcher_create(s->router, step_tokens, &s->disp[i], err);
-    }
+    s->overlap_halves = c->overlap_halves && s->router;
+    s->n_slots = s->overlap ? 2 : 1;
+    s->max_sequences = c->max_sequences > 0 ? c->max_sequences : 1;
+    if (!rc && (!(s->busy = malloc((size_t)s->max_sequences * sizeof *s->busy)) ||
+                !(s->deferred = malloc((size_t)s->max_sequences * sizeof *s->deferred))))
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    for (int k = 0; k < s->n_slots && !rc; k++)
+        for (int i = 0; i < (s->overlap_halves ? 2 : 1) && !rc; i++) {
+            rc = mx_workspace_create(s->m, step_tokens, step_seqs > 0 ? step_seqs : 1, &s->slots[k].ws[i], err);
+            if (!rc && s->router)
+                rc = mx_router_dispatcher_create(s->router, step_tokens, &s->slots[k].disp[i], err);
+        }
     if (rc) {
         stage_destroy(s);
         return rc;
@@ -200,15 +222,21 @@ void stage_destroy(stage *s)
     if (s->seqs.entries)
         seq_table_destroy(&s->seqs);
     stage_metrics_destroy(s->metrics); /* before the router: it unsets the router's observer */
-    for (int i = 0; i < 2; i++) {
-        mx_router_dispatcher_free(s->disp[i]);
-        if (s->m)
-            mx_workspace_free(s->m, s->ws[i]);
+    for (int k = 0; k < 2; k++) {
+        step_slot *sl = &s->slots[k];
+        for (int i = 0; i < 2; i++) {
+            mx_router_dispatcher_free(sl->disp[i]);
+            if (s->m)
+                mx_workspace_free(s->m, sl->ws[i]);
+        }
+        free(sl->entries);
+        free(sl->seqs);
+        free(sl->spans);
+        free(sl->ids);
     }
-    free(s->step_entries);
-    free(s->step_seqs);
-    free(s->step_spans);
-    free(s->step_ids);
+    free(s->busy);
+    free(s->deferred);
+    pthread_cond_destroy(&s->slot_cv);
     mx_router_destroy(s->router);
     mx_model_free(s->m);
     if (s->be)
@@ -647,6 +675,15 @@ static void rollback_step(stage *s, const step_undo *u)
     }
 }
 
+/* Whether a batch in a slot holds sequence id (under lock). */
+static bool is_busy(const stage *s, uint64_t id)
+{
+    for (int i = 0; i < s->n_busy; i++)
+        if (s->busy[i] == id)
+            return true;
+    return false;
+}
+
 /* Leases: a sequence no RunBatch touched for lease_ms is released (its gateway is gone or
  * lost its Release). Under lock. */
 static void expire_leases(stage *s)
@@ -656,44 +693,76 @@ static void expire_leases(stage *s)
     double now = mx_now_ms();
     for (int i = 0; i < s->seqs.count;) {
         seq_entry *e = &s->seqs.entries[i];
-        if (now - e->last_used_ms > (double)s->lease_ms)
+        if (now - e->last_used_ms > (double)s->lease_ms && !is_busy(s, e->id))
             seq_table_remove(&s->seqs, e->id); /* moves the last entry to i */
         else
             i++;
     }
 }
 
-/* The per-step arrays for n sequences and n_ids token ids (grown under lock, kept). */
-static int step_arrays(stage *s, size_t n, size_t n_ids, mx_error *err)
+/* The slot's per-step arrays for n sequences and n_ids token ids (grown, kept). */
+static int step_arrays(step_slot *sl, size_t n, size_t n_ids, mx_error *err)
 {
-    if (n > s->step_cap) {
-        size_t cap = s->step_cap ? s->step_cap : 64;
+    if (n > sl->cap) {
+        size_t cap = sl->cap ? sl->cap : 64;
         while (cap < n)
             cap *= 2;
-        seq_entry **e = realloc(s->step_entries, cap * sizeof *e);
+        seq_entry **e = realloc(sl->entries, cap * sizeof *e);
         if (e)
-            s->step_entries = e;
-        mx_sequence **q = realloc(s->step_seqs, cap * sizeof *q);
+            sl->entries = e;
+        mx_sequence **q = realloc(sl->seqs, cap * sizeof *q);
         if (q)
-            s->step_seqs = q;
-        mx_span *sp = realloc(s->step_spans, cap * sizeof *sp);
+            sl->seqs = q;
+        mx_span *sp = realloc(sl->spans, cap * sizeof *sp);
         if (sp)
-            s->step_spans = sp;
+            sl->spans = sp;
         if (!e || !q || !sp)
             return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %zu sequences", n);
-        s->step_cap = cap;
+        sl->cap = cap;
     }
-    if (n_ids > s->step_ids_cap) {
-        size_t cap = s->step_ids_cap ? s->step_ids_cap : 512;
+    if (n_ids > sl->ids_cap) {
+        size_t cap = sl->ids_cap ? sl->ids_cap : 512;
         while (cap < n_ids)
             cap *= 2;
-        int32_t *ids = realloc(s->step_ids, cap * sizeof *ids);
+        int32_t *ids = realloc(sl->ids, cap * sizeof *ids);
         if (!ids)
             return mx_fail(err, MX_ENOMEM, "out of memory for %zu token ids", n_ids);
-        s->step_ids = ids;
-        s->step_ids_cap = cap;
+        sl->ids = ids;
+        sl->ids_cap = cap;
     }
     return 0;
+}
+
+/* Marks the batch's sequences as in a slot: while its lock is let go (overlap), a Release or
+ * a lease must not free them, and another batch must not run them. */
+static int mark_busy(stage *s, const RunBatchRequest *rq, mx_error *err)
+{
+    for (size_t i = 0; i < rq->n_sequences; i++)
+        if (is_busy(s, rq->sequences[i]->sequence_id))
+            return mx_fail(err, MX_EUNAVAILABLE, "sequence %llu is in another micro-batch this stage is computing",
+                           (unsigned long long)rq->sequences[i]->sequence_id);
+    for (size_t i = 0; i < rq->n_sequences && s->n_busy < s->max_sequences; i++)
+        s->busy[s->n_busy++] = rq->sequences[i]->sequence_id;
+    return 0;
+}
+
+/* The batch left its slot: its sequences are free again, and Releases that came meanwhile
+ * are done now. */
+static void unmark_busy(stage *s, const RunBatchRequest *rq)
+{
+    for (size_t i = 0; i < rq->n_sequences; i++)
+        for (int j = 0; j < s->n_busy; j++)
+            if (s->busy[j] == rq->sequences[i]->sequence_id) {
+                s->busy[j] = s->busy[--s->n_busy];
+                break;
+            }
+    for (int j = 0; j < s->n_deferred;)
+        if (!is_busy(s, s->deferred[j])) {
+            seq_table_remove(&s->seqs, s->deferred[j]);
+            s->deferred[j] = s->deferred[--s->n_deferred];
+        } else {
+            j++;
+        }
 }
 
 /* One half of an overlapped batch: its sequences, its rows of h, its buffers. */
@@ -735,14 +804,14 @@ static int half_end(stage *s, half *x, int l, timed_moe *t, mx_error *err)
  * sequence boundary; A's expert calls are out while B's attention runs, and B's while A's
  * next layer's attention runs, so neither this stage nor the expert tier waits for the other
  * more than the imbalance. Each sequence sees the same math as in one batch. */
-static int run_overlapped(stage *s, const mx_batch *b, mx_tensor *h, timed_moe *t, mx_error *err)
+static int run_overlapped(stage *s, step_slot *sl, const mx_batch *b, mx_tensor *h, timed_moe *t, mx_error *err)
 {
     int na = 1, ta = b->spans[0].len;
     while (na < b->n_seqs - 1 && 2 * (ta + b->spans[na].len) <= b->n_tokens)
         ta += b->spans[na++].len;
     half x[2];
     memset(x, 0, sizeof x);
-    mx_span *spans_b = mx_workspace_spans(s->ws[1]);
+    mx_span *spans_b = mx_workspace_spans(sl->ws[1]);
     for (int i = na; i < b->n_seqs; i++)
         spans_b[i - na] = (mx_span){b->spans[i].start - ta, b->spans[i].len};
     x[0].b = (mx_batch){na, b->seqs, b->spans, ta};
@@ -750,8 +819,8 @@ static int run_overlapped(stage *s, const mx_batch *b, mx_tensor *h, timed_moe *
     x[0].h = mx_tensor_rows(h, 0, ta);
     x[1].h = mx_tensor_rows(h, ta, b->n_tokens - ta);
     for (int i = 0; i < 2; i++) {
-        x[i].ws = s->ws[i];
-        x[i].d = s->disp[i];
+        x[i].ws = sl->ws[i];
+        x[i].d = sl->disp[i];
     }
     int at = s->layer_begin, rc = half_begin(s, &x[0], at, t, err);
     if (!rc)
@@ -775,21 +844,57 @@ static int run_overlapped(stage *s, const mx_batch *b, mx_tensor *h, timed_moe *
     return rc;
 }
 
-/* The stage's layers over the batch: overlapped in halves when configured and there are two
- * sequences or more, else one batch through the executor. */
-static int run_layers(stage *s, const mx_batch *b, mx_tensor *h, const mx_moe_executor *moe, timed_moe *t,
-                      mx_error *err)
+/* Overlap across micro-batches: per layer, attention and routing under the lock, then the
+ * expert calls go out and the lock is let go while they run, so the next micro-batch (the
+ * gateway's pipeline_depth >= 2 sends it) computes its attention meanwhile. The batch's
+ * sequences are marked busy, so nothing frees them in between. */
+static int run_interleaved(stage *s, step_slot *sl, const mx_batch *b, mx_tensor *h, timed_moe *t, mx_error *err)
 {
-    if (!s->overlap || b->n_seqs < 2)
-        return mx_model_run_layers_ws(s->m, s->ws[0], s->layer_begin, s->layer_end, b, h, moe, err);
-    MX_TRY(mx_batch_check(s->m, s->layer_begin, s->layer_end, b, h, err));
-    return run_overlapped(s, b, h, t, err);
+    int rc = 0, l = s->layer_begin;
+    for (; l < s->layer_end && !rc; l++) {
+        mx_moe_input in;
+        rc = mx_model_layer_begin(s->m, sl->ws[0], l, b, h, &in, err);
+        if (!rc && s->fail_expert_once && l == s->fail_expert_layer) {
+            s->fail_expert_once = false;
+            rc = mx_fail(err, MX_EUNAVAILABLE, "expert call failed by test_fail_expert_call_once_at_layer");
+        }
+        double t0 = mx_now_ms();
+        if (!rc)
+            rc = mx_router_dispatch_start(sl->disp[0], l, &in.x2, in.ids, in.weights, in.k, &in.out, err);
+        if (!rc) {
+            pthread_mutex_unlock(&s->lock);
+            rc = mx_router_dispatch_finish(sl->disp[0], err);
+            pthread_mutex_lock(&s->lock);
+        }
+        t->ms += mx_now_ms() - t0;
+        if (!rc)
+            rc = mx_model_layer_end(s->m, l, h, &in, err);
+        if (rc)
+            mx_error_prefix(err, "layer %d", l);
+    }
+    return rc;
+}
+
+/* The stage's layers over the batch: in halves when configured and there are two sequences
+ * or more; else with overlap across micro-batches; else one batch through the executor. */
+static int run_layers(stage *s, step_slot *sl, const mx_batch *b, mx_tensor *h, const mx_moe_executor *moe,
+                      timed_moe *t, mx_error *err)
+{
+    if (s->overlap_halves && b->n_seqs >= 2) {
+        MX_TRY(mx_batch_check(s->m, s->layer_begin, s->layer_end, b, h, err));
+        return run_overlapped(s, sl, b, h, t, err);
+    }
+    if (s->overlap) {
+        MX_TRY(mx_batch_check(s->m, s->layer_begin, s->layer_end, b, h, err));
+        return run_interleaved(s, sl, b, h, t, err);
+    }
+    return mx_model_run_layers_ws(s->m, sl->ws[0], s->layer_begin, s->layer_end, b, h, moe, err);
 }
 
 /* Runs the batch through this stage's layers. Packs into *out either the response, or
  * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
-static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
-                      kv_filter *kvf, step_undo *undo, mx_error *err)
+static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out,
+                    StageTimings *mine, kv_filter *kvf, step_undo *undo, mx_error *err)
 {
     double t_start = mx_now_ms();
     size_t n_tokens = 0;
@@ -800,11 +905,11 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         MX_TRY(check_batch(s, rq, &n_tokens, err));
     }
     size_t n = rq->n_sequences;
-    int hidden = s->cfg.hidden_size, rc = step_arrays(s, n, s->first ? n_tokens : 0, err);
-    seq_entry **entries = s->step_entries;
-    mx_sequence **seqs = s->step_seqs;
-    mx_span *spans = s->step_spans;
-    int32_t *ids = s->step_ids;
+    int hidden = s->cfg.hidden_size, rc = step_arrays(sl, n, s->first ? n_tokens : 0, err);
+    seq_entry **entries = sl->entries;
+    mx_sequence **seqs = sl->seqs;
+    mx_span *spans = sl->spans;
+    int32_t *ids = sl->ids;
     float *host = NULL;
     mx_tensor h = {0};
     Mx__Internal__V1__RunBatchResponse resp = MX__INTERNAL__V1__RUN_BATCH_RESPONSE__INIT;
@@ -814,6 +919,7 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         memset(entries, 0, n * sizeof *entries);
         rc = resolve_sequences(s, rq, entries, err);
     }
+    bool marked = !rc && !(rc = mark_busy(s, rq, err));
     bool saved = false;
     if (!rc) {
         double now = mx_now_ms();
@@ -831,15 +937,15 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
                 ids[start + (int)j] = (int32_t)q->token_ids[j];
         start += (int)q->num_tokens;
     }
-    for (int i = 0; i < (s->overlap ? 2 : 1) && !rc; i++) /* (grows only past max_step_tokens) */
-        rc = mx_workspace_reserve(s->m, s->ws[i], (int)n_tokens, (int)n, err);
+    for (int i = 0; i < (s->overlap_halves ? 2 : 1) && !rc; i++) /* (grows only past max_step_tokens) */
+        rc = mx_workspace_reserve(s->m, sl->ws[i], (int)n_tokens, (int)n, err);
     /* On the CPU the request's own rows (our unpacked copy) are the hidden states: no copy in */
     bool in_place = !rc && !s->first && s->be->device == MX_DEVICE_CPU && s->be->act_dtype == MX_DTYPE_F32 &&
                     ((uintptr_t)rq->hidden->data.data & 63) == 0;
     if (in_place)
         h = mx_tensor_2d(rq->hidden->data.data, MX_DTYPE_F32, MX_DEVICE_CPU, (int64_t)n_tokens, hidden);
     else if (!rc)
-        h = mx_workspace_hidden(s->ws[0], (int)n_tokens);
+        h = mx_workspace_hidden(sl->ws[0], (int)n_tokens);
     if (!rc && !in_place) {
         if (s->first) {
             rc = mx_model_embed(s->m, ids, (int)n_tokens, &h, err);
@@ -853,15 +959,15 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         }
     }
     timed_moe tmoe = {{0}, 0, s};
-    local_moe_ctx lc = {s->m, s->ws[0]};
+    local_moe_ctx lc = {s->m, sl->ws[0]};
     if (s->router)
-        tmoe.inner = mx_router_dispatcher_executor(s->disp[0]);
+        tmoe.inner = mx_router_dispatcher_executor(sl->disp[0]);
     else
         tmoe.inner = (mx_moe_executor){local_moe, &lc};
     mx_moe_executor moe = {timed_moe_run, &tmoe};
     mx_batch b = {(int)n, seqs, spans, (int)n_tokens};
     double t_layers = mx_now_ms();
-    if (!rc && (rc = run_layers(s, &b, &h, &moe, &tmoe, err))) {
+    if (!rc && (rc = run_layers(s, sl, &b, &h, &moe, &tmoe, err))) {
         kv_name_failure(s, err);
         /* the batch was checked above: a complaint about input from inside the layers is
          * ours (INTERNAL), not the caller's (INVALID_ARGUMENT / NOT_FOUND) */
@@ -873,6 +979,12 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
     }
     if (!rc)
         rc = s->be->sync(s->be, err);
+    /* with overlap the lock was let go: another batch may have added sequences (the table
+     * moves its entries), so they are looked up again */
+    for (size_t i = 0; i < n && !rc && s->overlap; i++)
+        if (!(entries[i] = seq_table_find(&s->seqs, rq->sequences[i]->sequence_id)))
+            rc = mx_fail(err, MX_EINTERNAL, "sequence %llu vanished during the step",
+                         (unsigned long long)rq->sequences[i]->sequence_id);
     double t_head = mx_now_ms();
     if (!rc) {
         mx_batch_advance(&b);
@@ -930,6 +1042,28 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
             undo->len_after[i] = entries[i]->seq->length;
     free_sampled(&resp);
     free(host);
+    if (marked)
+        unmark_busy(s, rq);
+    return rc;
+}
+
+/* Under lock: takes a free slot (waits while every slot holds a batch), runs the batch in it. */
+static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
+                      kv_filter *kvf, step_undo *undo, mx_error *err)
+{
+    int k = -1;
+    for (;;) {
+        for (int i = 0; i < s->n_slots && k < 0; i++)
+            if (!s->slots[i].taken)
+                k = i;
+        if (k >= 0)
+            break;
+        pthread_cond_wait(&s->slot_cv, &s->lock);
+    }
+    s->slots[k].taken = true;
+    int rc = run_slot(s, &s->slots[k], rq, fwd, out, mine, kvf, undo, err);
+    s->slots[k].taken = false;
+    pthread_cond_signal(&s->slot_cv);
     return rc;
 }
 
@@ -1127,8 +1261,20 @@ int stage_release(stage *s, const uint8_t *req, size_t len, mx_rpc_payload *out,
     const Mx__Internal__V1__ReleaseRequest *rq = (const Mx__Internal__V1__ReleaseRequest *)msg;
     Mx__Internal__V1__ReleaseResponse resp = MX__INTERNAL__V1__RELEASE_RESPONSE__INIT;
     pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < rq->n_sequence_ids; i++)
-        resp.released_sequences += (uint32_t)seq_table_remove(&s->seqs, rq->sequence_ids[i]);
+    for (size_t i = 0; i < rq->n_sequence_ids; i++) {
+        uint64_t id = rq->sequence_ids[i];
+        if (!is_busy(s, id)) {
+            resp.released_sequences += (uint32_t)seq_table_remove(&s->seqs, id);
+            continue;
+        }
+        /* in a batch that is waiting for its experts (overlap): freed when it leaves */
+        bool known = false;
+        for (int j = 0; j < s->n_deferred; j++)
+            known |= s->deferred[j] == id;
+        if (!known && s->n_deferred < s->max_sequences)
+            s->deferred[s->n_deferred++] = id;
+        resp.released_sequences++;
+    }
     mx_kv_usage u = {0};
     s->be->kv_usage(s->be, &u);
     stage_metrics_live(s->metrics, s->seqs.count, u.used_bytes);

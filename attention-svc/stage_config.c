@@ -31,7 +31,7 @@ static const char *const known_keys[] = {
     "listen", "model", "port_file", "log_level", "backend", "next", "index", "count", "layer_begin", "layer_end",
     "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms",
     "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms", "metrics_listen", "max_step_tokens",
-    "overlap"};
+    "overlap", "overlap_halves"};
 
 /* true / false, def when absent. */
 static int get_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err)
@@ -147,6 +147,7 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(mx_cfg_int(g, "max_step_tokens", 0, 512, 1, 1 << 24, &step_tokens, err));
     c->max_step_tokens = (int)step_tokens;
     MX_TRY(get_bool(g, "overlap", true, &c->overlap, err));
+    MX_TRY(get_bool(g, "overlap_halves", false, &c->overlap_halves, err));
     char kv_dtype[32];
     MX_TRY(mx_cfg_string_buf(g, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
     if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))

@@ -33,9 +33,13 @@
  *       max_step_tokens = 512;        # a RunBatch's tokens the step buffers are made for at
  *                                     # start (the gateway's max_step_tokens; larger steps grow
  *                                     # them once); a decode step then allocates nothing
- *       overlap = true;               # with remote experts: a batch of 2+ sequences runs as two
- *                                     # halves, one's attention computed while the other's
- *                                     # expert calls are out (default true)
+ *       overlap = true;               # with remote experts: while a micro-batch's expert calls
+ *                                     # are out, the next micro-batch (gateway pipeline_depth
+ *                                     # >= 2) computes its attention here (default true)
+ *       overlap_halves = false;       # with remote experts: a batch of 2+ sequences runs as two
+ *                                     # halves, one's attention while the other's expert calls
+ *                                     # are out, within one RunBatch (default false: each half
+ *                                     # reads the weights again; see the README's numbers)
  *       test_fail_expert_call_once_at_layer = -1;  # tests only: the first MoE call of this
  *                                     # layer fails once (UNAVAILABLE), mid-RunBatch; -1 = off
  *     };
@@ -79,7 +83,8 @@ typedef struct stage_config {
     bool test_fail_expert_once;   /* tests only: fail one MoE call of test_fail_expert_layer */
     int test_fail_expert_layer;
     int max_step_tokens;      /* tokens of a RunBatch the step buffers are sized for */
-    bool overlap;             /* two halves of a batch: one's attention while the other's experts run */
+    bool overlap;             /* the compute lock is let go while a batch's expert calls are out */
+    bool overlap_halves;      /* a batch of 2+ sequences as two halves interleaved per layer */
 } stage_config;
 
 /* Reads and checks the file (ranges against each other; layers against the model later).

@@ -33,5 +33,8 @@ echo
 echo "== loopback cluster vs single-process engine, batch 32"
 BUILD=$BUILD bench/bench_cluster.sh
 echo
+echo "== two simulated hosts (a stage and an expert shard per core): pipeline depth and overlap"
+BUILD=$BUILD bench/bench_overlap.sh
+echo
 echo "== expert placement: contiguous split vs mx plan-experts on a skewed gate"
 BUILD=$BUILD bench/bench_placement.sh

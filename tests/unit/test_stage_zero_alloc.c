@@ -24,6 +24,7 @@
 #include <cmocka.h>
 
 #include <link.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -364,62 +365,77 @@ static void stage_step(stage *s, int step, uint32_t *tok, uint8_t *buf, size_t c
     stage_step_with(s, step, default_prompts, default_lens, tok, buf, cap, count);
 }
 
-/* prompts[i][0..lens[i]) at step 0, then tok[i] at start position lens[i] + step - 1 */
-static void stage_step_with(stage *s, int step, const uint32_t (*prompts)[8], const int *lens, uint32_t *tok,
-                            uint8_t *buf, size_t cap, bool count)
+/* Sequences [first, first + n) as one RunBatch: prompts[i][0..lens[i]) at step 0, then
+ * tok[i] at position lens[i] + step - 1; tok[i] gets the sampled token. No cmocka calls
+ * (threads run it): returns 0, or -1 with a message in err. */
+static int step_range(stage *s, int step, int first, int n_seqs, const uint32_t (*prompts)[8], const int *lens,
+                      uint32_t *tok, uint8_t *buf, size_t cap, bool count, mx_error *err)
 {
     uint32_t ids[N_SEQS][8];
     Mx__Internal__V1__StageSampling sp[N_SEQS];
     Mx__Internal__V1__SequenceInput q[N_SEQS], *qp[N_SEQS];
-    for (int i = 0; i < N_SEQS; i++) {
-        int n = step == 0 ? lens[i] : 1;
+    for (int k = 0; k < n_seqs; k++) {
+        int i = first + k, n = step == 0 ? lens[i] : 1;
         for (int j = 0; j < n; j++)
-            ids[i][j] = step == 0 ? prompts[i][j] : tok[i];
-        mx__internal__v1__stage_sampling__init(&sp[i]);
-        sp[i].top_p = 1;
-        sp[i].repetition_penalty = 1;
-        sp[i].step = (uint32_t)step;
-        mx__internal__v1__sequence_input__init(&q[i]);
-        q[i].sequence_id = 77 + (uint64_t)i;
-        q[i].start_position = step == 0 ? 0 : (uint32_t)(lens[i] + step - 1);
-        q[i].token_ids = ids[i];
-        q[i].n_token_ids = (size_t)n;
-        q[i].num_tokens = (uint32_t)n;
-        q[i].sampling = &sp[i];
-        q[i].sample = 1;
-        qp[i] = &q[i];
+            ids[k][j] = step == 0 ? prompts[i][j] : tok[i];
+        mx__internal__v1__stage_sampling__init(&sp[k]);
+        sp[k].top_p = 1;
+        sp[k].repetition_penalty = 1;
+        sp[k].step = (uint32_t)step;
+        mx__internal__v1__sequence_input__init(&q[k]);
+        q[k].sequence_id = 77 + (uint64_t)i;
+        q[k].start_position = step == 0 ? 0 : (uint32_t)(lens[i] + step - 1);
+        q[k].token_ids = ids[k];
+        q[k].n_token_ids = (size_t)n;
+        q[k].num_tokens = (uint32_t)n;
+        q[k].sampling = &sp[k];
+        q[k].sample = 1;
+        qp[k] = &q[k];
     }
     Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
     rq.batch_id = (uint64_t)step;
     rq.sequences = qp;
-    rq.n_sequences = N_SEQS;
+    rq.n_sequences = (size_t)n_seqs;
     size_t len = protobuf_c_message_get_packed_size(&rq.base);
-    assert_true(len <= cap);
+    if (len > cap)
+        return mx_fail(err, MX_EINVAL, "request of %zu bytes", len);
     protobuf_c_message_pack(&rq.base, buf);
     mx_rpc_payload out;
-    mx_error err = {0};
     if (count)
         count_resume(2);
-    int rc = stage_run_batch(s, buf, len, 20000, &out, &err);
+    int rc = stage_run_batch(s, buf, len, 20000, &out, err);
     if (count)
         count_pause();
     if (rc)
-        fail_msg("step %d: %s", step, err.msg);
+        return -1;
     Mx__Internal__V1__RunBatchResponse *r = mx__internal__v1__run_batch_response__unpack(NULL, out.len, out.data);
     if (out.release)
         out.release(out.release_ctx);
-    assert_non_null(r);
-    assert_int_equal(r->n_sampled, N_SEQS);
-    for (int i = 0; i < N_SEQS; i++)
-        tok[i] = r->sampled[i]->token_id;
+    if (!r || r->n_sampled != (size_t)n_seqs) {
+        if (r)
+            mx__internal__v1__run_batch_response__free_unpacked(r, NULL);
+        return mx_fail(err, MX_EINTERNAL, "answer without %d sampled tokens", n_seqs);
+    }
+    for (int k = 0; k < n_seqs; k++)
+        tok[first + k] = r->sampled[k]->token_id;
     mx__internal__v1__run_batch_response__free_unpacked(r, NULL);
+    return 0;
+}
+
+static void stage_step_with(stage *s, int step, const uint32_t (*prompts)[8], const int *lens, uint32_t *tok,
+                            uint8_t *buf, size_t cap, bool count)
+{
+    mx_error err = {0};
+    if (step_range(s, step, 0, N_SEQS, prompts, lens, tok, buf, cap, count, &err))
+        fail_msg("step %d: %s", step, err.msg);
 }
 
 /* A whole stage (all 8 layers, samples) with overlap on, its MoE through two in-process
  * shards: RunBatch decode steps through stage_run_batch, the request and answer unpacked and
  * packed by the stage as for a real call. */
 /* A whole stage (all 8 layers, samples) with its MoE through the servers a and b. */
-static stage *make_stage(const server *a, const server *b, bool overlap)
+/* mode 0: no overlap; 1: overlap across micro-batches; 2: a batch in two halves */
+static stage *make_stage(const server *a, const server *b, int mode)
 {
     char text[512];
     snprintf(text, sizeof text,
@@ -445,7 +461,8 @@ static stage *make_stage(const server *a, const server *b, bool overlap)
     c.worker_threads = 2;
     c.kv_dtype = MX_KV_F32;
     c.remote_experts = true;
-    c.overlap = overlap;
+    c.overlap = mode == 1;
+    c.overlap_halves = mode == 2;
     c.max_step_tokens = 64;
     stage *s = NULL;
     if (stage_create(&c, &s, &err))
@@ -463,7 +480,7 @@ static void test_stage_decode(void **state)
     server a, b;
     start_server(&a, "experts = [0, 1];", 0);
     start_server(&b, "experts = [2, 3];", 1);
-    stage *s = make_stage(&a, &b, true);
+    stage *s = make_stage(&a, &b, 1);
     uint8_t buf[4096];
     uint32_t tok[N_SEQS] = {0};
     atomic_store(&counted, 0);
@@ -495,9 +512,39 @@ static int read_ids(mx_st_file *f, const char *name, int32_t *out, int cap)
     return (int)e->shape[0];
 }
 
-/* Overlap on: the batch runs as two halves interleaved per layer. Sequence 0 is the fixture's
- * p5_s12 case, fed its own greedy tokens: the stage must sample exactly those (the
- * reference's, not ours); the three others must get the same tokens as with overlap off. */
+/* One driver of the overlap test: all four sequences (half -1), or sequences [0, 2) or
+ * [2, 4) (half 0 or 1) as its own micro-batch, 12 steps, sequence 0 teacher-forced. */
+typedef struct duo {
+    stage *s;
+    const uint32_t (*prompts)[8];
+    const int *lens;
+    const int32_t *greedy;
+    int half;
+    uint32_t got[12][N_SEQS];
+    bool failed;
+    mx_error err;
+} duo;
+
+static void *duo_main(void *arg)
+{
+    duo *d = arg;
+    uint8_t buf[4096];
+    uint32_t tok[N_SEQS] = {0};
+    int first = d->half < 0 ? 0 : 2 * d->half, n = d->half < 0 ? N_SEQS : 2;
+    for (int step = 0; step < 12 && !d->failed; step++) {
+        if (step > 0)
+            tok[0] = (uint32_t)d->greedy[step - 1]; /* teacher-forced like the fixture */
+        d->failed = step_range(d->s, step, first, n, d->prompts, d->lens, tok, buf, sizeof buf, false, &d->err) != 0;
+        memcpy(d->got[step], tok, sizeof tok);
+    }
+    return NULL;
+}
+
+/* Overlap on, both kinds: two micro-batches of two sequences sent at once by two threads
+ * (the compute lock let go while one's expert calls are out), and one batch run as two
+ * halves. Sequence 0 is the fixture's p5_s12 case, fed its own greedy tokens: the stage must
+ * sample exactly those (the reference's, not ours); the three others must get the same
+ * tokens as with overlap off. */
 static void test_stage_overlap_tokens(void **state)
 {
     (void)state;
@@ -516,27 +563,42 @@ static void test_stage_overlap_tokens(void **state)
     server a, b;
     start_server(&a, "experts = [0, 1];", 0);
     start_server(&b, "experts = [2, 3];", 1);
-    enum { STEPS = 12 };
-    uint32_t got[2][STEPS][N_SEQS];
-    uint8_t buf[4096];
-    for (int mode = 0; mode < 2; mode++) {
-        stage *s = make_stage(&a, &b, mode == 1);
-        uint32_t tok[N_SEQS] = {0};
-        for (int step = 0; step < STEPS; step++) {
-            if (step > 0)
-                tok[0] = (uint32_t)greedy[step - 1]; /* teacher-forced like the fixture */
-            stage_step_with(s, step, (const uint32_t(*)[8])prompts, lens, tok, buf, sizeof buf, false);
-            memcpy(got[mode][step], tok, sizeof tok);
+    enum { STEPS = 12, MODES = 3 };
+    uint32_t got[MODES][STEPS][N_SEQS];
+    for (int mode = 0; mode < MODES; mode++) {
+        stage *s = make_stage(&a, &b, mode);
+        duo d = {.s = s, .prompts = (const uint32_t(*)[8])prompts, .lens = lens, .greedy = greedy};
+        if (mode == 1) {
+            /* two micro-batches of two sequences in flight at once, as pipeline_depth 2 sends */
+            pthread_t t;
+            d.half = 1;
+            assert_int_equal(pthread_create(&t, NULL, duo_main, &d), 0);
+            duo mine = d;
+            mine.half = 0;
+            duo_main(&mine);
+            pthread_join(t, NULL);
+            if (mine.failed || d.failed)
+                fail_msg("%s", mine.failed ? mine.err.msg : d.err.msg);
+            for (int step = 0; step < STEPS; step++)
+                for (int i = 0; i < N_SEQS; i++)
+                    got[mode][step][i] = (i < 2 ? mine.got : d.got)[step][i];
+        } else {
+            d.half = -1;
+            duo_main(&d);
+            if (d.failed)
+                fail_msg("%s", d.err.msg);
+            memcpy(got[mode], d.got, sizeof got[mode]);
         }
         stage_destroy(s);
     }
     stop_server(&a);
     stop_server(&b);
-    for (int step = 0; step < STEPS; step++) {
-        assert_int_equal(got[1][step][0], (uint32_t)greedy[step]);
-        for (int i = 0; i < N_SEQS; i++)
-            assert_int_equal(got[1][step][i], got[0][step][i]);
-    }
+    for (int mode = 0; mode < MODES; mode++)
+        for (int step = 0; step < STEPS; step++) {
+            assert_int_equal(got[mode][step][0], (uint32_t)greedy[step]);
+            for (int i = 0; i < N_SEQS; i++)
+                assert_int_equal(got[mode][step][i], got[0][step][i]);
+        }
 }
 
 static void test_router_decode(void **state)
