@@ -4,7 +4,8 @@ file; shard 0's replicas listen on 127.0.0.2, 127.0.0.3 and 127.0.0.4 (same port
 a static address. Two attention stages (their config names shard 0 as
 "dns://127.0.0.1:PORT/shard0.mx.test:PORT") and a gateway are started here, all by hand, and
 stopped by pid. An independent Python grpcio client runs 16 streams of greedy requests whose
-tokens must equal the fixture's, while:
+tokens must equal the fixture's (a third Health/Watch on a replica, beyond the stages' two, is
+refused: at most half of its 4 workers serve Watches), while:
 - two replicas are started, then added to DNS (SIGHUP re-reads the hosts file): within 10 s of
   that each serves at least 20 % of shard 0's calls, by the replicas' own counters
   (ExpertShard/Info calls_total);
@@ -220,6 +221,20 @@ def main():
         gw = "127.0.0.1:%d" % pg
         if not r.check(fe.wait_until(lambda: serving(gw), 60), "gateway SERVING", procs.log("gateway")):
             return
+        # both stages hold a Health/Watch on the replica; with expert-svc's 4 workers that is the
+        # most it serves (half), so a third is refused and Check still answers
+        try:
+            with grpc.insecure_channel(a) as ch:
+                watch = ch.unary_stream("/grpc.health.v1.Health/Watch",
+                                        request_serializer=fe.health_pb.HealthCheckRequest.SerializeToString,
+                                        response_deserializer=fe.health_pb.HealthCheckResponse.FromString)
+                first = next(watch(fe.health_pb.HealthCheckRequest(service="mx.internal.v1.ExpertShard"), timeout=5))
+                code = "answered %s" % first.status
+        except grpc.RpcError as e:
+            code = e.code()
+        r.check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and serving(a, "mx.internal.v1.ExpertShard"),
+                "a third Health/Watch on a 4-worker replica is refused (the stages hold two); Check answers",
+                "%s" % code)
         load = fe.Load(gw, cases)
         load.start()
         r.check(fe.wait_until(lambda: load.counts()[0] >= 4, 60), "requests complete with one replica")
