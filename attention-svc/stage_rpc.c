@@ -33,8 +33,14 @@ static int add_expert_load(mx_router *r, mx_rpc_payload *resp, mx_error *err)
     Mx__Internal__V1__StageInfoResponse *info = (Mx__Internal__V1__StageInfoResponse *)m;
     int L, E, S = mx_router_num_shards(r), n_rep = 0;
     mx_router_dims(r, &L, &E);
+    /* replica counts read once: DNS discovery may add slots meanwhile */
+    int *reps = malloc((size_t)S * sizeof *reps);
+    if (!reps) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return mx_fail(err, MX_ENOMEM, "out of memory describing the expert load");
+    }
     for (int sh = 0; sh < S; sh++)
-        n_rep += mx_router_num_replicas(r, sh);
+        n_rep += reps[sh] = mx_router_num_replicas(r, sh);
     int l0 = (int)info->first_layer, nl = (int)info->end_layer - l0;
     if (l0 < 0 || nl < 0 || l0 + nl > L)
         nl = 0;
@@ -68,7 +74,7 @@ static int add_expert_load(mx_router *r, mx_rpc_payload *resp, mx_error *err)
         sl[sh] = init;
         sl[sh].shard = (uint32_t)sh;
         sl[sh].replicas = rlp + k;
-        for (int i = 0; i < mx_router_num_replicas(r, sh); i++, k++) {
+        for (int i = 0; i < reps[sh]; i++, k++) {
             mx_router_replica_load x;
             mx_router_replica_load_get(r, sh, i, &x);
             Mx__Internal__V1__ReplicaLoad rinit = MX__INTERNAL__V1__REPLICA_LOAD__INIT;
@@ -98,6 +104,7 @@ done:
     free(slp);
     free(rl);
     free(rlp);
+    free(reps);
     return rc;
 }
 
