@@ -14,6 +14,7 @@ refused: at most half of its 4 workers serve Watches), while:
   flight finish and it exits 0 - and no call had to be retried elsewhere (the stages' own
   mx_stage_expert_retries_total, scraped from their metrics endpoints, does not move);
 - the other is removed from DNS: it stops getting calls (drained), then exits 0 on SIGTERM;
+- a replica on [::1] joins through an AAAA record of the same name, gets calls, and leaves;
 - no request fails throughout.
 Prints 'N passed, N failed' last."""
 import json
@@ -58,7 +59,7 @@ def free_port(hosts):
         socks = []
         try:
             for h in hosts:
-                s = socket.socket()
+                s = socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET)
                 socks.append(s)
                 s.bind((h, port))
             return port
@@ -133,7 +134,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="mx-elastic-")
     procs = Procs(tmp)
     hosts_file = os.path.join(tmp, "hosts")
-    p0 = free_port(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+    p0 = free_port(["127.0.0.2", "127.0.0.3", "127.0.0.4", "::1"])
     p1, ps0, ps1, pg, pm0, pm1 = (free_port(["127.0.0.1"]) for _ in range(6))
     metrics_ports = {0: pm0, 1: pm1}
     dns_port = free_udp_port()
@@ -148,11 +149,12 @@ def main():
     def expert(name, ip, port, shard):
         path = os.path.join(tmp, name + ".cfg")
         experts = list(range(0, half)) if shard == 0 else list(range(half, E))
+        host = "[%s]" % ip if ":" in ip else ip
         with open(path, "w") as f:
             f.write('model_dir = "%s";\nlisten = "%s:%d";\nthreads = 1;\nshard_index = %d;\nexperts = %s;\n'
-                    'drain_ms = 8000;\n' % (model, ip, port, shard, json.dumps(experts)))
+                    'drain_ms = 8000;\n' % (model, host, port, shard, json.dumps(experts)))
         procs.start(name, [os.path.join(bindir, "expert-svc"), "--config", path])
-        return "%s:%d" % (ip, port)
+        return "%s:%d" % (host, port)
 
     def stage(i, port, nxt):
         path = os.path.join(tmp, "stage%d.cfg" % i)
@@ -306,6 +308,23 @@ def main():
                     "status %s after %.1f s\n%s" % (status, time.time() - t0, procs.log(name, 600)))
         r.check(fe.wait_until(lambda: load.counts()[0] > ok0 + 4, 60), "requests complete after the scale-down")
         r.check((info_calls(a) or 0) > (a_before or 0), "the remaining replica serves shard 0")
+
+        # an AAAA record: a replica on [::1] joins through the same name, and leaves again
+        v6 = expert("expert0v6", "::1", p0, 0)
+        if r.check(fe.wait_until(lambda: serving(v6, "mx.internal.v1.ExpertShard"), 60), "replica on [::1] SERVING",
+                   procs.log("expert0v6")):
+            write_hosts(["127.0.0.2", "::1"])
+            os.kill(procs.p["dnsmasq"].pid, signal.SIGHUP)
+            t6 = time.time()
+            got = fe.wait_until(lambda: (info_calls(v6) or 0) > 0, 15)
+            r.check(got, "a replica found through an AAAA record ([::1]) gets calls",
+                    "none 15 s after the DNS change")
+            if got:
+                print("aaaa: first call %.2f s after the DNS change" % (time.time() - t6))
+            write_hosts(["127.0.0.2"])
+            os.kill(procs.p["dnsmasq"].pid, signal.SIGHUP)
+            status = procs.stop("expert0v6", timeout=15)
+            r.check(status == 0, "the [::1] replica exits 0 on SIGTERM", "status %s" % status)
         load.finish()
         ok, failed, wrong, errs = load.counts()
         print("load: %d requests ok, %d failed, %d wrong tokens" % (ok, failed, wrong))
