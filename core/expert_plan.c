@@ -228,9 +228,11 @@ int mx_expert_plan_make(const double *load, int n_experts, int n_shards, int n_r
         spread_replicas(out->shard_load, n_shards, n_replicas, out->replicas);
         finish(load, out);
     }
-    /* every number of extra copies, most first: filling every slot with copies can leave a
-     * shard with few replicas no slot for a light expert */
-    for (int extra = n_shards * K - n_experts; extra >= 0 && !rc; extra--) {
+    /* every number of extra copies, fewest first: filling every slot with copies can leave a
+     * shard with few replicas no slot for a light expert, and at an equal busiest replica
+     * fewer copies win (less memory; the router sends a token group whole to one holder, so
+     * copies even out load across calls, not within one) */
+    for (int extra = 0; extra <= n_shards * K - n_experts && !rc; extra++) {
         for (int s = 0; s < n_shards; s++)
             alt.replicas[s] = 1;
         for (int round = 0; round < 4 && !rc; round++) {

@@ -11,11 +11,11 @@
  *    shard when replica counts are equal).
  * 3. Replicas: every shard one, each further replica to the shard with the highest load per
  *    replica (optimal for this min-max problem).
- * Steps 1-3 are tried with every number of extra copies (all spare slots down to none), and
+ * Steps 1-3 are tried with every number of extra copies (none up to every spare slot), and
  * steps 2-3 run a few rounds, each packing with the replica counts the previous round chose;
  * the contiguous split (shard s holds experts [s*N/S, (s+1)*N/S)) with step 3's replicas
- * is a candidate too: the best is returned (ties: the contiguous split, then the earlier
- * round), so the plan's busiest replica is never more loaded than the contiguous split's with
+ * is a candidate too: the best is returned (ties: the contiguous split, then fewer copies,
+ * then the earlier round), so the plan's busiest replica is never more loaded than the contiguous split's with
  * its replicas spread evenly. Load of an expert held by c shards counts load/c on each (the
  * router balances between holders). */
 #ifndef MX_EXPERT_PLAN_H
