@@ -146,7 +146,9 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     int64_t step_tokens;
     MX_TRY(mx_cfg_int(g, "max_step_tokens", 0, 512, 1, 1 << 24, &step_tokens, err));
     c->max_step_tokens = (int)step_tokens;
-    MX_TRY(get_bool(g, "overlap", true, &c->overlap, err));
+    /* off by default: on a machine whose cores are all busy anyway it measured slower
+     * (bench/bench_overlap.sh); it pays where a stage waits on experts on other machines */
+    MX_TRY(get_bool(g, "overlap", false, &c->overlap, err));
     MX_TRY(get_bool(g, "overlap_halves", false, &c->overlap_halves, err));
     char kv_dtype[32];
     MX_TRY(mx_cfg_string_buf(g, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));

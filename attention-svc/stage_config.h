@@ -33,9 +33,10 @@
  *       max_step_tokens = 512;        # a RunBatch's tokens the step buffers are made for at
  *                                     # start (the gateway's max_step_tokens; larger steps grow
  *                                     # them once); a decode step then allocates nothing
- *       overlap = true;               # with remote experts: while a micro-batch's expert calls
+ *       overlap = false;              # with remote experts: while a micro-batch's expert calls
  *                                     # are out, the next micro-batch (gateway pipeline_depth
- *                                     # >= 2) computes its attention here (default true)
+ *                                     # >= 2) computes its attention here (default false: see
+ *                                     # the README's numbers)
  *       overlap_halves = false;       # with remote experts: a batch of 2+ sequences runs as two
  *                                     # halves, one's attention while the other's expert calls
  *                                     # are out, within one RunBatch (default false: each half
