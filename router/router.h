@@ -112,8 +112,10 @@ typedef struct mx_router mx_router;
  * the model: layers < num_layers, experts < num_experts. A (layer, expert) may be held by
  * several shards: each token group then goes to the holder with the fewest rows in flight
  * per replica (ties: the lower shard index), counting the rows this same call already gave
- * it; the group is never split, so results do not depend on the holder. cfg is copied; the caller may free it afterwards. be (borrowed, may be NULL) is the
- * stage's backend: x2 and out tensors not on the CPU are copied through it. */
+ * it (groups with one holder are placed first, then the others, largest first); a group is
+ * never split, so results do not depend on the holder. cfg is copied; the caller may free
+ * it afterwards. be (borrowed, may be NULL) is the stage's backend: x2 and out tensors not
+ * on the CPU are copied through it. */
 int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,
                      mx_backend *be, mx_router **out, mx_error *err);
 
