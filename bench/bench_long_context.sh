@@ -30,8 +30,10 @@ trap cleanup EXIT
 # max_step_tokens), for the projection to 1M tokens; BENCH_ATTN_GFLOPS skips the measurement.
 rate=${BENCH_ATTN_GFLOPS:-}
 if [ -z "$rate" ]; then
-    line=$("$BUILD/bench/bench_prefill" --model "$model" --sizes 16K --chunk 512 --threads "$THREADS" | grep '^result')
+    out=$("$BUILD/bench/bench_prefill" --model "$model" --sizes 16K --chunk 512 --threads "$THREADS")
+    line=$(grep '^result' <<<"$out")
     rate=$(sed -nE 's/.* attn_gflops=([0-9.]+).*/\1/p' <<<"$line")
+    grep -A1 '^kernel paths' <<<"$out" || true # which kernels ran (AMX where the CPU has it)
     echo "softmax attention of this model, 16K-token prefill in chunks of 512 (single process): $rate GFLOP/s"
 fi
 BUILD=$BUILD /usr/bin/python3 bench/long_context.py --model "$model" --prompt-tokens "$PROMPT" \
