@@ -47,6 +47,12 @@ typedef struct step_slot {
     size_t cap;                 /* sequences the arrays hold */
     int32_t *ids;               /* token ids of a first stage's step */
     size_t ids_cap;
+    bool *flags;                /* [cap] kv_admit's left-out sequences */
+    uint64_t *new_ids;          /* [cap] sequences resolve_sequences created */
+    int32_t *rows;              /* [cap] rows sampled */
+    Mx__Internal__V1__SampledToken **sampled, *toks; /* [cap] the answer's sampled tokens */
+    float *logits;              /* [logits_cap] the head's logits of the sampled rows */
+    size_t logits_cap;
 } step_slot;
 
 struct stage {
@@ -233,6 +239,12 @@ void stage_destroy(stage *s)
         free(sl->seqs);
         free(sl->spans);
         free(sl->ids);
+        free(sl->flags);
+        free(sl->new_ids);
+        free(sl->rows);
+        free(sl->sampled);
+        free(sl->toks);
+        free(sl->logits);
     }
     free(s->busy);
     free(s->deferred);
@@ -318,29 +330,33 @@ static int check_batch(const stage *s, const RunBatchRequest *rq, size_t *n_toke
 }
 
 /* Samples every sequence with sample=true from the head's logits; fills resp->sampled. */
-static int sample_batch(stage *s, const RunBatchRequest *rq, seq_entry **entries, const mx_span *spans,
-                        const mx_tensor *h, Mx__Internal__V1__RunBatchResponse *resp, mx_error *err)
+static int sample_batch(stage *s, step_slot *sl, const RunBatchRequest *rq, seq_entry **entries,
+                        const mx_span *spans, const mx_tensor *h, Mx__Internal__V1__RunBatchResponse *resp,
+                        mx_error *err)
 {
     int vocab = s->cfg.vocab_size, n = 0;
     for (size_t i = 0; i < rq->n_sequences; i++)
         n += rq->sequences[i]->sample;
     if (n == 0)
         return 0;
-    int32_t *rows = malloc((size_t)n * sizeof *rows);
-    float *logits = malloc((size_t)n * vocab * sizeof *logits);
-    resp->sampled = calloc((size_t)n, sizeof *resp->sampled);
-    Mx__Internal__V1__SampledToken *toks = calloc((size_t)n, sizeof *toks);
-    if (!rows || !logits || !resp->sampled || !toks) {
-        free(rows);
-        free(logits);
-        free(toks);
-        return mx_fail(err, MX_ENOMEM, "out of memory for %d logits rows", n);
+    /* the slot's arrays (n <= its sequences); the logits grow to the largest step seen */
+    if ((size_t)n * vocab > sl->logits_cap) {
+        float *grown = realloc(sl->logits, (size_t)n * vocab * sizeof *grown);
+        if (!grown)
+            return mx_fail(err, MX_ENOMEM, "out of memory for %d logits rows", n);
+        sl->logits = grown;
+        sl->logits_cap = (size_t)n * vocab;
     }
+    int32_t *rows = sl->rows;
+    float *logits = sl->logits;
+    resp->sampled = sl->sampled;
+    Mx__Internal__V1__SampledToken *toks = sl->toks;
+    memset(toks, 0, (size_t)n * sizeof *toks);
     int k = 0;
     for (size_t i = 0; i < rq->n_sequences; i++)
         if (rq->sequences[i]->sample)
             rows[k++] = spans[i].start + spans[i].len - 1;
-    int rc = mx_model_head(s->m, h, rows, n, logits, err);
+    int rc = mx_model_head_ws(s->m, sl->ws[0], h, rows, n, logits, err);
     k = 0;
     for (size_t i = 0; i < rq->n_sequences && !rc; i++) {
         const SequenceInput *q = rq->sequences[i];
@@ -385,21 +401,18 @@ static int sample_batch(stage *s, const RunBatchRequest *rq, seq_entry **entries
         resp->sampled[k++] = t;
         resp->n_sampled = (size_t)k;
     }
-    free(rows);
-    free(logits);
     if (rc) {
         for (int i = 0; i < n; i++) {
             free(toks[i].top_token_ids);
             free(toks[i].top_logprobs);
         }
-        free(toks);
-        free(resp->sampled);
         resp->sampled = NULL;
         resp->n_sampled = 0;
     }
     return rc;
 }
 
+/* The top-logprob arrays of the sampled tokens (the token arrays are the slot's). */
 static void free_sampled(Mx__Internal__V1__RunBatchResponse *resp)
 {
     if (!resp->sampled)
@@ -408,18 +421,16 @@ static void free_sampled(Mx__Internal__V1__RunBatchResponse *resp)
         free(resp->sampled[i]->top_token_ids);
         free(resp->sampled[i]->top_logprobs);
     }
-    free(resp->sampled[0]);  /* the array of SampledToken structs */
-    free(resp->sampled);
+    resp->sampled = NULL;
 }
 
 /* Looks up (or, at position 0, creates) every sequence of the batch. On failure the
  * sequences created here are removed again, so a rejected batch leaves no state. */
-static int resolve_sequences(stage *s, const RunBatchRequest *rq, seq_entry **entries, mx_error *err)
+static int resolve_sequences(stage *s, step_slot *sl, const RunBatchRequest *rq, seq_entry **entries,
+                             mx_error *err)
 {
     size_t n = rq->n_sequences, created = 0;
-    uint64_t *new_ids = malloc(n * sizeof *new_ids);
-    if (!new_ids)
-        return mx_fail(err, MX_ENOMEM, "out of memory");
+    uint64_t *new_ids = sl->new_ids;
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         const SequenceInput *q = rq->sequences[i];
@@ -440,7 +451,6 @@ static int resolve_sequences(stage *s, const RunBatchRequest *rq, seq_entry **en
     if (rc)
         for (size_t i = 0; i < created; i++)
             seq_table_remove(&s->seqs, new_ids[i]);
-    free(new_ids);
     return rc;
 }
 
@@ -487,7 +497,7 @@ static void kv_describe(const stage *s, const mx_kv_usage *u, char *buf, size_t 
  * when some do not. While draining, a sequence that would be created here is refused the same
  * way (the sequences already live finish; the gateway ends just the refused requests).
  * Returns MX_ENOMEM (RESOURCE_EXHAUSTED) when none is admitted. */
-static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error *err)
+static int kv_admit(stage *s, step_slot *sl, const RunBatchRequest *rq, kv_filter *f, mx_error *err)
 {
     mx_kv_usage u;
     s->be->kv_usage(s->be, &u);
@@ -496,9 +506,8 @@ static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error 
         return 0;
     size_t n = rq->n_sequences, n_drained = 0;
     uint64_t left = u.used_bytes < u.budget_bytes ? u.budget_bytes - u.used_bytes : 0;
-    bool *out = calloc(n, sizeof *out);
-    if (!out)
-        return mx_fail(err, MX_ENOMEM, "out of memory");
+    bool *out = sl->flags; /* (the slot holds n: run_slot made room) */
+    memset(out, 0, n * sizeof *out);
     size_t first = n;
     uint64_t first_need = 0;
     int64_t first_len = 0;
@@ -545,10 +554,8 @@ static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error 
         if (f->n_refused == n)
             rc = mx_fail(err, MX_ENOMEM, "%s", f->msg);
     }
-    if (rc || !f->n_refused) {
-        free(out);
+    if (rc || !f->n_refused)
         return rc;
-    }
     size_t kept = n - f->n_refused, hidden_row = (size_t)s->cfg.hidden_size * 4;
     f->kept = malloc(kept * sizeof *f->kept);
     f->refused = malloc(f->n_refused * sizeof *f->refused);
@@ -557,10 +564,8 @@ static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error 
         rows += out[i] ? 0 : rq->sequences[i]->num_tokens;
     if (!s->first)
         f->rows = malloc(rows * hidden_row + 1);
-    if (!f->kept || !f->refused || (!s->first && !f->rows)) {
-        free(out);
+    if (!f->kept || !f->refused || (!s->first && !f->rows))
         return mx_fail(err, MX_ENOMEM, "out of memory");
-    }
     size_t k = 0, r = 0, row = 0, at = 0;
     for (size_t i = 0; i < n; i++) {
         const SequenceInput *q = rq->sequences[i];
@@ -575,7 +580,6 @@ static int kv_admit(stage *s, const RunBatchRequest *rq, kv_filter *f, mx_error 
         }
         row += q->num_tokens;
     }
-    free(out);
     f->sub = *rq;
     f->sub.sequences = f->kept;
     f->sub.n_sequences = kept;
@@ -716,7 +720,22 @@ static int step_arrays(step_slot *sl, size_t n, size_t n_ids, mx_error *err)
         mx_span *sp = realloc(sl->spans, cap * sizeof *sp);
         if (sp)
             sl->spans = sp;
-        if (!e || !q || !sp)
+        bool *f = realloc(sl->flags, cap * sizeof *f);
+        if (f)
+            sl->flags = f;
+        uint64_t *ni = realloc(sl->new_ids, cap * sizeof *ni);
+        if (ni)
+            sl->new_ids = ni;
+        int32_t *r = realloc(sl->rows, cap * sizeof *r);
+        if (r)
+            sl->rows = r;
+        Mx__Internal__V1__SampledToken **sd = realloc(sl->sampled, cap * sizeof *sd);
+        if (sd)
+            sl->sampled = sd;
+        Mx__Internal__V1__SampledToken *tk = realloc(sl->toks, cap * sizeof *tk);
+        if (tk)
+            sl->toks = tk;
+        if (!e || !q || !sp || !f || !ni || !r || !sd || !tk)
             return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %zu sequences", n);
         sl->cap = cap;
     }
@@ -899,7 +918,8 @@ static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd
     double t_start = mx_now_ms();
     size_t n_tokens = 0;
     MX_TRY(check_batch(s, rq, &n_tokens, err));
-    MX_TRY(kv_admit(s, rq, kvf, err));
+    MX_TRY(step_arrays(sl, rq->n_sequences, 0, err));
+    MX_TRY(kv_admit(s, sl, rq, kvf, err));
     if (kvf->n_refused) {
         rq = &kvf->sub;
         MX_TRY(check_batch(s, rq, &n_tokens, err));
@@ -917,7 +937,7 @@ static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd
     Mx__Internal__V1__Tensor ht = MX__INTERNAL__V1__TENSOR__INIT;
     if (!rc) {
         memset(entries, 0, n * sizeof *entries);
-        rc = resolve_sequences(s, rq, entries, err);
+        rc = resolve_sequences(s, sl, rq, entries, err);
     }
     bool marked = !rc && !(rc = mark_busy(s, rq, err));
     bool saved = false;
@@ -994,7 +1014,7 @@ static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd
                 rc = seq_entry_append_history(entries[i], rq->sequences[i]->token_ids,
                                               rq->sequences[i]->n_token_ids, err);
             if (!rc)
-                rc = sample_batch(s, rq, entries, spans, &h, &resp, err);
+                rc = sample_batch(s, sl, rq, entries, spans, &h, &resp, err);
         } else {
             free(host);
             host = NULL;
