@@ -1,6 +1,7 @@
-/* lightning_avx512.c - the fp32 block products of the CPU lightning attention's blocked form
- * (lightning_cpu.c drives; called only after the run-time AVX-512 check): one register-blocked
- * FMA kernel C (+)= A . B for row-major operands with any strides and a masked column tail. */
+/* lightning_avx512.c - AVX-512 kernels of the CPU lightning attention (lightning_cpu.c drives;
+ * called only after the run-time AVX-512 check): the block products of the blocked form (one
+ * register-blocked FMA kernel C (+)= A . B, any strides, masked column tail) and the one-token
+ * recurrence step. */
 #include <immintrin.h>
 
 #include "lightning_cpu.h"
@@ -58,5 +59,34 @@ void mx_lightning_mm_avx512(float *c, int ldc, const float *a, int lda, const fl
         case 1: mm_rows(1, c + (size_t)i * ldc, ldc, a + (size_t)i * lda, lda, b, ldb, k, j0, n - j0, acc); break;
         default: break;
         }
+    }
+}
+
+void mx_lightning_step_avx512(const float *q, const float *k, const float *v, float *o, float *S, int d, float lam)
+{
+    const __m512 vl = _mm512_set1_ps(lam);
+    for (int b0 = 0; b0 < d; b0 += 64) {
+        __mmask16 mk[4];
+        __m512 acc[4], vv[4];
+        for (int c = 0; c < 4; c++) {
+            int l = d - b0 - 16 * c;
+            mk[c] = l >= 16 ? (__mmask16)0xffff : l <= 0 ? (__mmask16)0 : (__mmask16)((1u << l) - 1);
+            acc[c] = _mm512_setzero_ps();
+            vv[c] = _mm512_maskz_loadu_ps(mk[c], v + b0 + 16 * c);
+        }
+        for (int a = 0; a < d; a++) {
+            float *Sa = S + (size_t)a * d + b0;
+            __m512 ka = _mm512_set1_ps(k[a]), qa = _mm512_set1_ps(q[a]);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                /* S = lam S + k^T v, then o += q S: the scalar form's order, per element */
+                __m512 sv = _mm512_maskz_loadu_ps(mk[c], Sa + 16 * c);
+                sv = _mm512_add_ps(_mm512_mul_ps(vl, sv), _mm512_mul_ps(ka, vv[c]));
+                _mm512_mask_storeu_ps(Sa + 16 * c, mk[c], sv);
+                acc[c] = _mm512_fmadd_ps(qa, sv, acc[c]);
+            }
+        }
+        for (int c = 0; c < 4; c++)
+            _mm512_mask_storeu_ps(o + b0 + 16 * c, mk[c], acc[c]);
     }
 }

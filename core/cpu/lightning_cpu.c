@@ -22,6 +22,7 @@ typedef struct {
     const float *decay;
     int heads, d;
     int failed;               /* set by a task that could not allocate scratch */
+    int avx512;               /* one-token steps on the AVX-512 kernel */
     /* blocked form on block products (AVX-512): items (span, head) taken in turn by each
      * thread, with its slot of `scratch` (slot_floats) */
     atomic_int next;
@@ -154,7 +155,10 @@ static void lightning_item(lightning_job *j, int task, float *scratch)
     float *o = j->o + (size_t)sp->start * o_stride + (size_t)h * d;
     float s = j->decay[h];
     if (sp->len == 1) {
-        lightning_step(q, q + d, q + 2 * d, o, S, d, expf(-s));
+        if (j->avx512)
+            mx_lightning_step_avx512(q, q + d, q + 2 * d, o, S, d, expf(-s));
+        else
+            lightning_step(q, q + d, q + 2 * d, o, S, d, expf(-s));
         return;
     }
     float scores[MX_LIGHTNING_BLOCK];
@@ -203,7 +207,8 @@ int mx_cpu_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const m
         if (!states[i] || mx_tensor_numel(&states[i]->S) != (int64_t)heads * head_dim * head_dim)
             return mx_fail(err, MX_EINVAL, "lightning: state %d has the wrong size", i);
     }
-    lightning_job j = {o->data, qkv->data, spans, states, decay, heads, head_dim, 0, 0, n_spans * heads, NULL, 0};
+    lightning_job j = {o->data, qkv->data, spans, states, decay, heads, head_dim, 0,
+                       mx_cpu_isa_supported(MX_CPU_ISA_AVX512), 0, n_spans * heads, NULL, 0};
     mx_threadpool *pool = mx_cpu_pool(be);
     int longest = 0;
     for (int i = 0; i < n_spans; i++)

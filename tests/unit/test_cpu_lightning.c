@@ -149,6 +149,7 @@ static void test_decode_after_prefill(void **state)
     (void)state;
     run_case(40, 5, 2, 128, 1); /* one token per call: the recurrence */
     run_case(520, 260, 2, 48, 257);
+    run_case(30, 3, 2, 48, 1); /* the step with a column tail */
 }
 
 int main(void)
