@@ -8,6 +8,7 @@
 #include "stage.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "core/clock.h"
 #include "core/limits.h"
 #include "core/protocol.h"
+#include "core/rpc/callset.h"
 #include "core/rpc/client.h"
 #include "core/rpc/health.h"
 #include "core/rpc/pb.h"
@@ -34,6 +36,44 @@ typedef Mx__Internal__V1__StageTimings StageTimings;
 
 #define RUN_BATCH MX_STAGE_RUN_BATCH_METHOD
 #define INFO MX_STAGE_INFO_METHOD
+
+typedef struct step_undo {
+    size_t n;
+    uint64_t *ids;
+    int64_t *len, *len_after; /* before the step; after it (-1 until committed) */
+    int *hist;
+    float *floats;
+} step_undo;
+
+/* A packed message gRPC sends from: the call context holds one reference, gRPC one while it
+ * has the bytes; reused when only the context's is left. */
+typedef struct out_buf {
+    atomic_int refs;
+    size_t cap;
+    uint8_t data[];
+} out_buf;
+
+static void out_buf_release(void *ctx)
+{
+    out_buf *b = ctx;
+    if (atomic_fetch_sub(&b->refs, 1) == 1)
+        free(b);
+}
+
+/* What one RunBatch call uses besides its slot, kept between calls so a call allocates
+ * (almost) nothing: the undo record's arrays (the record lives until the next stage
+ * answered), an arena the request and the next stage's answer are unpacked into, and the
+ * call set (one completion queue) of the call to the next stage. One per RPC worker. */
+typedef struct call_ctx {
+    bool taken, temporary;      /* temporary: every pooled one was taken (freed after) */
+    step_undo undo;
+    size_t undo_cap, undo_floats_cap;
+    uint8_t *arena;             /* 64-byte aligned */
+    size_t arena_cap, arena_used, arena_need;
+    ProtobufCAllocator pa;
+    mx_rpc_callset *fwd;        /* NULL until the first forward */
+    struct out_buf *out[2];     /* packed messages handed to gRPC, reused once it let go */
+} call_ctx;
 
 /* What one batch in the layers uses: workspaces (ws[1] for the second half of a batch run
  * in halves), the router's dispatchers, and the per-step arrays (grown, never shrunk). */
@@ -76,6 +116,9 @@ struct stage {
     int n_busy;
     uint64_t *deferred;         /* [max_sequences] Releases of busy sequences, done after */
     int n_deferred, max_sequences;
+    pthread_mutex_t calls_mu;   /* guards taking and giving back calls[] (held alone) */
+    call_ctx *calls;            /* [n_calls] */
+    int n_calls;
     stage_metrics *metrics;     /* Prometheus (stage_metrics.h) */
     seq_table seqs;
     int softmax_layers;         /* KV-caching layers in [layer_begin, layer_end) */
@@ -135,6 +178,127 @@ static int timed_moe_run(void *ctx, int layer, const mx_tensor *x2, const int32_
     return rc;
 }
 
+static void step_undo_free(step_undo *u)
+{
+    free(u->ids);
+    free(u->len);
+    free(u->len_after);
+    free(u->hist);
+    free(u->floats);
+    memset(u, 0, sizeof *u);
+}
+
+static void call_ctx_release(call_ctx *c)
+{
+    for (int i = 0; i < 2; i++)
+        if (c->out[i])
+            out_buf_release(c->out[i]);
+    step_undo_free(&c->undo);
+    free(c->arena);
+    mx_rpc_callset_destroy(c->fwd);
+    memset(c, 0, sizeof *c);
+}
+
+/* protobuf-c's allocator over a call's arena: 64-byte aligned pieces (the request's hidden
+ * rows are used in place as the step's activations); past the arena, malloc, and the arena
+ * grows for the next call. */
+static void *arena_alloc(void *ctx, size_t n)
+{
+    call_ctx *c = ctx;
+    size_t take = (n + 63) / 64 * 64;
+    c->arena_need += take;
+    if (c->arena && c->arena_used + take <= c->arena_cap) {
+        void *p = c->arena + c->arena_used;
+        c->arena_used += take;
+        return p;
+    }
+    return aligned_alloc(64, take ? take : 64);
+}
+
+static void arena_free(void *ctx, void *p)
+{
+    call_ctx *c = ctx;
+    if (p && !(c->arena && (uint8_t *)p >= c->arena && (uint8_t *)p < c->arena + c->arena_cap))
+        free(p);
+}
+
+/* After a call: the arena starts over, grown first when the call overflowed it. */
+static void arena_reset(call_ctx *c)
+{
+    if (c->arena_need > c->arena_cap) {
+        size_t cap = (c->arena_need + 4095) / 4096 * 4096;
+        uint8_t *grown = aligned_alloc(64, cap);
+        if (grown) {
+            free(c->arena);
+            c->arena = grown;
+            c->arena_cap = cap;
+        }
+    }
+    c->arena_used = c->arena_need = 0;
+}
+
+/* Packs msg into one of the call's buffers (a new one when both are still gRPC's or too
+ * small): the payload's release gives gRPC's reference back. */
+static int pack_out(call_ctx *c, const ProtobufCMessage *msg, mx_rpc_payload *out, mx_error *err)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    int k = 0;
+    while (k < 2 && c->out[k] && (atomic_load(&c->out[k]->refs) != 1 || c->out[k]->cap < len))
+        k++;
+    if (k == 2)
+        k = atomic_load(&c->out[0]->refs) == 1 ? 0 : 1; /* (replaced below either way) */
+    out_buf *b = c->out[k];
+    if (!b || atomic_load(&b->refs) != 1 || b->cap < len) {
+        size_t cap = len + len / 4 + 64;
+        out_buf *fresh = malloc(sizeof *fresh + cap);
+        if (!fresh)
+            return mx_fail(err, MX_ENOMEM, "cannot allocate %zu bytes for a %s message", len, msg->descriptor->name);
+        atomic_init(&fresh->refs, 1);
+        fresh->cap = cap;
+        if (b)
+            out_buf_release(b);
+        c->out[k] = b = fresh;
+    }
+    size_t packed = protobuf_c_message_pack(msg, b->data);
+    if (packed != len)
+        return mx_fail(err, MX_EINTERNAL, "%s packed to %zu bytes, expected %zu", msg->descriptor->name, packed, len);
+    atomic_fetch_add(&b->refs, 1);
+    *out = (mx_rpc_payload){b->data, len, out_buf_release, b};
+    return 0;
+}
+
+/* A free call context of the pool, or a temporary one (NULL: out of memory). */
+static call_ctx *call_take(stage *s)
+{
+    call_ctx *c = NULL;
+    pthread_mutex_lock(&s->calls_mu);
+    for (int i = 0; i < s->n_calls && !c; i++)
+        if (!s->calls[i].taken)
+            c = &s->calls[i];
+    if (c)
+        c->taken = true;
+    pthread_mutex_unlock(&s->calls_mu);
+    if (!c && (c = calloc(1, sizeof *c)))
+        c->temporary = true;
+    if (c)
+        c->pa = (ProtobufCAllocator){arena_alloc, arena_free, c};
+    return c;
+}
+
+static void call_give(stage *s, call_ctx *c)
+{
+    arena_reset(c);
+    c->undo.n = 0;
+    if (c->temporary) {
+        call_ctx_release(c);
+        free(c);
+        return;
+    }
+    pthread_mutex_lock(&s->calls_mu);
+    c->taken = false;
+    pthread_mutex_unlock(&s->calls_mu);
+}
+
 int stage_create(const stage_config *c, stage **out, mx_error *err)
 {
     *out = NULL;
@@ -143,6 +307,7 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->slot_cv, NULL);
+    pthread_mutex_init(&s->calls_mu, NULL);
     pthread_mutex_init(&s->stats_mu, NULL);
     pthread_mutex_init(&s->watch_mu, NULL);
     pthread_cond_init(&s->watch_cv, NULL);
@@ -206,6 +371,9 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     if (!rc && (!(s->busy = malloc((size_t)s->max_sequences * sizeof *s->busy)) ||
                 !(s->deferred = malloc((size_t)s->max_sequences * sizeof *s->deferred))))
         rc = mx_fail(err, MX_ENOMEM, "out of memory");
+    s->n_calls = c->worker_threads > 0 ? c->worker_threads : 4;
+    if (!rc && !(s->calls = calloc((size_t)s->n_calls, sizeof *s->calls)))
+        rc = mx_fail(err, MX_ENOMEM, "out of memory");
     for (int k = 0; k < s->n_slots && !rc; k++)
         for (int i = 0; i < (s->overlap_halves ? 2 : 1) && !rc; i++) {
             rc = mx_workspace_create(s->m, step_tokens, step_seqs > 0 ? step_seqs : 1, &s->slots[k].ws[i], err);
@@ -248,6 +416,10 @@ void stage_destroy(stage *s)
     }
     free(s->busy);
     free(s->deferred);
+    for (int i = 0; s->calls && i < s->n_calls; i++)
+        call_ctx_release(&s->calls[i]);
+    free(s->calls);
+    pthread_mutex_destroy(&s->calls_mu);
     pthread_cond_destroy(&s->slot_cv);
     mx_router_destroy(s->router);
     mx_model_free(s->m);
@@ -615,39 +787,39 @@ static void kv_name_failure(stage *s, mx_error *err)
  * forwarded step keeps its undo until the next stage answered: a failure down the chain
  * (which left the stages after us unchanged, being atomic too) undoes our part as well.
  * Memory: the lightning states of a batch's sequences, once more, per batch in flight. */
-typedef struct step_undo {
-    size_t n;
-    uint64_t *ids;
-    int64_t *len, *len_after; /* before the step; after it (-1 until committed) */
-    int *hist;
-    float *floats;
-} step_undo;
-
-static void step_undo_free(step_undo *u)
+/* Saves the batch's undo record into the call's (its arrays grown, never shrunk). */
+static int save_step(stage *s, seq_entry **entries, size_t n, call_ctx *c, mx_error *err)
 {
-    free(u->ids);
-    free(u->len);
-    free(u->len_after);
-    free(u->hist);
-    free(u->floats);
-    memset(u, 0, sizeof *u);
-}
-
-static int save_step(stage *s, seq_entry **entries, size_t n, step_undo *u, mx_error *err)
-{
+    step_undo *u = &c->undo;
     size_t need = 0;
     for (size_t i = 0; i < n; i++)
         need += mx_sequence_undo_floats(s->m, entries[i]->seq);
-    u->n = n;
-    u->ids = malloc(n * sizeof *u->ids);
-    u->len = malloc(n * sizeof *u->len);
-    u->len_after = malloc(n * sizeof *u->len_after);
-    u->hist = malloc(n * sizeof *u->hist);
-    u->floats = malloc((need ? need : 1) * sizeof *u->floats);
-    if (!u->ids || !u->len || !u->len_after || !u->hist || !u->floats) {
-        step_undo_free(u);
-        return mx_fail(err, MX_ENOMEM, "out of memory for %zu floats of step undo state", need);
+    u->n = 0;
+    if (n > c->undo_cap) {
+        uint64_t *ids = realloc(u->ids, n * sizeof *ids);
+        if (ids)
+            u->ids = ids;
+        int64_t *len = realloc(u->len, n * sizeof *len);
+        if (len)
+            u->len = len;
+        int64_t *after = realloc(u->len_after, n * sizeof *after);
+        if (after)
+            u->len_after = after;
+        int *hist = realloc(u->hist, n * sizeof *hist);
+        if (hist)
+            u->hist = hist;
+        if (!ids || !len || !after || !hist)
+            return mx_fail(err, MX_ENOMEM, "out of memory for the undo record of %zu sequences", n);
+        c->undo_cap = n;
     }
+    if (need > c->undo_floats_cap || !u->floats) {
+        float *f = realloc(u->floats, (need ? need : 1) * sizeof *f);
+        if (!f)
+            return mx_fail(err, MX_ENOMEM, "out of memory for %zu floats of step undo state", need);
+        u->floats = f;
+        c->undo_floats_cap = need ? need : 1;
+    }
+    u->n = n;
     float *f = u->floats;
     for (size_t i = 0; i < n; i++) {
         u->ids[i] = entries[i]->id;
@@ -913,8 +1085,9 @@ static int run_layers(stage *s, step_slot *sl, const mx_batch *b, mx_tensor *h, 
 /* Runs the batch through this stage's layers. Packs into *out either the response, or
  * (fwd) the request for the next stage carrying our hidden states; *mine gets our timings. */
 static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out,
-                    StageTimings *mine, kv_filter *kvf, step_undo *undo, mx_error *err)
+                    StageTimings *mine, kv_filter *kvf, call_ctx *call, mx_error *err)
 {
+    step_undo *undo = &call->undo;
     double t_start = mx_now_ms();
     size_t n_tokens = 0;
     MX_TRY(check_batch(s, rq, &n_tokens, err));
@@ -945,7 +1118,7 @@ static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd
         double now = mx_now_ms();
         for (size_t i = 0; i < n; i++)
             entries[i]->last_used_ms = now;
-        saved = !(rc = save_step(s, entries, n, undo, err));
+        saved = !(rc = save_step(s, entries, n, call, err));
     }
     int start = 0;
     for (size_t i = 0; i < n && !rc; i++) {
@@ -1050,9 +1223,9 @@ static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd
             RunBatchRequest next = *rq;  /* shallow: same sequences, our hidden states */
             next.hidden = &ht;
             next.forward = true;
-            rc = mx_rpc_pb_pack(&next.base, out, err);
+            rc = pack_out(call, &next.base, out, err);
         } else {
-            rc = mx_rpc_pb_pack(&resp.base, out, err);
+            rc = pack_out(call, &resp.base, out, err);
         }
     }
     if (rc && saved)
@@ -1069,7 +1242,7 @@ static int run_slot(stage *s, step_slot *sl, const RunBatchRequest *rq, bool fwd
 
 /* Under lock: takes a free slot (waits while every slot holds a batch), runs the batch in it. */
 static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payload *out, StageTimings *mine,
-                      kv_filter *kvf, step_undo *undo, mx_error *err)
+                      kv_filter *kvf, call_ctx *call, mx_error *err)
 {
     int k = -1;
     for (;;) {
@@ -1081,7 +1254,7 @@ static int run_locked(stage *s, const RunBatchRequest *rq, bool fwd, mx_rpc_payl
         pthread_cond_wait(&s->slot_cv, &s->lock);
     }
     s->slots[k].taken = true;
-    int rc = run_slot(s, &s->slots[k], rq, fwd, out, mine, kvf, undo, err);
+    int rc = run_slot(s, &s->slots[k], rq, fwd, out, mine, kvf, call, err);
     s->slots[k].taken = false;
     pthread_cond_signal(&s->slot_cv);
     return rc;
@@ -1130,8 +1303,8 @@ static int check_next(stage *s, int64_t timeout_ms, mx_error *err)
 
 /* Sends the packed request to the next stage and turns its answer into ours: stages_run one
  * more, our attention/expert time added. Errors name this stage and the next. */
-static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const StageTimings *mine, double t_start,
-                   const kv_filter *kvf, mx_rpc_payload *out, mx_error *err)
+static int forward(stage *s, call_ctx *call, mx_rpc_payload next_rq, int64_t timeout_ms, const StageTimings *mine,
+                   double t_start, const kv_filter *kvf, mx_rpc_payload *out, mx_error *err)
 {
     int rc = check_next(s, timeout_ms, err);
     if (rc) {
@@ -1139,18 +1312,33 @@ static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const S
             next_rq.release(next_rq.release_ctx);
         return rc;
     }
+    /* the call's own call set: one completion queue, kept; the answer is read in place and
+     * unpacked into the call's arena */
+    if (!call->fwd) {
+        if ((rc = mx_rpc_callset_create(1, &call->fwd, err))) {
+            if (next_rq.release)
+                next_rq.release(next_rq.release_ctx);
+            return rc;
+        }
+        mx_rpc_callset_borrow_responses(call->fwd);
+    }
     mx_rpc_result res = {0};
     ProtobufCMessage *m = NULL;
-    rc = mx_rpc_unary(s->next, RUN_BATCH, next_rq, timeout_ms, &res);
-    if (rc) {
-        char what[400];
-        snprintf(what, sizeof what, "stage %d: next stage %s RunBatch", s->index, s->next_addr);
-        mx_rpc_status_to_error(&res.status, what, err);
-    } else {
-        rc = mx_rpc_pb_unpack(&mx__internal__v1__run_batch_response__descriptor, res.response.data,
-                              res.response.len, &m, err);
-        if (rc)
-            mx_error_prefix(err, "stage %d: next stage %s answered", s->index, s->next_addr);
+    char what[400];
+    snprintf(what, sizeof what, "stage %d: next stage %s RunBatch", s->index, s->next_addr);
+    rc = mx_rpc_callset_start(call->fwd, s->next, RUN_BATCH, next_rq, timeout_ms, NULL, err);
+    if (rc < 0)
+        return rc;
+    int id;
+    void *user;
+    if (!mx_rpc_callset_next(call->fwd, -1, &id, &user, &res))
+        return mx_fail(err, MX_EINTERNAL, "%s: no answer came back", what);
+    if ((rc = mx_rpc_status_to_error(&res.status, what, err)) == 0) {
+        m = protobuf_c_message_unpack(&mx__internal__v1__run_batch_response__descriptor, &call->pa, res.response.len,
+                                      res.response.data);
+        if (!m)
+            rc = mx_fail(err, MX_EINVAL, "stage %d: next stage %s answered: malformed %s message (%zu bytes)", s->index,
+                         s->next_addr, mx__internal__v1__run_batch_response__descriptor.name, res.response.len);
     }
     mx_rpc_result_free(&res);
     if (rc)
@@ -1171,7 +1359,7 @@ static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const S
     char *their_msg = resp->kv_refused_message, msg[2 * MX_ERROR_MSG_MAX + 2];
     if (kvf->n_refused) {
         if (!(ids = malloc((kvf->n_refused + their_n) * sizeof *ids))) {
-            protobuf_c_message_free_unpacked(m, NULL);
+            protobuf_c_message_free_unpacked(m, &call->pa);
             return mx_fail(err, MX_ENOMEM, "out of memory");
         }
         memcpy(ids, kvf->refused, kvf->n_refused * sizeof *ids);
@@ -1182,13 +1370,13 @@ static int forward(stage *s, mx_rpc_payload next_rq, int64_t timeout_ms, const S
         resp->n_kv_refused_sequence_ids = kvf->n_refused + their_n;
         resp->kv_refused_message = msg;
     }
-    rc = mx_rpc_pb_pack(&resp->base, out, err);
+    rc = pack_out(call, &resp->base, out, err);
     resp->timings = theirs;
     resp->kv_refused_sequence_ids = their_ids;
     resp->n_kv_refused_sequence_ids = their_n;
     resp->kv_refused_message = their_msg;
     free(ids);
-    protobuf_c_message_free_unpacked(m, NULL);
+    protobuf_c_message_free_unpacked(m, &call->pa);
     return rc;
 }
 
@@ -1223,8 +1411,17 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
                     mx_error *err)
 {
     double t_start = mx_now_ms();
-    ProtobufCMessage *msg;
-    MX_TRY(mx_rpc_pb_unpack(&mx__internal__v1__run_batch_request__descriptor, req, len, &msg, err));
+    call_ctx *call = call_take(s);
+    if (!call)
+        return mx_fail(err, MX_ENOMEM, "out of memory");
+    /* into the call's arena: no allocation once it has grown to the largest request */
+    ProtobufCMessage *msg = protobuf_c_message_unpack(&mx__internal__v1__run_batch_request__descriptor, &call->pa,
+                                                      len, req);
+    if (!msg) {
+        call_give(s, call);
+        return mx_fail(err, MX_EINVAL, "malformed %s message (%zu bytes)",
+                       mx__internal__v1__run_batch_request__descriptor.name, len);
+    }
     const RunBatchRequest *rq = (const RunBatchRequest *)msg;
     bool fwd = rq->forward && s->next;
     StageTimings mine = MX__INTERNAL__V1__STAGE_TIMINGS__INIT;
@@ -1235,18 +1432,17 @@ int stage_run_batch(stage *s, const uint8_t *req, size_t len, int64_t timeout_ms
     /* counted from the start of our compute: two at once means one was past it (downstream) */
     count_in_flight(s, 1, false);
     expire_leases(s);
-    step_undo undo = {0};
     double t_compute = mx_now_ms();
-    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, &undo, err);
+    int rc = run_locked(s, rq, fwd, fwd ? &mid : out, &mine, &kvf, call, err);
     note_step(s, rq, rc == 0, (mx_now_ms() - t_compute) / 1e3);
     pthread_mutex_unlock(&s->lock);
-    protobuf_c_message_free_unpacked(msg, NULL);
-    if (!rc && fwd && (rc = forward(s, mid, timeout_ms, &mine, t_start, &kvf, out, err))) {
+    protobuf_c_message_free_unpacked(msg, &call->pa);
+    if (!rc && fwd && (rc = forward(s, call, mid, timeout_ms, &mine, t_start, &kvf, out, err))) {
         pthread_mutex_lock(&s->lock);
-        rollback_step(s, &undo);
+        rollback_step(s, &call->undo);
         pthread_mutex_unlock(&s->lock);
     }
-    step_undo_free(&undo);
+    call_give(s, call);
     kv_filter_free(&kvf);
     count_in_flight(s, -1, rc == 0);
     return rc;
