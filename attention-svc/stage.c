@@ -222,11 +222,12 @@ static void arena_free(void *ctx, void *p)
         free(p);
 }
 
-/* After a call: the arena starts over, grown first when the call overflowed it. */
+/* After a call: the arena starts over, grown first (to twice the call's need) when the
+ * call overflowed it. */
 static void arena_reset(call_ctx *c)
 {
     if (c->arena_need > c->arena_cap) {
-        size_t cap = (c->arena_need + 4095) / 4096 * 4096;
+        size_t cap = (2 * c->arena_need + 4095) / 4096 * 4096;
         uint8_t *grown = aligned_alloc(64, cap);
         if (grown) {
             free(c->arena);

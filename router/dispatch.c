@@ -162,12 +162,12 @@ static void plan_reset(mx_router_dispatcher *d, plan *p)
         p->jobs[j].resp = NULL;
     }
     p->n_jobs = 0;
-    if (d->ar.need > d->ar.cap) { /* an overflowing run: room for it next time */
-        uint8_t *grown = malloc(d->ar.need);
+    if (d->ar.need > d->ar.cap) { /* an overflowing run: room for twice it next time */
+        uint8_t *grown = malloc(2 * d->ar.need);
         if (grown) {
             free(d->ar.base);
             d->ar.base = grown;
-            d->ar.cap = d->ar.need;
+            d->ar.cap = 2 * d->ar.need;
         }
     }
     d->ar.used = d->ar.need = 0;
@@ -334,9 +334,11 @@ static int pack_request(mx_router_dispatcher *d, int layer, const float *x, cons
     shared_bytes *b = *slot;
     /* still referenced by a slice gRPC has not released, or too small: a new one */
     if (!b || atomic_load(&b->refs) != 1 || b->len < len) {
-        /* room for every slot of a max_tokens step, so decode steps never grow it */
-        size_t cap = (size_t)d->max_tokens * (size_t)p->k * row_bytes + 4096 + 16 * (size_t)p->E;
-        cap = cap > len ? cap : len;
+        /* twice this request: the next steps' share of rows varies with the routing; a
+         * prefill sizes it before decode steps come (max_tokens bounds it from above) */
+        size_t cap = 2 * len > 4096 ? 2 * len : 4096,
+               most = (size_t)d->max_tokens * (size_t)p->k * row_bytes + 4096 + 16 * (size_t)p->E;
+        cap = cap < most ? cap : (most > len ? most : len);
         shared_bytes *fresh = malloc(sizeof *fresh + cap);
         if (!fresh)
             return mx_fail(err, MX_ENOMEM, "router: out of memory packing a request for shard %d", job->shard);
@@ -713,12 +715,6 @@ int mx_router_dispatcher_create(mx_router *r, int max_tokens, mx_router_dispatch
     d->gp = calloc((size_t)E, sizeof *d->gp);
     d->req = calloc((size_t)S * REQ_BUFS, sizeof *d->req);
     d->pa = (ProtobufCAllocator){arena_alloc, arena_free, &d->ar};
-    /* the answers of a max_tokens top-2 step: every slot's row once, plus the messages around
-     * them (a larger step overflows into malloc once, and the arena grows after it) */
-    d->ar.cap = (size_t)d->max_tokens * 2 * (size_t)r->hidden * sizeof(float) + 4096 * (size_t)(S + 1);
-    d->ar.base = malloc(d->ar.cap);
-    if (!d->ar.base)
-        d->ar.cap = 0;
     if (!d->count || !d->start || !d->shard_of || !d->fill || !d->job_of || !d->jobs || !d->groups || !d->gp ||
         !d->req) {
         mx_router_dispatcher_free(d);

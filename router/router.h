@@ -132,7 +132,8 @@ mx_moe_executor mx_router_executor(mx_router *r);
  * One step at a time per dispatcher, on one thread at a time; a stage that overlaps two
  * micro-batches holds two. Free it before the router. */
 typedef struct mx_router_dispatcher mx_router_dispatcher;
-/* max_tokens: the step size its buffers are made for (larger steps grow them once). */
+/* max_tokens: the largest step expected; buffers grow (to twice what a step needed, at most
+ * what a max_tokens step needs) during the first steps, a prefill's before the decodes'. */
 int mx_router_dispatcher_create(mx_router *r, int max_tokens, mx_router_dispatcher **out, mx_error *err);
 void mx_router_dispatcher_free(mx_router_dispatcher *d);
 /* The step in two halves: start groups and sends the calls (x2, ids, weights, out stay the
