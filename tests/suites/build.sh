@@ -45,7 +45,7 @@ cp -a "$BUILD"/*.a "$BUILD/config.stamp" "$scratch/"
 # the copied .d files name $BUILD's paths; rewrite them so make sees the scratch objects as built
 find "$scratch" -name '*.d' -exec sed -i "s|^$BUILD/|$scratch/|" {} +
 touch -d '2000-01-01' "$scratch/core/error.o"
-out=$(timeout 600 make -s "${config[@]}" BUILD="$scratch" "$scratch/core/error.o" 2>&1)
+out=$(timeout 600 make -s --no-print-directory "${config[@]}" BUILD="$scratch" "$scratch/core/error.o" 2>&1)
 if [ "$out" = "  CC   core/error.o" ]; then ok "make V=0: one short line ($out)"
 else bad "make V=0 printed: $out"; fi
 touch -d '2000-01-01' "$scratch/core/error.o"

@@ -415,7 +415,7 @@ static void test_unreachable_shard(void **state)
     config_destroy(&c);
 }
 
-/* Killing replica b1 in the middle of a run: the router retries on b2 and the logits are
+/* Killing replica b1 in the middle of a run: the router moves to b2 and the logits are
  * bit-identical to an undisturbed run. Runs last: it leaves b1 stopped. */
 static void test_kill_replica(void **state)
 {
@@ -436,7 +436,9 @@ static void test_kill_replica(void **state)
     assert_memory_equal(before, after, (size_t)(steps + 1) * V * sizeof(float));
     mx_router_stats st;
     mx_router_get_stats(r, &st);
-    assert_true(st.retries >= 1);
+    /* the router noticed the kill: either a call to b1 failed and was retried on b2, or b1's
+     * Health/Watch stream broke first and ejected it before the next call (a race both ways) */
+    assert_true(st.retries + st.ejections >= 1);
     assert_int_equal(st.failures, 0);
     mx_router_destroy(r);
     free(before);
