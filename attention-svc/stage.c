@@ -788,6 +788,19 @@ static void kv_name_failure(stage *s, mx_error *err)
  * forwarded step keeps its undo until the next stage answered: a failure down the chain
  * (which left the stages after us unchanged, being atomic too) undoes our part as well.
  * Memory: the lightning states of a batch's sequences, once more, per batch in flight. */
+/* Grows the array p to n elements of size bytes. On failure the old block stays where it
+ * was (still owned, still freed by its owner) and *ok turns false: a caller grows several
+ * arrays in a row, checks once, and a later retry finds the ones that did grow. */
+static void *regrow(void *p, size_t n, size_t size, bool *ok)
+{
+    void *grown = realloc(p, n * size);
+    if (!grown) {
+        *ok = false;
+        return p;
+    }
+    return grown;
+}
+
 /* Saves the batch's undo record into the call's (its arrays grown, never shrunk). */
 static int save_step(stage *s, seq_entry **entries, size_t n, call_ctx *c, mx_error *err)
 {
@@ -797,19 +810,12 @@ static int save_step(stage *s, seq_entry **entries, size_t n, call_ctx *c, mx_er
         need += mx_sequence_undo_floats(s->m, entries[i]->seq);
     u->n = 0;
     if (n > c->undo_cap) {
-        uint64_t *ids = realloc(u->ids, n * sizeof *ids);
-        if (ids)
-            u->ids = ids;
-        int64_t *len = realloc(u->len, n * sizeof *len);
-        if (len)
-            u->len = len;
-        int64_t *after = realloc(u->len_after, n * sizeof *after);
-        if (after)
-            u->len_after = after;
-        int *hist = realloc(u->hist, n * sizeof *hist);
-        if (hist)
-            u->hist = hist;
-        if (!ids || !len || !after || !hist)
+        bool ok = true;
+        u->ids = regrow(u->ids, n, sizeof *u->ids, &ok);
+        u->len = regrow(u->len, n, sizeof *u->len, &ok);
+        u->len_after = regrow(u->len_after, n, sizeof *u->len_after, &ok);
+        u->hist = regrow(u->hist, n, sizeof *u->hist, &ok);
+        if (!ok)
             return mx_fail(err, MX_ENOMEM, "out of memory for the undo record of %zu sequences", n);
         c->undo_cap = n;
     }
@@ -884,31 +890,16 @@ static int step_arrays(step_slot *sl, size_t n, size_t n_ids, mx_error *err)
         size_t cap = sl->cap ? sl->cap : 64;
         while (cap < n)
             cap *= 2;
-        seq_entry **e = realloc(sl->entries, cap * sizeof *e);
-        if (e)
-            sl->entries = e;
-        mx_sequence **q = realloc(sl->seqs, cap * sizeof *q);
-        if (q)
-            sl->seqs = q;
-        mx_span *sp = realloc(sl->spans, cap * sizeof *sp);
-        if (sp)
-            sl->spans = sp;
-        bool *f = realloc(sl->flags, cap * sizeof *f);
-        if (f)
-            sl->flags = f;
-        uint64_t *ni = realloc(sl->new_ids, cap * sizeof *ni);
-        if (ni)
-            sl->new_ids = ni;
-        int32_t *r = realloc(sl->rows, cap * sizeof *r);
-        if (r)
-            sl->rows = r;
-        Mx__Internal__V1__SampledToken **sd = realloc(sl->sampled, cap * sizeof *sd);
-        if (sd)
-            sl->sampled = sd;
-        Mx__Internal__V1__SampledToken *tk = realloc(sl->toks, cap * sizeof *tk);
-        if (tk)
-            sl->toks = tk;
-        if (!e || !q || !sp || !f || !ni || !r || !sd || !tk)
+        bool ok = true;
+        sl->entries = regrow(sl->entries, cap, sizeof *sl->entries, &ok);
+        sl->seqs = regrow(sl->seqs, cap, sizeof *sl->seqs, &ok);
+        sl->spans = regrow(sl->spans, cap, sizeof *sl->spans, &ok);
+        sl->flags = regrow(sl->flags, cap, sizeof *sl->flags, &ok);
+        sl->new_ids = regrow(sl->new_ids, cap, sizeof *sl->new_ids, &ok);
+        sl->rows = regrow(sl->rows, cap, sizeof *sl->rows, &ok);
+        sl->sampled = regrow(sl->sampled, cap, sizeof *sl->sampled, &ok);
+        sl->toks = regrow(sl->toks, cap, sizeof *sl->toks, &ok);
+        if (!ok)
             return mx_fail(err, MX_ENOMEM, "out of memory for a batch of %zu sequences", n);
         sl->cap = cap;
     }
