@@ -372,14 +372,33 @@ static void reflection_free(mx_rpc_reflection *r)
 typedef Grpc__Reflection__V1__ServerReflectionRequest refl_request;
 typedef Grpc__Reflection__V1__ServerReflectionResponse refl_response;
 
-/* Sends res as the answer to req (original_request echoes it, as the protocol asks). */
-static int send_response(mx_rpc_call *call, refl_request *req, refl_response *res, mx_error *err)
+/* Sends answer as the response to req, in the member of the response's oneof its type names
+ * (original_request echoes req, as the protocol asks). */
+static int send_response(mx_rpc_call *call, refl_request *req, ProtobufCMessage *answer, mx_error *err)
 {
-    if (req) {
-        res->valid_host = req->host;
-        res->original_request = req;
+    refl_response res = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
+    const ProtobufCMessageDescriptor *d = answer->descriptor;
+    if (d == &grpc__reflection__v1__error_response__descriptor) {
+        res.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
+        res.error_response = (Grpc__Reflection__V1__ErrorResponse *)answer;
+    } else if (d == &grpc__reflection__v1__file_descriptor_response__descriptor) {
+        res.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
+        res.file_descriptor_response = (Grpc__Reflection__V1__FileDescriptorResponse *)answer;
+    } else if (d == &grpc__reflection__v1__list_service_response__descriptor) {
+        res.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE;
+        res.list_services_response = (Grpc__Reflection__V1__ListServiceResponse *)answer;
+    } else if (d == &grpc__reflection__v1__extension_number_response__descriptor) {
+        res.message_response_case =
+            GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
+        res.all_extension_numbers_response = (Grpc__Reflection__V1__ExtensionNumberResponse *)answer;
+    } else {
+        return mx_fail(err, MX_EINTERNAL, "reflection: no response member for %s", d->name);
     }
-    return mx_rpc_pb_write(call, &res->base, err);
+    if (req) {
+        res.valid_host = req->host;
+        res.original_request = req;
+    }
+    return mx_rpc_pb_write(call, &res.base, err);
 }
 
 static int send_error(mx_rpc_call *call, refl_request *req, int code, const char *msg, mx_error *err)
@@ -387,10 +406,7 @@ static int send_error(mx_rpc_call *call, refl_request *req, int code, const char
     Grpc__Reflection__V1__ErrorResponse e = GRPC__REFLECTION__V1__ERROR_RESPONSE__INIT;
     e.error_code = code;
     e.error_message = (char *)msg;
-    refl_response res = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
-    res.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
-    res.error_response = &e;
-    return send_response(call, req, &res, err);
+    return send_response(call, req, &e.base, err);
 }
 
 /* The file, then every file it imports, transitively, each once (breadth first). */
@@ -421,10 +437,7 @@ static int send_file(const mx_rpc_reflection *r, mx_rpc_call *call, refl_request
     Grpc__Reflection__V1__FileDescriptorResponse fdr = GRPC__REFLECTION__V1__FILE_DESCRIPTOR_RESPONSE__INIT;
     fdr.n_file_descriptor_proto = (size_t)n;
     fdr.file_descriptor_proto = bytes;
-    refl_response res = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
-    res.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
-    res.file_descriptor_response = &fdr;
-    rc = send_response(call, req, &res, err);
+    rc = send_response(call, req, &fdr.base, err);
 out:
     free(order);
     free(seen);
@@ -475,10 +488,7 @@ static int send_services(const mx_rpc_reflection *r, mx_rpc_call *call, refl_req
     Grpc__Reflection__V1__ListServiceResponse list = GRPC__REFLECTION__V1__LIST_SERVICE_RESPONSE__INIT;
     list.n_service = (size_t)n;
     list.service = ptrs;
-    refl_response res = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
-    res.message_response_case = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_LIST_SERVICES_RESPONSE;
-    res.list_services_response = &list;
-    rc = send_response(call, req, &res, err);
+    rc = send_response(call, req, &list.base, err);
 out:
     for (int i = 0; names && i < n; i++)
         free(names[i]);
@@ -536,11 +546,7 @@ static int answer(const mx_rpc_reflection *r, mx_rpc_call *call, const uint8_t *
         if (s && s->is_message) {   /* a known message type: none of its numbers are extended */
             Grpc__Reflection__V1__ExtensionNumberResponse en = GRPC__REFLECTION__V1__EXTENSION_NUMBER_RESPONSE__INIT;
             en.base_type_name = s->name;
-            refl_response res = GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__INIT;
-            res.message_response_case =
-                GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
-            res.all_extension_numbers_response = &en;
-            rc = send_response(call, req, &res, err);
+            rc = send_response(call, req, &en.base, err);
         } else {
             snprintf(msg, sizeof msg, "no message type named '%s'", req->all_extension_numbers_of_type);
             rc = send_error(call, req, CODE_NOT_FOUND, msg, err);
