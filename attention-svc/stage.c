@@ -1505,13 +1505,7 @@ static void *watch_main(void *arg)
         pthread_mutex_lock(&s->watch_mu);
         if (s->watch_stop)
             break;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 250 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = mx_wall_after_ms(250);
         pthread_cond_timedwait(&s->watch_cv, &s->watch_mu, &until);
     }
     pthread_mutex_unlock(&s->watch_mu);

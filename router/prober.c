@@ -92,13 +92,7 @@ static void *prober_main(void *arg)
             pthread_mutex_lock(&r->stop_mu);
             bool stop = r->stop;
             if (!stop) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += PROBE_PERIOD_MS * 1000000L;
-                if (ts.tv_nsec >= 1000000000L) {
-                    ts.tv_sec++;
-                    ts.tv_nsec -= 1000000000L;
-                }
+                struct timespec ts = mx_wall_after_ms(PROBE_PERIOD_MS);
                 pthread_cond_timedwait(&r->stop_cond, &r->stop_mu, &ts);
                 stop = r->stop;
             }
@@ -161,11 +155,7 @@ typedef struct watch_arg {
  * sh->mu. */
 static bool watch_wait(router_shard *sh, router_replica *rep, double ms)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    long long ns = (long long)ts.tv_nsec + (long long)(ms * 1e6);
-    ts.tv_sec += (time_t)(ns / 1000000000LL);
-    ts.tv_nsec = (long)(ns % 1000000000LL);
+    struct timespec ts = mx_wall_after_ms(ms);
     while (!rep->watch_stop)
         if (pthread_cond_timedwait(&sh->watch_cv, &sh->mu, &ts) != 0)
             break;

@@ -324,13 +324,7 @@ static void *resolver_main(void *arg)
         reap(rs);
         pthread_mutex_lock(&rs->mu);
         if (!rs->stop) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += RESOLVER_TICK_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            struct timespec ts = mx_wall_after_ms(RESOLVER_TICK_MS);
             pthread_cond_timedwait(&rs->cv, &rs->mu, &ts);
         }
         bool stop = rs->stop;

@@ -163,13 +163,7 @@ static void on_watch(mx_rpc_call *call, const uint8_t *req, size_t len, void *us
         }
         if (mx_rpc_call_cancelled(call))
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = mx_wall_after_ms(100);
         pthread_cond_timedwait(&h->changed, &h->mu, &ts);
     }
     for (watcher **p = &h->watchers; *p; p = &(*p)->next)
@@ -197,11 +191,7 @@ int mx_rpc_health_wait_told(mx_rpc_server *srv, double deadline_ms)
         double left = deadline_ms - mx_now_ms();
         if (told || left <= 0)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        long long ns = (long long)ts.tv_nsec + (long long)((left < 20 ? left : 20) * 1e6);
-        ts.tv_sec += (time_t)(ns / 1000000000LL);
-        ts.tv_nsec = (long)(ns % 1000000000LL);
+        struct timespec ts = mx_wall_after_ms(left < 20 ? left : 20);
         pthread_cond_timedwait(&h->changed, &h->mu, &ts);
     }
     pthread_mutex_unlock(&h->mu);
