@@ -1,15 +1,14 @@
 /* reflection.c - grpc.reflection.v1 / v1alpha ServerReflection on top of server.h: an index of
  * the embedded FileDescriptorSet (symbol -> file, file -> imports) built once at attach, and a
- * bidirectional stream handler that reads requests one by one and answers each in order. */
+ * bidirectional stream handler that reads requests one by one (mx_rpc_call_read) and answers
+ * each in order. The server's internals it still reads: the registered methods, and a hook
+ * that frees the index with the server. */
 #include "reflection.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "buffer.h"
 #include "grpc/reflection/v1/reflection.pb-c.h"
 #include "pb.h"
 #include "server_internal.h"
@@ -22,7 +21,6 @@ extern const size_t mx_rpc_descriptor_set_len;
 #define V1_METHOD "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 #define V1ALPHA_METHOD "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 #define IDLE_MS 30000      /* a stream with no request for this long is ended (it holds a worker) */
-#define POLL_MS 200        /* how often a waiting read looks at shutdown and the idle bound */
 
 /* grpc status codes carried in ErrorResponse.error_code */
 #define CODE_INVALID_ARGUMENT 3
@@ -49,7 +47,6 @@ typedef struct mx_rpc_reflection {
     int n_files;
     refl_symbol *symbols;           /* sorted by name after attach */
     int n_symbols, cap_symbols;
-    atomic_int stopping;            /* a shutdown began: waiting reads end */
 } mx_rpc_reflection;
 
 /* ---- protobuf wire format, just what descriptor.proto needs ---- */
@@ -565,75 +562,6 @@ static int answer(const mx_rpc_reflection *r, mx_rpc_call *call, const uint8_t *
 
 /* ---- the stream ---- */
 
-static void on_read_done(mx_rpc_tag *tag, int ok)
-{
-    mx_rpc_call *c = (mx_rpc_call *)((char *)tag - offsetof(mx_rpc_call, tag_sync));
-    pthread_mutex_lock(&c->mu);
-    c->sync_done = 1;
-    c->sync_ok = ok;
-    pthread_cond_broadcast(&c->cond);
-    pthread_mutex_unlock(&c->mu);
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-/* Reads the client's next request: 1 with it in *out, 0 when the client closed its side, -1
- * when the call is over (cancelled, or ended here: idle too long or the server stops). The
- * server layer reads only a call's first message; the rest are read here with the call's own
- * batch tag, which no one else uses while its handler runs. */
-static int read_next(mx_rpc_reflection *r, mx_rpc_call *c, mx_rpc_bytes *out)
-{
-    grpc_byte_buffer *bb = NULL;
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &bb;
-    c->tag_sync.done = on_read_done;
-    c->sync_done = 0;
-    if (grpc_call_start_batch(c->call, &op, 1, &c->tag_sync, NULL) != GRPC_CALL_OK)
-        return -1;
-    double idle_until = now_ms() + IDLE_MS;
-    int ended_here = 0;
-    pthread_mutex_lock(&c->mu);
-    while (!c->sync_done) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        long long ns = until.tv_nsec + POLL_MS * 1000000LL;
-        until.tv_sec += (time_t)(ns / 1000000000LL);
-        until.tv_nsec = (long)(ns % 1000000000LL);
-        if (pthread_cond_timedwait(&c->cond, &c->mu, &until) != ETIMEDOUT || c->sync_done || ended_here)
-            continue;
-        int stopping = atomic_load(&r->stopping);
-        if (stopping || now_ms() > idle_until) {
-            /* the pending read then completes at once, unsuccessfully */
-            ended_here = 1;
-            pthread_mutex_unlock(&c->mu);
-            grpc_call_cancel_with_status(c->call, stopping ? GRPC_STATUS_UNAVAILABLE : GRPC_STATUS_DEADLINE_EXCEEDED,
-                                         stopping ? "server shutting down" : "reflection stream idle for 30 s",
-                                         NULL);
-            atomic_store(&c->cancelled, 1);
-            pthread_mutex_lock(&c->mu);
-        }
-    }
-    int ok = c->sync_ok && !ended_here;
-    pthread_mutex_unlock(&c->mu);
-    if (!ok) {
-        if (bb)
-            grpc_byte_buffer_destroy(bb);
-        return -1;
-    }
-    if (!bb)
-        return 0;
-    int rc = mx_rpc_bytes_from_buffer(bb, out);
-    grpc_byte_buffer_destroy(bb);
-    return rc ? -1 : 1;
-}
-
 static void on_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
     mx_rpc_reflection *r = user;
@@ -642,7 +570,7 @@ static void on_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
         return;                     /* the client is gone */
     for (;;) {
         mx_rpc_bytes next = {0};
-        int rc = read_next(r, call, &next);
+        int rc = mx_rpc_call_read(call, IDLE_MS, &next);
         if (rc <= 0)
             return;                 /* 0: the client is done, OK; -1: the call already ended */
         rc = answer(r, call, next.data, next.len, &err);
@@ -653,11 +581,6 @@ static void on_info(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
 }
 
 /* ---- attach ---- */
-
-static void on_shutdown(void *ctx)
-{
-    atomic_store(&((mx_rpc_reflection *)ctx)->stopping, 1);
-}
 
 static void on_destroy(void *ctx)
 {
@@ -672,10 +595,9 @@ int mx_rpc_reflection_attach(mx_rpc_server *srv, mx_error *err)
     if (!r)
         return mx_fail(err, MX_ENOMEM, "reflection: out of memory");
     r->srv = srv;
-    atomic_init(&r->stopping, 0);
     int rc = build_index(r, mx_rpc_descriptor_set, mx_rpc_descriptor_set_len, err);
     if (!rc)
-        rc = mx_rpc_server_add_hook(srv, (mx_rpc_server_hook){on_shutdown, on_destroy, r}, err);
+        rc = mx_rpc_server_add_hook(srv, (mx_rpc_server_hook){NULL, on_destroy, r}, err);
     if (rc) {
         reflection_free(r);
         return rc;

@@ -98,6 +98,14 @@ int mx_rpc_call_write(mx_rpc_call *call, mx_rpc_payload msg, mx_error *err);
 /* Same, copying len bytes of data. */
 int mx_rpc_call_write_copy(mx_rpc_call *call, const void *data, size_t len, mx_error *err);
 
+/* Streaming calls: the server reads a call's first message and hands it to the handler; this
+ * reads the next one the client sends. Returns 1 with it in *out (free with
+ * mx_rpc_bytes_free), 0 when the client closed its side (*out empty), -1 when the call is over:
+ * cancelled, a unary call, or ended here because nothing came within idle_ms (> 0; the call is
+ * cancelled with DEADLINE_EXCEEDED) or the server began a graceful shutdown (UNAVAILABLE: a
+ * stream that waits on its client must not hold the drain). The handler should then return. */
+int mx_rpc_call_read(mx_rpc_call *call, int64_t idle_ms, mx_rpc_bytes *out);
+
 /* Final status sent when the handler returns (default OK). Last call wins. */
 void mx_rpc_call_set_status(mx_rpc_call *call, grpc_status_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
