@@ -1,5 +1,5 @@
 /* client_internal.h - internal to core/rpc: the channel structure and call functions shared
- * by client.c (channels, streams) and fanout.c (unary and parallel unary calls). */
+ * by client.c (channels, streams) and callset.c (unary calls, which fanout.c runs on a set). */
 #ifndef MX_RPC_CLIENT_INTERNAL_H
 #define MX_RPC_CLIENT_INTERNAL_H
 
