@@ -33,19 +33,6 @@ static const char *const known_keys[] = {
     "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms", "metrics_listen", "max_step_tokens",
     "overlap", "overlap_halves"};
 
-/* true / false, def when absent. */
-static int get_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err)
-{
-    *v = def;
-    const config_setting_t *m = config_setting_get_member(g, name);
-    if (!m)
-        return 0;
-    if (config_setting_type(m) != CONFIG_TYPE_BOOL)
-        return mx_cfg_fail(err, m, NULL, "expected true or false");
-    *v = config_setting_get_bool(m) != 0;
-    return 0;
-}
-
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
     static const char *const units[] = {"", "K", "M", "G", "T"};
@@ -148,8 +135,8 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     c->max_step_tokens = (int)step_tokens;
     /* off by default: on a machine whose cores are all busy anyway it measured slower
      * (bench/bench_overlap.sh); it pays where a stage waits on experts on other machines */
-    MX_TRY(get_bool(g, "overlap", false, &c->overlap, err));
-    MX_TRY(get_bool(g, "overlap_halves", false, &c->overlap_halves, err));
+    MX_TRY(mx_cfg_bool(g, "overlap", false, &c->overlap, err));
+    MX_TRY(mx_cfg_bool(g, "overlap_halves", false, &c->overlap_halves, err));
     char kv_dtype[32];
     MX_TRY(mx_cfg_string_buf(g, "kv_dtype", "bf16", kv_dtype, sizeof kv_dtype, err));
     if (mx_kv_dtype_parse(kv_dtype, "stage.kv_dtype", &c->kv_dtype, err))

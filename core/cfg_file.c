@@ -149,6 +149,18 @@ int mx_cfg_read_file(config_t *cf, const char *path, mx_error *err)
     return mx_fail(err, MX_EINVAL, "%s:%d: %s", file ? file : path, config_error_line(cf), config_error_text(cf));
 }
 
+int mx_cfg_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err)
+{
+    *v = def;
+    const config_setting_t *m = config_setting_get_member(g, name);
+    if (!m)
+        return 0;
+    if (config_setting_type(m) != CONFIG_TYPE_BOOL)
+        return mx_cfg_fail(err, m, NULL, "expected true or false");
+    *v = config_setting_get_bool(m) != 0;
+    return 0;
+}
+
 int mx_cfg_string_buf(const config_setting_t *g, const char *name, const char *def, char *buf, size_t cap,
                       mx_error *err)
 {

@@ -6,6 +6,7 @@
 #define MX_CFG_FILE_H
 
 #include <libconfig.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,9 @@ int mx_cfg_fail(mx_error *err, const config_setting_t *s, const char *member, co
  * required == 0, an error otherwise. Values outside [lo, hi] are errors. */
 int mx_cfg_int(const config_setting_t *g, const char *name, int required, int64_t def, int64_t lo,
                int64_t hi, int64_t *v, mx_error *err);
+
+/* Reads the boolean member name of group g (true / false) into *v. Absent: *v = def. */
+int mx_cfg_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err);
 
 /* Reads the string member name of group g (borrowed from the config). Absent: *v = def. */
 int mx_cfg_string(const config_setting_t *g, const char *name, int required, const char *def,

@@ -63,19 +63,6 @@ static int cfg_number(const config_setting_t *g, const char *name, double def, d
     return 0;
 }
 
-/* true / false, def when absent. */
-static int cfg_bool(const config_setting_t *g, const char *name, bool def, bool *v, mx_error *err)
-{
-    *v = def;
-    const config_setting_t *m = config_setting_get_member(g, name);
-    if (!m)
-        return 0;
-    if (config_setting_type(m) != CONFIG_TYPE_BOOL)
-        return mx_cfg_fail(err, m, NULL, "expected true or false");
-    *v = config_setting_get_bool(m) != 0;
-    return 0;
-}
-
 int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *out, mx_error *err)
 {
     memset(out, 0, sizeof *out);
@@ -96,7 +83,7 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
     MX_TRY(mx_cfg_int(s, "attempt_timeout_floor_ms", 0, 200, 1, 3600000, &out->attempt_floor_ms, err));
     MX_TRY(mx_cfg_int(s, "attempt_timeout_cap_ms", 0, 2000, 1, 3600000, &out->attempt_cap_ms, err));
     MX_TRY(cfg_number(s, "attempt_timeout_factor", 4.0, 1.0, 1000.0, &out->attempt_factor, err));
-    MX_TRY(cfg_bool(s, "hedge", false, &out->hedge, err));
+    MX_TRY(mx_cfg_bool(s, "hedge", false, &out->hedge, err));
     MX_TRY(mx_cfg_int(s, "hedge_percent", 0, 10, 1, 100, &v, err));
     out->hedge_percent = (int)v;
     MX_TRY(mx_cfg_int(s, "eject_ms", 0, 500, 1, 3600000, &out->eject_ms, err));
