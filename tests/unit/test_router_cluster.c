@@ -21,81 +21,29 @@
 #include "router/router.h"
 #include "core/rpc/client.h"
 #include "core/safetensors.h"
-
-#define FIXTURE "../shared/golden/tiny"
-
-typedef struct server {
-    mx_expert_shard *shard;
-    mx_rpc_server *srv;
-    int port;
-} server;
+#include "golden_testutil.h"
+#include "shard_testutil.h"
 
 typedef struct world {
-    mx_weights *w;
-    mx_backend *be;
-    mx_model *m;
-    server a, b1, b2;           /* shard 0 = experts {0,1}; shard 1 = {2,3} on b1 and b2 */
+    tiny_model t;
+    test_shard a, b1, b2;       /* shard 0 = experts {0,1}; shard 1 = {2,3} on b1 and b2 */
     mx_st_file *expected;
     double max_abs, max_rel;    /* fp32 tolerances of cases.json */
 } world;
-
-static void start_server(server *s, const char *experts_cfg, int index)
-{
-    mx_error err = {0};
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, experts_cfg), CONFIG_TRUE);
-    mx_expert_set set;
-    assert_int_equal(mx_expert_set_from_setting(config_root_setting(&c), &set, &err), 0);
-    mx_expert_shard_options o = {.model_dir = FIXTURE, .backend = "cpu", .threads = 1, .shard_index = index,
-                                 .owns = &set};
-    int rc = mx_expert_shard_load(&o, &s->shard, &err);
-    mx_expert_set_free(&set);
-    config_destroy(&c);
-    assert_int_equal(rc, 0);
-    mx_rpc_server_options so = {.address = "127.0.0.1:0", .worker_threads = 2};
-    assert_int_equal(mx_rpc_server_create(&so, &s->srv, &err), 0);
-    assert_int_equal(mx_expert_shard_serve(s->shard, s->srv, &err), 0);
-    assert_int_equal(mx_rpc_server_start(s->srv, &err), 0);
-    s->port = mx_rpc_server_port(s->srv);
-}
-
-static void stop_server(server *s)
-{
-    if (s->srv) {
-        mx_rpc_server_shutdown(s->srv, 0);
-        mx_rpc_server_destroy(s->srv);
-    }
-    mx_expert_shard_free(s->shard);
-    s->srv = NULL;
-    s->shard = NULL;
-}
 
 static int setup(void **state)
 {
     world *wd = calloc(1, sizeof *wd);
     mx_error err = {0};
-    mx_config cfg;
-    if (mx_config_load(FIXTURE "/config.json", &cfg, &err))
-        return -1;
-    mx_load_plan plan = mx_load_plan_full(&cfg);
     /* the fp32 tier needs an exact cache: f32 KV (the default bf16 moves the logits ~1e-3) */
     const mx_kv_options f32_kv = {.dtype = MX_KV_F32};
-    if (mx_weights_load(FIXTURE, &plan, &wd->w, &err) || mx_backend_cpu_create(1, &wd->be, &err) ||
-        wd->be->kv_configure(wd->be, &f32_kv, &err) || mx_model_create(wd->w, wd->be, &wd->m, &err) ||
-        mx_st_open(FIXTURE "/expected.safetensors", &wd->expected, &err))
+    if (!wd || tiny_model_load(&wd->t, &f32_kv, &err) ||
+        mx_st_open(TINY_FIXTURE "/expected.safetensors", &wd->expected, &err) ||
+        golden_fp32_tolerances(&wd->max_abs, &wd->max_rel))
         return -1;
-    json_error_t jerr;
-    json_t *root = json_load_file(FIXTURE "/cases.json", 0, &jerr);
-    json_t *fp32 = json_object_get(json_object_get(root, "tolerances"), "fp32");
-    if (!fp32)
-        return -1;
-    wd->max_abs = json_number_value(json_object_get(fp32, "max_abs"));
-    wd->max_rel = json_number_value(json_object_get(fp32, "max_rel"));
-    json_decref(root);
-    start_server(&wd->a, "experts = [0, 1];", 0);
-    start_server(&wd->b1, "experts = [2, 3]; layer_begin = 0; layer_end = 8;", 1);
-    start_server(&wd->b2, "experts = [3, 2];", 1);
+    test_shard_start(&wd->a, "experts = [0, 1];", 0);
+    test_shard_start(&wd->b1, "experts = [2, 3]; layer_begin = 0; layer_end = 8;", 1);
+    test_shard_start(&wd->b2, "experts = [3, 2];", 1);
     *state = wd;
     return 0;
 }
@@ -103,13 +51,11 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     world *wd = *state;
-    stop_server(&wd->a);
-    stop_server(&wd->b1);
-    stop_server(&wd->b2);
+    test_shard_stop(&wd->a);
+    test_shard_stop(&wd->b1);
+    test_shard_stop(&wd->b2);
     mx_st_close(wd->expected);
-    mx_model_free(wd->m);
-    wd->be->destroy(wd->be);
-    mx_weights_free(wd->w);
+    tiny_model_free(&wd->t);
     free(wd);
     return 0;
 }
@@ -127,21 +73,10 @@ static mx_router *make_router(world *wd, int port_b1, int timeout_ms)
              "  );\n"
              "};\n",
              timeout_ms, wd->a.port, port_b1, wd->b2.port);
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, text), CONFIG_TRUE);
-    mx_router_config rc;
+    const mx_config *mc = mx_model_config(wd->t.m);
+    mx_router *r = test_router_from_text(text, mc->num_hidden_layers, mc->hidden_size, mc->num_local_experts, wd->t.be);
     mx_error err = {0};
-    assert_int_equal(mx_router_config_from_setting(config_lookup(&c, "experts"), &rc, &err), 0);
-    const mx_config *mc = mx_model_config(wd->m);
-    mx_router *r = NULL;
-    int ret = mx_router_create(&rc, mc->num_hidden_layers, mc->hidden_size, mc->num_local_experts, wd->be, &r, &err);
-    if (ret)
-        print_error("%s\n", err.msg);
-    assert_int_equal(ret, 0);
     assert_int_equal(mx_router_check_coverage(r, 0, mc->num_hidden_layers, &err), 0);
-    mx_router_config_free(&rc);
-    config_destroy(&c);
     return r;
 }
 
@@ -157,84 +92,24 @@ static int killer_run(void *ctx, int layer, const mx_tensor *x2, const int32_t *
 {
     killer *kl = ctx;
     if (++kl->calls == kl->kill_at)
-        stop_server(&kl->wd->b1);
+        test_shard_stop(&kl->wd->b1);
     return mx_router_run(kl->r, layer, x2, ids, weights, k, out, err);
-}
-
-static const void *expected_tensor(world *wd, const char *casename, const char *suffix)
-{
-    char name[128];
-    snprintf(name, sizeof name, "%s.%s", casename, suffix);
-    const mx_st_entry *e = mx_st_find(wd->expected, name);
-    assert_non_null(e);
-    mx_tensor t;
-    mx_error err = {0};
-    assert_int_equal(mx_st_map(wd->expected, e, &t, &err), 0);
-    return t.data;
-}
-
-/* Runs a golden case (prompt, then decode steps feeding the reference's greedy tokens)
- * through moe (NULL = the model's own experts); logits [steps+1, vocab]. */
-static void run_case(world *wd, const mx_moe_executor *moe, const int32_t *prompt, int plen, const int32_t *greedy,
-                     int steps, float *logits)
-{
-    const mx_config *c = mx_model_config(wd->m);
-    mx_error err = {0};
-    mx_sequence *seq = NULL;
-    assert_int_equal(mx_sequence_create(wd->m, 0, c->num_hidden_layers, &seq, &err), 0);
-    for (int step = 0; step <= steps; step++) {
-        const int32_t *tok = step == 0 ? prompt : &greedy[step - 1];
-        int n = step == 0 ? plen : 1;
-        mx_span span = {0, n};
-        mx_batch b = {.n_seqs = 1, .seqs = &seq, .spans = &span, .n_tokens = n};
-        mx_tensor h = {0};
-        int64_t shape[2] = {n, c->hidden_size};
-        assert_int_equal(wd->be->alloc(wd->be, &h, wd->be->act_dtype, 2, shape, &err), 0);
-        int rc = mx_model_embed(wd->m, tok, n, &h, &err);
-        if (!rc)
-            rc = mx_model_run_layers(wd->m, 0, c->num_hidden_layers, &b, &h, moe, &err);
-        if (rc)
-            print_error("step %d: %s\n", step, err.msg);
-        assert_int_equal(rc, 0);
-        mx_batch_advance(&b);
-        int32_t last = n - 1;
-        assert_int_equal(mx_model_head(wd->m, &h, &last, 1, logits + (size_t)step * c->vocab_size, &err), 0);
-        wd->be->free(wd->be, &h);
-    }
-    mx_sequence_free(wd->m, seq);
-}
-
-/* Checks got against the reference rows with the fixture's fp32 tolerances. */
-static void check_reference(world *wd, const float *want, const float *got, int rows, int vocab)
-{
-    for (int r = 0; r < rows; r++) {
-        double row_abs = 0, ref_max = 0;
-        for (int v = 0; v < vocab; v++) {
-            double d = fabs((double)got[(size_t)r * vocab + v] - want[(size_t)r * vocab + v]);
-            if (!(d <= row_abs))
-                row_abs = d;
-            ref_max = fmax(ref_max, fabs((double)want[(size_t)r * vocab + v]));
-        }
-        if (!(row_abs <= wd->max_abs) || !(row_abs / ref_max <= wd->max_rel))
-            fail_msg("row %d: max_abs %g, rel %g (tolerance %g / %g)", r, row_abs, row_abs / ref_max, wd->max_abs,
-                     wd->max_rel);
-    }
 }
 
 static void golden_case(world *wd, const char *name, int plen, int steps)
 {
-    const mx_config *c = mx_model_config(wd->m);
+    const mx_config *c = mx_model_config(wd->t.m);
     int V = c->vocab_size;
-    const int32_t *prompt = expected_tensor(wd, name, "prompt_ids");
-    const int32_t *greedy = expected_tensor(wd, name, "greedy_ids");
-    const float *want = expected_tensor(wd, name, "logits");
+    const int32_t *prompt = golden_tensor(wd->expected, name, "prompt_ids");
+    const int32_t *greedy = golden_tensor(wd->expected, name, "greedy_ids");
+    const float *want = golden_tensor(wd->expected, name, "logits");
     float *remote = calloc((size_t)(steps + 1) * V, sizeof(float));
     float *local = calloc((size_t)(steps + 1) * V, sizeof(float));
     mx_router *r = make_router(wd, wd->b1.port, 10000);
     mx_moe_executor ex = mx_router_executor(r);
-    run_case(wd, &ex, prompt, plen, greedy, steps, remote);
-    run_case(wd, NULL, prompt, plen, greedy, steps, local);
-    check_reference(wd, want, remote, steps + 1, V);
+    golden_run_case(&wd->t, &ex, prompt, plen, greedy, steps, remote);
+    golden_run_case(&wd->t, NULL, prompt, plen, greedy, steps, local);
+    golden_check_rows(want, remote, steps + 1, V, wd->max_abs, wd->max_rel);
     for (size_t i = 0; i < (size_t)(steps + 1) * V; i++)
         if (!(fabs(remote[i] - local[i]) <= 1e-5 * fmax(1.0, fabs(local[i]))))
             fail_msg("logit %zu: remote %g vs local %g", i, remote[i], local[i]);
@@ -377,10 +252,10 @@ static void test_info(void **state)
 static void test_unreachable_shard(void **state)
 {
     world *wd = *state;
-    server dead = {0};
-    start_server(&dead, "experts = [2, 3];", 1);
+    test_shard dead = {0};
+    test_shard_start(&dead, "experts = [2, 3];", 1);
     int port = dead.port;
-    stop_server(&dead);
+    test_shard_stop(&dead);
     char text[512];
     snprintf(text, sizeof text,
              "shards = ( { experts = [0, 1]; replicas = [\"127.0.0.1:%d\"]; },\n"
@@ -420,18 +295,18 @@ static void test_unreachable_shard(void **state)
 static void test_kill_replica(void **state)
 {
     world *wd = *state;
-    const mx_config *c = mx_model_config(wd->m);
+    const mx_config *c = mx_model_config(wd->t.m);
     int V = c->vocab_size, steps = 12, plen = 5;
-    const int32_t *prompt = expected_tensor(wd, "p5_s12", "prompt_ids");
-    const int32_t *greedy = expected_tensor(wd, "p5_s12", "greedy_ids");
+    const int32_t *prompt = golden_tensor(wd->expected, "p5_s12", "prompt_ids");
+    const int32_t *greedy = golden_tensor(wd->expected, "p5_s12", "greedy_ids");
     float *before = calloc((size_t)(steps + 1) * V, sizeof(float));
     float *after = calloc((size_t)(steps + 1) * V, sizeof(float));
     mx_router *r = make_router(wd, wd->b1.port, 10000);
     mx_moe_executor ex = mx_router_executor(r);
-    run_case(wd, &ex, prompt, plen, greedy, steps, before);
+    golden_run_case(&wd->t, &ex, prompt, plen, greedy, steps, before);
     killer kl = {.wd = wd, .r = r, .kill_at = 3 * c->num_hidden_layers + 2};
     mx_moe_executor kex = {killer_run, &kl};
-    run_case(wd, &kex, prompt, plen, greedy, steps, after);
+    golden_run_case(&wd->t, &kex, prompt, plen, greedy, steps, after);
     assert_null(wd->b1.srv);
     assert_memory_equal(before, after, (size_t)(steps + 1) * V * sizeof(float));
     mx_router_stats st;

@@ -27,6 +27,7 @@
 #include "core/rpc/health.h"
 #include "core/rpc/pb.h"
 #include "core/rpc/server.h"
+#include "shard_testutil.h"
 
 #define H 8          /* hidden size */
 #define E 4          /* experts: shard 0 = {0, 1}, shard 1 = {2, 3} */
@@ -164,17 +165,9 @@ static mx_router *make_router(world *w, const char *extra)
              "             { experts = [2, 3]; layers = [0]; replicas = [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]; },\n"
              "             { experts = [2, 3]; layers = [1]; replicas = [\"127.0.0.1:%d\"]; } ); };\n",
              extra, w->a.port, w->b1.port, w->b2.port, w->a.port);
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, text), CONFIG_TRUE);
-    mx_router_config rc;
+    mx_router *r = test_router_from_text(text, L, H, E, NULL);
     mx_error err = {0};
-    assert_int_equal(mx_router_config_from_setting(config_lookup(&c, "experts"), &rc, &err), 0);
-    mx_router *r = NULL;
-    assert_int_equal(mx_router_create(&rc, L, H, E, NULL, &r, &err), 0);
     assert_int_equal(mx_router_check_coverage(r, 0, L, &err), 0);
-    mx_router_config_free(&rc);
-    config_destroy(&c);
     return r;
 }
 

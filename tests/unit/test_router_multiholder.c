@@ -24,21 +24,15 @@
 #include "core/rpc/client.h"
 #include "core/safetensors.h"
 
-#define FIXTURE "../shared/golden/tiny"
+#include "golden_testutil.h"
+#include "shard_testutil.h"
+
 #define MAX_L 8
 #define MAX_E 4
 
-typedef struct server {
-    mx_expert_shard *shard;
-    mx_rpc_server *srv;
-    int port;
-} server;
-
 typedef struct world {
-    mx_weights *w;
-    mx_backend *be;
-    mx_model *m;
-    server a, b1, b2;
+    tiny_model t;
+    test_shard a, b1, b2;
     mx_st_file *expected;
     double max_abs, max_rel;
     int L, E, V;
@@ -46,56 +40,21 @@ typedef struct world {
     json_t *cases;
 } world;
 
-static void start_server(server *s, const char *experts_cfg, int index)
-{
-    mx_error err = {0};
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, experts_cfg), CONFIG_TRUE);
-    mx_expert_set set;
-    assert_int_equal(mx_expert_set_from_setting(config_root_setting(&c), &set, &err), 0);
-    mx_expert_shard_options o = {.model_dir = FIXTURE, .backend = "cpu", .threads = 1, .shard_index = index,
-                                 .owns = &set};
-    int rc = mx_expert_shard_load(&o, &s->shard, &err);
-    mx_expert_set_free(&set);
-    config_destroy(&c);
-    assert_int_equal(rc, 0);
-    mx_rpc_server_options so = {.address = "127.0.0.1:0", .worker_threads = 2};
-    assert_int_equal(mx_rpc_server_create(&so, &s->srv, &err), 0);
-    assert_int_equal(mx_expert_shard_serve(s->shard, s->srv, &err), 0);
-    assert_int_equal(mx_rpc_server_start(s->srv, &err), 0);
-    s->port = mx_rpc_server_port(s->srv);
-}
-
-static void stop_server(server *s)
-{
-    if (s->srv) {
-        mx_rpc_server_shutdown(s->srv, 0);
-        mx_rpc_server_destroy(s->srv);
-    }
-    mx_expert_shard_free(s->shard);
-}
-
 static int setup(void **state)
 {
     world *wd = calloc(1, sizeof *wd);
     mx_error err = {0};
-    mx_config cfg;
-    if (mx_config_load(FIXTURE "/config.json", &cfg, &err))
-        return -1;
-    mx_load_plan plan = mx_load_plan_full(&cfg);
     const mx_kv_options f32_kv = {.dtype = MX_KV_F32};
-    if (mx_weights_load(FIXTURE, &plan, &wd->w, &err) || mx_backend_cpu_create(1, &wd->be, &err) ||
-        wd->be->kv_configure(wd->be, &f32_kv, &err) || mx_model_create(wd->w, wd->be, &wd->m, &err) ||
-        mx_st_open(FIXTURE "/expected.safetensors", &wd->expected, &err))
+    if (!wd || tiny_model_load(&wd->t, &f32_kv, &err) ||
+        mx_st_open(TINY_FIXTURE "/expected.safetensors", &wd->expected, &err))
         return -1;
-    wd->L = cfg.num_hidden_layers;
-    wd->E = cfg.num_local_experts;
-    wd->V = cfg.vocab_size;
+    wd->L = wd->t.cfg.num_hidden_layers;
+    wd->E = wd->t.cfg.num_local_experts;
+    wd->V = wd->t.cfg.vocab_size;
     if (wd->L > MAX_L || wd->E > MAX_E)
         return -1;
     json_error_t jerr;
-    json_t *root = json_load_file(FIXTURE "/cases.json", 0, &jerr);
+    json_t *root = json_load_file(TINY_FIXTURE "/cases.json", 0, &jerr);
     if (!root)
         return -1;
     json_t *fp32 = json_object_get(json_object_get(root, "tolerances"), "fp32");
@@ -109,9 +68,9 @@ static int setup(void **state)
             wd->use[l][e] = (uint64_t)json_integer_value(json_array_get(json_array_get(use, (size_t)l), (size_t)e));
     wd->cases = json_incref(json_object_get(root, "cases"));
     json_decref(root);
-    start_server(&wd->a, "experts = [0, 1, 2];", 0);
-    start_server(&wd->b1, "experts = [1, 2, 3];", 1);
-    start_server(&wd->b2, "experts = [1, 2, 3];", 1);
+    test_shard_start(&wd->a, "experts = [0, 1, 2];", 0);
+    test_shard_start(&wd->b1, "experts = [1, 2, 3];", 1);
+    test_shard_start(&wd->b2, "experts = [1, 2, 3];", 1);
     *state = wd;
     return 0;
 }
@@ -119,14 +78,12 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     world *wd = *state;
-    stop_server(&wd->a);
-    stop_server(&wd->b1);
-    stop_server(&wd->b2);
+    test_shard_stop(&wd->a);
+    test_shard_stop(&wd->b1);
+    test_shard_stop(&wd->b2);
     json_decref(wd->cases);
     mx_st_close(wd->expected);
-    mx_model_free(wd->m);
-    wd->be->destroy(wd->be);
-    mx_weights_free(wd->w);
+    tiny_model_free(&wd->t);
     free(wd);
     return 0;
 }
@@ -140,78 +97,10 @@ static mx_router *make_router(world *wd, const char *experts0, const char *exper
              "  { experts = [%s]; replicas = [\"127.0.0.1:%d\"]; },\n"
              "  { experts = [%s]; replicas = [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]; } ); };\n",
              experts0, wd->a.port, experts1, wd->b1.port, wd->b2.port);
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, text), CONFIG_TRUE);
-    mx_router_config rc;
+    mx_router *r = test_router_from_text(text, wd->L, (int)wd->t.cfg.hidden_size, wd->E, wd->t.be);
     mx_error err = {0};
-    assert_int_equal(mx_router_config_from_setting(config_lookup(&c, "experts"), &rc, &err), 0);
-    mx_router *r = NULL;
-    int ret = mx_router_create(&rc, wd->L, (int)mx_model_config(wd->m)->hidden_size, wd->E, wd->be, &r, &err);
-    if (ret)
-        print_error("%s\n", err.msg);
-    assert_int_equal(ret, 0);
     assert_int_equal(mx_router_check_coverage(r, 0, wd->L, &err), 0);
-    mx_router_config_free(&rc);
-    config_destroy(&c);
     return r;
-}
-
-static const void *expected_tensor(world *wd, const char *casename, const char *suffix)
-{
-    char name[128];
-    snprintf(name, sizeof name, "%s.%s", casename, suffix);
-    const mx_st_entry *e = mx_st_find(wd->expected, name);
-    assert_non_null(e);
-    mx_tensor t;
-    mx_error err = {0};
-    assert_int_equal(mx_st_map(wd->expected, e, &t, &err), 0);
-    return t.data;
-}
-
-/* A golden case through moe: the prompt, then each reference greedy token; logits [steps+1, V]. */
-static void run_case(world *wd, const mx_moe_executor *moe, const int32_t *prompt, int plen, const int32_t *greedy,
-                     int steps, float *logits)
-{
-    const mx_config *c = mx_model_config(wd->m);
-    mx_error err = {0};
-    mx_sequence *seq = NULL;
-    assert_int_equal(mx_sequence_create(wd->m, 0, c->num_hidden_layers, &seq, &err), 0);
-    for (int step = 0; step <= steps; step++) {
-        const int32_t *tok = step == 0 ? prompt : &greedy[step - 1];
-        int n = step == 0 ? plen : 1;
-        mx_span span = {0, n};
-        mx_batch b = {.n_seqs = 1, .seqs = &seq, .spans = &span, .n_tokens = n};
-        mx_tensor h = {0};
-        int64_t shape[2] = {n, c->hidden_size};
-        assert_int_equal(wd->be->alloc(wd->be, &h, wd->be->act_dtype, 2, shape, &err), 0);
-        int rc = mx_model_embed(wd->m, tok, n, &h, &err);
-        if (!rc)
-            rc = mx_model_run_layers(wd->m, 0, c->num_hidden_layers, &b, &h, moe, &err);
-        if (rc)
-            print_error("step %d: %s\n", step, err.msg);
-        assert_int_equal(rc, 0);
-        mx_batch_advance(&b);
-        int32_t last = n - 1;
-        assert_int_equal(mx_model_head(wd->m, &h, &last, 1, logits + (size_t)step * c->vocab_size, &err), 0);
-        wd->be->free(wd->be, &h);
-    }
-    mx_sequence_free(wd->m, seq);
-}
-
-static void check_reference(world *wd, const float *want, const float *got, int rows)
-{
-    for (int r = 0; r < rows; r++) {
-        double row_abs = 0, ref_max = 0;
-        for (int v = 0; v < wd->V; v++) {
-            double d = fabs((double)got[(size_t)r * wd->V + v] - want[(size_t)r * wd->V + v]);
-            if (!(d <= row_abs))
-                row_abs = d;
-            ref_max = fmax(ref_max, fabs((double)want[(size_t)r * wd->V + v]));
-        }
-        if (!(row_abs <= wd->max_abs) || !(row_abs / ref_max <= wd->max_rel))
-            fail_msg("row %d: max_abs %g, rel %g", r, row_abs, row_abs / ref_max);
-    }
 }
 
 /* What a shard served, from its Info over gRPC. */
@@ -220,7 +109,7 @@ typedef struct served {
     uint64_t rows_of[MAX_L][MAX_E];
 } served;
 
-static void shard_info(world *wd, const server *s, served *out)
+static void shard_info(world *wd, const test_shard *s, served *out)
 {
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", s->port);
@@ -257,9 +146,10 @@ static size_t run_all(world *wd, mx_router *r, float *out)
         int plen = (int)json_integer_value(json_object_get(cs, "prompt_len"));
         int steps = (int)json_integer_value(json_object_get(cs, "steps"));
         float *logits = out + at;
-        run_case(wd, &ex, expected_tensor(wd, name, "prompt_ids"), plen, expected_tensor(wd, name, "greedy_ids"),
-                 steps, logits);
-        check_reference(wd, expected_tensor(wd, name, "logits"), logits, steps + 1);
+        golden_run_case(&wd->t, &ex, golden_tensor(wd->expected, name, "prompt_ids"), plen,
+                        golden_tensor(wd->expected, name, "greedy_ids"), steps, logits);
+        golden_check_rows(golden_tensor(wd->expected, name, "logits"), logits, steps + 1, wd->V, wd->max_abs,
+                          wd->max_rel);
         at += (size_t)(steps + 1) * wd->V;
     }
     return at;

@@ -20,7 +20,9 @@
 #include "core/safetensors.h"
 #include "mx/internal/v1/attention_stage.pb-c.h"
 
-#define FIXTURE "../shared/golden/tiny"
+#include "golden_testutil.h"
+#include "stage_testutil.h"
+
 #define CASE "p5_s12"
 #define N_SEQ 3
 #define STEPS 8
@@ -40,26 +42,15 @@ typedef struct world {
     int n_prompt, n_greedy;
 } world;
 
-static int read_ids(mx_st_file *f, const char *name, int32_t *out, int cap)
-{
-    const mx_st_entry *e = mx_st_find(f, name);
-    mx_tensor t;
-    mx_error err = {0};
-    if (!e || e->dtype != MX_DTYPE_I32 || e->ndim != 1 || e->shape[0] > cap || mx_st_map(f, e, &t, &err))
-        return -1;
-    memcpy(out, t.data, (size_t)e->shape[0] * sizeof *out);
-    return (int)e->shape[0];
-}
-
 static int setup(void **state)
 {
     world *wd = calloc(1, sizeof *wd);
     mx_error err = {0};
     mx_st_file *exp;
-    if (!wd || mx_st_open(FIXTURE "/expected.safetensors", &exp, &err))
+    if (!wd || mx_st_open(TINY_FIXTURE "/expected.safetensors", &exp, &err))
         return -1;
-    wd->n_prompt = read_ids(exp, CASE ".prompt_ids", wd->prompt, 8);
-    wd->n_greedy = read_ids(exp, CASE ".greedy_ids", wd->greedy, 16);
+    wd->n_prompt = golden_read_ids(exp, CASE ".prompt_ids", wd->prompt, 8);
+    wd->n_greedy = golden_read_ids(exp, CASE ".greedy_ids", wd->greedy, 16);
     mx_st_close(exp);
     if (wd->n_prompt != 5 || wd->n_greedy < STEPS)
         return -1;
@@ -84,20 +75,8 @@ static stage *make_stage(mx_kv_dtype kv)
 static stage *make_chain_stage(mx_kv_dtype kv, int index, const char *next)
 {
     stage_config c;
-    memset(&c, 0, sizeof c);
-    snprintf(c.listen, sizeof c.listen, "127.0.0.1:0");
-    snprintf(c.model, sizeof c.model, FIXTURE);
-    snprintf(c.backend, sizeof c.backend, "cpu");
-    c.index = index < 0 ? 0 : index;
-    c.count = index < 0 ? 1 : 2;
-    c.layer_begin = index == 1 ? 4 : 0;
-    c.layer_end = index == 0 ? 4 : 8;
-    snprintf(c.next, sizeof c.next, "%s", next);
-    c.max_sequences = 4;
-    c.threads = 1;
-    c.max_message_bytes = 64 << 20;
-    c.worker_threads = 2;
-    c.kv_dtype = kv;
+    test_stage_config(&c, index < 0 ? 0 : index, index < 0 ? 1 : 2, index == 1 ? 4 : 0, index == 0 ? 4 : 8, next, 4,
+                      2, kv);
     stage *s = NULL;
     mx_error err = {0};
     if (stage_create(&c, &s, &err))
@@ -154,18 +133,12 @@ static int run_step(stage *s, const world *wd, int step, out_tok got[][STEPS], m
         }
         sp[i].top_logprobs = TOP;
         sp[i].step = (uint32_t)step;
-        mx__internal__v1__sequence_input__init(&q[i]);
-        q[i].sequence_id = 0x9000000000000000ull + (uint64_t)i; /* 64-bit ids */
-        q[i].start_position = step == 0 ? 0 : (uint32_t)(n + step - 1);
+        uint32_t start = step == 0 ? 0 : (uint32_t)(n + step - 1);
         if (step > 0) {
             ids[i][0] = got[i][step - 1].token;
             n = 1;
         }
-        q[i].token_ids = ids[i];
-        q[i].n_token_ids = (size_t)n;
-        q[i].num_tokens = (uint32_t)n;
-        q[i].sampling = &sp[i];
-        q[i].sample = 1;
+        test_seq_input(&q[i], 0x9000000000000000ull + (uint64_t)i /* 64-bit ids */, start, ids[i], (size_t)n, &sp[i]);
         qp[i] = &q[i];
     }
     Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
@@ -307,12 +280,8 @@ static void test_fault_down_the_chain(void **state)
     mx_error err = {0};
     stage *s1 = make_chain_stage(MX_KV_F32, 1, "");
     mx_rpc_server *srv = NULL;
-    mx_rpc_server_options o = {.address = "127.0.0.1:0", .worker_threads = 2};
-    assert_int_equal(mx_rpc_server_create(&o, &srv, &err), 0);
-    assert_int_equal(stage_add_methods(s1, srv, &err), 0);
-    assert_int_equal(mx_rpc_server_start(srv, &err), 0);
     char next[64];
-    snprintf(next, sizeof next, "127.0.0.1:%d", mx_rpc_server_port(srv));
+    assert_int_equal(test_stage_serve(s1, 2, &srv, next, sizeof next, &err), 0);
     stage *s0 = make_chain_stage(MX_KV_F32, 0, next);
     uint32_t ids[8], tok = 0;
     int n = wd->n_prompt;

@@ -21,7 +21,9 @@
 #include "core/safetensors.h"
 #include "mx/internal/v1/attention_stage.pb-c.h"
 
-#define FIXTURE "../shared/golden/tiny"
+#include "golden_testutil.h"
+#include "stage_testutil.h"
+
 #define CASE "p5_s12"
 
 typedef struct world {
@@ -31,58 +33,26 @@ typedef struct world {
     int n_prompt, n_greedy;
 } world;
 
-static void config(stage_config *c, int index, int l0, int l1, const char *next, int max_sequences)
-{
-    memset(c, 0, sizeof *c);
-    snprintf(c->listen, sizeof c->listen, "127.0.0.1:0");
-    snprintf(c->model, sizeof c->model, FIXTURE);
-    snprintf(c->backend, sizeof c->backend, "cpu");
-    snprintf(c->next, sizeof c->next, "%s", next);
-    c->index = index;
-    c->count = 2;
-    c->layer_begin = l0;
-    c->layer_end = l1;
-    c->max_sequences = max_sequences;
-    c->threads = 1;
-    c->max_message_bytes = 64 << 20;
-    c->worker_threads = 4;
-    c->kv_dtype = MX_KV_F32;
-}
-
-static int read_ids(mx_st_file *f, const char *name, int32_t *out, int cap)
-{
-    const mx_st_entry *e = mx_st_find(f, name);
-    mx_tensor t;
-    mx_error err = {0};
-    if (!e || e->dtype != MX_DTYPE_I32 || e->ndim != 1 || e->shape[0] > cap || mx_st_map(f, e, &t, &err))
-        return -1;
-    memcpy(out, t.data, (size_t)e->shape[0] * sizeof *out);
-    return (int)e->shape[0];
-}
-
 static int setup(void **state)
 {
     world *wd = calloc(1, sizeof *wd);
     mx_error err = {0};
     mx_st_file *exp;
-    if (mx_st_open(FIXTURE "/expected.safetensors", &exp, &err))
+    if (mx_st_open(TINY_FIXTURE "/expected.safetensors", &exp, &err))
         return -1;
-    wd->n_prompt = read_ids(exp, CASE ".prompt_ids", wd->prompt, 8);
-    wd->n_greedy = read_ids(exp, CASE ".greedy_ids", wd->greedy, 16);
+    wd->n_prompt = golden_read_ids(exp, CASE ".prompt_ids", wd->prompt, 8);
+    wd->n_greedy = golden_read_ids(exp, CASE ".greedy_ids", wd->greedy, 16);
     mx_st_close(exp);
     if (wd->n_prompt != 5 || wd->n_greedy != 13)
         return -1;
     stage_config c1, c0;
-    config(&c1, 1, 4, 8, "", 4);
+    test_stage_config(&c1, 1, 2, 4, 8, "", 4, 4, MX_KV_F32);
     if (stage_create(&c1, &wd->s1, &err))
         return -1;
-    mx_rpc_server_options o = {.address = "127.0.0.1:0", .worker_threads = 4};
-    if (mx_rpc_server_create(&o, &wd->srv1, &err) || stage_add_methods(wd->s1, wd->srv1, &err) ||
-        mx_rpc_server_start(wd->srv1, &err))
-        return -1;
     char next[64];
-    snprintf(next, sizeof next, "127.0.0.1:%d", mx_rpc_server_port(wd->srv1));
-    config(&c0, 0, 0, 4, next, 1);
+    if (test_stage_serve(wd->s1, 4, &wd->srv1, next, sizeof next, &err))
+        return -1;
+    test_stage_config(&c0, 0, 2, 0, 4, next, 1, 4, MX_KV_F32);
     if (stage_create(&c0, &wd->s0, &err))
         return -1;
     *state = wd;

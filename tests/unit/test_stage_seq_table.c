@@ -17,24 +17,16 @@
 #include "core/config.h"
 #include "core/weights.h"
 
-#define FIXTURE "../shared/golden/tiny"
+#include "golden_testutil.h"
 
-typedef struct world {
-    mx_config cfg;
-    mx_weights *w;
-    mx_backend *be;
-    mx_model *m;
-} world;
+/* the tiny model with the backend's default KV pages */
+typedef tiny_model world;
 
 static int setup(void **state)
 {
     world *wd = calloc(1, sizeof *wd);
     mx_error err = {0};
-    if (mx_config_load(FIXTURE "/config.json", &wd->cfg, &err))
-        return -1;
-    mx_load_plan plan = mx_load_plan_full(&wd->cfg);
-    if (mx_weights_load(FIXTURE, &plan, &wd->w, &err) || mx_backend_cpu_create(1, &wd->be, &err) ||
-        mx_model_create(wd->w, wd->be, &wd->m, &err))
+    if (!wd || tiny_model_load(wd, NULL, &err))
         return -1;
     *state = wd;
     return 0;
@@ -43,9 +35,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     world *wd = *state;
-    mx_model_free(wd->m);
-    wd->be->destroy(wd->be);
-    mx_weights_free(wd->w);
+    tiny_model_free(wd);
     free(wd);
     return 0;
 }

@@ -38,8 +38,10 @@
 #include "mx/internal/v1/attention_stage.pb-c.h"
 #include "expert-svc/shard.h"
 #include "router/router.h"
+#include "golden_testutil.h"
+#include "shard_testutil.h"
+#include "stage_testutil.h"
 
-#define FIXTURE "../shared/golden/tiny"
 #define N_SEQS 4
 #define WARM_STEPS 4
 #define COUNTED_STEPS 20
@@ -186,24 +188,19 @@ static unsigned long long count_stop(void)
 
 /* ---------------------------------------------------------------- the decode driver */
 
-typedef struct world {
-    mx_weights *w;
-    mx_backend *be;
-    mx_model *m;
-} world;
+/* the tiny model with the backend's default (bf16) KV pages */
+typedef tiny_model world;
 
 static int setup(void **state)
 {
     counting_init();
     world *wd = calloc(1, sizeof *wd);
     mx_error err = {0};
-    mx_config cfg;
-    if (!wd || mx_config_load(FIXTURE "/config.json", &cfg, &err))
+    if (!wd)
         return -1;
-    mx_load_plan plan = mx_load_plan_full(&cfg);
-    if (mx_weights_load(FIXTURE, &plan, &wd->w, &err) || mx_backend_cpu_create(1, &wd->be, &err) ||
-        mx_model_create(wd->w, wd->be, &wd->m, &err)) {
+    if (tiny_model_load(wd, NULL, &err)) {
         print_error("%s\n", err.msg);
+        free(wd);
         return -1;
     }
     *state = wd;
@@ -213,9 +210,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     world *wd = *state;
-    mx_model_free(wd->m);
-    wd->be->destroy(wd->be);
-    mx_weights_free(wd->w);
+    tiny_model_free(wd);
     free(wd);
     return 0;
 }
@@ -317,40 +312,6 @@ static void test_engine_decode(void **state)
 
 /* ---------------------------------------------------------------- through the router */
 
-typedef struct server {
-    mx_expert_shard *shard;
-    mx_rpc_server *srv;
-    int port;
-} server;
-
-static void start_server(server *s, const char *experts_cfg, int index)
-{
-    mx_error err = {0};
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, experts_cfg), CONFIG_TRUE);
-    mx_expert_set set;
-    assert_int_equal(mx_expert_set_from_setting(config_root_setting(&c), &set, &err), 0);
-    mx_expert_shard_options o = {.model_dir = FIXTURE, .backend = "cpu", .threads = 1, .shard_index = index,
-                                 .owns = &set};
-    int rc = mx_expert_shard_load(&o, &s->shard, &err);
-    mx_expert_set_free(&set);
-    config_destroy(&c);
-    assert_int_equal(rc, 0);
-    mx_rpc_server_options so = {.address = "127.0.0.1:0", .worker_threads = 2};
-    assert_int_equal(mx_rpc_server_create(&so, &s->srv, &err), 0);
-    assert_int_equal(mx_expert_shard_serve(s->shard, s->srv, &err), 0);
-    assert_int_equal(mx_rpc_server_start(s->srv, &err), 0);
-    s->port = mx_rpc_server_port(s->srv);
-}
-
-static void stop_server(server *s)
-{
-    mx_rpc_server_shutdown(s->srv, 0);
-    mx_rpc_server_destroy(s->srv);
-    mx_expert_shard_free(s->shard);
-}
-
 /* One RunBatch of N_SEQS greedy sequences at `step` (step 0: 4-token prompts) into a
  * request packed by this test (outside the count); returns the tokens in tok. */
 static const uint32_t default_prompts[N_SEQS][8] = {{1, 4, 7, 10}, {6, 9, 12, 15}, {11, 14, 17, 20}, {16, 19, 22, 25}};
@@ -381,14 +342,8 @@ static int step_range(stage *s, int step, int first, int n_seqs, const uint32_t 
         sp[k].top_p = 1;
         sp[k].repetition_penalty = 1;
         sp[k].step = (uint32_t)step;
-        mx__internal__v1__sequence_input__init(&q[k]);
-        q[k].sequence_id = 77 + (uint64_t)i;
-        q[k].start_position = step == 0 ? 0 : (uint32_t)(lens[i] + step - 1);
-        q[k].token_ids = ids[k];
-        q[k].n_token_ids = (size_t)n;
-        q[k].num_tokens = (uint32_t)n;
-        q[k].sampling = &sp[k];
-        q[k].sample = 1;
+        test_seq_input(&q[k], 77 + (uint64_t)i, step == 0 ? 0 : (uint32_t)(lens[i] + step - 1), ids[k], (size_t)n,
+                       &sp[k]);
         qp[k] = &q[k];
     }
     Mx__Internal__V1__RunBatchRequest rq = MX__INTERNAL__V1__RUN_BATCH_REQUEST__INIT;
@@ -435,31 +390,17 @@ static void stage_step_with(stage *s, int step, const uint32_t (*prompts)[8], co
  * this test's, outside the count). */
 /* A whole stage (all 8 layers, samples) with its MoE through the servers a and b. */
 /* mode 0: no overlap; 1: overlap across micro-batches; 2: a batch in two halves */
-static stage *make_stage(const server *a, const server *b, int mode)
+static stage *make_stage(const test_shard *a, const test_shard *b, int mode)
 {
     char text[512];
     snprintf(text, sizeof text,
              "experts = { expert_timeout_ms = 10000; shards = ( { experts = [0, 1]; replicas = [\"127.0.0.1:%d\"]; },"
              " { experts = [2, 3]; replicas = [\"127.0.0.1:%d\"]; } ); };",
              a->port, b->port);
-    config_t cf;
-    config_init(&cf);
-    assert_int_equal(config_read_string(&cf, text), CONFIG_TRUE);
     stage_config c;
-    memset(&c, 0, sizeof c);
+    test_stage_config(&c, 0, 1, 0, 8, "", 8, 2, MX_KV_F32);
+    test_router_config(text, &c.router);
     mx_error err = {0};
-    assert_int_equal(mx_router_config_from_setting(config_lookup(&cf, "experts"), &c.router, &err), 0);
-    config_destroy(&cf);
-    snprintf(c.listen, sizeof c.listen, "127.0.0.1:0");
-    snprintf(c.model, sizeof c.model, FIXTURE);
-    snprintf(c.backend, sizeof c.backend, "cpu");
-    c.count = 1;
-    c.layer_end = 8;
-    c.max_sequences = 8;
-    c.threads = 1;
-    c.max_message_bytes = 64 << 20;
-    c.worker_threads = 2;
-    c.kv_dtype = MX_KV_F32;
     c.remote_experts = true;
     c.overlap = mode == 1;
     c.overlap_halves = mode == 2;
@@ -477,9 +418,9 @@ static void test_stage_decode(void **state)
 #ifdef UNDER_ASAN
     skip(); /* see the file comment (skip does not return) */
 #endif
-    server a, b;
-    start_server(&a, "experts = [0, 1];", 0);
-    start_server(&b, "experts = [2, 3];", 1);
+    test_shard a, b;
+    test_shard_start(&a, "experts = [0, 1];", 0);
+    test_shard_start(&b, "experts = [2, 3];", 1);
     stage *s = make_stage(&a, &b, 1);
     uint8_t buf[4096];
     uint32_t tok[N_SEQS] = {0};
@@ -490,21 +431,10 @@ static void test_stage_decode(void **state)
     print_message("stage_run_batch: %llu allocations by our code on the stepping thread in %d decode steps\n", n,
                   COUNTED_STEPS);
     stage_destroy(s);
-    stop_server(&a);
-    stop_server(&b);
+    test_shard_stop(&a);
+    test_shard_stop(&b);
     /* (before: 26 per step; the layers and expert calls alone: test_router_decode) */
     assert_int_equal(n, 0);
-}
-
-static int read_ids(mx_st_file *f, const char *name, int32_t *out, int cap)
-{
-    const mx_st_entry *e = mx_st_find(f, name);
-    mx_tensor t;
-    mx_error err = {0};
-    if (!e || e->dtype != MX_DTYPE_I32 || e->ndim != 1 || e->shape[0] > cap || mx_st_map(f, e, &t, &err))
-        return -1;
-    memcpy(out, t.data, (size_t)e->shape[0] * sizeof *out);
-    return (int)e->shape[0];
 }
 
 /* One driver of the overlap test: all four sequences (half -1), or sequences [0, 2) or
@@ -545,9 +475,10 @@ static void test_stage_overlap_tokens(void **state)
     (void)state;
     mx_st_file *exp = NULL;
     mx_error err = {0};
-    assert_int_equal(mx_st_open(FIXTURE "/expected.safetensors", &exp, &err), 0);
+    assert_int_equal(mx_st_open(TINY_FIXTURE "/expected.safetensors", &exp, &err), 0);
     int32_t prompt[8], greedy[16];
-    int np = read_ids(exp, "p5_s12.prompt_ids", prompt, 8), ng = read_ids(exp, "p5_s12.greedy_ids", greedy, 16);
+    int np = golden_read_ids(exp, "p5_s12.prompt_ids", prompt, 8);
+    int ng = golden_read_ids(exp, "p5_s12.greedy_ids", greedy, 16);
     mx_st_close(exp);
     assert_int_equal(np, 5);
     assert_true(ng >= 12);
@@ -555,9 +486,9 @@ static void test_stage_overlap_tokens(void **state)
     int lens[N_SEQS] = {np, 7, 2, 3};
     for (int j = 0; j < np; j++)
         prompts[0][j] = (uint32_t)prompt[j];
-    server a, b;
-    start_server(&a, "experts = [0, 1];", 0);
-    start_server(&b, "experts = [2, 3];", 1);
+    test_shard a, b;
+    test_shard_start(&a, "experts = [0, 1];", 0);
+    test_shard_start(&b, "experts = [2, 3];", 1);
     enum { STEPS = 12, MODES = 3 };
     uint32_t got[MODES][STEPS][N_SEQS];
     for (int mode = 0; mode < MODES; mode++) {
@@ -586,8 +517,8 @@ static void test_stage_overlap_tokens(void **state)
         }
         stage_destroy(s);
     }
-    stop_server(&a);
-    stop_server(&b);
+    test_shard_stop(&a);
+    test_shard_stop(&b);
     for (int mode = 0; mode < MODES; mode++)
         for (int step = 0; step < STEPS; step++) {
             assert_int_equal(got[mode][step][0], (uint32_t)greedy[step]);
@@ -603,27 +534,17 @@ static void test_router_decode(void **state)
     skip(); /* see the file comment: gRPC's allocations cannot be told from ours here */
 #else
     world *wd = *state;
-    server a, b;
-    start_server(&a, "experts = [0, 1];", 0);
-    start_server(&b, "experts = [2, 3];", 1);
+    test_shard a, b;
+    test_shard_start(&a, "experts = [0, 1];", 0);
+    test_shard_start(&b, "experts = [2, 3];", 1);
     char text[512];
     snprintf(text, sizeof text,
              "experts = { expert_timeout_ms = 10000; shards = ( { experts = [0, 1]; replicas = [\"127.0.0.1:%d\"]; },"
              " { experts = [2, 3]; replicas = [\"127.0.0.1:%d\"]; } ); };",
              a.port, b.port);
-    config_t c;
-    config_init(&c);
-    assert_int_equal(config_read_string(&c, text), CONFIG_TRUE);
-    mx_router_config rcfg;
-    mx_error err = {0};
-    assert_int_equal(mx_router_config_from_setting(config_lookup(&c, "experts"), &rcfg, &err), 0);
     const mx_config *mc = mx_model_config(wd->m);
-    mx_router *r = NULL;
-    assert_int_equal(mx_router_create(&rcfg, mc->num_hidden_layers, mc->hidden_size, mc->num_local_experts, wd->be,
-                                      &r, &err),
-                     0);
-    mx_router_config_free(&rcfg);
-    config_destroy(&c);
+    mx_router *r = test_router_from_text(text, mc->num_hidden_layers, mc->hidden_size, mc->num_local_experts, wd->be);
+    mx_error err = {0};
     mx_router_dispatcher *d = NULL;
     assert_int_equal(mx_router_dispatcher_create(r, 64, &d, &err), 0);
     mx_moe_executor moe = mx_router_dispatcher_executor(d);
@@ -633,8 +554,8 @@ static void test_router_decode(void **state)
                   n, COUNTED_STEPS, mc->num_hidden_layers);
     mx_router_dispatcher_free(d);
     mx_router_destroy(r);
-    stop_server(&a);
-    stop_server(&b);
+    test_shard_stop(&a);
+    test_shard_stop(&b);
     assert_int_equal(n, 0);
 #endif
 }
