@@ -2,7 +2,8 @@
 // prints): every object against the Kubernetes API schemas (npm kubernetes-models), then the
 // cross-references nothing else checks before pods start: selectors vs labels, named and probe
 // ports, config files vs the image's --config path, config listen ports vs containerPorts,
-// addresses in configs vs rendered Services, layer ranges and expert shards vs the model's
+// metrics and HTTP ports (metrics_listen, http_listen) vs named containerPorts, Services and
+// prometheus.io annotations, addresses in configs vs rendered Services, layer ranges and expert shards vs the model's
 // config.json, images vs backend vs GPUs, pod security and probes, network policies. Each
 // embedded config is also fed to the service's own binary (--check-config).
 // usage: node check_manifests.mjs RENDERED.yaml MODEL_CONFIG.json CONTAINERFILE PROTO_DIR BIN_DIR OVERLAY
@@ -214,7 +215,8 @@ const containerPort = (w, port) => {
         for (const p of s.spec.ports) {
             const target = containerPort(w, p.targetPort ?? p.port);
             if (target === undefined) errs.push(`Service/${s.metadata.name} port ${p.name}: targetPort ${p.targetPort} is no containerPort of ${w?.metadata.name}`);
-            if (p.appProtocol !== "grpc") errs.push(`Service/${s.metadata.name} port ${p.name}: appProtocol ${p.appProtocol}, not grpc`);
+            const proto = p.name === "grpc" ? "grpc" : "http";   // metrics and the OpenAI API are plain HTTP
+            if (p.appProtocol !== proto) errs.push(`Service/${s.metadata.name} port ${p.name}: appProtocol ${p.appProtocol}, not ${proto}`);
             if (s.spec.clusterIP === "None" && target !== p.port) errs.push(`headless Service/${s.metadata.name}: clients dial port ${p.port}, the pod listens on ${target}`);
         }
     }
@@ -233,6 +235,43 @@ const containerPort = (w, port) => {
         if (!m.c.readinessProbe?.grpc?.service) errs.push(`${m.w.metadata.name}: readiness must name the service (the empty name is SERVING from the start)`);
     }
     check("ports", errs, "Service targetPorts, probe ports and config listen ports agree; gRPC probes name real services");
+}
+
+// ---- 3b. metrics and the HTTP API: config ports = named containerPorts = Service ports ------
+// Every service pod serves GET /metrics on metrics_listen, exposed as containerPort "metrics"
+// and a Service port "metrics", announced to Prometheus by the prometheus.io annotations of its
+// pod template; the gateway serves the OpenAI-compatible API on http_listen, exposed as "http".
+const portOfListen = (listen) => Number(String(listen || "").split(":").pop());
+{
+    const errs = [];
+    const servicesOf = (w) => byKind("Service").filter((s) => ns(s) === ns(w) && subset(s.spec.selector, podLabels(w)));
+    const exposes = (m, name, listen, key) => {
+        const id = m.w.metadata.name;
+        if (!listen) { errs.push(`${id}: no ${key} in ${m.cm.metadata.name}/${m.key}`); return undefined; }
+        if (!/^(0\.0\.0\.0|\[::\]|::):/.test(listen)) errs.push(`${id}: ${key} ${listen} is not reachable from other pods`);
+        const cp = (m.c.ports || []).find((p) => p.name === name);
+        if (!cp || cp.containerPort !== portOfListen(listen)) errs.push(`${id}: ${key} is ${listen}, containerPort ${name} is ${cp?.containerPort}`);
+        const svcs = servicesOf(m.w);
+        for (const s of svcs) {
+            const sp = s.spec.ports.find((p) => p.name === name);
+            if (!sp) errs.push(`Service/${s.metadata.name}: no port ${name}`);
+            else if (containerPort(m.w, sp.targetPort ?? sp.port) !== portOfListen(listen)) errs.push(`Service/${s.metadata.name} port ${name} reaches ${containerPort(m.w, sp.targetPort ?? sp.port)}, ${key} is ${listen}`);
+        }
+        if (!svcs.length) errs.push(`${id}: no Service`);
+        return portOfListen(listen);
+    };
+    let n = 0;
+    for (const m of mxContainers) {
+        const section = m.service === "gateway" ? m.cfg.gateway : m.service === "attention-svc" ? m.cfg.stage : m.cfg;
+        const port = exposes(m, "metrics", section?.metrics_listen, "metrics_listen");
+        const a = m.w.spec.template.metadata?.annotations || {};
+        if (a["prometheus.io/scrape"] !== "true") errs.push(`${m.w.metadata.name}: pod template without prometheus.io/scrape: "true"`);
+        if (port !== undefined && a["prometheus.io/port"] !== String(port)) errs.push(`${m.w.metadata.name}: prometheus.io/port ${a["prometheus.io/port"]}, metrics_listen port ${port}`);
+        if ((a["prometheus.io/path"] ?? "/metrics") !== "/metrics") errs.push(`${m.w.metadata.name}: prometheus.io/path ${a["prometheus.io/path"]}, the services serve /metrics`);
+        if (m.service === "gateway") exposes(m, "http", section?.http_listen, "http_listen");
+        n++;
+    }
+    check("metrics-http", errs, `${n} service pods expose metrics_listen as port "metrics" (container, Service, prometheus.io annotations); the gateway's http_listen as port "http"`);
 }
 
 // ---- 4. addresses in configs resolve to rendered Services -----------------------------------
@@ -480,29 +519,47 @@ function range(a, b) { const r = []; for (let i = a; i < b; i++) r.push(i); retu
 }
 
 // ---- 10. network policies -------------------------------------------------------------------
+// Who may reach each named port of each pod: the gateway's gRPC and HTTP APIs anyone, a stage's
+// gRPC the gateway and stages, a shard's gRPC only stages, every metrics port anyone (the
+// scraper's namespace is the operator's), the model Job nothing.
 {
     const errs = [];
     const pols = byKind("NetworkPolicy");
     if (!pols.some((p) => Object.keys(p.spec.podSelector || {}).length === 0 && p.spec.policyTypes?.includes("Ingress") && !p.spec.ingress?.length))
         errs.push("no default-deny ingress policy");
-    const want = { gateway: "world", "attention-stage": "attention-stage,gateway", "expert-shard": "attention-stage", "model-fill": "" };
+    const want = {
+        gateway: { grpc: "world", http: "world", metrics: "world" },
+        "attention-stage": { grpc: "attention-stage,gateway", metrics: "world" },
+        "expert-shard": { grpc: "attention-stage", metrics: "world" },
+        "model-fill": {},
+    };
+    const portNames = (w) => w.spec.template.spec.containers.flatMap((c) => (c.ports || []).map((p) => p.name || String(p.containerPort)));
+    const nameOfPort = (w, port) => {
+        for (const c of w.spec.template.spec.containers) for (const p of c.ports || []) if (p.containerPort === port) return p.name || String(port);
+        return String(port);
+    };
     for (const w of workloads) {
-        const labels = podLabels(w), peers = new Set();
+        const labels = podLabels(w), peers = {};
         for (const p of pols) {
             if (!matchesSel(p.spec.podSelector, labels) && Object.keys(p.spec.podSelector || {}).length) continue;
             for (const r of p.spec.ingress || []) {
-                if (!r.from?.length) { peers.add("world"); continue; }
-                for (const f of r.from) {
-                    if (f.ipBlock || f.namespaceSelector) { peers.add("world"); continue; }
-                    for (const o of workloads) if (matchesSel(f.podSelector, podLabels(o))) peers.add(comp(o));
+                const from = new Set();
+                if (!r.from?.length) from.add("world");
+                for (const f of r.from || []) {
+                    if (f.ipBlock || f.namespaceSelector) { from.add("world"); continue; }
+                    for (const o of workloads) if (matchesSel(f.podSelector, podLabels(o))) from.add(comp(o));
                 }
                 for (const pt of r.ports || []) if (typeof pt.port === "string" && !containerPort(w, pt.port)) errs.push(`${p.metadata.name}: ${w.metadata.name} has no port ${pt.port}`);
+                const names = r.ports?.length ? r.ports.map((pt) => typeof pt.port === "string" ? pt.port : nameOfPort(w, pt.port)) : portNames(w);
+                for (const nm of names) for (const f of from) (peers[nm] ??= new Set()).add(f);
             }
         }
-        const got = [...peers].sort().join(","), exp = want[comp(w)];
-        if (got !== exp) errs.push(`${w.metadata.name} (${comp(w)}) accepts ingress from [${got}], expected [${exp}]`);
+        const got = Object.fromEntries(Object.entries(peers).filter(([nm]) => containerPort(w, nm)).map(([nm, set]) => [nm, [...set].sort().join(",")]));
+        const exp = want[comp(w)] || {};
+        const show = (o) => JSON.stringify(Object.fromEntries(Object.entries(o).sort()));
+        if (show(got) !== show(exp)) errs.push(`${w.metadata.name} (${comp(w)}) accepts ingress ${show(got)}, expected ${show(exp)}`);
     }
-    check("network-policy", errs, "only the gateway is reachable from outside; stages from gateway+stages, shards from stages");
+    check("network-policy", errs, "only the gateway's gRPC and HTTP ports are reachable from outside, and every metrics port; stages from gateway+stages, shards from stages");
 }
 
 // ---- 11. each config accepted by the service's own loader -----------------------------------

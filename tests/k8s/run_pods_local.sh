@@ -5,8 +5,10 @@
 # and the model volume's path. The DNS names the configs use (Services, StatefulSet pods) are
 # resolved through an /etc/hosts bind-mounted in a private mount namespace (unshare -m, root
 # only), so the services resolve exactly the names the cluster would give them. Then Generate
-# through the gateway must give the tokens `mx generate` gives on the same model. The model is
-# written by the overlay's model Job script.
+# through the gateway must give the tokens `mx generate` gives on the same model, every pod
+# must serve GET /metrics on its metrics_listen, and the gateway's OpenAI-compatible API on its
+# http_listen must answer /health and give the same tokens. The model is written by the
+# overlay's model Job script.
 # usage: run_pods_local.sh PLAN.tsv PODS_DIR MODEL_MOUNT MODEL_DIR BIN_DIR WORK   (inside unshare -m)
 # Prints "ok ..." or "FAIL ..." lines; exit status 0 when all passed.
 set -u
@@ -41,7 +43,8 @@ while IFS=$'\t' read -r role name _aliases _image _user _mount cmd; do
     echo "ok   pods-local-job: $name's script wrote the model and the ready marker, and a rerun left them alone"
 done <"$plan"
 
-gw_addr=
+gw_addr= gw_http=
+declare -A metrics_of
 while IFS=$'\t' read -r role name _aliases _image _user _mount _cmd; do
     [ "$role" = job ] && continue
     cfg=$(ls "$pods/$name"/*.cfg)
@@ -49,8 +52,11 @@ while IFS=$'\t' read -r role name _aliases _image _user _mount _cmd; do
     case $role in
         expert) exe=expert-svc ;;
         stage) exe=attention-svc ;;
-        gateway) exe=gateway; gw_addr="${addr_of[$name]}:$(sed -nE 's/.*listen = "[0-9.]+:([0-9]+)".*/\1/p' "$cfg")" ;;
+        gateway) exe=gateway
+            gw_addr="${addr_of[$name]}:$(sed -nE 's/^ *listen = "[0-9.]+:([0-9]+)".*/\1/p' "$cfg")"
+            gw_http="${addr_of[$name]}:$(sed -nE 's/^ *http_listen = "[0-9.]+:([0-9]+)".*/\1/p' "$cfg")" ;;
     esac
+    metrics_of[$name]="${addr_of[$name]}:$(sed -nE 's/^ *metrics_listen = "[0-9.]+:([0-9]+)".*/\1/p' "$cfg")"
     "$bin/$exe" --config "$cfg" >"$work/$name.log" 2>&1 &
     pids+=($!)
 done <"$plan"
@@ -70,6 +76,39 @@ if [ -n "$ids" ] && [ "$ids" = "$ref" ] && [ -n "$ids2" ] && [ "$ids2" = "$ref2"
 else
     echo "FAIL pods-local: gateway [$ids] [$ids2] vs mx generate [$ref] [$ref2]"
     for f in "$work"/*.log; do echo "== $f"; tail -5 "$f"; done
+    rc=1
+fi
+# GET /metrics of every pod: 200 with its mx_build_info line
+bad=
+for name in "${!metrics_of[@]}"; do
+    body=$(timeout 10 python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+        "http://${metrics_of[$name]}/metrics" 2>&1)
+    grep -q '^mx_build_info{' <<<"$body" || bad="$bad $name(${metrics_of[$name]})"
+done
+if [ -z "$bad" ]; then
+    echo "ok   pods-local-metrics: ${#metrics_of[@]} pods serve GET /metrics on their metrics_listen"
+else
+    echo "FAIL pods-local-metrics: no metrics from$bad"
+    rc=1
+fi
+# the OpenAI-compatible API on the gateway's http_listen: /health, and the greedy tokens of a
+# completion (as token ids) == mx generate's
+http_ids=$(timeout 40 python3 - "http://$gw_http" <<'EOF' 2>&1
+import json, sys, urllib.request
+base = sys.argv[1]
+assert urllib.request.urlopen(base + "/health", timeout=5).status == 200
+body = {"prompt": [1, 2, 3, 4, 5], "max_tokens": 12, "temperature": 0, "logprobs": 0,
+        "return_tokens_as_token_ids": True}
+req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+out = json.load(urllib.request.urlopen(req, timeout=30))
+print(" ".join(t.split(":")[1] for t in out["choices"][0]["logprobs"]["tokens"]))
+EOF
+)
+if [ -n "$ref" ] && [ "$http_ids" = "$ref" ]; then
+    echo "ok   pods-local-http: the gateway's http_listen answers /health and /v1/completions = mx generate ([$http_ids])"
+else
+    echo "FAIL pods-local-http: [$http_ids] vs mx generate [$ref]"
     rc=1
 fi
 # SIGTERM: every service drains and exits 0, well inside the pods' 30 s grace period

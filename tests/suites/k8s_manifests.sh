@@ -4,9 +4,11 @@
 # rendered object against the Kubernetes API schemas (npm kubernetes-models, pinned in
 # tests/k8s/package-lock.json, installed with `npm ci` into tests/.cache) and checks the
 # cross-references (selectors, ports, config files and addresses, layer and expert coverage
-# against the model's config.json, images vs GPUs, pod security, network policies), feeding
-# every embedded config to the service's own --check-config. cpu-small's pods then run as local
-# processes on the overlay's configs and DNS names (tests/k8s/run_pods_local.sh). Without
+# against the model's config.json, images vs GPUs, pod security, network policies; every pod
+# exposes its metrics_listen as port "metrics" with prometheus.io annotations, the gateway its
+# http_listen as port "http"), feeding every embedded config to the service's own
+# --check-config. cpu-small's pods then run as local processes on the overlay's configs and DNS
+# names, answering gRPC, /metrics and the HTTP API (tests/k8s/run_pods_local.sh). Without
 # kubectl, node or the npm registry the suite reports itself skipped, not passed.
 set -u
 BUILD=${BUILD:-build}
@@ -83,22 +85,25 @@ else
 fi
 
 # The checks must be able to fail: a broken copy of cpu-small (stage 1 no longer ends at the
-# model's last layer, the gateway's Service loses its named target port, and shard 0's config
-# has a value of the wrong type, which only the service's own loader knows) must be caught.
+# model's last layer, the gateway's Service loses its named target port, the gateway's config
+# moves its HTTP API off the port the pod exposes, and shard 0's config has a value of the
+# wrong type, which only the service's own loader knows) must be caught.
 mkdir -p "$work/broken"
 cp -r deploy/k8s/base deploy/k8s/overlays "$work/broken/"
 mkdir -p "$work/broken/k8s" && mv "$work/broken/base" "$work/broken/overlays" "$work/broken/k8s/"
 sed -i 's/layer_begin = 4; layer_end = 8;/layer_begin = 4; layer_end = 7;/' "$work/broken/k8s/overlays/cpu-small/stages/1/attention-svc.cfg"
 sed -i 's/targetPort: grpc,/targetPort: grpc-x,/' "$work/broken/k8s/base/gateway.yaml"
 sed -i 's/^threads = 1;/threads = "one";/' "$work/broken/k8s/overlays/cpu-small/experts/0/expert-svc.cfg"
+sed -i 's/http_listen = "0.0.0.0:8000";/http_listen = "0.0.0.0:8001";/' "$work/broken/k8s/overlays/cpu-small/gateway.cfg"
 if kubectl kustomize "$work/broken/k8s/overlays/cpu-small" >"$work/broken.yaml" 2>/dev/null &&
     ! node "$CACHE/check_manifests.mjs" "$work/broken.yaml" "$work/tiny/config.json" deploy/Containerfile proto "$BUILD/bin" \
         broken >"$work/broken.out" 2>&1 &&
     grep -q 'FAIL broken/pipeline.*stages end at layer 7' "$work/broken.out" &&
     grep -q 'FAIL broken/ports.*grpc-x' "$work/broken.out" &&
+    grep -q 'FAIL broken/metrics-http.*http_listen is 0.0.0.0:8001, containerPort http is 8000' "$work/broken.out" &&
     grep -q 'FAIL broken/check-config: expert-svc --check-config mx-expert-config-0' "$work/broken.out" &&
     ! grep -q 'FAIL broken/check-config.*mx-expert-config-1' "$work/broken.out"; then
-    pass=$((pass + 1)); echo "ok   broken-overlay: a layer gap, a dangling targetPort and a config the service refuses are reported"
+    pass=$((pass + 1)); echo "ok   broken-overlay: a layer gap, a dangling targetPort, an HTTP port the pod does not expose and a config the service refuses are reported"
 else
     fail=$((fail + 1)); echo "FAIL broken-overlay: the checks did not report the planted errors"; cat "$work/broken.out" 2>/dev/null | tail -15
 fi
