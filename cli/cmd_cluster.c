@@ -46,6 +46,7 @@ typedef struct cluster {
     const char *model;
     int stages, shards, threads, max_batch;
     int pipeline_depth;         /* 0 = the gateway's default (number of stages) */
+    int prefill_with_decodes;   /* gateway.max_prefill_tokens_with_decodes; -1 = its default */
     const char *replicas_text;  /* "R" for every shard or "R0,R1,..." per shard */
     const char *kv_dtype;       /* NULL = the stages' default (bf16) */
     const char *expert_dtype;   /* NULL = the shards' default (bf16, as stored) */
@@ -65,7 +66,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: mx cluster --model DIR --stages S --expert-shards E [--replicas R|R0,R1,..] [--port P]\n"
                "         [--threads T] [--max-batch N] [--pipeline-depth D] [--allow-replica-loss]\n"
                "         [--workdir DIR] [--kv-dtype bf16|f32|fp8_e4m3|int8] [--kv-cache-bytes N[K|M|G]]\n"
-               "         [--expert-dtype bf16|int8] [--attn-dtype bf16|int8]\n"
+               "         [--expert-dtype bf16|int8] [--attn-dtype bf16|int8] [--max-prefill-tokens-with-decodes N]\n"
                "Starts E*R expert-svc, S attention-svc and a gateway on 127.0.0.1 and prints, once all\n"
                "are SERVING, one line per process (\"<kind> <index> <address> pid <pid>\"), the gateway's\n"
                "OpenAI HTTP API (\"http http://127.0.0.1:PORT\"), each one's Prometheus endpoint\n"
@@ -75,7 +76,9 @@ static void usage(FILE *f)
                "in the pipeline (default S; 1 = one at a time). --kv-dtype and --kv-cache-bytes set every\n"
                "stage's KV cache element type and budget (binary units; default: half of free memory).\n"
                "--expert-dtype sets every expert shard's expert_dtype, --attn-dtype every stage's\n"
-               "attn_dtype (int8: weights quantized at load, per-row scales).\n");
+               "attn_dtype (int8: weights quantized at load, per-row scales).\n"
+               "--max-prefill-tokens-with-decodes sets the gateway's cap on prompt tokens per step while\n"
+               "requests decode (0 = no cap; default: the gateway's).\n");
 }
 
 /* Reserves n distinct free loopback ports by binding them all at once, then closes them.
@@ -201,7 +204,10 @@ static int write_gateway_cfg(const cluster *c, const proc *p)
     for (int i = 0; i < c->n; i++)
         if (c->p[i].kind == KIND_STAGE)
             fprintf(f, k++ ? ", \"127.0.0.1:%d\"" : "\"127.0.0.1:%d\"", c->p[i].port);
-    fprintf(f, "];\n  metrics_listen = \"127.0.0.1:%d\";\n};\n", p->metrics_port);
+    fprintf(f, "];\n  metrics_listen = \"127.0.0.1:%d\";\n", p->metrics_port);
+    if (c->prefill_with_decodes >= 0)
+        fprintf(f, "  max_prefill_tokens_with_decodes = %d;\n", c->prefill_with_decodes);
+    fprintf(f, "};\n");
     return fclose(f);
 }
 
@@ -524,6 +530,7 @@ int mx_cmd_cluster(int argc, char **argv)
         return 1;
     }
     c->max_batch = 64;
+    c->prefill_with_decodes = -1;
     long v, port = 0;
     const char *workdir = NULL;
     static const struct option opts[] = {
@@ -534,6 +541,7 @@ int mx_cmd_cluster(int argc, char **argv)
         {"workdir", required_argument, 0, 'w'},   {"pipeline-depth", required_argument, 0, 'd'},
         {"kv-dtype", required_argument, 0, 'k'},  {"kv-cache-bytes", required_argument, 0, 'c'},
         {"expert-dtype", required_argument, 0, 'x'}, {"attn-dtype", required_argument, 0, 'A'},
+        {"max-prefill-tokens-with-decodes", required_argument, 0, 'P'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int ch, bad = 0;
@@ -549,6 +557,10 @@ int mx_cmd_cluster(int argc, char **argv)
         case 'b': bad = cli_parse_int("--max-batch", optarg, 1, 4096, &v); c->max_batch = (int)v; break;
         case 'd': bad = cli_parse_int("--pipeline-depth", optarg, 1, 64, &v); c->pipeline_depth = (int)v; break;
         case 'a': c->allow_replica_loss = true; break;
+        case 'P':
+            bad = cli_parse_int("--max-prefill-tokens-with-decodes", optarg, 0, 1 << 24, &v);
+            c->prefill_with_decodes = (int)v;
+            break;
         case 'w': workdir = optarg; break;
         case 'k': {
             mx_kv_dtype t;

@@ -22,7 +22,8 @@ static int get_int(const config_setting_t *g, const char *key, int def, int min,
 static const char *const known_root[] = {"gateway"};
 static const char *const known_keys[] = {
     "listen", "model", "model_name", "port_file", "log_level", "tokenizer", "chat_format", "stages", "num_expert_shards",
-    "max_new_tokens_limit", "max_context_tokens", "max_batch_sequences", "max_step_tokens", "pipeline_depth",
+    "max_new_tokens_limit", "max_context_tokens", "max_batch_sequences", "max_step_tokens",
+    "max_prefill_tokens_with_decodes", "pipeline_depth",
     "max_queued", "max_request_kb", "kv_max_overtakes", "stage_timeout_ms", "eos_token_ids", "drain_ms",
     "stream_write_timeout_ms", "http_listen", "http_port_file", "metrics_listen"};
 
@@ -70,6 +71,8 @@ static int parse(config_t *cf, gw_config *c, mx_error *err)
     MX_TRY(get_int(g, "max_context_tokens", 0, 0, 1 << 30, &c->max_context_tokens, err));
     MX_TRY(get_int(g, "max_batch_sequences", 64, 1, 1 << 16, &c->max_batch_sequences, err));
     MX_TRY(get_int(g, "max_step_tokens", 512, 1, 1 << 24, &c->max_step_tokens, err));
+    MX_TRY(get_int(g, "max_prefill_tokens_with_decodes", GW_DEFAULT_PREFILL_WITH_DECODES, 0, 1 << 24,
+                   &c->max_prefill_tokens_with_decodes, err));
     MX_TRY(get_int(g, "pipeline_depth", c->n_stages, 1, 64, &c->pipeline_depth, err));
     MX_TRY(get_int(g, "max_queued", 1024, 1, 1 << 24, &c->max_queued, err));
     MX_TRY(get_int(g, "max_request_kb", 32768, 1, (1 << 21) - 1, &kb, err));

@@ -14,6 +14,11 @@
  *                                         # sequence whose KV cache fits every stage (Info)
  *       max_batch_sequences = 64;         # sequences per step (default 64)
  *       max_step_tokens = 512;            # prompt tokens per micro-batch, prefill chunking (default 512)
+ *       max_prefill_tokens_with_decodes = 64;   # while any request is decoding, a step carries
+ *                                         # at most this many prompt tokens, so decodes are not
+ *                                         # stalled behind a long prefill; with nothing decoding a
+ *                                         # prompt takes the whole max_step_tokens (default 64;
+ *                                         # 0 = no limit: prompts share max_step_tokens with decodes)
  *       pipeline_depth = 2;               # micro-batches in the pipeline at once (default: the
  *                                         # number of stages; 1 = one batch at a time)
  *       max_queued = 1024;                # waiting requests, both those waiting for a worker
@@ -60,6 +65,10 @@
 #define GW_MAX_STAGES 64
 #define GW_MAX_EOS 8
 #define GW_DEFAULT_DRAIN_MS 2000
+/* max_prefill_tokens_with_decodes when not given: chosen from bench_long_context.sh (README,
+ * Performance), where it keeps the p99 inter-token latency of short streams next to a long
+ * prefill within 3x of theirs alone */
+#define GW_DEFAULT_PREFILL_WITH_DECODES 64
 
 typedef struct gw_config {
     char listen[256];
@@ -79,6 +88,7 @@ typedef struct gw_config {
     int max_context_tokens;       /* 0 = from the model */
     int max_batch_sequences;
     int max_step_tokens;
+    int max_prefill_tokens_with_decodes; /* 0 = no limit beyond max_step_tokens */
     int pipeline_depth;
     int max_queued;
     int max_request_bytes;

@@ -101,7 +101,8 @@ static int by_prompt_left(const void *a, const void *b)
     return lx < ly ? -1 : lx > ly ? 1 : (x->ready_seq > y->ready_seq) - (x->ready_seq < y->ready_seq);
 }
 
-void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target, int max_step_tokens)
+void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target, int max_step_tokens,
+                         int prefill_cap)
 {
     int budget = max_step_tokens, n_prefill = 0;
     for (int i = 0; i < n; i++)
@@ -118,6 +119,13 @@ void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target
     if (n_prefill < 0)
         n_prefill = 0;
     int left = budget, floor = max_step_tokens / 8 > 0 ? max_step_tokens / 8 : 1;
+    /* A step's time grows with its prompt tokens, and every decode in it (and, with stages
+     * working through the pipeline's batches in turn, in the batches beside it) waits for
+     * them: the cap bounds what a long prefill adds to the decodes' inter-token latency. */
+    if (prefill_cap > 0 && left > prefill_cap)
+        left = prefill_cap;
+    if (prefill_cap > 0 && floor > prefill_cap)
+        floor = prefill_cap;
     if (n_prefill > 0 && left < floor) {
         left = floor;
         n_prefill = 1;

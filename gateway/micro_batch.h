@@ -45,11 +45,15 @@ bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget);
 /* Fills b for one step from the n eligible requests (oldest first; the array is reordered),
  * at most `target` of them. Decode tokens go first (one token of max_step_tokens each);
  * when a prompt waits, decodes leave it at least one seat. The prompts then share what is
- * left of max_step_tokens: shortest remainder first, each taking at most an equal share of
- * what is left, so a short prompt finishes in one step and a long one never takes more than
- * its share; when decodes used up the budget the oldest prompt still gets max_step_tokens / 8
- * (at least 1), so prefill never starves behind a large decode batch. */
-void gw_micro_batch_fill(gw_micro_batch *b, gw_request **eligible, int n, int target, int max_step_tokens);
+ * left of max_step_tokens, and at most prefill_cap tokens of it when prefill_cap > 0:
+ * shortest remainder first, each taking at most an equal share of what is left, so a short
+ * prompt finishes in one step and a long one never takes more than its share; when decodes
+ * used up the budget the oldest prompt still gets max_step_tokens / 8 (at least 1, at most
+ * prefill_cap), so prefill never starves behind a large decode batch. The scheduler passes
+ * gateway.max_prefill_tokens_with_decodes as prefill_cap while any request decodes, and 0
+ * (the whole max_step_tokens) when none does. */
+void gw_micro_batch_fill(gw_micro_batch *b, gw_request **eligible, int n, int target, int max_step_tokens,
+                         int prefill_cap);
 
 /* Runs the batch through the pipeline (blocking); fills rc/err/resp. Only reads the
  * members, which the scheduler leaves alone while the batch is in flight. */

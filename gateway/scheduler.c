@@ -5,8 +5,9 @@
  * flight lands it becomes eligible again, oldest-eligible first. A batch takes about
  * 1/depth of the running requests so the stages have work to overlap. Within a batch decode
  * tokens go first (one each) and prompt chunks share what is left of the per-batch token
- * budget (max_step_tokens), so a long prompt is prefilled over many steps while short
- * requests keep decoding. Admission reserves each request's whole KV footprint on every
+ * budget (max_step_tokens; at most max_prefill_tokens_with_decodes of it while any request
+ * decodes), so a long prompt is prefilled over many steps while short requests keep
+ * decoding at close to their own pace. Admission reserves each request's whole KV footprint on every
  * stage (kv_budget.h) and keeps requests queued while it would not fit. */
 #include "scheduler.h"
 
@@ -342,8 +343,15 @@ static bool launch(gw_scheduler *s, flight *f)
             s->pick[n++] = s->running[i];
     qsort(s->pick, (size_t)n, sizeof *s->pick, by_ready);
     int target = (s->n_running + s->depth - 1) / s->depth;
+    /* Prompt tokens are capped while any running request decodes, not only in batches that
+     * carry decodes: a stage works through the pipeline's batches in turn, so a full
+     * prefill chunk in a batch of its own still holds up the decodes in the batch beside it. */
+    int prefill_cap = 0;
+    for (int i = 0; i < s->n_running && !prefill_cap; i++)
+        if (s->running[i]->prefilled >= s->running[i]->n_prompt)
+            prefill_cap = s->cfg.max_prefill_tokens_with_decodes;
     gw_micro_batch *b = &f->batch;
-    gw_micro_batch_fill(b, s->pick, n, target, s->cfg.max_step_tokens);
+    gw_micro_batch_fill(b, s->pick, n, target, s->cfg.max_step_tokens, prefill_cap);
     if (b->n == 0)
         return false;
     b->batch_id = ++s->next_batch;

@@ -3,7 +3,8 @@
  * fake "samples" by a fixed rule, next = (7 * last input token + 3) mod 1000, so every
  * expected token is worked out here from the prompt, never taken from the gateway. Checks:
  * prefill chunking under max_step_tokens (positions, tokens, sample flag), decode steps, the
- * LENGTH and stop-token ends, two requests sharing a step, a stage error ending the requests,
+ * LENGTH and stop-token ends, two requests sharing a step, the cap on prompt tokens while
+ * another request decodes (max_prefill_tokens_with_decodes), a stage error ending the requests,
  * and Release of every finished sequence (retried until the stage acknowledges it, or until
  * its lease would have freed the sequence). Waits are on the request's condition variable,
  * bounded at 20 s each; nothing depends on how fast the machine is. */
@@ -182,6 +183,8 @@ static int setup(void **state)
     c->max_new_tokens_limit = 100;
     c->max_batch_sequences = 8;
     c->max_step_tokens = 4;
+    /* the gateway's default (64) would never bind in steps of 4 tokens: 2 makes the cap seen */
+    c->max_prefill_tokens_with_decodes = 2;
     c->pipeline_depth = 1;
     c->max_queued = 16;
     c->kv_max_overtakes = 4;
@@ -321,6 +324,63 @@ static void test_stop_token_and_shared_step(void **state)
     gw_request_unref(b);
 }
 
+/* While a request decodes, a long prompt beside it is prefilled at most
+ * max_prefill_tokens_with_decodes (2) tokens a step; before it decodes and once it is gone,
+ * the prompt takes the whole max_step_tokens (4). */
+static void test_prefill_capped_while_decoding(void **state)
+{
+    fixture *f = *state;
+    mx_error err = {0};
+    const uint32_t pd[1] = {9};
+    uint32_t pl[20];
+    for (int i = 0; i < 20; i++)
+        pl[i] = 100 + (uint32_t)i;
+    gw_request *d = request(pd, 1, 4, 0), *l = request(pl, 20, 1, 0);
+    /* admitted together (the KV numbers come after both), so they share the first step */
+    assert_int_equal(gw_scheduler_submit(f->sched, d, &err), 0);
+    assert_int_equal(gw_scheduler_submit(f->sched, l, &err), 0);
+    assert_int_equal(gw_scheduler_refresh_kv(f->sched, 10000, &err), 0);
+    wait_done(d);
+    wait_done(l);
+    assert_int_equal(d->n_out, 4);
+    assert_int_equal(l->n_out, 1);
+    assert_int_equal(l->out_ids[0], rule(119));
+    /* step 1: nothing decodes yet: d's 1-token prompt and 3 of l's (4 in all); steps 2-4: d
+     * decodes (tokens 2-4), l gets 2 a step; then d is done: chunks of 4, the last 3 sampled */
+    const uint32_t want_start[7] = {0, 3, 5, 7, 9, 13, 17}, want_n[7] = {3, 2, 2, 2, 4, 4, 3};
+    pthread_mutex_lock(&f->fake.mu);
+    int n_log = f->fake.n_log, k = 0, n_d = 0;
+    seen_input got[MAX_LOG];
+    memcpy(got, f->fake.log, sizeof got);
+    pthread_mutex_unlock(&f->fake.mu);
+    for (int i = 0; i < n_log; i++) {
+        if (got[i].seq == d->seq_id) {
+            assert_int_equal(got[i].n_tokens, 1);
+            assert_int_equal(got[i].start, n_d++);
+            continue;
+        }
+        assert_int_equal(got[i].seq, l->seq_id);
+        assert_true(k < 7);
+        assert_int_equal(got[i].start, want_start[k]);
+        assert_int_equal(got[i].n_tokens, want_n[k]);
+        assert_int_equal(got[i].first_token, pl[want_start[k]]);
+        assert_int_equal(!!got[i].sample, k == 6);
+        k++;
+    }
+    assert_int_equal(k, 7);
+    assert_int_equal(n_d, 4); /* its prompt and the decodes of tokens 1-3 */
+    /* the capped chunks rode with d's decodes: steps 2-4 carried both */
+    pthread_mutex_lock(&f->fake.mu);
+    uint64_t b0 = f->fake.batches[0], b1 = f->fake.batches[1], b3 = f->fake.batches[3], b4 = f->fake.batches[4];
+    pthread_mutex_unlock(&f->fake.mu);
+    assert_int_equal(b0, 2);
+    assert_int_equal(b1, 2);
+    assert_int_equal(b3, 2);
+    assert_int_equal(b4, 1);
+    gw_request_unref(d);
+    gw_request_unref(l);
+}
+
 static void test_stage_error_ends_requests(void **state)
 {
     fixture *f = *state;
@@ -408,6 +468,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_chunks_and_decode, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_token_and_shared_step, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_prefill_capped_while_decoding, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stage_error_ends_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_release_retried_until_acknowledged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_release_retries_end_with_the_lease, setup, teardown),

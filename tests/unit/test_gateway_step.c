@@ -2,16 +2,21 @@
  * threads or stages: admission under the KV budget (first come first served, smaller requests
  * passing one that waits for KV room up to kv_max_overtakes times, the running-set room) and
  * the sharing of one step's token budget (decodes first, prompt chunks in equal shares of what
- * is left, a floor so prefill never starves). Expected values are worked by hand. */
+ * is left, a floor so prefill never starves, the cap on prompt tokens next to decodes and the
+ * gateway.max_prefill_tokens_with_decodes key that sets it). Expected values are worked by
+ * hand. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
+#include "gateway/gw_config.h"
 #include "gateway/kv_budget.h"
 #include "gateway/micro_batch.h"
 
@@ -107,7 +112,7 @@ static void test_step_shares(void **state)
     gw_request *long1 = req(1000, 4, false), *short1 = req(100, 4, false);
     gw_request *d1 = req(3, 4, true), *d2 = req(3, 4, true), *d3 = req(3, 4, true);
     gw_request *pick[8] = {long1, short1, d1, d2, d3};
-    gw_micro_batch_fill(&b, pick, 5, 10, 512);
+    gw_micro_batch_fill(&b, pick, 5, 10, 512, 0);
     assert_int_equal(b.n, 5);
     slices(&b, got);
     assert_true(b.members[0] == d1 && b.members[1] == d2 && b.members[2] == d3);
@@ -120,7 +125,7 @@ static void test_step_shares(void **state)
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *p1 = req(1000, 4, false), *p2 = req(1000, 4, false), *p3 = req(1000, 4, false);
     gw_request *pick2[3] = {p1, p2, p3};
-    gw_micro_batch_fill(&b, pick2, 3, 10, 512);
+    gw_micro_batch_fill(&b, pick2, 3, 10, 512, 0);
     slices(&b, got);
     assert_int_equal(b.n, 3);
     assert_true(got[0] == 170 && got[1] == 171 && got[2] == 171);
@@ -130,7 +135,7 @@ static void test_step_shares(void **state)
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *pick3[4] = {d1, d2, d3, p1};
     p1->prefilled = 0;
-    gw_micro_batch_fill(&b, pick3, 4, 2, 512);
+    gw_micro_batch_fill(&b, pick3, 4, 2, 512, 0);
     slices(&b, got);
     assert_int_equal(b.n, 2);
     assert_true(b.members[0] == d1 && got[0] == 1 && b.members[1] == p1 && got[1] == 511);
@@ -144,7 +149,7 @@ static void test_step_shares(void **state)
         pick4[i] = dd[i] = req(2, 4, true);
     pick4[6] = p2;
     pick4[7] = p3;
-    gw_micro_batch_fill(&b, pick4, 8, 10, 4);
+    gw_micro_batch_fill(&b, pick4, 8, 10, 4, 0);
     slices(&b, got);
     assert_int_equal(b.n, 7);
     assert_true(b.members[6] == p2 && got[6] == 1);
@@ -154,11 +159,141 @@ static void test_step_shares(void **state)
         gw_request_unref(all[k]);
 }
 
+/* The cap on prompt tokens (max_prefill_tokens_with_decodes, passed while requests decode):
+ * the prompts share at most the cap, the decodes are untouched, a step of prompts alone or of
+ * decodes alone is what it is without the cap, and the starvation floor stays under the cap. */
+static void test_step_prefill_cap(void **state)
+{
+    (void)state;
+    gw_micro_batch b;
+    mx_error err = {0};
+    int got[32];
+
+    /* three decodes and two long prompts, cap 64: decodes as before, the prompts share 64
+     * (32 each) instead of the 509 left of 512 */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *d1 = req(3, 4, true), *d2 = req(3, 4, true), *d3 = req(3, 4, true);
+    gw_request *p1 = req(1000, 4, false), *p2 = req(2000, 4, false);
+    gw_request *pick[8] = {p1, d1, p2, d2, d3};
+    gw_micro_batch_fill(&b, pick, 5, 10, 512, 64);
+    assert_int_equal(b.n, 5);
+    slices(&b, got);
+    assert_true(b.members[0] == d1 && b.members[1] == d2 && b.members[2] == d3);
+    assert_true(got[0] == 1 && got[1] == 1 && got[2] == 1);
+    assert_true(b.members[3] == p1 && got[3] == 32 && b.members[4] == p2 && got[4] == 32);
+    int prompt_tokens = got[3] + got[4];
+    assert_int_equal(prompt_tokens, 64);
+    gw_micro_batch_free(&b);
+
+    /* a short prompt under the cap finishes in the step; the long one takes the rest of it */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *s1 = req(10, 4, false);
+    gw_request *pick2[4] = {p1, s1, d1};
+    gw_micro_batch_fill(&b, pick2, 3, 10, 512, 64);
+    slices(&b, got);
+    assert_int_equal(b.n, 3);
+    assert_true(b.members[0] == d1 && got[0] == 1);
+    assert_true(b.members[1] == s1 && got[1] == 10 && b.members[2] == p1 && got[2] == 54);
+    gw_micro_batch_free(&b);
+
+    /* decodes alone: the cap changes nothing (every decoder gets its token) */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *pick3[4] = {d1, d2, d3};
+    gw_micro_batch_fill(&b, pick3, 3, 10, 512, 2);
+    slices(&b, got);
+    assert_int_equal(b.n, 3);
+    assert_true(got[0] == 1 && got[1] == 1 && got[2] == 1);
+    gw_micro_batch_free(&b);
+
+    /* a prompt alone with no cap (the scheduler passes 0 when nothing decodes): the whole
+     * max_step_tokens, as it was */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *pick4[2] = {p2};
+    gw_micro_batch_fill(&b, pick4, 1, 10, 512, 0);
+    slices(&b, got);
+    assert_int_equal(b.n, 1);
+    assert_int_equal(got[0], 512);
+    gw_micro_batch_free(&b);
+
+    /* a cap above what decodes leave: the budget still rules (512 - 3 = 509 < 600) */
+    assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
+    gw_request *pick5[4] = {d1, d2, d3, p2};
+    gw_micro_batch_fill(&b, pick5, 4, 10, 512, 600);
+    slices(&b, got);
+    assert_int_equal(b.n, 4);
+    assert_int_equal(got[3], 509);
+    gw_micro_batch_free(&b);
+
+    /* decodes use up a budget of 16: the floor (16 / 8 = 2) is cut to the cap of 1 */
+    assert_int_equal(gw_micro_batch_init(&b, 32, &err), 0);
+    gw_request *dd[16], *pick6[18];
+    for (int i = 0; i < 16; i++)
+        pick6[i] = dd[i] = req(2, 4, true);
+    pick6[16] = p1;
+    gw_micro_batch_fill(&b, pick6, 17, 20, 16, 1);
+    slices(&b, got);
+    assert_int_equal(b.n, 17);
+    assert_true(b.members[16] == p1 && got[16] == 1);
+    gw_micro_batch_free(&b);
+    /* the same without the cap: the floor of 2 (fill reordered pick6: set it again) */
+    for (int i = 0; i < 16; i++)
+        pick6[i] = dd[i];
+    pick6[16] = p1;
+    assert_int_equal(gw_micro_batch_init(&b, 32, &err), 0);
+    gw_micro_batch_fill(&b, pick6, 17, 20, 16, 0);
+    slices(&b, got);
+    assert_true(b.members[16] == p1 && got[16] == 2);
+    gw_micro_batch_free(&b);
+
+    gw_request *all[] = {d1, d2, d3, p1, p2, s1};
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++)
+        gw_request_unref(all[k]);
+    for (int i = 0; i < 16; i++)
+        gw_request_unref(dd[i]);
+}
+
+/* The config key: its default, a value, 0 (no cap) and the range. */
+static int load_gw(const char *extra, gw_config *c, mx_error *err)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/mx-test-gwstep-%d-XXXXXX", (int)getpid());
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    assert_non_null(f);
+    fprintf(f, "gateway = {\n  listen = \"127.0.0.1:0\";\n  model = \"m\";\n  stages = [\"h:1\"];\n%s\n};\n", extra);
+    fclose(f);
+    int rc = gw_config_load(path, c, err);
+    unlink(path);
+    return rc;
+}
+
+static void test_prefill_cap_config(void **state)
+{
+    (void)state;
+    gw_config c;
+    mx_error err = {0};
+    assert_int_equal(load_gw("", &c, &err), 0);
+    assert_int_equal(c.max_prefill_tokens_with_decodes, GW_DEFAULT_PREFILL_WITH_DECODES);
+    assert_true(c.max_prefill_tokens_with_decodes > 0 &&
+                c.max_prefill_tokens_with_decodes < c.max_step_tokens); /* on by default */
+    assert_int_equal(load_gw("max_prefill_tokens_with_decodes = 128;", &c, &err), 0);
+    assert_int_equal(c.max_prefill_tokens_with_decodes, 128);
+    assert_int_equal(load_gw("max_prefill_tokens_with_decodes = 0;", &c, &err), 0);
+    assert_int_equal(c.max_prefill_tokens_with_decodes, 0);
+    assert_int_equal(load_gw("max_prefill_tokens_with_decodes = -1;", &c, &err), MX_EINVAL);
+    assert_non_null(strstr(err.msg, "gateway.max_prefill_tokens_with_decodes"));
+    assert_int_equal(load_gw("max_prefill_tokens_with_decode = 64;", &c, &err), MX_EINVAL); /* a typo */
+    assert_non_null(strstr(err.msg, "unknown key"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admit_order),
         cmocka_unit_test(test_step_shares),
+        cmocka_unit_test(test_step_prefill_cap),
+        cmocka_unit_test(test_prefill_cap_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
