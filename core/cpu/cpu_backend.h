@@ -25,7 +25,7 @@ static inline mx_threadpool *mx_cpu_pool(mx_backend *be)
     return ((mx_cpu_impl *)be->impl)->pool;
 }
 
-/* Checks that t is a CPU F32 2-D tensor with the given columns (cols < 0: any). */
+/* Checks that t is a CPU F32 2-D tensor with the given columns (cols < 0: any); act_check.c. */
 int mx_cpu_check_act(const mx_tensor *t, const char *what, int64_t cols, mx_error *err);
 
 int mx_cpu_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_span *spans,
