@@ -86,25 +86,17 @@ static void fill_final(const gw_request *r, Mx__V1__Usage *u, Mx__V1__Timings *t
     t->total_ms = r->t_done_ms - r->t_arrival_ms;
 }
 
-/* Waits until r has tokens beyond `sent` or is done; polls the call for cancellation.
- * Returns false (and marks r cancelled) if the client went away. Called with r->mu held. */
+/* Whether the client of the call went away (gw_request_wait_progress asks every 20 ms). */
+static bool call_gone(void *call)
+{
+    return mx_rpc_call_cancelled(call);
+}
+
+/* Waits until r has tokens beyond `sent` or is done; false (r marked cancelled) if the client
+ * went away. Called with r->mu held. */
 static bool wait_progress(mx_rpc_call *call, gw_request *r, int sent)
 {
-    while (!r->done && r->n_out == sent) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        if (!r->done && mx_rpc_call_cancelled(call)) {
-            r->cancelled = true;
-            return false;
-        }
-    }
-    return true;
+    return gw_request_wait_progress(r, sent, call_gone, call);
 }
 
 static void set_request_id(gw_request *r)
@@ -135,7 +127,7 @@ static gw_request *start(gw_generation_ctx *g, mx_rpc_call *call, const uint8_t 
     if (rc) {
         if (r)
             gw_request_unref(r);
-        gw_metrics_rejected(g->metrics, err.code);
+        gw_metrics_rejected(g->metrics, GW_API_GRPC, mx_rpc_status_name(mx_rpc_status_from_code(err.code)));
         mx_rpc_call_set_error(call, &err);
         return NULL;
     }
@@ -164,16 +156,6 @@ static void end_status(mx_rpc_call *call, const gw_request *r)
         snprintf(e.msg, sizeof e.msg, "%s", r->error);
         mx_rpc_call_set_error(call, &e);
     }
-}
-
-/* Metrics of a request that ended (or whose client left: cancelled). */
-static void count_finished(gw_generation_ctx *g, gw_request *r, bool cancelled)
-{
-    if (!g->metrics)
-        return;
-    pthread_mutex_lock(&r->mu);
-    gw_metrics_finished(g->metrics, r, cancelled && !r->done);
-    pthread_mutex_unlock(&r->mu);
 }
 
 /* The access line of one call (core/log.h), with the status the client gets. */
@@ -251,27 +233,18 @@ void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
                 mx_rpc_call_set_error(call, &err);
             break;
         }
-        /* n tokens written now: their gaps share the time since the last write (the first
-         * token's time is time-to-first-token, not a gap) */
-        double now = mx_now_ms();
-        int n = upto - sent;
-        if (n > 0 && sent > 0)
-            gw_metrics_itl(g->metrics, n, (now - last_ms) / n / 1e3);
-        else if (n > 1)
-            gw_metrics_itl(g->metrics, n - 1, (now - first_ms) / (n - 1) / 1e3);
-        if (n > 0)
-            last_ms = now;
+        gw_metrics_streamed(g->metrics, GW_API_GRPC, &last_ms, sent, upto, first_ms, mx_now_ms());
         sent = upto;
         text_sent = text_upto;
         if (done) {
             end_status(call, r);
-            count_finished(g, r, false);
+            gw_metrics_finished(g->metrics, GW_API_GRPC, r, false);
             finished = true;
             break;
         }
     }
     if (!finished)
-        count_finished(g, r, true);
+        gw_metrics_finished(g->metrics, GW_API_GRPC, r, true);
     log_access(user, call, "Generate", r, t0);
     gw_request_unref(r);
 }
@@ -290,10 +263,9 @@ void gw_on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
         alive = wait_progress(call, r, r->n_out);
     pthread_mutex_unlock(&r->mu);
     gw_generation_ctx *g = user;
-    count_finished(g, r, !alive);
-    if (alive && r->n_out > 1 && r->t_first_ms > 0) /* one answer: the mean gap for every gap */
-        gw_metrics_itl(g->metrics, r->n_out - 1, (r->t_done_ms - r->t_first_ms) / (r->n_out - 1) / 1e3);
+    gw_metrics_finished(g->metrics, GW_API_GRPC, r, !alive);
     if (alive) {
+        gw_metrics_answered(g->metrics, GW_API_GRPC, r); /* one answer: the mean gap for every gap */
         Mx__V1__CompleteResponse m = MX__V1__COMPLETE_RESPONSE__INIT;
         Mx__V1__Usage u = MX__V1__USAGE__INIT;
         Mx__V1__Timings t = MX__V1__TIMINGS__INIT;

@@ -1,7 +1,8 @@
 /* openai_http.c - the OpenAI-compatible HTTP server of the gateway (see openai_http.h):
  * libmicrohttpd with a thread per connection, so a handler may block while its request is
  * generated; routing, bounded bodies, plain and server-sent-event responses, disconnect
- * detection and the drain. The JSON side is openai_json.c. */
+ * detection and the drain; each call's access line and its request's gateway metrics (api
+ * "openai", gw_metrics.h). The JSON side is openai_json.c. */
 #include "openai_http.h"
 
 #include <errno.h>
@@ -19,6 +20,7 @@
 #include <time.h>
 
 #include "core/clock.h"
+#include "gw_metrics.h"
 #include "openai_json.h"
 
 /* An idle keep-alive connection is closed after this; a connection whose handler waits for
@@ -41,7 +43,7 @@ struct gw_openai_http {
 
 typedef enum { R_NONE, R_HEALTH, R_MODELS, R_MODEL, R_COMPLETIONS, R_CHAT } route;
 
-/* Per HTTP request (MHD's con_cls). */
+/* Per HTTP request (MHD's con_cls); only the connection's own thread touches it. */
 typedef struct oa_conn {
     route route;
     char *body;
@@ -49,6 +51,12 @@ typedef struct oa_conn {
     bool responded;            /* an error was queued before the body was complete */
     bool discard;              /* over the limit: the body is read and dropped, then 413 */
     size_t dropped;
+    /* the access line, written when MHD is done with the request (on_completed) */
+    double t0;                 /* arrival, mx_now_ms */
+    char what[128];            /* "POST /v1/completions": the line's method */
+    unsigned status;           /* the HTTP status queued; 0 = none (the client left first) */
+    gw_request *r;             /* a reference for the token counts; NULL = nothing generated */
+    char id[48];               /* the response's id ("cmpl-..."), the line's request id */
 } oa_conn;
 
 /* A streamed response: the MHD content reader turns the request's progress into SSE bytes. */
@@ -59,6 +67,8 @@ typedef struct oa_stream {
     oa_meta meta;
     char id[48];
     bool include_usage, role_sent, ended;
+    bool counted;              /* the request is in the metrics (gw_metrics_finished) */
+    double last_ms;            /* when tokens were last written (inter-token metric) */
     int sent;
     size_t text_sent;
     mx_text out;
@@ -98,30 +108,29 @@ static bool peer_gone(struct MHD_Connection *c)
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
+typedef struct oa_waiter {
+    gw_openai_http *h;
+    struct MHD_Connection *c;
+} oa_waiter;
+
+static bool client_gone(void *ctx)
+{
+    oa_waiter *w = ctx;
+    return atomic_load(&w->h->stopping) || peer_gone(w->c);
+}
+
 /* With r->mu held: waits until r has tokens beyond `sent` or is done. False (r marked
  * cancelled, so the scheduler drops it and releases its stage state) when the client went
  * away or the server stops. */
 static bool wait_progress(gw_openai_http *h, struct MHD_Connection *c, gw_request *r, int sent)
 {
-    while (!r->done && r->n_out == sent) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 20 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        if (!r->done && (atomic_load(&h->stopping) || peer_gone(c))) {
-            r->cancelled = true;
-            return false;
-        }
-    }
-    return true;
+    oa_waiter w = {.h = h, .c = c};
+    return gw_request_wait_progress(r, sent, client_gone, &w);
 }
 
-static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *o, const char *allow,
-                                 bool retry_after)
+/* Queues a JSON answer; cn->status keeps its status for the access line. */
+static enum MHD_Result send_json(oa_conn *cn, struct MHD_Connection *c, unsigned status, json_t *o,
+                                 const char *allow, bool retry_after)
 {
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -139,12 +148,23 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     enum MHD_Result rc = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
+    if (rc == MHD_YES)
+        cn->status = status;
     return rc;
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *c, const oa_error *e, const char *allow)
+static enum MHD_Result send_error(oa_conn *cn, struct MHD_Connection *c, const oa_error *e, const char *allow)
 {
-    return send_json(c, (unsigned)e->status, oa_error_json(e), allow, e->status == 429 || e->status == 503);
+    return send_json(cn, c, (unsigned)e->status, oa_error_json(e), allow, e->status == 429 || e->status == 503);
+}
+
+/* A generation request refused before it was queued: counted by its HTTP status, answered. */
+static enum MHD_Result reject(const gw_openai_http *h, oa_conn *cn, struct MHD_Connection *c, const oa_error *e)
+{
+    char code[16];
+    snprintf(code, sizeof code, "%d", e->status);
+    gw_metrics_rejected(h->g->metrics, GW_API_OPENAI, code);
+    return send_error(cn, c, e, NULL);
 }
 
 /* ---- GET endpoints ---- */
@@ -157,8 +177,9 @@ static json_t *model_json(const gw_openai_http *h)
                      (json_int_t)gw_scheduler_max_context(g->sched, g->lim->model_context_tokens));
 }
 
-static enum MHD_Result on_get(gw_openai_http *h, struct MHD_Connection *c, route rt, const char *url)
+static enum MHD_Result on_get(gw_openai_http *h, oa_conn *cn, struct MHD_Connection *c, const char *url)
 {
+    route rt = cn->route;
     if (rt == R_HEALTH) {
         pthread_mutex_lock(&h->mu);
         /* before the watcher's first round (-1) the stages are known good: the gateway only
@@ -167,17 +188,17 @@ static enum MHD_Result on_get(gw_openai_http *h, struct MHD_Connection *c, route
         bool draining = h->draining;
         pthread_mutex_unlock(&h->mu);
         json_t *o = json_pack("{s:s}", "status", ok == 1 ? "ok" : draining ? "draining" : "unavailable");
-        return send_json(c, ok == 1 ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, o, NULL, false);
+        return send_json(cn, c, ok == 1 ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, o, NULL, false);
     }
     if (rt == R_MODELS)
-        return send_json(c, MHD_HTTP_OK, json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(h)), NULL,
-                         false);
+        return send_json(cn, c, MHD_HTTP_OK, json_pack("{s:s, s:[o]}", "object", "list", "data", model_json(h)),
+                         NULL, false);
     const char *id = url + strlen("/v1/models/");
     if (strcmp(id, h->g->cfg->model_name) == 0)
-        return send_json(c, MHD_HTTP_OK, model_json(h), NULL, false);
+        return send_json(cn, c, MHD_HTTP_OK, model_json(h), NULL, false);
     oa_error e;
     oa_error_set(&e, 404, "model", "model_not_found", "The model '%.200s' does not exist", id);
-    return send_error(c, &e, NULL);
+    return send_error(cn, c, &e, NULL);
 }
 
 /* ---- streaming ---- */
@@ -213,6 +234,7 @@ static int stream_fill(oa_stream *s)
     bool alive = wait_progress(s->h, s->c, r, s->sent);
     int upto = r->n_out;
     bool done = r->done;
+    double first_ms = r->t_first_ms;
     /* the text buffer may move when the scheduler appends, so the new part is copied */
     size_t text_upto = r->text.len;
     char *piece = alive ? strndup(r->text.data ? r->text.data + s->text_sent : "", text_upto - s->text_sent) : NULL;
@@ -228,6 +250,12 @@ static int stream_fill(oa_stream *s)
         return -1;
     }
     touch(s->c);
+    gw_metrics *metrics = s->h->g->metrics;
+    gw_metrics_streamed(metrics, GW_API_OPENAI, &s->last_ms, s->sent, upto, first_ms, mx_now_ms());
+    if (done) { /* counted before the last events go out: a client that saw them sees the count */
+        gw_metrics_finished(metrics, GW_API_OPENAI, r, false);
+        s->counted = true;
+    }
     int rc = 0;
     if (done && (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR ||
                  r->finish == MX__V1__FINISH_REASON__FINISH_REASON_CANCELLED)) {
@@ -285,6 +313,8 @@ static void stream_free(void *cls)
     oa_stream *s = cls;
     if (!s->ended)
         gw_request_cancel(s->r);
+    if (!s->counted)
+        gw_metrics_finished(s->h->g->metrics, GW_API_OPENAI, s->r, true);
     gw_request_unref(s->r);
     mx_text_free(&s->out);
     end_active(s->h);
@@ -293,18 +323,23 @@ static void stream_free(void *cls)
 
 /* ---- generation ---- */
 
-static enum MHD_Result finish_plain(gw_openai_http *h, struct MHD_Connection *c, gw_request *r, const oa_meta *m)
+static enum MHD_Result finish_plain(gw_openai_http *h, oa_conn *cn, struct MHD_Connection *c, gw_request *r,
+                                    const oa_meta *m)
 {
     pthread_mutex_lock(&r->mu);
     bool alive = true;
     while (alive && !r->done)
         alive = wait_progress(h, c, r, r->n_out);
     pthread_mutex_unlock(&r->mu);
+    /* counted before the answer goes out: a client that has it sees the count */
+    gw_metrics_finished(h->g->metrics, GW_API_OPENAI, r, !alive);
+    if (alive)
+        gw_metrics_answered(h->g->metrics, GW_API_OPENAI, r); /* one answer: the mean gap for every gap */
     enum MHD_Result rc = MHD_NO; /* client gone: close the connection */
     if (!alive && atomic_load(&h->stopping)) {
         oa_error e;
         oa_error_set(&e, 503, NULL, NULL, "the gateway is shutting down");
-        rc = send_error(c, &e, NULL);
+        rc = send_error(cn, c, &e, NULL);
     } else if (alive) {
         touch(c);
         if (r->finish == MX__V1__FINISH_REASON__FINISH_REASON_ERROR ||
@@ -313,9 +348,9 @@ static enum MHD_Result finish_plain(gw_openai_http *h, struct MHD_Connection *c,
             snprintf(me.msg, sizeof me.msg, "%s", r->error[0] ? r->error : "the request was cancelled");
             oa_error e;
             oa_error_from_mx(&me, &e);
-            rc = send_error(c, &e, NULL);
+            rc = send_error(cn, c, &e, NULL);
         } else {
-            rc = send_json(c, MHD_HTTP_OK, oa_response(m, r), NULL, false);
+            rc = send_json(cn, c, MHD_HTTP_OK, oa_response(m, r), NULL, false);
         }
     }
     gw_request_unref(r);
@@ -334,7 +369,7 @@ static enum MHD_Result on_generate(gw_openai_http *h, struct MHD_Connection *c, 
     pthread_mutex_unlock(&h->mu);
     if (draining) {
         oa_error_set(&e, 503, NULL, NULL, "the gateway is shutting down");
-        return send_error(c, &e, NULL);
+        return reject(h, cn, c, &e);
     }
     oa_kind kind = cn->route == R_CHAT ? OA_CHAT : OA_COMPLETIONS;
     gw_limits lim = *g->lim;
@@ -353,14 +388,15 @@ static enum MHD_Result on_generate(gw_openai_http *h, struct MHD_Connection *c, 
         if (r)
             gw_request_unref(r);
         end_active(h);
-        return send_error(c, &e, NULL);
+        return reject(h, cn, c, &e);
     }
-    char id[48];
-    snprintf(id, sizeof id, "%s-%016" PRIx64, kind == OA_CHAT ? "chatcmpl" : "cmpl", r->seq_id);
-    oa_meta meta = {.kind = kind, .id = id, .created = (int64_t)time(NULL), .model = g->cfg->model_name,
+    gw_request_ref(r); /* the access line's */
+    cn->r = r;
+    snprintf(cn->id, sizeof cn->id, "%s-%016" PRIx64, kind == OA_CHAT ? "chatcmpl" : "cmpl", r->seq_id);
+    oa_meta meta = {.kind = kind, .id = cn->id, .created = (int64_t)time(NULL), .model = g->cfg->model_name,
                     .tok = g->text->tok, .tokens_as_ids = as_ids};
     if (!stream)
-        return finish_plain(h, c, r, &meta);
+        return finish_plain(h, cn, c, r, &meta);
     oa_stream *s = calloc(1, sizeof *s);
     if (!s) {
         gw_request_cancel(r);
@@ -369,7 +405,7 @@ static enum MHD_Result on_generate(gw_openai_http *h, struct MHD_Connection *c, 
         return MHD_NO;
     }
     *s = (oa_stream){.h = h, .c = c, .r = r, .meta = meta, .include_usage = include_usage};
-    snprintf(s->id, sizeof s->id, "%s", id);
+    snprintf(s->id, sizeof s->id, "%s", cn->id);
     s->meta.id = s->id;
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_read, s,
                                                                   stream_free);
@@ -381,6 +417,8 @@ static enum MHD_Result on_generate(gw_openai_http *h, struct MHD_Connection *c, 
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     enum MHD_Result qr = MHD_queue_response(c, MHD_HTTP_OK, resp);
     MHD_destroy_response(resp); /* MHD holds its own reference; stream_free runs when it is done */
+    if (qr == MHD_YES)
+        cn->status = MHD_HTTP_OK;
     return qr;
 }
 
@@ -419,7 +457,7 @@ static enum MHD_Result too_large(gw_openai_http *h, struct MHD_Connection *c, oa
     oa_error_set(&e, 413, NULL, "request_too_large", "the request body is over %zu bytes (gateway.max_request_kb)",
                  max_body(h));
     cn->responded = true;
-    return send_error(c, &e, NULL);
+    return reject(h, cn, c, &e);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -433,23 +471,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!cn)
             return MHD_NO;
         *con_cls = cn;
+        cn->t0 = mx_now_ms();
+        snprintf(cn->what, sizeof cn->what, "%.16s %.100s", method, url);
         cn->route = route_of(url);
         bool post = cn->route == R_COMPLETIONS || cn->route == R_CHAT;
         oa_error e;
         if (cn->route == R_NONE) {
             cn->responded = true;
             oa_error_set(&e, 404, NULL, "not_found", "no such endpoint: %.200s %.300s", method, url);
-            return send_error(c, &e, NULL);
+            return send_error(cn, c, &e, NULL);
         }
         if (strcmp(method, post ? "POST" : "GET") != 0) {
             cn->responded = true;
             oa_error_set(&e, 405, NULL, "method_not_allowed", "%.300s takes %s, not %.20s", url, post ? "POST" : "GET",
                          method);
-            return send_error(c, &e, post ? "POST" : "GET");
+            return send_error(cn, c, &e, post ? "POST" : "GET");
         }
         if (!post) {
             cn->responded = true;
-            return on_get(h, c, cn->route, url);
+            return on_get(h, cn, c, url);
         }
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > max_drained(h))
@@ -489,13 +529,37 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return on_generate(h, c, cn);
 }
 
+/* The access line of one call (core/log.h): "POST /v1/completions", the HTTP status, the
+ * request's tokens, the time from arrival to the end of the answer. 499 (nginx's "client
+ * closed request") stands for an answer the client did not wait for: nothing was sent yet, or
+ * a stream was cut before its end. */
+static void log_access(const gw_openai_http *h, const oa_conn *cn, enum MHD_RequestTerminationCode why)
+{
+    if (!mx_log_enabled(h->g->log, MX_LOG_INFO))
+        return;
+    unsigned status = cn->status;
+    if (status == 0 || (status == MHD_HTTP_OK && why != MHD_REQUEST_TERMINATED_COMPLETED_OK))
+        status = 499;
+    char text[16];
+    snprintf(text, sizeof text, "%u", status);
+    int64_t prompt = -1, generated = -1;
+    if (cn->r) {
+        pthread_mutex_lock(&cn->r->mu);
+        prompt = cn->r->n_prompt;
+        generated = cn->r->n_out;
+        pthread_mutex_unlock(&cn->r->mu);
+    }
+    mx_log_access(h->g->log, cn->what, text, prompt, generated, mx_now_ms() - cn->t0, cn->r ? cn->id : NULL);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode why)
 {
-    (void)cls;
     (void)c;
-    (void)why;
     oa_conn *cn = *con_cls;
     if (cn) {
+        log_access(cls, cn, why);
+        if (cn->r)
+            gw_request_unref(cn->r);
         free(cn->body);
         free(cn);
         *con_cls = NULL;
@@ -604,13 +668,7 @@ static void wait_idle(gw_openai_http *h, double until)
 {
     pthread_mutex_lock(&h->mu);
     while (h->active > 0 && mx_now_ms() < until) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = mx_wall_after_ms(50);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
     pthread_mutex_unlock(&h->mu);

@@ -212,3 +212,16 @@ void gw_request_cancel(gw_request *r)
     r->cancelled = true;
     pthread_mutex_unlock(&r->mu);
 }
+
+bool gw_request_wait_progress(gw_request *r, int sent, bool (*gone)(void *ctx), void *ctx)
+{
+    while (!r->done && r->n_out == sent) {
+        struct timespec ts = mx_wall_after_ms(20);
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+        if (!r->done && gone(ctx)) {
+            r->cancelled = true;
+            return false;
+        }
+    }
+    return true;
+}

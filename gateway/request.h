@@ -102,4 +102,10 @@ void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, co
 /* Handler side: marks the request cancelled (the scheduler drops it before the next step). */
 void gw_request_cancel(gw_request *r);
 
+/* Handler side, with r->mu held: waits until r has tokens beyond `sent` or is done. Nothing
+ * signals a client that went away (a closed stream, a closed socket), so gone(ctx) is asked
+ * every 20 ms; when it answers true, r is marked cancelled (the scheduler drops it and
+ * releases its stage state) and false is returned. */
+bool gw_request_wait_progress(gw_request *r, int sent, bool (*gone)(void *ctx), void *ctx);
+
 #endif

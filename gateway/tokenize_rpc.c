@@ -37,11 +37,11 @@ static int pieces_of(const mx_tokenizer *tok, const mx_tok_ids *ids, mx_text *te
     return 0;
 }
 
-/* The access line of a Tokenize call: its token count in prompt_tokens. */
-static void log_access(const gw_tokenize_ctx *c, mx_rpc_call *call, int64_t n_ids, double t0)
+/* The access line of a Tokenize or Detokenize call: the count of ids it produced or was given
+ * in prompt_tokens (-1 when it has none: a request that did not unpack, a failed Tokenize). */
+static void log_access(const gw_tokenize_ctx *c, mx_rpc_call *call, const char *method, int64_t n_ids, double t0)
 {
-    mx_log_access(c->log, "Tokenize", mx_rpc_status_name(mx_rpc_call_status(call)), n_ids, -1, mx_now_ms() - t0,
-                  NULL);
+    mx_log_access(c->log, method, mx_rpc_status_name(mx_rpc_call_status(call)), n_ids, -1, mx_now_ms() - t0, NULL);
 }
 
 void gw_on_tokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
@@ -52,7 +52,7 @@ void gw_on_tokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
     ProtobufCMessage *msg;
     if (mx_rpc_pb_unpack(&mx__v1__tokenize_request__descriptor, req, len, &msg, &err)) {
         mx_rpc_call_set_error(call, &err);
-        log_access(c, call, -1, t0);
+        log_access(c, call, "Tokenize", -1, t0);
         return;
     }
     mx_tok_ids ids = {0};
@@ -77,7 +77,7 @@ void gw_on_tokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
     }
     if (rc)
         mx_rpc_call_set_error(call, &err);
-    log_access(c, call, rc ? -1 : (int64_t)ids.len, t0);
+    log_access(c, call, "Tokenize", rc ? -1 : (int64_t)ids.len, t0);
     for (size_t i = 0; texts && i < ids.len; i++)
         mx_text_free(&texts[i]);
     free(texts);
@@ -108,13 +108,16 @@ static int detokenize(const gw_tokenize_ctx *c, const Mx__V1__DetokenizeRequest 
 void gw_on_detokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
     const gw_tokenize_ctx *c = user;
+    double t0 = mx_now_ms();
     mx_error err = {0};
     ProtobufCMessage *msg;
     if (mx_rpc_pb_unpack(&mx__v1__detokenize_request__descriptor, req, len, &msg, &err)) {
         mx_rpc_call_set_error(call, &err);
+        log_access(c, call, "Detokenize", -1, t0);
         return;
     }
     mx_text text = {0};
+    int64_t n_ids = (int64_t)((const Mx__V1__DetokenizeRequest *)msg)->n_token_ids;
     int rc = detokenize(c, (const Mx__V1__DetokenizeRequest *)msg, &text, &err);
     protobuf_c_message_free_unpacked(msg, NULL);
     if (!rc) {
@@ -124,5 +127,6 @@ void gw_on_detokenize(mx_rpc_call *call, const uint8_t *req, size_t len, void *u
     }
     if (rc)
         mx_rpc_call_set_error(call, &err);
+    log_access(c, call, "Detokenize", n_ids, t0);
     mx_text_free(&text);
 }

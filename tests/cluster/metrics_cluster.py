@@ -2,7 +2,8 @@
 service's GET /metrics passes `promtool check metrics` (Prometheus' own checker), and after a
 known amount of traffic sent by an independent grpcio client the counters moved by exactly
 what was sent and received: requests, prompt and generated tokens, rejections by code, the
-histograms' counts (+Inf == _count, cumulative buckets), tokens per stage step (prompt tokens
+histograms' counts (+Inf == _count, cumulative buckets), all of it under the gateway's
+api="grpc" label and none under api="openai", tokens per stage step (prompt tokens
 plus fed-back decode tokens), routed tokens (step tokens x layers x top-k), expert calls the
 stages made == calls the shards served, per shard and replica, rows likewise."""
 import json
@@ -250,20 +251,30 @@ def main():
         # --- gateway ---
         g = "gateway"
         r.check(delta(g, "mx_gateway_requests_total") == N and
-                delta(g, "mx_gateway_requests_total", outcome="ok", finish_reason="length") == N,
-                "gateway: requests_total{ok,length} == %d" % N, str(series(after[g], "mx_gateway_requests_total")))
-        r.check(delta(g, "mx_gateway_rejected_total", code="INVALID_ARGUMENT") == 1 and
-                delta(g, "mx_gateway_rejected_total") == 1, "gateway: one rejection, INVALID_ARGUMENT",
+                delta(g, "mx_gateway_requests_total", api="grpc", outcome="ok", finish_reason="length") == N,
+                "gateway: requests_total{grpc,ok,length} == %d" % N, str(series(after[g], "mx_gateway_requests_total")))
+        r.check(delta(g, "mx_gateway_rejected_total", api="grpc", code="INVALID_ARGUMENT") == 1 and
+                delta(g, "mx_gateway_rejected_total") == 1, "gateway: one rejection, grpc INVALID_ARGUMENT",
                 str(series(after[g], "mx_gateway_rejected_total")))
-        r.check(delta(g, "mx_gateway_prompt_tokens_total") == P, "gateway: prompt tokens == %d sent" % P,
-                str(delta(g, "mx_gateway_prompt_tokens_total")))
-        r.check(delta(g, "mx_gateway_generated_tokens_total") == G, "gateway: generated tokens == %d received" % G,
-                str(delta(g, "mx_gateway_generated_tokens_total")))
+        r.check(delta(g, "mx_gateway_prompt_tokens_total") == P and
+                delta(g, "mx_gateway_prompt_tokens_total", api="grpc") == P, "gateway: prompt tokens == %d sent" % P,
+                str(series(after[g], "mx_gateway_prompt_tokens_total")))
+        r.check(delta(g, "mx_gateway_generated_tokens_total") == G and
+                delta(g, "mx_gateway_generated_tokens_total", api="grpc") == G,
+                "gateway: generated tokens == %d received" % G, str(series(after[g], "mx_gateway_generated_tokens_total")))
         for h, want in (("mx_gateway_request_duration_seconds", N), ("mx_gateway_time_to_first_token_seconds", N),
                         ("mx_gateway_queue_time_seconds", N), ("mx_gateway_inter_token_seconds", N * (M - 1))):
             err = histograms_consistent(after[g], h)
-            r.check(not err and delta(g, h + "_count") == want, "gateway: %s count == %d, buckets consistent" % (h, want),
-                    err or str(delta(g, h + "_count")))
+            r.check(not err and delta(g, h + "_count") == want and delta(g, h + "_count", api="grpc") == want,
+                    "gateway: %s{api=grpc} count == %d, buckets consistent" % (h, want),
+                    err or str(series(after[g], h + "_count")))
+        # the HTTP API's series exist from the start (zeros before any HTTP traffic) and stayed there
+        r.check({lb.get("api") for lb, _ in series(after[g], "mx_gateway_time_to_first_token_seconds_count")} ==
+                {"grpc", "openai"} and
+                all(delta(g, name, api="openai") == 0 for name in (
+                    "mx_gateway_requests_total", "mx_gateway_rejected_total", "mx_gateway_prompt_tokens_total",
+                    "mx_gateway_generated_tokens_total", "mx_gateway_request_duration_seconds_count")),
+                "gateway: api=openai series present, unmoved by gRPC traffic")
         r.check(total(after[g], "mx_gateway_running_sequences") == 0 and total(after[g], "mx_gateway_queued_requests") == 0,
                 "gateway: nothing running or queued after the traffic")
         ttft_sum = delta(g, "mx_gateway_time_to_first_token_seconds_sum")

@@ -3,13 +3,33 @@
 // golden fixture's greedy tokens and the gRPC API's answers to the same requests.
 // Usage: node client_checks.mjs expect.json   Prints "PASS name" / "FAIL name detail" lines;
 // for the disconnect check it prints "STREAMING" and waits for a line on stdin before aborting,
-// then prints "ABORTED" (openai_api.py checks the stages' live sequences around it).
+// then prints "ABORTED" (openai_api.py checks the stages' live sequences around it). Around a
+// window of known traffic it prints "METRICS_BEGIN" (and waits), then "METRICS_END {json}"
+// with what the responses said (openai_api.py compares the gateway's metrics). Last it prints
+// "HTTPCALLS [json]": every HTTP call made, as "METHOD /path" and the status the client got
+// (499 for a call it gave up on), for the gateway's access log.
 import { readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import OpenAI from "openai";
 
 const ex = JSON.parse(readFileSync(process.argv[2], "utf8"));
-const client = new OpenAI({ baseURL: ex.base_url + "/v1", apiKey: "unused", maxRetries: 0, timeout: 60000 });
+// Every HTTP call goes through this fetch, which records it (the client's and the raw ones).
+const calls = [];
+async function recordedFetch(input, init = {}) {
+  const url = new URL(typeof input === "string" || input instanceof URL ? String(input) : input.url);
+  const rec = { what: `${(init.method ?? input.method ?? "GET").toUpperCase()} ${url.pathname}`, status: null };
+  calls.push(rec);
+  try {
+    const r = await fetch(input, init);
+    rec.status = r.status;
+    return r;
+  } catch (e) {
+    rec.status = 499;   // the client gave up (abort, timeout) before an answer
+    throw e;
+  }
+}
+const client = new OpenAI({ baseURL: ex.base_url + "/v1", apiKey: "unused", maxRetries: 0, timeout: 60000,
+  fetch: recordedFetch });
 const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 function check(ok, name, detail = "") {
@@ -39,12 +59,41 @@ async function collect(stream) {
   return chunks;
 }
 
+// Known traffic between two scrapes of the gateway's metrics (nothing else runs meanwhile):
+// four generations (completions and chat, plain and streamed) and two refused requests.
+async function metricsWindow() {
+  console.log("METRICS_BEGIN");
+  await stdinLines.next();
+  const n = 6, done = [];
+  const a = await client.completions.create({ model: ex.model, prompt: ex.fixture.prompt_ids, max_tokens: n,
+    ...greedy });
+  done.push({ id: a.id, ...a.usage });
+  const b = await collect(await client.completions.create({ model: ex.model, prompt: ex.text.prompt, max_tokens: n,
+    stream: true, stream_options: { include_usage: true }, ...greedy }));
+  done.push({ id: b[0].id, ...b[b.length - 1].usage });
+  const c = await client.chat.completions.create({ model: ex.model, messages: ex.chat.messages, max_tokens: n,
+    ...greedy });
+  done.push({ id: c.id, ...c.usage });
+  const d = await collect(await client.chat.completions.create({ model: ex.model, messages: ex.chat.messages,
+    max_tokens: n, stream: true, stream_options: { include_usage: true }, ...greedy }));
+  done.push({ id: d[0].id, ...d[d.length - 1].usage });
+  check(done.every((u) => u.completion_tokens === n && u.prompt_tokens > 0 && u.id),
+        "metrics window: 4 generations of 6 tokens each, usage reported", JSON.stringify(done));
+  await expectError("metrics window: unknown model is 404", 404, "model", () =>
+    client.completions.create({ model: "gpt-nope", prompt: "hi" }));
+  const bad = await recordedFetch(ex.base_url + "/v1/chat/completions", { method: "POST", body: "{not json" });
+  check(bad.status === 400, "metrics window: bad JSON is 400", String(bad.status));
+  console.log("METRICS_END " + JSON.stringify({ requests: done, rejected: { 400: 1, 404: 1 } }));
+  await stdinLines.next();
+}
+
 async function main() {
+  await metricsWindow();
   // ---- /v1/models and /health ----
   const models = await client.models.list();
   check(models.data.length === 1 && models.data[0].id === ex.model && models.data[0].object === "model",
         "GET /v1/models lists the served model", JSON.stringify(models.data));
-  const health = await fetch(ex.base_url + "/health");
+  const health = await recordedFetch(ex.base_url + "/health");
   check(health.status === 200, "GET /health is 200 while every stage serves", String(health.status));
 
   // ---- completions, prompt as token ids: the golden fixture's greedy tokens ----
@@ -160,7 +209,7 @@ async function main() {
   await expectError("prompt over the KV budget is 413", 413, null, () =>
     client.completions.create({ model: ex.model, prompt: new Array(ex.too_long).fill(7), max_tokens: 1 }));
   const raw = async (path, init) => {
-    const r = await fetch(ex.base_url + path, init);
+    const r = await recordedFetch(ex.base_url + path, init);
     let j = null;
     try { j = await r.json(); } catch { /* not JSON */ }
     return [r.status, j, r.headers];
@@ -181,12 +230,14 @@ async function main() {
   const ac = new AbortController();
   const long = await client.chat.completions.create({ model: ex.model, messages: ch.messages,
     max_tokens: ex.long_tokens, stream: true, ...greedy }, { signal: ac.signal });
+  const longCall = calls[calls.length - 1];
   const it = long[Symbol.asyncIterator]();
   for (let i = 0; i < 3; i++) await it.next();
   console.log("STREAMING");
   await stdinLines.next();
   ac.abort();
   try { await it.next(); } catch { /* aborted */ }
+  longCall.status = 499;   // headers came (200), then the client left mid-stream
   console.log("ABORTED");
   await stdinLines.next();
   // a non-streaming request whose client gives up (timeout) is cancelled as well
@@ -199,6 +250,7 @@ async function main() {
   }
   console.log("TIMEDOUT");
   await stdinLines.next();
+  console.log("HTTPCALLS " + JSON.stringify(calls));
 }
 
 main().then(() => process.exit(0), (e) => {

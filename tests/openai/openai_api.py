@@ -3,8 +3,13 @@
 the expectations (the fixture's greedy tokens, the gRPC API's Complete answers for the same
 requests through the grpcio client of tests/cluster), runs client_checks.mjs with the official
 openai npm client against them, and checks through AttentionStage/Info that a client that
-disconnects mid-stream or times out frees its sequence on every stage.
+disconnects mid-stream or times out frees its sequence on every stage. Around a window of known
+client traffic it scrapes the gateway's /metrics: the api="openai" series moved by exactly what
+the responses reported (requests, tokens, rejections by HTTP status, histogram counts), the
+api="grpc" ones not at all. The gateway's log holds one access line per HTTP call the client
+made, with its method and path, the status the client got and, for a generation, its tokens.
 Usage: openai_api.py FIXTURE_DIR NODE_MODULES_DIR. Prints 'N passed, N failed'."""
+import collections
 import json
 import os
 import re
@@ -14,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import http.client
 import urllib.parse
@@ -48,16 +54,21 @@ def make_model(fixture, work):
 
 
 class Cluster:
-    """`mx cluster` with its printed addresses: stages, gateway, and the `http` line."""
+    """`mx cluster` with its printed addresses: stages, gateway, the `http` line and the gateway's
+    metrics URL. With a workdir the processes' logs stay there (gateway.log)."""
 
-    def __init__(self, model):
+    def __init__(self, model, workdir=None):
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([u.MX, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2",
-                                      "--replicas", "1,1", "--threads", "1", "--kv-cache-bytes", KV_BYTES],
+                                      "--replicas", "1,1", "--threads", "1", "--kv-cache-bytes", KV_BYTES] +
+                                     (["--workdir", workdir] if workdir else []),
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.stages, self.gateway, self.http, self.gateway_pid = [], None, None, None
+        self.stages, self.gateway, self.http, self.gateway_pid, self.metrics = [], None, None, None, None
         deadline = time.time() + 120
         for line in self.proc.stdout:
+            m = re.match(r"metrics gateway (http://\S+/metrics)$", line.strip())
+            if m:
+                self.metrics = m.group(1)
             m = re.match(r"stage \d+ (\S+) pid", line)
             if m:
                 self.stages.append(m.group(1))
@@ -177,7 +188,86 @@ def expectations(cl, fixture, base_url):
     }
 
 
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape(url):
+    """[(name, {label: value}, float)] of every sample of a GET /metrics."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    out = []
+    for line in text.splitlines():
+        m = SAMPLE.match(line) if line and not line.startswith("#") else None
+        if m:
+            out.append((m.group(1), dict(LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def total(samples, name, **labels):
+    return sum(v for n, lb, v in samples if n == name and all(lb.get(k) == x for k, x in labels.items()))
+
+
+def check_metrics(before, after, window):
+    """The gateway's metrics moved by exactly the window's traffic, all of it under api="openai"."""
+    def delta(name, **labels):
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    reqs = window["requests"]
+    n, prompt = len(reqs), sum(q["prompt_tokens"] for q in reqs)
+    generated = sum(q["completion_tokens"] for q in reqs)
+    gaps = sum(q["completion_tokens"] - 1 for q in reqs)
+    r.check(delta("mx_gateway_requests_total", api="openai") == n and
+            delta("mx_gateway_requests_total", api="openai", outcome="ok", finish_reason="length") == n,
+            "metrics: requests_total{api=openai,ok,length} moved by the %d HTTP generations" % n,
+            str(delta("mx_gateway_requests_total", api="openai")))
+    r.check(delta("mx_gateway_prompt_tokens_total", api="openai") == prompt and
+            delta("mx_gateway_generated_tokens_total", api="openai") == generated,
+            "metrics: prompt / generated tokens{api=openai} == the responses' usage (%d / %d)" % (prompt, generated),
+            "%s / %s" % (delta("mx_gateway_prompt_tokens_total", api="openai"),
+                         delta("mx_gateway_generated_tokens_total", api="openai")))
+    want = {code: k for code, k in window["rejected"].items()}
+    got = {code: delta("mx_gateway_rejected_total", api="openai", code=code) for code in want}
+    r.check(got == want and delta("mx_gateway_rejected_total", api="openai") == sum(want.values()),
+            "metrics: rejected_total{api=openai} by HTTP status == %s" % want,
+            "%s, all: %s" % (got, delta("mx_gateway_rejected_total", api="openai")))
+    for h, k in (("mx_gateway_request_duration_seconds", n), ("mx_gateway_time_to_first_token_seconds", n),
+                 ("mx_gateway_queue_time_seconds", n), ("mx_gateway_inter_token_seconds", gaps)):
+        r.check(delta(h + "_count", api="openai") == k and
+                total(after, h + "_bucket", api="openai", le="+Inf") == total(after, h + "_count", api="openai"),
+                "metrics: %s{api=openai} count == %d" % (h, k), str(delta(h + "_count", api="openai")))
+    moved = [name for name in ("mx_gateway_requests_total", "mx_gateway_rejected_total",
+                               "mx_gateway_prompt_tokens_total", "mx_gateway_generated_tokens_total",
+                               "mx_gateway_request_duration_seconds_count") if delta(name, api="grpc") != 0]
+    r.check(not moved, "metrics: the api=grpc series did not move for HTTP traffic", str(moved))
+
+
+def check_access_log(log_path, calls, window):
+    """One access line per HTTP call: the same (method path, status) multiset as the client saw;
+    the window's generations with their response id and usage."""
+    lines = open(log_path).read().splitlines() if os.path.exists(log_path) else []
+    seen = []
+    by_id = {}
+    for ln in lines:
+        m = re.search(r'(?: req=(\S+))?: access method="([A-Z]+ [^"]*)" status=(\d+) prompt_tokens=(-?\d+) '
+                      r'generated_tokens=(-?\d+) latency_ms=\d+\.\d$', ln)
+        if m:
+            seen.append((m.group(2), int(m.group(3))))
+            if m.group(1):
+                by_id[m.group(1)] = (int(m.group(4)), int(m.group(5)))
+    want = collections.Counter((c["what"], c["status"]) for c in calls)
+    got = collections.Counter(seen)
+    r.check(len(calls) > 20 and got == want,
+            "access log: one line per HTTP call (%d), method and path, the status the client got" % len(calls),
+            "missing %s, extra %s" % (dict(want - got), dict(got - want)))
+    bad = [q for q in window["requests"] if by_id.get(q["id"]) != (q["prompt_tokens"], q["completion_tokens"])]
+    r.check(not bad, "access log: a generation's line carries its response id and tokens",
+            "%s vs %s" % (bad, {q["id"]: by_id.get(q["id"]) for q in bad}))
+
+
 def run_client(cl, ex, modules, work):
+    """Runs client_checks.mjs; returns (every HTTP call it made, the metrics window's traffic)."""
+    calls, window, before = [], {"requests": [], "rejected": {}}, []
     path = os.path.join(work, "expect.json")
     json.dump(ex, open(path, "w"))
     script = os.path.join(modules, "client_checks.mjs")
@@ -195,6 +285,17 @@ def run_client(cl, ex, modules, work):
                 r.check(live == [1, 1], "a streaming HTTP request holds a sequence on both stages", str(live))
                 p.stdin.write("go\n")
                 p.stdin.flush()
+            elif line == "METRICS_BEGIN":
+                before = scrape(cl.metrics)
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            elif line.startswith("METRICS_END "):
+                window = json.loads(line[len("METRICS_END "):])
+                check_metrics(before, scrape(cl.metrics), window)
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            elif line.startswith("HTTPCALLS "):
+                calls = json.loads(line[len("HTTPCALLS "):])
             elif line in ("ABORTED", "TIMEDOUT"):
                 live = wait_live(cl, 0, 3)
                 r.check(live == [0, 0], "client %s: the sequence is released on every stage" %
@@ -214,6 +315,7 @@ def run_client(cl, ex, modules, work):
                 p.kill()
                 p.wait()
     r.check(p.returncode == 0, "openai client script exited 0", str(p.returncode))
+    return calls, window
 
 
 def post(url, path, body, timeout=10):
@@ -322,16 +424,21 @@ def main():
     work = tempfile.mkdtemp(prefix="mx-openai-")
     try:
         model = make_model(fixture, work)
-        cl = Cluster(model)
+        run_dir = os.path.join(work, "run")
+        cl = Cluster(model, run_dir)
+        calls = window = None
         try:
-            r.check(cl.http is not None, "mx cluster prints the HTTP API address", str(cl.http))
-            if cl.http:
+            r.check(cl.http is not None and cl.metrics is not None, "mx cluster prints the HTTP API and metrics addresses",
+                    "%s %s" % (cl.http, cl.metrics))
+            if cl.http and cl.metrics:
                 ex = expectations(cl, fixture, cl.http)
-                run_client(cl, ex, modules, work)
+                calls, window = run_client(cl, ex, modules, work)
                 test_queue_full(cl, model, work)
         finally:
             rc = cl.stop()
             r.check(rc == 0, "the cluster (gateway with its HTTP server) stops cleanly on SIGTERM", str(rc))
+        if calls is not None:
+            check_access_log(os.path.join(run_dir, "gateway.log"), calls, window)
         test_drain(model)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,7 +4,9 @@
 # service, optional req=, message), the "serving" lines keep their text, a Generate and a
 # ModelInfo call each leave one access line in the gateway's log with the method, status OK,
 # the prompt and generated token counts the client asked for, and a latency; a bad request
-# leaves INVALID_ARGUMENT; MX_LOG_LEVEL=warn drops the info lines of a service.
+# leaves INVALID_ARGUMENT; Tokenize and Detokenize leave theirs; the OpenAI HTTP API leaves one
+# per call ("POST /v1/completions", the HTTP status, the response id and tokens);
+# MX_LOG_LEVEL=warn drops the info lines of a service.
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
@@ -30,8 +32,9 @@ LINE="^$TS (error|warn|info|debug) [a-z0-9_.-]+( req=[^ ]+)?: .*$"
 "$MX" cluster --model "$work/model" --stages 2 --expert-shards 1 --workdir "$work/run" \
     >"$work/cluster.out" 2>"$work/cluster.err" &
 cluster_pid=$!
-addr=
+addr= http=
 for _ in $(seq 1 600); do
+    http=$(sed -nE 's/^http (http:.*)$/\1/p' "$work/cluster.out")
     addr=$(sed -nE 's/^gateway listening on (.*)$/\1/p' "$work/cluster.out")
     [ -n "$addr" ] && break
     kill -0 "$cluster_pid" 2>/dev/null || break
@@ -56,6 +59,32 @@ ch = grpc.insecure_channel(addr)
 req = pb.ModelInfoRequest()
 ch.unary_unary("/mx.v1.Generation/ModelInfo", request_serializer=req.SerializeToString,
                response_deserializer=pb.ModelInfoResponse.FromString)(req, timeout=10)
+tok = pb.TokenizeRequest(text="hello world")
+n = len(ch.unary_unary("/mx.v1.Generation/Tokenize", request_serializer=tok.SerializeToString,
+                       response_deserializer=pb.TokenizeResponse.FromString)(tok, timeout=10).token_ids)
+open(os.path.join(work, "tokenize.n"), "w").write("%d\n" % n)
+det = pb.DetokenizeRequest(token_ids=[1, 2, 3])
+ch.unary_unary("/mx.v1.Generation/Detokenize", request_serializer=det.SerializeToString,
+               response_deserializer=pb.DetokenizeResponse.FromString)(det, timeout=10)
+EOF
+# the OpenAI HTTP API: a completion (its id is the access line's request id), a body that is
+# not JSON, the model list
+/usr/bin/python3 - "$http" "$work" <<'EOF' >"$work/http.out" 2>&1 || bad "HTTP calls: $(cat "$work/http.out")"
+import json, os, sys, urllib.error, urllib.request
+base, work = sys.argv[1], sys.argv[2]
+def post(body):
+    req = urllib.request.Request(base + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as e:
+        return e.code, None
+st, out = post(json.dumps({"prompt": [1, 2, 3, 4, 5], "max_tokens": 6, "temperature": 0,
+                           "ignore_eos": True}).encode())
+assert st == 200 and out["usage"]["completion_tokens"] == 6, (st, out)
+open(os.path.join(work, "http.id"), "w").write(out["id"] + "\n")
+assert post(b"{not json")[0] == 400
+assert urllib.request.urlopen(base + "/v1/models", timeout=10).status == 200
 EOF
 kill -TERM "$cluster_pid" 2>/dev/null
 wait "$cluster_pid" 2>/dev/null
@@ -86,6 +115,21 @@ else bad "refused Generate access line: $(grep access "$gw")"; fi
 acc="^$TS info gateway: access method=ModelInfo status=OK prompt_tokens=-1 generated_tokens=-1 latency_ms="
 if grep -qE "$acc" "$gw"; then ok "ModelInfo access line"
 else bad "ModelInfo access line: $(grep access "$gw")"; fi
+# an access line matching the extended regex $2 in the gateway's log
+has_access() { if grep -qE "$2" "$gw"; then ok "$1"; else bad "$1: $(grep access "$gw")"; fi; }
+n=$(cat "$work/tokenize.n" 2>/dev/null)
+has_access "Tokenize access line (${n:-no} ids)" \
+    "^$TS info gateway: access method=Tokenize status=OK prompt_tokens=${n:-x} generated_tokens=-1 latency_ms="
+has_access "Detokenize access line" \
+    "^$TS info gateway: access method=Detokenize status=OK prompt_tokens=3 generated_tokens=-1 latency_ms="
+id=$(cat "$work/http.id" 2>/dev/null)
+acc="^$TS info gateway req=${id:-x}: access method=\"POST /v1/completions\" status=200 prompt_tokens=5 generated_tokens=6 latency_ms=[0-9]+\.[0-9]$"
+if [ -n "$id" ] && [ "$(grep -cE "$acc" "$gw")" -eq 1 ]; then ok "one HTTP completion access line: $(grep -E "$acc" "$gw")"
+else bad "HTTP completion access line ($id): $(grep access "$gw")"; fi
+has_access "HTTP bad JSON: 400 access line" \
+    "^$TS info gateway: access method=\"POST /v1/completions\" status=400 prompt_tokens=-1 generated_tokens=-1 latency_ms="
+has_access "HTTP GET /v1/models access line" \
+    "^$TS info gateway: access method=\"GET /v1/models\" status=200 prompt_tokens=-1 generated_tokens=-1 latency_ms="
 if grep -qE "^$TS info gateway: signal 15, draining \(up to [0-9]+ ms\)$" "$gw"; then ok "drain line"
 else bad "drain line: $(tail -3 "$gw")"; fi
 
