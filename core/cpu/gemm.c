@@ -68,13 +68,19 @@ void mx_gemm_scalar(const mx_gemm_args *a, int n0, int n1, float *scratch)
 typedef void (*gemv_fn)(const mx_gemm_args *a, int n0, int n1);
 typedef void (*gemm_fn)(const mx_gemm_args *a, int n0, int n1, float *scratch);
 
+/* A panel's busy flag on its own cache line: claiming or freeing a panel does not disturb
+ * the line another thread is reading. */
+typedef struct {
+    _Alignas(64) atomic_int busy;
+} gemm_slot;
+
 typedef struct {
     mx_gemm_args args;
     gemv_fn gemv;
     gemm_fn gemm;
     int chunk;            /* columns per task */
     float *scratch;       /* n_slots panels of MX_GEMM_SCRATCH_FLOATS */
-    atomic_int *slot_busy;
+    gemm_slot *slots;      /* n_slots busy flags, in the same pool-owned block as the panels */
     int n_slots;
 } gemm_job;
 
@@ -84,8 +90,8 @@ static int claim_slot(gemm_job *j)
 {
     for (;;)
         for (int s = 0; s < j->n_slots; s++)
-            if (atomic_load_explicit(&j->slot_busy[s], memory_order_relaxed) == 0 &&
-                atomic_exchange(&j->slot_busy[s], 1) == 0)
+            if (atomic_load_explicit(&j->slots[s].busy, memory_order_relaxed) == 0 &&
+                atomic_exchange(&j->slots[s].busy, 1) == 0)
                 return s;
 }
 
@@ -101,7 +107,7 @@ static void gemm_task(void *ctx, int task, int n_tasks)
     }
     int s = claim_slot(j);
     j->gemm(&j->args, n0, n1, j->scratch + (size_t)s * MX_GEMM_SCRATCH_FLOATS);
-    atomic_store(&j->slot_busy[s], 0);
+    atomic_store(&j->slots[s].busy, 0);
 }
 
 int mx_gemv_max_m(mx_cpu_isa isa, mx_dtype wdtype)
@@ -156,6 +162,7 @@ int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path
         break;
     }
     int threads = mx_threadpool_size(pool);
+    char *own = NULL; /* the scratch block when there is no pool */
     if (path != MX_GEMM_PATH_AUTO && path != MX_GEMM_PATH_STREAM && path != MX_GEMM_PATH_PACKED &&
         path != MX_GEMM_PATH_AMX)
         return mx_fail(err, MX_EINVAL, "gemm: unknown kernel path %d", (int)path);
@@ -180,23 +187,25 @@ int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path
     } else {
         j.chunk = MX_GEMM_NC;
         j.n_slots = threads;
-        /* The panels come from the pool, kept between calls: a fresh 0.8 MB block per call
-         * is mapped and faulted in page by page (glibc serves blocks this size with mmap). */
-        size_t bytes = (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
-        j.scratch = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
-        j.slot_busy = calloc((size_t)threads, sizeof *j.slot_busy);
-        if (!j.scratch || !j.slot_busy) {
-            if (!pool)
-                free(j.scratch);
-            free(j.slot_busy);
+        /* Flags and panels come from the pool, kept between calls: nothing is allocated per
+         * call (a fresh 0.8 MB block would be mapped and faulted in page by page, as glibc
+         * serves blocks this size with mmap). Without a pool (one thread) the block is the
+         * call's own. */
+        size_t flags = (size_t)threads * sizeof(gemm_slot);
+        size_t bytes = flags + (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
+        char *block = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
+        if (!block)
             return mx_fail(err, MX_ENOMEM, "gemm: out of memory for %zu bytes of scratch", bytes);
-        }
+        j.slots = (gemm_slot *)block;
+        for (int s = 0; s < threads; s++)
+            atomic_init(&j.slots[s].busy, 0);
+        j.scratch = (float *)(block + flags); /* 64-byte aligned: flags are whole lines */
+        if (!pool)
+            own = block;
     }
     int tasks = (N + j.chunk - 1) / j.chunk;
     mx_threadpool_run(pool, gemm_task, &j, tasks);
-    if (!pool)
-        free(j.scratch);
-    free(j.slot_busy);
+    free(own);
     return 0;
 }
 

@@ -43,13 +43,19 @@ void mx_gemv_i8_scalar(const mx_gemm_i8_args *a, int n0, int n1)
 typedef void (*gemv_i8_fn)(const mx_gemm_i8_args *a, int n0, int n1);
 typedef void (*gemm_i8_fn)(const mx_gemm_i8_args *a, int n0, int n1, float *scratch);
 
+/* A panel's busy flag on its own cache line: claiming or freeing a panel does not disturb
+ * the line another thread is reading. */
+typedef struct {
+    _Alignas(64) atomic_int busy;
+} gemm_slot;
+
 typedef struct {
     mx_gemm_i8_args args;
     gemv_i8_fn gemv;
     gemm_i8_fn gemm;
     int chunk;
     float *scratch; /* n_slots panels of MX_GEMM_SCRATCH_FLOATS, or NULL: streaming */
-    atomic_int *slot_busy;
+    gemm_slot *slots;      /* n_slots busy flags, in the same pool-owned block as the panels */
     int n_slots;
 } gemm_i8_job;
 
@@ -57,8 +63,8 @@ static int claim_slot(gemm_i8_job *j)
 {
     for (;;)
         for (int s = 0; s < j->n_slots; s++)
-            if (atomic_load_explicit(&j->slot_busy[s], memory_order_relaxed) == 0 &&
-                atomic_exchange(&j->slot_busy[s], 1) == 0)
+            if (atomic_load_explicit(&j->slots[s].busy, memory_order_relaxed) == 0 &&
+                atomic_exchange(&j->slots[s].busy, 1) == 0)
                 return s;
 }
 
@@ -74,7 +80,7 @@ static void gemm_i8_task(void *ctx, int task, int n_tasks)
     }
     int s = claim_slot(j);
     j->gemm(&j->args, n0, n1, j->scratch + (size_t)s * MX_GEMM_SCRATCH_FLOATS);
-    atomic_store(&j->slot_busy[s], 0);
+    atomic_store(&j->slots[s].busy, 0);
 }
 
 int mx_cpu_gemm_i8_with(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_i8_path path, float *y,
@@ -113,6 +119,7 @@ int mx_cpu_gemm_i8_with(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_i8_path pat
         break;
     }
     int threads = mx_threadpool_size(pool);
+    char *own = NULL; /* the scratch block when there is no pool */
     if (!packed) {
         /* Memory bound: many small tasks (32 per thread, multiples of 8 rows), as for bf16. */
         int chunk = (N + threads * 32 - 1) / (threads * 32);
@@ -121,21 +128,24 @@ int mx_cpu_gemm_i8_with(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_i8_path pat
     } else {
         j.chunk = MX_GEMM_NC;
         j.n_slots = threads;
-        size_t bytes = (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
-        j.scratch = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
-        j.slot_busy = calloc((size_t)threads, sizeof *j.slot_busy);
-        if (!j.scratch || !j.slot_busy) {
-            if (!pool)
-                free(j.scratch);
-            free(j.slot_busy);
-            return mx_fail(err, MX_ENOMEM, "gemm int8: out of memory for %zu bytes of scratch",
-                           bytes);
-        }
+        /* Flags and panels come from the pool, kept between calls: nothing is allocated per
+         * call (a fresh 0.8 MB block would be mapped and faulted in page by page, as glibc
+         * serves blocks this size with mmap). Without a pool (one thread) the block is the
+         * call's own. */
+        size_t flags = (size_t)threads * sizeof(gemm_slot);
+        size_t bytes = flags + (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
+        char *block = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
+        if (!block)
+            return mx_fail(err, MX_ENOMEM, "gemm int8: out of memory for %zu bytes of scratch", bytes);
+        j.slots = (gemm_slot *)block;
+        for (int s = 0; s < threads; s++)
+            atomic_init(&j.slots[s].busy, 0);
+        j.scratch = (float *)(block + flags); /* 64-byte aligned: flags are whole lines */
+        if (!pool)
+            own = block;
     }
     mx_threadpool_run(pool, gemm_i8_task, &j, (N + j.chunk - 1) / j.chunk);
-    if (!pool)
-        free(j.scratch);
-    free(j.slot_busy);
+    free(own);
     return 0;
 }
 

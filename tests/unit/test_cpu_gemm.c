@@ -1,12 +1,14 @@
 /* test_cpu_gemm.c - every gemm kernel family this CPU can run (scalar, AVX2, AVX-512), forced
  * one at a time (and each family's streaming and packed kernel forced at every small M),
  * against a double-precision reference computed here on odd shapes, all three weight dtypes,
- * padded row strides, and bad arguments that must fail cleanly. */
+ * padded row strides, and bad arguments that must fail cleanly; and that a warm packed call
+ * (bf16 and int8 weights) allocates nothing. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -14,6 +16,80 @@
 #include "core/cpu/cpu_features.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/gemm_kernels.h"
+
+/* ---- allocation counting: every malloc-family call of any thread while `counting` is set.
+ * AddressSanitizer replaces malloc, so there its allocation hook counts. ---- */
+static atomic_int counting;
+static atomic_int counted;
+
+static void note_alloc(void)
+{
+    if (atomic_load_explicit(&counting, memory_order_relaxed))
+        atomic_fetch_add(&counted, 1);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+#ifdef UNDER_ASAN
+/* from sanitizer/allocator_interface.h (not every toolchain installs the header) */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+static void on_malloc(const volatile void *p, size_t n)
+{
+    (void)p;
+    (void)n;
+    note_alloc();
+}
+static void on_free(const volatile void *p) { (void)p; }
+static void counting_init(void) { __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free); }
+#else
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+extern void *__libc_memalign(size_t align, size_t n);
+static void counting_init(void) {}
+void *malloc(size_t n)
+{
+    note_alloc();
+    return __libc_malloc(n);
+}
+void *calloc(size_t n, size_t size)
+{
+    note_alloc();
+    return __libc_calloc(n, size);
+}
+void *realloc(void *p, size_t n)
+{
+    note_alloc();
+    return __libc_realloc(p, n);
+}
+void *aligned_alloc(size_t align, size_t n)
+{
+    note_alloc();
+    return __libc_memalign(align, n);
+}
+void *memalign(size_t align, size_t n);
+void *memalign(size_t align, size_t n)
+{
+    note_alloc();
+    return __libc_memalign(align, n);
+}
+int posix_memalign(void **out, size_t align, size_t n)
+{
+    note_alloc();
+    void *p = __libc_memalign(align, n);
+    if (!p)
+        return 12; /* ENOMEM */
+    *out = p;
+    return 0;
+}
+#endif
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -250,6 +326,59 @@ static void test_amx(void **state)
                      MX_EUNSUPPORTED);
 }
 
+/* The packed kernels' panels and the flags that hand them out come from the pool's scratch:
+ * once a shape has run, calls at prefill-sized M (above the streaming limit) allocate nothing,
+ * for every family this CPU has, bf16 (mx_cpu_gemm's own choice, AMX included where usable)
+ * and int8 weights. The counter is checked to see an allocation first. */
+static void test_packed_allocates_nothing(void **state)
+{
+    (void)state;
+    counting_init();
+    atomic_store(&counted, 0);
+    atomic_store(&counting, 1);
+    void *volatile probe = malloc(16); /* volatile: a malloc/free pair may be optimized away */
+    free(probe);
+    atomic_store(&counting, 0);
+    assert_int_equal(atomic_load(&counted), 1);
+
+    enum { M = 64, K = 768, N = 600 };
+    mx_threadpool *pool = NULL;
+    mx_error err = {0};
+    assert_int_equal(mx_threadpool_create(2, &pool, &err), 0);
+    float *x = calloc((size_t)M * K, sizeof *x), *y = calloc((size_t)M * N, sizeof *y);
+    uint16_t *w = calloc((size_t)N * K, sizeof *w);
+    int8_t *q = calloc((size_t)N * K, sizeof *q);
+    float *scale = calloc(N, sizeof *scale);
+    assert_true(x && y && w && q && scale);
+    for (int isa = 0; isa < MX_CPU_ISA_COUNT; isa++) {
+        if (!mx_cpu_isa_supported((mx_cpu_isa)isa))
+            continue;
+        for (int warm = 1; warm >= 0; warm--) { /* the first round sizes the pool's scratch */
+            atomic_store(&counted, 0);
+            atomic_store(&counting, !warm);
+            for (int i = 0; i < 3; i++) {
+                assert_int_equal(mx_cpu_gemm_with_path(pool, (mx_cpu_isa)isa, MX_GEMM_PATH_PACKED, y, N, x, K, M,
+                                                       K, w, MX_DTYPE_BF16, N, &err),
+                                 0);
+                assert_int_equal(mx_cpu_gemm_i8_with(pool, (mx_cpu_isa)isa, MX_GEMM_I8_PACKED, y, N, x, K, M, K, q,
+                                                     scale, N, &err),
+                                 0);
+                assert_int_equal(mx_cpu_gemm(pool, y, N, x, K, M, K, w, MX_DTYPE_BF16, N, &err), 0);
+            }
+            atomic_store(&counting, 0);
+            if (!warm && atomic_load(&counted) != 0)
+                fail_msg("%s: %d allocations in 3 warm rounds of packed calls",
+                         mx_cpu_isa_name((mx_cpu_isa)isa), atomic_load(&counted));
+        }
+    }
+    free(x);
+    free(y);
+    free(w);
+    free(q);
+    free(scale);
+    mx_threadpool_destroy(pool);
+}
+
 static void test_dispatch_picks_best(void **state)
 {
     (void)state;
@@ -309,6 +438,7 @@ int main(void)
         cmocka_unit_test(test_paths_avx2),
         cmocka_unit_test(test_paths_avx512),
         cmocka_unit_test(test_amx),
+        cmocka_unit_test(test_packed_allocates_nothing),
         cmocka_unit_test(test_dispatch_picks_best),
         cmocka_unit_test(test_bad_arguments),
     };
