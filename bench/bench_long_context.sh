@@ -5,8 +5,12 @@
 # 65,536) and each stage's peak RSS against weights + KV pages x 1.1 + 1 GiB, with the time
 # projected to 1,048,576 tokens from the measured softmax-attention rate; (b) inter-token latency
 # of 8 short streams next to a long prefill (BENCH_ITL_PROMPT_TOKENS, default 32,768; 262,144
-# with BENCH_LONG=1) against the same streams alone. The client is bench/long_context.py (grpcio).
-# BENCH_PROMPT_TOKENS=1048576 runs the full 1M-token prompt (hours on 2 cores).
+# with BENCH_LONG=1) against the same streams alone, and the long prompt's time to first token next
+# to them; the gateway's max_prefill_tokens_with_decodes is BENCH_PREFILL_CAP (default: the
+# gateway's), and with BENCH_COMPARE_CAP=1 (default) (b) runs again without the cap, so the ratio
+# of the two is measured in the same run. The client is bench/long_context.py (grpcio).
+# BENCH_PROMPT_TOKENS=1048576 runs the full 1M-token prompt (hours on 2 cores). BENCH_LONG_ARGS adds
+# arguments of long_context.py (e.g. --skip-ttft to run only (b)).
 set -eu
 BUILD=${BUILD:-build}
 cd "$(dirname "$0")/.."
@@ -14,6 +18,9 @@ if [ "${BENCH_LONG:-0}" = 1 ]; then itl_default=262144; else itl_default=32768; 
 PROMPT=${BENCH_PROMPT_TOKENS:-65536}
 ITL_PROMPT=${BENCH_ITL_PROMPT_TOKENS:-$itl_default}
 THREADS=${THREADS:-2}
+cap_args=()
+[ -n "${BENCH_PREFILL_CAP:-}" ] && cap_args+=(--max-prefill-tokens-with-decodes "$BENCH_PREFILL_CAP")
+[ "${BENCH_COMPARE_CAP:-1}" = 1 ] && cap_args+=(--compare-cap)
 model=${MX_BENCH_LONG_MODEL:-}
 made=""
 if [ -z "$model" ]; then
@@ -37,4 +44,5 @@ if [ -z "$rate" ]; then
     echo "softmax attention of this model, 16K-token prefill in chunks of 512 (single process): $rate GFLOP/s"
 fi
 BUILD=$BUILD /usr/bin/python3 bench/long_context.py --model "$model" --prompt-tokens "$PROMPT" \
-    --itl-prompt-tokens "$ITL_PROMPT" --threads "$THREADS" --attn-gflops "${rate:-0}" --project-tokens 1048576
+    --itl-prompt-tokens "$ITL_PROMPT" --threads "$THREADS" --attn-gflops "${rate:-0}" --project-tokens 1048576 \
+    ${cap_args[@]+"${cap_args[@]}"} ${BENCH_LONG_ARGS:-}

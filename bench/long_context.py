@@ -2,8 +2,11 @@
 stages, 2 expert shards), measured with a grpcio client:
   (a) time to first token of one long prompt, and each attention stage's peak RSS (VmHWM) against
       its weights + KV pages x 1.1 + 1 GiB;
-  (b) inter-token latency of short streams while a long prefill runs next to them, against the
-      same streams alone (p50 / p99 of the gaps between a stream's tokens).
+  (b) inter-token latency of 8 short streams while a long prefill runs next to them, against the
+      same streams alone just before and just after (p50 / p99 of the gaps between a stream's
+      tokens, all streams pooled), and the long prompt's time to first token next to them.
+      --max-prefill-tokens-with-decodes runs the gateway with that cap (0 = none); --compare-cap
+      runs (b) once more on a cluster without the cap, so both are measured in the same run.
 bench/bench_long_context.sh runs it; the ratios are what to read, this machine's speed drifts."""
 import argparse
 import json
@@ -153,36 +156,50 @@ def time_to_first_token(gen, generate, ids, timeout):
 
 
 class Streams:
-    """n short streams, each recording when its tokens arrive; stoppable."""
+    """n short streams, each recording when its tokens arrive; stoppable. With repeat, a stream
+    that reaches max_new starts another request, so n streams decode until stopped (a request's
+    first token, which waits for its prompt, starts a new list of times: never a gap)."""
 
-    def __init__(self, gen, generate, n, max_new, prompt_len, vocab, seed):
+    def __init__(self, gen, generate, n, max_new, prompt_len, vocab, seed, repeat=False):
         rnd = random.Random(seed)
-        self.calls, self.times, self.errors = [None] * n, [[] for _ in range(n)], []
-        self.threads = []
+        self.calls, self.times, self.errors = [None] * n, [], []
+        self.threads, self.repeat, self.stopping = [], repeat, False
+        self.lock = threading.Lock()
         for i in range(n):
             ids = [rnd.randrange(vocab) for _ in range(prompt_len)]
             t = threading.Thread(target=self._run, args=(gen, generate, i, ids, max_new), daemon=True)
             self.threads.append(t)
 
     def _run(self, gen, generate, i, ids, max_new):
-        try:
-            call = generate(request(gen, ids, max_new), timeout=3600)
-            self.calls[i] = call
-            for m in call:
-                now = time.monotonic()
-                self.times[i].extend([now] * len(m.token_ids))
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self.errors.append(str(e.code()) + " " + str(e.details()))
+        while True:
+            times = []
+            with self.lock:
+                if self.stopping:
+                    return
+                self.times.append(times)
+                call = generate(request(gen, ids, max_new), timeout=3600)
+                self.calls[i] = call
+            try:
+                for m in call:
+                    now = time.monotonic()
+                    times.extend([now] * len(m.token_ids))
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.CANCELLED:
+                    self.errors.append(str(e.code()) + " " + str(e.details()))
+                return
+            if not self.repeat:
+                return
 
     def start(self):
         for t in self.threads:
             t.start()
 
     def stop(self):
-        for c in self.calls:
-            if c is not None:
-                c.cancel()
+        with self.lock:
+            self.stopping = True
+            for c in self.calls:
+                if c is not None:
+                    c.cancel()
         self.join()
 
     def join(self):
@@ -212,12 +229,16 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=65536)
     ap.add_argument("--itl-prompt-tokens", type=int, default=32768)
     ap.add_argument("--streams", type=int, default=8)
-    ap.add_argument("--stream-tokens", type=int, default=48, help="tokens per stream when alone")
+    ap.add_argument("--stream-tokens", type=int, default=64, help="tokens per stream request when alone")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv-dtype", default="bf16", choices=["bf16", "f32"])
     ap.add_argument("--attn-gflops", type=float, default=0,
                     help="softmax attention GFLOP/s measured on this model (bench_prefill) for projections")
     ap.add_argument("--project-tokens", type=int, default=1048576)
+    ap.add_argument("--max-prefill-tokens-with-decodes", type=int, default=-1,
+                    help="the gateway's cap on prompt tokens per step while requests decode (-1: its default)")
+    ap.add_argument("--compare-cap", action="store_true",
+                    help="run (b) again on a cluster whose gateway has no cap (0), for the ratio of the two")
     ap.add_argument("--skip-ttft", action="store_true")
     ap.add_argument("--skip-itl", action="store_true")
     a = ap.parse_args()
@@ -228,25 +249,38 @@ def main():
     vocab = cfg["vocab_size"]
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
     extra = [] if a.kv_dtype == "bf16" else ["--kv-dtype", a.kv_dtype]
-    cl = Cluster(a.mx, a.model, a.threads, extra)
-    try:
-        with grpc.insecure_channel(cl.gateway, options=[("grpc.max_send_message_length", 64 << 20),
-                                                         ("grpc.max_receive_message_length", 64 << 20)]) as ch:
-            generate = ch.unary_stream("/mx.v1.Generation/Generate",
-                                       request_serializer=gen.GenerateRequest.SerializeToString,
-                                       response_deserializer=gen.GenerateResponse.FromString)
-            info = ch.unary_unary("/mx.v1.Generation/ModelInfo",
-                                  request_serializer=gen.ModelInfoRequest.SerializeToString,
-                                  response_deserializer=gen.ModelInfoResponse.FromString)(gen.ModelInfoRequest(),
-                                                                                        timeout=30)
-            print("cluster: gateway %s, stages pids %s, %d threads per service; gateway max_context_tokens %d"
-                  % (cl.gateway, cl.stage_pids, a.threads, info.max_context_tokens))
-            if not a.skip_ttft:
-                run_ttft(a, gen, generate, cfg, cl, info)
-            if not a.skip_itl:
-                run_itl(a, gen, generate, vocab, info)
-    finally:
-        cl.stop()
+    runs = [a.max_prefill_tokens_with_decodes]
+    if a.compare_cap and not a.skip_itl and a.max_prefill_tokens_with_decodes != 0:
+        runs.append(0)
+    results = []
+    for k, cap in enumerate(runs):
+        cap_args = [] if cap < 0 else ["--max-prefill-tokens-with-decodes", str(cap)]
+        cl = Cluster(a.mx, a.model, a.threads, extra + cap_args)
+        try:
+            with grpc.insecure_channel(cl.gateway, options=[("grpc.max_send_message_length", 64 << 20),
+                                                             ("grpc.max_receive_message_length", 64 << 20)]) as ch:
+                generate = ch.unary_stream("/mx.v1.Generation/Generate",
+                                           request_serializer=gen.GenerateRequest.SerializeToString,
+                                           response_deserializer=gen.GenerateResponse.FromString)
+                info = ch.unary_unary("/mx.v1.Generation/ModelInfo",
+                                      request_serializer=gen.ModelInfoRequest.SerializeToString,
+                                      response_deserializer=gen.ModelInfoResponse.FromString)(gen.ModelInfoRequest(),
+                                                                                            timeout=30)
+                print("%scluster: gateway %s, stages pids %s, %d threads per service; gateway max_context_tokens %d; "
+                      "max_prefill_tokens_with_decodes %s"
+                      % ("\n" if k else "", cl.gateway, cl.stage_pids, a.threads, info.max_context_tokens,
+                         "the gateway's default" if cap < 0 else "%d%s" % (cap, " (no cap)" if cap == 0 else "")))
+                if not a.skip_ttft and k == 0:
+                    run_ttft(a, gen, generate, cfg, cl, info)
+                if not a.skip_itl:
+                    results.append(run_itl(a, gen, generate, vocab, info))
+        finally:
+            cl.stop()
+    if len(results) == 2 and all(results):
+        on, off = results
+        print("\n(b) with the cap / without it: p99 during / alone %.2f vs %.2f; the long prompt's first token "
+              "after %.1f s vs %.1f s (x%.2f)" % (on["p99_ratio"], off["p99_ratio"], on["ttft"], off["ttft"],
+                                                  on["ttft"] / off["ttft"]))
 
 
 def run_ttft(a, gen, generate, cfg, cl, info):
@@ -295,16 +329,21 @@ def run_ttft(a, gen, generate, cfg, cl, info):
 
 
 def run_itl(a, gen, generate, vocab, info):
+    """Returns {p99_ratio, ttft} or None when the long prompt could not run."""
     n = a.itl_prompt_tokens
     print("\n(b) inter-token latency of %d streams (16-token prompts), alone and next to a %d-token prefill"
           % (a.streams, n))
-    alone = Streams(gen, generate, a.streams, a.stream_tokens, 16, vocab, 2)
-    alone.start()
-    alone.join()
-    g_alone = alone.gaps()
     if info.max_context_tokens and n + 1 > info.max_context_tokens:
         print("  the gateway accepts at most %d tokens of context: long prompt not sent" % info.max_context_tokens)
-        return
+        return None
+
+    def alone(seed):
+        s = Streams(gen, generate, a.streams, a.stream_tokens, 16, vocab, seed)
+        s.start()
+        s.join()
+        return s
+
+    before = alone(2)
     rnd = random.Random(3)
     ids = [rnd.randrange(vocab) for _ in range(n)]
     done = {}
@@ -316,28 +355,37 @@ def run_itl(a, gen, generate, vocab, info):
             done["error"] = "%s %s" % (e.code(), e.details())
         done["t"] = time.monotonic()
 
-    # streams long enough to outlast the prefill; their gaps count only while it runs
-    busy = Streams(gen, generate, a.streams, min(4096, info.max_new_tokens_limit or 4096), 16, vocab, 4)
+    # the streams decode for as long as the prefill runs (each starts another request when one
+    # ends); their gaps count only while it runs
+    busy = Streams(gen, generate, a.streams, min(4 * a.stream_tokens, info.max_new_tokens_limit or 4096), 16, vocab,
+                   4, repeat=True)
     lt = threading.Thread(target=long_request, daemon=True)
+    busy.start()
+    time.sleep(1.0)  # the streams are decoding when the long prompt comes
     t_long = time.monotonic()
     lt.start()
-    time.sleep(0.5)  # the long request is admitted and its first chunks are in the pipeline
-    busy.start()
     lt.join()
     busy.stop()
+    after = alone(5)
     if "error" in done:
         print("  long request failed: " + done["error"])
-        return
+        return None
+    g_alone = before.gaps() + after.gaps()
     g_busy = busy.gaps(t_long, done["t"])
-    if busy.errors or alone.errors:
-        print("  stream errors: %s" % (busy.errors + alone.errors)[:3])
-    p50a, p99a = percentile(g_alone, 50) * 1e3, percentile(g_alone, 99) * 1e3
-    p50b, p99b = percentile(g_busy, 50) * 1e3, percentile(g_busy, 99) * 1e3
-    print("  %-28s %8s %10s %10s" % ("", "gaps", "p50 ms", "p99 ms"))
-    print("  %-28s %8d %10.1f %10.1f" % ("streams alone", len(g_alone), p50a, p99a))
-    print("  %-28s %8d %10.1f %10.1f" % ("during the long prefill", len(g_busy), p50b, p99b))
-    print("  p99 during / alone: %.2f (target <= 3); p50: %.2f; the long prompt's first token after %.1f s"
-          % (p99b / p99a, p50b / p50a, done["ttft"]))
+    errors = before.errors + busy.errors + after.errors
+    if errors:
+        print("  stream errors: %s" % errors[:3])
+    rows = [("streams alone, before", before.gaps()), ("streams alone, after", after.gaps()),
+            ("streams alone, both", g_alone), ("during the long prefill", g_busy)]
+    print("  %-28s %8s %10s %10s %10s" % ("", "gaps", "p50 ms", "p99 ms", "max ms"))
+    for name, g in rows:
+        print("  %-28s %8d %10.1f %10.1f %10.1f" % (name, len(g), percentile(g, 50) * 1e3, percentile(g, 99) * 1e3,
+                                                    max(g or [float("nan")]) * 1e3))
+    p50a, p99a = percentile(g_alone, 50), percentile(g_alone, 99)
+    p50b, p99b = percentile(g_busy, 50), percentile(g_busy, 99)
+    print("  p99 during / alone: %.2f (target <= 3); p50: %.2f; the long prompt's first token after %.1f s "
+          "(%.0f prompt tokens/s next to the streams)" % (p99b / p99a, p50b / p50a, done["ttft"], n / done["ttft"]))
+    return {"p99_ratio": p99b / p99a, "ttft": done["ttft"]}
 
 
 if __name__ == "__main__":
