@@ -1,6 +1,7 @@
-/* gemm.c - mx_cpu_gemm: checks arguments, picks the kernel family for this CPU at run time,
- * splits the output columns into tasks for the thread pool and hands each task a scratch
- * panel. Also holds the portable scalar kernels (the fallback and the readable reference). */
+/* gemm.c - mx_cpu_gemm: checks arguments and picks the kernel family for this CPU at run time;
+ * and the driver it shares with mx_cpu_gemm_i8 (gemm_int8.c), which splits the output columns
+ * into tasks for the thread pool and hands each packed task a scratch panel. Also holds the
+ * portable scalar kernels (the fallback and the readable reference). */
 #include "gemm.h"
 
 #include <stdatomic.h>
@@ -63,10 +64,7 @@ void mx_gemm_scalar(const mx_gemm_args *a, int n0, int n1, float *scratch)
     mx_gemv_scalar(a, n0, n1);
 }
 
-/* ---- dispatch and threading ---- */
-
-typedef void (*gemv_fn)(const mx_gemm_args *a, int n0, int n1);
-typedef void (*gemm_fn)(const mx_gemm_args *a, int n0, int n1, float *scratch);
+/* ---- the driver both weight families run on ---- */
 
 /* A panel's busy flag on its own cache line: claiming or freeing a panel does not disturb
  * the line another thread is reading. */
@@ -76,11 +74,11 @@ typedef struct {
 
 typedef struct {
     mx_gemm_args args;
-    gemv_fn gemv;
-    gemm_fn gemm;
+    mx_gemv_fn gemv;
+    mx_gemm_fn gemm;
     int chunk;            /* columns per task */
-    float *scratch;       /* n_slots panels of MX_GEMM_SCRATCH_FLOATS */
-    gemm_slot *slots;      /* n_slots busy flags, in the same pool-owned block as the panels */
+    float *scratch;       /* n_slots panels of MX_GEMM_SCRATCH_FLOATS, or NULL: streaming */
+    gemm_slot *slots;     /* n_slots busy flags, in the same block as the panels */
     int n_slots;
 } gemm_job;
 
@@ -109,6 +107,45 @@ static void gemm_task(void *ctx, int task, int n_tasks)
     j->gemm(&j->args, n0, n1, j->scratch + (size_t)s * MX_GEMM_SCRATCH_FLOATS);
     atomic_store(&j->slots[s].busy, 0);
 }
+
+int mx_gemm_drive(mx_threadpool *pool, const mx_gemm_args *a, mx_gemv_fn gemv, mx_gemm_fn gemm,
+                  const char *what, mx_error *err)
+{
+    gemm_job j = {.args = *a, .gemv = gemv, .gemm = gemm};
+    int threads = mx_threadpool_size(pool);
+    char *own = NULL; /* the scratch block when there is no pool */
+    if (!gemm) {
+        /* Memory bound: many small tasks (32 per thread, each a multiple of 8 rows of W), so the
+         * threads finish together; with 8 per thread the last task left one core idle (measured:
+         * 0.70-0.78 -> 0.81-0.84 of bandwidth for a full-width layer at batch 1). */
+        int chunk = (a->N + threads * 32 - 1) / (threads * 32);
+        chunk = (chunk + 7) / 8 * 8;
+        j.chunk = chunk < 8 ? 8 : chunk;
+    } else {
+        j.chunk = MX_GEMM_NC;
+        j.n_slots = threads;
+        /* Flags and panels come from the pool, kept between calls: nothing is allocated per
+         * call (a fresh 0.8 MB block would be mapped and faulted in page by page, as glibc
+         * serves blocks this size with mmap). Without a pool (one thread) the block is the
+         * call's own. */
+        size_t flags = (size_t)threads * sizeof(gemm_slot);
+        size_t bytes = flags + (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
+        char *block = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
+        if (!block)
+            return mx_fail(err, MX_ENOMEM, "%s: out of memory for %zu bytes of scratch", what, bytes);
+        j.slots = (gemm_slot *)block;
+        for (int s = 0; s < threads; s++)
+            atomic_init(&j.slots[s].busy, 0);
+        j.scratch = (float *)(block + flags); /* 64-byte aligned: flags are whole lines */
+        if (!pool)
+            own = block;
+    }
+    mx_threadpool_run(pool, gemm_task, &j, (a->N + j.chunk - 1) / j.chunk);
+    free(own);
+    return 0;
+}
+
+/* ---- bf16 / f16 / f32 weights: dispatch ---- */
 
 int mx_gemv_max_m(mx_cpu_isa isa, mx_dtype wdtype)
 {
@@ -146,23 +183,24 @@ int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path
         return mx_fail(err, MX_EUNSUPPORTED, "gemm: this CPU cannot run %s kernels",
                        mx_cpu_isa_name(isa));
 
-    gemm_job j = {.args = {y, ldy, x, ldx, M, K, w, wdtype, N}};
+    mx_gemm_args args = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .M = M, .K = K, .w = w,
+                         .wdtype = wdtype, .N = N};
+    mx_gemv_fn gemv;
+    mx_gemm_fn gemm;
     switch (isa) {
     case MX_CPU_ISA_AVX512:
-        j.gemv = mx_gemv_avx512;
-        j.gemm = mx_gemm_avx512;
+        gemv = mx_gemv_avx512;
+        gemm = mx_gemm_avx512;
         break;
     case MX_CPU_ISA_AVX2:
-        j.gemv = mx_gemv_avx2;
-        j.gemm = mx_gemm_avx2;
+        gemv = mx_gemv_avx2;
+        gemm = mx_gemm_avx2;
         break;
     default:
-        j.gemv = mx_gemv_scalar;
-        j.gemm = mx_gemm_scalar;
+        gemv = mx_gemv_scalar;
+        gemm = mx_gemm_scalar;
         break;
     }
-    int threads = mx_threadpool_size(pool);
-    char *own = NULL; /* the scratch block when there is no pool */
     if (path != MX_GEMM_PATH_AUTO && path != MX_GEMM_PATH_STREAM && path != MX_GEMM_PATH_PACKED &&
         path != MX_GEMM_PATH_AMX)
         return mx_fail(err, MX_EINVAL, "gemm: unknown kernel path %d", (int)path);
@@ -170,43 +208,14 @@ int mx_cpu_gemm_with_path(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_path path
         if (isa != MX_CPU_ISA_AVX512 || wdtype != MX_DTYPE_BF16 || !mx_cpu_amx_usable())
             return mx_fail(err, MX_EUNSUPPORTED, "gemm: no AMX kernel for %s weights on this CPU (%s)",
                            mx_dtype_name(wdtype), mx_cpu_isa_name(isa));
-        j.gemm = mx_gemm_amx;
+        gemm = mx_gemm_amx;
     }
     if (path == MX_GEMM_PATH_STREAM && M > mx_gemv_max_m(isa, wdtype))
         return mx_fail(err, MX_EINVAL, "gemm: the %s streaming kernel takes at most %d rows, "
                        "not M=%d", mx_cpu_isa_name(isa), mx_gemv_max_m(isa, wdtype), M);
-    int stream = path == MX_GEMM_PATH_STREAM || /* AMX and PACKED: the packed driver below */
+    int stream = path == MX_GEMM_PATH_STREAM || /* AMX and PACKED: the packed kernel */
                  (path == MX_GEMM_PATH_AUTO && M <= gemv_auto_m(isa, wdtype));
-    if (stream) {
-        /* Memory bound: many small tasks (32 per thread, each a multiple of 8 rows of W), so the
-         * threads finish together; with 8 per thread the last task left one core idle (measured:
-         * 0.70-0.78 -> 0.81-0.84 of bandwidth for a full-width layer at batch 1). */
-        int chunk = (N + threads * 32 - 1) / (threads * 32);
-        chunk = (chunk + 7) / 8 * 8;
-        j.chunk = chunk < 8 ? 8 : chunk;
-    } else {
-        j.chunk = MX_GEMM_NC;
-        j.n_slots = threads;
-        /* Flags and panels come from the pool, kept between calls: nothing is allocated per
-         * call (a fresh 0.8 MB block would be mapped and faulted in page by page, as glibc
-         * serves blocks this size with mmap). Without a pool (one thread) the block is the
-         * call's own. */
-        size_t flags = (size_t)threads * sizeof(gemm_slot);
-        size_t bytes = flags + (size_t)threads * MX_GEMM_SCRATCH_FLOATS * sizeof(float);
-        char *block = pool ? mx_threadpool_scratch(pool, bytes) : aligned_alloc(64, bytes);
-        if (!block)
-            return mx_fail(err, MX_ENOMEM, "gemm: out of memory for %zu bytes of scratch", bytes);
-        j.slots = (gemm_slot *)block;
-        for (int s = 0; s < threads; s++)
-            atomic_init(&j.slots[s].busy, 0);
-        j.scratch = (float *)(block + flags); /* 64-byte aligned: flags are whole lines */
-        if (!pool)
-            own = block;
-    }
-    int tasks = (N + j.chunk - 1) / j.chunk;
-    mx_threadpool_run(pool, gemm_task, &j, tasks);
-    free(own);
-    return 0;
+    return mx_gemm_drive(pool, &args, gemv, stream ? NULL : gemm, "gemm", err);
 }
 
 int mx_cpu_gemm_with_isa(mx_threadpool *pool, mx_cpu_isa isa, float *y, int ldy, const float *x,

@@ -35,21 +35,4 @@ int mx_cpu_gemm_i8_with(mx_threadpool *pool, mx_cpu_isa isa, mx_gemm_i8_path pat
                         int ldy, const float *x, int ldx, int M, int K, const int8_t *q,
                         const float *scale, int N, mx_error *err);
 
-/* Kernel contract of the int8 family (gemm_int8.c drives, gemm_int8_{avx512,avx2}.c and the
- * scalar code in gemm_int8.c compute): columns [n0, n1) of y for every row of x; kernels do
- * not allocate or thread. packed: n1 - n0 <= MX_GEMM_NC, scratch of MX_GEMM_SCRATCH_FLOATS. */
-typedef struct mx_gemm_i8_args {
-    float *y;
-    int ldy;
-    const float *x;
-    int ldx, M, K;
-    const int8_t *q;
-    const float *scale;
-    int N;
-} mx_gemm_i8_args;
-void mx_gemv_i8_scalar(const mx_gemm_i8_args *a, int n0, int n1);
-void mx_gemv_i8_avx2(const mx_gemm_i8_args *a, int n0, int n1);
-void mx_gemv_i8_avx512(const mx_gemm_i8_args *a, int n0, int n1);
-void mx_gemm_i8_avx512(const mx_gemm_i8_args *a, int n0, int n1, float *scratch);
-
 #endif

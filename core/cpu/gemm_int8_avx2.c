@@ -5,7 +5,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#include "gemm.h"
+#include "gemm_kernels.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -23,11 +23,11 @@ INLINE float hsum8(__m256 v)
 }
 
 /* Rows [n, n+R) x rows [m0, m0+M) over [k0, k1); R*M + R + 1 <= 16 registers. */
-INLINE void i8_block(const mx_gemm_i8_args *a, int n, const int R, const int M, int m0, int k0,
+INLINE void i8_block(const mx_gemm_args *a, int n, const int R, const int M, int m0, int k0,
                      int k1)
 {
     const size_t ld = (size_t)a->K;
-    const int8_t *w = a->q + (size_t)n * ld;
+    const int8_t *w = (const int8_t *)a->w + (size_t)n * ld;
     const int k8 = k0 + (k1 - k0) / 8 * 8;
     __m256 acc[6][4];
 #pragma GCC unroll 6
@@ -62,7 +62,7 @@ INLINE void i8_block(const mx_gemm_i8_args *a, int n, const int R, const int M, 
         }
 }
 
-INLINE void i8_group(const mx_gemm_i8_args *a, int n, const int R, int k0, int k1)
+INLINE void i8_group(const mx_gemm_args *a, int n, const int R, int k0, int k1)
 {
     int m0 = 0;
     for (; m0 + 4 <= a->M; m0 += 4)
@@ -77,7 +77,7 @@ INLINE void i8_group(const mx_gemm_i8_args *a, int n, const int R, int k0, int k
 
 /* x's slice of a K window within 32 KiB, and the R rows' window of W within 4 KiB of L1
  * when x takes several passes over it. */
-void mx_gemv_i8_avx2(const mx_gemm_i8_args *a, int n0, int n1)
+void mx_gemv_i8_avx2(const mx_gemm_args *a, int n0, int n1)
 {
     if (a->M == 0)
         return;

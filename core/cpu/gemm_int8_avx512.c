@@ -5,7 +5,6 @@
 #include <immintrin.h>
 #include <stdint.h>
 
-#include "gemm.h"
 #include "gemm_kernels.h"
 
 #define INLINE static inline __attribute__((always_inline))
@@ -33,11 +32,11 @@ INLINE void in_register(__m512 *v) { __asm__("" : "+v"(*v)); }
 #define I8_AHEAD 512
 enum { PF_NONE, PF_NEXT_WINDOW, PF_AHEAD };
 
-INLINE void i8_block(const mx_gemm_i8_args *a, int n, const int R, const int M, int m0, int k0,
+INLINE void i8_block(const mx_gemm_args *a, int n, const int R, const int M, int m0, int k0,
                      int k1, const int prefetch)
 {
     const size_t ld = (size_t)a->K;
-    const int8_t *w = a->q + (size_t)n * ld;
+    const int8_t *w = (const int8_t *)a->w + (size_t)n * ld;
     const size_t next_group = (size_t)R * ld;
     __m512 acc[8][8];
 #pragma GCC unroll 8
@@ -98,7 +97,7 @@ INLINE void i8_block(const mx_gemm_i8_args *a, int n, const int R, const int M, 
 }
 
 /* One row group (R rows, one K window) against every row of x, in passes of P or P-1 rows. */
-INLINE void i8_group(const mx_gemm_i8_args *a, int n, const int R, const int P, int passes,
+INLINE void i8_group(const mx_gemm_args *a, int n, const int R, const int P, int passes,
                      int k0, int k1, int whole_rows)
 {
     i8_block(a, n, R, P, 0, k0, k1, whole_rows ? PF_AHEAD : PF_NEXT_WINDOW);
@@ -133,7 +132,7 @@ INLINE void i8_group(const mx_gemm_i8_args *a, int n, const int R, const int P, 
 #define I8_X_FLOATS 8192
 #define I8_WINDOW_BYTES 4096
 
-void mx_gemv_i8_avx512(const mx_gemm_i8_args *a, int n0, int n1)
+void mx_gemv_i8_avx512(const mx_gemm_args *a, int n0, int n1)
 {
     if (a->M == 0)
         return;
@@ -201,7 +200,7 @@ INLINE void transpose16(__m512 r[16])
     }
 }
 
-static void pack_i8(const mx_gemm_i8_args *a, int n0, int nc, int k0, int kc, float *dst)
+static void pack_i8(const mx_gemm_args *a, int n0, int nc, int k0, int kc, float *dst)
 {
     const size_t ld = (size_t)a->K;
     for (int nb = 0; nb < nc; nb += 16) {
@@ -214,7 +213,7 @@ static void pack_i8(const mx_gemm_i8_args *a, int n0, int nc, int k0, int kc, fl
 #pragma GCC unroll 16
             for (int i = 0; i < 16; i++) {
                 if (i < rows) {
-                    const int8_t *p = a->q + (size_t)(n0 + nb + i) * ld + k0 + kb;
+                    const int8_t *p = (const int8_t *)a->w + (size_t)(n0 + nb + i) * ld + k0 + kb;
                     __m512 v = cols == 16 ? widen16(p) : widen16_mask(p, mask);
                     r[i] = _mm512_mul_ps(v, _mm512_set1_ps(a->scale[n0 + nb + i]));
                 } else {
@@ -289,7 +288,7 @@ static void micro_any(int mr, int kc, const float *x, int ldx, const float *b, f
     }
 }
 
-void mx_gemm_i8_avx512(const mx_gemm_i8_args *a, int n0, int n1, float *scratch)
+void mx_gemm_i8_avx512(const mx_gemm_args *a, int n0, int n1, float *scratch)
 {
     const int nc = n1 - n0;
     for (int k0 = 0; k0 < a->K; k0 += MX_GEMM_KC) {

@@ -1,6 +1,8 @@
-/* gemm_kernels.h - the internal contract between the gemm driver (gemm.c: argument checks,
- * threading, dispatch) and the per-ISA kernels (gemm_avx512.c, gemm_avx2.c, scalar in gemm.c).
- * Kernels compute a range of output columns for all rows and must not allocate or thread. */
+/* gemm_kernels.h - the internal contract between the gemm driver (gemm.c: threading and
+ * scratch, shared by both weight families; gemm.c and gemm_int8.c: argument checks and
+ * dispatch) and the per-ISA kernels (gemm_avx512.c, gemm_avx2.c, gemm_amx.c, gemm_int8_*.c,
+ * scalar ones in gemm.c and gemm_int8.c). Kernels compute a range of output columns for all
+ * rows and must not allocate or thread. */
 #ifndef MX_GEMM_KERNELS_H
 #define MX_GEMM_KERNELS_H
 
@@ -9,7 +11,7 @@
 #include "cpu_features.h"
 #include "threadpool.h"
 
-/* One call's operands, already checked by the driver. */
+/* One call's operands, already checked by the entry point. */
 typedef struct mx_gemm_args {
     float *y;
     int ldy;
@@ -18,7 +20,22 @@ typedef struct mx_gemm_args {
     const void *w; /* [N, K] row-major in wdtype */
     mx_dtype wdtype;
     int N;
+    const float *scale; /* MX_DTYPE_I8 weights: [N] fp32, one per row of w; NULL otherwise */
 } mx_gemm_args;
+
+/* The two kernels of a family. gemv streams W: columns [n0, n1) of y, any range. gemm is
+ * the packed kernel: n1 - n0 <= MX_GEMM_NC and a scratch panel of MX_GEMM_SCRATCH_FLOATS,
+ * 64-byte aligned. */
+typedef void (*mx_gemv_fn)(const mx_gemm_args *a, int n0, int n1);
+typedef void (*mx_gemm_fn)(const mx_gemm_args *a, int n0, int n1, float *scratch);
+
+/* Runs one checked product (M > 0) over the pool (NULL: on this thread): with gemm NULL, gemv
+ * on many small column ranges (memory bound: the threads must finish together); else gemm
+ * on panels of MX_GEMM_NC columns, each task with a scratch panel of the pool's scratch block
+ * (nothing is allocated per call when pool is not NULL). `what` names the caller in errors
+ * (MX_ENOMEM only). gemm.c; mx_cpu_gemm and mx_cpu_gemm_i8 both run on it. */
+int mx_gemm_drive(mx_threadpool *pool, const mx_gemm_args *a, mx_gemv_fn gemv, mx_gemm_fn gemm,
+                  const char *what, mx_error *err);
 
 /* Up to this many rows of x the "gemv" kernels stream W once, widening it on the fly
  * (AVX-512 has the registers for 8 rows of x, AVX2 for 4). The AVX-512 BF16 kernel takes
@@ -57,6 +74,13 @@ void mx_gemm_amx(const mx_gemm_args *a, int n0, int n1, float *scratch);
  * repacked per call, which pays off over enough rows (2 threads, K = 6144, N = 4096, GFLOP/s
  * packed fp32 vs AMX: M = 32: 108 vs 149; 128: 202 vs 236; 2048: 324 vs 421; M = 16: 78 vs 48). */
 #define MX_GEMM_AMX_MIN_M 32
+
+/* int8 weights (mx_cpu_gemm_i8, gemm_int8*.c): w is int8, scale set; the row's scale is applied
+ * once to its fp32 dot product. AVX2 and scalar have only the streaming kernel (any M). */
+void mx_gemv_i8_scalar(const mx_gemm_args *a, int n0, int n1);
+void mx_gemv_i8_avx2(const mx_gemm_args *a, int n0, int n1);
+void mx_gemv_i8_avx512(const mx_gemm_args *a, int n0, int n1);
+void mx_gemm_i8_avx512(const mx_gemm_args *a, int n0, int n1, float *scratch);
 
 /* Which of the two kernels of a family runs: chosen by M, or forced (tests, benchmarks). */
 typedef enum { MX_GEMM_PATH_AUTO, MX_GEMM_PATH_STREAM, MX_GEMM_PATH_PACKED, MX_GEMM_PATH_AMX } mx_gemm_path;
