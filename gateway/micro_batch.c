@@ -101,9 +101,39 @@ static int by_prompt_left(const void *a, const void *b)
     return lx < ly ? -1 : lx > ly ? 1 : (x->ready_seq > y->ready_seq) - (x->ready_seq < y->ready_seq);
 }
 
-void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target, int max_step_tokens,
-                         int prefill_cap)
+int64_t gw_attn_context_tokens(const mx_config *c)
 {
+    const double h = c->hidden_size, inner = mx_config_attn_width(c), kv = mx_config_kv_width(c);
+    const double d = c->head_dim, heads = c->num_attention_heads;
+    double per_token = 0;
+    int softmax = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        if (c->attn_type[l] == MX_ATTN_LIGHTNING) {
+            /* q, k, v, gate and out projections; the state update and read, d x d per head */
+            per_token += 2 * 5 * inner * h + 4 * heads * d * d;
+        } else {
+            per_token += 2 * (2 * inner * h + 2 * kv * h);
+            softmax++;
+        }
+        per_token += 2 * (double)c->num_local_experts * h +
+                     2 * 3 * (double)c->num_experts_per_tok * c->intermediate_size * h;
+    }
+    /* one more key: q.k and p.v over every head of every softmax layer */
+    double per_key = 4 * inner * softmax;
+    return per_key > 0 ? (int64_t)(per_token / per_key + 0.5) : 0;
+}
+
+/* What one prompt token at position pos counts against prefill_cap (gw_step_limits). */
+static double token_weight(const gw_step_limits *lim, int pos)
+{
+    if (lim->prefill_cap <= 0 || lim->attn_tokens <= 0)
+        return 1.0;
+    return 1.0 + (double)pos / (double)lim->attn_tokens;
+}
+
+void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target, const gw_step_limits *lim)
+{
+    const int max_step_tokens = lim->max_step_tokens, prefill_cap = lim->prefill_cap;
     int budget = max_step_tokens, n_prefill = 0;
     for (int i = 0; i < n; i++)
         n_prefill += pick[i]->prefilled < pick[i]->n_prompt;
@@ -119,9 +149,11 @@ void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target
     if (n_prefill < 0)
         n_prefill = 0;
     int left = budget, floor = max_step_tokens / 8 > 0 ? max_step_tokens / 8 : 1;
-    /* A step's time grows with its prompt tokens, and every decode in it (and, with stages
+    /* A step's time grows with its prompt work, and every decode in it (and, with stages
      * working through the pipeline's batches in turn, in the batches beside it) waits for
-     * them: the cap bounds what a long prefill adds to the decodes' inter-token latency. */
+     * it: the cap bounds what a long prefill adds to the decodes' inter-token latency. The
+     * work of a prompt token grows with its position (softmax attention reads every key
+     * before it), hence the weights. */
     if (prefill_cap > 0 && left > prefill_cap)
         left = prefill_cap;
     if (prefill_cap > 0 && floor > prefill_cap)
@@ -132,9 +164,14 @@ void gw_micro_batch_fill(gw_micro_batch *b, gw_request **pick, int n, int target
     }
     qsort(pick, (size_t)n_prefill, sizeof *pick, by_prompt_left);
     for (int i = 0; i < n_prefill && left > 0; i++) {
-        int share = left / (n_prefill - i), give = share > 0 ? share : 1, part = give;
-        if (gw_micro_batch_add(b, pick[i], &part))
-            left -= give - part;
+        double w = token_weight(lim, pick[i]->prefilled);
+        int share = left / (n_prefill - i), give = share > 0 ? share : 1;
+        int tokens = (int)((double)give / w), part = tokens > 0 ? tokens : 1;
+        int asked = part;
+        if (gw_micro_batch_add(b, pick[i], &part)) {
+            double used = (double)(asked - part) * w;
+            left -= used >= (double)left ? left : (int)(used + 0.999);
+        }
     }
 }
 

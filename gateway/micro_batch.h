@@ -7,6 +7,7 @@
 #ifndef MX_GW_MICRO_BATCH_H
 #define MX_GW_MICRO_BATCH_H
 
+#include "core/config.h"
 #include "core/rpc/client.h"
 #include "gw_config.h"
 #include "mx/internal/v1/attention_stage.pb-c.h"
@@ -42,18 +43,34 @@ void gw_micro_batch_free(gw_micro_batch *b);
  * against *budget. Takes a reference and marks r in flight and on the stages. */
 bool gw_micro_batch_add(gw_micro_batch *b, gw_request *r, int *budget);
 
+/* How one step's tokens are shared among its requests (gw_micro_batch_fill). */
+typedef struct gw_step_limits {
+    int max_step_tokens;   /* tokens a step carries (gateway.max_step_tokens) */
+    /* > 0: the prompt work a step may carry next to decodes, in tokens at short context
+     * (gateway.max_prefill_tokens_with_decodes); 0 = prompts share max_step_tokens */
+    int prefill_cap;
+    /* the context at which a prompt token's softmax attention costs as much as the rest of
+     * its work (gw_attn_context_tokens): under prefill_cap, a token at position P counts
+     * 1 + P / attn_tokens, so a chunk deep into a long prompt is shorter; 0 = not weighted */
+    int64_t attn_tokens;
+} gw_step_limits;
+
+/* attn_tokens of gw_step_limits for a model: its per-token work outside softmax attention
+ * (projections, lightning attention, the top-k experts) over the work of attending to one
+ * more key in its softmax layers, both in flops; 0 when it has no softmax layer. */
+int64_t gw_attn_context_tokens(const mx_config *model);
+
 /* Fills b for one step from the n eligible requests (oldest first; the array is reordered),
  * at most `target` of them. Decode tokens go first (one token of max_step_tokens each);
  * when a prompt waits, decodes leave it at least one seat. The prompts then share what is
- * left of max_step_tokens, and at most prefill_cap tokens of it when prefill_cap > 0:
- * shortest remainder first, each taking at most an equal share of what is left, so a short
- * prompt finishes in one step and a long one never takes more than its share; when decodes
- * used up the budget the oldest prompt still gets max_step_tokens / 8 (at least 1, at most
- * prefill_cap), so prefill never starves behind a large decode batch. The scheduler passes
- * gateway.max_prefill_tokens_with_decodes as prefill_cap while any request decodes, and 0
- * (the whole max_step_tokens) when none does. */
-void gw_micro_batch_fill(gw_micro_batch *b, gw_request **eligible, int n, int target, int max_step_tokens,
-                         int prefill_cap);
+ * left of max_step_tokens, and at most lim->prefill_cap of it (weighted by position, see
+ * gw_step_limits) when that is set: shortest remainder first, each taking at most an equal
+ * share of what is left, so a short prompt finishes in one step and a long one never takes
+ * more than its share; when decodes used up the budget the oldest prompt still gets
+ * max_step_tokens / 8 (at most prefill_cap; at least 1 token), so prefill never starves
+ * behind a large decode batch. The scheduler sets prefill_cap while any request decodes and
+ * leaves it 0 (the whole max_step_tokens) when none does. */
+void gw_micro_batch_fill(gw_micro_batch *b, gw_request **eligible, int n, int target, const gw_step_limits *lim);
 
 /* Runs the batch through the pipeline (blocking); fills rc/err/resp. Only reads the
  * members, which the scheduler leaves alone while the batch is in flight. */

@@ -5,8 +5,8 @@
  * flight lands it becomes eligible again, oldest-eligible first. A batch takes about
  * 1/depth of the running requests so the stages have work to overlap. Within a batch decode
  * tokens go first (one each) and prompt chunks share what is left of the per-batch token
- * budget (max_step_tokens; at most max_prefill_tokens_with_decodes of it while any request
- * decodes), so a long prompt is prefilled over many steps while short requests keep
+ * budget (max_step_tokens; while any request decodes, at most max_prefill_tokens_with_decodes
+ * of it, fewer tokens the deeper into a long prompt they are), so a long prompt is prefilled over many steps while short requests keep
  * decoding at close to their own pace. Admission reserves each request's whole KV footprint on every
  * stage (kv_budget.h) and keeps requests queued while it would not fit. */
 #include "scheduler.h"
@@ -54,6 +54,7 @@ typedef struct pending_release {
 
 struct gw_scheduler {
     gw_config cfg;
+    int64_t attn_tokens;      /* the model's gw_attn_context_tokens, for the prefill cap */
     gw_log log;               /* errors with no caller (scheduler.h) */
     mx_rpc_channel *stages[GW_MAX_STAGES];
     pthread_t thread;
@@ -346,12 +347,12 @@ static bool launch(gw_scheduler *s, flight *f)
     /* Prompt tokens are capped while any running request decodes, not only in batches that
      * carry decodes: a stage works through the pipeline's batches in turn, so a full
      * prefill chunk in a batch of its own still holds up the decodes in the batch beside it. */
-    int prefill_cap = 0;
-    for (int i = 0; i < s->n_running && !prefill_cap; i++)
+    gw_step_limits lim = {.max_step_tokens = s->cfg.max_step_tokens, .attn_tokens = s->attn_tokens};
+    for (int i = 0; i < s->n_running && !lim.prefill_cap; i++)
         if (s->running[i]->prefilled >= s->running[i]->n_prompt)
-            prefill_cap = s->cfg.max_prefill_tokens_with_decodes;
+            lim.prefill_cap = s->cfg.max_prefill_tokens_with_decodes;
     gw_micro_batch *b = &f->batch;
-    gw_micro_batch_fill(b, s->pick, n, target, s->cfg.max_step_tokens, prefill_cap);
+    gw_micro_batch_fill(b, s->pick, n, target, &lim);
     if (b->n == 0)
         return false;
     b->batch_id = ++s->next_batch;
@@ -528,6 +529,7 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log
     if (!s)
         return mx_fail(err, MX_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    s->attn_tokens = gw_attn_context_tokens(model);
     s->log = log;
     s->kv.n_stages = cfg->n_stages;
     s->kv.kv_heads = model->num_key_value_heads;

@@ -2,8 +2,8 @@
  * threads or stages: admission under the KV budget (first come first served, smaller requests
  * passing one that waits for KV room up to kv_max_overtakes times, the running-set room) and
  * the sharing of one step's token budget (decodes first, prompt chunks in equal shares of what
- * is left, a floor so prefill never starves, the cap on prompt tokens next to decodes and the
- * gateway.max_prefill_tokens_with_decodes key that sets it). Expected values are worked by
+ * is left, a floor so prefill never starves, the cap on prompt work next to decodes with its
+ * weights by position, and the gateway.max_prefill_tokens_with_decodes key that sets it). Expected values are worked by
  * hand. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -99,6 +99,13 @@ static void slices(const gw_micro_batch *b, int *out)
         out[i] = (int)b->inputs[i].num_tokens;
 }
 
+/* gw_micro_batch_fill without position weights. */
+static void fill(gw_micro_batch *b, gw_request **pick, int n, int target, int max_step_tokens, int prefill_cap)
+{
+    gw_step_limits lim = {.max_step_tokens = max_step_tokens, .prefill_cap = prefill_cap};
+    gw_micro_batch_fill(b, pick, n, target, &lim);
+}
+
 static void test_step_shares(void **state)
 {
     (void)state;
@@ -112,7 +119,7 @@ static void test_step_shares(void **state)
     gw_request *long1 = req(1000, 4, false), *short1 = req(100, 4, false);
     gw_request *d1 = req(3, 4, true), *d2 = req(3, 4, true), *d3 = req(3, 4, true);
     gw_request *pick[8] = {long1, short1, d1, d2, d3};
-    gw_micro_batch_fill(&b, pick, 5, 10, 512, 0);
+    fill(&b, pick, 5, 10, 512, 0);
     assert_int_equal(b.n, 5);
     slices(&b, got);
     assert_true(b.members[0] == d1 && b.members[1] == d2 && b.members[2] == d3);
@@ -125,7 +132,7 @@ static void test_step_shares(void **state)
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *p1 = req(1000, 4, false), *p2 = req(1000, 4, false), *p3 = req(1000, 4, false);
     gw_request *pick2[3] = {p1, p2, p3};
-    gw_micro_batch_fill(&b, pick2, 3, 10, 512, 0);
+    fill(&b, pick2, 3, 10, 512, 0);
     slices(&b, got);
     assert_int_equal(b.n, 3);
     assert_true(got[0] == 170 && got[1] == 171 && got[2] == 171);
@@ -135,7 +142,7 @@ static void test_step_shares(void **state)
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *pick3[4] = {d1, d2, d3, p1};
     p1->prefilled = 0;
-    gw_micro_batch_fill(&b, pick3, 4, 2, 512, 0);
+    fill(&b, pick3, 4, 2, 512, 0);
     slices(&b, got);
     assert_int_equal(b.n, 2);
     assert_true(b.members[0] == d1 && got[0] == 1 && b.members[1] == p1 && got[1] == 511);
@@ -149,7 +156,7 @@ static void test_step_shares(void **state)
         pick4[i] = dd[i] = req(2, 4, true);
     pick4[6] = p2;
     pick4[7] = p3;
-    gw_micro_batch_fill(&b, pick4, 8, 10, 4, 0);
+    fill(&b, pick4, 8, 10, 4, 0);
     slices(&b, got);
     assert_int_equal(b.n, 7);
     assert_true(b.members[6] == p2 && got[6] == 1);
@@ -175,7 +182,7 @@ static void test_step_prefill_cap(void **state)
     gw_request *d1 = req(3, 4, true), *d2 = req(3, 4, true), *d3 = req(3, 4, true);
     gw_request *p1 = req(1000, 4, false), *p2 = req(2000, 4, false);
     gw_request *pick[8] = {p1, d1, p2, d2, d3};
-    gw_micro_batch_fill(&b, pick, 5, 10, 512, 64);
+    fill(&b, pick, 5, 10, 512, 64);
     assert_int_equal(b.n, 5);
     slices(&b, got);
     assert_true(b.members[0] == d1 && b.members[1] == d2 && b.members[2] == d3);
@@ -189,7 +196,7 @@ static void test_step_prefill_cap(void **state)
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *s1 = req(10, 4, false);
     gw_request *pick2[4] = {p1, s1, d1};
-    gw_micro_batch_fill(&b, pick2, 3, 10, 512, 64);
+    fill(&b, pick2, 3, 10, 512, 64);
     slices(&b, got);
     assert_int_equal(b.n, 3);
     assert_true(b.members[0] == d1 && got[0] == 1);
@@ -199,7 +206,7 @@ static void test_step_prefill_cap(void **state)
     /* decodes alone: the cap changes nothing (every decoder gets its token) */
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *pick3[4] = {d1, d2, d3};
-    gw_micro_batch_fill(&b, pick3, 3, 10, 512, 2);
+    fill(&b, pick3, 3, 10, 512, 2);
     slices(&b, got);
     assert_int_equal(b.n, 3);
     assert_true(got[0] == 1 && got[1] == 1 && got[2] == 1);
@@ -209,7 +216,7 @@ static void test_step_prefill_cap(void **state)
      * max_step_tokens, as it was */
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *pick4[2] = {p2};
-    gw_micro_batch_fill(&b, pick4, 1, 10, 512, 0);
+    fill(&b, pick4, 1, 10, 512, 0);
     slices(&b, got);
     assert_int_equal(b.n, 1);
     assert_int_equal(got[0], 512);
@@ -218,7 +225,7 @@ static void test_step_prefill_cap(void **state)
     /* a cap above what decodes leave: the budget still rules (512 - 3 = 509 < 600) */
     assert_int_equal(gw_micro_batch_init(&b, 16, &err), 0);
     gw_request *pick5[4] = {d1, d2, d3, p2};
-    gw_micro_batch_fill(&b, pick5, 4, 10, 512, 600);
+    fill(&b, pick5, 4, 10, 512, 600);
     slices(&b, got);
     assert_int_equal(b.n, 4);
     assert_int_equal(got[3], 509);
@@ -230,7 +237,7 @@ static void test_step_prefill_cap(void **state)
     for (int i = 0; i < 16; i++)
         pick6[i] = dd[i] = req(2, 4, true);
     pick6[16] = p1;
-    gw_micro_batch_fill(&b, pick6, 17, 20, 16, 1);
+    fill(&b, pick6, 17, 20, 16, 1);
     slices(&b, got);
     assert_int_equal(b.n, 17);
     assert_true(b.members[16] == p1 && got[16] == 1);
@@ -240,7 +247,7 @@ static void test_step_prefill_cap(void **state)
         pick6[i] = dd[i];
     pick6[16] = p1;
     assert_int_equal(gw_micro_batch_init(&b, 32, &err), 0);
-    gw_micro_batch_fill(&b, pick6, 17, 20, 16, 0);
+    fill(&b, pick6, 17, 20, 16, 0);
     slices(&b, got);
     assert_true(b.members[16] == p1 && got[16] == 2);
     gw_micro_batch_free(&b);
@@ -250,6 +257,79 @@ static void test_step_prefill_cap(void **state)
         gw_request_unref(all[k]);
     for (int i = 0; i < 16; i++)
         gw_request_unref(dd[i]);
+}
+
+/* Under the cap, a prompt token at position P counts 1 + P / attn_tokens: deeper chunks are
+ * shorter, never empty; without the cap (nothing decodes) positions do not matter. */
+static void test_step_prefill_cap_weighted(void **state)
+{
+    (void)state;
+    gw_micro_batch b;
+    mx_error err = {0};
+    int got[8];
+    gw_request *d1 = req(3, 4, true), *p = req(300000, 4, false);
+    gw_step_limits lim = {.max_step_tokens = 512, .prefill_cap = 64, .attn_tokens = 1000};
+    const int at[4] = {0, 1000, 3000, 200000}, want[4] = {64, 32, 16, 1}; /* 64 / (1 + P / 1000) */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(gw_micro_batch_init(&b, 8, &err), 0);
+        p->prefilled = at[i];
+        gw_request *pick[2] = {d1, p};
+        gw_micro_batch_fill(&b, pick, 2, 10, &lim);
+        slices(&b, got);
+        assert_int_equal(b.n, 2);
+        assert_true(b.members[1] == p);
+        assert_int_equal(got[1], want[i]);
+        assert_int_equal(b.inputs[1].start_position, at[i]);
+        gw_micro_batch_free(&b);
+    }
+    /* two prompts: the one at 0 takes its equal share (32 tokens), the one at 3000 what is
+     * left, 32, at weight 4: 8 tokens */
+    gw_request *q = req(100000, 4, false);
+    p->prefilled = 3000;
+    assert_int_equal(gw_micro_batch_init(&b, 8, &err), 0);
+    gw_request *pick2[3] = {d1, p, q};
+    gw_micro_batch_fill(&b, pick2, 3, 10, &lim);
+    slices(&b, got);
+    assert_int_equal(b.n, 3);
+    assert_true(b.members[1] == q && got[1] == 32 && b.members[2] == p && got[2] == 8);
+    gw_micro_batch_free(&b);
+    /* no cap: the whole rest of max_step_tokens, wherever the prompt is */
+    lim.prefill_cap = 0;
+    p->prefilled = 200000;
+    assert_int_equal(gw_micro_batch_init(&b, 8, &err), 0);
+    gw_request *pick3[2] = {d1, p};
+    gw_micro_batch_fill(&b, pick3, 2, 10, &lim);
+    slices(&b, got);
+    assert_int_equal(got[1], 511);
+    gw_micro_batch_free(&b);
+    gw_request_unref(d1);
+    gw_request_unref(p);
+    gw_request_unref(q);
+}
+
+/* gw_attn_context_tokens, worked by hand for the bench's "long" model: hidden 512, 8 heads of
+ * 64 (1 KV head), 8 layers of which the last is softmax, 32 experts top-2 of width 512.
+ * Lightning layer: 2*5*512*512 + 4*8*64*64 = 2,752,512 flops a token; softmax layer:
+ * 2*(2*512*512 + 2*64*512) = 1,179,648; experts and router, every layer: 2*32*512 +
+ * 2*3*2*512*512 = 3,178,496; in all 45,875,200. One more key: 4*512*1 = 2048 -> 22,400. */
+static void test_attn_context_tokens(void **state)
+{
+    (void)state;
+    mx_config c;
+    memset(&c, 0, sizeof c);
+    c.hidden_size = 512;
+    c.num_attention_heads = 8;
+    c.head_dim = 64;
+    c.num_key_value_heads = 1;
+    c.num_hidden_layers = 8;
+    c.num_local_experts = 32;
+    c.num_experts_per_tok = 2;
+    c.intermediate_size = 512;
+    for (int l = 0; l < 8; l++)
+        c.attn_type[l] = l == 7 ? MX_ATTN_SOFTMAX : MX_ATTN_LIGHTNING;
+    assert_int_equal(gw_attn_context_tokens(&c), 22400);
+    c.attn_type[7] = MX_ATTN_LIGHTNING; /* no softmax layer: no weighting */
+    assert_int_equal(gw_attn_context_tokens(&c), 0);
 }
 
 /* The config key: its default, a value, 0 (no cap) and the range. */
@@ -293,6 +373,8 @@ int main(void)
         cmocka_unit_test(test_admit_order),
         cmocka_unit_test(test_step_shares),
         cmocka_unit_test(test_step_prefill_cap),
+        cmocka_unit_test(test_step_prefill_cap_weighted),
+        cmocka_unit_test(test_attn_context_tokens),
         cmocka_unit_test(test_prefill_cap_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
