@@ -18,6 +18,7 @@
 #include "generation_rpc.h"
 #include "gw_config.h"
 #include "gw_metrics.h"
+#include "micro_batch.h"
 #include "openai_http.h"
 #include "pipeline_health.h"
 #include "scheduler.h"
@@ -89,6 +90,11 @@ static int setup_limits(gateway *g, mx_error *err)
                 "states between stages: their stage.max_message_mb must be above that (default %d)",
                 g->cfg.max_step_tokens, g->cfg.max_batch_sequences, (unsigned long long)step_mib,
                 MX_DEFAULT_MAX_MESSAGE_MB);
+    /* says how hard long prompts are held back next to decodes (micro_batch.h) */
+    if (g->cfg.max_prefill_tokens_with_decodes > 0)
+        mx_logf(g->log, MX_LOG_INFO, NULL, "while requests decode, a step carries at most %d prompt tokens, a token at "
+                "position P counting 1 + P / %lld (max_prefill_tokens_with_decodes)",
+                g->cfg.max_prefill_tokens_with_decodes, (long long)gw_attn_context_tokens(&g->model));
     if (g->cfg.n_eos >= 0) {
         g->lim.n_eos = g->cfg.n_eos;
         for (int i = 0; i < g->cfg.n_eos; i++)
