@@ -7,32 +7,17 @@
 # one machine this splits the batch and multiplies weight reads, so it is reported apart).
 # Uses the "medium" preset of `mx make-model` (hidden 1024, 8 layers, 16 experts of 2048,
 # top-2, vocab 8192; 1.7 GB), written once to $MX_BENCH_MODEL (default a temp dir, removed).
-set -eu
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/bench_lib.sh"
 BATCH=${BATCH:-32} STEPS=${STEPS:-16} THREADS=${THREADS:-2} PIPELINE_DEPTH=${PIPELINE_DEPTH:-2}
 ROUNDS=${ROUNDS:-2}
-model=${MX_BENCH_MODEL:-}
-made=""
-if [ -z "$model" ]; then
-    model=$(mktemp -d)/medium
-    made=$(dirname "$model")
-fi
-tmp=$(mktemp -d)
 cl=""
 stop_cluster() {
     [ -n "$cl" ] && kill -TERM "$cl" 2>/dev/null && wait "$cl" 2>/dev/null
     cl=""
     return 0
 }
-cleanup() {
-    stop_cluster
-    rm -rf "$tmp"
-    [ -n "$made" ] && rm -rf "$made"
-    return 0
-}
-trap cleanup EXIT
-[ -f "$model/config.json" ] || "$BUILD/bin/mx" make-model --preset medium --out "$model" >/dev/null
+trap 'stop_cluster; bench_cleanup' EXIT
+bench_model medium
 # run_cluster DEPTH: prints the cluster's bench line, tagged with the depth
 run_cluster() {
     "$BUILD/bin/mx" cluster --model "$model" --stages 2 --expert-shards 2 --threads "$THREADS" \
@@ -46,10 +31,7 @@ run_cluster() {
     echo "$line (pipeline_depth $1)"
 }
 # best_rate RATE LINE: the larger of RATE and LINE's tokens/s
-best_rate() {
-    awk -v a="$1" -v b="$(sed -nE 's/.* ([0-9.]+) tokens\/s.*$/\1/p' <<<"$2")" \
-        'BEGIN { print (b + 0 > a + 0) ? b : a }'
-}
+best_rate() { best "$1" "$(tokens_per_s "$2")"; }
 # The engine and the serial cluster alternate for ROUNDS rounds and each keeps its best: this
 # machine's speed drifts by tens of per cent within a minute, and runs taken far apart would
 # compare the drift, not the two.

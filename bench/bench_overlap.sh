@@ -9,31 +9,16 @@
 # layer). Prints each rate and the ratios to depth 1 (target: 2 + overlap >= 1.6x).
 # Uses the "medium" preset (hidden 1024, 8 layers, 16 experts), written once to
 # $MX_BENCH_MODEL (default a temp dir, removed).
-set -eu
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/bench_lib.sh"
 BATCH=${BATCH:-32} STEPS=${STEPS:-16} ROUNDS=${ROUNDS:-2}
-model=${MX_BENCH_MODEL:-}
-made=""
-if [ -z "$model" ]; then
-    model=$(mktemp -d)/medium
-    made=$(dirname "$model")
-fi
-tmp=$(mktemp -d)
 pids=()
 stop_all() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     pids=()
 }
-cleanup() {
-    stop_all
-    rm -rf "$tmp"
-    [ -n "$made" ] && rm -rf "$made"
-    return 0
-}
-trap cleanup EXIT
-[ -f "$model/config.json" ] || "$BUILD/bin/mx" make-model --preset medium --out "$model" >/dev/null
+trap 'stop_all; bench_cleanup' EXIT
+bench_model medium
 experts=$(sed -nE 's/.*"num_local_experts": *([0-9]+).*/\1/p' "$model/config.json")
 layers=$(sed -nE 's/.*"num_hidden_layers": *([0-9]+).*/\1/p' "$model/config.json")
 half_e=$((experts / 2)) half_l=$((layers / 2))
@@ -96,10 +81,9 @@ run() { # OVERLAP DEPTH HALVES: prints tokens/s
     start any gateway gw
     line=$("$BUILD/bench/bench_cluster" --addr "$GW" --batch "$BATCH" --steps "$STEPS")
     stop_all
-    sed -nE 's/.* ([0-9.]+) tokens\/s.*$/\1/p' <<<"$line"
+    tokens_per_s "$line"
 }
 
-best() { awk -v a="$1" -v b="$2" 'BEGIN { print (b + 0 > a + 0) ? b : a }'; }
 d1=0 d2=0 d2o=0 d1h=0
 for r in $(seq 1 "$ROUNDS"); do
     a=$(run false 1 false) b=$(run false 2 false) c=$(run true 2 false) h=$(run false 1 true)

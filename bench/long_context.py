@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -28,6 +27,9 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GiB = 1 << 30
 PAGE_TOKENS = 64  # MX_KV_PAGE_TOKENS (core/kv_cache.h)
 
+sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
+import cluster_util as u  # noqa: E402
+
 
 def load_stubs():
     out = tempfile.mkdtemp(prefix="mx-bench-pb-")
@@ -39,38 +41,11 @@ def load_stubs():
     return gen
 
 
-class Cluster:
-    """`mx cluster` as a child; gateway address and stage pids parsed from its output."""
-
-    def __init__(self, mx, model, threads, extra):
-        args = [mx, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2", "--threads",
-                str(threads)] + extra
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.stage_pids, self.gateway = [], None
-        deadline = time.time() + 180
-        for line in self.proc.stdout:
-            m = re.match(r"stage (\d+) (\S+) pid (\d+)", line)
-            if m:
-                self.stage_pids.append(int(m.group(3)))
-            if line.startswith("gateway listening on "):
-                self.gateway = line.split()[-1]
-                break
-            if time.time() > deadline:
-                break
-        if not self.gateway:
-            self.stop()
-            self.log.seek(0)
-            raise RuntimeError("mx cluster did not start:\n" + self.log.read())
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_cluster(a, extra):
+    """`mx cluster` (2 stages, 2 expert shards, one replica each) as a child; stage_pids and the
+    gateway's address parsed from what it prints (tests/cluster/cluster_util.py)."""
+    return u.Cluster(a.model, stages=2, shards=2, replicas=None, extra=extra, threads=a.threads, start_timeout=180,
+                     mx=a.mx, stop_timeout=30)
 
 
 def vm_hwm(pid):
@@ -255,7 +230,7 @@ def main():
     results = []
     for k, cap in enumerate(runs):
         cap_args = [] if cap < 0 else ["--max-prefill-tokens-with-decodes", str(cap)]
-        cl = Cluster(a.mx, a.model, a.threads, extra + cap_args)
+        cl = start_cluster(a, extra + cap_args)
         try:
             with grpc.insecure_channel(cl.gateway, options=[("grpc.max_send_message_length", 64 << 20),
                                                              ("grpc.max_receive_message_length", 64 << 20)]) as ch:

@@ -24,17 +24,14 @@ echo
 echo "== bench_prefill: the llama.cpp comparison model, 16,384-token prefill"
 "$BUILD/bench/bench_prefill" --preset llamacmp
 echo
-echo "== long prompts through a loopback cluster"
-BUILD=$BUILD bench/bench_long_context.sh
-echo
-echo "== tokenizer encode vs @huggingface/tokenizers"
-BUILD=$BUILD bench/bench_tokenizer.sh
-echo
-echo "== loopback cluster vs single-process engine, batch 32"
-BUILD=$BUILD bench/bench_cluster.sh
-echo
-echo "== two simulated hosts (a stage and an expert shard per core): pipeline depth and overlap"
-BUILD=$BUILD bench/bench_overlap.sh
-echo
-echo "== expert placement: contiguous split vs mx plan-experts on a skewed gate"
-BUILD=$BUILD bench/bench_placement.sh
+# section TITLE SCRIPT: one of the shell benchmarks under its heading
+section() {
+    echo "== $1"
+    BUILD=$BUILD "bench/$2"
+    echo
+}
+section "long prompts through a loopback cluster" bench_long_context.sh
+section "tokenizer encode vs @huggingface/tokenizers" bench_tokenizer.sh
+section "loopback cluster vs single-process engine, batch 32" bench_cluster.sh
+section "two simulated hosts (a stage and an expert shard per core): pipeline depth and overlap" bench_overlap.sh
+section "expert placement: contiguous split vs mx plan-experts on a skewed gate" bench_placement.sh
