@@ -6,16 +6,8 @@
 # through pkg-config alone; `mx --version` prints the VERSION file's (or git describe's)
 # version. Builds into a scratch BUILD dir seeded with a copy of $BUILD's objects, so only the
 # touched file is recompiled and the tree's build/ is never touched.
-set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-pass=0 fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit; }
-for b in mx gateway attention-svc expert-svc; do
-    [ -x "$BUILD/bin/$b" ] || { bad "missing $BUILD/bin/$b (run make)"; finish; }
-done
+. "$(dirname "$0")/lib.sh"
+need_bins mx gateway attention-svc expert-svc
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # $BUILD's own configuration (CUDA=.. SAN=..), so the scratch build below matches its objects

@@ -5,23 +5,11 @@
 # line, column, byte and id; 100,000- and 4,194,304-id files parse (--max-new-tokens 0: no
 # prefill); --prompt-file tokenizes with the model's tokenizer.json; `mx client` sends ids and
 # text files to a loopback cluster. Run from the repo root with $BUILD set.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 MX="$BUILD/bin/mx"
 TINY=../shared/golden/tiny
-pass=0 fail=0
 tmp=$(mktemp -d)
-cluster_pid=
-cleanup() {
-    [ -n "$cluster_pid" ] && kill -TERM "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-expect_eq() { if [ "$2" = "$3" ]; then ok "$1"; else bad "$1: got '$2', expected '$3'"; fi; }
-expect_in() { if grep -qF -- "$3" <<<"$2"; then ok "$1"; else bad "$1: '$2' lacks '$3'"; fi; }
+trap 'stop_cluster; rm -rf "$tmp"' EXIT
 
 # The fixture's p600_s4 case: prompt ids and greedy ids, read straight from expected.safetensors.
 /usr/bin/python3 - "$TINY/expected.safetensors" "$tmp" <<'EOF'
@@ -120,15 +108,7 @@ err=$("$MX" generate --model "$TINY" --prompt-file "$tmp/prompt.txt" 2>&1)
 expect_in "--prompt-file without tokenizer.json" "$err" "--prompt-file needs the model's tokenizer, and $TINY/tokenizer.json does not exist"
 
 # mx client against a loopback cluster serving the made model (it has a tokenizer)
-"$MX" cluster --model "$tmp/model" --stages 1 --expert-shards 1 --threads 1 >"$tmp/cluster.out" 2>"$tmp/cluster.err" &
-cluster_pid=$!
-addr=
-for _ in $(seq 300); do
-    addr=$(sed -nE 's/^gateway listening on (\S+)$/\1/p' "$tmp/cluster.out")
-    [ -n "$addr" ] && break
-    kill -0 "$cluster_pid" 2>/dev/null || break
-    sleep 0.1
-done
+start_cluster "$tmp/cluster.out" "$tmp/cluster.err" 300 0.1 --model "$tmp/model" --stages 1 --expert-shards 1 --threads 1
 if [ -z "$addr" ]; then
     bad "cluster did not start: $(tail -5 "$tmp/cluster.err")"
 else
@@ -154,5 +134,4 @@ else
     expect_eq "cluster stopped cleanly" "$rc" 0
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

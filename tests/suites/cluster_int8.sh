@@ -4,11 +4,8 @@
 # picked by the services, read from their logs) and stopped by pid. The greedy ids streamed by
 # `mx client` must equal `mx generate --expert-dtype int8` in one process, and the shards must
 # hold int8 weights (half the bf16 bytes, plus per-row scales). Run from the repo root.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 MX="$BUILD/bin/mx"
-pass=0 fail=0
 tmp=$(mktemp -d)
 pids=()
 stop_all() {
@@ -21,8 +18,6 @@ stop_all() {
     pids=()
 }
 trap 'stop_all; rm -rf "$tmp"' EXIT
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
 
 # wait_port LOG: the port a service printed once serving (bounded: 10 s), or nothing.
 wait_port() {
@@ -175,5 +170,4 @@ fi
 long_prompt=$(seq -s, 3 2 301) # 150 tokens
 run_fixture ../shared/golden/tiny "0, 1" "2, 3" 1.5 "1,2,3,4,5" "$long_prompt"
 run_fixture ../shared/golden/small "0, 1, 2, 3" "4, 5, 6, 7" 1.6 "7" "$long_prompt"
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

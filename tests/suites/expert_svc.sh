@@ -2,14 +2,10 @@
 # expert_svc.sh - the expert-svc binary as a process: config errors name the file, line and
 # key and exit non-zero; a good config loads the golden tiny shard, serves, and SIGTERM makes
 # it shut down cleanly (exit 0). Run from the repo root with $BUILD set.
-set -u
-BUILD=${BUILD:-build}
+. "$(dirname "$0")/lib.sh"
 BIN="$BUILD/bin/expert-svc"
-pass=0 fail=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
 
 # expect_config_error NAME NEEDLE CONFIG-TEXT
 expect_config_error() {
@@ -51,5 +47,4 @@ else
     if [ "$rc" -eq 0 ]; then ok "SIGTERM: clean exit"; else bad "SIGTERM: exit $rc"; fi
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -1,20 +1,16 @@
 #!/usr/bin/env bash
 # file_cycles.sh - "no two files call each other": builds the file-level call graph of every
-# library (libmx.a and each service's lib<service>.a) from the objects' symbol tables (`nm`:
+# library (libmx.a, librouter.a and each service's lib<service>.a) from the objects' symbol
+# tables (`nm`:
 # file A -> file B when A uses a symbol B defines) and fails for every cycle (a strongly
 # connected group of two or more files), naming its files; the CPU and CUDA backends (op tables
 # and their kernels) included. Also checks that no file outside router/, attention-svc/, the
 # router's and stages' tests and bench/ includes a router/ header. Run from the repo root with
 # $BUILD set.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
-pass=0 fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+. "$(dirname "$0")/lib.sh"
 
 libs=()
-for l in libmx libgateway libattention-svc libexpert-svc; do
+for l in libmx librouter libgateway libattention-svc libexpert-svc; do
     if [ -f "$BUILD/$l.a" ]; then libs+=("$BUILD/$l.a"); else bad "$BUILD/$l.a missing (run make)"; fi
 done
 
@@ -76,6 +72,16 @@ for c in comps:
     fi
 fi
 
+# libmx.a is core/ only: the router is its own library, which only attention-svc links.
+if [ -f "$BUILD/libmx.a" ] && [ -f "$BUILD/librouter.a" ]; then
+    router_objs=$(cd router && ls ./*.c | sed -E 's|^\./||; s/\.c$/.o/' | sort)
+    in_mx=$(ar t "$BUILD/libmx.a" | sort | comm -12 - <(echo "$router_objs") | tr '\n' ' ')
+    in_router=$(ar t "$BUILD/librouter.a" | sort)
+    if [ -n "$in_mx" ]; then bad "libmx.a holds router objects: $in_mx"
+    elif [ "$in_router" != "$router_objs" ]; then bad "librouter.a holds $(tr '\n' ' ' <<<"$in_router"), not router/*.c"
+    else ok "libmx.a holds no router object; librouter.a holds router/*.c ($(wc -l <<<"$router_objs") files)"; fi
+fi
+
 # router/ headers are the router's and its one user's (attention-svc, and its tests) business.
 # A helper header of tests/unit/ may include one when only those tests include it.
 users=$(grep -rlE '#include "(\.\./)*router/' --include='*.c' --include='*.h' \
@@ -96,5 +102,4 @@ done
 if [ -z "$kept" ]; then ok "no file outside router/, attention-svc/ and the router's tests includes a router/ header"
 else bad "router/ headers included from: $kept"; fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -6,15 +6,8 @@
 # the DNS names its Service gives it (network aliases), and compares the tokens of Generate
 # calls through the gateway with `mx generate` on the same model files. Where no container
 # engine can run (docker without a daemon, no podman), it reports itself skipped.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 CACHE=tests/.cache/k8s-node
-skip() { echo "SKIP: $1"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
-pass=0 fail=0
-check() { # name, condition result (0 = ok), detail
-    if [ "$2" -eq 0 ]; then pass=$((pass + 1)); echo "ok   $1 $3"; else fail=$((fail + 1)); echo "FAIL $1 $3"; fi
-}
 
 ENGINE=${CONTAINER_ENGINE:-}
 if [ -z "$ENGINE" ]; then
@@ -25,13 +18,7 @@ fi
 [ -n "$ENGINE" ] || skip "no container engine can run here (docker/podman missing or without a daemon)"
 [ -x "$BUILD/bin/mx" ] || { echo "missing $BUILD/bin/mx (run make)"; echo "0 passed, 1 failed"; exit 1; }
 command -v kubectl >/dev/null || skip "kubectl not on PATH (renders the overlay)"
-command -v node >/dev/null && command -v npm >/dev/null || skip "node/npm not on PATH"
-mkdir -p "$CACHE"
-if ! cmp -s tests/k8s/package-lock.json "$CACHE/package-lock.json" || [ ! -d "$CACHE/node_modules" ]; then
-    cp tests/k8s/package.json tests/k8s/package-lock.json "$CACHE/"
-    (cd "$CACHE" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) >/dev/null 2>&1 ||
-        { rm -f "$CACHE/package-lock.json"; skip "npm ci failed (npm registry unreachable?)"; }
-fi
+npm_install tests/k8s "$CACHE"
 cp tests/k8s/*.mjs "$CACHE/"
 
 work=$(mktemp -d)
@@ -125,5 +112,4 @@ t0=$(date +%s)
 code=$("$ENGINE" inspect -f '{{.State.ExitCode}}' "mx-gateway-$$" 2>/dev/null)
 check "sigterm-exit" $([ "$code" = 0 ] && [ $(($(date +%s) - t0)) -lt 30 ]; echo $?) "gateway exit $code after SIGTERM in $(($(date +%s) - t0)) s"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

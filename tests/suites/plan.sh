@@ -4,17 +4,11 @@
 # stated formulas from config.json on its own; layouts that do not fit name the smallest
 # stage / shard count that would; bad input is rejected with a clear error. Run from the repo
 # root with $BUILD set.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 MX="$BUILD/bin/mx"
 MODEL=deploy/models/MiniMax-Text-01
-pass=0 fail=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-expect_in() { if grep -qF -- "$3" <<<"$2"; then ok "$1"; else bad "$1: '$2' lacks '$3'"; fi; }
 
 # check_json NAME ARGS...: runs mx plan --json with ARGS and compares every number with the
 # reference below (weights, KV pages, state, workspace, free bytes, sequences, fit verdicts).
@@ -174,5 +168,4 @@ expect_in "mx info: unknown attention dtype" "$info" "--attn-dtype: unknown weig
 info=$("$MX" info --model "$MODEL" --kv-dtype f16 2>&1)
 expect_in "mx info: unknown KV dtype" "$info" "--kv-dtype: unknown KV cache dtype \"f16\""
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

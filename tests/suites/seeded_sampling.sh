@@ -3,37 +3,16 @@
 # request through a loopback cluster (`mx cluster`, stopped by pid) streams the same ids as
 # `mx generate` with the same seed in one process, for several seeds and sampling settings; a
 # different seed gives a different continuation. Run from the repo root.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 MX="$BUILD/bin/mx"
 FIXTURE=${MX_GOLDEN_DIR:-../shared/golden}/tiny
-pass=0 fail=0
 tmp=$(mktemp -d)
-cluster_pid=
-cleanup() {
-    if [ -n "$cluster_pid" ]; then
-        kill -TERM "$cluster_pid" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$cluster_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$cluster_pid" 2>/dev/null
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+trap 'stop_cluster; rm -rf "$tmp"' EXIT
 
-"$MX" cluster --model "$FIXTURE" --stages 2 --expert-shards 2 --threads 1 >"$tmp/cluster.out" 2>&1 &
-cluster_pid=$!
-addr=
-for _ in $(seq 300); do   # bounded: 30 s
-    addr=$(sed -nE 's/^gateway listening on (.*)$/\1/p' "$tmp/cluster.out" | head -1)
-    [ -n "$addr" ] && break
-    sleep 0.1
-done
+start_cluster "$tmp/cluster.out" "$tmp/cluster.out" 300 0.1 --model "$FIXTURE" --stages 2 --expert-shards 2 --threads 1
 if [ -z "$addr" ]; then
     bad "cluster did not come up"; cat "$tmp/cluster.out"
-    echo "$pass passed, $fail failed"; exit 1
+    finish
 fi
 
 # seed | sampling flags
@@ -57,5 +36,4 @@ done
 a=$(timeout 120 "$MX" generate --model "$FIXTURE" --prompt-ids 1,2,3,4,5 --max-new-tokens 12 --seed 1 --temperature 1.5 2>/dev/null)
 b=$(timeout 120 "$MX" generate --model "$FIXTURE" --prompt-ids 1,2,3,4,5 --max-new-tokens 12 --seed 2 --temperature 1.5 2>/dev/null)
 if [ -n "$a" ] && [ "$a" != "$b" ]; then ok "seeds 1 and 2 differ"; else bad "seeds 1 and 2 give '$a' and '$b'"; fi
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

@@ -5,15 +5,11 @@
 # each service (top level and inside groups, the router's `experts` group too); drain_ms is
 # read by all three and range-checked; a stage that is not the last must have `next`; and
 # expert-svc drains on SIGTERM for its drain_ms. Run from the repo root with $BUILD set.
-set -u
-BUILD=${BUILD:-build}
-pass=0 fail=0
+. "$(dirname "$0")/lib.sh"
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done; rm -rf "$tmp"; }
 trap cleanup EXIT
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
 MODEL=../shared/golden/tiny
 
 # refuse NAME BINARY NEEDLE CONFIG-TEXT: --check-config exits 2 naming NEEDLE
@@ -94,5 +90,4 @@ else
     else bad "drain: exit $rc: $(cat "$tmp/drain.log")"; fi
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish

