@@ -45,22 +45,52 @@ def load_stubs():
     return gen, stage, health
 
 
-class Cluster:
-    """`mx cluster ...` as a child process; addresses and pids parsed from its output."""
+def stop_process(proc, timeout=20):
+    """SIGTERM, as a user's Ctrl-C would; SIGKILL if it has not exited after timeout seconds.
+    Returns the exit status (negative: the signal that ended it)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
-    def __init__(self, model, stages=2, shards=2, replicas="2,1", extra=()):
-        args = [MX, "cluster", "--model", model, "--stages", str(stages), "--expert-shards", str(shards),
-                "--replicas", replicas, "--threads", "1"] + list(extra)
+
+class Cluster:
+    """`mx cluster ...` as a child process, with what it prints up to "gateway listening on":
+    stages (addresses) and stage_pids, experts {shard: (address, pid)}, gateway (address) and
+    gateway_pid, http (the OpenAI API's URL, if printed) and metrics_urls {service: URL}.
+    replicas None leaves --replicas out (one each); mx is the binary (default $BUILD's)."""
+
+    def __init__(self, model, stages=2, shards=2, replicas="2,1", extra=(), threads=1, start_timeout=90, mx=None,
+                 stop_timeout=20):
+        args = [mx or MX, "cluster", "--model", model, "--stages", str(stages), "--expert-shards", str(shards)]
+        if replicas is not None:
+            args += ["--replicas", replicas]
+        args += ["--threads", str(threads)] + list(extra)
+        self.stop_timeout = stop_timeout
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.stages, self.experts, self.gateway = [], {}, None
-        deadline = time.time() + 90
+        self.stages, self.stage_pids, self.experts = [], [], {}
+        self.gateway, self.gateway_pid, self.http, self.metrics_urls = None, None, None, {}
+        deadline = time.time() + start_timeout
         for line in self.proc.stdout:
             m = re.match(r"(stage|expert|gateway) (\S+) (\S+) pid (\d+)", line)
             if m and m.group(1) == "stage":
                 self.stages.append(m.group(3))
+                self.stage_pids.append(int(m.group(4)))
             elif m and m.group(1) == "expert":
                 self.experts[m.group(2)] = (m.group(3), int(m.group(4)))
+            elif m:
+                self.gateway_pid = int(m.group(4))
+            m = re.match(r"metrics (\S+) (http://\S+/metrics)$", line.strip())
+            if m:
+                self.metrics_urls[m.group(1)] = m.group(2)
+            m = re.match(r"http (http://\S+)$", line.strip())
+            if m:
+                self.http = m.group(1)
             if line.startswith("gateway listening on "):
                 self.gateway = line.split()[-1]
                 break
@@ -78,15 +108,8 @@ class Cluster:
         return self.proc.poll() is None
 
     def stop(self):
-        """SIGTERM, as a user's Ctrl-C would; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        """SIGTERM (the cluster stops its services); returns the exit status."""
+        return stop_process(self.proc, self.stop_timeout)
 
 
 def read_safetensors(path):

@@ -222,14 +222,7 @@ class OwnGateway:
         return self.log.read()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return u.stop_process(self.proc)
 
 
 def test_crowd(fixture, cl, prompt, want):
