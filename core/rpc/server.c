@@ -122,7 +122,9 @@ static void enqueue(mx_rpc_pool *p, mx_rpc_call *c)
         p->head = c;
     p->tail = c;
     p->n_queued++;
-    pthread_cond_broadcast(&srv->cond);
+    /* one call, one worker: waking every idle worker of the pool for each call (they all
+     * went back to sleep but one) cost a dozen context switches per RunExperts */
+    pthread_cond_signal(&p->ready);
     pthread_mutex_unlock(&srv->mu);
 }
 
@@ -133,7 +135,7 @@ static void *worker_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&srv->mu);
         while (!p->head && !srv->workers_stop)
-            pthread_cond_wait(&srv->cond, &srv->mu);
+            pthread_cond_wait(&p->ready, &srv->mu);
         mx_rpc_call *c = p->head;
         if (!c) {
             pthread_mutex_unlock(&srv->mu);
@@ -351,6 +353,8 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
     srv->tag_shutdown.done = on_shutdown;
     srv->pool = (mx_rpc_pool){.srv = srv, .n_threads = opts->worker_threads ? opts->worker_threads : DEFAULT_WORKERS};
     srv->control = (mx_rpc_pool){.srv = srv, .n_threads = CONTROL_WORKERS};
+    pthread_cond_init(&srv->pool.ready, NULL);
+    pthread_cond_init(&srv->control.ready, NULL);
     srv->max_queued_calls = opts->max_queued_calls;
     srv->write_timeout_ms = opts->write_timeout_ms;
 
@@ -475,7 +479,8 @@ void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms)
     while (!srv->shutdown_done || srv->live_calls > 0)
         pthread_cond_wait(&srv->cond, &srv->mu);
     srv->workers_stop = 1;
-    pthread_cond_broadcast(&srv->cond);
+    pthread_cond_broadcast(&srv->pool.ready);
+    pthread_cond_broadcast(&srv->control.ready);
     pthread_mutex_unlock(&srv->mu);
     for (int i = 0; i < srv->pool.n_threads; i++)
         pthread_join(srv->pool.threads[i], NULL);
@@ -519,6 +524,8 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
     free(srv->control.threads);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cond);
+    pthread_cond_destroy(&srv->pool.ready);
+    pthread_cond_destroy(&srv->control.ready);
     free(srv);
     grpc_shutdown();
 }
