@@ -199,8 +199,15 @@ void mx_rpc_call_send_final(mx_rpc_call *c)
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = c->status;
     ops[n++].data.send_status_from_server.status_details = &details;
-    batch_wait w = write_wait(c);
-    run_batch(c, ops, n, &w);   /* fails only if the client is gone: nothing left to tell it */
+    /* Nothing follows the final status, so the worker does not wait for gRPC to send it (a
+     * sleep and a wake-up by the poller per call, and the worker held meanwhile): the poller
+     * finishes the batch and on_async_status drops the reference taken here. A client that never
+     * reads holds the call's memory, not a worker, until its deadline or cancellation. */
+    pthread_mutex_lock(&c->mu);
+    c->refs++;
+    pthread_mutex_unlock(&c->mu);
+    if (grpc_call_start_batch(c->call, ops, n, &c->tag_async_status, NULL) != GRPC_CALL_OK)
+        mx_rpc_call_unref(c);   /* the client is gone: nothing left to tell it */
     c->sent_initial_metadata = 1;
     grpc_slice_unref(details);
 }

@@ -112,7 +112,8 @@ void mx_rpc_call_unref(mx_rpc_call *call);
 /* Adds a lifecycle hook before _start (server.c). MX_EINVAL when full or started. */
 int mx_rpc_server_add_hook(mx_rpc_server *srv, mx_rpc_server_hook hook, mx_error *err);
 
-/* Sends the final status (with the unary reply if any) and waits for it (server_call.c). */
+/* Starts sending the final status (with the unary reply if any) without waiting for it; the
+ * call stays referenced until gRPC is done with it (server_call.c). */
 void mx_rpc_call_send_final(mx_rpc_call *call);
 
 #endif
