@@ -2,12 +2,18 @@
  * engine (--model DIR: B sequences decoded together with mx_model_forward, greedy sampling
  * included) or of a running cluster (--addr HOST:PORT: B concurrent Generate streams through
  * the gateway). Both use B prompts of 4 tokens, so the first step is one batched prefill and
- * every later step decodes B tokens; only those decode steps are timed.
+ * every later step decodes B tokens; only those decode steps are timed. Next to the wall time
+ * each prints the CPU time a decode step took: the engine's own, or with --cpu-pids the sum
+ * over the cluster's processes (the gateway, stages and shards; not this client), which on a
+ * machine others load too is steadier than the wall time.
  * bench/bench_cluster.sh runs both on the same model and prints the ratio. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bench_util.h"
 #include "core/config.h"
@@ -20,6 +26,15 @@
 #include "mx/v1/generation.pb-c.h"
 
 #define PROMPT 4
+
+/* CPU time of the whole process (all threads): on a machine others load too, the CPU a decode
+ * step costs is steadier than its wall time (compare with the cluster processes' /proc times). */
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static int local_run(const char *dir, int batch, int steps, int threads)
 {
@@ -53,10 +68,12 @@ static int local_run(const char *dir, int batch, int steps, int threads)
     }
     mx_batch b = {batch, seqs, spans, batch * PROMPT};
     mx_sampling_params sp = mx_sampling_defaults();
-    double t0 = 0, t_first = 0;
+    double t0 = 0, t_first = 0, cpu0 = 0;
     for (int s = 0; s <= steps && !rc; s++) {
-        if (s == 1)
+        if (s == 1) {
             t0 = bench_now();
+            cpu0 = cpu_seconds();
+        }
         double ts = bench_now();
         rc = mx_model_forward(m, &b, tokens, logits, &err);
         for (int i = 0; i < batch && !rc; i++) {
@@ -72,9 +89,10 @@ static int local_run(const char *dir, int batch, int steps, int threads)
             t_first = bench_now() - ts;
     }
     if (!rc) {
-        double dt = bench_now() - t0;
-        printf("local   batch %d: %d decode steps in %.3f s, %.1f ms/step (first %.1f ms), %.1f tokens/s\n", batch,
-               steps, dt, 1e3 * dt / steps, 1e3 * t_first, batch * steps / dt);
+        double dt = bench_now() - t0, cpu = cpu_seconds() - cpu0;
+        printf("local   batch %d: %d decode steps in %.3f s, %.1f ms/step (first %.1f ms), cpu %.1f ms/step, "
+               "%.1f tokens/s\n", batch, steps, dt, 1e3 * dt / steps, 1e3 * t_first, 1e3 * cpu / steps,
+               batch * steps / dt);
     } else {
         fprintf(stderr, "bench_cluster: %s\n", err.msg);
     }
@@ -93,7 +111,45 @@ static int local_run(const char *dir, int batch, int steps, int threads)
     return rc ? 1 : 0;
 }
 
+/* CPU seconds the processes in pids ("12,34,56") used so far, from /proc/PID/stat (utime +
+ * stime, fields 14 and 15); -1 when one cannot be read. */
+static double pids_cpu_seconds(const char *pids)
+{
+    double total = 0;
+    const char *p = pids;
+    while (*p) {
+        char *end;
+        long pid = strtol(p, &end, 10);
+        if (end == p)
+            return -1;
+        char path[64], line[1024];
+        snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            return -1;
+        size_t n = fread(line, 1, sizeof line - 1, f);
+        fclose(f);
+        line[n] = '\0';
+        const char *q = strrchr(line, ')'); /* the command name may hold spaces */
+        unsigned long ut, st;
+        if (!q || sscanf(q + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+            return -1;
+        total += (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        p = *end == ',' ? end + 1 : end;
+    }
+    return total;
+}
+
+/* What the streams share: how many got their first token, and the cluster's CPU time then. */
+typedef struct stream_shared {
+    int batch;
+    const char *pids;
+    atomic_int firsts;
+    double cpu0;
+} stream_shared;
+
 typedef struct stream_job {
+    stream_shared *sh;
     mx_rpc_channel *ch;
     int index, steps;
     double t_first, t_last;
@@ -127,8 +183,12 @@ static void *stream_one(void *arg)
         ProtobufCMessage *m;
         if (!mx_rpc_pb_unpack(&mx__v1__generate_response__descriptor, msg.data, msg.len, &m, &err)) {
             size_t n = ((Mx__V1__GenerateResponse *)m)->n_token_ids;
-            if (n && j->n_tokens == 0)
+            if (n && j->n_tokens == 0) {
                 j->t_first = bench_now();
+                /* the timed window opens when the last stream got its first token */
+                if (j->sh->pids && atomic_fetch_add(&j->sh->firsts, 1) + 1 == j->sh->batch)
+                    j->sh->cpu0 = pids_cpu_seconds(j->sh->pids);
+            }
             if (n)
                 j->t_last = bench_now();
             j->n_tokens += (int)n;
@@ -144,8 +204,10 @@ static void *stream_one(void *arg)
     return NULL;
 }
 
-static int cluster_run(const char *addr, int batch, int steps)
+static int cluster_run(const char *addr, int batch, int steps, const char *pids)
 {
+    stream_shared sh = {.batch = batch, .pids = pids};
+    atomic_init(&sh.firsts, 0);
     mx_error err = {0};
     mx_rpc_channel *ch;
     if (mx_rpc_channel_create(addr, NULL, &ch, &err)) {
@@ -155,7 +217,7 @@ static int cluster_run(const char *addr, int batch, int steps)
     stream_job *jobs = calloc((size_t)batch, sizeof *jobs);
     pthread_t *th = calloc((size_t)batch, sizeof *th);
     for (int i = 0; i < batch; i++) {
-        jobs[i] = (stream_job){.ch = ch, .index = i, .steps = steps};
+        jobs[i] = (stream_job){.sh = &sh, .ch = ch, .index = i, .steps = steps};
         pthread_create(&th[i], NULL, stream_one, &jobs[i]);
     }
     int failed = 0, total = 0;
@@ -169,7 +231,12 @@ static int cluster_run(const char *addr, int batch, int steps)
         if (jobs[i].t_last > last)
             last = jobs[i].t_last;
     }
-    if (!failed)
+    double cpu = pids ? pids_cpu_seconds(pids) - sh.cpu0 : 0;
+    if (!failed && pids && sh.cpu0 >= 0 && cpu >= 0)
+        printf("cluster batch %d: %d decode tokens in %.3f s, %.1f ms/step, cpu %.1f ms/step, %.1f tokens/s\n",
+               batch, total, last - first, 1e3 * (last - first) / steps, 1e3 * cpu * batch / total,
+               total / (last - first));
+    else if (!failed)
         printf("cluster batch %d: %d decode tokens in %.3f s, %.1f ms/step, %.1f tokens/s\n", batch, total,
                last - first, 1e3 * (last - first) / steps, total / (last - first));
     free(jobs);
@@ -180,7 +247,7 @@ static int cluster_run(const char *addr, int batch, int steps)
 
 int main(int argc, char **argv)
 {
-    const char *model = NULL, *addr = NULL;
+    const char *model = NULL, *addr = NULL, *pids = NULL;
     int batch = 32, steps = 32, threads = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model"))
@@ -193,10 +260,13 @@ int main(int argc, char **argv)
             steps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads"))
             threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--cpu-pids"))
+            pids = argv[i + 1];
     }
     if ((!model == !addr) || batch < 1 || steps < 1) {
-        fprintf(stderr, "usage: bench_cluster (--model DIR [--threads N] | --addr HOST:PORT) [--batch B] [--steps S]\n");
+        fprintf(stderr, "usage: bench_cluster (--model DIR [--threads N] | --addr HOST:PORT [--cpu-pids P1,P2,..]) "
+                        "[--batch B] [--steps S]\n");
         return 2;
     }
-    return model ? local_run(model, batch, steps, threads) : cluster_run(addr, batch, steps);
+    return model ? local_run(model, batch, steps, threads) : cluster_run(addr, batch, steps, pids);
 }
