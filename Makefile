@@ -1,4 +1,4 @@
-# Makefile - builds libmx (core/ + router/), the mx CLI, the services, tests and benchmarks.
+# Makefile - builds libmx (core/), the mx CLI, the services, tests and benchmarks.
 # `make` builds everything, `make test` runs the whole test suite, `make asan` the same under
 # AddressSanitizer + UBSan, `make bench` the benchmarks. Areas add their own sources and
 # binaries through a module.mk next to them (included below), so this file stays short.
@@ -91,7 +91,7 @@ ARCHIVE = $(call say,AR,$@)rm -f $@ && ar rcs $@ $^
 # mx_version.h, rewritten only when it changes so a rebuild touches only its users.
 MX_VERSION := $(shell git describe --tags --dirty 2>/dev/null || cat VERSION)
 
-CORE_SRC := $(wildcard core/*.c core/cpu/*.c core/tokenizer/*.c core/rpc/*.c router/*.c)
+CORE_SRC := $(wildcard core/*.c core/cpu/*.c core/tokenizer/*.c core/rpc/*.c)
 CORE_OBJS = $(patsubst %.c,$(BUILD)/%.o,$(CORE_SRC))
 GEN_SRC :=
 BINS :=
@@ -102,7 +102,8 @@ LIB := $(BUILD)/libmx.a
 .PHONY: all bins tests-build test asan bench clean gpu-test demo fuzz install compdb FORCE
 all: $(BUILD)/bin/mx bins tests-build
 
-# Area fragments: proto/, core/cuda/, services ... (each appends to CORE_OBJS, BINS, MX_LDLIBS).
+# Area fragments: proto/, core/cuda/, router/, services ... (each appends to CORE_OBJS, BINS,
+# MX_LDLIBS, or builds its own lib<area>.a).
 include $(sort $(wildcard */module.mk core/*/module.mk))
 
 # What the build was configured with; libmx.a is re-archived when it changes (CUDA=1 then
@@ -113,7 +114,12 @@ $(shell mkdir -p $(BUILD)/gen; echo '$(BUILD_CONFIG)' | cmp -s - $(BUILD)/config
 $(shell echo '#define MX_VERSION "$(MX_VERSION)"' | cmp -s - $(BUILD)/gen/mx_version.h || \
         echo '#define MX_VERSION "$(MX_VERSION)"' >$(BUILD)/gen/mx_version.h)
 
-$(LIB): $(CORE_OBJS) $(BUILD)/config.stamp
+# libmx.a's member list, rewritten only when it changes: a source added, removed or moved to
+# another library re-archives libmx.a, so it never keeps an object whose source is gone.
+$(shell echo '$(sort $(CORE_OBJS))' | cmp -s - $(BUILD)/libmx.members || \
+        echo '$(sort $(CORE_OBJS))' >$(BUILD)/libmx.members)
+
+$(LIB): $(CORE_OBJS) $(BUILD)/config.stamp $(BUILD)/libmx.members
 	@mkdir -p $(dir $@)
 	$(call say,AR,$@)rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
@@ -167,10 +173,10 @@ gpu-test:
 
 # --- install ---------------------------------------------------------------------------------
 # Headers keep the source layout under include/mx (`#include "core/model.h"`, as inside the
-# tree, with -I$(PREFIX)/include/mx from mx.pc); *_internal.h headers are not installed.
+# tree, with -I$(PREFIX)/include/mx from mx.pc); *_internal.h headers are not installed. Only
+# libmx (core/) is installed: the router and the services are programs' internals.
 INSTALL_BINS := mx gateway attention-svc expert-svc
-INSTALL_HEADERS = $(filter-out %_internal.h core/tokenizer/tok_%.h,$(wildcard core/*.h core/*/*.h \
-                    router/*.h))
+INSTALL_HEADERS = $(filter-out %_internal.h core/tokenizer/tok_%.h,$(wildcard core/*.h core/*/*.h))
 DESTDIR ?=
 idir = $(DESTDIR)$(PREFIX)
 $(BUILD)/mx.pc: mx.pc.in $(BUILD)/config.stamp FORCE
@@ -190,7 +196,7 @@ install: $(BUILD)/bin/mx bins $(LIB) $(BUILD)/mx.pc
 # --- compile_commands.json -------------------------------------------------------------------
 # Written from cflags_for, the same function the object rule uses, so editors see exactly the
 # flags the build uses (no extra tool).
-COMPDB_SRC = $(CORE_SRC) $(wildcard cli/*.c gateway/*.c attention-svc/*.c expert-svc/*.c \
+COMPDB_SRC = $(CORE_SRC) $(wildcard router/*.c cli/*.c gateway/*.c attention-svc/*.c expert-svc/*.c \
                tests/unit/*.c tests/rpc/*.c tests/tokenizer/*.c tests/gpu/*.c bench/*.c)
 compdb_entry = {"directory": "$(CURDIR)", "file": "$1", "command": "$(CC) $(strip $(call cflags_for,$1)) -c $1"}
 compdb: | $(MX_PROTO_H)

@@ -1,6 +1,7 @@
 # expert-svc/module.mk - the expert shard service: libexpert-svc.a (everything but main.c: the
 # shard, its RPC handlers, the config) and the expert-svc binary. Tests and benchmarks that
-# serve shards in-process (tests/unit/test_router_*.c, bench_expert_rtt) link libexpert-svc.a.
+# serve shards in-process (tests/unit/test_router_*.c, test_stage_*.c, bench_expert_rtt) link
+# libexpert-svc.a; their rules are in router/module.mk and attention-svc/module.mk.
 EXPERT_LIB_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(filter-out expert-svc/main.c,$(wildcard expert-svc/*.c)))
 EXPERT_LIBA := $(BUILD)/libexpert-svc.a
 
@@ -12,11 +13,3 @@ $(BUILD)/bin/expert-svc: $(BUILD)/expert-svc/main.o $(EXPERT_LIBA) $(LIB)
 	@mkdir -p $(dir $@)
 	$(LINK)
 BINS += $(BUILD)/bin/expert-svc
-
-$(BUILD)/tests/test_router_%: tests/unit/test_router_%.c $(EXPERT_LIBA) $(LIB)
-	@mkdir -p $(dir $@)
-	$(CCLD) -lcmocka
-
-$(BUILD)/bench/bench_expert_rtt: bench/bench_expert_rtt.c $(EXPERT_LIBA) $(LIB)
-	@mkdir -p $(dir $@)
-	$(CCLD)
