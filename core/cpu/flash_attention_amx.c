@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "amx_tiles.h"
 #include "attention_cpu.h"
 
 #define T MX_FA_KEY_TILE
@@ -15,46 +16,14 @@
  * alone to bf16 moved large scores enough for max_rel 0.051 there. */
 #define P_PARTS 1
 
-/* Every tile 16 rows x 64 bytes: A (16 rows x 32 bf16), B (16 pairs x 16 columns x 2 bf16) and
- * C (16 x 16 fp32) all use the full shape, so one configuration serves both products. */
-typedef struct tile_config {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
 void mx_fa_amx_begin(void)
 {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    /* not _tile_loadconfig: GCC 12 declares only 8 of its 64 bytes as read, and drops the
-     * stores of the rest */
-    __asm__ volatile("ldtilecfg %0" : : "m"(*(const char(*)[64]) & c));
+    mx_amx_tiles_begin();
 }
 
 void mx_fa_amx_end(void)
 {
     _tile_release();
-}
-
-/* 32 bf16 interleaving a[0..15] and b[0..15] (lo) or a[16..31] and b[16..31] (hi). */
-static inline __m512i pairs_lo(__m512i a, __m512i b)
-{
-    const __m512i idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38,
-                                         6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    return _mm512_permutex2var_epi16(a, idx, b);
-}
-
-static inline __m512i pairs_hi(__m512i a, __m512i b)
-{
-    const __m512i idx = _mm512_set_epi16(63, 31, 62, 30, 61, 29, 60, 28, 59, 27, 58, 26, 57, 25, 56, 24, 55, 23,
-                                         54, 22, 53, 21, 52, 20, 51, 19, 50, 18, 49, 17, 48, 16);
-    return _mm512_permutex2var_epi16(a, idx, b);
 }
 
 /* 32 fp32 as two bf16 parts, hi = bf16(x) and lo = bf16(x - hi) (round to nearest even):
@@ -92,8 +61,8 @@ static void pack_k(const uint16_t *kt, int d, uint16_t *kp)
         uint16_t *o = kp + (size_t)p * T * 2;
         for (int j = 0; j < T; j += 32) {
             __m512i a = _mm512_loadu_si512(r0 + j), b = _mm512_loadu_si512(r1 + j);
-            _mm512_storeu_si512(o + 2 * j, pairs_lo(a, b));
-            _mm512_storeu_si512(o + 2 * j + 32, pairs_hi(a, b));
+            _mm512_storeu_si512(o + 2 * j, mx_bf16_pairs_lo(a, b));
+            _mm512_storeu_si512(o + 2 * j + 32, mx_bf16_pairs_hi(a, b));
         }
     }
 }
@@ -107,9 +76,29 @@ static void pack_v(const uint16_t *v, int nk, int d, uint16_t *vp)
         for (int a = 0; a < d; a += 32) {
             __m512i x = 2 * p < nk ? _mm512_loadu_si512(v + (size_t)2 * p * d + a) : zero;
             __m512i y = 2 * p + 1 < nk ? _mm512_loadu_si512(v + (size_t)(2 * p + 1) * d + a) : zero;
-            _mm512_storeu_si512(o + 2 * a, pairs_lo(x, y));
-            _mm512_storeu_si512(o + 2 * a + 32, pairs_hi(x, y));
+            _mm512_storeu_si512(o + 2 * a, mx_bf16_pairs_lo(x, y));
+            _mm512_storeu_si512(o + 2 * a + 32, mx_bf16_pairs_hi(x, y));
         }
+    }
+}
+
+/* One 32-deep step of a 32 x 32 block of C tiles 0-3: B tiles 6 and 7 (16 pairs x 16 columns
+ * each, the second starting 16 columns on) from b, rows `bs` bytes apart; then for each of
+ * `parts` bf16 parts of A (part_stride elements apart) its rows r and r + 16 (A tiles 4 and 5,
+ * `as` bytes apart, 16 rows on) times both B tiles. */
+static inline __attribute__((always_inline)) void step_32x32(const uint16_t *b, size_t bs, const uint16_t *a,
+                                                              size_t as, size_t part_stride, int parts)
+{
+    _tile_loadd(6, b, bs);
+    _tile_loadd(7, b + 32, bs);
+    for (int part = 0; part < parts; part++) {
+        const uint16_t *ap = a + (size_t)part * part_stride;
+        _tile_loadd(4, ap, as);
+        _tile_loadd(5, ap + 16 * as / sizeof *ap, as);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
     }
 }
 
@@ -125,19 +114,8 @@ void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_
             _tile_zero(1);
             _tile_zero(2);
             _tile_zero(3);
-            for (int a = 0; a < d; a += 32) {
-                _tile_loadd(6, kpack + ((size_t)a / 2 * T + c) * 2, ks);
-                _tile_loadd(7, kpack + ((size_t)a / 2 * T + c + 16) * 2, ks);
-                for (int part = 0; part < 2; part++) {
-                    const uint16_t *qp = qb + (size_t)part * mp * d;
-                    _tile_loadd(4, qp + (size_t)r * d + a, qs);
-                    _tile_loadd(5, qp + (size_t)(r + 16) * d + a, qs);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
-            }
+            for (int a = 0; a < d; a += 32)
+                step_32x32(kpack + ((size_t)a / 2 * T + c) * 2, ks, qb + (size_t)r * d + a, qs, (size_t)mp * d, 2);
             _tile_stored(0, s + (size_t)r * T + c, ss);
             _tile_stored(1, s + (size_t)r * T + c + 16, ss);
             _tile_stored(2, s + (size_t)(r + 16) * T + c, ss);
@@ -200,19 +178,9 @@ void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, 
             _tile_loadd(1, a0 + 16, as);
             _tile_loadd(2, a1, as);
             _tile_loadd(3, a1 + 16, as);
-            for (int k = 0; k < T; k += 32) {
-                _tile_loadd(6, vpack + ((size_t)k / 2 * d + c) * 2, vs);
-                _tile_loadd(7, vpack + ((size_t)k / 2 * d + c + 16) * 2, vs);
-                for (int part = 0; part < P_PARTS; part++) {
-                    const uint16_t *pp = pb + (size_t)part * mp * T;
-                    _tile_loadd(4, pp + (size_t)r * T + k, ps);
-                    _tile_loadd(5, pp + (size_t)(r + 16) * T + k, ps);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
-            }
+            for (int k = 0; k < T; k += 32)
+                step_32x32(vpack + ((size_t)k / 2 * d + c) * 2, vs, pb + (size_t)r * T + k, ps, (size_t)mp * T,
+                           P_PARTS);
             _tile_stored(0, a0, as);
             _tile_stored(1, a0 + 16, as);
             _tile_stored(2, a1, as);

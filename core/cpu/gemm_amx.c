@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #include <string.h>
 
+#include "amx_tiles.h"
 #include "gemm_kernels.h"
 
 /* K per block (12 tile steps of 32) and rows of x per block: the packed W panel (NC x KC
@@ -14,26 +15,6 @@
 #define KC 384
 #define MB 64
 #define PARTS 3
-
-typedef struct tile_config {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tile_config;
-
-/* Every tile 16 rows x 64 bytes. GCC 12's _tile_loadconfig declares only 8 of the 64 bytes as
- * read (and drops the other stores), hence the asm. */
-static void tiles_begin(void)
-{
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        c.colsb[t] = 64;
-        c.rows[t] = 16;
-    }
-    __asm__ volatile("ldtilecfg %0" : : "m"(*(const char(*)[64]) & c));
-}
 
 /* The 16 x 16 dword transpose: at s = 8, 4, 2, 1, rows i and i + s (bit s of i clear)
  * exchange their off-diagonal s-blocks; idx[level][0 / 1] selects the new rows i / i + s. */
@@ -172,7 +153,7 @@ void mx_gemm_amx(const mx_gemm_args *a, int n0, int n1, float *scratch)
     uint16_t *xp = wp + (size_t)MX_GEMM_NC * KC;                 /* PARTS x MB x KC */
     float *buf = (float *)(xp + (size_t)PARTS * MB * KC);        /* 16 x 16 */
     int nbs = (n1 - n0 + 15) / 16;
-    tiles_begin();
+    mx_amx_tiles_begin();
     for (int k0 = 0; k0 < a->K; k0 += KC) {
         int kc = a->K - k0 < KC ? a->K - k0 : KC, kbs = (kc + 31) / 32, kp = 32 * kbs;
         pack_w(a, n0, n1, k0, kc, wp, nbs, kbs);
