@@ -7,13 +7,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "attention_cpu.h"
 #include "cpu_backend.h"
 
-/* Slabs of about 2 MiB: one aligned allocation serves many pages, so a decode step that starts
- * a page takes it from a free list instead of calling malloc. */
+/* Slabs of 2 MiB: one allocation serves many pages, so a decode step that starts a page takes
+ * it from a free list instead of calling malloc. Slabs are 2 MiB aligned and advised as huge
+ * pages: a long-context decode step streams every page of the sequence (1 GiB at 256K tokens
+ * of the real layer in bf16), and with 4 KiB pages each 4 KiB of that costs a TLB miss and
+ * stops the hardware prefetcher at the page edge (measured: the step's KV reads reached under
+ * half of the memory bandwidth). */
 #define KV_SLAB_BYTES ((uint64_t)2 << 20)
 #define KV_MAX_CLASSES 16
 
@@ -367,9 +372,14 @@ static void *pop_page(mx_kv_pool *p, size_class *c)
         }
         uint64_t n = KV_SLAB_BYTES / c->page_bytes;
         n = n < 1 ? 1 : n;
-        char *slab = aligned_alloc(64, (size_t)(n * c->page_bytes));
+        size_t bytes = (size_t)(n * c->page_bytes);
+        bytes = (bytes + KV_SLAB_BYTES - 1) & ~(size_t)(KV_SLAB_BYTES - 1);
+        char *slab = aligned_alloc(KV_SLAB_BYTES, bytes);
         if (!slab)
             return NULL;
+#ifdef MADV_HUGEPAGE
+        (void)madvise(slab, bytes, MADV_HUGEPAGE); /* advice only: 4 KiB pages still work */
+#endif
         p->slabs[p->n_slabs++] = slab;
         for (uint64_t i = n; i-- > 0;)
             push_free(c, slab + i * c->page_bytes);
