@@ -22,6 +22,7 @@ typedef struct {
     int decode_ctx[MAX_SIZES], n_decode_ctx; /* long decode contexts; none = no decode */
     int decode_heads, decode_kv_heads;
     int decode_steps;
+    int fp32_only; /* the ISA's fp32 kernels only (no AMX, no VDPBF16PS): the comparison run */
     mx_kv_dtype dtypes[2];
     int n_dtypes;
     mx_threadpool *pool; /* the yardsticks' threads, as many as the backend's */
@@ -92,8 +93,18 @@ static void qkvo_free(mx_backend *be, qkvo *t)
     be->free(be, &t->o);
 }
 
-/* Appends n = t->q.shape[0] tokens to kv and attends; returns the seconds the op took. */
-static double attend(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, float *host, uint64_t seed)
+/* CPU seconds every thread of this process has run. */
+static double cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Appends n = t->q.shape[0] tokens to kv and attends; returns the seconds the op took and, in
+ * *cpu when not NULL, the CPU seconds its threads ran meanwhile. */
+static double attend_cpu(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, float *host, uint64_t seed,
+                         double *cpu)
 {
     mx_error err = {0};
     int n = (int)t->q.shape[0];
@@ -102,12 +113,22 @@ static double attend(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, f
     fill_act(be, &t->v, host, seed + 2);
     mx_span span = {0, n};
     mx_kv_cache *caches[1] = {kv};
-    double t0 = bench_now();
-    if (be->softmax_attention(be, &t->o, &t->q, &t->k, &t->v, &span, 1, caches, b->heads, b->kv_heads, b->d,
-                              b->rotary, 1e7, &err) ||
-        be->sync(be, &err))
+    double c0 = cpu_now(), t0 = bench_now();
+    int rc = b->fp32_only ? mx_cpu_softmax_attention_path(be, mx_cpu_best_isa(), 0, &t->o, &t->q, &t->k, &t->v, &span,
+                                                          1, caches, b->heads, b->kv_heads, b->d, b->rotary, 1e7, &err)
+                          : be->softmax_attention(be, &t->o, &t->q, &t->k, &t->v, &span, 1, caches, b->heads,
+                                                  b->kv_heads, b->d, b->rotary, 1e7, &err);
+    if (rc || be->sync(be, &err))
         die("softmax_attention", &err);
-    return bench_now() - t0;
+    double wall = bench_now() - t0;
+    if (cpu)
+        *cpu = cpu_now() - c0;
+    return wall;
+}
+
+static double attend(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, float *host, uint64_t seed)
+{
+    return attend_cpu(be, b, t, kv, host, seed, NULL);
 }
 
 /* Prefill of every size: each timing between two FMA-peak readings, the ratio against their
@@ -115,7 +136,8 @@ static double attend(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *kv, f
 static void run_prefill(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *kept)
 {
     /* the default op takes the AMX tiles for bf16 pages where the CPU has them, fp32 kernels else */
-    const char *path = dt == MX_KV_BF16 && b->d % 32 == 0 ? mx_cpu_attention_path() : mx_cpu_isa_name(mx_cpu_best_isa());
+    const char *path = dt == MX_KV_BF16 && b->d % 32 == 0 && !b->fp32_only ? mx_cpu_attention_path()
+                                                                            : mx_cpu_isa_name(mx_cpu_best_isa());
     printf("\nKV %s: causal prefill, one sequence, all n tokens in one call, kernel path %s%s\n", mx_kv_dtype_name(dt),
            path, strcmp(path, "amx") ? "" : " (bf16 tile products, fp32 accumulation and softmax)");
     printf("%8s %5s %10s %9s %9s %15s %8s %s\n", "n", "runs", "ms", "GFLOP", "GFLOP/s", "peak GFLOP/s", "of peak",
@@ -188,10 +210,27 @@ static void fill_cache(mx_backend *be, const bench *b, mx_kv_cache *kv, int64_t 
     free(host);
 }
 
+/* A read-bandwidth reading (bytes/s, the best round) and, in *per_cpu, the bytes the reader
+ * read per second of its threads' CPU time over the threads: what it streams while it runs, which
+ * a busy machine (other processes taking the cores) does not lower the way it lowers the wall
+ * clock reading. */
+static double read_bw(bench *b, double *per_cpu)
+{
+    mx_task_fn kernels[2];
+    int n_kernels = bench_read_kernels(kernels);
+    double c0 = cpu_now();
+    double bw = bench_reader_measure(&b->reader, b->pool, 1);
+    double cpu = cpu_now() - c0;
+    *per_cpu = (double)n_kernels * (double)b->reader.bytes / (cpu / b->threads);
+    return bw;
+}
+
 /* Decode steps alternating between a short and a long cache of the same backend, each step
  * after a read-bandwidth reading (which also evicts the caches from the last-level cache, so
  * each step reads its KV from memory as a long context must). The extra time of the long step
- * is compared with its KV bytes over 0.8 x that bandwidth, pair by pair. */
+ * is compared with its KV bytes over 0.8 x that bandwidth, pair by pair: by the wall clock, and
+ * by the CPU time of the step's and the reader's threads (the same comparison with the time
+ * other processes held the cores taken out of both sides). */
 static void run_decode(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *long_kv)
 {
     mx_error err = {0};
@@ -208,17 +247,22 @@ static void run_decode(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *lo
     qkvo_free(be, &pre);
     qkvo t;
     qkvo_alloc(be, b, &t, 1);
-    double *ts = malloc(sizeof(double) * 5 * (size_t)steps);
+    double *ts = malloc(sizeof(double) * 9 * (size_t)steps);
     if (!ts)
         die("step times", NULL);
     double *tl = ts + steps, *bw = ts + 2 * steps, *ratio = ts + 3 * steps, *extra = ts + 4 * steps;
+    double *share = ts + 5 * steps, *cbw = ts + 6 * steps, *cextra = ts + 7 * steps, *cratio = ts + 8 * steps;
     for (int i = -1; i < steps; i++) { /* step -1 warms up both */
-        double bw0 = bench_reader_measure(&b->reader, b->pool, 1);
-        double s = attend(be, b, &t, &short_kv, host, 50 + 3 * (uint64_t)(i + 1));
-        double bw1 = bench_reader_measure(&b->reader, b->pool, 1);
-        double l = attend(be, b, &t, long_kv, host, 5000 + 3 * (uint64_t)(i + 1));
+        double cbw0, cbw1, cpu_s, cpu_l;
+        double bw0 = read_bw(b, &cbw0);
+        double s = attend_cpu(be, b, &t, &short_kv, host, 50 + 3 * (uint64_t)(i + 1), &cpu_s);
+        double bw1 = read_bw(b, &cbw1);
+        double l = attend_cpu(be, b, &t, long_kv, host, 5000 + 3 * (uint64_t)(i + 1), &cpu_l);
         if (i < 0)
             continue;
+        share[i] = cpu_l / (l * b->threads);
+        cbw[i] = 0.5 * (cbw0 + cbw1);
+        cextra[i] = (cpu_l - cpu_s) / b->threads;
         /* the pages the step read: every token so far, its own included, in whole pages */
         double bytes = (double)mx_kv_bytes_for_tokens(dt, b->kv_heads, b->d, 1, long_kv->len);
         ts[i] = s;
@@ -226,21 +270,28 @@ static void run_decode(bench *b, mx_backend *be, mx_kv_dtype dt, mx_kv_cache *lo
         bw[i] = 0.5 * (bw0 + bw1);
         extra[i] = l - s;
         ratio[i] = (l - s) / (bytes / (0.8 * bw1));
+        cratio[i] = cextra[i] / (bytes / (0.8 * cbw1));
     }
     double bytes = (double)mx_kv_bytes_for_tokens(dt, b->kv_heads, b->d, 1, long_kv->len);
     double ms_s = bench_median(ts, steps) * 1e3, ms_l = bench_median(tl, steps) * 1e3;
     double bw_m = bench_median(bw, steps), ex = bench_median(extra, steps);
     printf("\nKV %s: decode, one sequence, %d query / %d KV heads, %d steps alternating %d and %lld tokens of\n"
            "context, each after a bandwidth reading; bound = KV bytes at the long context / (0.8 x bandwidth\n"
-           "read just before); extra = long step - short step\n",
+           "read just before); extra = long step - short step; cpu = CPU time the long step's threads ran\n"
+           "over threads x its wall time (below 1: the threads waited for a core, on a busy machine)\n",
            mx_kv_dtype_name(dt), b->heads, b->kv_heads, steps, b->decode_short, (long long)long_kv->len);
-    printf("%12s %12s %10s %10s %10s %10s %12s %12s\n", "ms short", "ms long", "extra ms", "KV MB", "bw GB/s",
-           "bound ms", "extra/bound", "of bw");
-    printf("%12.3f %12.3f %10.3f %10.1f %10.1f %10.3f %12.2f %12.2f   target: extra/bound <= 1\n", ms_s, ms_l,
-           ex * 1e3, bytes / 1e6, bw_m / 1e9, bytes / (0.8 * bw_m) * 1e3, bench_median(ratio, steps),
-           bytes / ex / bw_m);
-    printf("result decode ctx=%lld kv=%s extra_ms=%.4f bound_ms=%.4f\n", (long long)long_kv->len,
-           mx_kv_dtype_name(dt), ex * 1e3, bytes / (0.8 * bw_m) * 1e3);
+    printf("%12s %12s %10s %10s %10s %10s %12s %12s %6s\n", "ms short", "ms long", "extra ms", "KV MB", "bw GB/s",
+           "bound ms", "extra/bound", "of bw", "cpu");
+    printf("%12.3f %12.3f %10.3f %10.1f %10.1f %10.3f %12.2f %12.2f %6.2f   target: extra/bound <= 1\n", ms_s,
+           ms_l, ex * 1e3, bytes / 1e6, bw_m / 1e9, bytes / (0.8 * bw_m) * 1e3, bench_median(ratio, steps),
+           bytes / ex / bw_m, bench_median(share, steps));
+    double cbw_m = bench_median(cbw, steps), cex = bench_median(cextra, steps);
+    printf("%12s %12s %10.3f %10s %10.1f %10.3f %12.2f %12.2f   by CPU time (threads' own time / threads)\n", "",
+           "", cex * 1e3, "", cbw_m / 1e9, bytes / (0.8 * cbw_m) * 1e3, bench_median(cratio, steps),
+           bytes / cex / cbw_m);
+    printf("result decode ctx=%lld kv=%s extra_ms=%.4f bound_ms=%.4f cpu_extra_ms=%.4f cpu_bound_ms=%.4f\n",
+           (long long)long_kv->len, mx_kv_dtype_name(dt), ex * 1e3, bytes / (0.8 * bw_m) * 1e3, cex * 1e3,
+           bytes / (0.8 * cbw_m) * 1e3);
     fflush(stdout);
     free(ts);
     free(host);
@@ -269,10 +320,11 @@ static int parse_sizes(const char *s, int *out)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_attention [--sizes 4K,16K,64K] [--kv-dtype bf16|f32|all] [--heads 8] [--kv-heads 1]\n"
-                    "         [--head-dim 128] [--threads 2] [--decode-steps 8] [--no-decode]\n"
+                    "         [--head-dim 128] [--threads 2] [--decode-steps 8] [--no-decode] [--fp32-kernels]\n"
                     "         [--decode-contexts 64K,256K] [--decode-heads 64] [--decode-kv-heads 8]\n"
                     "Decode steps at 1K alternate with steps at each decode context.\n"
-                    "BENCH_LONG=1 adds 256K to the prefill sizes.\n");
+                    "BENCH_LONG=1 adds 256K to the prefill sizes. --fp32-kernels: the ISA's fp32 kernels only\n"
+                    "(no AMX tiles, no VDPBF16PS), to compare with.\n");
     exit(2);
 }
 
@@ -290,6 +342,10 @@ int main(int argc, char **argv)
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--no-decode") == 0) {
             decode = 0;
+            continue;
+        }
+        if (strcmp(a, "--fp32-kernels") == 0) {
+            b.fp32_only = 1;
             continue;
         }
         if (!v)
@@ -343,9 +399,11 @@ int main(int argc, char **argv)
     if (b.n_decode_ctx && bench_reader_init(&b.reader, (size_t)512 << 20))
         die("bandwidth buffer", NULL);
 
-    printf("Softmax attention op (be->softmax_attention), CPU backend, %d threads, kernel ISA %s, AMX %s\n",
-           b.threads, mx_cpu_isa_name(mx_cpu_best_isa()),
-           mx_cpu_amx_usable() ? "yes (bf16 prefill tiles)" : "no");
+    int amx = !b.fp32_only && mx_cpu_amx_usable(), dot = !b.fp32_only && mx_fa_bf16dot_usable();
+    printf("Softmax attention op (%s), CPU backend, %d threads, kernel ISA %s, AMX %s,\n"
+           "VDPBF16PS %s\n",
+           b.fp32_only ? "fp32 kernels only" : "be->softmax_attention", b.threads, mx_cpu_isa_name(mx_cpu_best_isa()),
+           amx ? "yes (bf16 prefill tiles)" : "no", dot ? "yes (P.V of bf16 decode)" : "no");
     printf("%d query heads sharing %d KV head(s), head_dim %d, rotary %d. Attention flops = 4 x head_dim x heads x\n"
            "n(n+1)/2 (QK^T and PV, causal). 'of peak' = GFLOP/s over the fp32 FMA peak (%s, %d threads) measured\n"
            "just before and just after each timing (median over runs); 'peak' shows the readings' range.\n",

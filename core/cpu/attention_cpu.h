@@ -91,6 +91,9 @@ typedef struct mx_fa_kernels {
 extern const mx_fa_kernels mx_fa_kernels_scalar;
 extern const mx_fa_kernels mx_fa_kernels_avx2;
 extern const mx_fa_kernels mx_fa_kernels_avx512;
+/* The AVX-512 kernels with P.V of decode rows on bf16 pages by VDPBF16PS (p rounded to bf16):
+ * only where the CPU has AVX512-BF16 (path flag MX_FA_PATH_BF16DOT). */
+extern const mx_fa_kernels mx_fa_kernels_avx512bf16;
 
 /* exp2(x) for x <= 0 by a degree-6 polynomial (relative error ~2e-7); 0 below -125. */
 static inline float mx_fa_exp2(float x)
@@ -124,20 +127,29 @@ void mx_fa_amx_qk(const uint16_t *qb, int mp, int d, const uint16_t *kt, uint16_
 void mx_fa_amx_pv(float *acc, const float *corr, const float *p, int m, int mp, int nk, const uint16_t *v, int d,
                   uint16_t *pb, uint16_t *vpack);
 
+/* Kernel paths beyond the ISA's fp32 kernels (flags of mx_cpu_softmax_attention_path):
+ * MX_FA_PATH_AMX: bf16 pages of prefill rows (more than MX_FA_DECODE_ROWS per kv head,
+ * head_dim % 32 == 0) take the AMX tile kernels. MX_FA_PATH_BF16DOT: decode rows on bf16 pages
+ * (head_dim % 32 == 0) take VDPBF16PS for P.V (mx_fa_kernels_avx512bf16). Each is
+ * MX_EUNSUPPORTED where the CPU lacks it; f32 and 8-bit pages keep the kernels of `isa`. */
+#define MX_FA_PATH_AMX 1
+#define MX_FA_PATH_BF16DOT 2
+
+/* Whether this CPU runs MX_FA_PATH_BF16DOT (AVX-512 with AVX512-BF16). */
+int mx_fa_bf16dot_usable(void);
+
 /* softmax_attention with the kernels of `isa` (MX_EUNSUPPORTED if the CPU lacks it). */
 int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, mx_tensor *q,
                                  const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
                                  mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
                                  int rotary_dim, double rope_theta, mx_error *err);
-/* The same with amx = 1: bf16 pages of prefill rows (more than MX_FA_DECODE_ROWS per kv head,
- * head_dim % 32 == 0) take the AMX tile kernels (MX_EUNSUPPORTED if mx_cpu_amx_usable() says
- * no); f32 and 8-bit pages and decode rows keep the kernels of `isa`. */
-int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_tensor *o, mx_tensor *q,
+/* The same with the paths of `flags` (MX_FA_PATH_*; 0: the same as the call above). */
+int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int flags, mx_tensor *o, mx_tensor *q,
                                   const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
                                   mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
                                   int rotary_dim, double rope_theta, mx_error *err);
 /* "amx" when the default attention (mx_cpu_softmax_attention) takes the AMX kernels for bf16
- * prefill here, else the ISA's name. */
+ * prefill here, else the ISA's name (bf16 decode: see mx_fa_bf16dot_usable). */
 const char *mx_cpu_attention_path(void);
 
 #endif

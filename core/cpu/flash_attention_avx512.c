@@ -6,6 +6,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "amx_tiles.h"
 #include "attention_cpu.h"
 
 #define INLINE static inline __attribute__((always_inline))
@@ -224,7 +225,11 @@ INLINE __m512 widen16(const int DT, const void *b, size_t e)
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(val), sign));
 }
 
-/* Prefetches bytes [off, off + n) of a block into L2 (one line per 64 bytes). */
+/* Prefetches bytes [off, off + n) of a block into L2 (one line per 64 bytes). The decode
+ * kernels spread the next block's lines evenly over every pass they make over the current
+ * one, so a few lines are in flight all the time: issued in bursts (one pass's worth), they
+ * filled the miss queue, stalled the loop and left the rest of the block's compute without
+ * reads in flight (measured: a (page, head) took its compute time plus its read time). */
 INLINE void prefetch_span(const void *next, size_t off, size_t n)
 {
     if (!next)
@@ -234,12 +239,11 @@ INLINE void prefetch_span(const void *next, size_t off, size_t n)
 }
 
 /* R rows x C vectors of 16 keys from key c0 of a K block kt[d][T]: per dim, C widened key
- * vectors meet R broadcast q values, so scores need no horizontal sums (R * C <= 16). The
- * first pass prefetches the next page's block, spread over the dims. */
-INLINE void qkp_rows(const int DT, const int R, const int C, const void *kt, const void *next, const float *q,
-                     int d, float scale, int c0, float *s)
+ * vectors meet R broadcast q values, so scores need no horizontal sums (R * C <= 16). Each dim
+ * prefetches pstep bytes from next (NULL: none). */
+INLINE void qkp_rows(const int DT, const int R, const int C, const void *kt, const void *next, size_t pstep,
+                     const float *q, int d, float scale, int c0, float *s)
 {
-    const size_t eb = DT == MX_KV_F32 ? 4 : DT == MX_KV_BF16 ? 2 : 1;
     __m512 acc[8][4];
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
@@ -247,7 +251,7 @@ INLINE void qkp_rows(const int DT, const int R, const int C, const void *kt, con
         for (int c = 0; c < C; c++)
             acc[r][c] = _mm512_setzero_ps();
     for (int a = 0; a < d; a++) {
-        prefetch_span(next, (size_t)a * T * eb, T * eb);
+        prefetch_span(next, (size_t)a * pstep, pstep);
         __m512 k[4];
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++)
@@ -269,27 +273,30 @@ INLINE void qkp_rows(const int DT, const int R, const int C, const void *kt, con
                             DT == MX_KV_INT8 || DT == MX_KV_FP8_E4M3 ? _mm512_mul_ps(acc[r][c], sc) : acc[r][c]);
 }
 
-/* Rows in blocks of 8 (8 x 32 keys), then 4, 2, 1 (x 64 keys). */
+/* Rows in blocks of 8 (8 x 32 keys), then 4, 2, 1 (x 64 keys). The first block's passes
+ * prefetch the next K block (T * eb bytes per dim), half each when there are two. */
 INLINE void qk_page_dt(const int DT, const void *kt, float scale, const void *next, const float *q, int m, int d,
                        float *s)
 {
+    const size_t eb = DT == MX_KV_F32 ? 4 : DT == MX_KV_BF16 ? 2 : 1, half = T * eb / 2;
     int i = 0;
     for (; i + 8 <= m; i += 8, next = NULL) {
-        qkp_rows(DT, 8, 2, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
-        qkp_rows(DT, 8, 2, kt, NULL, q + (size_t)i * d, d, scale, 32, s + (size_t)i * T);
+        qkp_rows(DT, 8, 2, kt, next, half, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        qkp_rows(DT, 8, 2, kt, next ? (const char *)next + half * d : NULL, half, q + (size_t)i * d, d, scale, 32,
+                 s + (size_t)i * T);
     }
     if (m - i >= 4) {
-        qkp_rows(DT, 4, 4, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        qkp_rows(DT, 4, 4, kt, next, 2 * half, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
         i += 4;
         next = NULL;
     }
     if (m - i >= 2) {
-        qkp_rows(DT, 2, 4, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        qkp_rows(DT, 2, 4, kt, next, 2 * half, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
         i += 2;
         next = NULL;
     }
     if (m - i >= 1)
-        qkp_rows(DT, 1, 4, kt, next, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
+        qkp_rows(DT, 1, 4, kt, next, 2 * half, q + (size_t)i * d, d, scale, 0, s + (size_t)i * T);
 }
 
 static void qk_page_avx512(mx_kv_dtype t, const void *kt, float scale, const void *next, const float *q, int m,
@@ -304,11 +311,11 @@ static void qk_page_avx512(mx_kv_dtype t, const void *kt, float scale, const voi
 }
 
 /* R rows x C vectors of acc from column c0: scaled by corr, then nk keys of p . v with each
- * row of v widened once per pass (R * C <= 16; the 8-bit scale folds into p). */
-INLINE void pvp_rows(const int DT, const int R, const int C, const void *v, const void *next, float scale,
-                     float *acc, const float *corr, const float *p, int nk, int d, int c0)
+ * row of v widened once per pass (R * C <= 16; the 8-bit scale folds into p). Each key
+ * prefetches pstep bytes from next (NULL: none). */
+INLINE void pvp_rows(const int DT, const int R, const int C, const void *v, const void *next, size_t pstep,
+                     float scale, float *acc, const float *corr, const float *p, int nk, int d, int c0)
 {
-    const size_t eb = DT == MX_KV_F32 ? 4 : DT == MX_KV_BF16 ? 2 : 1;
     const int eight = DT == MX_KV_INT8 || DT == MX_KV_FP8_E4M3;
     __m512 o[8][8];
 #pragma GCC unroll 8
@@ -319,7 +326,7 @@ INLINE void pvp_rows(const int DT, const int R, const int C, const void *v, cons
             o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * d + c0 + 16 * c), cr);
     }
     for (int j = 0; j < nk; j++) {
-        prefetch_span(next, (size_t)j * d * eb, (size_t)d * eb);
+        prefetch_span(next, (size_t)j * pstep, pstep);
         __m512 vv[8];
 #pragma GCC unroll 8
         for (int c = 0; c < C; c++)
@@ -340,15 +347,26 @@ INLINE void pvp_rows(const int DT, const int R, const int C, const void *v, cons
             _mm512_storeu_ps(acc + (size_t)r * d + c0 + 16 * c, o[r][c]);
 }
 
-/* Rows [i, i + R) over every column: C vectors at a time, then single vectors. */
+/* The slice of a block of `bytes` each of `passes` passes prefetches (whole lines), as bytes
+ * per step of a pass of `steps` steps. */
+INLINE size_t slice_of(size_t bytes, int passes)
+{
+    return (bytes / (size_t)passes + 63) & ~(size_t)63;
+}
+
+/* Rows [i, i + R) over every column: C vectors at a time, then single vectors; the passes
+ * share the prefetch of the next V block. */
 INLINE void pvp_block(const int DT, const int R, const int C, const void *v, const void *next, float scale,
                       float *acc, const float *corr, const float *p, int nk, int d)
 {
+    const size_t eb = DT == MX_KV_F32 ? 4 : DT == MX_KV_BF16 ? 2 : 1;
+    size_t slice = slice_of((size_t)T * d * eb, d / (16 * C) + d % (16 * C) / 16), pstep = (slice + T - 1) / T;
+    const char *pf = next;
     int c0 = 0;
-    for (; c0 + 16 * C <= d; c0 += 16 * C, next = NULL)
-        pvp_rows(DT, R, C, v, next, scale, acc, corr, p, nk, d, c0);
-    for (; c0 < d; c0 += 16, next = NULL)
-        pvp_rows(DT, R, 1, v, next, scale, acc, corr, p, nk, d, c0);
+    for (; c0 + 16 * C <= d; c0 += 16 * C, pf = pf ? pf + slice : NULL)
+        pvp_rows(DT, R, C, v, pf, pstep, scale, acc, corr, p, nk, d, c0);
+    for (; c0 < d; c0 += 16, pf = pf ? pf + slice : NULL)
+        pvp_rows(DT, R, 1, v, pf, pstep, scale, acc, corr, p, nk, d, c0);
 }
 
 INLINE void pv_page_dt(const int DT, const void *v, float scale, const void *next, float *acc, const float *corr,
@@ -382,5 +400,106 @@ static void pv_page_avx512(mx_kv_dtype t, const void *v, float scale, const void
     }
 }
 
+/* ---- bf16 pages on AVX512-BF16 (VDPBF16PS; only after the run-time check in
+ * flash_attention_cpu.c): P.V with p rounded to one bf16 part, as the AMX kernels do (each
+ * weight moves by at most 2^-9 relative; products with the bf16 V are exact, sums fp32). One
+ * VDPBF16PS adds two keys' products, so the decode step's P.V takes half the multiply-add
+ * instructions, and V needs no widening: two V rows are interleaved into key pairs in
+ * registers, the page keeps its layout. Q.K keeps the fp32 kernel (q in one bf16 part moves
+ * large scores too far; two parts would cost as many instructions as fp32). */
+#define BF16DOT static inline __attribute__((always_inline, target("avx512bf16")))
+
+/* R rows x 2 C2 vectors of acc from column c0 (R * 2 C2 <= 16): scaled by corr, then nk keys
+ * of p . v two keys per step; pb[r][j / 2] holds bf16 (p[r][j], p[r][j + 1]). Rows of v past
+ * nk are never read (slots not yet written may hold anything): an odd last key pairs with 0. */
+BF16DOT void pvb_rows(const int R, const int C2, const uint16_t *v, const void *next, size_t pstep, float *acc,
+                      const float *corr, const uint32_t *pb, int nk, int d, int c0)
+{
+    __m512 o[8][8];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        __m512 cr = _mm512_set1_ps(corr[r]);
+#pragma GCC unroll 8
+        for (int c = 0; c < 2 * C2; c++)
+            o[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * d + c0 + 16 * c), cr);
+    }
+    for (int j = 0; j < nk; j += 2) {
+        prefetch_span(next, (size_t)j / 2 * pstep, pstep);
+        const uint16_t *v0 = v + (size_t)j * d + c0, *v1 = v0 + d;
+        __m512i vp[8];
+#pragma GCC unroll 4
+        for (int c = 0; c < C2; c++) {
+            __m512i x = _mm512_loadu_si512(v0 + 32 * c);
+            __m512i y = j + 1 < nk ? _mm512_loadu_si512(v1 + 32 * c) : _mm512_setzero_si512();
+            vp[2 * c] = mx_bf16_pairs_lo(x, y);
+            vp[2 * c + 1] = mx_bf16_pairs_hi(x, y);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512bh b = (__m512bh)_mm512_set1_epi32((int)pb[(size_t)r * (T / 2) + j / 2]);
+#pragma GCC unroll 8
+            for (int c = 0; c < 2 * C2; c++)
+                o[r][c] = _mm512_dpbf16_ps(o[r][c], (__m512bh)vp[c], b);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 2 * C2; c++)
+            _mm512_storeu_ps(acc + (size_t)r * d + c0 + 16 * c, o[r][c]);
+}
+
+/* Rows [i, i + R) over every column, 32 C2 at a time (d % 32 == 0 here, see pv_page); the
+ * passes share the prefetch of the next V block. */
+BF16DOT void pvb_block(const int R, const int C2, const uint16_t *v, const void *next, float *acc,
+                       const float *corr, const uint32_t *pb, int nk, int d)
+{
+    size_t slice = slice_of((size_t)T * d * 2, d / (32 * C2) + d % (32 * C2) / 32), pstep = (slice + T / 2 - 1) / (T / 2);
+    const char *pf = next;
+    int c0 = 0;
+    for (; c0 + 32 * C2 <= d; c0 += 32 * C2, pf = pf ? pf + slice : NULL)
+        pvb_rows(R, C2, v, pf, pstep, acc, corr, pb, nk, d, c0);
+    for (; c0 < d; c0 += 32, pf = pf ? pf + slice : NULL)
+        pvb_rows(R, 1, v, pf, pstep, acc, corr, pb, nk, d, c0);
+}
+
+__attribute__((target("avx512bf16"))) static void pv_page_avx512bf16(mx_kv_dtype t, const void *v, float scale,
+                                                                       const void *next, float *acc,
+                                                                       const float *corr, const float *p, int m,
+                                                                       int nk, int d)
+{
+    if (t != MX_KV_BF16 || d % 32 || m > MX_FA_DECODE_ROWS) {
+        pv_page_avx512(t, v, scale, next, acc, corr, p, m, nk, d);
+        return;
+    }
+    /* p as bf16 key pairs, rounded to nearest even (p past nvalid is 0 from the softmax) */
+    uint32_t pb[MX_FA_DECODE_ROWS * (T / 2)] __attribute__((aligned(64)));
+    for (int r = 0; r < m; r++)
+        for (int j = 0; j < T; j += 32)
+            _mm512_store_si512(pb + (size_t)r * (T / 2) + j / 2,
+                               (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(p + (size_t)r * T + j + 16),
+                                                            _mm512_loadu_ps(p + (size_t)r * T + j)));
+    const uint16_t *vb = v;
+    int i = 0;
+    for (; i + 8 <= m; i += 8, next = NULL)
+        pvb_block(8, 1, vb, next, acc + (size_t)i * d, corr + i, pb + (size_t)i * (T / 2), nk, d);
+    if (m - i >= 4) {
+        pvb_block(4, 2, vb, next, acc + (size_t)i * d, corr + i, pb + (size_t)i * (T / 2), nk, d);
+        i += 4;
+        next = NULL;
+    }
+    if (m - i >= 2) {
+        pvb_block(2, 4, vb, next, acc + (size_t)i * d, corr + i, pb + (size_t)i * (T / 2), nk, d);
+        i += 2;
+        next = NULL;
+    }
+    if (m - i >= 1)
+        pvb_block(1, 4, vb, next, acc + (size_t)i * d, corr + i, pb + (size_t)i * (T / 2), nk, d);
+}
+
 const mx_fa_kernels mx_fa_kernels_avx512 = {MX_CPU_ISA_AVX512, qk_avx512, softmax_avx512, pv_avx512,
                                             decode_avx512, qk_page_avx512, pv_page_avx512};
+
+const mx_fa_kernels mx_fa_kernels_avx512bf16 = {MX_CPU_ISA_AVX512, qk_avx512,      softmax_avx512,
+                                                pv_avx512,         decode_avx512,  qk_page_avx512,
+                                                pv_page_avx512bf16};

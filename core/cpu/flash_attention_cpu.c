@@ -446,16 +446,21 @@ static void rope_angles(int64_t pos, int half, const float *inv_freq, float *cs)
     }
 }
 
-static const mx_fa_kernels *kernels_for(mx_cpu_isa isa, int d)
+int mx_fa_bf16dot_usable(void)
+{
+    return mx_cpu_isa_supported(MX_CPU_ISA_AVX512) && __builtin_cpu_supports("avx512bf16");
+}
+
+static const mx_fa_kernels *kernels_for(mx_cpu_isa isa, int d, int bf16dot)
 {
     if (isa == MX_CPU_ISA_AVX512 && d % 16 == 0)
-        return &mx_fa_kernels_avx512;
+        return bf16dot ? &mx_fa_kernels_avx512bf16 : &mx_fa_kernels_avx512;
     if (isa >= MX_CPU_ISA_AVX2 && d % 8 == 0)
         return &mx_fa_kernels_avx2;
     return &mx_fa_kernels_scalar;
 }
 
-int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_tensor *o, mx_tensor *q,
+int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int flags, mx_tensor *o, mx_tensor *q,
                                   const mx_tensor *k, const mx_tensor *v, const mx_span *spans, int n_spans,
                                   mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
                                   int rotary_dim, double rope_theta, mx_error *err)
@@ -468,8 +473,11 @@ int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_te
         return mx_fail(err, MX_EINVAL, "attention: bad head layout %d/%d, rotary %d", heads, kv_heads, rotary_dim);
     if (!mx_cpu_isa_supported(isa))
         return mx_fail(err, MX_EUNSUPPORTED, "attention: this CPU cannot run %s kernels", mx_cpu_isa_name(isa));
+    int amx = flags & MX_FA_PATH_AMX, bf16dot = flags & MX_FA_PATH_BF16DOT;
     if (amx && !mx_cpu_amx_usable())
         return mx_fail(err, MX_EUNSUPPORTED, "attention: this CPU (or OS) cannot run AMX kernels");
+    if (bf16dot && !mx_fa_bf16dot_usable())
+        return mx_fail(err, MX_EUNSUPPORTED, "attention: this CPU cannot run AVX512-BF16 kernels");
     if (rotary_dim / 2 > 512)
         return mx_fail(err, MX_EUNSUPPORTED, "attention: rotary_dim %d over 1024", rotary_dim);
     if (n_spans < 1)
@@ -485,7 +493,7 @@ int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_te
     mx_threadpool *pool = mx_cpu_pool(be);
     int n_threads = mx_threadpool_size(pool), group = heads / kv_heads;
     int tile_rows = group >= FA_ROWS ? 1 : FA_ROWS / group, max_rows = tile_rows * group;
-    const mx_fa_kernels *kern = kernels_for(isa, head_dim);
+    const mx_fa_kernels *kern = kernels_for(isa, head_dim, bf16dot);
     int longest = 0;
     for (int i = 0; i < n_spans; i++)
         longest = spans[i].len > longest ? spans[i].len : longest;
@@ -555,7 +563,7 @@ int mx_cpu_softmax_attention_path(mx_backend *be, mx_cpu_isa isa, int amx, mx_te
     j->d = head_dim;
     j->group = group;
     j->tile_rows = tile_rows;
-    j->amx = amx && isa == MX_CPU_ISA_AVX512 && head_dim % 32 == 0 && kern == &mx_fa_kernels_avx512;
+    j->amx = amx && isa == MX_CPU_ISA_AVX512 && head_dim % 32 == 0 && kern->isa == MX_CPU_ISA_AVX512;
     if (j->amx) { /* only when some bf16 cache gets prefill rows: tile state costs a context switch */
         int any = 0;
         for (int i = 0; i < n_spans; i++)
@@ -594,8 +602,8 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
                                          rotary_dim, rope_theta, err);
 }
 
-/* The AMX path where the CPU has it: the check is an idempotent syscall, small next to a
- * prefill and skipped for decode-only calls. */
+/* The AMX path where the CPU has it (the check is an idempotent syscall, small next to a
+ * prefill and skipped for decode-only calls), and VDPBF16PS for bf16 decode where it has that. */
 int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const mx_tensor *k,
                              const mx_tensor *v, const mx_span *spans, int n_spans,
                              mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
@@ -605,9 +613,11 @@ int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const m
     int prefill = 0;
     for (int i = 0; i < n_spans; i++)
         prefill |= spans[i].len * (heads / (kv_heads > 0 ? kv_heads : 1)) > MX_FA_DECODE_ROWS;
-    int amx = prefill && isa == MX_CPU_ISA_AVX512 && mx_cpu_amx_usable();
-    return mx_cpu_softmax_attention_path(be, isa, amx, o, q, k, v, spans, n_spans, caches, heads, kv_heads, head_dim,
-                                         rotary_dim, rope_theta, err);
+    int flags = prefill && isa == MX_CPU_ISA_AVX512 && mx_cpu_amx_usable() ? MX_FA_PATH_AMX : 0;
+    if (isa == MX_CPU_ISA_AVX512 && mx_fa_bf16dot_usable())
+        flags |= MX_FA_PATH_BF16DOT;
+    return mx_cpu_softmax_attention_path(be, isa, flags, o, q, k, v, spans, n_spans, caches, heads, kv_heads,
+                                         head_dim, rotary_dim, rope_theta, err);
 }
 
 const char *mx_cpu_attention_path(void)

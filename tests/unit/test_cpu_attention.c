@@ -152,8 +152,10 @@ static int check_row(int t, int len)
     return t == 0 || t == len - 1 || t % step == step / 2;
 }
 
-/* run_batch's isa for the AVX-512 kernels with the AMX tile kernels on bf16 prefill rows. */
+/* run_batch's isa for the AVX-512 kernels with the AMX tile kernels on bf16 prefill rows, and
+ * with VDPBF16PS for P.V of decode rows on bf16 pages. */
 #define ISA_AMX ((mx_cpu_isa)MX_CPU_ISA_COUNT)
+#define ISA_BF16DOT ((mx_cpu_isa)(MX_CPU_ISA_COUNT + 1))
 
 /* One batched call: sequence i gets lens[i] more tokens. Returns the largest |ours - ref| over
  * the checked rows; rc is the op's return code. */
@@ -181,9 +183,9 @@ static double run_batch(mx_backend *be, mx_cpu_isa isa, const shape *sh, seq **s
         memcpy((float *)v.data + (size_t)start * krow, s->v + (size_t)s->done * krow, (size_t)lens[i] * krow * 4);
         start += lens[i];
     }
-    int amx = isa == ISA_AMX;
-    int rc = mx_cpu_softmax_attention_path(be, amx ? MX_CPU_ISA_AVX512 : isa, amx, &o, &q, &k, &v, spans, n, caches,
-                                           sh->heads, sh->kv_heads, sh->d, sh->rotary, ROPE_THETA, err);
+    int flags = isa == ISA_AMX ? MX_FA_PATH_AMX : isa == ISA_BF16DOT ? MX_FA_PATH_BF16DOT : 0;
+    int rc = mx_cpu_softmax_attention_path(be, flags ? MX_CPU_ISA_AVX512 : isa, flags, &o, &q, &k, &v, spans, n,
+                                           caches, sh->heads, sh->kv_heads, sh->d, sh->rotary, ROPE_THETA, err);
     *rc_out = rc;
     double worst = 0;
     if (!rc) {
@@ -533,6 +535,64 @@ static void test_decode_rows(void **state)
     }
 }
 
+/* One decode run of test_decode_bf16dot: a `pre`-token prompt, then steps of 1 .. steps tokens;
+ * the largest error of the steps. */
+static double decode_run(mx_cpu_isa isa, shape sh, int pre, int steps, uint64_t seed)
+{
+    int total = pre;
+    for (int t = 1; t <= steps; t++)
+        total += t;
+    mx_backend *be = make_backend(MX_KV_BF16, 0);
+    seq s;
+    mx_error err = {0};
+    seq_make(&s, &sh, total, seed, 1.f, 0);
+    assert_int_equal(be->kv_cache_init(be, &s.kv, sh.kv_heads, sh.d, &err), 0);
+    seq *one = &s;
+    int rc;
+    run_batch(be, mx_cpu_best_isa(), &sh, &one, &pre, 1, &rc, &err);
+    assert_int_equal(rc, 0);
+    double w = 0;
+    for (int t = 1; t <= steps; t++) {
+        double wt = run_batch(be, isa, &sh, &one, &t, 1, &rc, &err);
+        if (rc)
+            fail_msg("decode: %s", err.msg);
+        w = wt > w || wt != wt ? wt : w;
+    }
+    be->kv_cache_free(be, &s.kv);
+    seq_free(&s);
+    be->destroy(be);
+    return w;
+}
+
+/* Decode on bf16 pages with VDPBF16PS for P.V (p rounded to bf16) next to the fp32 AVX-512
+ * kernels on the same pages: rounding p moves each weight by at most 2^-9 relative, so each
+ * output (a convex combination of |v| <= 1 with fp32 weights) by at most 2^-9, and the largest
+ * error against the reference may grow by no more than that (a misplaced key pair or column
+ * would move outputs by ~|v|). Odd key counts in the last page (an odd key pairs with 0),
+ * split-K parts, 1 .. 16 rows per kv head, head_dim 128 and 64; 48 takes the fp32 kernels. */
+static void test_decode_bf16dot(void **state)
+{
+    (void)state;
+    if (!mx_fa_bf16dot_usable()) {
+        skip();
+        return;
+    }
+    static const int groups[] = {1, 2, 4, 8};
+    static const int dims[] = {128, 64, 48};
+    for (size_t g = 0; g < sizeof groups / sizeof *groups; g++)
+        for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+            int G = groups[g], d = dims[di], steps = 16 / G, pre = SLOW_BUILD ? 301 : 1101;
+            shape sh = {2 * G, 2, d, d / 2};
+            double plain = decode_run(MX_CPU_ISA_AVX512, sh, pre, steps, 2000 + 10 * g + di);
+            double dot = decode_run(ISA_BF16DOT, sh, pre, steps, 2000 + 10 * g + di);
+            double e = step_of(MX_KV_BF16), delta = e * sh.d / sqrt((double)sh.d);
+            double bound = e + exp(2 * delta) - 1;
+            print_message("bf16dot group %d d %d: max err %.3g (fp32 kernels %.3g)\n", G, d, dot, plain);
+            if (!(plain <= bound) || !(dot <= plain + ldexp(1, -9) + 1e-5))
+                fail_msg("bf16dot group %d d %d: max err %g, fp32 kernels %g (bound %g)", G, d, dot, plain, bound);
+        }
+}
+
 static void test_page_roundtrip(void **state)
 {
     (void)state;
@@ -716,6 +776,7 @@ int main(void)
         cmocka_unit_test(test_ragged_batch),
         cmocka_unit_test(test_kv_dtypes),
         cmocka_unit_test(test_decode_rows),
+        cmocka_unit_test(test_decode_bf16dot),
         cmocka_unit_test(test_page_roundtrip),
         cmocka_unit_test(test_budget),
     };
