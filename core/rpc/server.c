@@ -152,7 +152,11 @@ static void *worker_main(void *arg)
             c->method->handler(c, c->request.data, c->request.len, c->method->user);
         else
             mx_rpc_call_set_status(c, GRPC_STATUS_CANCELLED, "call cancelled before it ran");
-        mx_rpc_call_send_final(c);
+        pthread_mutex_lock(&c->mu);
+        c->refs++;                   /* the final status's batch, dropped by on_async_status */
+        pthread_mutex_unlock(&c->mu);
+        if (mx_rpc_call_send_final(c) != 0)
+            mx_rpc_call_unref(c);
         pthread_mutex_lock(&srv->mu);
         p->busy--;
         srv->ran_since_trim = 1;

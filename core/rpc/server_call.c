@@ -181,7 +181,7 @@ void mx_rpc_call_set_error(mx_rpc_call *c, const mx_error *err)
     mx_rpc_call_set_status(c, mx_rpc_status_from_code(err->code), "%s", err->msg);
 }
 
-void mx_rpc_call_send_final(mx_rpc_call *c)
+int mx_rpc_call_send_final(mx_rpc_call *c)
 {
     if (c->status == GRPC_STATUS_OK && c->method->kind == MX_RPC_KIND_UNARY && !c->unary_reply)
         mx_rpc_call_set_status(c, GRPC_STATUS_INTERNAL, "%s: handler wrote no response",
@@ -201,15 +201,12 @@ void mx_rpc_call_send_final(mx_rpc_call *c)
     ops[n++].data.send_status_from_server.status_details = &details;
     /* Nothing follows the final status, so the worker does not wait for gRPC to send it (a
      * sleep and a wake-up by the poller per call, and the worker held meanwhile): the poller
-     * finishes the batch and on_async_status drops the reference taken here. A client that never
-     * reads holds the call's memory, not a worker, until its deadline or cancellation. */
-    pthread_mutex_lock(&c->mu);
-    c->refs++;
-    pthread_mutex_unlock(&c->mu);
-    if (grpc_call_start_batch(c->call, ops, n, &c->tag_async_status, NULL) != GRPC_CALL_OK)
-        mx_rpc_call_unref(c);   /* the client is gone: nothing left to tell it */
+     * finishes the batch (on_async_status). A client that never reads holds the call's memory,
+     * not a worker, until its deadline or cancellation. */
+    int rc = grpc_call_start_batch(c->call, ops, n, &c->tag_async_status, NULL) == GRPC_CALL_OK ? 0 : -1;
     c->sent_initial_metadata = 1;
     grpc_slice_unref(details);
+    return rc;
 }
 
 int mx_rpc_call_cancelled(const mx_rpc_call *c)

@@ -112,8 +112,10 @@ void mx_rpc_call_unref(mx_rpc_call *call);
 /* Adds a lifecycle hook before _start (server.c). MX_EINVAL when full or started. */
 int mx_rpc_server_add_hook(mx_rpc_server *srv, mx_rpc_server_hook hook, mx_error *err);
 
-/* Starts sending the final status (with the unary reply if any) without waiting for it; the
- * call stays referenced until gRPC is done with it (server_call.c). */
-void mx_rpc_call_send_final(mx_rpc_call *call);
+/* Starts sending the final status (with the unary reply if any) without waiting for it; its
+ * completion (tag_async_status) drops a reference the caller took for it. Returns 0 when the
+ * batch started, -1 when it did not (the client is gone: the caller drops that reference
+ * itself) (server_call.c). */
+int mx_rpc_call_send_final(mx_rpc_call *call);
 
 #endif
