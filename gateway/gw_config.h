@@ -14,11 +14,14 @@
  *                                         # sequence whose KV cache fits every stage (Info)
  *       max_batch_sequences = 64;         # sequences per step (default 64)
  *       max_step_tokens = 512;            # prompt tokens per micro-batch, prefill chunking (default 512)
- *       max_prefill_tokens_with_decodes = 64;   # while any request is decoding, a step carries
+ *       max_prefill_tokens_with_decodes = 32;   # while any request is decoding, a step carries
  *                                         # at most this many prompt tokens, so decodes are not
- *                                         # stalled behind a long prefill; with nothing decoding a
- *                                         # prompt takes the whole max_step_tokens (default 64;
- *                                         # 0 = no limit: prompts share max_step_tokens with decodes)
+ *                                         # stalled behind a long prefill; a token at position P
+ *                                         # counts 1 + P / (the model's attn_tokens, micro_batch.h),
+ *                                         # as softmax attention makes it dearer; with nothing
+ *                                         # decoding a prompt takes the whole max_step_tokens
+ *                                         # (default 32; 0 = no limit: prompts share
+ *                                         # max_step_tokens with decodes)
  *       pipeline_depth = 2;               # micro-batches in the pipeline at once (default: the
  *                                         # number of stages; 1 = one batch at a time)
  *       max_queued = 1024;                # waiting requests, both those waiting for a worker
@@ -65,10 +68,10 @@
 #define GW_MAX_STAGES 64
 #define GW_MAX_EOS 8
 #define GW_DEFAULT_DRAIN_MS 2000
-/* max_prefill_tokens_with_decodes when not given: chosen from bench_long_context.sh (README,
- * Performance), where it keeps the p99 inter-token latency of short streams next to a long
- * prefill within 3x of theirs alone */
-#define GW_DEFAULT_PREFILL_WITH_DECODES 64
+/* max_prefill_tokens_with_decodes when not given, from bench_long_context.sh on the 7:1 bench
+ * model (8 streams next to a 32K-token prefill): 32 kept their p99 inter-token latency at 2.6x
+ * of theirs alone (p50 1.9x) for 2x the long prompt's first-token time; 64 left p50 at 3.1x */
+#define GW_DEFAULT_PREFILL_WITH_DECODES 32
 
 typedef struct gw_config {
     char listen[256];
