@@ -88,12 +88,17 @@ static int teardown(void **state)
     return 0;
 }
 
-/* A router over the servers: shard 0 on A, shard 1 on B's two replicas, owning the given lists. */
+/* A router over the servers: shard 0 on A, shard 1 on B's two replicas, owning the given lists.
+ * Each call waits for its answer: with the default per-attempt deadline (200 ms floor) a call
+ * slowed down by a loaded machine (AddressSanitizer, other jobs) is sent again to another holder
+ * and the first copy cancelled, so the router would count a call no shard counts as answered;
+ * the counts compared below are the holders' choice, not deadlines. */
 static mx_router *make_router(world *wd, const char *experts0, const char *experts1)
 {
     char text[1024];
     snprintf(text, sizeof text,
-             "experts = { shards = (\n"
+             "experts = { expert_timeout_ms = 120000; attempt_timeout_floor_ms = 120000;\n"
+             "  attempt_timeout_cap_ms = 120000; shards = (\n"
              "  { experts = [%s]; replicas = [\"127.0.0.1:%d\"]; },\n"
              "  { experts = [%s]; replicas = [\"127.0.0.1:%d\", \"127.0.0.1:%d\"]; } ); };\n",
              experts0, wd->a.port, experts1, wd->b1.port, wd->b2.port);
