@@ -5,8 +5,10 @@
 #ifndef MX_ATTENTION_CPU_H
 #define MX_ATTENTION_CPU_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../backend.h"
 #include "cpu_features.h"
@@ -111,6 +113,34 @@ static inline float mx_fa_exp2(float x)
     union { float f; int32_t i; } u = {p};
     u.i += (int32_t)((uint32_t)(int32_t)n << 23); /* unsigned: n < 0 */
     return u.f;
+}
+
+/* The online-softmax bookkeeping of one row, the same in every ISA's softmax kernel (only the
+ * max, exp2 and sum over the row are vectorised per ISA).
+ * mx_fa_row_skip: a row that sees no key here (n <= 0) keeps its state: corr = 1, p = 0; 1 if
+ * so. mx_fa_row_max: the new running max for a tile max rmax, and corr = exp2(old - new) (0
+ * when there was no old max). mx_fa_row_done: l = l * corr + the tile's sum of p, and the new
+ * max kept. */
+static inline int mx_fa_row_skip(float *row, int n, float *corr)
+{
+    if (n > 0)
+        return 0;
+    *corr = 1.f;
+    memset(row, 0, MX_FA_KEY_TILE * sizeof *row);
+    return 1;
+}
+
+static inline float mx_fa_row_max(float rmax, const float *mx, float *corr)
+{
+    float mnew = rmax > *mx ? rmax : *mx;
+    *corr = *mx == -INFINITY ? 0.f : mx_fa_exp2(*mx - mnew);
+    return mnew;
+}
+
+static inline void mx_fa_row_done(float sum, float mnew, float corr, float *mx, float *l)
+{
+    *l = *l * corr + sum;
+    *mx = mnew;
 }
 
 /* AMX tile kernels (flash_attention_amx.c; only after mx_cpu_amx_usable()) for bf16 pages and

@@ -69,11 +69,8 @@ static void softmax_avx2(float *s, int m, const int *nvalid, float *mx, float *l
     for (int i = 0; i < m; i++) {
         float *r = s + (size_t)i * T;
         int n = nvalid[i];
-        if (n <= 0) {
-            corr[i] = 1.f;
-            memset(r, 0, T * sizeof *r);
+        if (mx_fa_row_skip(r, n, &corr[i]))
             continue;
-        }
         __m256 mk[8], v[8], vmax = ninf;
         for (int c = 0; c < 8; c++) {
             mk[c] = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8 * c), lane));
@@ -83,9 +80,7 @@ static void softmax_avx2(float *s, int m, const int *nvalid, float *mx, float *l
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-        float rmax = _mm_cvtss_f32(h);
-        float mnew = rmax > mx[i] ? rmax : mx[i];
-        corr[i] = mx[i] == -INFINITY ? 0.f : mx_fa_exp2(mx[i] - mnew);
+        float mnew = mx_fa_row_max(_mm_cvtss_f32(h), &mx[i], &corr[i]);
         __m256 vm = _mm256_set1_ps(mnew), sum = _mm256_setzero_ps();
         for (int c = 0; c < 8; c++) {
             __m256 p = _mm256_and_ps(mk[c], exp2v(_mm256_sub_ps(v[c], vm)));
@@ -95,8 +90,7 @@ static void softmax_avx2(float *s, int m, const int *nvalid, float *mx, float *l
         __m128 t = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
         t = _mm_add_ps(t, _mm_movehl_ps(t, t));
         t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
-        l[i] = l[i] * corr[i] + _mm_cvtss_f32(t);
-        mx[i] = mnew;
+        mx_fa_row_done(_mm_cvtss_f32(t), mnew, corr[i], &mx[i], &l[i]);
     }
 }
 

@@ -78,11 +78,8 @@ static void softmax_avx512(float *s, int m, const int *nvalid, float *mx, float 
     for (int i = 0; i < m; i++) {
         float *r = s + (size_t)i * T;
         int n = nvalid[i];
-        if (n <= 0) {
-            corr[i] = 1.f;
-            memset(r, 0, T * sizeof *r);
+        if (mx_fa_row_skip(r, n, &corr[i]))
             continue;
-        }
         __mmask16 mk[4];
         __m512 v[4], vmax = ninf;
         for (int c = 0; c < 4; c++) {
@@ -92,17 +89,14 @@ static void softmax_avx512(float *s, int m, const int *nvalid, float *mx, float 
             v[c] = _mm512_mask_load_ps(ninf, mk[c], r + 16 * c);
             vmax = _mm512_max_ps(vmax, v[c]);
         }
-        float rmax = _mm512_reduce_max_ps(vmax);
-        float mnew = rmax > mx[i] ? rmax : mx[i];
-        corr[i] = mx[i] == -INFINITY ? 0.f : mx_fa_exp2(mx[i] - mnew);
+        float mnew = mx_fa_row_max(_mm512_reduce_max_ps(vmax), &mx[i], &corr[i]);
         __m512 vm = _mm512_set1_ps(mnew), sum = _mm512_setzero_ps();
         for (int c = 0; c < 4; c++) {
             __m512 p = _mm512_maskz_mov_ps(mk[c], exp2v(_mm512_sub_ps(v[c], vm)));
             sum = _mm512_add_ps(sum, p);
             _mm512_store_ps(r + 16 * c, p);
         }
-        l[i] = l[i] * corr[i] + _mm512_reduce_add_ps(sum);
-        mx[i] = mnew;
+        mx_fa_row_done(_mm512_reduce_add_ps(sum), mnew, corr[i], &mx[i], &l[i]);
     }
 }
 

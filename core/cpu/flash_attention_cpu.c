@@ -43,16 +43,12 @@ static void softmax_scalar(float *s, int m, const int *nvalid, float *mx, float 
     for (int i = 0; i < m; i++) {
         float *r = s + (size_t)i * MX_FA_KEY_TILE;
         int n = nvalid[i];
-        if (n <= 0) {
-            corr[i] = 1.f;
-            memset(r, 0, MX_FA_KEY_TILE * sizeof *r);
+        if (mx_fa_row_skip(r, n, &corr[i]))
             continue;
-        }
         float rmax = r[0];
         for (int j = 1; j < n; j++)
             rmax = r[j] > rmax ? r[j] : rmax;
-        float mnew = rmax > mx[i] ? rmax : mx[i];
-        corr[i] = mx[i] == -INFINITY ? 0.f : mx_fa_exp2(mx[i] - mnew);
+        float mnew = mx_fa_row_max(rmax, &mx[i], &corr[i]);
         float sum = 0;
         for (int j = 0; j < n; j++) {
             r[j] = mx_fa_exp2(r[j] - mnew);
@@ -60,8 +56,7 @@ static void softmax_scalar(float *s, int m, const int *nvalid, float *mx, float 
         }
         for (int j = n; j < MX_FA_KEY_TILE; j++)
             r[j] = 0.f;
-        l[i] = l[i] * corr[i] + sum;
-        mx[i] = mnew;
+        mx_fa_row_done(sum, mnew, corr[i], &mx[i], &l[i]);
     }
 }
 
