@@ -13,7 +13,8 @@
 #   OPT=-O2       optimisation flags
 #   CFLAGS, CPPFLAGS, LDFLAGS, LDLIBS   yours: appended after the project's own flags
 #   PREFIX=/usr/local, DESTDIR=         for `make install`
-# Other targets: install, compdb (compile_commands.json), bins, tests-build, gpu-bins.
+# Other targets: install, compdb (compile_commands.json), bins, tests-build, gpu-bins, fuzz-bins
+# (the libFuzzer targets `make fuzz` runs).
 
 BUILD ?= build
 SAN ?=
