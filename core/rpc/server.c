@@ -122,9 +122,7 @@ static void enqueue(mx_rpc_pool *p, mx_rpc_call *c)
         p->head = c;
     p->tail = c;
     p->n_queued++;
-    /* one call, one worker: waking every idle worker of the pool for each call (they all
-     * went back to sleep but one) cost a dozen context switches per RunExperts */
-    pthread_cond_signal(&p->ready);
+    pthread_cond_broadcast(&srv->cond);
     pthread_mutex_unlock(&srv->mu);
 }
 
@@ -135,7 +133,7 @@ static void *worker_main(void *arg)
     for (;;) {
         pthread_mutex_lock(&srv->mu);
         while (!p->head && !srv->workers_stop)
-            pthread_cond_wait(&p->ready, &srv->mu);
+            pthread_cond_wait(&srv->cond, &srv->mu);
         mx_rpc_call *c = p->head;
         if (!c) {
             pthread_mutex_unlock(&srv->mu);
@@ -152,11 +150,7 @@ static void *worker_main(void *arg)
             c->method->handler(c, c->request.data, c->request.len, c->method->user);
         else
             mx_rpc_call_set_status(c, GRPC_STATUS_CANCELLED, "call cancelled before it ran");
-        pthread_mutex_lock(&c->mu);
-        c->refs++;                   /* the final status's batch, dropped by on_async_status */
-        pthread_mutex_unlock(&c->mu);
-        if (mx_rpc_call_send_final(c) != 0)
-            mx_rpc_call_unref(c);
+        mx_rpc_call_send_final(c);
         pthread_mutex_lock(&srv->mu);
         p->busy--;
         srv->ran_since_trim = 1;
@@ -357,8 +351,6 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
     srv->tag_shutdown.done = on_shutdown;
     srv->pool = (mx_rpc_pool){.srv = srv, .n_threads = opts->worker_threads ? opts->worker_threads : DEFAULT_WORKERS};
     srv->control = (mx_rpc_pool){.srv = srv, .n_threads = CONTROL_WORKERS};
-    pthread_cond_init(&srv->pool.ready, NULL);
-    pthread_cond_init(&srv->control.ready, NULL);
     srv->max_queued_calls = opts->max_queued_calls;
     srv->write_timeout_ms = opts->write_timeout_ms;
 
@@ -483,8 +475,7 @@ void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms)
     while (!srv->shutdown_done || srv->live_calls > 0)
         pthread_cond_wait(&srv->cond, &srv->mu);
     srv->workers_stop = 1;
-    pthread_cond_broadcast(&srv->pool.ready);
-    pthread_cond_broadcast(&srv->control.ready);
+    pthread_cond_broadcast(&srv->cond);
     pthread_mutex_unlock(&srv->mu);
     for (int i = 0; i < srv->pool.n_threads; i++)
         pthread_join(srv->pool.threads[i], NULL);
@@ -528,8 +519,6 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
     free(srv->control.threads);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cond);
-    pthread_cond_destroy(&srv->pool.ready);
-    pthread_cond_destroy(&srv->control.ready);
     free(srv);
     grpc_shutdown();
 }

@@ -181,7 +181,7 @@ void mx_rpc_call_set_error(mx_rpc_call *c, const mx_error *err)
     mx_rpc_call_set_status(c, mx_rpc_status_from_code(err->code), "%s", err->msg);
 }
 
-int mx_rpc_call_send_final(mx_rpc_call *c)
+void mx_rpc_call_send_final(mx_rpc_call *c)
 {
     if (c->status == GRPC_STATUS_OK && c->method->kind == MX_RPC_KIND_UNARY && !c->unary_reply)
         mx_rpc_call_set_status(c, GRPC_STATUS_INTERNAL, "%s: handler wrote no response",
@@ -199,14 +199,10 @@ int mx_rpc_call_send_final(mx_rpc_call *c)
     ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
     ops[n].data.send_status_from_server.status = c->status;
     ops[n++].data.send_status_from_server.status_details = &details;
-    /* Nothing follows the final status, so the worker does not wait for gRPC to send it (a
-     * sleep and a wake-up by the poller per call, and the worker held meanwhile): the poller
-     * finishes the batch (on_async_status). A client that never reads holds the call's memory,
-     * not a worker, until its deadline or cancellation. */
-    int rc = grpc_call_start_batch(c->call, ops, n, &c->tag_async_status, NULL) == GRPC_CALL_OK ? 0 : -1;
+    batch_wait w = write_wait(c);
+    run_batch(c, ops, n, &w);   /* fails only if the client is gone: nothing left to tell it */
     c->sent_initial_metadata = 1;
     grpc_slice_unref(details);
-    return rc;
 }
 
 int mx_rpc_call_cancelled(const mx_rpc_call *c)

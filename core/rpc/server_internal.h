@@ -34,7 +34,6 @@ typedef struct mx_rpc_pool {
     int busy;                        /* handlers running */
     int n_threads;
     pthread_t *threads;
-    pthread_cond_t ready;            /* a call was queued (one worker is woken), or the workers stop */
 } mx_rpc_pool;
 
 typedef struct mx_rpc_health mx_rpc_health;
@@ -94,7 +93,7 @@ struct mx_rpc_server {
     int started, shut_down, grpc_started;
 
     pthread_mutex_t mu;
-    pthread_cond_t cond;             /* live_calls and shutdown_done (queued calls: each pool's ready) */
+    pthread_cond_t cond;             /* live_calls, shutdown_done and queue changes (both pools) */
     int live_calls;                  /* request slots + calls not yet freed */
     int stopping;                    /* no new request slots */
     int workers_stop;
@@ -112,10 +111,7 @@ void mx_rpc_call_unref(mx_rpc_call *call);
 /* Adds a lifecycle hook before _start (server.c). MX_EINVAL when full or started. */
 int mx_rpc_server_add_hook(mx_rpc_server *srv, mx_rpc_server_hook hook, mx_error *err);
 
-/* Starts sending the final status (with the unary reply if any) without waiting for it; its
- * completion (tag_async_status) drops a reference the caller took for it. Returns 0 when the
- * batch started, -1 when it did not (the client is gone: the caller drops that reference
- * itself) (server_call.c). */
-int mx_rpc_call_send_final(mx_rpc_call *call);
+/* Sends the final status (with the unary reply if any) and waits for it (server_call.c). */
+void mx_rpc_call_send_final(mx_rpc_call *call);
 
 #endif
