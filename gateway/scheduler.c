@@ -6,9 +6,10 @@
  * 1/depth of the running requests so the stages have work to overlap. Within a batch decode
  * tokens go first (one each) and prompt chunks share what is left of the per-batch token
  * budget (max_step_tokens; while any request decodes, at most max_prefill_tokens_with_decodes
- * of it, fewer tokens the deeper into a long prompt they are), so a long prompt is prefilled over many steps while short requests keep
- * decoding at close to their own pace. Admission reserves each request's whole KV footprint on every
- * stage (kv_budget.h) and keeps requests queued while it would not fit. */
+ * of it, fewer tokens the deeper into a long prompt they are), so a long prompt is prefilled
+ * over many steps while short requests keep decoding at close to their own pace. Admission
+ * reserves each request's whole KV footprint on every stage (kv_budget.h) and keeps requests
+ * queued while it would not fit. */
 #include "scheduler.h"
 
 #include <stdarg.h>
