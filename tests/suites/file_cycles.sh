@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # file_cycles.sh - "no two files call each other": builds the file-level call graph of every
 # library (libmx.a, librouter.a and each service's lib<service>.a) from the objects' symbol
-# tables (`nm`:
-# file A -> file B when A uses a symbol B defines) and fails for every cycle (a strongly
-# connected group of two or more files), naming its files; the CPU and CUDA backends (op tables
-# and their kernels) included. Also checks that no file outside router/, attention-svc/, the
+# tables (`nm`: file A -> file B when A uses a symbol B defines) and fails for every cycle (a
+# strongly connected group of two or more files), naming its files; the CPU backend and, in a
+# CUDA=1 build, the CUDA backend (op tables and their kernels) included. Also checks that
+# libmx.a holds no router object, and that no file outside router/, attention-svc/, the
 # router's and stages' tests and bench/ includes a router/ header. Run from the repo root with
 # $BUILD set.
 . "$(dirname "$0")/lib.sh"
