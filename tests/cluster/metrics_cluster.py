@@ -27,42 +27,13 @@ r = u.Results()
 PROMTOOL = "/usr/bin/promtool"
 
 
-class MetricsCluster:
-    """`mx cluster` with the metrics lines it prints: {name: url}."""
+class MetricsCluster(u.Cluster):
+    """`mx cluster` (2 stages, 2 expert shards, replicas 2 and 1) with the metrics lines it
+    prints: metrics {name: url}."""
 
     def __init__(self, model):
-        args = [u.MX, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2", "--replicas", "2,1",
-                "--threads", "1"]
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.metrics, self.gateway = {}, None
-        deadline = time.time() + 120
-        for line in self.proc.stdout:
-            m = re.match(r"metrics (\S+) (http://\S+/metrics)$", line.strip())
-            if m:
-                self.metrics[m.group(1)] = m.group(2)
-            if line.startswith("gateway listening on "):
-                self.gateway = line.split()[-1]
-                break
-            if time.time() > deadline:
-                break
-        if not self.gateway:
-            self.stop()
-            raise RuntimeError("mx cluster did not start:\n" + self.read_log())
-
-    def read_log(self):
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        super().__init__(model, stages=2, shards=2, replicas="2,1", start_timeout=120)
+        self.metrics = self.metrics_urls
 
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')

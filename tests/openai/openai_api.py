@@ -53,50 +53,15 @@ def make_model(fixture, work):
     return model
 
 
-class Cluster:
-    """`mx cluster` with its printed addresses: stages, gateway, the `http` line and the gateway's
-    metrics URL. With a workdir the processes' logs stay there (gateway.log)."""
+class Cluster(u.Cluster):
+    """`mx cluster` (tests/cluster/cluster_util.py) of 2 stages and 2 expert shards with
+    KV_BYTES of KV each; metrics is the gateway's metrics URL. With a workdir the processes'
+    logs stay there (gateway.log)."""
 
     def __init__(self, model, workdir=None):
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([u.MX, "cluster", "--model", model, "--stages", "2", "--expert-shards", "2",
-                                      "--replicas", "1,1", "--threads", "1", "--kv-cache-bytes", KV_BYTES] +
-                                     (["--workdir", workdir] if workdir else []),
-                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.stages, self.gateway, self.http, self.gateway_pid, self.metrics = [], None, None, None, None
-        deadline = time.time() + 120
-        for line in self.proc.stdout:
-            m = re.match(r"metrics gateway (http://\S+/metrics)$", line.strip())
-            if m:
-                self.metrics = m.group(1)
-            m = re.match(r"stage \d+ (\S+) pid", line)
-            if m:
-                self.stages.append(m.group(1))
-            m = re.match(r"gateway \d+ \S+ pid (\d+)", line)
-            if m:
-                self.gateway_pid = int(m.group(1))
-            m = re.match(r"http (http://\S+)$", line.strip())
-            if m:
-                self.http = m.group(1)
-            if line.startswith("gateway listening on "):
-                self.gateway = line.split()[-1]
-                break
-            if time.time() > deadline:
-                break
-        if not self.gateway:
-            self.stop()
-            self.log.seek(0)
-            raise RuntimeError("mx cluster did not start:\n" + self.log.read())
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        super().__init__(model, stages=2, shards=2, replicas="1,1", start_timeout=120,
+                         extra=["--kv-cache-bytes", KV_BYTES] + (["--workdir", workdir] if workdir else []))
+        self.metrics = self.metrics_urls.get("gateway")
 
 
 def stage_live(addr):

@@ -10,27 +10,15 @@
 # --check-config. cpu-small's pods then run as local processes on the overlay's configs and DNS
 # names, answering gRPC, /metrics and the HTTP API (tests/k8s/run_pods_local.sh). Without
 # kubectl, node or the npm registry the suite reports itself skipped, not passed.
-set -u
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/lib.sh"
 CACHE=tests/.cache/k8s-node
-skip() { echo "SKIP: $1"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
 
-for b in mx gateway attention-svc expert-svc; do
-    [ -x "$BUILD/bin/$b" ] || { echo "missing $BUILD/bin/$b (run make)"; echo "0 passed, 1 failed"; exit 1; }
-done
+need_bins mx gateway attention-svc expert-svc
 command -v kubectl >/dev/null || skip "kubectl not on PATH (Debian has no kubectl package; install it from the Kubernetes release channel to run this suite)"
-command -v node >/dev/null && command -v npm >/dev/null || skip "node/npm not on PATH"
-mkdir -p "$CACHE"
-if ! cmp -s tests/k8s/package-lock.json "$CACHE/package-lock.json" || [ ! -d "$CACHE/node_modules" ]; then
-    cp tests/k8s/package.json tests/k8s/package-lock.json "$CACHE/"
-    (cd "$CACHE" && timeout 300 npm ci --no-audit --no-fund --loglevel=error) >/dev/null 2>&1 ||
-        { rm -f "$CACHE/package-lock.json"; skip "npm ci failed (npm registry unreachable?)"; }
-fi
+npm_install tests/k8s "$CACHE"
 cp tests/k8s/*.mjs "$CACHE/"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-pass=0 fail=0
 
 # The model each overlay serves: its config.json. cpu-small's Job runs `mx make-model --preset
 # tiny`, so the shape comes from the same command; h200 serves the released MiniMax-Text-01.

@@ -7,39 +7,20 @@
 # leaves INVALID_ARGUMENT; Tokenize and Detokenize leave theirs; the OpenAI HTTP API leaves one
 # per call ("POST /v1/completions", the HTTP status, the response id and tokens);
 # MX_LOG_LEVEL=warn drops the info lines of a service.
-set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
+. "$(dirname "$0")/lib.sh"
 MX="$BUILD/bin/mx"
-pass=0 fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-finish() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit; }
 [ -x "$MX" ] || { bad "missing $MX (run make)"; finish; }
 
 work=$(mktemp -d)
-cluster_pid=
-cleanup() {
-    if [ -n "$cluster_pid" ]; then kill -TERM "$cluster_pid" 2>/dev/null; wait "$cluster_pid" 2>/dev/null; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap 'stop_cluster; rm -rf "$work"' EXIT
 
 TS='[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z'
 LINE="^$TS (error|warn|info|debug) [a-z0-9_.-]+( req=[^ ]+)?: .*$"
 
 "$MX" make-model --preset tiny --out "$work/model" --seed 3 >/dev/null 2>&1 || { bad "make-model"; finish; }
-"$MX" cluster --model "$work/model" --stages 2 --expert-shards 1 --workdir "$work/run" \
-    >"$work/cluster.out" 2>"$work/cluster.err" &
-cluster_pid=$!
-addr= http=
-for _ in $(seq 1 600); do
-    http=$(sed -nE 's/^http (http:.*)$/\1/p' "$work/cluster.out")
-    addr=$(sed -nE 's/^gateway listening on (.*)$/\1/p' "$work/cluster.out")
-    [ -n "$addr" ] && break
-    kill -0 "$cluster_pid" 2>/dev/null || break
-    sleep 0.2
-done
+start_cluster "$work/cluster.out" "$work/cluster.err" 600 0.2 --model "$work/model" --stages 2 --expert-shards 1 \
+    --workdir "$work/run"
+http=$(sed -nE 's/^http (http:.*)$/\1/p' "$work/cluster.out")
 if [ -z "$addr" ]; then
     bad "cluster did not start: $(tail -5 "$work/cluster.err")"
     finish
