@@ -23,7 +23,8 @@ typedef struct {
     int decode_ctx[MAX_SIZES], n_decode_ctx; /* long decode contexts; none = no decode */
     int decode_heads, decode_kv_heads;
     int decode_steps;
-    int fp32_only; /* the ISA's fp32 kernels only (no AMX, no VDPBF16PS): the comparison run */
+    int fp32_only; /* the ISA's fp32 kernels only (no AMX): the comparison run */
+    int bf16dot;   /* the default paths plus VDPBF16PS for P.V of bf16 decode (MX_FA_PATH_BF16DOT) */
     mx_kv_dtype dtypes[2];
     int n_dtypes;
     mx_threadpool *pool; /* the yardsticks' threads, as many as the backend's */
@@ -115,10 +116,14 @@ static double attend_cpu(mx_backend *be, const bench *b, qkvo *t, mx_kv_cache *k
     mx_span span = {0, n};
     mx_kv_cache *caches[1] = {kv};
     double c0 = cpu_now(), t0 = bench_now();
-    int rc = b->fp32_only ? mx_cpu_softmax_attention_path(be, mx_cpu_best_isa(), 0, &t->o, &t->q, &t->k, &t->v, &span,
-                                                          1, caches, b->heads, b->kv_heads, b->d, b->rotary, 1e7, &err)
-                          : be->softmax_attention(be, &t->o, &t->q, &t->k, &t->v, &span, 1, caches, b->heads,
-                                                  b->kv_heads, b->d, b->rotary, 1e7, &err);
+    int flags = b->bf16dot ? MX_FA_PATH_BF16DOT : 0;
+    if (b->bf16dot && n * (b->heads / b->kv_heads) > MX_FA_DECODE_ROWS && mx_cpu_amx_usable())
+        flags |= MX_FA_PATH_AMX; /* as the default op for prefill */
+    int rc = b->fp32_only || b->bf16dot
+                 ? mx_cpu_softmax_attention_path(be, mx_cpu_best_isa(), flags, &t->o, &t->q, &t->k, &t->v, &span, 1,
+                                                 caches, b->heads, b->kv_heads, b->d, b->rotary, 1e7, &err)
+                 : be->softmax_attention(be, &t->o, &t->q, &t->k, &t->v, &span, 1, caches, b->heads, b->kv_heads,
+                                         b->d, b->rotary, 1e7, &err);
     if (rc || be->sync(be, &err))
         die("softmax_attention", &err);
     double wall = bench_now() - t0;
@@ -345,11 +350,11 @@ static int parse_sizes(const char *s, int *out)
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_attention [--sizes 4K,16K,64K] [--kv-dtype bf16|f32|all] [--heads 8] [--kv-heads 1]\n"
-                    "         [--head-dim 128] [--threads 2] [--decode-steps 8] [--no-decode] [--fp32-kernels]\n"
+                    "         [--head-dim 128] [--threads 2] [--decode-steps 8] [--no-decode] [--fp32-kernels | --bf16dot]\n"
                     "         [--decode-contexts 64K,256K] [--decode-heads 64] [--decode-kv-heads 8]\n"
                     "Decode steps at 1K alternate with steps at each decode context.\n"
                     "BENCH_LONG=1 adds 256K to the prefill sizes. --fp32-kernels: the ISA's fp32 kernels only\n"
-                    "(no AMX tiles, no VDPBF16PS), to compare with.\n");
+                    "(no AMX tiles), to compare with. --bf16dot: VDPBF16PS for P.V of bf16 decode too.\n");
     exit(2);
 }
 
@@ -371,6 +376,10 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--fp32-kernels") == 0) {
             b.fp32_only = 1;
+            continue;
+        }
+        if (strcmp(a, "--bf16dot") == 0) {
+            b.bf16dot = 1;
             continue;
         }
         if (!v)
@@ -424,10 +433,16 @@ int main(int argc, char **argv)
     if (b.n_decode_ctx && reader_init_huge(&b.reader, (size_t)512 << 20))
         die("bandwidth buffer", NULL);
 
-    int amx = !b.fp32_only && mx_cpu_amx_usable(), dot = !b.fp32_only && mx_fa_bf16dot_usable();
+    if (b.fp32_only && b.bf16dot)
+        usage();
+    if (b.bf16dot && !mx_fa_bf16dot_usable()) {
+        fprintf(stderr, "bench_attention: --bf16dot: this CPU has no AVX512-BF16\n");
+        return 2;
+    }
+    int amx = !b.fp32_only && mx_cpu_amx_usable(), dot = b.bf16dot;
     printf("Softmax attention op (%s), CPU backend, %d threads, kernel ISA %s, AMX %s,\n"
            "VDPBF16PS %s\n",
-           b.fp32_only ? "fp32 kernels only" : "be->softmax_attention", b.threads, mx_cpu_isa_name(mx_cpu_best_isa()),
+           b.fp32_only ? "fp32 kernels only" : b.bf16dot ? "default paths + VDPBF16PS" : "be->softmax_attention", b.threads, mx_cpu_isa_name(mx_cpu_best_isa()),
            amx ? "yes (bf16 prefill tiles)" : "no", dot ? "yes (P.V of bf16 decode)" : "no");
     printf("%d query heads sharing %d KV head(s), head_dim %d, rotary %d. Attention flops = 4 x head_dim x heads x\n"
            "n(n+1)/2 (QK^T and PV, causal). 'of peak' = GFLOP/s over the fp32 FMA peak (%s, %d threads) measured\n"

@@ -94,7 +94,8 @@ extern const mx_fa_kernels mx_fa_kernels_scalar;
 extern const mx_fa_kernels mx_fa_kernels_avx2;
 extern const mx_fa_kernels mx_fa_kernels_avx512;
 /* The AVX-512 kernels with P.V of decode rows on bf16 pages by VDPBF16PS (p rounded to bf16):
- * only where the CPU has AVX512-BF16 (path flag MX_FA_PATH_BF16DOT). */
+ * only where the CPU has AVX512-BF16 (path flag MX_FA_PATH_BF16DOT, which the default
+ * attention does not set: see mx_cpu_softmax_attention). */
 extern const mx_fa_kernels mx_fa_kernels_avx512bf16;
 
 /* exp2(x) for x <= 0 by a degree-6 polynomial (relative error ~2e-7); 0 below -125. */

@@ -597,8 +597,10 @@ int mx_cpu_softmax_attention_isa(mx_backend *be, mx_cpu_isa isa, mx_tensor *o, m
                                          rotary_dim, rope_theta, err);
 }
 
-/* The AMX path where the CPU has it (the check is an idempotent syscall, small next to a
- * prefill and skipped for decode-only calls), and VDPBF16PS for bf16 decode where it has that. */
+/* The AMX path where the CPU has it: the check is an idempotent syscall, small next to a
+ * prefill and skipped for decode-only calls. Not MX_FA_PATH_BF16DOT: its bf16 p moved the kv
+ * tier's tiny/p600_s4 from max_rel 5.9e-4 to 0.051 (a router near-tie crossed, as in
+ * tiny/p5_s12), for 1.2-1.3x less CPU time per long-context decode step; callers opt in. */
 int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const mx_tensor *k,
                              const mx_tensor *v, const mx_span *spans, int n_spans,
                              mx_kv_cache *const *caches, int heads, int kv_heads, int head_dim,
@@ -609,8 +611,6 @@ int mx_cpu_softmax_attention(mx_backend *be, mx_tensor *o, mx_tensor *q, const m
     for (int i = 0; i < n_spans; i++)
         prefill |= spans[i].len * (heads / (kv_heads > 0 ? kv_heads : 1)) > MX_FA_DECODE_ROWS;
     int flags = prefill && isa == MX_CPU_ISA_AVX512 && mx_cpu_amx_usable() ? MX_FA_PATH_AMX : 0;
-    if (isa == MX_CPU_ISA_AVX512 && mx_fa_bf16dot_usable())
-        flags |= MX_FA_PATH_BF16DOT;
     return mx_cpu_softmax_attention_path(be, isa, flags, o, q, k, v, spans, n_spans, caches, heads, kv_heads,
                                          head_dim, rotary_dim, rope_theta, err);
 }
