@@ -1,7 +1,8 @@
 """fault_drain.py FIXTURE_DIR - a stage drains on SIGTERM: streams in flight complete.
 A loopback cluster started by this test (2 chained stages of the tiny fixture with local
-experts, f32 KV, drain_ms 20 s; one gateway); 16 greedy streams through the gateway, and once
-every stream has its first tokens, SIGTERM to stage 1 (first round) or stage 0 (second round):
+experts, f32 KV, drain_ms 20 s (80 s under AddressSanitizer); one gateway); 16 greedy streams
+through the gateway, and once every stream has its first tokens, SIGTERM to stage 1 (first
+round) or stage 0 (second round):
 - every stream completes with `mx generate`'s greedy tokens (a single process, no RPC; its
   first tokens are checked against the fixture's greedy_ids first);
 - a request sent after the signal fails fast (RESOURCE_EXHAUSTED: the stage is draining, or
@@ -28,7 +29,9 @@ ASAN = os.environ.get("MX_ASAN") == "1"
 SLOW = 4 if ASAN else 1  # time bounds relaxed by this factor under AddressSanitizer
 N_STREAMS = 16
 NEW_TOKENS = 48
-DRAIN_S = 20
+# The drain period must hold the streams' remaining tokens: 16 x up to 47 decode steps took 37 s
+# under AddressSanitizer on a loaded 2-core machine, so it scales with SLOW like the other bounds.
+DRAIN_S = 20 * SLOW
 LEASE_MS = 3000 * SLOW
 BIN = os.path.join(u.ROOT, u.BUILD, "bin")
 
