@@ -7,6 +7,11 @@
 # "N passed, N failed" line counts, and a loopback cluster (`mx cluster`) started and stopped
 # by pid. Every wait is bounded. The last line a suite prints is "N passed, N failed[, N
 # skipped]": tests/run.sh adds those up.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    echo "lib.sh is the suites' shared prelude: source it, do not run it"
+    echo "0 passed, 0 failed"
+    exit 0
+fi
 set -u
 BUILD=${BUILD:-build}
 export BUILD
