@@ -10,10 +10,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tmp=$(mktemp -d)
 made=""
 
-# bench_model PRESET: sets model to $MX_BENCH_MODEL, or to a temp dir removed by bench_cleanup,
-# and writes `mx make-model --preset PRESET` there unless it already holds a config.json.
+# bench_model PRESET [VAR]: sets model to $VAR (default MX_BENCH_MODEL) if set, else to a temp
+# dir removed by bench_cleanup, and writes `mx make-model --preset PRESET` there unless it
+# already holds a config.json.
 bench_model() {
-    model=${MX_BENCH_MODEL:-}
+    local var=${2:-MX_BENCH_MODEL}
+    model=${!var:-}
     if [ -z "$model" ]; then
         made=$(mktemp -d)
         model=$made/$1

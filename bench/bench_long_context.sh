@@ -11,9 +11,7 @@
 # of the two is measured in the same run. The client is bench/long_context.py (grpcio).
 # BENCH_PROMPT_TOKENS=1048576 runs the full 1M-token prompt (hours on 2 cores). BENCH_LONG_ARGS adds
 # arguments of long_context.py (e.g. --skip-ttft to run only (b)).
-set -eu
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/bench_lib.sh"
 if [ "${BENCH_LONG:-0}" = 1 ]; then itl_default=262144; else itl_default=32768; fi
 PROMPT=${BENCH_PROMPT_TOKENS:-65536}
 ITL_PROMPT=${BENCH_ITL_PROMPT_TOKENS:-$itl_default}
@@ -21,18 +19,8 @@ THREADS=${THREADS:-2}
 cap_args=()
 [ -n "${BENCH_PREFILL_CAP:-}" ] && cap_args+=(--max-prefill-tokens-with-decodes "$BENCH_PREFILL_CAP")
 [ "${BENCH_COMPARE_CAP:-1}" = 1 ] && cap_args+=(--compare-cap)
-model=${MX_BENCH_LONG_MODEL:-}
-made=""
-if [ -z "$model" ]; then
-    made=$(mktemp -d)
-    model=$made/long
-fi
-cleanup() {
-    [ -n "$made" ] && rm -rf "$made"
-    return 0
-}
-trap cleanup EXIT
-[ -f "$model/config.json" ] || "$BUILD/bin/mx" make-model --preset long --out "$model" >/dev/null
+trap bench_cleanup EXIT
+bench_model long MX_BENCH_LONG_MODEL
 # The softmax-attention rate of this model in chunks of 512 tokens (the gateway's default
 # max_step_tokens), for the projection to 1M tokens; BENCH_ATTN_GFLOPS skips the measurement.
 rate=${BENCH_ATTN_GFLOPS:-}
