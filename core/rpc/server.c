@@ -150,6 +150,10 @@ static void *worker_main(void *arg)
             c->method->handler(c, c->request.data, c->request.len, c->method->user);
         else
             mx_rpc_call_set_status(c, GRPC_STATUS_CANCELLED, "call cancelled before it ran");
+        /* the handler's cancel callback may point into its frame, gone now */
+        pthread_mutex_lock(&c->mu);
+        c->on_cancel = NULL;
+        pthread_mutex_unlock(&c->mu);
         mx_rpc_call_send_final(c);
         pthread_mutex_lock(&srv->mu);
         p->busy--;
@@ -181,8 +185,16 @@ static void on_close(mx_rpc_tag *tag, int ok)
 {
     (void)ok;
     mx_rpc_call *c = (mx_rpc_call *)((char *)tag - offsetof(mx_rpc_call, tag_close));
-    if (c->close_cancelled)
+    if (c->close_cancelled) {
         atomic_store(&c->cancelled, 1);
+        /* wake a handler asleep on its own condition (mx_rpc_call_on_cancel); the store above
+         * comes first, so a handler that looks once woken sees the call cancelled */
+        pthread_mutex_lock(&c->mu);
+        if (c->on_cancel)
+            c->on_cancel(c->on_cancel_arg);
+        c->on_cancel = NULL;
+        pthread_mutex_unlock(&c->mu);
+    }
     mx_rpc_call_unref(c);
 }
 

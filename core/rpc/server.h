@@ -114,8 +114,19 @@ void mx_rpc_call_set_status(mx_rpc_call *call, grpc_status_code code, const char
 void mx_rpc_call_set_error(mx_rpc_call *call, const mx_error *err);
 
 /* Non-zero once the client cancelled, the deadline passed or the server cancelled the call.
- * Long handlers should poll it between steps and return early. */
+ * Long handlers should look at it between steps and return early (a handler that sleeps
+ * between steps can be woken with mx_rpc_call_on_cancel). */
 int mx_rpc_call_cancelled(const mx_rpc_call *call);
+
+/* Has fn(arg) called once when the call is cancelled (the client cancelled or went away, its
+ * deadline passed, the server cancelled it), so a handler asleep on something of its own (a
+ * condition variable) is woken rather than polling mx_rpc_call_cancelled. fn runs on the
+ * server's poller thread with the call's lock held: it must be short and must not use the call
+ * (signalling a condition variable is the idea). On a call already cancelled fn runs here, at
+ * once. Replaces an earlier registration; fn NULL clears it, and once that returns fn is not
+ * running and will not run: clear it before arg goes away (the server clears it anyway when
+ * the handler returns). Must not be called while holding a lock fn takes. */
+void mx_rpc_call_on_cancel(mx_rpc_call *call, void (*fn)(void *arg), void *arg);
 
 /* Milliseconds until the client's deadline (INT64_MAX if none, <= 0 when passed). */
 int64_t mx_rpc_call_ms_left(const mx_rpc_call *call);

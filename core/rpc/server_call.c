@@ -210,6 +210,19 @@ int mx_rpc_call_cancelled(const mx_rpc_call *c)
     return atomic_load(&((mx_rpc_call *)c)->cancelled);
 }
 
+void mx_rpc_call_on_cancel(mx_rpc_call *c, void (*fn)(void *arg), void *arg)
+{
+    /* Under mu, as on_close (server.c) runs it: a clear waits for a callback in progress, and
+     * a registration either sees the cancellation here or is seen by on_close. */
+    pthread_mutex_lock(&c->mu);
+    bool now = fn && atomic_load(&c->cancelled);
+    c->on_cancel = now ? NULL : fn;
+    c->on_cancel_arg = now ? NULL : arg;
+    pthread_mutex_unlock(&c->mu);
+    if (now)
+        fn(arg);
+}
+
 int64_t mx_rpc_call_ms_left(const mx_rpc_call *c)
 {
     gpr_timespec deadline = c->details.deadline;

@@ -67,6 +67,8 @@ struct mx_rpc_call {
     pthread_cond_t cond;
     int sync_done, sync_ok;          /* completion of the batch a worker waits for */
     int refs;                        /* owner path + RECV_CLOSE_ON_SERVER */
+    void (*on_cancel)(void *arg);    /* mx_rpc_call_on_cancel, under mu; run by on_close */
+    void *on_cancel_arg;
 
     int sent_initial_metadata;
     int messages_written;

@@ -1,6 +1,7 @@
 /* test_rpc_server.c - the RPC layer end to end: an mx server and mx clients in one process
  * over loopback on an ephemeral port (unary, streaming, unknown method, deadline,
- * cancellation, size limit, malformed protobuf, fan-out, health, graceful shutdown). */
+ * cancellation and the handler it wakes, size limit, malformed protobuf, fan-out, health,
+ * graceful shutdown). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,6 +29,9 @@ typedef struct fixture {
     char address[64];
     atomic_int saw_cancel;     /* set by handlers that noticed cancellation */
     atomic_int handler_done;   /* set by the slow handler when it finishes */
+    atomic_int woken;          /* h_block: 1 = its cancel callback woke it, 2 = also at once on
+                                  a late registration, -1 = its wait ran out */
+    _Atomic double woken_ms;   /* h_block: when it woke */
 } fixture;
 
 static double now_ms(void)
@@ -88,6 +92,56 @@ static void h_wait_cancel(mx_rpc_call *call, const uint8_t *req, size_t len, voi
     mx_rpc_call_set_status(call, GRPC_STATUS_CANCELLED, "gave up");
 }
 
+/* What h_block sleeps on: its cancel callback sets fired and signals. */
+typedef struct block_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int fired;
+} block_wait;
+
+static void on_block_cancel(void *arg)
+{
+    block_wait *b = arg;
+    pthread_mutex_lock(&b->mu);
+    b->fired++;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Writes one message, then sleeps on its own condition variable (10 s at most, no polling)
+ * until mx_rpc_call_on_cancel wakes it; then checks that a registration on a call already
+ * cancelled runs the callback at once. */
+static void h_block(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
+{
+    (void)req, (void)len;
+    fixture *f = user;
+    block_wait b = {.fired = 0};
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    mx_rpc_call_on_cancel(call, on_block_cancel, &b);
+    if (mx_rpc_call_write_copy(call, "ready", 5, NULL) == 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 10;
+        pthread_mutex_lock(&b.mu);
+        int rc = 0;
+        while (!b.fired && rc == 0)
+            rc = pthread_cond_timedwait(&b.cv, &b.mu, &until);
+        int fired = b.fired;
+        pthread_mutex_unlock(&b.mu);
+        atomic_store(&f->woken_ms, now_ms());
+        if (fired == 1 && mx_rpc_call_cancelled(call)) {
+            mx_rpc_call_on_cancel(call, on_block_cancel, &b);   /* already cancelled: runs here */
+            atomic_store(&f->woken, b.fired == 2 ? 2 : 1);
+        } else {
+            atomic_store(&f->woken, -1);
+        }
+    }
+    mx_rpc_call_on_cancel(call, NULL, NULL);   /* b goes away with this frame */
+    pthread_mutex_destroy(&b.mu);
+    pthread_cond_destroy(&b.cv);
+}
+
 /* Takes 300 ms, then echoes. */
 static void h_slow(mx_rpc_call *call, const uint8_t *req, size_t len, void *user)
 {
@@ -131,6 +185,7 @@ static int start_server(fixture *f, int max_message_bytes)
     mx_rpc_server_add_stream(f->srv, "/test.Echo/Forever", h_forever, f, &err);
     mx_rpc_server_add_unary(f->srv, "/test.Echo/WaitCancel", h_wait_cancel, f, &err);
     mx_rpc_server_add_unary(f->srv, "/test.Echo/Slow", h_slow, f, &err);
+    mx_rpc_server_add_stream(f->srv, "/test.Echo/Block", h_block, f, &err);
     mx_rpc_server_add_unary(f->srv, "/test.Echo/Parse", h_parse, f, &err);
     if (mx_rpc_server_start(f->srv, &err) != 0)
         return -1;
@@ -299,6 +354,32 @@ static void test_cancellation_seen_by_handler(void **state)
     for (int i = 0; i < 200 && !atomic_load(&f->saw_cancel); i++)
         usleep(10000);
     assert_int_equal(atomic_load(&f->saw_cancel), 1);
+}
+
+/* A handler asleep on its own condition variable is woken by the cancel callback when the
+ * client cancels: well before its 10 s wait runs out, with no polling on its side. */
+static void test_cancel_wakes_blocked_handler(void **state)
+{
+    fixture *f = *state;
+    atomic_store(&f->woken, 0);
+    mx_rpc_stream *s;
+    assert_int_equal(mx_rpc_stream_open(f->ch, "/test.Echo/Block", mx_rpc_payload_copy("", 0), 20000, &s, NULL),
+                     0);
+    mx_rpc_bytes msg;
+    assert_int_equal(mx_rpc_stream_read(s, &msg), 1);   /* the handler is about to sleep */
+    mx_rpc_bytes_free(&msg);
+    usleep(100000);
+    assert_int_equal(atomic_load(&f->woken), 0);       /* asleep until told */
+    double t_cancel = now_ms();
+    mx_rpc_stream_cancel(s);
+    while (mx_rpc_stream_read(s, &msg) == 1)
+        mx_rpc_bytes_free(&msg);
+    mx_rpc_stream_close(s);
+    for (int i = 0; i < 1000 && !atomic_load(&f->woken); i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&f->woken), 2);
+    double waited = atomic_load(&f->woken_ms) - t_cancel;
+    assert_true(waited >= 0 && waited < 2000);          /* not the 10 s timeout */
 }
 
 static void test_message_over_limit(void **state)
@@ -568,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_unknown_method_fast),
         cmocka_unit_test(test_deadline_exceeded),
         cmocka_unit_test(test_cancellation_seen_by_handler),
+        cmocka_unit_test(test_cancel_wakes_blocked_handler),
         cmocka_unit_test(test_message_over_limit),
         cmocka_unit_test(test_protobuf_roundtrip_and_malformed),
         cmocka_unit_test(test_fanout),
