@@ -86,10 +86,29 @@ static void fill_final(const gw_request *r, Mx__V1__Usage *u, Mx__V1__Timings *t
     t->total_ms = r->t_done_ms - r->t_arrival_ms;
 }
 
-/* Whether the client of the call went away (gw_request_wait_progress asks every 20 ms). */
+/* Whether the client of the call went away (gw_request_wait_progress asks before each sleep). */
 static bool call_gone(void *call)
 {
     return mx_rpc_call_cancelled(call);
+}
+
+/* The RPC server's cancel callback: the handler waiting on r looks at call_gone again. */
+static void wake_request(void *r)
+{
+    gw_request_wake(r);
+}
+
+/* While the handler waits on r, a cancelled call wakes it (mx_rpc_call_on_cancel) instead of
+ * the handler polling for it. Not called with r->mu held: the callback takes it. */
+static void watch_cancel(mx_rpc_call *call, gw_request *r)
+{
+    mx_rpc_call_on_cancel(call, wake_request, r);
+}
+
+/* Before the handler drops its reference to r: the callback will not run after this. */
+static void unwatch_cancel(mx_rpc_call *call)
+{
+    mx_rpc_call_on_cancel(call, NULL, NULL);
 }
 
 /* Waits until r has tokens beyond `sent` or is done; false (r marked cancelled) if the client
@@ -183,6 +202,7 @@ void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
         log_access(user, call, "Generate", NULL, t0);
         return;
     }
+    watch_cancel(call, r);
     int sent = 0;
     size_t text_sent = 0;
     double last_ms = 0;        /* when the previous tokens were written (inter-token metric) */
@@ -243,6 +263,7 @@ void gw_on_generate(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
             break;
         }
     }
+    unwatch_cancel(call);
     if (!finished)
         gw_metrics_finished(g->metrics, GW_API_GRPC, r, true);
     log_access(user, call, "Generate", r, t0);
@@ -257,11 +278,13 @@ void gw_on_complete(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
         log_access(user, call, "Complete", NULL, t0);
         return;
     }
+    watch_cancel(call, r);
     pthread_mutex_lock(&r->mu);
     bool alive = true;
     while (alive && !r->done)
         alive = wait_progress(call, r, r->n_out);
     pthread_mutex_unlock(&r->mu);
+    unwatch_cancel(call);
     gw_generation_ctx *g = user;
     gw_metrics_finished(g->metrics, GW_API_GRPC, r, !alive);
     if (alive) {

@@ -38,6 +38,7 @@ struct gw_openai_http {
     bool draining;             /* under mu */
     double drain_start_ms;     /* under mu */
     int active;                /* generation requests in flight, under mu */
+    struct oa_waiter *waiting; /* handlers waiting for tokens (woken on stop), under mu */
     atomic_bool stopping;      /* waits give up and cancel their requests */
 };
 
@@ -108,24 +109,67 @@ static bool peer_gone(struct MHD_Connection *c)
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
+/* A handler waiting for its request's tokens, on its own stack, in h->waiting while it waits:
+ * stopping the server wakes it at once instead of it polling the flag. */
 typedef struct oa_waiter {
     gw_openai_http *h;
     struct MHD_Connection *c;
+    gw_request *r;
+    struct oa_waiter *prev, *next;
 } oa_waiter;
 
+/* Asked before each sleep of the wait: the stop wakes waiters; a client that closed its socket
+ * is seen at the next token or after the wait's safety timeout (MHD cannot tell us: the
+ * connection's thread is the one waiting here). */
 static bool client_gone(void *ctx)
 {
     oa_waiter *w = ctx;
     return atomic_load(&w->h->stopping) || peer_gone(w->c);
 }
 
-/* With r->mu held: waits until r has tokens beyond `sent` or is done. False (r marked
- * cancelled, so the scheduler drops it and releases its stage state) when the client went
- * away or the server stops. */
+/* Lock order h->mu, then r->mu (the stop wakes waiters under h->mu): so waiters enter and leave
+ * the list without r->mu held. */
+static void waiter_add(oa_waiter *w)
+{
+    pthread_mutex_lock(&w->h->mu);
+    w->prev = NULL;
+    w->next = w->h->waiting;
+    if (w->next)
+        w->next->prev = w;
+    w->h->waiting = w;
+    pthread_mutex_unlock(&w->h->mu);
+}
+
+static void waiter_remove(oa_waiter *w)
+{
+    pthread_mutex_lock(&w->h->mu);
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->h->waiting = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    pthread_mutex_unlock(&w->h->mu);
+}
+
+/* Takes r->mu and waits until r has tokens beyond `sent` (sent < 0: until r is done), then
+ * returns with r->mu held. False (r marked cancelled, so the scheduler drops it and releases
+ * its stage state) when the client went away or the server stops. */
 static bool wait_progress(gw_openai_http *h, struct MHD_Connection *c, gw_request *r, int sent)
 {
-    oa_waiter w = {.h = h, .c = c};
-    return gw_request_wait_progress(r, sent, client_gone, &w);
+    oa_waiter w = {.h = h, .c = c, .r = r};
+    waiter_add(&w);
+    pthread_mutex_lock(&r->mu);
+    bool alive = true;
+    if (sent >= 0)
+        alive = gw_request_wait_progress(r, sent, client_gone, &w);
+    else
+        while (alive && !r->done)
+            alive = gw_request_wait_progress(r, r->n_out, client_gone, &w);
+    pthread_mutex_unlock(&r->mu);
+    waiter_remove(&w);
+    pthread_mutex_lock(&r->mu);
+    return alive;
 }
 
 /* Queues a JSON answer; cn->status keeps its status for the access line. */
@@ -230,7 +274,6 @@ static int stream_fill(oa_stream *s)
         s->role_sent = true;
         return emit(s, oa_chunk(&s->meta, r, "", 0, 0, NULL, true, s->include_usage));
     }
-    pthread_mutex_lock(&r->mu);
     bool alive = wait_progress(s->h, s->c, r, s->sent);
     int upto = r->n_out;
     bool done = r->done;
@@ -326,10 +369,7 @@ static void stream_free(void *cls)
 static enum MHD_Result finish_plain(gw_openai_http *h, oa_conn *cn, struct MHD_Connection *c, gw_request *r,
                                     const oa_meta *m)
 {
-    pthread_mutex_lock(&r->mu);
-    bool alive = true;
-    while (alive && !r->done)
-        alive = wait_progress(h, c, r, r->n_out);
+    bool alive = wait_progress(h, c, r, -1);
     pthread_mutex_unlock(&r->mu);
     /* counted before the answer goes out: a client that has it sees the count */
     gw_metrics_finished(h->g->metrics, GW_API_OPENAI, r, !alive);
@@ -683,9 +723,13 @@ void gw_openai_http_stop(gw_openai_http *h)
     double until = h->drain_start_ms + (double)h->g->cfg->drain_ms;
     pthread_mutex_unlock(&h->mu);
     wait_idle(h, until);
-    /* the waits still going notice within 20 ms, cancel their requests and answer 503; their
-     * answers get up to a second to go out before the connections are shut */
+    /* the waits still going are woken, cancel their requests and answer 503; their answers get
+     * up to a second to go out before the connections are shut */
     atomic_store(&h->stopping, true);
+    pthread_mutex_lock(&h->mu);
+    for (oa_waiter *w = h->waiting; w; w = w->next)
+        gw_request_wake(w->r);
+    pthread_mutex_unlock(&h->mu);
     wait_idle(h, mx_now_ms() + 1000);
     if (h->d)
         MHD_stop_daemon(h->d);

@@ -213,15 +213,24 @@ void gw_request_cancel(gw_request *r)
     pthread_mutex_unlock(&r->mu);
 }
 
+void gw_request_wake(gw_request *r)
+{
+    pthread_mutex_lock(&r->mu);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
 bool gw_request_wait_progress(gw_request *r, int sent, bool (*gone)(void *ctx), void *ctx)
 {
+    /* gone() is asked under r->mu before every sleep: a canceller sets what gone() reads, then
+     * wakes through r->mu, so its wake-up cannot fall between the question and the sleep. */
     while (!r->done && r->n_out == sent) {
-        struct timespec ts = mx_wall_after_ms(20);
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-        if (!r->done && gone(ctx)) {
+        if (gone(ctx)) {
             r->cancelled = true;
             return false;
         }
+        struct timespec ts = mx_wall_after_ms(GW_WAIT_SAFETY_MS);
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     }
     return true;
 }

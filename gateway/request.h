@@ -102,10 +102,20 @@ void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, co
 /* Handler side: marks the request cancelled (the scheduler drops it before the next step). */
 void gw_request_cancel(gw_request *r);
 
-/* Handler side, with r->mu held: waits until r has tokens beyond `sent` or is done. Nothing
- * signals a client that went away (a closed stream, a closed socket), so gone(ctx) is asked
- * every 20 ms; when it answers true, r is marked cancelled (the scheduler drops it and
- * releases its stage state) and false is returned. */
+/* Wakes r's waiting handler so it asks again whether its client is gone: for whoever learns of
+ * a cancellation (the RPC server's cancel callback, an HTTP server stopping). Takes r->mu. */
+void gw_request_wake(gw_request *r);
+
+/* How long gw_request_wait_progress sleeps without a wake-up before it asks gone(ctx) anyway:
+ * a safety net for a disconnect nobody reports (an HTTP client that closed its socket while
+ * no token flows), not the way cancellations are meant to arrive. */
+#define GW_WAIT_SAFETY_MS 1000
+
+/* Handler side, with r->mu held: waits until r has tokens beyond `sent` or is done. gone(ctx)
+ * is asked before each sleep, so whoever learns that the client went away wakes the handler
+ * with gw_request_wake (a waiter is not woken on a timer, bar the safety net above); when it
+ * answers true, r is marked cancelled (the scheduler drops it and releases its stage state)
+ * and false is returned. Progress wins over a client gone at the same time. */
 bool gw_request_wait_progress(gw_request *r, int sent, bool (*gone)(void *ctx), void *ctx);
 
 #endif
