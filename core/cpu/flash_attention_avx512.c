@@ -1,7 +1,8 @@
 /* flash_attention_avx512.c - AVX-512 tile kernels of the CPU flash attention (contract in
  * attention_cpu.h; compiled with AVX-512 flags, called only after the run-time check in
- * flash_attention_cpu.c, head_dim a multiple of 16). fp32 FMA throughout; exp2 is a degree-6
- * polynomial with vscalefps, so no libm call per score. */
+ * flash_attention_cpu.c, head_dim a multiple of 16). fp32 FMA throughout, but for the opt-in
+ * VDPBF16PS P.V of bf16 decode at the end; exp2 is a degree-6 polynomial with vscalefps, so no
+ * libm call per score. */
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
