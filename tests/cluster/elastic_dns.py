@@ -224,16 +224,24 @@ def main():
         if not r.check(fe.wait_until(lambda: serving(gw), 60), "gateway SERVING", procs.log("gateway")):
             return
         # both stages hold a Health/Watch on the replica; with expert-svc's 4 workers that is the
-        # most it serves (half), so a third is refused and Check still answers
-        try:
-            with grpc.insecure_channel(a) as ch:
-                watch = ch.unary_stream("/grpc.health.v1.Health/Watch",
-                                        request_serializer=fe.health_pb.HealthCheckRequest.SerializeToString,
-                                        response_deserializer=fe.health_pb.HealthCheckResponse.FromString)
-                first = next(watch(fe.health_pb.HealthCheckRequest(service="mx.internal.v1.ExpertShard"), timeout=5))
-                code = "answered %s" % first.status
-        except grpc.RpcError as e:
-            code = e.code()
+        # most it serves (half), so a third is refused and Check still answers. A stage opens its
+        # watch after it is SERVING (and reopens a broken one after a backoff), so this asks again
+        # until refused, bounded: 20 tries over at most 15 s.
+        code, t_end = None, time.time() + 15
+        for _ in range(20):
+            try:
+                with grpc.insecure_channel(a) as ch:
+                    watch = ch.unary_stream("/grpc.health.v1.Health/Watch",
+                                            request_serializer=fe.health_pb.HealthCheckRequest.SerializeToString,
+                                            response_deserializer=fe.health_pb.HealthCheckResponse.FromString)
+                    first = next(watch(fe.health_pb.HealthCheckRequest(service="mx.internal.v1.ExpertShard"),
+                                       timeout=5))
+                    code = "answered %s" % first.status
+            except grpc.RpcError as e:
+                code = e.code()
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED or time.time() > t_end:
+                break
+            time.sleep(0.5)
         r.check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and serving(a, "mx.internal.v1.ExpertShard"),
                 "a third Health/Watch on a 4-worker replica is refused (the stages hold two); Check answers",
                 "%s" % code)
