@@ -28,18 +28,9 @@ static void note_alloc(void)
         atomic_fetch_add(&counted, 1);
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
+#include "asan_alloc_hooks.h"
 
 #ifdef UNDER_ASAN
-/* from sanitizer/allocator_interface.h (not every toolchain installs the header) */
-int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
-                                              void (*free_hook)(const volatile void *));
 static void on_malloc(const volatile void *p, size_t n)
 {
     (void)p;

@@ -46,22 +46,13 @@
 #define WARM_STEPS 4
 #define COUNTED_STEPS 20
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
+#include "asan_alloc_hooks.h"
 
 static atomic_int counting;            /* 1: count (all threads), 2: count this thread only */
 static _Thread_local int this_thread;  /* the stepping thread, in mode 2 */
 static atomic_ullong counted;
 
 #ifdef UNDER_ASAN
-/* from sanitizer/allocator_interface.h (not every toolchain installs the header) */
-int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
-                                              void (*free_hook)(const volatile void *));
 
 static void on_malloc(const volatile void *p, size_t n)
 {

@@ -1,0 +1,24 @@
+/* asan_alloc_hooks.h - what the tests that count heap allocations need to know about
+ * AddressSanitizer: UNDER_ASAN where it is on (its allocator replaces malloc, so a test cannot
+ * interpose malloc itself and counts through the sanitizer's allocation hooks instead), and the
+ * hook installer's declaration (from sanitizer/allocator_interface.h, which not every toolchain
+ * installs). */
+#ifndef MX_TESTS_ASAN_ALLOC_HOOKS_H
+#define MX_TESTS_ASAN_ALLOC_HOOKS_H
+
+#include <stddef.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+#ifdef UNDER_ASAN
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+#endif
+
+#endif
