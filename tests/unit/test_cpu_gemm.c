@@ -37,13 +37,8 @@ static void on_malloc(const volatile void *p, size_t n)
     (void)n;
     note_alloc();
 }
-static void on_free(const volatile void *p) { (void)p; }
-static void counting_init(void) { __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free); }
+static void counting_init(void) { asan_count_allocs(on_malloc); }
 #else
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void *__libc_memalign(size_t align, size_t n);
 static void counting_init(void) {}
 void *malloc(size_t n)
 {

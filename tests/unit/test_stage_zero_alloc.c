@@ -61,14 +61,8 @@ static void on_malloc(const volatile void *p, size_t n)
     if (atomic_load_explicit(&counting, memory_order_relaxed) == 1)
         atomic_fetch_add(&counted, 1);
 }
-static void on_free(const volatile void *p) { (void)p; }
-static void counting_init(void) { __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free); }
+static void counting_init(void) { asan_count_allocs(on_malloc); }
 #else
-extern void *__libc_malloc(size_t n);
-extern void *__libc_calloc(size_t n, size_t size);
-extern void *__libc_realloc(void *p, size_t n);
-extern void *__libc_memalign(size_t align, size_t n);
-extern void __libc_free(void *p);
 
 /* Code ranges whose allocations are ours: this executable and libprotobuf-c. */
 #define MAX_RANGES 16
