@@ -1,7 +1,8 @@
 /* pipeline_health.h - the gateway's health means "can serve": a watcher thread asks every
  * stage's grpc.health.v1 Check (service mx.internal.v1.AttentionStage) every interval and sets
- * the gateway's own mx.v1.Generation status NOT_SERVING while any stage is unreachable or not
- * SERVING, SERVING again once all are. "" (liveness) is left alone, so a gateway waiting for
+ * the gateway's own mx.v1.Generation status NOT_SERVING while any stage is not SERVING:
+ * answers NOT_SERVING, refuses the connection, or has left two checks in a row unanswered
+ * (one late answer from a busy stage is not an outage); SERVING again once all are. "" (liveness) is left alone, so a gateway waiting for
  * its stages is not restarted. During a drain the health add-on ignores the watcher. */
 #ifndef MX_GW_PIPELINE_HEALTH_H
 #define MX_GW_PIPELINE_HEALTH_H

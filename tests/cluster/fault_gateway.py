@@ -10,6 +10,10 @@ cluster (2 stages, 1 expert shard), seen by an independent Python grpcio client:
   context limit): every one is answered at once, with RESOURCE_EXHAUSTED or the over-limit
   error naming the real token count; the gateway's
   RSS is back within 20 % (+ 8 MiB) of its pre-burst value 3 s after the burst;
+- stage 0 stalled briefly (SIGSTOP for 0.75 s, three times at phases a third of the gateway's
+  500 ms check interval apart, so that at least one stall makes a check miss its deadline, as a
+  stage busy on a loaded machine does): the gateway's mx.v1.Generation health
+  stays SERVING throughout (polled every 50 ms);
 - stage 0 frozen (SIGSTOP): the gateway's mx.v1.Generation health turns NOT_SERVING within 2 s
   (its liveness, service "", stays SERVING); after SIGCONT it is SERVING again within 2 s, and a
   greedy request then gives the fixture's tokens.
@@ -97,6 +101,42 @@ def greedy(addr, prompt, want):
         for m in generate(req, timeout=60):
             got.extend(m.token_ids)
         return got
+
+
+def test_brief_stall_keeps_serving(cl):
+    gw = cl.gateway
+    r.check(wait_status(gw, "mx.v1.Generation", 1, 10) is not None, "gateway SERVING before the stalls")
+    pid = child_pid(cl.proc.pid, "stage-0.cfg")
+    if not r.check(pid is not None, "stage 0's pid found"):
+        return
+    seen, stalls, tries = [], 0, 0
+    # A stall of 0.75 s covers at most one whole 500 ms check: the watcher's first check that
+    # times out is followed at once by one the stage answers. It makes a check miss when it
+    # starts within 250 ms before one is sent; the gaps after the stalls differ by a third of
+    # the interval, so one of three stalls does whatever the watcher's phase. A stall that
+    # overran 0.95 s (this process descheduled) could cover two checks and is not counted;
+    # tries are bounded.
+    while stalls < 3 and tries < 8:
+        tries += 1
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.time()
+        try:
+            while time.time() - t0 < 0.75:
+                seen.append(status(gw, "mx.v1.Generation", timeout=0.3))
+                time.sleep(0.05)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        took = time.time() - t0
+        t1 = time.time()
+        while time.time() - t1 < 0.8 + 0.167 * stalls:
+            seen.append(status(gw, "mx.v1.Generation", timeout=0.3))
+            time.sleep(0.05)
+        if took < 0.95:
+            stalls += 1
+    print("brief stalls of stage 0: %d counted of %d, %d health polls" % (stalls, tries, len(seen)))
+    r.check(stalls == 3, "three stalls under 0.95 s", "%d of %d tries" % (stalls, tries))
+    r.check(2 not in seen, "mx.v1.Generation stays SERVING through brief stalls of stage 0",
+            "%d NOT_SERVING of %d polls" % (seen.count(2), len(seen)))
 
 
 def test_health_follows_stage0(cl, prompt, want):
@@ -567,6 +607,7 @@ def main():
         except Exception as e:  # a crash in one group is a failure; the cluster still stops
             r.check(False, "test group", repr(e))
         try:
+            test_brief_stall_keeps_serving(cl)
             test_health_follows_stage0(cl, prompt, want)
         except Exception as e:  # a crash in one group is a failure; the cluster still stops
             r.check(False, "test group", repr(e))
