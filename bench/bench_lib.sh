@@ -17,15 +17,17 @@ bench_model() {
     local var=${2:-MX_BENCH_MODEL}
     model=${!var:-}
     if [ -z "$model" ]; then
-        made=$(mktemp -d)
-        model=$made/$1
+        model=$(mktemp -d)
+        made="$made $model"
+        model=$model/$1
     fi
     [ -f "$model/config.json" ] || "$BUILD/bin/mx" make-model --preset "$1" --out "$model" >/dev/null
 }
 
 bench_cleanup() {
     rm -rf "$tmp"
-    [ -n "$made" ] && rm -rf "$made"
+    local d
+    for d in $made; do rm -rf "$d"; done
     return 0
 }
 

@@ -7,8 +7,14 @@
 # depth 2 with the stages' overlap (a micro-batch's attention while the other one's expert
 # calls are out), and depth 1 with overlap_halves (each batch as two halves interleaved per
 # layer). Prints each rate and the ratios to depth 1 (target: 2 + overlap >= 1.6x).
-# Uses the "medium" preset (hidden 1024, 8 layers, 16 experts), written once to
-# $MX_BENCH_MODEL (default a temp dir, removed).
+# Runs two models (MODELS, default "long medium"), written once to $MX_BENCH_LONG_MODEL /
+# $MX_BENCH_MODEL (default temp dirs, removed):
+#   long   - the real 7:1 lightning/softmax layer pattern at width 512 (8 heads x 64, 4 experts
+#            of 512): attention is most of a step, as in MiniMax's long-context serving;
+#   medium - hidden 1024, 16 experts of 2048: the expert GEMMs are most of a step. Both
+#            simulated hosts read memory through the same bus here, and each micro-batch reads
+#            every expert's weights, so depth 2 adds expert work that two real hosts would
+#            each do at their own bandwidth.
 . "$(dirname "$0")/bench_lib.sh"
 BATCH=${BATCH:-32} STEPS=${STEPS:-16} ROUNDS=${ROUNDS:-2}
 pids=()
@@ -18,12 +24,15 @@ stop_all() {
     pids=()
 }
 trap 'stop_all; bench_cleanup' EXIT
-bench_model medium
-experts=$(sed -nE 's/.*"num_local_experts": *([0-9]+).*/\1/p' "$model/config.json")
-layers=$(sed -nE 's/.*"num_hidden_layers": *([0-9]+).*/\1/p' "$model/config.json")
-half_e=$((experts / 2)) half_l=$((layers / 2))
+# use_model PRESET VAR: the model and the expert/layer halves of the two hosts
+use_model() {
+    bench_model "$1" "$2"
+    experts=$(sed -nE 's/.*"num_local_experts": *([0-9]+).*/\1/p' "$model/config.json")
+    layers=$(sed -nE 's/.*"num_hidden_layers": *([0-9]+).*/\1/p' "$model/config.json")
+    half_e=$((experts / 2)) half_l=$((layers / 2))
+    E0="[$(list 0 $((half_e - 1)))]" E1="[$(list "$half_e" $((experts - 1)))]"
+}
 list() { seq -s, "$1" "$2"; }
-E0="[$(list 0 $((half_e - 1)))]" E1="[$(list "$half_e" $((experts - 1)))]"
 port=$((52000 + RANDOM % 4000))
 S0="127.0.0.2:$port" S1="127.0.0.3:$((port + 1))" X0="127.0.0.2:$((port + 2))" X1="127.0.0.3:$((port + 3))"
 GW="127.0.0.1:$((port + 4))"
@@ -84,12 +93,19 @@ run() { # OVERLAP DEPTH HALVES: prints tokens/s
     tokens_per_s "$line"
 }
 
-d1=0 d2=0 d2o=0 d1h=0
-for r in $(seq 1 "$ROUNDS"); do
-    a=$(run false 1 false) b=$(run false 2 false) c=$(run true 2 false) h=$(run false 1 true)
-    echo "round $r: depth 1 $a, depth 2 $b, depth 2 + overlap $c, depth 1 + halves $h tokens/s" \
-        "(batch $BATCH, load $(cut -d' ' -f1 /proc/loadavg))"
-    d1=$(best "$d1" "$a") d2=$(best "$d2" "$b") d2o=$(best "$d2o" "$c") d1h=$(best "$d1h" "$h")
+for preset in ${MODELS:-long medium}; do
+    case $preset in
+    medium) use_model medium MX_BENCH_MODEL ;;
+    *) use_model "$preset" MX_BENCH_LONG_MODEL ;;
+    esac
+    d1=0 d2=0 d2o=0 d1h=0
+    for r in $(seq 1 "$ROUNDS"); do
+        a=$(run false 1 false) b=$(run false 2 false) c=$(run true 2 false) h=$(run false 1 true)
+        echo "$preset round $r: depth 1 $a, depth 2 $b, depth 2 + overlap $c, depth 1 + halves $h tokens/s" \
+            "(batch $BATCH, load $(cut -d' ' -f1 /proc/loadavg))"
+        d1=$(best "$d1" "$a") d2=$(best "$d2" "$b") d2o=$(best "$d2o" "$c") d1h=$(best "$d1h" "$h")
+    done
+    awk -v m="$preset" -v a="$d1" -v b="$d2" -v c="$d2o" -v h="$d1h" -v r="$ROUNDS" 'BEGIN {
+        if (a <= 0) { print "bench_overlap: no rate measured for " m; exit 1 }
+        printf "%s: two simulated hosts, best of %d rounds: depth 1 %.1f, depth 2 %.1f (%.2fx), depth 2 + overlap %.1f (%.2fx, target >= 1.6x), depth 1 + halves %.1f (%.2fx) tokens/s\n", m, r, a, b, b / a, c, c / a, h, h / a }'
 done
-awk -v a="$d1" -v b="$d2" -v c="$d2o" -v h="$d1h" -v r="$ROUNDS" 'BEGIN {
-    printf "two simulated hosts, best of %d rounds: depth 1 %.1f, depth 2 %.1f (%.2fx), depth 2 + overlap %.1f (%.2fx, target >= 1.6x), depth 1 + halves %.1f (%.2fx) tokens/s\n", r, a, b, b / a, c, c / a, h, h / a }'
