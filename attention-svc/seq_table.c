@@ -52,6 +52,13 @@ int seq_table_add(seq_table *t, uint64_t id, seq_entry **out, mx_error *err)
     seq_entry *e = &t->entries[t->count];
     memset(e, 0, sizeof *e);
     MX_TRY(mx_sequence_create(t->model, t->layer_begin, t->layer_end, &e->seq, err));
+    /* two buffers per lightning layer: a step's undo is the buffer it advanced from, not a copy */
+    int rc = mx_sequence_keep_undo(t->model, e->seq, err);
+    if (rc) {
+        mx_sequence_free(t->model, e->seq);
+        e->seq = NULL;
+        return rc;
+    }
     e->id = id;
     t->count++;
     *out = e;

@@ -22,7 +22,14 @@ typedef struct mx_span {
 /* Per-sequence state of one lightning layer: fp32 S [heads, head_dim, head_dim]. */
 typedef struct mx_lightning_state {
     mx_tensor S;     /* on the backend's device, F32 */
+    /* Undo mode (mx_sequence_keep_undo), else empty: a second buffer of S's shape. The
+     * lightning op then writes the advanced state here and leaves S as it was, and the model
+     * swaps the two, so the state from before a step stays in `spare` as the step's undo. */
+    mx_tensor spare;
     bool started;    /* false until the first token; a zero state either way */
+    bool spare_is_undo;  /* spare holds the state from before this layer's advance in the step
+                          * since mx_sequence_save */
+    bool spare_started;  /* `started` as it was before that advance */
 } mx_lightning_state;
 
 /* Per-sequence KV cache of one softmax layer (post-RoPE K and V): a page table of
@@ -84,10 +91,13 @@ struct mx_backend {
     /* Lightning attention for a ragged batch. qkv [T, heads*3*head_dim] is already SiLU'd and
      * per-head interleaved q|k|v; o [T, heads*head_dim]. decay[h] = s_h (the layer's fp32 rate).
      * For each span i the tokens advance states[i] (blocked form for chunks, recurrence per
-     * token; both equal the spec's math). */
+     * token; both equal the spec's math): in place, or, when states[i]->spare.data is set,
+     * from S into spare with S left unchanged (the caller swaps them). */
     int (*lightning)(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_span *spans,
                      int n_spans, mx_lightning_state *const *states, const float *decay, int heads,
                      int head_dim, mx_error *err);
+    /* A zero state without a spare; free releases S and the spare if it has one (allocated
+     * with be->alloc, as mx_sequence_keep_undo does). */
     int (*lightning_state_init)(mx_backend *be, mx_lightning_state *st, int heads, int head_dim,
                                 mx_error *err);
     void (*lightning_state_free)(mx_backend *be, mx_lightning_state *st);

@@ -240,6 +240,8 @@ uint64_t mx_sequence_bytes(const mx_sequence *s)
     for (int l = s->layer_begin; l < s->layer_end; l++) {
         if (s->lightning[l].S.data)
             bytes += mx_tensor_nbytes(&s->lightning[l].S);
+        if (s->lightning[l].spare.data)
+            bytes += mx_tensor_nbytes(&s->lightning[l].spare);
         if (s->kv[l].impl)
             bytes += (uint64_t)mx_kv_pages_for_tokens(s->kv[l].capacity) *
                      mx_kv_page_bytes(s->kv[l].dtype, s->kv[l].kv_heads, s->kv[l].head_dim);
@@ -247,33 +249,63 @@ uint64_t mx_sequence_bytes(const mx_sequence *s)
     return bytes;
 }
 
+int mx_sequence_keep_undo(mx_model *m, mx_sequence *s, mx_error *err)
+{
+    for (int l = s->layer_begin; l < s->layer_end; l++) {
+        mx_lightning_state *st = &s->lightning[l];
+        if (!st->S.data || st->spare.data)
+            continue;
+        MX_TRY(m->be->alloc(m->be, &st->spare, MX_DTYPE_F32, st->S.ndim, st->S.shape, err));
+        st->spare_is_undo = false;
+    }
+    return 0;
+}
+
 size_t mx_sequence_undo_floats(const mx_model *m, const mx_sequence *s)
 {
     (void)m;
     size_t n = 0;
     for (int l = s->layer_begin; l < s->layer_end; l++)
-        if (s->lightning[l].S.data)
+        if (s->lightning[l].S.data && !s->lightning[l].spare.data)
             n += (size_t)mx_tensor_numel(&s->lightning[l].S);
     return n;
 }
 
-int mx_sequence_save(mx_model *m, const mx_sequence *s, float *undo, mx_error *err)
+int mx_sequence_save(mx_model *m, mx_sequence *s, float *undo, mx_error *err)
 {
-    for (int l = s->layer_begin; l < s->layer_end; l++)
-        if (s->lightning[l].S.data) {
-            MX_TRY(m->be->to_host_f32(m->be, undo, &s->lightning[l].S, err));
-            undo += mx_tensor_numel(&s->lightning[l].S);
+    for (int l = s->layer_begin; l < s->layer_end; l++) {
+        mx_lightning_state *st = &s->lightning[l];
+        if (st->spare.data) {
+            st->spare_is_undo = false; /* the layer has not advanced in this step yet */
+        } else if (st->S.data) {
+            MX_TRY(m->be->to_host_f32(m->be, undo, &st->S, err));
+            undo += mx_tensor_numel(&st->S);
         }
+    }
     return 0;
+}
+
+static void swap_tensors(mx_tensor *a, mx_tensor *b)
+{
+    mx_tensor t = *a;
+    *a = *b;
+    *b = t;
 }
 
 int mx_sequence_rollback(mx_model *m, mx_sequence *s, int64_t length, const float *undo, mx_error *err)
 {
     for (int l = s->layer_begin; l < s->layer_end; l++) {
-        if (s->lightning[l].S.data) {
-            MX_TRY(m->be->from_host_f32(m->be, &s->lightning[l].S, undo, err));
-            undo += mx_tensor_numel(&s->lightning[l].S);
-            s->lightning[l].started = length > 0;
+        mx_lightning_state *st = &s->lightning[l];
+        if (st->spare.data) {
+            if (st->spare_is_undo) { /* advanced in the step: the state from before is the spare */
+                swap_tensors(&st->S, &st->spare);
+                st->started = st->spare_started;
+                st->spare_is_undo = false;
+            }
+        } else if (st->S.data) {
+            MX_TRY(m->be->from_host_f32(m->be, &st->S, undo, err));
+            undo += mx_tensor_numel(&st->S);
+            st->started = length > 0;
         }
         if (s->kv[l].impl)
             m->be->kv_cache_truncate(m->be, &s->kv[l], length);
@@ -460,12 +492,20 @@ static int lightning_attention(mx_model *m, int l, const mx_batch *b, mx_workspa
     mx_tensor qkv = view2(&s->wide, 0, T, 3 * (int64_t)A), o = view2(&s->o, 0, T, A),
               gate = view2(&s->gate, 0, T, A);
     mx_lightning_state **states = (mx_lightning_state **)s->ptrs;
-    for (int i = 0; i < b->n_seqs; i++)
+    for (int i = 0; i < b->n_seqs; i++) {
         states[i] = &b->seqs[i]->lightning[l];
+        states[i]->spare_started = states[i]->started;
+    }
     MX_TRY(be->matmul(be, &qkv, &x1, &lw->qkv, err));
     MX_TRY(be->silu(be, &qkv, err));
     MX_TRY(be->lightning(be, &o, &qkv, b->spans, b->n_seqs, states, m->decay + (size_t)l * c->num_attention_heads,
                          c->num_attention_heads, c->head_dim, err));
+    /* undo mode: the advanced state is in the spare; it becomes S, the old one the undo */
+    for (int i = 0; i < b->n_seqs; i++)
+        if (states[i]->spare.data) {
+            swap_tensors(&states[i]->S, &states[i]->spare);
+            states[i]->spare_is_undo = true;
+        }
     MX_TRY(be->rmsnorm(be, &o, &o, &lw->attn_norm, MX_LIGHTNING_NORM_EPS, err));
     MX_TRY(be->matmul(be, &gate, &x1, &lw->output_gate, err));
     MX_TRY(be->sigmoid_mul(be, &o, &gate, &o, err));

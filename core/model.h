@@ -34,16 +34,21 @@ typedef struct mx_sequence {
 
 int mx_sequence_create(mx_model *m, int layer_begin, int layer_end, mx_sequence **out, mx_error *err);
 void mx_sequence_free(mx_model *m, mx_sequence *s);
-/* Bytes of state the sequence holds now (lightning states + KV cache). */
+/* Bytes of state the sequence holds now (lightning states, spares included, + KV cache). */
 uint64_t mx_sequence_bytes(const mx_sequence *s);
 
 /* Undo of one step (an atomic RunBatch: every sequence of a batch advances, or none does).
- * Before the step mx_sequence_save copies the sequence's lightning states to host floats
- * (mx_sequence_undo_floats of them: heads x head_dim^2 per lightning layer in range); after a
- * failure mx_sequence_rollback puts them back, truncates every KV cache to `length` (the
- * length saved before the step) and sets the length. KV needs no copy: a step only appends. */
+ * Before the step mx_sequence_save marks the step's start; after a failure
+ * mx_sequence_rollback puts the lightning states back, truncates every KV cache to `length`
+ * (the length saved before the step) and sets the length. KV needs no copy: a step only
+ * appends. Lightning states: a sequence in undo mode (mx_sequence_keep_undo: two buffers per
+ * lightning layer, twice the state memory) keeps the state from before each layer's advance
+ * in the other buffer, so save copies nothing and rollback swaps back the layers the step
+ * advanced; otherwise save copies the states to host floats (mx_sequence_undo_floats of them:
+ * heads x head_dim^2 per lightning layer in range) and rollback copies them back. */
+int mx_sequence_keep_undo(mx_model *m, mx_sequence *s, mx_error *err);
 size_t mx_sequence_undo_floats(const mx_model *m, const mx_sequence *s);
-int mx_sequence_save(mx_model *m, const mx_sequence *s, float *undo, mx_error *err);
+int mx_sequence_save(mx_model *m, mx_sequence *s, float *undo, mx_error *err);
 int mx_sequence_rollback(mx_model *m, mx_sequence *s, int64_t length, const float *undo, mx_error *err);
 
 /* A ragged batch: sequence i owns rows [spans[i].start, +spans[i].len) of the hidden states. */

@@ -62,7 +62,8 @@ void mx_lightning_mm_avx512(float *c, int ldc, const float *a, int lda, const fl
     }
 }
 
-void mx_lightning_step_avx512(const float *q, const float *k, const float *v, float *o, float *S, int d, float lam)
+void mx_lightning_step_avx512(const float *q, const float *k, const float *v, float *o, const float *S_in,
+                              float *S_out, int d, float lam)
 {
     const __m512 vl = _mm512_set1_ps(lam);
     for (int b0 = 0; b0 < d; b0 += 64) {
@@ -75,14 +76,15 @@ void mx_lightning_step_avx512(const float *q, const float *k, const float *v, fl
             vv[c] = _mm512_maskz_loadu_ps(mk[c], v + b0 + 16 * c);
         }
         for (int a = 0; a < d; a++) {
-            float *Sa = S + (size_t)a * d + b0;
+            const float *Si = S_in + (size_t)a * d + b0;
+            float *So = S_out + (size_t)a * d + b0;
             __m512 ka = _mm512_set1_ps(k[a]), qa = _mm512_set1_ps(q[a]);
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
                 /* S = lam S + k^T v, then o += q S: the scalar form's order, per element */
-                __m512 sv = _mm512_maskz_loadu_ps(mk[c], Sa + 16 * c);
+                __m512 sv = _mm512_maskz_loadu_ps(mk[c], Si + 16 * c);
                 sv = _mm512_add_ps(_mm512_mul_ps(vl, sv), _mm512_mul_ps(ka, vv[c]));
-                _mm512_mask_storeu_ps(Sa + 16 * c, mk[c], sv);
+                _mm512_mask_storeu_ps(So + 16 * c, mk[c], sv);
                 acc[c] = _mm512_fmadd_ps(qa, sv, acc[c]);
             }
         }

@@ -3,7 +3,10 @@
  *   S <- exp(-s) S + k^T v ;  o = q S
  * and a longer span runs the blocked form in blocks of 256 from whatever state the sequence
  * has (for a fresh sequence this is the reference prefill; for later chunks it equals the
- * recurrence mathematically, so chunked prefill matches one-shot prefill). */
+ * recurrence mathematically, so chunked prefill matches one-shot prefill). A state with a
+ * spare (undo mode) is advanced into the spare and left as it was: the one-token step reads S
+ * and writes the spare; the blocked form copies the head's S into the spare first (in the
+ * task that then updates it, so the copy is parallel and the update finds it in cache). */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -128,18 +131,19 @@ static void lightning_block(const float *q, const float *k, const float *v, size
     }
 }
 
-/* One token: S = lam S + k^T v ; o = q S. */
-static void lightning_step(const float *q, const float *k, const float *v, float *o, float *S, int d,
-                           float lam)
+/* One token: S_out = lam S_in + k^T v ; o = q S_out (S_out may be S_in). */
+static void lightning_step(const float *q, const float *k, const float *v, float *o, const float *S_in,
+                           float *S_out, int d, float lam)
 {
     for (int b = 0; b < d; b++)
         o[b] = 0.f;
     for (int a = 0; a < d; a++) {
-        float *Sa = S + (size_t)a * d;
+        const float *Si = S_in + (size_t)a * d;
+        float *So = S_out + (size_t)a * d;
         float ka = k[a], qa = q[a];
         for (int b = 0; b < d; b++) {
-            Sa[b] = lam * Sa[b] + ka * v[b];
-            o[b] += qa * Sa[b];
+            So[b] = lam * Si[b] + ka * v[b];
+            o[b] += qa * So[b];
         }
     }
 }
@@ -149,18 +153,21 @@ static void lightning_item(lightning_job *j, int task, float *scratch)
     int span = task / j->heads, h = task % j->heads, d = j->d;
     const mx_span *sp = &j->spans[span];
     mx_lightning_state *st = j->states[span];
-    float *S = (float *)st->S.data + (size_t)h * d * d;
+    float *S_in = (float *)st->S.data + (size_t)h * d * d;
+    float *S = st->spare.data ? (float *)st->spare.data + (size_t)h * d * d : S_in;
     size_t qkv_stride = (size_t)j->heads * 3 * d, o_stride = (size_t)j->heads * d;
     const float *q = j->qkv + (size_t)sp->start * qkv_stride + (size_t)h * 3 * d;
     float *o = j->o + (size_t)sp->start * o_stride + (size_t)h * d;
     float s = j->decay[h];
     if (sp->len == 1) {
         if (j->avx512)
-            mx_lightning_step_avx512(q, q + d, q + 2 * d, o, S, d, expf(-s));
+            mx_lightning_step_avx512(q, q + d, q + 2 * d, o, S_in, S, d, expf(-s));
         else
-            lightning_step(q, q + d, q + 2 * d, o, S, d, expf(-s));
+            lightning_step(q, q + d, q + 2 * d, o, S_in, S, d, expf(-s));
         return;
     }
+    if (S != S_in)
+        memcpy(S, S_in, (size_t)d * d * sizeof *S);
     float scores[MX_LIGHTNING_BLOCK];
     for (int b0 = 0; b0 < sp->len; b0 += MX_LIGHTNING_BLOCK) {
         int m = sp->len - b0 < MX_LIGHTNING_BLOCK ? sp->len - b0 : MX_LIGHTNING_BLOCK;
@@ -206,6 +213,8 @@ int mx_cpu_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const m
                            spans[i].len);
         if (!states[i] || mx_tensor_numel(&states[i]->S) != (int64_t)heads * head_dim * head_dim)
             return mx_fail(err, MX_EINVAL, "lightning: state %d has the wrong size", i);
+        if (states[i]->spare.data && mx_tensor_numel(&states[i]->spare) != mx_tensor_numel(&states[i]->S))
+            return mx_fail(err, MX_EINVAL, "lightning: the spare of state %d has the wrong size", i);
     }
     lightning_job j = {o->data, qkv->data, spans, states, decay, heads, head_dim, 0,
                        mx_cpu_isa_supported(MX_CPU_ISA_AVX512), 0, n_spans * heads, NULL, 0};
@@ -237,12 +246,15 @@ int mx_cpu_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const m
 int mx_cpu_lightning_state_init(mx_backend *be, mx_lightning_state *st, int heads, int head_dim, mx_error *err)
 {
     int64_t shape[3] = {heads, head_dim, head_dim};
-    st->started = false;
+    memset(st, 0, sizeof *st);
     return be->alloc(be, &st->S, MX_DTYPE_F32, 3, shape, err);
 }
 
 void mx_cpu_lightning_state_free(mx_backend *be, mx_lightning_state *st)
 {
-    if (st)
-        be->free(be, &st->S);
+    if (!st)
+        return;
+    be->free(be, &st->S);
+    if (st->spare.data)
+        be->free(be, &st->spare);
 }

@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define LIGHTNING_BLOCK 256
 #define MAX_HEAD_DIM 128
@@ -144,7 +145,19 @@ static int check_state(const mx_lightning_state *st, int heads, int hd, int i, m
         mx_tensor_numel(&st->S) != (int64_t)heads * hd * hd)
         return mx_fail(err, MX_EINVAL, "lightning: state %d is not a CUDA F32 [%d, %d, %d] state", i,
                        heads, hd, hd);
+    if (st->spare.data && (st->spare.device != MX_DEVICE_CUDA || st->spare.dtype != MX_DTYPE_F32 ||
+                           mx_tensor_numel(&st->spare) != (int64_t)heads * hd * hd))
+        return mx_fail(err, MX_EINVAL, "lightning: the spare of state %d is not a CUDA F32 [%d, %d, %d] "
+                       "buffer", i, heads, hd, hd);
     return 0;
+}
+
+/* The buffer span i's state advances in: S itself, or in undo mode the spare, which first gets
+ * a copy of S (device to device, on the backend's stream, before the kernels that update it),
+ * so S keeps the state from before the step. */
+static float *advanced_state(mx_lightning_state *st)
+{
+    return (float *)(st->spare.data ? st->spare.data : st->S.data);
 }
 
 int cuda_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_span *spans,
@@ -182,13 +195,17 @@ int cuda_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_
         return 0;
     TRY(cuda_enter(be, err));
     cuda_impl *im = impl_of(be);
+    for (int i = 0; i < n_spans; i++)
+        if (states[i]->spare.data)
+            CU_TRY(cudaMemcpyAsync(states[i]->spare.data, states[i]->S.data, mx_tensor_nbytes(&states[i]->S),
+                                   cudaMemcpyDeviceToDevice, im->stream));
     rec_job *jobs = (rec_job *)malloc((size_t)(unsigned)n_spans * sizeof *jobs);
     if (!jobs)
         return mx_fail(err, MX_ENOMEM, "lightning: out of memory");
     int n_rec = 0;
     for (int i = 0; i < n_spans; i++)
         if (spans[i].len == 1)
-            jobs[n_rec++] = {(float *)states[i]->S.data, spans[i].start, spans[i].len};
+            jobs[n_rec++] = {advanced_state(states[i]), spans[i].start, spans[i].len};
     void *ddecay = NULL, *djobs = NULL;
     int rc = cuda_params_reset(be, (size_t)heads * 4 + (size_t)n_rec * sizeof *jobs, err);
     if (!rc)
@@ -210,7 +227,7 @@ int cuda_lightning(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_
     for (int i = 0; i < n_spans; i++) {
         if (spans[i].len == 1)
             continue;
-        float *S = (float *)states[i]->S.data;
+        float *S = advanced_state(states[i]);
         if (im->opt.bf16_tensor_cores && lightning_tc_supported(head_dim)) {
             TRY(lightning_prefill_tc(be, od, qd, S, (const float *)ddecay, heads, head_dim,
                                      spans[i].start, spans[i].len, err));
@@ -239,12 +256,15 @@ int cuda_lightning_state_init(mx_backend *be, mx_lightning_state *st, int heads,
     if (!st || heads < 1 || head_dim < 1)
         return mx_fail(err, MX_EINVAL, "lightning_state_init: %d heads of dim %d", heads, head_dim);
     int64_t shape[3] = {heads, head_dim, head_dim};
-    st->started = false;
+    memset(st, 0, sizeof *st);
     return be->alloc(be, &st->S, MX_DTYPE_F32, 3, shape, err);
 }
 
 void cuda_lightning_state_free(mx_backend *be, mx_lightning_state *st)
 {
-    if (st)
-        be->free(be, &st->S);
+    if (!st)
+        return;
+    be->free(be, &st->S);
+    if (st->spare.data)
+        be->free(be, &st->spare);
 }

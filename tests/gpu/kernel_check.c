@@ -201,7 +201,9 @@ out:
 }
 
 /* Lightning: two sequences prefilled together (multi-block + partial), decode steps batched,
- * then a multi-token continuation; outputs and final states compared. */
+ * then a multi-token continuation; outputs and final states compared. The GPU's second
+ * sequence is in undo mode (a spare it advances into, swapped after each op as the model
+ * does), the CPU's in place. */
 static void check_lightning_shape(check *k, int heads, int hd, double tol)
 {
     mx_error err = {0};
@@ -216,6 +218,7 @@ static void check_lightning_shape(check *k, int heads, int hd, double tol)
     for (int i = 0; i < 2; i++)
         OR_FAIL("lightning setup", k->cpu->lightning_state_init(k->cpu, &sc[i], heads, hd, &err) ||
                                        k->gpu->lightning_state_init(k->gpu, &sg[i], heads, hd, &err));
+    OR_FAIL("lightning setup", k->gpu->alloc(k->gpu, &sg[1].spare, MX_DTYPE_F32, 3, sg[1].S.shape, &err));
     /* step 0: prefill 600 + 37; steps 1..3: one token each; step 4: 5 + 1 tokens */
     const int steps[5][2] = {{600, 37}, {1, 1}, {1, 1}, {1, 1}, {5, 1}};
     for (int s = 0; s < 5; s++) {
@@ -229,6 +232,9 @@ static void check_lightning_shape(check *k, int heads, int hd, double tol)
         OR_FAIL(name, k->cpu->silu(k->cpu, &qkv.c, &err) || k->gpu->silu(k->gpu, &qkv.g, &err));
         OR_FAIL(name, k->cpu->lightning(k->cpu, &o.c, &qkv.c, spans, 2, pc, decay, heads, hd, &err) ||
                           k->gpu->lightning(k->gpu, &o.g, &qkv.g, spans, 2, pgp, decay, heads, hd, &err));
+        mx_tensor advanced = sg[1].spare; /* undo mode: the advanced state becomes S */
+        sg[1].spare = sg[1].S;
+        sg[1].S = advanced;
         pair_check(k, name, &o, tol);
         pair_free(k, &qkv), pair_free(k, &o);
     }

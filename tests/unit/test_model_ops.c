@@ -1,7 +1,8 @@
 /* test_model_ops.c - the CPU backend's attention and routing ops against direct double-
  * precision evaluations of the spec's formulas (not against our own kernels): lightning
  * attention's closed form o_t = sum_{p<=t} exp(-s(t-p)) (q_t.k_p) v_p in one pass, in chunks
- * and token by token; softmax GQA attention with partial NeoX RoPE; the router's softmax,
+ * and token by token, in place and with a spare (undo mode: the op leaves S as it was and
+ * writes the advanced state to the spare); softmax GQA attention with partial NeoX RoPE; the router's softmax,
  * top-k and renormalisation; ALiBi slopes for power-of-two and other head counts. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,11 +64,15 @@ static void lightning_reference(const float *qkv, int n, int H, int d, const flo
 }
 
 static void run_lightning(mx_backend *be, const float *qkv_data, int n, int H, int d, const float *decay,
-                          int chunk, float *out)
+                          int chunk, bool spare, float *out)
 {
     mx_lightning_state st;
     mx_error err = {0};
     assert_int_equal(be->lightning_state_init(be, &st, H, d, &err), 0);
+    if (spare)
+        assert_int_equal(be->alloc(be, &st.spare, MX_DTYPE_F32, st.S.ndim, st.S.shape, &err), 0);
+    size_t floats = (size_t)H * d * d;
+    float *before = malloc(floats * sizeof *before);
     mx_lightning_state *states[1] = {&st};
     for (int t0 = 0; t0 < n; t0 += chunk) {
         int len = n - t0 < chunk ? n - t0 : chunk;
@@ -74,9 +80,18 @@ static void run_lightning(mx_backend *be, const float *qkv_data, int n, int H, i
                                      (int64_t)H * 3 * d);
         mx_tensor o = mx_tensor_2d(out + (size_t)t0 * H * d, MX_DTYPE_F32, MX_DEVICE_CPU, len, (int64_t)H * d);
         mx_span span = {0, len};
+        memcpy(before, st.S.data, floats * sizeof *before);
         if (be->lightning(be, &o, &qkv, &span, 1, states, decay, H, d, &err))
             fail_msg("%s", err.msg);
+        if (spare) { /* S untouched; the advanced state is the spare: swap, as the model does */
+            if (memcmp(before, st.S.data, floats * sizeof *before))
+                fail_msg("chunk %d at token %d: the op wrote S in undo mode", chunk, t0);
+            mx_tensor t = st.S;
+            st.S = st.spare;
+            st.spare = t;
+        }
     }
+    free(before);
     be->lightning_state_free(be, &st);
 }
 
@@ -93,16 +108,17 @@ static void lightning_matches_closed_form(void **state)
     float decay[3] = {0.5f, 0.05f, 0.004f};
     lightning_reference(qkv, n, H, d, decay, ref);
     int chunks[] = {n, 100, 1, 256, 257};
-    for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
-        run_lightning(be, qkv, n, H, d, decay, chunks[c], out);
-        double worst = 0, scale = 0;
-        for (int i = 0; i < n * H * d; i++) {
-            worst = fmax(worst, fabs(out[i] - ref[i]));
-            scale = fmax(scale, fabs(ref[i]));
+    for (int spare = 0; spare < 2; spare++)
+        for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
+            run_lightning(be, qkv, n, H, d, decay, chunks[c], spare, out);
+            double worst = 0, scale = 0;
+            for (int i = 0; i < n * H * d; i++) {
+                worst = fmax(worst, fabs(out[i] - ref[i]));
+                scale = fmax(scale, fabs(ref[i]));
+            }
+            if (worst > 1e-5 * scale)
+                fail_msg("chunk %d%s: max error %g of scale %g", chunks[c], spare ? " (spare)" : "", worst, scale);
         }
-        if (worst > 1e-5 * scale)
-            fail_msg("chunk %d: max error %g of scale %g", chunks[c], worst, scale);
-    }
     free(qkv);
     free(out);
     free(ref);

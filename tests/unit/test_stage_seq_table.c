@@ -97,11 +97,12 @@ static void test_state_bytes(void **state)
 {
     world *wd = *state;
     const mx_config *c = &wd->cfg;
-    /* lightning layers of [0, 8) from attn_type_list */
+    /* lightning layers of [0, 8) from attn_type_list; a stage's sequence holds two states per
+     * lightning layer (the current one and the buffer a step advances into, its undo) */
     int lightning = 0;
     for (int l = 0; l < c->num_hidden_layers; l++)
         lightning += c->attn_type[l] == MX_ATTN_LIGHTNING;
-    uint64_t one = (uint64_t)lightning * (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim *
+    uint64_t one = 2 * (uint64_t)lightning * (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim *
                    (uint64_t)c->head_dim * sizeof(float);
     assert_int_equal(lightning, 6);
     seq_table t;
