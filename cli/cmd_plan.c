@@ -79,7 +79,8 @@ static void print_table(const mx_config *c, const mx_plan *p)
            mx_weight_dtype_name(o->attn_dtype), mx_weight_dtype_name(o->expert_dtype), o->max_step_tokens,
            o->reserve_fraction * 100, o->split == MX_SPLIT_LAYERS ? "layers" : "memory");
     printf("model     KV %llu B/token over %d softmax layers = %.2f GiB per sequence; lightning state %.1f MiB per\n"
-           "          sequence; attention-side weights %.2f GiB; experts %.1f GB (%.2f GiB)\n",
+           "          sequence (two fp32 copies: the current state and a step's undo); attention-side weights\n"
+           "          %.2f GiB; experts %.1f GB (%.2f GiB)\n",
            (unsigned long long)p->kv_bytes_per_token, n_soft, gib((double)p->kv_bytes_per_seq),
            p->state_bytes_per_seq / 1048576.0, gib((double)p->attn_weight_bytes), p->expert_weight_bytes / 1e9,
            gib((double)p->expert_weight_bytes));

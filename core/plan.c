@@ -94,7 +94,9 @@ static uint64_t fill_stage(const mx_config *c, const mx_plan_options *o, const l
     st->kv_bytes_per_token = (uint64_t)st->softmax_layers * page / MX_KV_PAGE_TOKENS;
     st->kv_bytes_per_seq = mx_kv_bytes_for_tokens(o->kv_dtype, c->num_key_value_heads, c->head_dim,
                                                   st->softmax_layers, o->context_tokens);
-    st->state_bytes_per_seq = (uint64_t)st->lightning_layers * (uint64_t)c->num_attention_heads *
+    /* two fp32 states per lightning layer: the current one and the buffer a step advances
+     * into, which is the step's undo until the next step (attention-svc's atomic steps) */
+    st->state_bytes_per_seq = 2 * (uint64_t)st->lightning_layers * (uint64_t)c->num_attention_heads *
                               (uint64_t)c->head_dim * (uint64_t)c->head_dim * 4;
     /* One step of T tokens in fp32: the incoming and outgoing hidden states, x1, attn, x2 and
      * the MoE output (5 hidden), q|k|v, o and the gate (5 attn_width), router logits. The last

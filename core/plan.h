@@ -61,7 +61,7 @@ typedef struct mx_plan_stage {
     uint64_t weight_bytes;          /* attention + norms + router gates (+ embedding / final norm + lm_head) */
     uint64_t kv_bytes_per_token;    /* page format: softmax_layers x page_bytes / MX_KV_PAGE_TOKENS */
     uint64_t kv_bytes_per_seq;      /* whole pages for context_tokens */
-    uint64_t state_bytes_per_seq;   /* fp32 heads x head_dim^2 per lightning layer */
+    uint64_t state_bytes_per_seq;   /* fp32 heads x head_dim^2 per lightning layer, twice (current + undo) */
     uint64_t workspace_bytes;       /* T x (5 hidden + 5 attn_width + experts) x 4 (+ logits on the last) */
     uint64_t pod_bytes, reserve_bytes;
     int64_t free_bytes;             /* pod - reserve - weights - workspace (negative: short) */

@@ -56,7 +56,7 @@ for s, st in enumerate(p["stages"]):
     if s == 0: w += bf16(V, H)
     if s == S - 1: w += bf16(V, H) + H * 2; ws += min(B, T) * V * 4 * 3
     kv = pages * ns * page
-    state = nl * heads * hd * hd * 4
+    state = 2 * nl * heads * hd * hd * 4   # current state + the buffer a step advances into (its undo)
     free = pod - reserve - w - ws
     fit = free // (kv + state) if free >= 0 else 0
     seqs.append(fit)
