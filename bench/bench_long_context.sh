@@ -9,8 +9,10 @@
 # to them; the gateway's max_prefill_tokens_with_decodes is BENCH_PREFILL_CAP (default: the
 # gateway's), and with BENCH_COMPARE_CAP=1 (default) (b) runs again without the cap, so the ratio
 # of the two is measured in the same run. The client is bench/long_context.py (grpcio).
-# BENCH_PROMPT_TOKENS=1048576 runs the full 1M-token prompt (hours on 2 cores). BENCH_LONG_ARGS adds
-# arguments of long_context.py (e.g. --skip-ttft to run only (b)).
+# BENCH_PROMPT_TOKENS=1048576 runs the full 1M-token prompt (hours on 2 cores; about 35 minutes with
+# MX_BENCH_LONG_MODEL set to a `mx make-model --preset longnarrow` model, the same layer pattern at
+# a quarter of the width). BENCH_LONG_ARGS adds arguments of long_context.py (e.g. --skip-ttft to
+# run only (b)).
 . "$(dirname "$0")/bench_lib.sh"
 if [ "${BENCH_LONG:-0}" = 1 ]; then itl_default=262144; else itl_default=32768; fi
 PROMPT=${BENCH_PROMPT_TOKENS:-65536}
