@@ -10,7 +10,7 @@
 # Runs two models (MODELS, default "long medium"), written once to $MX_BENCH_LONG_MODEL /
 # $MX_BENCH_MODEL (default temp dirs, removed):
 #   long   - the real 7:1 lightning/softmax layer pattern at width 512 (8 heads x 64, 4 experts
-#            of 512): attention is most of a step, as in MiniMax's long-context serving;
+#            of 512): the stages' attention takes more CPU than the experts;
 #   medium - hidden 1024, 16 experts of 2048: the expert GEMMs are most of a step. Both
 #            simulated hosts read memory through the same bus here, and each micro-batch reads
 #            every expert's weights, so depth 2 adds expert work that two real hosts would
