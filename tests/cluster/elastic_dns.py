@@ -225,9 +225,11 @@ def main():
             return
         # both stages hold a Health/Watch on the replica; with expert-svc's 4 workers that is the
         # most it serves (half), so a third is refused and Check still answers. A stage opens its
-        # watch after it is SERVING (and reopens a broken one after a backoff), so this asks again
-        # until refused, bounded: 20 tries over at most 15 s.
-        code, t_end = None, time.time() + 15
+        # watch after it is SERVING, and one refused because this probe held the slot at that
+        # moment waits 10 s (the router's WATCH_REFUSED_MS) before asking again, so this asks
+        # until refused, seldom (every 2 s: each ask holds a slot briefly and could refuse a
+        # stage again), bounded: 20 tries over at most 30 s (60 s under ASan).
+        code, t_end = None, time.time() + (60 if ASAN else 30)
         for _ in range(20):
             try:
                 with grpc.insecure_channel(a) as ch:
@@ -241,7 +243,7 @@ def main():
                 code = e.code()
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED or time.time() > t_end:
                 break
-            time.sleep(0.5)
+            time.sleep(2.0)
         r.check(code == grpc.StatusCode.RESOURCE_EXHAUSTED and serving(a, "mx.internal.v1.ExpertShard"),
                 "a third Health/Watch on a 4-worker replica is refused (the stages hold two); Check answers",
                 "%s" % code)
