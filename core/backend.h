@@ -29,7 +29,6 @@ typedef struct mx_lightning_state {
     bool started;    /* false until the first token; a zero state either way */
     bool spare_is_undo;  /* spare holds the state from before this layer's advance in the step
                           * since mx_sequence_save */
-    bool spare_started;  /* `started` as it was before that advance */
 } mx_lightning_state;
 
 /* Per-sequence KV cache of one softmax layer (post-RoPE K and V): a page table of
@@ -96,8 +95,7 @@ struct mx_backend {
     int (*lightning)(mx_backend *be, mx_tensor *o, const mx_tensor *qkv, const mx_span *spans,
                      int n_spans, mx_lightning_state *const *states, const float *decay, int heads,
                      int head_dim, mx_error *err);
-    /* A zero state without a spare; free releases S and the spare if it has one (allocated
-     * with be->alloc, as mx_sequence_keep_undo does). */
+    /* A zero state without a spare; free releases S (a spare is its allocator's to free). */
     int (*lightning_state_init)(mx_backend *be, mx_lightning_state *st, int heads, int head_dim,
                                 mx_error *err);
     void (*lightning_state_free)(mx_backend *be, mx_lightning_state *st);

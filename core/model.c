@@ -224,6 +224,8 @@ void mx_sequence_free(mx_model *m, mx_sequence *s)
     if (!s)
         return;
     for (int l = s->layer_begin; l < s->layer_end && s->lightning && s->kv; l++) {
+        if (s->lightning[l].spare.data) /* mx_sequence_keep_undo's */
+            m->be->free(m->be, &s->lightning[l].spare);
         if (s->lightning[l].S.data)
             m->be->lightning_state_free(m->be, &s->lightning[l]);
         if (s->kv[l].impl)
@@ -297,16 +299,14 @@ int mx_sequence_rollback(mx_model *m, mx_sequence *s, int64_t length, const floa
     for (int l = s->layer_begin; l < s->layer_end; l++) {
         mx_lightning_state *st = &s->lightning[l];
         if (st->spare.data) {
-            if (st->spare_is_undo) { /* advanced in the step: the state from before is the spare */
+            if (st->spare_is_undo) /* advanced in the step: the state from before is the spare */
                 swap_tensors(&st->S, &st->spare);
-                st->started = st->spare_started;
-                st->spare_is_undo = false;
-            }
+            st->spare_is_undo = false;
         } else if (st->S.data) {
             MX_TRY(m->be->from_host_f32(m->be, &st->S, undo, err));
             undo += mx_tensor_numel(&st->S);
-            st->started = length > 0;
         }
+        st->started = length > 0;
         if (s->kv[l].impl)
             m->be->kv_cache_truncate(m->be, &s->kv[l], length);
     }
@@ -492,10 +492,8 @@ static int lightning_attention(mx_model *m, int l, const mx_batch *b, mx_workspa
     mx_tensor qkv = view2(&s->wide, 0, T, 3 * (int64_t)A), o = view2(&s->o, 0, T, A),
               gate = view2(&s->gate, 0, T, A);
     mx_lightning_state **states = (mx_lightning_state **)s->ptrs;
-    for (int i = 0; i < b->n_seqs; i++) {
+    for (int i = 0; i < b->n_seqs; i++)
         states[i] = &b->seqs[i]->lightning[l];
-        states[i]->spare_started = states[i]->started;
-    }
     MX_TRY(be->matmul(be, &qkv, &x1, &lw->qkv, err));
     MX_TRY(be->silu(be, &qkv, err));
     MX_TRY(be->lightning(be, &o, &qkv, b->spans, b->n_seqs, states, m->decay + (size_t)l * c->num_attention_heads,

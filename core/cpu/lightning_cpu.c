@@ -252,9 +252,6 @@ int mx_cpu_lightning_state_init(mx_backend *be, mx_lightning_state *st, int head
 
 void mx_cpu_lightning_state_free(mx_backend *be, mx_lightning_state *st)
 {
-    if (!st)
-        return;
-    be->free(be, &st->S);
-    if (st->spare.data)
-        be->free(be, &st->spare);
+    if (st)
+        be->free(be, &st->S);
 }

@@ -250,6 +250,8 @@ out:
     pair_free(k, &qkv), pair_free(k, &o);
     for (int i = 0; i < 2; i++) {
         k->cpu->lightning_state_free(k->cpu, &sc[i]);
+        if (sg[i].spare.data)
+            k->gpu->free(k->gpu, &sg[i].spare);
         k->gpu->lightning_state_free(k->gpu, &sg[i]);
     }
 }

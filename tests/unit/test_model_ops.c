@@ -92,6 +92,8 @@ static void run_lightning(mx_backend *be, const float *qkv_data, int n, int H, i
         }
     }
     free(before);
+    if (spare)
+        be->free(be, &st.spare);
     be->lightning_state_free(be, &st);
 }
 
