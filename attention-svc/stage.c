@@ -335,6 +335,8 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     }
     if (!rc)
         rc = mx_backend_create(c->backend, c->threads, &s->be, err);
+    if (!rc && c->pin_threads)
+        rc = mx_backend_cpu_pin_threads(s->be, err);
     if (!rc) {
         /* before any sequence exists: the backend takes every KV page from this budget */
         mx_kv_options ko = {.dtype = c->kv_dtype, .budget_bytes = c->kv_cache_bytes};

@@ -31,7 +31,7 @@ static const char *const known_keys[] = {
     "listen", "model", "port_file", "log_level", "backend", "next", "index", "count", "layer_begin", "layer_end",
     "max_sequences", "threads", "max_message_mb", "kv_dtype", "kv_cache_bytes", "worker_threads", "drain_ms",
     "attn_dtype", "test_fail_expert_call_once_at_layer", "sequence_lease_ms", "metrics_listen", "max_step_tokens",
-    "overlap", "overlap_halves"};
+    "overlap", "overlap_halves", "pin_threads"};
 
 int stage_parse_bytes(const char *text, const char *what, uint64_t *out, mx_error *err)
 {
@@ -120,6 +120,10 @@ static int parse(config_t *cf, const char *path, stage_config *c, mx_error *err)
     MX_TRY(get_int(g, "layer_end", 0, true, &c->layer_end, err));
     MX_TRY(get_int(g, "max_sequences", 256, false, &c->max_sequences, err));
     MX_TRY(get_int(g, "threads", 0, false, &c->threads, err));
+    MX_TRY(mx_cfg_bool(g, "pin_threads", false, &c->pin_threads, err));
+    if (c->pin_threads && strcmp(c->backend, "cpu"))
+        return mx_cfg_fail(err, config_setting_get_member(g, "pin_threads"), NULL,
+                           "pin_threads applies to the cpu backend only");
     MX_TRY(get_int(g, "max_message_mb", MX_DEFAULT_MAX_MESSAGE_MB, false, &mb, err));
     int64_t drain;
     MX_TRY(mx_cfg_int(g, "drain_ms", 0, STAGE_DEFAULT_DRAIN_MS, 0, 3600000, &drain, err));

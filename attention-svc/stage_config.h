@@ -9,6 +9,9 @@
  *       layer_begin = 0; layer_end = 4;  # layers [begin, end) held here
  *       max_sequences = 256;          # live sequences; more -> RESOURCE_EXHAUSTED (default 256)
  *       backend = "cpu"; threads = 0; # engine backend and its threads (0 = all cores)
+ *       pin_threads = false;          # thread i on the i-th allowed CPU (cpu backend; for
+ *                                     # threads = every allowed CPU, as `mx cluster` sets when
+ *                                     # processes share the machine's cores; default false)
  *       max_message_mb = 256;         # largest RunBatch request/response (default 256)
  *       port_file = "/tmp/s0.port";   # optional: the bound port is written here once serving
  *       log_level = "info";           # error | warn | info (default) | debug; the environment
@@ -73,6 +76,7 @@ typedef struct stage_config {
     int max_sequences;
     char backend[16];
     int threads;
+    bool pin_threads;         /* the backend's threads on distinct CPUs (mx_backend_cpu_pin_threads) */
     int max_message_bytes;
     int worker_threads;
     mx_kv_dtype kv_dtype;

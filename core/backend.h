@@ -140,6 +140,9 @@ struct mx_backend {
 
 /* The CPU backend with n_threads worker threads (0 = one per online core). */
 int mx_backend_cpu_create(int n_threads, mx_backend **out, mx_error *err);
+/* Pins the CPU backend's threads to distinct CPUs (mx_threadpool_pin: for a process whose
+ * threads span every CPU it may use). MX_EINVAL on another backend. */
+int mx_backend_cpu_pin_threads(mx_backend *be, mx_error *err);
 /* The CUDA backend on device ordinal `device`; MX_EDEVICE with a clear message when the
  * build has no CUDA or no GPU is present. */
 int mx_backend_cuda_create(int device, mx_backend **out, mx_error *err);

@@ -38,7 +38,7 @@ static int open_shard(const void *config, const mx_log *log, void **state, mx_er
     (void)log; /* the shard reports through its RPC answers; the skeleton logs its life */
     const mx_expert_svc_config *c = config;
     mx_expert_shard_options so = {.model_dir = c->model_dir, .backend = c->backend, .threads = c->threads,
-                                  .shard_index = c->shard_index, .owns = &c->owns,
+                                  .pin_threads = c->pin_threads, .shard_index = c->shard_index, .owns = &c->owns,
                                   .expert_dtype = c->expert_dtype};
     svc *v = calloc(1, sizeof *v);
     if (!v)

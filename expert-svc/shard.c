@@ -52,6 +52,8 @@ int mx_expert_shard_load(const mx_expert_shard_options *opts, mx_expert_shard **
     rc = mx_weights_load(opts->model_dir, &plan, &s->weights, err);
     if (!rc)
         rc = mx_backend_create(opts->backend ? opts->backend : "cpu", opts->threads, &s->be, err);
+    if (!rc && opts->pin_threads)
+        rc = mx_backend_cpu_pin_threads(s->be, err);
     if (!rc)
         rc = mx_model_create(s->weights, s->be, &s->model, err);
     if (!rc)

@@ -5,6 +5,7 @@
 #ifndef MX_EXPERT_SHARD_H
 #define MX_EXPERT_SHARD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -18,6 +19,7 @@ typedef struct mx_expert_shard_options {
     const char *model_dir;       /* checkpoint directory (config.json + safetensors) */
     const char *backend;         /* "cpu" (default) or "cuda" */
     int threads;                 /* backend threads; 0 = one per core */
+    bool pin_threads;            /* those threads on distinct CPUs (mx_backend_cpu_pin_threads) */
     int shard_index;             /* reported by Info */
     const mx_expert_set *owns;   /* borrowed during load only */
     mx_weight_format expert_dtype; /* as stored (default) or int8, quantized at load */

@@ -7,7 +7,7 @@
 #include "core/cfg_file.h"
 #include "core/log.h"
 
-static const char *const known_keys[] = {"model_dir", "listen", "log_level", "backend", "threads", "shard_index",
+static const char *const known_keys[] = {"model_dir", "listen", "log_level", "backend", "threads", "pin_threads", "shard_index",
                                          "rpc_workers", "drain_ms", "shutdown_grace_ms", "layers",
                                          "layer_begin", "layer_end", "experts", "expert_dtype",
                                          "metrics_listen"};
@@ -37,6 +37,10 @@ int mx_expert_svc_config_load(const char *path, mx_expert_svc_config *out, mx_er
                            "\"%s\" is not a backend (\"cpu\" or \"cuda\")", out->backend);
     MX_TRY(mx_cfg_int(root, "threads", 0, 0, 0, 1024, &v, err));
     out->threads = (int)v;
+    MX_TRY(mx_cfg_bool(root, "pin_threads", false, &out->pin_threads, err));
+    if (out->pin_threads && strcmp(out->backend, "cpu"))
+        return mx_cfg_fail(err, config_setting_get_member(root, "pin_threads"), NULL,
+                           "pin_threads applies to the cpu backend only");
     MX_TRY(mx_cfg_int(root, "shard_index", 0, 0, 0, 1 << 20, &v, err));
     out->shard_index = (int)v;
     MX_TRY(mx_cfg_int(root, "rpc_workers", 0, 4, 1, 256, &v, err));

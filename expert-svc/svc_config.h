@@ -7,6 +7,10 @@
  *     metrics_listen = "0.0.0.0:9090";          # optional: Prometheus GET /metrics here
  *     backend = "cpu";                          # "cpu" | "cuda" (default "cpu")
  *     threads = 0;                              # backend threads, 0 = one per core
+ *     pin_threads = false;                      # thread i on the i-th allowed CPU (cpu
+ *                                               #   backend; for threads = every allowed CPU,
+ *                                               #   as `mx cluster` sets when processes share
+ *                                               #   the machine's cores; default false)
  *     shard_index = 0;                          # reported by Info (default 0)
  *     rpc_workers = 4;                          # RPC handlers at once (default 4)
  *     drain_ms = 5000;                          # on SIGTERM: health NOT_SERVING, no new calls,
@@ -23,6 +27,7 @@
 #define MX_EXPERT_SVC_CONFIG_H
 
 #include <libconfig.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -37,6 +42,7 @@ typedef struct mx_expert_svc_config {
     const char *metrics_listen;  /* "" = no /metrics endpoint */
     const char *backend;
     int threads;
+    bool pin_threads;
     int shard_index;
     int rpc_workers;
     int64_t drain_ms;

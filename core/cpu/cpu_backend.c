@@ -338,6 +338,14 @@ static int cpu_scatter_add_rows(mx_backend *be, mx_tensor *out, const mx_tensor 
     return 0;
 }
 
+int mx_backend_cpu_pin_threads(mx_backend *be, mx_error *err)
+{
+    if (be->device != MX_DEVICE_CPU)
+        return mx_fail(err, MX_EINVAL, "pinning threads applies to the cpu backend only");
+    mx_cpu_impl *impl = be->impl;
+    return mx_threadpool_pin(impl->pool, err);
+}
+
 int mx_backend_cpu_create(int n_threads, mx_backend **out, mx_error *err)
 {
     mx_backend *be = calloc(1, sizeof *be);

@@ -98,12 +98,14 @@ EOF
 # int8 on the cuda backend is accepted (its upload_weight and matmul take I8 weights).
 printf 'model_dir = "../shared/golden/tiny";\nlisten = "127.0.0.1:0";\nexperts = [0];\nexpert_dtype = "int4";\n' > "$tmp/bad_dtype.cfg"
 printf 'model_dir = "../shared/golden/tiny";\nlisten = "127.0.0.1:0";\nbackend = "cuda";\nexperts = [0];\nexpert_dtype = "int8";\n' > "$tmp/cuda_int8.cfg"
+printf 'model_dir = "../shared/golden/tiny";\nlisten = "127.0.0.1:0";\nbackend = "cuda";\nexperts = [0];\npin_threads = true;\n' > "$tmp/cuda_pin.cfg"
 if timeout 20 "$BUILD/bin/expert-svc" --check-config "$tmp/cuda_int8.cfg" >/dev/null 2>&1; then
     ok "config cuda_int8: expert_dtype = \"int8\" with backend = \"cuda\" accepted"
 else
     bad "config cuda_int8: $(timeout 20 "$BUILD/bin/expert-svc" --check-config "$tmp/cuda_int8.cfg" 2>&1)"
 fi
-for c in "bad_dtype:4: \`expert_dtype\`: \"int4\" is not an expert dtype"; do
+for c in "bad_dtype:4: \`expert_dtype\`: \"int4\" is not an expert dtype" \
+         "cuda_pin:5: \`pin_threads\`: pin_threads applies to the cpu backend only"; do
     f=${c%%:*}
     if out=$(timeout 20 "$BUILD/bin/expert-svc" --config "$tmp/$f.cfg" 2>&1); then
         bad "config $f: exited 0"

@@ -1,12 +1,15 @@
 /* test_cpu_threadpool.c - the thread pool runs every task of every run exactly once, whether
  * its workers are spinning between runs, asleep after a long gap, or never spin (more threads
- * than cores); the caller waits for slow workers; destroy ends idle and sleeping workers. */
+ * than cores); the caller waits for slow workers; destroy ends idle and sleeping workers; a
+ * pinned pool runs each thread on one CPU of the caller's affinity mask, apart while they fit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +147,116 @@ static void more_tasks_than_a_slice(void **state)
     mx_threadpool_destroy(pool);
 }
 
+/* ---- pinning: checked off the main thread, which must not end up pinned itself ---- */
+
+#define PIN_TASKS 16
+
+typedef struct {
+    int threads;             /* pool size */
+    int only_cpu;            /* >= 0: the pinning thread first restricts itself to this CPU */
+    int rc;                  /* mx_threadpool_pin's result */
+    int task_cpu[PIN_TASKS]; /* the one CPU the task's thread may run on, -1 = not exactly one */
+    int caller_cpu;          /* the same for the thread that called run, after it */
+} pin_job;
+
+static int only_cpu_of_this_thread(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) != 1)
+        return -1;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set))
+            return c;
+    return -1;
+}
+
+static void record_cpu_task(void *ctx, int task, int n_tasks)
+{
+    (void)n_tasks;
+    pin_job *j = ctx;
+    j->task_cpu[task] = only_cpu_of_this_thread();
+    usleep(2000); /* long enough that every worker takes some of the tasks */
+}
+
+static void *pin_and_run(void *arg)
+{
+    pin_job *j = arg;
+    if (j->only_cpu >= 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(j->only_cpu, &set);
+        if (sched_setaffinity(0, sizeof set, &set) != 0) {
+            j->rc = -100;
+            return NULL;
+        }
+    }
+    mx_error err = {0};
+    mx_threadpool *pool = NULL;
+    j->rc = mx_threadpool_create(j->threads, &pool, &err);
+    if (!j->rc)
+        j->rc = mx_threadpool_pin(pool, &err);
+    if (!j->rc)
+        for (int round = 0; round < 3; round++) /* workers spinning, then asleep */
+            mx_threadpool_run(pool, record_cpu_task, j, PIN_TASKS);
+    j->caller_cpu = only_cpu_of_this_thread();
+    mx_threadpool_destroy(pool);
+    return NULL;
+}
+
+static void run_pinned(pin_job *j)
+{
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, pin_and_run, j), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(j->rc, 0);
+}
+
+/* Each thread on its own CPU of the mask, the caller on the first, every CPU used. */
+static void pinned_threads_stay_apart(void **state)
+{
+    (void)state;
+    cpu_set_t allowed;
+    assert_int_equal(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    int cpus[CPU_SETSIZE], n = 0;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &allowed))
+            cpus[n++] = c;
+    if (n < 2)
+        skip();
+    pin_job j = {.threads = n < 4 ? n : 4, .only_cpu = -1};
+    run_pinned(&j);
+    assert_int_equal(j.caller_cpu, cpus[0]);
+    int seen[CPU_SETSIZE] = {0}, distinct = 0;
+    for (int t = 0; t < PIN_TASKS; t++) {
+        assert_in_range(j.task_cpu[t], 0, CPU_SETSIZE - 1); /* exactly one CPU */
+        int k = 0;
+        while (k < j.threads && cpus[k] != j.task_cpu[t])
+            k++;
+        assert_true(k < j.threads); /* one of the first `threads` allowed CPUs */
+        distinct += !seen[k]++;
+    }
+    /* the tasks sleep, so every thread takes some: one CPU per thread */
+    assert_int_equal(distinct, j.threads);
+}
+
+/* The CPUs come from the caller's mask (a container's cpuset): restricted to one CPU, every
+ * thread of a 3-thread pool shares it rather than running outside it. */
+static void pinned_threads_keep_the_mask(void **state)
+{
+    (void)state;
+    cpu_set_t allowed;
+    assert_int_equal(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    int last = -1;
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &allowed))
+            last = c;
+    pin_job j = {.threads = 3, .only_cpu = last};
+    run_pinned(&j);
+    assert_int_equal(j.caller_cpu, last);
+    for (int t = 0; t < PIN_TASKS; t++)
+        assert_int_equal(j.task_cpu[t], last);
+}
+
 static void bad_thread_count(void **state)
 {
     (void)state;
@@ -163,6 +276,8 @@ int main(void)
         cmocka_unit_test(destroy_idle_and_sleeping),
         cmocka_unit_test(more_tasks_than_a_slice),
         cmocka_unit_test(bad_thread_count),
+        cmocka_unit_test(pinned_threads_stay_apart),
+        cmocka_unit_test(pinned_threads_keep_the_mask),
     };
     return cmocka_run_group_tests_name("cpu_threadpool", tests, NULL, NULL);
 }

@@ -1,6 +1,6 @@
 /* test_stage_config.c - the attention-svc config keys of the KV cache (stage.kv_dtype,
- * stage.kv_cache_bytes with units) and the byte-count parser: values against hand-worked
- * numbers, every error naming the file, line and key. No model, no network. */
+ * stage.kv_cache_bytes with units), stage.pin_threads and the byte-count parser: values against
+ * hand-worked numbers, every error naming the file, line and key. No model, no network. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -99,6 +99,33 @@ static void test_errors(void **state)
     expect_error("kv_cache_bytes = 1.5;", "stage.kv_cache_bytes");
 }
 
+/* pin_threads: off unless set; a CPU-backend setting, refused with another backend. */
+static void test_pin_threads(void **state)
+{
+    (void)state;
+    const char *cases[] = {"", "pin_threads = false;", "pin_threads = true;"};
+    for (int i = 0; i < 3; i++) {
+        stage_config c;
+        mx_error err = {0};
+        char path[128];
+        snprintf(path, sizeof path, "/tmp/mx-test-stage-%d-XXXXXX", (int)getpid());
+        int fd = mkstemp(path);
+        assert_true(fd >= 0);
+        FILE *f = fdopen(fd, "w");
+        fprintf(f, "stage = {\n  listen = \"127.0.0.1:0\";\n  model = \"m\";\n  index = 0; count = 1;\n"
+                   "  layer_begin = 0; layer_end = 2;\n%s\n};\n", cases[i]);
+        fclose(f);
+        int rc = stage_config_load(path, &c, &err);
+        unlink(path);
+        if (rc)
+            fail_msg("%s: %s", cases[i], err.msg);
+        assert_int_equal(c.pin_threads, i == 2);
+        stage_config_free(&c);
+    }
+    expect_error("pin_threads = 1;", "stage.pin_threads");
+    expect_error("backend = \"cuda\"; pin_threads = true;", "pin_threads applies to the cpu backend only");
+}
+
 static void test_parse_bytes(void **state)
 {
     (void)state;
@@ -122,6 +149,7 @@ int main(void)
         cmocka_unit_test(test_values),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_parse_bytes),
+        cmocka_unit_test(test_pin_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
