@@ -220,7 +220,7 @@ static long usable_cpus(void)
  * CPU (T = 0 or T = that count). Then each process spans every CPU and pinning thread i of
  * each to CPU i keeps a process's threads apart (measured on 2 vCPUs: the kernel left one idle
  * for milliseconds while a shard's two threads shared the other; cluster / single-process
- * decode 0.84-0.94 -> 0.90-0.98). With fewer threads the processes' pools would all pile
+ * decode 0.83-0.89 -> 0.89-1.02). With fewer threads the processes' pools would all pile
  * onto the first CPUs, so they are left to the kernel. */
 static int default_pin_threads(const cluster *c)
 {

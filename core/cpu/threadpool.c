@@ -22,7 +22,7 @@
  * Pinned pools (mx_threadpool_pin) keep each thread on its own CPU. Measured on a 2-vCPU VM
  * whose kernel packs woken threads onto busy vCPUs: a one-machine cluster (2 stages, 2 expert
  * shards, 2 threads each) left one vCPU idle for 3-4 ms at a time while a shard's two threads
- * shared the other; pinned, cluster / single-process decode went 0.84-0.94 -> 0.90-0.98
+ * shared the other; pinned, cluster / single-process decode went 0.83-0.89 -> 0.89-1.02
  * (alternating runs), and the single process alone did not change.
  *
  * Sleeping and waking are ordered Dekker-style: a sleeper first counts itself and then
