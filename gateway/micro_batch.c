@@ -249,7 +249,7 @@ void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel 
     b->resp = resp;
 }
 
-void gw_micro_batch_deliver(gw_micro_batch *b, double now)
+void gw_micro_batch_deliver(gw_micro_batch *b, double now, gw_request **woken, int *n_woken)
 {
     const Mx__Internal__V1__RunBatchResponse *resp = b->resp;
     for (int i = 0; i < b->n; i++) {
@@ -286,9 +286,12 @@ void gw_micro_batch_deliver(gw_micro_batch *b, double now)
             r->t_first_ms = now;
         int n_top = (int)(t->n_top_token_ids < t->n_top_logprobs ? t->n_top_token_ids : t->n_top_logprobs);
         gw_request_push(r, t->token_id, t->logprob, t->top_token_ids, t->top_logprobs, n_top, now);
+        woken[(*n_woken)++] = r;
+        b->members[i] = NULL; /* its reference goes with it */
     }
     for (int i = 0; i < b->n; i++)
-        gw_request_unref(b->members[i]);
+        if (b->members[i])
+            gw_request_unref(b->members[i]);
     if (b->resp)
         protobuf_c_message_free_unpacked(&b->resp->base, NULL);
     b->resp = NULL;

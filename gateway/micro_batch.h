@@ -77,8 +77,11 @@ void gw_micro_batch_fill(gw_micro_batch *b, gw_request **eligible, int n, int ta
 void gw_micro_batch_run(gw_micro_batch *b, const gw_config *cfg, mx_rpc_channel *const *stages);
 
 /* Hands the sampled tokens (or the error) to the members (those a stage's KV budget refused
- * end with RESOURCE_EXHAUSTED), clears their in-flight mark,
- * drops the batch's references and empties it for reuse. */
-void gw_micro_batch_deliver(gw_micro_batch *b, double now_ms);
+ * end with RESOURCE_EXHAUSTED), clears their in-flight mark and empties the batch for reuse.
+ * Members that got a token are appended to woken[*n_woken] (room for the batch's members)
+ * with the batch's reference: their handlers are not woken yet, the caller wakes them
+ * (gw_request_wake) and drops the reference once the next step is on its way. The batch's
+ * references to the other members are dropped here. */
+void gw_micro_batch_deliver(gw_micro_batch *b, double now_ms, gw_request **woken, int *n_woken);
 
 #endif

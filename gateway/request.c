@@ -186,7 +186,6 @@ bool gw_request_push(gw_request *r, uint32_t token, float logprob, const uint32_
         flush_text(r);
     }
     bool done = r->done;
-    pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     return done;
 }

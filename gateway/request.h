@@ -90,8 +90,10 @@ void gw_request_unref(gw_request *r);
  * of the n stop strings (taken over; freed on failure too). Errors name sampling.stop. */
 int gw_request_set_text(gw_request *r, const mx_tokenizer *tok, char **stops, int n, mx_error *err);
 
-/* Scheduler side: appends one sampled token (with its logprobs), decides whether the request
- * is finished (eos, stop id, max_new) and wakes the handler. Returns true when done. */
+/* Scheduler side: appends one sampled token (with its logprobs) and decides whether the request
+ * is finished (eos, stop id, max_new). Returns true when done. It does not wake the handler:
+ * the scheduler launches the next step first and then calls gw_request_wake, so that the
+ * handlers' writes do not delay the step. */
 bool gw_request_push(gw_request *r, uint32_t token, float logprob, const uint32_t *top_ids,
                      const float *top_lp, int n_top, double now_ms);
 
@@ -102,8 +104,9 @@ void gw_request_finish(gw_request *r, Mx__V1__FinishReason why, mx_code code, co
 /* Handler side: marks the request cancelled (the scheduler drops it before the next step). */
 void gw_request_cancel(gw_request *r);
 
-/* Wakes r's waiting handler so it asks again whether its client is gone: for whoever learns of
- * a cancellation (the RPC server's cancel callback, an HTTP server stopping). Takes r->mu. */
+/* Wakes r's waiting handler: for the scheduler once a step's tokens are pushed, and for whoever
+ * learns of a cancellation (the RPC server's cancel callback, an HTTP server stopping), so the
+ * handler asks again whether its client is gone. Takes r->mu. */
 void gw_request_wake(gw_request *r);
 
 /* How long gw_request_wait_progress sleeps without a wake-up before it asks gone(ctx) anyway:

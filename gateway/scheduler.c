@@ -73,6 +73,9 @@ struct gw_scheduler {
     bool *admit_take;         /* [max_queued], scratch for admission */
     int depth, n_flying;      /* n_flying: flights SENT or LANDED (scheduler thread only) */
     flight *flights;          /* [depth] */
+    gw_request **woken;       /* [depth * max_batch_sequences]: got a token, handler not yet
+                                 woken (scheduler thread only; see wake_delivered) */
+    int n_woken;
     /* Under mu: the stages' KV numbers and the running requests' reservations. */
     gw_kv kv;
     bool kv_known;            /* a refresh succeeded: admission may start */
@@ -429,11 +432,24 @@ static void land_locked(gw_scheduler *s)
         else if (f->batch.n_refused)
             report(s, "gateway: micro-batch %llu: %d of %d sequences refused: %s",
                    (unsigned long long)f->batch.batch_id, f->batch.n_refused, f->batch.n, f->batch.refused_msg);
-        gw_micro_batch_deliver(&f->batch, mx_now_ms());
+        gw_micro_batch_deliver(&f->batch, mx_now_ms(), s->woken, &s->n_woken);
         pthread_mutex_lock(&s->mu);
         f->state = FLIGHT_IDLE;
         s->n_flying--;
     }
+}
+
+/* Wakes the handlers of the requests that got a token and drops the delivered batches'
+ * references to them. The scheduler calls it after launching the next step: 32 handlers woken
+ * before it used to hold that step back by 0.8 ms (measured on 2 vCPUs, each woken handler
+ * taking a core to write its token while the step waited to be sent). */
+static void wake_delivered(gw_scheduler *s)
+{
+    for (int i = 0; i < s->n_woken; i++) {
+        gw_request_wake(s->woken[i]);
+        gw_request_unref(s->woken[i]);
+    }
+    s->n_woken = 0;
 }
 
 static void *loop(void *arg)
@@ -469,6 +485,7 @@ static void *loop(void *arg)
         land_locked(s);
         pthread_mutex_unlock(&s->mu);
         if (stopping) {
+            wake_delivered(s);
             if (s->n_flying == 0)
                 break;
             continue;
@@ -487,6 +504,7 @@ static void *loop(void *arg)
         flight *f;
         while ((f = idle_flight(s)) && launch(s, f))
             ;
+        wake_delivered(s);
     }
     return NULL;
 }
@@ -551,7 +569,8 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log
     s->pick = calloc((size_t)cfg->max_batch_sequences, sizeof *s->pick);
     s->admit_take = calloc((size_t)cfg->max_queued, sizeof *s->admit_take);
     s->flights = calloc((size_t)s->depth, sizeof *s->flights);
-    int rc = (!s->queue || !s->running || !s->pick || !s->admit_take || !s->flights)
+    s->woken = calloc((size_t)s->depth * (size_t)cfg->max_batch_sequences, sizeof *s->woken);
+    int rc = (!s->queue || !s->running || !s->pick || !s->admit_take || !s->flights || !s->woken)
                  ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
     for (int i = 0; i < cfg->n_stages && !rc; i++) {
         pending_release *p = &s->pend[i];
@@ -635,6 +654,7 @@ void gw_scheduler_destroy(gw_scheduler *s)
     free(s->pick);
     free(s->admit_take);
     free(s->flights);
+    free(s->woken);
     free(s);
 }
 
