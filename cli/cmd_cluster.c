@@ -200,12 +200,6 @@ static int write_stage_cfg(const cluster *c, const proc *p)
     return fclose(f);
 }
 
-/* Micro-batches in flight when --pipeline-depth is not given: one per stage when the stages'
- * threads fit the machine's cores (S x T <= online cores), else 1. Every process of this
- * cluster shares the machine: when the stages' threads already cover the cores, a second
- * micro-batch adds no hardware, only a second read of every weight per step (measured on 2
- * cores, batch 32, 2 stages of 2 threads: depth 2 at 0.60-0.66 of the single-process engine,
- * depth 1 at 0.83; an attention-heavy model gained 2-7 % from depth 2). */
 /* The CPUs this process may use (its affinity mask), at least 1. */
 static long usable_cpus(void)
 {
@@ -227,6 +221,12 @@ static int default_pin_threads(const cluster *c)
     return c->threads == 0 || c->threads == usable_cpus();
 }
 
+/* Micro-batches in flight when --pipeline-depth is not given: one per stage when the stages'
+ * threads fit the machine's cores (S x T <= the CPUs it may use), else 1. Every process of this
+ * cluster shares the machine: when the stages' threads already cover the cores, a second
+ * micro-batch adds no hardware, only a second read of every weight per step (measured on 2
+ * cores, batch 32, 2 stages of 2 threads: depth 2 at 0.60-0.66 of the single-process engine,
+ * depth 1 at 0.83; an attention-heavy model gained 2-7 % from depth 2). */
 static int default_pipeline_depth(const cluster *c)
 {
     long cores = usable_cpus();

@@ -76,6 +76,9 @@ struct gw_scheduler {
     gw_request **woken;       /* [depth * max_batch_sequences]: got a token, handler not yet
                                  woken (scheduler thread only; see wake_delivered) */
     int n_woken;
+    uint64_t *retired;        /* [max_batch_sequences]: ids retire ended, released on the stages
+                                 after the next step is launched (scheduler thread only) */
+    int n_retired;
     /* Under mu: the stages' KV numbers and the running requests' reservations. */
     gw_kv kv;
     bool kv_known;            /* a refresh succeeded: admission may start */
@@ -218,13 +221,12 @@ static bool any_pending_release(const gw_scheduler *s)
     return false;
 }
 
-/* Removes running requests that are done (or must end now) and releases their state.
- * Requests in flight stay: their batch may still reach a stage, so they are dealt with
- * after it lands. */
+/* Removes running requests that are done (or must end now) and notes their ids for
+ * release_retired. Requests in flight stay: their batch may still reach a stage, so they are
+ * dealt with after it lands. */
 static void retire(gw_scheduler *s, double now)
 {
-    uint64_t *ids = malloc((size_t)(s->n_running ? s->n_running : 1) * sizeof *ids);
-    int n_ids = 0, keep = 0;
+    int keep = 0;
     for (int i = 0; i < s->n_running; i++) {
         gw_request *r = s->running[i];
         if (r->in_flight) {
@@ -244,8 +246,8 @@ static void retire(gw_scheduler *s, double now)
             s->running[keep++] = r;
             continue;
         }
-        if (r->on_stages && ids)
-            ids[n_ids++] = r->seq_id;
+        if (r->on_stages)
+            s->retired[s->n_retired++] = r->seq_id;
         if (r->kv_tokens) {
             pthread_mutex_lock(&s->mu);
             gw_kv_reserve(&s->kv, r->kv_tokens, -1);
@@ -261,9 +263,14 @@ static void retire(gw_scheduler *s, double now)
         s->n_running = keep;     /* under mu: gw_scheduler_counts reads it from other threads */
         pthread_mutex_unlock(&s->mu);
     }
-    if (ids)
-        release_on_stages(s, ids, n_ids);
-    free(ids);
+}
+
+/* Frees the retired requests' state on the stages. After the next step is launched: a Release
+ * waits for the stage's lock, which a step in progress there holds. */
+static void release_retired(gw_scheduler *s)
+{
+    release_on_stages(s, s->retired, s->n_retired);
+    s->n_retired = 0;
 }
 
 /* Moves queued requests into the running set (s->mu held) while it has room, in the order
@@ -505,6 +512,7 @@ static void *loop(void *arg)
         while ((f = idle_flight(s)) && launch(s, f))
             ;
         wake_delivered(s);
+        release_retired(s); /* before the next admission: the room it frees is counted already */
     }
     return NULL;
 }
@@ -570,7 +578,8 @@ int gw_scheduler_create(const gw_config *cfg, const mx_config *model, gw_log log
     s->admit_take = calloc((size_t)cfg->max_queued, sizeof *s->admit_take);
     s->flights = calloc((size_t)s->depth, sizeof *s->flights);
     s->woken = calloc((size_t)s->depth * (size_t)cfg->max_batch_sequences, sizeof *s->woken);
-    int rc = (!s->queue || !s->running || !s->pick || !s->admit_take || !s->flights || !s->woken)
+    s->retired = calloc((size_t)cfg->max_batch_sequences, sizeof *s->retired);
+    int rc = (!s->queue || !s->running || !s->pick || !s->admit_take || !s->flights || !s->woken || !s->retired)
                  ? mx_fail(err, MX_ENOMEM, "out of memory") : 0;
     for (int i = 0; i < cfg->n_stages && !rc; i++) {
         pending_release *p = &s->pend[i];
@@ -640,8 +649,10 @@ void gw_scheduler_destroy(gw_scheduler *s)
     for (int i = 0; i < s->n_running; i++)
         gw_request_finish(s->running[i], MX__V1__FINISH_REASON__FINISH_REASON_ERROR, MX_EUNAVAILABLE,
                           "the gateway is shutting down", now);
-    if (s->thread_started)
+    if (s->thread_started) {
         retire(s, now);
+        release_retired(s);
+    }
     for (int i = 0; i < s->cfg.n_stages; i++) {
         mx_rpc_channel_destroy(s->stages[i]);
         free(s->pend[i].ids);
@@ -655,6 +666,7 @@ void gw_scheduler_destroy(gw_scheduler *s)
     free(s->admit_take);
     free(s->flights);
     free(s->woken);
+    free(s->retired);
     free(s);
 }
 
