@@ -14,8 +14,9 @@
 
 #include "attention-svc/stage_config.h"
 
-/* Writes a stage config whose stage group ends with `extra`, loads it. */
-static int load(const char *extra, stage_config *c, mx_error *err, char *path, size_t cap)
+/* Writes a stage config whose stage group ends with `extra` to a new file named in path and
+ * loads it into c (the caller frees c when this returns 0, and removes the file). */
+static int load_kept(const char *extra, stage_config *c, mx_error *err, char *path, size_t cap)
 {
     snprintf(path, cap, "/tmp/mx-test-stage-%d-XXXXXX", (int)getpid());
     int fd = mkstemp(path);
@@ -24,7 +25,13 @@ static int load(const char *extra, stage_config *c, mx_error *err, char *path, s
     fprintf(f, "stage = {\n  listen = \"127.0.0.1:0\";\n  model = \"m\";\n  index = 0; count = 1;\n"
                "  layer_begin = 0; layer_end = 2;\n%s\n};\n", extra);
     fclose(f);
-    int rc = stage_config_load(path, c, err);
+    return stage_config_load(path, c, err);
+}
+
+/* The same, freeing c at once: for errors. */
+static int load(const char *extra, stage_config *c, mx_error *err, char *path, size_t cap)
+{
+    int rc = load_kept(extra, c, err, path, cap);
     stage_config_free(c);
     return rc;
 }
@@ -32,16 +39,9 @@ static int load(const char *extra, stage_config *c, mx_error *err, char *path, s
 static void expect_values(const char *extra, mx_kv_dtype dtype, uint64_t bytes)
 {
     char path[128];
-    snprintf(path, sizeof path, "/tmp/mx-test-stage-%d-XXXXXX", (int)getpid());
-    int fd = mkstemp(path);
-    assert_true(fd >= 0);
-    FILE *f = fdopen(fd, "w");
-    fprintf(f, "stage = {\n  listen = \"127.0.0.1:0\";\n  model = \"m\";\n  index = 0; count = 1;\n"
-               "  layer_begin = 0; layer_end = 2;\n%s\n};\n", extra);
-    fclose(f);
     stage_config c;
     mx_error err = {0};
-    int rc = stage_config_load(path, &c, &err);
+    int rc = load_kept(extra, &c, &err, path, sizeof path);
     unlink(path);
     if (rc)
         fail_msg("%s: %s", extra, err.msg);
@@ -108,14 +108,7 @@ static void test_pin_threads(void **state)
         stage_config c;
         mx_error err = {0};
         char path[128];
-        snprintf(path, sizeof path, "/tmp/mx-test-stage-%d-XXXXXX", (int)getpid());
-        int fd = mkstemp(path);
-        assert_true(fd >= 0);
-        FILE *f = fdopen(fd, "w");
-        fprintf(f, "stage = {\n  listen = \"127.0.0.1:0\";\n  model = \"m\";\n  index = 0; count = 1;\n"
-                   "  layer_begin = 0; layer_end = 2;\n%s\n};\n", cases[i]);
-        fclose(f);
-        int rc = stage_config_load(path, &c, &err);
+        int rc = load_kept(cases[i], &c, &err, path, sizeof path);
         unlink(path);
         if (rc)
             fail_msg("%s: %s", cases[i], err.msg);
