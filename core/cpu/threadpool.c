@@ -220,8 +220,9 @@ int mx_threadpool_pin(mx_threadpool *p, mx_error *err)
         cpus[i] = cpus[i % n_allowed];
     for (int i = 1; i < p->n_threads; i++)
         if (pin_thread(p->threads[i], cpus[i]) != 0) {
+            int cpu = cpus[i];
             free(cpus);
-            return mx_fail(err, MX_EINVAL, "cannot pin thread pool worker %d to CPU %d", i, cpus[i]);
+            return mx_fail(err, MX_EINVAL, "cannot pin thread pool worker %d to CPU %d", i, cpu);
         }
     free(p->cpus);
     p->cpus = cpus;
