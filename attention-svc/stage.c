@@ -300,6 +300,27 @@ static void call_give(stage *s, call_ctx *c)
     pthread_mutex_unlock(&s->calls_mu);
 }
 
+/* The host of a "host:port" listen address ("[v6]:port" without brackets) for the router's
+ * send order; "" for a wildcard (0.0.0.0, [::]), which says nothing of the address the expert
+ * shards on this host are reached at. */
+static void listen_host(const char *listen, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const char *colon = strrchr(listen, ':');
+    if (!colon)
+        return;
+    const char *host = listen;
+    size_t len = (size_t)(colon - listen);
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') {
+        host++;
+        len -= 2;
+    }
+    if (len == 0 || len >= cap || (len == 7 && !strncmp(host, "0.0.0.0", 7)) || (len == 2 && !strncmp(host, "::", 2)))
+        return;
+    memcpy(out, host, len);
+    out[len] = '\0';
+}
+
 int stage_create(const stage_config *c, stage **out, mx_error *err)
 {
     *out = NULL;
@@ -349,7 +370,9 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
     if (!rc)
         rc = mx_model_create(s->w, s->be, &s->m, err);
     if (!rc && c->remote_experts) {
-        rc = mx_router_create(&c->router, s->cfg.num_hidden_layers, s->cfg.hidden_size, s->cfg.num_local_experts,
+        mx_router_config rcfg = c->router; /* shallow: mx_router_create copies what it keeps */
+        listen_host(c->listen, rcfg.local_host, sizeof rcfg.local_host);
+        rc = mx_router_create(&rcfg, s->cfg.num_hidden_layers, s->cfg.hidden_size, s->cfg.num_local_experts,
                               s->be, &s->router, err);
         if (!rc)
             rc = mx_router_check_coverage(s->router, c->layer_begin, c->layer_end, err);

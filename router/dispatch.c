@@ -55,6 +55,7 @@ typedef struct shard_job {
     int active;           /* copies in flight */
     int attempts;
     bool done;
+    bool local;           /* its shard has a replica at the stage's host: sent last */
     double soft_at;       /* the latest attempt's own deadline (absolute ms), or INFINITY */
     double hedge_at;      /* when to hedge, or INFINITY */
     int last_code;        /* status of the last failed attempt, for the error */
@@ -569,8 +570,14 @@ static void drain_calls(fanout *f)
     }
 }
 
-/* Sends every job's first copy. The call set and the attempt slots are the dispatcher's,
- * grown (between steps, nothing in flight) when replicas were added. */
+/* Sends every job's first copy: first the jobs of shards with no replica at the stage's own
+ * host, then the others. A call to a shard on this host can wake it on the core this thread
+ * runs on; when that core has no other, the shard preempts the sender before the rest of the
+ * calls are out, and the shards run one after the other (measured with a stage and a shard
+ * sharing each of two cores: sending the other host's call first took decode from 753-838 to
+ * 934-988 tokens/s at pipeline depth 1). Where every replica is local (a one-machine cluster)
+ * or none is, the order is the shards'. The call set and the attempt slots are the
+ * dispatcher's, grown (between steps, nothing in flight) when replicas were added. */
 static int calls_start(mx_router_dispatcher *d, fanout *f, mx_error *err)
 {
     mx_router *r = d->r;
@@ -597,16 +604,21 @@ static int calls_start(mx_router_dispatcher *d, fanout *f, mx_error *err)
     f->cs = d->cs;
     d->left = p->n_jobs;
     int rc = 0;
-    for (int j = 0; j < p->n_jobs && !rc; j++) {
-        p->jobs[j].soft_at = p->jobs[j].hedge_at = INFINITY;
-        p->jobs[j].last_code = GRPC_STATUS_UNAVAILABLE;
-        snprintf(p->jobs[j].last_msg, sizeof p->jobs[j].last_msg, "no replica could be tried");
-        int st = start_attempt(f, j, false, err);
-        if (st == 0)
-            rc = job_failed(f, &p->jobs[j], err);
-        else if (st < 0)
-            rc = st;
-    }
+    for (int j = 0; j < p->n_jobs; j++) /* once: replicas may come and go meanwhile */
+        p->jobs[j].local = router_shard_has_local(&r->shards[p->jobs[j].shard]);
+    for (int pass = 0; pass < 2 && !rc; pass++)
+        for (int j = 0; j < p->n_jobs && !rc; j++) {
+            if (p->jobs[j].local != (pass == 1))
+                continue;
+            p->jobs[j].soft_at = p->jobs[j].hedge_at = INFINITY;
+            p->jobs[j].last_code = GRPC_STATUS_UNAVAILABLE;
+            snprintf(p->jobs[j].last_msg, sizeof p->jobs[j].last_msg, "no replica could be tried");
+            int st = start_attempt(f, j, false, err);
+            if (st == 0)
+                rc = job_failed(f, &p->jobs[j], err);
+            else if (st < 0)
+                rc = st;
+        }
     if (rc)
         drain_calls(f);
     return rc;

@@ -134,6 +134,29 @@ bool router_has_untried(const router_shard *sh, uint64_t tried)
     return false;
 }
 
+bool router_shard_has_local(const router_shard *sh)
+{
+    int n = sh->n_replicas;
+    for (int i = 0; i < n; i++)
+        if (sh->replicas[i].local && slot_state(&sh->replicas[i]) == ROUTER_SLOT_ACTIVE)
+            return true;
+    return false;
+}
+
+bool router_address_is_local(const char *address, const char *local_host)
+{
+    const char *colon = strrchr(address, ':');
+    if (!local_host[0] || !colon)
+        return false;
+    const char *host = address;
+    size_t len = (size_t)(colon - address);
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') { /* "[v6]:port" */
+        host++;
+        len -= 2;
+    }
+    return strlen(local_host) == len && !strncmp(host, local_host, len);
+}
+
 void router_record_ok(mx_router *r, router_shard *sh, int replica, int rows, double latency_ms)
 {
     (void)r;
@@ -255,7 +278,8 @@ void router_watch_result(mx_router *r, router_shard *sh, int replica, router_wat
     pthread_mutex_unlock(&sh->mu);
 }
 
-int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending)
+int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending,
+                    bool local)
 {
     pthread_mutex_lock(&sh->mu);
     int n = sh->n_replicas, at = -1, any_free = -1;
@@ -277,6 +301,7 @@ int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_ch
         rep->target = target;
         snprintf(rep->address, sizeof rep->address, "%s", address);
         rep->discovered = pending;
+        rep->local = local; /* before the state below publishes the slot */
         rep->confirmed = rep->ejected = rep->probing = false;
         rep->n_ejections = 0;
         rep->eject_until_ms = rep->last_ok_ms = rep->last_probe_ms = rep->drain_since_ms = 0;

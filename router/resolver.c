@@ -285,7 +285,8 @@ static void apply(router_resolver *rs, dns_target *t)
         mx_error err = {0};
         if (mx_rpc_channel_create(t->addrs[k], &opts, &ch, &err))
             continue; /* tried again on the next resolve */
-        int at = router_slot_add(sh, t->entry, t->addrs[k], ch, true);
+        int at = router_slot_add(sh, t->entry, t->addrs[k], ch, true,
+                                 router_address_is_local(t->addrs[k], r->cfg.local_host));
         if (at < 0) {
             mx_rpc_channel_destroy(ch);
             continue;
@@ -394,7 +395,8 @@ int router_targets_init(mx_router *r, int shard, const mx_router_shard_config *c
         mx_rpc_channel *ch = NULL;
         if (mx_rpc_channel_create(c->replicas[i], &opts, &ch, err))
             return mx_error_prefix(err, "expert shard %d replica %s", shard, c->replicas[i]);
-        int at = router_slot_add(sh, i, c->replicas[i], ch, false);
+        int at = router_slot_add(sh, i, c->replicas[i], ch, false,
+                                 router_address_is_local(c->replicas[i], r->cfg.local_host));
         if (at < 0) {
             mx_rpc_channel_destroy(ch);
             return mx_fail(err, MX_EINVAL, "expert shard %d has more than %d replicas", shard, ROUTER_MAX_REPLICAS);

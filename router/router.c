@@ -99,7 +99,8 @@ static int create_shards(mx_router *r, const mx_router_config *cfg, mx_error *er
     return 0;
 }
 
-/* The timing knobs of src with defaults for zero fields (shards are not copied). */
+/* The timing knobs of src with defaults for zero fields, and its local host (shards are not
+ * copied). */
 static void set_timing(mx_router_config *dst, const mx_router_config *src)
 {
     memset(dst, 0, sizeof *dst);
@@ -121,6 +122,7 @@ static void set_timing(mx_router_config *dst, const mx_router_config *src)
     dst->health_interval_ms = src->health_interval_ms > 0 ? src->health_interval_ms : 1000;
     dst->probe_timeout_ms = src->probe_timeout_ms > 0 ? src->probe_timeout_ms : 500;
     dst->resolve_interval_ms = src->resolve_interval_ms > 0 ? src->resolve_interval_ms : 5000;
+    snprintf(dst->local_host, sizeof dst->local_host, "%s", src->local_host);
 }
 
 int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,

@@ -39,8 +39,10 @@
  *
  * One run of a layer: tokens are grouped by expert (experts in ascending id, tokens in
  * ascending row), experts are mapped to shards, ONE ExpertShard.RunExperts call per shard
- * involved goes out in parallel, and out[t] = sum over t's top-k slots, in slot order, of
- * w * y: the result does not depend on which shard (or which replica) answers first.
+ * involved goes out in parallel (shards with a replica at the stage's own host last: such a
+ * call may wake that shard on this thread's core, which would run it before the others are
+ * sent), and out[t] = sum over t's top-k slots, in slot order, of w * y: the result does not
+ * depend on which shard (or which replica) answers first.
  *
  * Failure semantics (expert calls are idempotent, so any copy of a call may be answered):
  * - Replica choice: active (not pending its first SERVING, not draining), not ejected, fewest
@@ -98,6 +100,10 @@ typedef struct mx_router_config {
     int64_t eject_ms, eject_max_ms;
     int64_t health_interval_ms, probe_timeout_ms;
     int64_t resolve_interval_ms;
+    /* The stage's own host: its listen address without the port, set by the stage, not read
+     * from the config ("" = unknown). Replicas at that host are sent a layer's call last, see
+     * calls_start in dispatch.c. */
+    char local_host[64];
 } mx_router_config;
 
 /* Parses the "experts" group s (see above). Errors name the key, the file and the line.

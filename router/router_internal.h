@@ -48,6 +48,7 @@ typedef struct router_replica {
     atomic_int in_flight;       /* RunExperts calls outstanding on this replica */
     atomic_ullong calls_sent, rows_sent; /* load accounting (zero from calloc) */
     bool discovered;            /* from a DNS target (a failure asks for a fresh resolve) */
+    bool local;                 /* at the stage's own host (mx_router_config.local_host) */
     bool confirmed;             /* has answered a call or a health check */
     bool ejected;               /* skipped by the pick until a probe says SERVING */
     bool probing;               /* a health check is in flight */
@@ -112,6 +113,10 @@ void router_shard_destroy(router_shard *sh);
 int router_pick_replica(router_shard *sh, uint64_t tried);
 /* Whether an active replica outside tried is left (no side effect on the rotation). */
 bool router_has_untried(const router_shard *sh, uint64_t tried);
+/* Whether an active replica of the shard is at the stage's own host. */
+bool router_shard_has_local(const router_shard *sh);
+/* Whether "host:port" (or "[v6]:port") names the host local_host ("" matches nothing). */
+bool router_address_is_local(const char *address, const char *local_host);
 /* An attempt's own deadline for a call of rows rows: p99 x factor of the smallest size class
  * >= this one with enough samples, within [floor, cap]; the cap without samples. */
 double router_attempt_ms(const mx_router *r, router_shard *sh, int rows);
@@ -127,8 +132,10 @@ void router_probe_result(mx_router *r, router_shard *sh, int replica, bool servi
 typedef enum { ROUTER_WATCH_SERVING, ROUTER_WATCH_NOT_SERVING, ROUTER_WATCH_LOST } router_watch_news;
 void router_watch_result(mx_router *r, router_shard *sh, int replica, router_watch_news news);
 /* Replica slots (resolver.c): puts a new replica in a FREE slot (PENDING when pending, else
- * ACTIVE) and returns its index, -1 when all ROUTER_MAX_REPLICAS are in use. */
-int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending);
+ * ACTIVE) and returns its index, -1 when all ROUTER_MAX_REPLICAS are in use. local: it is at
+ * the stage's own host. */
+int router_slot_add(router_shard *sh, int target, const char *address, mx_rpc_channel *ch, bool pending,
+                    bool local);
 /* After a resolve of target: its slots whose address is not in addrs[0..n) start draining;
  * a draining one whose address is back is PENDING again. found[k] says whether addrs[k]
  * already has a slot (else the caller adds one). */

@@ -2,7 +2,8 @@
  * {0,1} and {2,3} (the second with two replicas) served in-process on loopback ports, the
  * whole model run through mx_router's executor and compared with the fixture's reference
  * logits (expected.safetensors, tolerances from cases.json) and with the all-local forward;
- * a replica killed mid-run; bad RunExperts requests; Info; unreachable shards. */
+ * a replica killed mid-run; bad RunExperts requests; Info; unreachable shards; a layer's calls
+ * go to shards at other hosts before the one at the stage's own host. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -292,6 +293,72 @@ static void test_unreachable_shard(void **state)
 
 /* Killing replica b1 in the middle of a run: the router moves to b2 and the logits are
  * bit-identical to an undisturbed run. Runs last: it leaves b1 stopped. */
+/* The shards each attempt went to, in order (the router's observer, on the dispatching thread). */
+typedef struct sent_log {
+    int shard[64];
+    int n;
+} sent_log;
+
+static void record_sent(void *ctx, mx_router_attempt_event ev, int shard, int replica, bool retry, bool ok,
+                        double seconds)
+{
+    (void)replica, (void)retry, (void)ok, (void)seconds;
+    sent_log *log = ctx;
+    if (ev == MX_ROUTER_ATTEMPT_SENT && log->n < 64)
+        log->shard[log->n++] = shard;
+}
+
+/* Shard 0 at 127.0.0.1, shard 1 named "localhost" (the same server, another host name): with
+ * the stage's host 127.0.0.1 shard 1's call goes out first; with no host known, shard order. */
+static void test_other_hosts_first(void **state)
+{
+    world *wd = *state;
+    const mx_config *c = mx_model_config(wd->t.m);
+    int H = c->hidden_size, T = 4, k = 2;
+    float *x = calloc((size_t)T * H, sizeof *x), *y = calloc((size_t)T * H, sizeof *y);
+    int32_t ids[8];
+    float w[8];
+    for (int t = 0; t < T; t++) {
+        ids[t * k] = 0; /* shard 0 */
+        ids[t * k + 1] = 2; /* shard 1 */
+        w[t * k] = w[t * k + 1] = 0.5f;
+        for (int i = 0; i < H; i++)
+            x[(size_t)t * H + i] = 0.01f * (float)((t * 7 + i) % 13);
+    }
+    mx_tensor x2 = mx_tensor_2d(x, MX_DTYPE_F32, MX_DEVICE_CPU, T, H);
+    mx_tensor out = mx_tensor_2d(y, MX_DTYPE_F32, MX_DEVICE_CPU, T, H);
+    for (int local = 0; local < 2; local++) {
+        char text[512];
+        snprintf(text, sizeof text,
+                 "experts = { shards = ( { experts = [0, 1]; replicas = [\"127.0.0.1:%d\"]; },\n"
+                 "  { experts = [2, 3]; replicas = [\"localhost:%d\"]; } ); };\n",
+                 wd->a.port, wd->b2.port);
+        mx_router_config rc;
+        test_router_config(text, &rc);
+        if (local)
+            snprintf(rc.local_host, sizeof rc.local_host, "127.0.0.1");
+        mx_router *r = NULL;
+        mx_error err = {0};
+        int rc_create = mx_router_create(&rc, c->num_hidden_layers, H, c->num_local_experts, wd->t.be, &r, &err);
+        mx_router_config_free(&rc);
+        assert_int_equal(rc_create, 0);
+        sent_log log = {.n = 0};
+        mx_router_set_attempt_observer(r, record_sent, &log);
+        for (int run = 0; run < 3; run++) {
+            if (mx_router_run(r, 0, &x2, ids, w, k, &out, &err))
+                fail_msg("run %d: %s", run, err.msg);
+        }
+        assert_int_equal(log.n, 6); /* one call per shard per run, no retries */
+        for (int run = 0; run < 3; run++) {
+            assert_int_equal(log.shard[2 * run], local ? 1 : 0);
+            assert_int_equal(log.shard[2 * run + 1], local ? 0 : 1);
+        }
+        mx_router_destroy(r);
+    }
+    free(x);
+    free(y);
+}
+
 static void test_kill_replica(void **state)
 {
     world *wd = *state;
@@ -325,7 +392,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_short),   cmocka_unit_test(test_golden_block),
         cmocka_unit_test(test_bad_requests),   cmocka_unit_test(test_info),
-        cmocka_unit_test(test_unreachable_shard), cmocka_unit_test(test_kill_replica),
+        cmocka_unit_test(test_unreachable_shard), cmocka_unit_test(test_other_hosts_first),
+        cmocka_unit_test(test_kill_replica),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -2,7 +2,8 @@
  * discovered replica gets no call before a health check says SERVING; Health/Watch news
  * (NOT_SERVING, a broken stream) stops new calls at once; an address gone from DNS drains
  * (never picked again) and is closed only once its calls are done and the grace has passed;
- * an address that comes back is checked again; slot indices keep standing for one address.
+ * an address that comes back is checked again; slot indices keep standing for one address;
+ * which addresses are at the stage's own host, and whether a shard has such a replica.
  * Drives the slot functions directly on a router built here; channels are never touched. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -64,14 +65,14 @@ static void test_pending_until_serving(void **state)
 {
     fixture *f = *state;
     router_shard *sh = &f->sh;
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, true), 0);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, true, false), 0);
     assert_int_equal(router_pick_replica(sh, 0), -1); /* no call before a health check */
     assert_false(router_has_untried(sh, 0));
     assert_true(router_probe_due(&f->r, sh, 0, mx_now_ms())); /* checked at once */
     router_probe_result(&f->r, sh, 0, true);
     assert_int_equal(router_pick_replica(sh, 0), 0);
     /* a second one taken in through its Watch's first message */
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, true), 1);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, true, false), 1);
     assert_int_equal(picked(sh), 1u);
     router_watch_result(&f->r, sh, 1, ROUTER_WATCH_SERVING);
     assert_int_equal(picked(sh), 3u);
@@ -81,8 +82,8 @@ static void test_watch_news_stops_calls(void **state)
 {
     fixture *f = *state;
     router_shard *sh = &f->sh;
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, false), 0);
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, false), 1);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, false, false), 0);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, false, false), 1);
     assert_int_equal(picked(sh), 3u);
     router_watch_result(&f->r, sh, 0, ROUTER_WATCH_NOT_SERVING); /* draining */
     assert_int_equal(picked(sh), 2u);
@@ -100,7 +101,7 @@ static void test_gone_from_dns_drains_then_closes(void **state)
     for (int i = 0; i < 3; i++) {
         char a[32];
         snprintf(a, sizeof a, "10.0.0.%d:50071", i + 1);
-        assert_int_equal(router_slot_add(sh, 0, a, FAKE, true), i);
+        assert_int_equal(router_slot_add(sh, 0, a, FAKE, true, false), i);
         router_probe_result(&f->r, sh, i, true);
     }
     assert_true(sh->replicas[1].discovered);
@@ -128,8 +129,8 @@ static void test_gone_from_dns_drains_then_closes(void **state)
     assert_int_equal(atomic_load(&sh->replicas[1].state), ROUTER_SLOT_FREE);
     assert_string_equal(sh->replicas[1].address, "10.0.0.2:50071"); /* kept for messages */
     /* a new address takes a new slot; the old address, back, its old slot */
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.4:50071", FAKE, true), 3);
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, true), 1);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.4:50071", FAKE, true, false), 3);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, true, false), 1);
     assert_int_equal(sh->n_replicas, 4);
 }
 
@@ -137,7 +138,7 @@ static void test_back_before_closed_is_checked_again(void **state)
 {
     fixture *f = *state;
     router_shard *sh = &f->sh;
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, true), 0);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, true, false), 0);
     router_probe_result(&f->r, sh, 0, true);
     bool found[1];
     router_slot_sync(sh, 0, NULL, 0, found, mx_now_ms()); /* NXDOMAIN: all drain */
@@ -156,7 +157,7 @@ static void test_other_entries_and_failures(void **state)
     fixture *f = *state;
     router_shard *sh = &f->sh;
     /* a static entry (0) and a DNS entry (1) resolving to the same address: one replica */
-    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, false), 0);
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, false, false), 0);
     const char addrs[1][ROUTER_ADDR_MAX] = {"10.0.0.1:50071"};
     bool found[1];
     router_slot_sync(sh, 1, addrs, 1, found, mx_now_ms());
@@ -167,9 +168,30 @@ static void test_other_entries_and_failures(void **state)
     /* a failing discovered replica asks for a fresh resolve; a static one does not */
     router_record_fault(&f->r, sh, 0, ROUTER_FAILED);
     assert_false(atomic_load(&sh->resolve_asap));
-    assert_int_equal(router_slot_add(sh, 1, "10.0.0.2:50071", FAKE, true), 1);
+    assert_int_equal(router_slot_add(sh, 1, "10.0.0.2:50071", FAKE, true, false), 1);
     router_probe_result(&f->r, sh, 1, false);
     assert_true(atomic_load(&sh->resolve_asap));
+}
+
+/* Host matching for the send order (dispatch.c): the host part only, brackets of IPv6 off. */
+static void test_local_host(void **state)
+{
+    fixture *f = *state;
+    router_shard *sh = &f->sh;
+    assert_true(router_address_is_local("127.0.0.2:50071", "127.0.0.2"));
+    assert_false(router_address_is_local("127.0.0.20:50071", "127.0.0.2"));
+    assert_false(router_address_is_local("127.0.0.2:50071", "127.0.0.20"));
+    assert_true(router_address_is_local("[::1]:50071", "::1"));
+    assert_true(router_address_is_local("node-a:50071", "node-a"));
+    assert_false(router_address_is_local("127.0.0.2:50071", ""));
+    assert_false(router_address_is_local("127.0.0.2", "127.0.0.2")); /* no port: not an address */
+    /* only an active local replica counts */
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, false, false), 0);
+    assert_false(router_shard_has_local(sh));
+    assert_int_equal(router_slot_add(sh, 0, "10.0.0.2:50071", FAKE, true, true), 1);
+    assert_false(router_shard_has_local(sh)); /* pending its first health check */
+    router_probe_result(&f->r, sh, 1, true);
+    assert_true(router_shard_has_local(sh));
 }
 
 int main(void)
@@ -180,6 +202,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_gone_from_dns_drains_then_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_back_before_closed_is_checked_again, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_entries_and_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_local_host, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
