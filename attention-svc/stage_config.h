@@ -3,7 +3,8 @@
  * expert shards are. Parsing only: nothing is loaded or connected here. Unknown keys are errors.
  *
  *     stage = {
- *       listen = "127.0.0.1:50061";   # host:port; port 0 picks a free one
+ *       listen = "127.0.0.1:50061";   # host:port; port 0 picks a free one. Expert replicas
+ *                                     # at this host (not a wildcard) get a layer's call last
  *       model = "/models/minimax";    # checkpoint directory (config.json + shards)
  *       index = 0; count = 2;         # this stage's index in a pipeline of `count`
  *       layer_begin = 0; layer_end = 4;  # layers [begin, end) held here
