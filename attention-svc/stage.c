@@ -305,20 +305,9 @@ static void call_give(stage *s, call_ctx *c)
  * shards on this host are reached at. */
 static void listen_host(const char *listen, char *out, size_t cap)
 {
-    out[0] = '\0';
-    const char *colon = strrchr(listen, ':');
-    if (!colon)
-        return;
-    const char *host = listen;
-    size_t len = (size_t)(colon - listen);
-    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') {
-        host++;
-        len -= 2;
-    }
-    if (len == 0 || len >= cap || (len == 7 && !strncmp(host, "0.0.0.0", 7)) || (len == 2 && !strncmp(host, "::", 2)))
-        return;
-    memcpy(out, host, len);
-    out[len] = '\0';
+    mx_router_host_of(listen, out, cap);
+    if (!strcmp(out, "0.0.0.0") || !strcmp(out, "::"))
+        out[0] = '\0';
 }
 
 int stage_create(const stage_config *c, stage **out, mx_error *err)

@@ -143,18 +143,29 @@ bool router_shard_has_local(const router_shard *sh)
     return false;
 }
 
-bool router_address_is_local(const char *address, const char *local_host)
+void mx_router_host_of(const char *address, char *out, size_t cap)
 {
+    out[0] = '\0';
     const char *colon = strrchr(address, ':');
-    if (!local_host[0] || !colon)
-        return false;
+    if (!colon)
+        return;
     const char *host = address;
     size_t len = (size_t)(colon - address);
     if (len >= 2 && host[0] == '[' && host[len - 1] == ']') { /* "[v6]:port" */
         host++;
         len -= 2;
     }
-    return strlen(local_host) == len && !strncmp(host, local_host, len);
+    if (len >= cap)
+        return;
+    memcpy(out, host, len);
+    out[len] = '\0';
+}
+
+bool router_address_is_local(const char *address, const char *local_host)
+{
+    char host[ROUTER_ADDR_MAX];
+    mx_router_host_of(address, host, sizeof host);
+    return local_host[0] && host[0] && !strcmp(host, local_host);
 }
 
 void router_record_ok(mx_router *r, router_shard *sh, int replica, int rows, double latency_ms)

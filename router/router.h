@@ -74,6 +74,7 @@
 
 #include <libconfig.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/error.h"
@@ -112,6 +113,10 @@ int mx_router_config_from_setting(const config_setting_t *s, mx_router_config *o
 void mx_router_config_free(mx_router_config *cfg);
 
 typedef struct mx_router mx_router;
+
+/* The host of "host:port" ("[v6]:port" without the brackets) into out; "" when the address has
+ * no port or the host does not fit in cap. */
+void mx_router_host_of(const char *address, char *out, size_t cap);
 
 /* Creates channels to every replica (connecting lazily), starts the prober thread (health
  * checks of every replica at once, then as described above) and checks the shard map against

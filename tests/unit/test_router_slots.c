@@ -185,6 +185,11 @@ static void test_local_host(void **state)
     assert_true(router_address_is_local("node-a:50071", "node-a"));
     assert_false(router_address_is_local("127.0.0.2:50071", ""));
     assert_false(router_address_is_local("127.0.0.2", "127.0.0.2")); /* no port: not an address */
+    char host[8];
+    mx_router_host_of("[fe80::1]:5", host, sizeof host);
+    assert_string_equal(host, "fe80::1");
+    mx_router_host_of("127.0.0.2:5", host, sizeof host); /* 9 characters: does not fit in 8 */
+    assert_string_equal(host, "");
     /* only an active local replica counts */
     assert_int_equal(router_slot_add(sh, 0, "10.0.0.1:50071", FAKE, false, false), 0);
     assert_false(router_shard_has_local(sh));
