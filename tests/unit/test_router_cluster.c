@@ -308,7 +308,8 @@ static void record_sent(void *ctx, mx_router_attempt_event ev, int shard, int re
         log->shard[log->n++] = shard;
 }
 
-/* Shard 0 at 127.0.0.1, shard 1 named "localhost" (the same server, another host name): with
+/* Shard 0 at 127.0.0.1, shard 1 at ::ffff:127.0.0.1 (the same IPv4 server through an IPv4-mapped
+ * IPv6 address: another host to the router, and no name to resolve): with
  * the stage's host 127.0.0.1 shard 1's call goes out first; with no host known, shard order. */
 static void test_other_hosts_first(void **state)
 {
@@ -331,7 +332,7 @@ static void test_other_hosts_first(void **state)
         char text[512];
         snprintf(text, sizeof text,
                  "experts = { shards = ( { experts = [0, 1]; replicas = [\"127.0.0.1:%d\"]; },\n"
-                 "  { experts = [2, 3]; replicas = [\"localhost:%d\"]; } ); };\n",
+                 "  { experts = [2, 3]; replicas = [\"[::ffff:127.0.0.1]:%d\"]; } ); };\n",
                  wd->a.port, wd->b2.port);
         mx_router_config rc;
         test_router_config(text, &rc);
