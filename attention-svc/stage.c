@@ -300,16 +300,6 @@ static void call_give(stage *s, call_ctx *c)
     pthread_mutex_unlock(&s->calls_mu);
 }
 
-/* The host of a "host:port" listen address ("[v6]:port" without brackets) for the router's
- * send order; "" for a wildcard (0.0.0.0, [::]), which says nothing of the address the expert
- * shards on this host are reached at. */
-static void listen_host(const char *listen, char *out, size_t cap)
-{
-    mx_router_host_of(listen, out, cap);
-    if (!strcmp(out, "0.0.0.0") || !strcmp(out, "::"))
-        out[0] = '\0';
-}
-
 int stage_create(const stage_config *c, stage **out, mx_error *err)
 {
     *out = NULL;
@@ -360,7 +350,7 @@ int stage_create(const stage_config *c, stage **out, mx_error *err)
         rc = mx_model_create(s->w, s->be, &s->m, err);
     if (!rc && c->remote_experts) {
         mx_router_config rcfg = c->router; /* shallow: mx_router_create copies what it keeps */
-        listen_host(c->listen, rcfg.local_host, sizeof rcfg.local_host);
+        mx_router_host_of(c->listen, rcfg.local_host, sizeof rcfg.local_host); /* the send order */
         rc = mx_router_create(&rcfg, s->cfg.num_hidden_layers, s->cfg.hidden_size, s->cfg.num_local_experts,
                               s->be, &s->router, err);
         if (!rc)

@@ -122,7 +122,9 @@ static void set_timing(mx_router_config *dst, const mx_router_config *src)
     dst->health_interval_ms = src->health_interval_ms > 0 ? src->health_interval_ms : 1000;
     dst->probe_timeout_ms = src->probe_timeout_ms > 0 ? src->probe_timeout_ms : 500;
     dst->resolve_interval_ms = src->resolve_interval_ms > 0 ? src->resolve_interval_ms : 5000;
-    snprintf(dst->local_host, sizeof dst->local_host, "%s", src->local_host);
+    /* a wildcard listen address says nothing of the address this host's shards are reached at */
+    if (strcmp(src->local_host, "0.0.0.0") && strcmp(src->local_host, "::"))
+        snprintf(dst->local_host, sizeof dst->local_host, "%s", src->local_host);
 }
 
 int mx_router_create(const mx_router_config *cfg, int num_layers, int hidden_size, int num_experts,

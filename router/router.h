@@ -101,9 +101,9 @@ typedef struct mx_router_config {
     int64_t eject_ms, eject_max_ms;
     int64_t health_interval_ms, probe_timeout_ms;
     int64_t resolve_interval_ms;
-    /* The stage's own host: its listen address without the port, set by the stage, not read
-     * from the config ("" = unknown). Replicas at that host are sent a layer's call last, see
-     * calls_start in dispatch.c. */
+    /* The stage's own host: its listen address without the port (mx_router_host_of), set by
+     * the stage, not read from the config ("" or a wildcard = unknown). Replicas at that host
+     * are sent a layer's call last, see calls_start in dispatch.c. */
     char local_host[64];
 } mx_router_config;
 
