@@ -5,7 +5,6 @@
  * Every function takes the shard's lock briefly (the pick holds it only to choose); none
  * does I/O. */
 #include "router_internal.h"
-#include "resolver.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,12 +159,6 @@ void mx_router_host_of(const char *address, char *out, size_t cap)
         return;
     memcpy(out, host, len);
     out[len] = '\0';
-}
-
-bool router_address_is_local(const char *address, const char *local_host)
-{
-    mx_router_target t; /* the parse every replica address went through */
-    return local_host[0] && !mx_router_target_parse(address, &t, NULL) && !t.dns && !strcmp(t.host, local_host);
 }
 
 void router_record_ok(mx_router *r, router_shard *sh, int replica, int rows, double latency_ms)

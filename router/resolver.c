@@ -137,6 +137,12 @@ int mx_router_target_parse(const char *s, mx_router_target *out, mx_error *err)
     return 0;
 }
 
+bool router_address_is_local(const char *address, const char *local_host)
+{
+    mx_router_target t; /* the parse every replica address went through */
+    return local_host[0] && !mx_router_target_parse(address, &t, NULL) && !t.dns && !strcmp(t.host, local_host);
+}
+
 /* ---- the resolver thread ---- */
 
 typedef struct dns_target {

@@ -115,7 +115,8 @@ int router_pick_replica(router_shard *sh, uint64_t tried);
 bool router_has_untried(const router_shard *sh, uint64_t tried);
 /* Whether an active replica of the shard is at the stage's own host. */
 bool router_shard_has_local(const router_shard *sh);
-/* Whether "host:port" (or "[v6]:port") names the host local_host ("" matches nothing). */
+/* resolver.c, where replicas are added: whether "host:port" (or "[v6]:port") names the host
+ * local_host ("" matches nothing). */
 bool router_address_is_local(const char *address, const char *local_host);
 /* An attempt's own deadline for a call of rows rows: p99 x factor of the smallest size class
  * >= this one with enough samples, within [floor, cap]; the cap without samples. */
