@@ -152,6 +152,7 @@ static void wait_for_run(mx_threadpool *p, uint64_t seen)
 static void *worker_main(void *arg)
 {
     mx_threadpool *p = arg;
+    pthread_setname_np(pthread_self(), "mx-compute");
     uint64_t seen = ticket_gen(atomic_load(&p->ticket));
     for (;;) {
         wait_for_run(p, seen);

@@ -122,7 +122,9 @@ static void enqueue(mx_rpc_pool *p, mx_rpc_call *c)
         p->head = c;
     p->tail = c;
     p->n_queued++;
-    pthread_cond_broadcast(&srv->cond);
+    /* one call, one worker: waking the whole pool would make every idle worker take the core
+     * only to find the queue empty again (several context switches per expert call) */
+    pthread_cond_signal(&p->ready);
     pthread_mutex_unlock(&srv->mu);
 }
 
@@ -130,10 +132,12 @@ static void *worker_main(void *arg)
 {
     mx_rpc_pool *p = arg;
     mx_rpc_server *srv = p->srv;
+    /* named so that top -H, perf and gdb tell a handler from gRPC's own threads */
+    pthread_setname_np(pthread_self(), p == &srv->control ? "mx-rpc-control" : "mx-rpc-worker");
     for (;;) {
         pthread_mutex_lock(&srv->mu);
         while (!p->head && !srv->workers_stop)
-            pthread_cond_wait(&srv->cond, &srv->mu);
+            pthread_cond_wait(&p->ready, &srv->mu);
         mx_rpc_call *c = p->head;
         if (!c) {
             pthread_mutex_unlock(&srv->mu);
@@ -329,6 +333,7 @@ static void *poller_main(void *arg)
 {
     mx_rpc_server *srv = arg;
     double next_trim_ms = 0;
+    pthread_setname_np(pthread_self(), "mx-rpc-poller");
     for (;;) {
         grpc_event ev = grpc_completion_queue_next(
             srv->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(1000, GPR_TIMESPAN)), NULL);
@@ -363,6 +368,8 @@ int mx_rpc_server_create(const mx_rpc_server_options *opts, mx_rpc_server **out,
     srv->tag_shutdown.done = on_shutdown;
     srv->pool = (mx_rpc_pool){.srv = srv, .n_threads = opts->worker_threads ? opts->worker_threads : DEFAULT_WORKERS};
     srv->control = (mx_rpc_pool){.srv = srv, .n_threads = CONTROL_WORKERS};
+    pthread_cond_init(&srv->pool.ready, NULL);
+    pthread_cond_init(&srv->control.ready, NULL);
     srv->max_queued_calls = opts->max_queued_calls;
     srv->write_timeout_ms = opts->write_timeout_ms;
 
@@ -487,7 +494,8 @@ void mx_rpc_server_shutdown(mx_rpc_server *srv, int64_t grace_ms)
     while (!srv->shutdown_done || srv->live_calls > 0)
         pthread_cond_wait(&srv->cond, &srv->mu);
     srv->workers_stop = 1;
-    pthread_cond_broadcast(&srv->cond);
+    pthread_cond_broadcast(&srv->pool.ready);
+    pthread_cond_broadcast(&srv->control.ready);
     pthread_mutex_unlock(&srv->mu);
     for (int i = 0; i < srv->pool.n_threads; i++)
         pthread_join(srv->pool.threads[i], NULL);
@@ -531,6 +539,8 @@ void mx_rpc_server_destroy(mx_rpc_server *srv)
     free(srv->control.threads);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cond);
+    pthread_cond_destroy(&srv->pool.ready);
+    pthread_cond_destroy(&srv->control.ready);
     free(srv);
     grpc_shutdown();
 }

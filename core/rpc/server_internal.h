@@ -34,6 +34,7 @@ typedef struct mx_rpc_pool {
     int busy;                        /* handlers running */
     int n_threads;
     pthread_t *threads;
+    pthread_cond_t ready;            /* with srv->mu: a call was queued, or workers_stop */
 } mx_rpc_pool;
 
 typedef struct mx_rpc_health mx_rpc_health;
@@ -95,7 +96,8 @@ struct mx_rpc_server {
     int started, shut_down, grpc_started;
 
     pthread_mutex_t mu;
-    pthread_cond_t cond;             /* live_calls, shutdown_done and queue changes (both pools) */
+    pthread_cond_t cond;             /* live_calls and shutdown_done (idle workers wait on their
+                                      * pool's own condition, so a freed call wakes none) */
     int live_calls;                  /* request slots + calls not yet freed */
     int stopping;                    /* no new request slots */
     int workers_stop;

@@ -1,7 +1,8 @@
 /* test_rpc_server.c - the RPC layer end to end: an mx server and mx clients in one process
  * over loopback on an ephemeral port (unary, streaming, unknown method, deadline,
  * cancellation and the handler it wakes, size limit, malformed protobuf, fan-out, health,
- * graceful shutdown). */
+ * graceful shutdown, idle workers left asleep). */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -525,6 +526,78 @@ static void test_unreachable_peer(void **state)
     mx_rpc_channel_destroy(ch);
 }
 
+/* Voluntary context switches (sleeps) of this process's threads named `name`, summed from
+ * /proc/self/task; *n_threads gets how many there are. */
+static long sleeps_of_threads(const char *name, int *n_threads)
+{
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    long sum = 0;
+    *n_threads = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], comm[64] = "", line[128];
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *fp = fopen(path, "r");
+        if (!fp)
+            continue;   /* the thread ended */
+        if (!fgets(comm, sizeof comm, fp))
+            comm[0] = '\0';
+        fclose(fp);
+        comm[strcspn(comm, "\n")] = '\0';
+        if (strcmp(comm, name) != 0)
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        if (!(fp = fopen(path, "r")))
+            continue;
+        while (fgets(line, sizeof line, fp))
+            if (strncmp(line, "voluntary_ctxt_switches:", 24) == 0)
+                sum += atol(line + 24);
+        fclose(fp);
+        (*n_threads)++;
+    }
+    closedir(d);
+    return sum;
+}
+
+/* A call wakes one worker: with 8 idle workers, the old broadcast woke all of them for every
+ * queued call and again for every freed one (about 20 sleeps per call, each a trip through
+ * the scheduler on the core the handler needs). */
+static void test_idle_workers_stay_asleep(void **state)
+{
+    (void)state;
+    fixture f = {0};
+    mx_error err;
+    mx_rpc_server_options o = {.address = "127.0.0.1:0", .worker_threads = 8};
+    assert_int_equal(mx_rpc_server_create(&o, &f.srv, &err), 0);
+    assert_int_equal(mx_rpc_server_add_unary(f.srv, "/test.Echo/Echo", h_echo, &f, &err), 0);
+    assert_int_equal(mx_rpc_server_start(f.srv, &err), 0);
+    snprintf(f.address, sizeof f.address, "127.0.0.1:%d", mx_rpc_server_port(f.srv));
+    assert_int_equal(mx_rpc_channel_create(f.address, NULL, &f.ch, &err), 0);
+    mx_rpc_result res;
+    assert_int_equal(mx_rpc_unary(f.ch, "/test.Echo/Echo", mx_rpc_payload_copy("w", 1), 5000, &res), 0);
+    mx_rpc_result_free(&res);   /* the connection is up before counting */
+    usleep(100 * 1000);         /* and every worker asleep */
+
+    int workers = 0;
+    long before = sleeps_of_threads("mx-rpc-worker", &workers);
+    assert_int_equal(workers, 8);
+    const int calls = 100;
+    for (int i = 0; i < calls; i++) {
+        assert_int_equal(mx_rpc_unary(f.ch, "/test.Echo/Echo", mx_rpc_payload_copy("w", 1), 5000, &res), 0);
+        assert_int_equal(res.status.code, GRPC_STATUS_OK);
+        mx_rpc_result_free(&res);
+    }
+    usleep(100 * 1000);         /* the last call's worker back asleep */
+    long slept = sleeps_of_threads("mx-rpc-worker", &workers) - before;
+    /* the worker that ran a call sleeps about twice (waiting for work, waiting for its reply
+     * to go out); 5 per call leaves room for lock contention, none for waking the pool */
+    assert_true(slept >= calls);
+    assert_true(slept <= 5 * calls);
+    stop_server(&f);
+}
+
 static void test_bad_options(void **state)
 {
     (void)state;
@@ -658,6 +731,7 @@ int main(void)
     const struct CMUnitTest own[] = {
         cmocka_unit_test(test_unreachable_peer),
         cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_idle_workers_stay_asleep),
         cmocka_unit_test(test_graceful_shutdown_finishes_inflight),
         cmocka_unit_test(test_shutdown_cancels_after_grace),
         cmocka_unit_test(test_status_mapping),
