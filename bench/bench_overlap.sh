@@ -6,7 +6,9 @@
 # this machine's speed drifts within a minute): the gateway's pipeline_depth 1, depth 2,
 # depth 2 with the stages' overlap (a micro-batch's attention while the other one's expert
 # calls are out), and depth 1 with overlap_halves (each batch as two halves interleaved per
-# layer). Prints each rate and the ratios to depth 1 (target: 2 + overlap >= 1.6x).
+# layer). Prints each rate and the ratios to depth 1 (target: 2 + overlap >= 1.6x), and for
+# depth 2 the CPU cap: the most the rate could be with both cores busy all the time, given
+# the CPU time the cluster's processes took per step.
 # Runs two models (MODELS, default "long medium"), written once to $MX_BENCH_LONG_MODEL /
 # $MX_BENCH_MODEL (default temp dirs, removed):
 #   long   - the real 7:1 lightning/softmax layer pattern at width 512 (8 heads x 64, 4 experts
@@ -16,7 +18,7 @@
 #            every expert's weights, so depth 2 adds expert work that two real hosts would
 #            each do at their own bandwidth.
 . "$(dirname "$0")/bench_lib.sh"
-BATCH=${BATCH:-32} STEPS=${STEPS:-16} ROUNDS=${ROUNDS:-2}
+BATCH=${BATCH:-32} STEPS=${STEPS:-32} ROUNDS=${ROUNDS:-2}
 pids=()
 stop_all() {
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -81,16 +83,21 @@ start() { # CORE BINARY NAME
     exit 1
 }
 
-run() { # OVERLAP DEPTH HALVES: prints tokens/s
+run() { # OVERLAP DEPTH HALVES: prints tokens/s and the CPU cap (see below)
     write_configs "$1" "$2" "$3"
     start 0 expert-svc x0
     start 1 expert-svc x1
     start 1 attention-svc s1
     start 0 attention-svc s0
     start any gateway gw
-    line=$("$BUILD/bench/bench_cluster" --addr "$GW" --batch "$BATCH" --steps "$STEPS")
+    line=$("$BUILD/bench/bench_cluster" --addr "$GW" --batch "$BATCH" --steps "$STEPS" \
+        --cpu-pids "$(IFS=,; echo "${pids[*]}")")
     stop_all
-    tokens_per_s "$line"
+    # The CPU cap: the rate if the two cores never idled, from the CPU time the cluster's
+    # processes took per step (BATCH tokens per step, 2 cores of CPU time per wall second).
+    # No schedule of that CPU time beats it: overlap closes the gap to it, more needs less CPU.
+    cpu=$(sed -nE 's/.* cpu ([0-9.]+) ms\/step.*$/\1/p' <<<"$line")
+    awk -v r="$(tokens_per_s "$line")" -v c="$cpu" -v b="$BATCH" 'BEGIN { printf "%s %.1f\n", r, (c > 0 ? b * 2000 / c : 0) }'
 }
 
 for preset in ${MODELS:-long medium}; do
@@ -98,14 +105,16 @@ for preset in ${MODELS:-long medium}; do
     medium) use_model medium MX_BENCH_MODEL ;;
     *) use_model "$preset" MX_BENCH_LONG_MODEL ;;
     esac
-    d1=0 d2=0 d2o=0 d1h=0
+    d1=0 d2=0 d2o=0 d1h=0 cap2=0 cap2o=0
     for r in $(seq 1 "$ROUNDS"); do
         a=$(run false 1 false) b=$(run false 2 false) c=$(run true 2 false) h=$(run false 1 true)
-        echo "$preset round $r: depth 1 $a, depth 2 $b, depth 2 + overlap $c, depth 1 + halves $h tokens/s" \
-            "(batch $BATCH, load $(cut -d' ' -f1 /proc/loadavg))"
+        cb=${b#* } cc=${c#* } a=${a% *} b=${b% *} c=${c% *} h=${h% *}
+        echo "$preset round $r: depth 1 $a, depth 2 $b (CPU cap $cb), depth 2 + overlap $c (CPU cap $cc)," \
+            "depth 1 + halves $h tokens/s (batch $BATCH, load $(cut -d' ' -f1 /proc/loadavg))"
         d1=$(best "$d1" "$a") d2=$(best "$d2" "$b") d2o=$(best "$d2o" "$c") d1h=$(best "$d1h" "$h")
+        cap2=$(best "$cap2" "$cb") cap2o=$(best "$cap2o" "$cc")
     done
-    awk -v m="$preset" -v a="$d1" -v b="$d2" -v c="$d2o" -v h="$d1h" -v r="$ROUNDS" 'BEGIN {
+    awk -v m="$preset" -v a="$d1" -v b="$d2" -v c="$d2o" -v h="$d1h" -v r="$ROUNDS" -v cb="$cap2" -v cc="$cap2o" 'BEGIN {
         if (a <= 0) { print "bench_overlap: no rate measured for " m; exit 1 }
-        printf "%s: two simulated hosts, best of %d rounds: depth 1 %.1f, depth 2 %.1f (%.2fx), depth 2 + overlap %.1f (%.2fx, target >= 1.6x), depth 1 + halves %.1f (%.2fx) tokens/s\n", m, r, a, b, b / a, c, c / a, h, h / a }'
+        printf "%s: two simulated hosts, best of %d rounds: depth 1 %.1f, depth 2 %.1f (%.2fx; CPU cap %.2fx), depth 2 + overlap %.1f (%.2fx, target >= 1.6x; CPU cap %.2fx), depth 1 + halves %.1f (%.2fx) tokens/s\n", m, r, a, b, b / a, cb / a, c, c / a, cc / a, h, h / a }'
 done
