@@ -143,24 +143,6 @@ bool router_shard_has_local(const router_shard *sh)
     return false;
 }
 
-void mx_router_host_of(const char *address, char *out, size_t cap)
-{
-    out[0] = '\0';
-    const char *colon = strrchr(address, ':');
-    if (!colon)
-        return;
-    const char *host = address;
-    size_t len = (size_t)(colon - address);
-    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') { /* "[v6]:port" */
-        host++;
-        len -= 2;
-    }
-    if (len >= cap)
-        return;
-    memcpy(out, host, len);
-    out[len] = '\0';
-}
-
 void router_record_ok(mx_router *r, router_shard *sh, int replica, int rows, double latency_ms)
 {
     (void)r;

@@ -1,5 +1,6 @@
 /* resolver.c - where a shard's replicas come from: the parse of its `replicas` entries
- * ("host:port" or a gRPC-style "dns://[server]/name:port" target), the static replicas made
+ * ("host:port" or a gRPC-style "dns://[server]/name:port" target) and of the stage's own
+ * host (which of them are local, for the send order), the static replicas made
  * at start, and the router's resolver thread. That thread resolves every DNS target (A and
  * AAAA, c-ares) every resolve_interval_ms, and at once (at most every RESOLVE_MIN_GAP_MS)
  * when a replica of its shard failed; each new address becomes a PENDING replica (taken
@@ -135,6 +136,24 @@ int mx_router_target_parse(const char *s, mx_router_target *out, mx_error *err)
     if (why)
         return mx_fail(err, MX_EINVAL, "\"%s\": %s", s, why);
     return 0;
+}
+
+void mx_router_host_of(const char *address, char *out, size_t cap)
+{
+    out[0] = '\0';
+    const char *colon = strrchr(address, ':');
+    if (!colon)
+        return;
+    const char *host = address;
+    size_t len = (size_t)(colon - address);
+    if (len >= 2 && host[0] == '[' && host[len - 1] == ']') { /* "[v6]:port" */
+        host++;
+        len -= 2;
+    }
+    if (len >= cap)
+        return;
+    memcpy(out, host, len);
+    out[len] = '\0';
 }
 
 bool router_address_is_local(const char *address, const char *local_host)
