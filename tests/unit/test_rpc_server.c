@@ -175,10 +175,11 @@ static void h_parse(mx_rpc_call *call, const uint8_t *req, size_t len, void *use
 
 /* ---- fixture ---- */
 
-static int start_server(fixture *f, int max_message_bytes)
+static int start_server(fixture *f, int max_message_bytes, int worker_threads)
 {
     mx_error err;
-    mx_rpc_server_options o = {.address = "127.0.0.1:0", .max_message_bytes = max_message_bytes};
+    mx_rpc_server_options o = {.address = "127.0.0.1:0", .max_message_bytes = max_message_bytes,
+                               .worker_threads = worker_threads};
     if (mx_rpc_server_create(&o, &f->srv, &err) != 0 || mx_rpc_health_attach(f->srv, &err) != 0)
         return -1;
     mx_rpc_server_add_unary(f->srv, "/test.Echo/Echo", h_echo, f, &err);
@@ -204,7 +205,7 @@ static void stop_server(fixture *f)
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
-    if (!f || start_server(f, 1 << 20) != 0)
+    if (!f || start_server(f, 1 << 20, 0) != 0)
         return -1;
     *state = f;
     return 0;
@@ -442,7 +443,7 @@ static void test_fanout(void **state)
 {
     fixture *f = *state;
     fixture g = {0};
-    assert_int_equal(start_server(&g, 0), 0);   /* a second peer */
+    assert_int_equal(start_server(&g, 0, 0), 0);   /* a second peer */
     enum { N = 8 };
     mx_rpc_fanout_call calls[N];
     char payload[N][16];
@@ -568,13 +569,7 @@ static void test_idle_workers_stay_asleep(void **state)
 {
     (void)state;
     fixture f = {0};
-    mx_error err;
-    mx_rpc_server_options o = {.address = "127.0.0.1:0", .worker_threads = 8};
-    assert_int_equal(mx_rpc_server_create(&o, &f.srv, &err), 0);
-    assert_int_equal(mx_rpc_server_add_unary(f.srv, "/test.Echo/Echo", h_echo, &f, &err), 0);
-    assert_int_equal(mx_rpc_server_start(f.srv, &err), 0);
-    snprintf(f.address, sizeof f.address, "127.0.0.1:%d", mx_rpc_server_port(f.srv));
-    assert_int_equal(mx_rpc_channel_create(f.address, NULL, &f.ch, &err), 0);
+    assert_int_equal(start_server(&f, 0, 8), 0);
     mx_rpc_result res;
     assert_int_equal(mx_rpc_unary(f.ch, "/test.Echo/Echo", mx_rpc_payload_copy("w", 1), 5000, &res), 0);
     mx_rpc_result_free(&res);   /* the connection is up before counting */
@@ -648,7 +643,7 @@ static void test_graceful_shutdown_finishes_inflight(void **state)
 {
     (void)state;
     fixture f = {0};
-    assert_int_equal(start_server(&f, 0), 0);
+    assert_int_equal(start_server(&f, 0, 0), 0);
     call_thread t = {&f, "/test.Echo/Slow", -99, GRPC_STATUS_UNKNOWN};
     pthread_t th;
     pthread_create(&th, NULL, call_main, &t);
@@ -674,7 +669,7 @@ static void test_shutdown_cancels_after_grace(void **state)
 {
     (void)state;
     fixture f = {0};
-    assert_int_equal(start_server(&f, 0), 0);
+    assert_int_equal(start_server(&f, 0, 0), 0);
     call_thread t = {&f, "/test.Echo/WaitCancel", -99, GRPC_STATUS_UNKNOWN};
     pthread_t th;
     pthread_create(&th, NULL, call_main, &t);
