@@ -8,7 +8,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +21,7 @@
 #include "cli_util.h"
 #include "commands.h"
 #include "core/config.h"
+#include "core/cpus.h"
 #include "core/kv_cache.h"
 #include "core/rpc/client.h"
 #include "core/rpc/pb.h"
@@ -200,16 +200,6 @@ static int write_stage_cfg(const cluster *c, const proc *p)
     return fclose(f);
 }
 
-/* The CPUs this process may use (its affinity mask), at least 1. */
-static long usable_cpus(void)
-{
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
-        return CPU_COUNT(&set);
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    return cores > 0 ? cores : 1;
-}
-
 /* Pinning when --pin-threads is not given: when every stage and shard has a thread per usable
  * CPU (T = 0 or T = that count). Then each process spans every CPU and pinning thread i of
  * each to CPU i keeps a process's threads apart (measured on 2 vCPUs: the kernel left one idle
@@ -218,7 +208,7 @@ static long usable_cpus(void)
  * onto the first CPUs, so they are left to the kernel. */
 static int default_pin_threads(const cluster *c)
 {
-    return c->threads == 0 || c->threads == usable_cpus();
+    return c->threads == 0 || c->threads == mx_usable_cpus();
 }
 
 /* Micro-batches in flight when --pipeline-depth is not given: one per stage when the stages'
@@ -229,7 +219,7 @@ static int default_pin_threads(const cluster *c)
  * depth 1 at 0.83; an attention-heavy model gained 2-7 % from depth 2). */
 static int default_pipeline_depth(const cluster *c)
 {
-    long cores = usable_cpus();
+    long cores = mx_usable_cpus();
     long threads = c->threads > 0 ? c->threads : cores; /* 0 = every core */
     return (long)c->stages * threads <= cores ? c->stages : 1;
 }

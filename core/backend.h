@@ -138,7 +138,7 @@ struct mx_backend {
                             const float *scale, int n, mx_error *err);
 };
 
-/* The CPU backend with n_threads worker threads (0 = one per online core). */
+/* The CPU backend with n_threads worker threads (0 = one per CPU this process may use). */
 int mx_backend_cpu_create(int n_threads, mx_backend **out, mx_error *err);
 /* Pins the CPU backend's threads to distinct CPUs (mx_threadpool_pin: for a process whose
  * threads span every CPU it may use). MX_EINVAL on another backend. */

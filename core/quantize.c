@@ -2,6 +2,7 @@
  * Runs once per tensor, in parallel over rows, so loading a checkpoint with int8 experts is
  * bounded by reading it, not by this arithmetic. */
 #include "quantize.h"
+#include "cpus.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -111,10 +112,8 @@ int mx_quantize_i8(const mx_tensor *src, void *mem, int threads, mx_tensor *dst,
     const int64_t rows = src->shape[0], cols = src->shape[1];
     int8_t *q = mem;
     float *scale = (float *)((char *)mem + round64((uint64_t)rows * (uint64_t)cols));
-    if (threads < 1) /* 0: one per online core */
-        threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (threads < 1)
-        threads = 1;
+    if (threads < 1) /* 0: one per CPU this process may use */
+        threads = mx_usable_cpus();
     if (threads > 64)
         threads = 64;
     if (rows < (int64_t)threads * 16)

@@ -26,7 +26,7 @@ uint64_t mx_quantized_i8_bytes(int64_t rows, int64_t cols);
 
 /* Quantizes the 2-D float tensor src into dst, an I8 tensor over mem (at least
  * mx_quantized_i8_bytes, 64-byte aligned): int8 values first, then the scales. The rows are
- * split over `threads` threads (0 = one per online core). */
+ * split over `threads` threads (0 = one per CPU this process may use). */
 int mx_quantize_i8(const mx_tensor *src, void *mem, int threads, mx_tensor *dst, mx_error *err);
 
 #endif

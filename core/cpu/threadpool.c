@@ -17,7 +17,7 @@
  * run on this VM (2 threads, empty tasks), a few per cent of a batch-1 layer step. The spin
  * is bounded (spin_ns) and yields after the first microseconds, so an idle pool sleeps and a
  * runnable thread elsewhere gets the core; it is off when the pool has more threads than the
- * machine has cores.
+ * process may run on (mx_usable_cpus).
  *
  * Pinned pools (mx_threadpool_pin) keep each thread on its own CPU. Measured on a 2-vCPU VM
  * whose kernel packs woken threads onto busy vCPUs: a one-machine cluster (2 stages, 2 expert
@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "../clock.h"
+#include "../cpus.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -165,11 +166,9 @@ static void *worker_main(void *arg)
 
 int mx_threadpool_create(int n_threads, mx_threadpool **out, mx_error *err)
 {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    if (cores <= 0)
-        cores = 1;
+    int cores = mx_usable_cpus();
     if (n_threads <= 0)
-        n_threads = (int)cores;
+        n_threads = cores;
     if (n_threads > 256)
         return mx_fail(err, MX_EINVAL, "thread count %d is over the limit of 256", n_threads);
     mx_threadpool *p = calloc(1, sizeof *p);

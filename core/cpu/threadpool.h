@@ -12,7 +12,8 @@ typedef struct mx_threadpool mx_threadpool;
 /* fn(ctx, task, n_tasks) is called once for every task in [0, n_tasks). */
 typedef void (*mx_task_fn)(void *ctx, int task, int n_tasks);
 
-/* n_threads counts the calling thread too (1 = run everything inline). 0 = online cores. */
+/* n_threads counts the calling thread too (1 = run everything inline). 0 = the CPUs this process
+ * may use (mx_usable_cpus). */
 int mx_threadpool_create(int n_threads, mx_threadpool **out, mx_error *err);
 void mx_threadpool_destroy(mx_threadpool *pool);
 int mx_threadpool_size(const mx_threadpool *pool);
